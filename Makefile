@@ -1,0 +1,35 @@
+# Everything sets itself up: the first run creates .venv and installs Cascade with its dev tools.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+READY := $(VENV)/.ready
+
+.PHONY: serve test check lint types bench clean
+
+$(READY): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Cascade needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(READY)
+
+serve: $(READY)  ## run the service on ./cascade.db with the sandbox channels
+	$(BIN)/cascade serve
+
+test: $(READY)  ## the whole test suite (PostgreSQL tests skip locally when no server answers)
+	$(BIN)/pytest
+
+lint: $(READY)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+types: $(READY)
+	$(BIN)/mypy
+
+check: lint types
+
+bench: $(READY)  ## the accept benchmark (see BENCHMARKS.md)
+	$(BIN)/python bench/accept.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

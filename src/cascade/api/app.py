@@ -1,0 +1,98 @@
+"""The ASGI application: routes of every API surface, problem documents for every error."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from cascade.api.auth import Authenticator
+from cascade.api.messages import AcceptContext, AcceptEndpoint
+from cascade.api.openapi import docs_page, openapi_document
+from cascade.api.problems import EXCEPTION_HANDLERS
+from cascade.clock import Clock
+from cascade.domain.records import Surface
+from cascade.store.base import Store
+
+
+def _both_slashes(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> list[Route]:
+    """The route at ``path`` and ``path/``: the Nexmo specs put a bare ``/`` after the server
+    URL, so SDK-built URLs may carry the trailing slash."""
+    return [Route(path, endpoint, methods=["POST"]), Route(path + "/", endpoint, methods=["POST"])]
+
+
+def create_app(
+    store: Store,
+    *,
+    clock: Clock,
+    max_body_bytes: int = 1_048_576,
+    lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
+    | None = None,
+) -> Starlette:
+    """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
+    it (opening the store, the engine)."""
+    authenticator = Authenticator(store, clock)
+    context = AcceptContext(store, authenticator, clock, max_body_bytes)
+
+    accept = [
+        ("/v0.1/messages", Surface.MESSAGES, "message_uuid"),
+        ("/beta/messages", Surface.MESSAGES, "message_uuid"),
+        ("/v0.1/dispatch", Surface.DISPATCH, "dispatch_uuid"),
+        ("/beta/workflows", Surface.WORKFLOWS, "workflow_uuid"),
+    ]
+    routes: list[BaseRoute] = [
+        route
+        for path, surface, id_field in accept
+        for route in _both_slashes(path, AcceptEndpoint(context, surface, id_field).handle)
+    ]
+    routes += [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+    ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if lifespan_hooks is not None:
+            await lifespan_hooks[0]()
+        try:
+            yield
+        finally:
+            if lifespan_hooks is not None:
+                await lifespan_hooks[1]()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False
+    app.state.authenticator = authenticator
+    app.state.store = store
+    return app
+
+
+async def health(request: Request) -> Response:
+    """Liveness: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document, generated from the request Structs."""
+    return Response(openapi_document(), media_type="application/json")
+
+
+async def docs(request: Request) -> Response:
+    """A readable page of the API, rendered from the OpenAPI document (no external assets)."""
+    return HTMLResponse(docs_page())

@@ -1,0 +1,239 @@
+"""Request authentication: an application's RS256 JWT, or an account's API key and secret.
+
+Every failure raises the same 401 problem; the reason goes to the log, never to the client.
+RS256 verification is the largest cost of a request (about 0.1 ms here), so a verified token is
+remembered by its exact bytes until it expires (or for a short bound when it has no ``exp``),
+and forgotten as soon as its application's key changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import msgspec
+import structlog
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from cascade.clock import Clock
+from cascade.domain.records import Account, Application
+from cascade.errors import Unauthorized
+from cascade.store.base import Store
+
+log = structlog.get_logger(__name__)
+
+#: the longest a JWT may live, as Nexmo documents (``exp`` at most 24 h after ``iat``)
+MAX_TOKEN_LIFETIME = 24 * 3600
+#: how far ahead of our clock a client's ``iat``/``nbf`` may be
+CLOCK_SKEW = 60
+#: how long a verified token without ``exp`` is trusted before it is verified again
+UNBOUNDED_TOKEN_CACHE_SECONDS = 300
+#: how long tenant lookups are trusted before reading the store again
+TENANT_CACHE_SECONDS = 5.0
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of an API secret: generated secrets are long and random, so SHA-256
+    suffices and keeps a slow password hash off the request path (DESIGN.md §5)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts for: an account, and the application when a JWT was used."""
+
+    account: Account
+    application: Application | None
+
+
+@dataclass(slots=True)
+class _VerifiedToken:
+    principal: Principal
+    public_key_pem: str
+    trusted_until: float
+
+
+@dataclass(slots=True)
+class _CachedApplication:
+    application: Application | None
+    account: Account | None
+    key: RSAPublicKey | None
+    fetched_at: float
+
+
+class Authenticator:
+    """Turns an Authorization header into a Principal, or raises Unauthorized."""
+
+    def __init__(self, store: Store, clock: Clock, *, token_cache_size: int = 10_000) -> None:
+        self._store = store
+        self._clock = clock
+        self._tokens: OrderedDict[str, _VerifiedToken] = OrderedDict()
+        self._token_cache_size = token_cache_size
+        self._applications: dict[str, _CachedApplication] = {}
+        self._basic: dict[str, tuple[Account | None, float]] = {}
+
+    async def authenticate(self, authorization: list[str]) -> Principal:
+        """The principal of a request with these Authorization header values."""
+        if not authorization:
+            raise self._refuse("no Authorization header")
+        if len(authorization) > 1:
+            raise self._refuse("more than one Authorization header (JWT and Basic at once?)")
+        scheme, _, credentials = authorization[0].strip().partition(" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip()
+        if scheme == "bearer" and credentials:
+            return await self._bearer(credentials)
+        if scheme == "basic" and credentials:
+            return await self._basic_auth(credentials)
+        raise self._refuse(f"unsupported Authorization scheme {scheme!r}")
+
+    def forget(self, application_id: str) -> None:
+        """Drop what is cached about an application (its key or URLs changed)."""
+        self._applications.pop(application_id, None)
+
+    @staticmethod
+    def _refuse(reason: str) -> Unauthorized:
+        log.info("auth.refused", reason=reason)
+        return Unauthorized()
+
+    # --- Bearer JWT ------------------------------------------------------------------------
+
+    async def _bearer(self, token: str) -> Principal:
+        now = self._clock.now()
+        cached = self._tokens.get(token)
+        if cached is not None:
+            if cached.trusted_until > now:
+                current = await self._application(cached.principal.application, now)
+                if (
+                    current.application is not None
+                    and current.application.public_key_pem == cached.public_key_pem
+                ):
+                    return cached.principal
+            del self._tokens[token]
+
+        application_id = _unverified_application_id(token)
+        if application_id is None:
+            raise self._refuse("JWT without a readable application_id")
+        entry = await self._lookup_application(application_id, now)
+        if entry.application is None or entry.key is None or entry.account is None:
+            raise self._refuse(f"unknown application {application_id}")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                entry.key,
+                algorithms=["RS256"],
+                # time claims are checked below against the injected clock, not PyJWT's
+                options={
+                    "require": ["application_id", "iat", "jti"],
+                    "verify_iat": False,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise self._refuse(f"JWT rejected: {exc}") from exc
+        trusted_until = _check_claims(claims, application_id, now)
+        principal = Principal(entry.account, entry.application)
+        self._remember(token, principal, entry.application.public_key_pem, trusted_until)
+        return principal
+
+    def _remember(self, token: str, principal: Principal, pem: str, until: float) -> None:
+        self._tokens[token] = _VerifiedToken(principal, pem, until)
+        if len(self._tokens) > self._token_cache_size:
+            self._tokens.popitem(last=False)
+
+    async def _application(self, app: Application | None, now: float) -> _CachedApplication:
+        assert app is not None
+        return await self._lookup_application(app.id, now)
+
+    async def _lookup_application(self, application_id: str, now: float) -> _CachedApplication:
+        entry = self._applications.get(application_id)
+        if entry is not None and now - entry.fetched_at < TENANT_CACHE_SECONDS:
+            return entry
+        application = await self._store.get_application(application_id)
+        account = key = None
+        if application is not None:
+            account = await self._store.get_account(application.account_id)
+            loaded = load_pem_public_key(application.public_key_pem.encode())
+            key = loaded if isinstance(loaded, RSAPublicKey) else None
+        entry = _CachedApplication(application, account, key, now)
+        self._applications[application_id] = entry
+        return entry
+
+    # --- Basic -----------------------------------------------------------------------------
+
+    async def _basic_auth(self, credentials: str) -> Principal:
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise self._refuse("malformed Basic credentials") from exc
+        api_key, sep, api_secret = decoded.partition(":")
+        if not sep or not api_key or not api_secret:
+            raise self._refuse("Basic credentials are not api_key:api_secret")
+        now = self._clock.now()
+        cached = self._basic.get(api_key)
+        if cached is not None and now - cached[1] < TENANT_CACHE_SECONDS:
+            account = cached[0]
+        else:
+            account = await self._store.get_account_by_api_key(api_key)
+            self._basic[api_key] = (account, now)
+        # compare even when the account is unknown, so timing does not reveal which keys exist
+        expected = account.api_secret_sha256 if account else "0" * 64
+        if not hmac.compare_digest(hash_secret(api_secret), expected) or account is None:
+            raise self._refuse("wrong api_key or api_secret")
+        return Principal(account, None)
+
+
+def _unverified_application_id(token: str) -> str | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = msgspec.json.decode(
+            base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        )
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    value = payload.get("application_id")
+    return value if isinstance(value, str) and value else None
+
+
+def _check_claims(claims: dict[str, Any], application_id: str, now: float) -> float:
+    """The time until which these verified claims may be trusted; Unauthorized if never."""
+    iat = claims.get("iat")
+    exp = claims.get("exp")
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        raise Authenticator._refuse("iat is not a number")
+    if claims.get("application_id") != application_id:
+        raise Authenticator._refuse("application_id changed between reads")
+    if iat > now + CLOCK_SKEW:
+        raise Authenticator._refuse("iat is in the future")
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise Authenticator._refuse("jti is empty")
+    nbf = claims.get("nbf")
+    if nbf is not None:
+        if not isinstance(nbf, int | float) or isinstance(nbf, bool):
+            raise Authenticator._refuse("nbf is not a number")
+        if nbf > now + CLOCK_SKEW:
+            raise Authenticator._refuse("token not yet valid (nbf)")
+    if exp is not None:
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise Authenticator._refuse("exp is not a number")
+        if exp <= now - CLOCK_SKEW:
+            raise Authenticator._refuse("token expired")
+    if exp is None:
+        if now - iat > MAX_TOKEN_LIFETIME:
+            raise Authenticator._refuse("a token without exp older than 24 h")
+        return min(now + UNBOUNDED_TOKEN_CACHE_SECONDS, iat + MAX_TOKEN_LIFETIME)
+    if exp - iat > MAX_TOKEN_LIFETIME:
+        raise Authenticator._refuse("token lifetime over 24 h")
+    return float(exp)

@@ -1,0 +1,173 @@
+"""The accept endpoints: Messages v0.1 / beta, Dispatch v0.1 and the 2018 Workflows preview.
+
+A request is authenticated, decoded strictly, turned into a NewWorkflow and stored in one
+transaction; the 202 goes out after the commit that holds it. An ``Idempotency-Key`` makes a
+retried POST return the first response instead of creating a second workflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cascade.api.auth import Authenticator, Principal
+from cascade.api.validation import RequestDecoder
+from cascade.clock import Clock
+from cascade.domain.message import MessageRequest, WorkflowRequest, WorkflowStep, encode
+from cascade.domain.records import IdempotencyClaim, NewStep, NewWorkflow, StoredResponse, Surface
+from cascade.domain.rules import request_violations, workflow_violations
+from cascade.errors import InvalidParameter, InvalidRequest
+from cascade.store.base import Store
+
+ACCEPTED = Counter("cascade_requests_accepted", "Requests durably accepted", ["surface"])
+IDEMPOTENT_REPLAYS = Counter(
+    "cascade_idempotent_replays", "POSTs answered from an earlier Idempotency-Key"
+)
+
+_message_decoder = RequestDecoder(MessageRequest, request_violations)
+_workflow_decoder = RequestDecoder(WorkflowRequest, workflow_violations)
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptContext:
+    """What the accept endpoints need from the running service."""
+
+    store: Store
+    authenticator: Authenticator
+    clock: Clock
+    max_body_bytes: int
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The raw body of a JSON request, refusing other content types (415) and big bodies (413)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise HTTPException(415)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise InvalidRequest(
+            invalid_parameters=[
+                InvalidParameter(
+                    "Idempotency-Key", f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+                )
+            ]
+        )
+    return key
+
+
+def _step(step: MessageRequest | WorkflowStep) -> NewStep:
+    failover = step.failover if isinstance(step, WorkflowStep) else None
+    return NewStep(
+        message_id=str(uuid.uuid4()),
+        channel=step.to.type,
+        to=encode(step.to),
+        from_=encode(step.from_),
+        body=encode(step.message),
+        client_ref=step.client_ref,
+        expiry_time=failover.expiry_time if failover else None,
+        condition_status=failover.condition_status if failover else None,
+    )
+
+
+class AcceptEndpoint:
+    """One POST endpoint that accepts a message or a workflow."""
+
+    def __init__(
+        self,
+        context: AcceptContext,
+        surface: Surface,
+        id_field: str,
+    ) -> None:
+        self._context = context
+        self._surface = surface
+        self._id_field = id_field
+
+    async def handle(self, request: Request) -> Response:
+        """Accept one request."""
+        ctx = self._context
+        principal = await ctx.authenticator.authenticate(request.headers.getlist("authorization"))
+        key = _idempotency_key(request)
+        body = await read_json_body(request, ctx.max_body_bytes)
+        steps = self._decode(body)
+        workflow_id = str(uuid.uuid4())
+        public_id = steps[0].message_id if self._surface is Surface.MESSAGES else workflow_id
+        response_body = b'{"%s":"%s"}' % (self._id_field.encode(), public_id.encode())
+        claim = None
+        if key is not None:
+            claim = IdempotencyClaim(
+                key=key,
+                request_sha256=_request_digest(request, body),
+                response=StoredResponse(202, response_body),
+            )
+        accepted = await ctx.store.accept(
+            _workflow(workflow_id, principal, self._surface, steps, ctx.clock.now(), claim)
+        )
+        if not accepted.created and accepted.response is not None:
+            IDEMPOTENT_REPLAYS.inc()
+            return Response(
+                accepted.response.body,
+                status_code=accepted.response.status_code,
+                media_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
+        ACCEPTED.labels(self._surface.value).inc()
+        return Response(response_body, status_code=202, media_type="application/json")
+
+    def _decode(self, body: bytes) -> list[NewStep]:
+        if self._surface is Surface.MESSAGES:
+            message = _message_decoder.decode(body)
+            return [_step(message)]
+        workflow = _workflow_decoder.decode(body)
+        return [_step(step) for step in workflow.workflow]
+
+
+def _request_digest(request: Request, body: bytes) -> str:
+    """The identity of a request for idempotency: its path and its exact body."""
+    digest = hashlib.sha256(request.url.path.rstrip("/").encode())
+    digest.update(b"\0")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def _workflow(
+    workflow_id: str,
+    principal: Principal,
+    surface: Surface,
+    steps: Sequence[NewStep],
+    now: float,
+    claim: IdempotencyClaim | None,
+) -> NewWorkflow:
+    return NewWorkflow(
+        id=workflow_id,
+        account_id=principal.account.id,
+        application_id=principal.application.id if principal.application else None,
+        surface=surface,
+        steps=tuple(steps),
+        accepted_at=now,
+        idempotency=claim,
+    )

@@ -1,0 +1,138 @@
+"""The OpenAPI 3.1 document, generated from the same Structs that decode requests."""
+
+from __future__ import annotations
+
+import html
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from cascade import __version__
+from cascade.api.problems import ProblemDocument
+from cascade.domain.message import MessageRequest, WorkflowRequest
+
+_REF = "#/components/schemas/{name}"
+
+
+def _accepted(id_field: str, description: str) -> dict[str, Any]:
+    return {
+        "description": "Accepted: stored durably; statuses follow by webhook",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": [id_field],
+                    "properties": {
+                        id_field: {"type": "string", "format": "uuid", "description": description}
+                    },
+                }
+            }
+        },
+    }
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": _REF.format(name="ProblemDocument")}},
+        },
+    }
+
+
+def _operation(summary: str, schema: str, id_field: str, description: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"bearerAuth": []}, {"basicAuth": []}],
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 255},
+                "description": "Retrying with the same key and body returns the first response.",
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _REF.format(name=schema)}}},
+        },
+        "responses": {
+            "202": _accepted(id_field, description),
+            "400": _problem("The body is invalid; invalid_parameters names every bad field"),
+            "401": _problem("Missing or wrong credentials"),
+            "409": _problem("The Idempotency-Key was used with another body"),
+            "413": _problem("The body is too large"),
+            "415": _problem("The body is not application/json"),
+        },
+    }
+
+
+@cache
+def openapi_document() -> bytes:
+    """The whole document as JSON bytes (built once)."""
+    (_, _, _), components = msgspec.json.schema_components(
+        (MessageRequest, WorkflowRequest, ProblemDocument), ref_template=_REF
+    )
+    message = _operation("Send a message", "MessageRequest", "message_uuid", "The message's id")
+    dispatch = _operation(
+        "Send a failover workflow", "WorkflowRequest", "dispatch_uuid", "The workflow's id"
+    )
+    workflows = _operation(
+        "Send a failover workflow (2018 preview)",
+        "WorkflowRequest",
+        "workflow_uuid",
+        "The workflow's id",
+    )
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Cascade",
+            "version": __version__,
+            "description": "Self-hosted Nexmo Messages v0.1 and Dispatch v0.1 (failover).",
+        },
+        "paths": {
+            "/v0.1/messages": {"post": message},
+            "/beta/messages": {"post": message},
+            "/v0.1/dispatch": {"post": dispatch},
+            "/beta/workflows": {"post": workflows},
+            "/health": {
+                "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
+            },
+        },
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "basicAuth": {"type": "http", "scheme": "basic"},
+            },
+        },
+    }
+    return msgspec.json.encode(document)
+
+
+@cache
+def docs_page() -> str:
+    """A plain HTML page listing the operations and schemas."""
+    document = msgspec.json.decode(openapi_document())
+    rows = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code>"
+                f"</td><td>{html.escape(operation['summary'])}</td></tr>"
+            )
+    schemas = "".join(
+        f"<h3 id='{html.escape(name)}'>{html.escape(name)}</h3>"
+        f"<pre>{html.escape(msgspec.json.format(msgspec.json.encode(schema)).decode())}</pre>"
+        for name, schema in document["components"]["schemas"].items()
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Cascade API</title>"
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "pre{background:#f4f4f4;padding:1em;overflow:auto}td{padding:.2em 1em}</style>"
+        "</head><body><h1>Cascade API</h1>"
+        "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>"
+        f"<table>{''.join(rows)}</table><h2>Schemas</h2>{schemas}</body></html>"
+    )

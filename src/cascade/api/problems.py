@@ -1,0 +1,129 @@
+"""RFC 7807 problem documents: the one shape of every error response."""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cascade.errors import InvalidParameter, RequestRejected, TransientError
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_BASE = "https://developer.nexmo.com/api-errors"
+
+
+class ProblemDocument(msgspec.Struct, omit_defaults=True):
+    """An RFC 7807 error body, as the Nexmo specs define it."""
+
+    type: str
+    title: str
+    detail: str
+    instance: str
+    invalid_parameters: list[InvalidParameter] = msgspec.field(default_factory=list)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def problem(
+    status_code: int,
+    title: str,
+    detail: str,
+    *,
+    problem_type: str,
+    invalid_parameters: list[InvalidParameter] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A problem response; ``instance`` is a fresh id to quote in support requests and logs."""
+    document = ProblemDocument(
+        type=problem_type,
+        title=title,
+        detail=detail,
+        instance=uuid.uuid4().hex,
+        invalid_parameters=invalid_parameters or [],
+    )
+    return Response(
+        _encoder.encode(document),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+_HTTP_TITLES = {
+    404: ("Not Found", "not-found", "No resource at this path."),
+    405: ("Method Not Allowed", "wrong-verb", "This path does not accept this HTTP method."),
+    413: ("Payload Too Large", "payload-too-large", "The request body is too large."),
+    415: (
+        "Unsupported Media Type",
+        "content-type-header",
+        "Send the request body as application/json.",
+    ),
+}
+
+
+def rejected(exc: RequestRejected) -> Response:
+    """The problem response of a rejected request."""
+    headers = {"WWW-Authenticate": "Bearer, Basic"} if exc.status_code == 401 else None
+    return problem(
+        exc.status_code,
+        exc.title,
+        exc.message,
+        problem_type=exc.problem_type,
+        invalid_parameters=exc.invalid_parameters,
+        headers=headers,
+    )
+
+
+async def on_request_rejected(request: Request, exc: Exception) -> Response:
+    """Exception handler for RequestRejected."""
+    assert isinstance(exc, RequestRejected)
+    return rejected(exc)
+
+
+async def on_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) in the problem shape."""
+    assert isinstance(exc, HTTPException)
+    title, anchor, detail = _HTTP_TITLES.get(
+        exc.status_code, ("Error", "error", str(exc.detail or "The request failed."))
+    )
+    headers = dict(exc.headers) if exc.headers else None
+    return problem(
+        exc.status_code, title, detail, problem_type=f"{PROBLEM_BASE}#{anchor}", headers=headers
+    )
+
+
+async def on_unavailable(request: Request, exc: Exception) -> Response:
+    """A transient failure (the store is unavailable): 503, try again."""
+    log.warning("request.unavailable", path=request.url.path, error=str(exc))
+    return problem(
+        503,
+        "Service Unavailable",
+        "Cascade could not store the request just now; nothing was stored. Try again.",
+        problem_type=f"{PROBLEM_BASE}#unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """Anything else: logged with its traceback, answered without it."""
+    log.exception("request.failed", path=request.url.path)
+    return problem(
+        500,
+        "Internal Error",
+        "Cascade failed to handle the request; the failure is logged.",
+        problem_type=f"{PROBLEM_BASE}#internal-error",
+    )
+
+
+EXCEPTION_HANDLERS = {
+    RequestRejected: on_request_rejected,
+    HTTPException: on_http_exception,
+    TransientError: on_unavailable,
+    Exception: on_unexpected,
+}

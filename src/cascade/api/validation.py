@@ -1,0 +1,218 @@
+"""Strict request decoding that names every bad field, not only the first.
+
+The fast path is msgspec's typed decoder (about 2 us for a workflow). msgspec stops at the first
+error, so when it fails, the body is decoded untyped and walked against the same Struct types
+(read through ``msgspec.inspect``) to collect every problem; the cross-field rules of
+``domain.rules`` then run on each part that did decode. The Structs stay the single definition
+of the schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import msgspec.inspect as mi
+
+from cascade.domain.message import WorkflowRequest, WorkflowStep
+from cascade.domain.rules import step_violations
+from cascade.errors import InvalidParameter, InvalidRequest
+
+T = TypeVar("T")
+
+_KIND_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _kind(value: object) -> str:
+    return _KIND_NAMES.get(type(value), type(value).__name__)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def schema_violations(kind: mi.Type, value: object, path: str) -> list[InvalidParameter]:
+    """Every way ``value`` fails the msgspec type ``kind``, by JSON path."""
+    if isinstance(kind, mi.Metadata):
+        return schema_violations(kind.type, value, path)
+    if isinstance(kind, mi.AnyType | mi.CustomType):
+        return []
+    if isinstance(kind, mi.UnionType):
+        return _union_violations(kind, value, path)
+    if isinstance(kind, mi.NoneType):
+        return (
+            [] if value is None else [InvalidParameter(path, f"must be null, not {_kind(value)}")]
+        )
+    if isinstance(kind, mi.StructType):
+        return _struct_violations(kind, value, path)
+    if isinstance(kind, mi.ListType):
+        return _list_violations(kind, value, path)
+    if isinstance(kind, mi.DictType):
+        if not isinstance(value, dict):
+            return [InvalidParameter(path, f"must be an object, not {_kind(value)}")]
+        return []
+    if isinstance(kind, mi.LiteralType):
+        if value in kind.values and type(value) is type(kind.values[0]):
+            return []
+        allowed = ", ".join(repr(v) for v in sorted(kind.values, key=str))
+        return [InvalidParameter(path, f"must be one of {allowed}")]
+    if isinstance(kind, mi.StrType):
+        return _str_violations(kind, value, path)
+    if isinstance(kind, mi.IntType):
+        return _int_violations(kind, value, path)
+    if isinstance(kind, mi.BoolType):
+        return [] if isinstance(value, bool) else [InvalidParameter(path, "must be a boolean")]
+    raise TypeError(f"no validator for {kind!r}")  # a schema type this module does not know yet
+
+
+def _union_violations(kind: mi.UnionType, value: object, path: str) -> list[InvalidParameter]:
+    members = [m.type if isinstance(m, mi.Metadata) else m for m in kind.types]
+    if value is None:
+        if any(isinstance(m, mi.NoneType) for m in members):
+            return []
+        return [InvalidParameter(path, "must not be null")]
+    wanted = {
+        dict: (mi.StructType, mi.DictType),
+        list: (mi.ListType,),
+        str: (mi.StrType, mi.LiteralType),
+        int: (mi.IntType, mi.LiteralType),
+        bool: (mi.BoolType,),
+    }.get(type(value), ())
+    candidates = [m for m in members if isinstance(m, wanted)]
+    if not candidates:
+        expected = " or ".join(_describe(m) for m in members if not isinstance(m, mi.NoneType))
+        return [InvalidParameter(path, f"must be {expected}, not {_kind(value)}")]
+    return schema_violations(candidates[0], value, path)
+
+
+def _describe(kind: mi.Type) -> str:
+    if isinstance(kind, mi.StructType | mi.DictType):
+        return "an object"
+    if isinstance(kind, mi.ListType):
+        return "an array"
+    if isinstance(kind, mi.IntType):
+        return "an integer"
+    if isinstance(kind, mi.BoolType):
+        return "a boolean"
+    return "a string"
+
+
+def _struct_violations(kind: mi.StructType, value: object, path: str) -> list[InvalidParameter]:
+    if not isinstance(value, dict):
+        return [InvalidParameter(path or "body", f"must be an object, not {_kind(value)}")]
+    found: list[InvalidParameter] = []
+    known = {f.encode_name: f for f in kind.fields}
+    for name in value:
+        if name not in known:
+            found.append(InvalidParameter(_join(path, str(name)), "is not a known field"))
+    for name, fld in known.items():
+        if name not in value:
+            if fld.required:
+                found.append(InvalidParameter(_join(path, name), "is required"))
+            continue
+        found += schema_violations(fld.type, value[name], _join(path, name))
+    return found
+
+
+def _list_violations(kind: mi.ListType, value: object, path: str) -> list[InvalidParameter]:
+    if not isinstance(value, list):
+        return [InvalidParameter(path, f"must be an array, not {_kind(value)}")]
+    found: list[InvalidParameter] = []
+    if kind.min_length is not None and len(value) < kind.min_length:
+        found.append(InvalidParameter(path, f"must have at least {kind.min_length} item(s)"))
+    if kind.max_length is not None and len(value) > kind.max_length:
+        found.append(InvalidParameter(path, f"must have at most {kind.max_length} items"))
+    for index, item in enumerate(value):
+        found += schema_violations(kind.item_type, item, f"{path}[{index}]")
+    return found
+
+
+def _str_violations(kind: mi.StrType, value: object, path: str) -> list[InvalidParameter]:
+    if not isinstance(value, str):
+        return [InvalidParameter(path, f"must be a string, not {_kind(value)}")]
+    if kind.min_length is not None and len(value) < kind.min_length:
+        return [InvalidParameter(path, f"must be at least {kind.min_length} character(s) long")]
+    if kind.max_length is not None and len(value) > kind.max_length:
+        return [InvalidParameter(path, f"must be at most {kind.max_length} characters long")]
+    return []
+
+
+def _int_violations(kind: mi.IntType, value: object, path: str) -> list[InvalidParameter]:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return [InvalidParameter(path, f"must be an integer, not {_kind(value)}")]
+    if kind.ge is not None and value < kind.ge:
+        return [InvalidParameter(path, f"must be at least {kind.ge}")]
+    if kind.le is not None and value > kind.le:
+        return [InvalidParameter(path, f"must be at most {kind.le}")]
+    return []
+
+
+def _workflow_step_rules(data: dict[str, Any]) -> list[InvalidParameter]:
+    """Cross-field rules for the steps that decoded, when others did not."""
+    steps = data.get("workflow")
+    if not isinstance(steps, list):
+        return []
+    found: list[InvalidParameter] = []
+    for index, raw in enumerate(steps):
+        try:
+            step = msgspec.convert(raw, WorkflowStep)
+        except msgspec.ValidationError:
+            continue  # its schema errors are already reported
+        found += step_violations(step, index, index == len(steps) - 1)
+    return found
+
+
+#: extra rule passes run on the untyped body when the typed decode fails, per request type
+_PARTIAL_RULES: dict[type, Callable[[dict[str, Any]], list[InvalidParameter]]] = {
+    WorkflowRequest: _workflow_step_rules,
+}
+
+
+class RequestDecoder(Generic[T]):
+    """Decodes one request type strictly; raises InvalidRequest naming every bad field."""
+
+    def __init__(self, kind: type[T], rules: Callable[[T], list[InvalidParameter]]) -> None:
+        self._kind = kind
+        self._decoder = msgspec.json.Decoder(kind)
+        self._rules = rules
+        self._info = mi.type_info(kind)
+
+    def decode(self, body: bytes) -> T:
+        """The typed request, or InvalidRequest (400) listing every problem."""
+        try:
+            value = self._decoder.decode(body)
+        except msgspec.ValidationError:
+            raise self._explain(body) from None  # the walker's report replaces msgspec's
+        except msgspec.DecodeError as exc:
+            raise InvalidRequest(
+                "The request body is not valid JSON.",
+                title="Invalid JSON",
+                problem_type="https://developer.nexmo.com/api-errors#invalid-json",
+                invalid_parameters=[InvalidParameter("body", str(exc))],
+            ) from exc
+        violations = self._rules(value)
+        if violations:
+            raise InvalidRequest(invalid_parameters=violations)
+        return value
+
+    def _explain(self, body: bytes) -> InvalidRequest:
+        data = msgspec.json.decode(body)
+        found = schema_violations(self._info, data, "")
+        partial = _PARTIAL_RULES.get(self._kind)
+        if partial is not None and isinstance(data, dict):
+            found += partial(data)
+        if not found:  # msgspec saw a problem the walker does not model: report msgspec's words
+            try:
+                msgspec.convert(data, self._kind)
+            except msgspec.ValidationError as exc:
+                found = [InvalidParameter("body", str(exc))]
+        return InvalidRequest(invalid_parameters=found)

@@ -1,0 +1,453 @@
+"""The ``cascade`` command: run the service, manage tenants, make JWTs, send from a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import jwt
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cascade.clock import SystemClock
+from cascade.config import Settings
+from cascade.domain.records import Account, Application
+from cascade.errors import CascadeError, ConfigError
+from cascade.service import ensure_default_account, open_store
+from cascade.store.base import Store
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Cascade: self-hosted Nexmo Messages and Dispatch (failover) API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+account_app = typer.Typer(
+    help="The account: API credentials and webhook URLs.", no_args_is_help=True
+)
+app_app = typer.Typer(help="Applications: JWT keys and webhook URLs.", no_args_is_help=True)
+jwt_app = typer.Typer(help="JSON Web Tokens for the API.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(account_app, name="account")
+app.add_typer(app_app, name="app")
+app.add_typer(jwt_app, name="jwt")
+
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        "-d",
+        help="sqlite:///FILE or postgresql://... [default: $CASCADE_DATABASE_URL or "
+        "sqlite:///cascade.db]",
+        show_default=False,
+    ),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option("--api-key", help="Which account (default: the first one)", show_default=False),
+]
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="CASCADE_URL", help="Where the Cascade API is"),
+]
+AppIdOption = Annotated[
+    str | None,
+    typer.Option("--app-id", envvar="CASCADE_APPLICATION_ID", help="Sign a JWT for this app"),
+]
+KeyOption = Annotated[
+    Path | None,
+    typer.Option("--private-key", envvar="CASCADE_PRIVATE_KEY", help="The app's private key"),
+]
+BasicKeyOption = Annotated[
+    str | None, typer.Option("--basic-key", envvar="CASCADE_API_KEY", help="Basic auth api_key")
+]
+BasicSecretOption = Annotated[
+    str | None,
+    typer.Option("--basic-secret", envvar="CASCADE_API_SECRET", help="Basic auth api_secret"),
+]
+
+
+def _settings(database: str | None) -> Settings:
+    settings = Settings()
+    if database:
+        settings.database_url = database
+    return settings
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def _with_store(database: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work`` against the opened store, turning Cascade errors into a clean exit."""
+
+    async def run() -> T:
+        store = open_store(_settings(database).database_url, _settings(database))
+        await store.open()
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
+
+
+def _print_new_account(account: Account, api_secret: str) -> None:
+    typer.echo("Created the default account. Its API secret is shown only this once:")
+    typer.echo(f"  api_key:          {account.api_key}")
+    typer.echo(f"  api_secret:       {api_secret}")
+    typer.echo(f"  signature_secret: {account.signature_secret}")
+
+
+async def _account(store: Store, api_key: str | None) -> Account:
+    clock = SystemClock()
+    created = await ensure_default_account(store, clock)
+    if created is not None:
+        _print_new_account(created.account, created.api_secret)
+    if api_key is None:
+        return (await store.list_accounts())[0]
+    account = await store.get_account_by_api_key(api_key)
+    if account is None:
+        raise ConfigError(f"no account with api_key {api_key}")
+    return account
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [default: 3000]")] = None,
+    database: DatabaseOption = None,
+) -> None:
+    """Run the HTTP API (and the engine), creating and migrating the database on first start."""
+    from cascade.runtime import run_server
+
+    settings = _settings(database)
+    if host is not None:
+        settings.host = host
+    if port is not None:
+        settings.port = port
+    try:
+        run_server(settings, announce=_print_new_account)
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
+
+
+# --- db --------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(database: DatabaseOption = None) -> None:
+    """Create the database or bring its schema up to date."""
+
+    async def work(store: Store) -> None:
+        await _account(store, None)
+
+    _with_store(database, work)
+    typer.echo("The database schema is up to date.")
+
+
+# --- account ---------------------------------------------------------------------------------
+
+
+def _echo_account(account: Account, show_secrets: bool) -> None:
+    secret = account.signature_secret if show_secrets else "(hidden; --show-secrets shows it)"
+    typer.echo(f"api_key:          {account.api_key}")
+    typer.echo(f"signature_secret: {secret}")
+    typer.echo(f"status_url:       {account.status_url or '-'}")
+    typer.echo(f"inbound_url:      {account.inbound_url or '-'}")
+
+
+@account_app.command("show")
+def account_show(
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    show_secrets: Annotated[bool, typer.Option(help="Print the signature secret")] = False,
+) -> None:
+    """Show the account's API key and webhook URLs."""
+    account = _with_store(database, lambda store: _account(store, api_key))
+    _echo_account(account, show_secrets)
+
+
+@account_app.command("set")
+def account_set(
+    status_url: Annotated[
+        str | None, typer.Option(help="Where message statuses and final reports go ('' clears)")
+    ] = None,
+    inbound_url: Annotated[
+        str | None, typer.Option(help="Where inbound messages go ('' clears)")
+    ] = None,
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Set the account's default webhook URLs (applications may override them)."""
+    changes: dict[str, Any] = {}
+    if status_url is not None:
+        changes["status_url"] = _webhook_url(status_url)
+    if inbound_url is not None:
+        changes["inbound_url"] = _webhook_url(inbound_url)
+
+    async def work(store: Store) -> Account:
+        account = await _account(store, api_key)
+        return await store.update_account(account.id, **changes)
+
+    _echo_account(_with_store(database, work), False)
+
+
+def _webhook_url(url: str) -> str | None:
+    if url == "":
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise _fail(f"error: {url!r} is not an http(s) URL")
+    return url
+
+
+# --- app -------------------------------------------------------------------------------------
+
+
+def _generate_key_pair(private_key_file: Path) -> str:
+    """Write a new RSA private key (mode 0600) and return its public key in PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(private_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _read_public_key(path: Path) -> str:
+    try:
+        loaded = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise _fail(f"error: cannot read a PEM public key from {path}: {exc}") from exc
+    if not isinstance(loaded, rsa.RSAPublicKey):
+        raise _fail("error: the public key must be an RSA key (JWTs are RS256)")
+    return loaded.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+@app_app.command("create")
+def app_create(
+    name: Annotated[str, typer.Argument(help="A name for the application")],
+    status_url: Annotated[str | None, typer.Option(help="Status webhook URL")] = None,
+    inbound_url: Annotated[str | None, typer.Option(help="Inbound webhook URL")] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="An RSA public key (PEM); without it a key pair is generated"),
+    ] = None,
+    private_key_file: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the generated private key [default: ./NAME.key]"),
+    ] = None,
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Create an application; prints its id (and writes a private key unless --public-key)."""
+    key_path = None
+    if public_key is not None:
+        pem = _read_public_key(public_key)
+    else:
+        key_path = private_key_file or Path(f"{name}.key")
+        if key_path.exists():
+            raise _fail(f"error: {key_path} exists; choose another --private-key-file")
+        pem = _generate_key_pair(key_path)
+    status = _webhook_url(status_url) if status_url else None
+    inbound = _webhook_url(inbound_url) if inbound_url else None
+
+    async def work(store: Store) -> Application:
+        account = await _account(store, api_key)
+        application = Application(
+            id=str(uuid.uuid4()),
+            account_id=account.id,
+            name=name,
+            public_key_pem=pem,
+            status_url=status,
+            inbound_url=inbound,
+            created_at=time.time(),
+        )
+        await store.create_application(application)
+        return application
+
+    application = _with_store(database, work)
+    typer.echo(f"application_id: {application.id}")
+    if key_path is not None:
+        typer.echo(f"private key:    {key_path} (mode 0600; keep it secret)")
+
+
+@app_app.command("list")
+def app_list(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> None:
+    """List the account's applications."""
+
+    async def work(store: Store) -> list[Application]:
+        account = await _account(store, api_key)
+        return await store.list_applications(account.id)
+
+    for application in _with_store(database, work):
+        typer.echo(
+            f"{application.id}  {application.name}  status={application.status_url or '-'}  "
+            f"inbound={application.inbound_url or '-'}"
+        )
+
+
+# --- jwt -------------------------------------------------------------------------------------
+
+
+def make_jwt(private_key: bytes, claims: dict[str, Any]) -> str:
+    """An RS256 JWT with ``iat``, ``jti`` and a 15-minute ``exp`` unless ``claims`` set them."""
+    now = int(time.time())
+    payload: dict[str, Any] = {"iat": now, "jti": str(uuid.uuid4()), "exp": now + 900}
+    payload.update(claims)
+    return jwt.encode(payload, private_key, algorithm="RS256", headers={"typ": "JWT"})
+
+
+def _claim_value(name: str, raw: str, now: int) -> Any:
+    if name in ("exp", "nbf", "iat"):
+        if not raw.isdigit():
+            raise _fail(f"error: {name} must be a whole number of seconds")
+        value = int(raw)
+        # like the Nexmo CLI, an absolute time is accepted; a small number is seconds from now
+        return value if value >= 1_000_000_000 else now + value
+    if raw.startswith(("{", "[")):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+@jwt_app.command("generate")
+def jwt_generate(
+    private_key: Annotated[Path, typer.Argument(help="The application's private key file")],
+    claims: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Claims as name=value: application_id=ID (required), exp=SECONDS (a lifetime, "
+            "or an absolute UNIX time), any other claim"
+        ),
+    ] = None,
+) -> None:
+    """Print a JWT for the API, in the style of the Nexmo CLI's jwt:generate."""
+    now = int(time.time())
+    parsed: dict[str, Any] = {}
+    for claim in claims or []:
+        name, sep, raw = claim.partition("=")
+        if not sep or not name:
+            raise _fail(f"error: {claim!r} is not name=value")
+        parsed[name] = _claim_value(name, raw, now)
+    if "application_id" not in parsed:
+        raise _fail("error: application_id=ID is required")
+    try:
+        key = private_key.read_bytes()
+    except OSError as exc:
+        raise _fail(f"error: cannot read {private_key}: {exc}") from exc
+    try:
+        typer.echo(make_jwt(key, parsed))
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        raise _fail(f"error: cannot sign with {private_key}: {exc}") from exc
+
+
+# --- thin clients ----------------------------------------------------------------------------
+
+
+def _auth_headers(
+    app_id: str | None, private_key: Path | None, basic_key: str | None, basic_secret: str | None
+) -> dict[str, str]:
+    if app_id and private_key:
+        token = make_jwt(private_key.read_bytes(), {"application_id": app_id})
+        return {"Authorization": f"Bearer {token}"}
+    if basic_key and basic_secret:
+        return {}
+    raise _fail("error: give --app-id and --private-key (JWT), or --basic-key and --basic-secret")
+
+
+def _post(
+    url: str, path: str, body: bytes, headers: dict[str, str], basic: tuple[str, str] | None
+) -> None:
+    try:
+        response = httpx.post(
+            url.rstrip("/") + path,
+            content=body,
+            headers={**headers, "Content-Type": "application/json"},
+            auth=basic,
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(f"error: cannot reach {url}: {exc}") from exc
+    typer.echo(response.text)
+    if response.status_code >= 300:
+        raise typer.Exit(1)
+
+
+@app.command()
+def send(
+    to: Annotated[str, typer.Option(help="Recipient number (or id for messenger)")],
+    sender: Annotated[str, typer.Option("--from", help="Sender number or id")],
+    text: Annotated[str, typer.Option(help="The text to send")],
+    channel: Annotated[
+        str, typer.Option(help="sms, whatsapp, messenger, viber_service_msg")
+    ] = "sms",
+    url: UrlOption = "http://127.0.0.1:3000",
+    app_id: AppIdOption = None,
+    private_key: KeyOption = None,
+    basic_key: BasicKeyOption = None,
+    basic_secret: BasicSecretOption = None,
+) -> None:
+    """Send one text message through the API (POST /v0.1/messages)."""
+    to_field = "id" if channel == "messenger" else "number"
+    from_field = "number" if channel in ("sms", "mms", "whatsapp") else "id"
+    body = {
+        "to": {"type": channel, to_field: to},
+        "from": {"type": channel, from_field: sender},
+        "message": {"content": {"type": "text", "text": text}},
+    }
+    headers = _auth_headers(app_id, private_key, basic_key, basic_secret)
+    basic = (basic_key, basic_secret) if basic_key and basic_secret and not headers else None
+    _post(url, "/v0.1/messages", json.dumps(body).encode(), headers, basic)
+
+
+@app.command()
+def dispatch(
+    file: Annotated[Path, typer.Argument(help="A Dispatch request body (JSON); - reads stdin")],
+    url: UrlOption = "http://127.0.0.1:3000",
+    app_id: AppIdOption = None,
+    private_key: KeyOption = None,
+    basic_key: BasicKeyOption = None,
+    basic_secret: BasicSecretOption = None,
+) -> None:
+    """Send a failover workflow through the API (POST /v0.1/dispatch)."""
+    body = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+    headers = _auth_headers(app_id, private_key, basic_key, basic_secret)
+    basic = (basic_key, basic_secret) if basic_key and basic_secret and not headers else None
+    _post(url, "/v0.1/dispatch", body, headers, basic)
+
+
+def main() -> None:
+    """Entry point of the ``cascade`` command."""
+    app()

@@ -1,0 +1,48 @@
+"""Typed settings, read from ``CASCADE_*`` environment variables (and an optional ``.env``).
+
+Every setting has a default that runs Cascade on a laptop: a SQLite file in the working
+directory and the built-in sandbox for every channel. A bad value fails at start-up with the
+setting's name, never later.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///cascade.db"
+
+
+class Settings(BaseSettings):
+    """Cascade's settings; each field is the environment variable ``CASCADE_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CASCADE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="sqlite:///path/to/file.db or postgresql://user@host:port/dbname",
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP API listens on")
+    port: int = Field(3000, ge=1, le=65535, description="Port the HTTP API listens on")
+    public_url: str | None = Field(
+        None, description="Base URL clients reach this service at (for links in webhooks)"
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="FULL survives power loss; NORMAL survives a killed process but may lose "
+        "the last commits on power loss",
+    )
+    postgres_pool_size: int = Field(16, ge=1, le=200, description="PostgreSQL connections")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body accepted (413 above)"
+    )
+    run_worker: bool = Field(True, description="Run the engine inside `cascade serve`")
+    sandbox_speed: float = Field(
+        1.0, gt=0, description="Sandbox receipts come this many times faster than documented"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["console", "json"] = Field("console")

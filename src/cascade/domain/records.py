@@ -1,0 +1,172 @@
+"""Records Cascade keeps: tenants, accepted workflows and what happened to them.
+
+These are the values that cross the store seam in both directions. They are plain frozen
+dataclasses; times are POSIX seconds (float) from the injected clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Surface(StrEnum):
+    """Which API a workflow came in through; it decides the names used in responses/webhooks."""
+
+    DISPATCH = "dispatch"  # POST /v0.1/dispatch -> dispatch_uuid
+    WORKFLOWS = "workflows"  # POST /beta/workflows -> workflow_uuid
+    MESSAGES = "messages"  # POST /v0.1/messages, /beta/messages -> message_uuid
+
+
+class WorkflowState(StrEnum):
+    """Where a workflow stands as a whole."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+
+
+class StepState(StrEnum):
+    """Where one step (one message) of a workflow stands in the failover sequence."""
+
+    WAITING = "waiting"  # an earlier step may still succeed
+    ACTIVE = "active"  # started: sent or being sent, its window open
+    EXPIRED = "expired"  # its window closed without success; later receipts still count
+    FAILED = "failed"  # failed at once (rejected, undeliverable, permanent error)
+    SUCCEEDED = "succeeded"  # reached its condition_status (or, on the last step, delivered)
+    CANCELLED = "cancelled"  # never started, because an earlier step succeeded
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A tenant: API credentials, the webhook signing secret and default webhook URLs."""
+
+    id: str
+    api_key: str
+    api_secret_sha256: str
+    signature_secret: str
+    status_url: str | None
+    inbound_url: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    """An account's application: the RSA public key that verifies its JWTs, and webhook URLs."""
+
+    id: str
+    account_id: str
+    name: str
+    public_key_pem: str
+    status_url: str | None
+    inbound_url: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    """One message of an accepted request, ready to store."""
+
+    message_id: str
+    channel: str
+    to: bytes  # the ``to`` object, JSON
+    from_: bytes  # the ``from`` object, JSON
+    body: bytes  # the ``message`` object, JSON
+    client_ref: str | None
+    expiry_time: int | None
+    condition_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The response an idempotent request got the first time."""
+
+    status_code: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """An ``Idempotency-Key`` sent with a request, and the digest of the request it names."""
+
+    key: str
+    request_sha256: str
+    response: StoredResponse
+
+
+@dataclass(frozen=True, slots=True)
+class NewWorkflow:
+    """An accepted request: a workflow of one or more steps, written in one transaction."""
+
+    id: str
+    account_id: str
+    application_id: str | None
+    surface: Surface
+    steps: tuple[NewStep, ...]
+    accepted_at: float
+    idempotency: IdempotencyClaim | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What storing a request produced: fresh, or the earlier response to the same key."""
+
+    created: bool
+    response: StoredResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a workflow's timeline."""
+
+    at: float
+    kind: str
+    message_id: str | None = None
+    status: str | None = None
+    code: int | None = None
+    reason: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A stored message (one step of a workflow) as it stands now."""
+
+    id: str
+    workflow_id: str
+    step: int
+    account_id: str
+    channel: str
+    to: bytes
+    from_: bytes
+    body: bytes
+    client_ref: str | None
+    expiry_time: int | None
+    condition_status: str | None
+    state: StepState
+    status: str | None
+    error_code: int | None
+    error_reason: str | None
+    provider: str | None
+    provider_message_id: str | None
+    price: str | None
+    currency: str | None
+    started_at: float | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """A stored workflow with its steps and timeline."""
+
+    id: str
+    account_id: str
+    application_id: str | None
+    surface: Surface
+    state: WorkflowState
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    messages: tuple[MessageRecord, ...] = ()
+    events: tuple[Event, ...] = field(default=())

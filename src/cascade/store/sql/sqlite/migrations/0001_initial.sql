@@ -1,0 +1,101 @@
+-- Tenancy, accepted workflows, their messages, timeline, durable jobs and idempotency keys.
+CREATE TABLE accounts (
+    id                TEXT PRIMARY KEY,
+    api_key           TEXT NOT NULL UNIQUE,
+    api_secret_sha256 TEXT NOT NULL,
+    signature_secret  TEXT NOT NULL,
+    status_url        TEXT,
+    inbound_url       TEXT,
+    created_at        REAL NOT NULL
+);
+
+CREATE TABLE applications (
+    id             TEXT PRIMARY KEY,
+    account_id     TEXT NOT NULL REFERENCES accounts (id),
+    name           TEXT NOT NULL,
+    public_key_pem TEXT NOT NULL,
+    status_url     TEXT,
+    inbound_url    TEXT,
+    created_at     REAL NOT NULL
+);
+CREATE INDEX applications_account ON applications (account_id, created_at);
+
+CREATE TABLE workflows (
+    id             TEXT PRIMARY KEY,
+    account_id     TEXT NOT NULL,
+    application_id TEXT,
+    surface        TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    created_at     REAL NOT NULL,
+    updated_at     REAL NOT NULL,
+    finished_at    REAL
+);
+CREATE INDEX workflows_account ON workflows (account_id, created_at);
+
+-- One row per workflow step; a plain message is a workflow of one step.
+CREATE TABLE messages (
+    id                  TEXT PRIMARY KEY,
+    workflow_id         TEXT NOT NULL REFERENCES workflows (id),
+    step                INTEGER NOT NULL,
+    account_id          TEXT NOT NULL,
+    channel             TEXT NOT NULL,
+    recipient           TEXT NOT NULL,
+    sender              TEXT NOT NULL,
+    body                TEXT NOT NULL,
+    client_ref          TEXT,
+    expiry_time         INTEGER,
+    condition_status    TEXT,
+    state               TEXT NOT NULL,
+    status              TEXT,
+    error_code          INTEGER,
+    error_reason        TEXT,
+    provider            TEXT,
+    provider_message_id TEXT,
+    price               TEXT,
+    currency            TEXT,
+    started_at          REAL,
+    created_at          REAL NOT NULL,
+    updated_at          REAL NOT NULL,
+    UNIQUE (workflow_id, step)
+);
+CREATE INDEX messages_account ON messages (account_id, created_at);
+CREATE UNIQUE INDEX messages_provider_ref ON messages (provider, provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+
+-- The timeline: statuses with their time, source and reason, step starts, failovers, outcome.
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow_id TEXT NOT NULL,
+    message_id  TEXT,
+    at          REAL NOT NULL,
+    kind        TEXT NOT NULL,
+    status      TEXT,
+    code        INTEGER,
+    reason      TEXT,
+    source      TEXT
+);
+CREATE INDEX events_workflow ON events (workflow_id, id);
+
+-- Every timer, retry and pending send is a row here; nothing lives only in memory.
+CREATE TABLE jobs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT NOT NULL,
+    ref          TEXT NOT NULL,
+    run_at       REAL NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    locked_by    TEXT,
+    locked_until REAL,
+    created_at   REAL NOT NULL
+);
+CREATE INDEX jobs_due ON jobs (run_at);
+CREATE INDEX jobs_ref ON jobs (ref);
+
+CREATE TABLE idempotency_keys (
+    account_id     TEXT NOT NULL,
+    key            TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL,
+    status_code    INTEGER NOT NULL,
+    response       TEXT NOT NULL,
+    created_at     REAL NOT NULL,
+    PRIMARY KEY (account_id, key)
+);

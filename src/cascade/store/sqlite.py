@@ -1,0 +1,476 @@
+"""The embedded store: one SQLite file, one writer thread, group commit.
+
+Writes are functions of a connection queued to a single writer thread. The thread takes every
+write that is waiting, runs them in one transaction (each inside its own savepoint, so one
+failing write does not undo the others), commits once, and then resolves all their futures with a
+single hop back to the event loop. Under load, hundreds of requests share one commit; the 202 of
+a request is sent only after the commit that holds it. Reads run directly on the event loop
+thread on their own connection: WAL lets them proceed while the writer commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cascade.domain.records import (
+    Accepted,
+    Account,
+    Application,
+    Event,
+    MessageRecord,
+    NewWorkflow,
+    StepState,
+    StoredResponse,
+    Surface,
+    WorkflowRecord,
+    WorkflowState,
+)
+from cascade.errors import (
+    IdempotencyConflict,
+    NotFound,
+    StoreConflict,
+    StoreUnavailable,
+)
+from cascade.store.base import UNSET, Job, Store, _Unset
+from cascade.store.migrations import migrations
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+_ACCOUNT_COLUMNS = (
+    "id, api_key, api_secret_sha256, signature_secret, status_url, inbound_url, created_at"
+)
+_APPLICATION_COLUMNS = "id, account_id, name, public_key_pem, status_url, inbound_url, created_at"
+_MESSAGE_COLUMNS = (
+    "id, workflow_id, step, account_id, channel, recipient, sender, body, client_ref, "
+    "expiry_time, condition_status, state, status, error_code, error_reason, provider, "
+    "provider_message_id, price, currency, started_at, created_at, updated_at"
+)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class _GroupCommitWriter:
+    """The single writer thread of one SQLite file."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._pending: deque[tuple[WriteFn, asyncio.Future[Any]]] = deque()
+        self._wakeup = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="cascade-sqlite-writer", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+        #: how many transactions and writes the thread committed (for tests and metrics)
+        self.commits = 0
+        self.writes = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._conn = _connect(self._path)
+        self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._thread.start()
+
+    def submit(self, fn: WriteFn) -> asyncio.Future[Any]:
+        """Queue a write; the future resolves after the commit that holds it."""
+        assert self._loop is not None, "writer not started"
+        future: asyncio.Future[Any] = self._loop.create_future()
+        with self._wakeup:
+            if self._closing:
+                raise StoreUnavailable("the store is closed")
+            self._pending.append((fn, future))
+            self._wakeup.notify()
+        return future
+
+    def stop(self) -> None:
+        with self._wakeup:
+            self._closing = True
+            self._wakeup.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _run(self) -> None:
+        assert self._conn is not None
+        assert self._loop is not None
+        conn, loop = self._conn, self._loop
+        while True:
+            with self._wakeup:
+                while not self._pending and not self._closing:
+                    self._wakeup.wait()
+                batch = list(self._pending)
+                self._pending.clear()
+            if not batch:
+                return  # closing, and nothing left to write
+            outcomes = self._commit(conn, batch)
+            loop.call_soon_threadsafe(_settle, outcomes)
+
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[tuple[WriteFn, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in batch:
+                conn.execute("SAVEPOINT write")
+                try:
+                    result = fn(conn)
+                except Exception as exc:  # handed to the caller's future, not swallowed
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                    outcomes.append((future, None, _wrap(exc)))
+                else:
+                    conn.execute("RELEASE write")
+                    outcomes.append((future, result, None))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = StoreUnavailable(f"SQLite commit failed: {exc}")
+            failure.__cause__ = exc
+            return [(future, None, failure) for _, future in batch]
+        self.commits += 1
+        self.writes += len(batch)
+        return outcomes
+
+
+def _wrap(exc: Exception) -> BaseException:
+    if isinstance(exc, sqlite3.IntegrityError):
+        wrapped: BaseException = StoreConflict(str(exc))
+    elif isinstance(exc, sqlite3.Error):
+        wrapped = StoreUnavailable(str(exc))
+    else:
+        return exc
+    wrapped.__cause__ = exc
+    return wrapped
+
+
+def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///path`` URL (``sqlite:///:memory:`` is refused)."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
+    return path
+
+
+class SqliteStore(Store):
+    """The Store on one SQLite file."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+        self.path = str(path)
+        self._writer = _GroupCommitWriter(self.path, synchronous)
+        self._reader: sqlite3.Connection | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.migrate()
+        self._reader = _connect(self.path)
+        self._writer.start(asyncio.get_running_loop())
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this file lacks; returns their names."""
+        conn = _connect(self.path)
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            applied = []
+            for migration in migrations("sqlite"):
+                if migration.version in done:
+                    continue
+                conn.executescript(
+                    "BEGIN IMMEDIATE;\n"
+                    f"{migration.sql}\n"
+                    "INSERT INTO schema_migrations VALUES "
+                    f"({migration.version}, '{migration.name}', {time.time()});\n"
+                    "COMMIT;"
+                )
+                applied.append(f"{migration.version:04d}_{migration.name}")
+            return applied
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"migrating {self.path} failed: {exc}") from exc
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writer.stop)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far by the writer (group commit makes this < writes)."""
+        return self._writer.commits
+
+    @property
+    def writes(self) -> int:
+        """Writes committed so far."""
+        return self._writer.writes
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await self._writer.submit(fn)
+        return result
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self._reader is not None, "store not open"
+        try:
+            rows: list[tuple[Any, ...]] = self._reader.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+        return rows
+
+    # --- tenancy ---------------------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO accounts ({_ACCOUNT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    account.id,
+                    account.api_key,
+                    account.api_secret_sha256,
+                    account.signature_secret,
+                    account.status_url,
+                    account.inbound_url,
+                    account.created_at,
+                ),
+            )
+
+        await self._write(write)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        rows = self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,))
+        return Account(*rows[0]) if rows else None
+
+    async def get_account_by_api_key(self, api_key: str) -> Account | None:
+        rows = self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE api_key = ?", (api_key,))
+        return Account(*rows[0]) if rows else None
+
+    async def list_accounts(self) -> list[Account]:
+        rows = self._read(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id")
+        return [Account(*row) for row in rows]
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        status_url: str | _Unset | None = UNSET,
+        inbound_url: str | _Unset | None = UNSET,
+        signature_secret: str | _Unset = UNSET,
+    ) -> Account:
+        changes = {
+            name: value
+            for name, value in (
+                ("status_url", status_url),
+                ("inbound_url", inbound_url),
+                ("signature_secret", signature_secret),
+            )
+            if value is not UNSET
+        }
+
+        def write(conn: sqlite3.Connection) -> Account | None:
+            if changes:
+                assignments = ", ".join(f"{name} = ?" for name in changes)
+                conn.execute(
+                    f"UPDATE accounts SET {assignments} WHERE id = ?",
+                    (*changes.values(), account_id),
+                )
+            row = conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
+            ).fetchone()
+            return Account(*row) if row else None
+
+        account = await self._write(write)
+        if account is None:
+            raise NotFound(f"no account {account_id}")
+        return account
+
+    async def create_application(self, application: Application) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO applications ({_APPLICATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    application.id,
+                    application.account_id,
+                    application.name,
+                    application.public_key_pem,
+                    application.status_url,
+                    application.inbound_url,
+                    application.created_at,
+                ),
+            )
+
+        await self._write(write)
+
+    async def get_application(self, application_id: str) -> Application | None:
+        rows = self._read(
+            f"SELECT {_APPLICATION_COLUMNS} FROM applications WHERE id = ?", (application_id,)
+        )
+        return Application(*rows[0]) if rows else None
+
+    async def list_applications(self, account_id: str) -> list[Application]:
+        rows = self._read(
+            f"SELECT {_APPLICATION_COLUMNS} FROM applications WHERE account_id = ? "
+            "ORDER BY created_at, id",
+            (account_id,),
+        )
+        return [Application(*row) for row in rows]
+
+    # --- the accept path -------------------------------------------------------------------
+
+    async def accept(self, workflow: NewWorkflow) -> Accepted:
+        return await self._write(lambda conn: _insert_workflow(conn, workflow))
+
+    # --- reading back ----------------------------------------------------------------------
+
+    async def get_workflow(self, account_id: str, workflow_id: str) -> WorkflowRecord | None:
+        rows = self._read(
+            "SELECT id, account_id, application_id, surface, state, created_at, updated_at, "
+            "finished_at FROM workflows WHERE id = ? AND account_id = ?",
+            (workflow_id, account_id),
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        messages = tuple(
+            _message(r)
+            for r in self._read(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE workflow_id = ? ORDER BY step",
+                (workflow_id,),
+            )
+        )
+        events = tuple(
+            Event(*r)
+            for r in self._read(
+                "SELECT at, kind, message_id, status, code, reason, source FROM events "
+                "WHERE workflow_id = ? ORDER BY id",
+                (workflow_id,),
+            )
+        )
+        return WorkflowRecord(
+            id=row[0],
+            account_id=row[1],
+            application_id=row[2],
+            surface=Surface(row[3]),
+            state=WorkflowState(row[4]),
+            created_at=row[5],
+            updated_at=row[6],
+            finished_at=row[7],
+            messages=messages,
+            events=events,
+        )
+
+    async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
+        rows = self._read(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND account_id = ?",
+            (message_id, account_id),
+        )
+        return _message(rows[0]) if rows else None
+
+    async def pending_jobs(self, ref: str) -> list[Job]:
+        rows = self._read(
+            "SELECT id, kind, ref, run_at, attempts FROM jobs WHERE ref = ? ORDER BY run_at, id",
+            (ref,),
+        )
+        return [Job(*row) for row in rows]
+
+
+def _message(row: tuple[Any, ...]) -> MessageRecord:
+    values = list(row)
+    for index in (5, 6, 7):  # recipient, sender, body are stored as JSON text
+        values[index] = values[index].encode()
+    values[11] = StepState(values[11])
+    return MessageRecord(*values)
+
+
+def _insert_workflow(conn: sqlite3.Connection, workflow: NewWorkflow) -> Accepted:
+    claim = workflow.idempotency
+    if claim is not None:
+        row = conn.execute(
+            "SELECT request_sha256, status_code, response FROM idempotency_keys "
+            "WHERE account_id = ? AND key = ?",
+            (workflow.account_id, claim.key),
+        ).fetchone()
+        if row is not None:
+            if row[0] != claim.request_sha256:
+                raise IdempotencyConflict()
+            return Accepted(created=False, response=StoredResponse(row[1], row[2].encode()))
+        conn.execute(
+            "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                workflow.account_id,
+                claim.key,
+                claim.request_sha256,
+                claim.response.status_code,
+                claim.response.body.decode(),
+                workflow.accepted_at,
+            ),
+        )
+    now = workflow.accepted_at
+    conn.execute(
+        "INSERT INTO workflows (id, account_id, application_id, surface, state, created_at, "
+        "updated_at) VALUES (?, ?, ?, ?, 'running', ?, ?)",
+        (workflow.id, workflow.account_id, workflow.application_id, workflow.surface, now, now),
+    )
+    conn.executemany(
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?)",
+        [
+            (
+                step.message_id,
+                workflow.id,
+                index,
+                workflow.account_id,
+                step.channel,
+                step.to.decode(),
+                step.from_.decode(),
+                step.body.decode(),
+                step.client_ref,
+                step.expiry_time,
+                step.condition_status,
+                StepState.ACTIVE if index == 0 else StepState.WAITING,
+                now if index == 0 else None,
+                now,
+                now,
+            )
+            for index, step in enumerate(workflow.steps)
+        ],
+    )
+    first = workflow.steps[0]
+    jobs = [("send", first.message_id, now, now)]
+    if first.expiry_time is not None and len(workflow.steps) > 1:
+        # the step's window starts when its send is enqueued (DESIGN.md §2.1)
+        jobs.append(("step_timeout", first.message_id, now + first.expiry_time, now))
+    conn.executemany("INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)", jobs)
+    return Accepted(created=True)
