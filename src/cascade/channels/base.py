@@ -1,0 +1,102 @@
+"""The channel seam: hand a message to a provider; hear back receipts and inbound messages.
+
+A provider knows its wire protocol and nothing of workflows. ``send`` either returns the
+provider's id for the message or raises: ``ChannelUnavailable`` when trying again later may
+work (throttled, timed out, connection lost), ``ChannelRejected`` when it never will. What the
+provider reports later (delivery receipts, read receipts, replies) goes to the
+:class:`ReceiptSink` the engine gives it at start.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cascade.domain.status import Status
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One message to send, as the API accepted it."""
+
+    message_id: str
+    channel: str
+    to: dict[str, Any]  # the v0.1 ``to`` object: {"type", "number"|"id"}
+    from_: dict[str, Any]  # the v0.1 ``from`` object
+    message: dict[str, Any]  # the v0.1 ``message`` object: {"content": {...}, options...}
+    client_ref: str | None = None
+
+    @property
+    def recipient(self) -> str:
+        """The recipient's number or id."""
+        return str(self.to.get("number") or self.to.get("id") or "")
+
+    @property
+    def text(self) -> str | None:
+        """The text content, when the message is a text."""
+        value = self.message.get("content", {}).get("text")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What the provider answered to a successful submission."""
+
+    provider_message_id: str
+    price: str | None = None  # per message, as a decimal string (Nexmo's usage.price)
+    currency: str | None = None
+    segments: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A status the provider reported for a message it accepted earlier."""
+
+    provider: str
+    provider_message_id: str
+    status: Status
+    at: float
+    code: int | None = None  # Nexmo error code when the status is a failure
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message a customer's customer sent in (an MO SMS, a Messenger reply...)."""
+
+    provider: str
+    channel: str
+    to: dict[str, Any]
+    from_: dict[str, Any]
+    content: dict[str, Any]  # the v0.1 inbound ``message.content``
+    at: float
+    provider_message_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # channel extras, e.g. sms.num_messages
+
+
+class ReceiptSink(Protocol):
+    """Where a provider reports what happens after a send (the engine implements it)."""
+
+    async def receipt(self, receipt: Receipt) -> None:
+        """Record a receipt durably; returns once it is stored."""
+
+    async def inbound(self, message: InboundMessage) -> None:
+        """Record an inbound message durably; returns once it is stored."""
+
+
+class ChannelProvider(abc.ABC):
+    """One provider connection (the sandbox, an SMSC, the Graph API...)."""
+
+    #: the provider's name, stored with each message it sent (receipts are matched by it)
+    name: str = "provider"
+
+    async def start(self, sink: ReceiptSink) -> None:  # noqa: B027 - optional hook
+        """Connect; keep ``sink`` for receipts and inbound messages."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect, finishing what is in flight."""
+
+    @abc.abstractmethod
+    async def send(self, message: OutboundMessage) -> SendResult:
+        """Submit one message; raise ChannelUnavailable or ChannelRejected if it fails."""

@@ -1,0 +1,31 @@
+"""Message statuses in Nexmo's v0.1 vocabulary, and their order."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """A message status as the v0.1 status webhook names it."""
+
+    SUBMITTED = "submitted"  # handed to the provider
+    DELIVERED = "delivered"  # the provider says it reached the device
+    READ = "read"  # the recipient read it (messenger, whatsapp, viber only)
+    REJECTED = "rejected"  # refused by us or the provider, or failed later; carries an error
+    UNDELIVERABLE = "undeliverable"  # the provider could not be reached
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether this status ends the message without success."""
+        return self in (Status.REJECTED, Status.UNDELIVERABLE)
+
+
+#: the success ladder: a status only ever moves up it (DESIGN.md §2.8)
+SUCCESS_RANK = {Status.SUBMITTED: 1, Status.DELIVERED: 2, Status.READ: 3}
+
+
+def reaches(status: Status | None, condition: str) -> bool:
+    """Whether ``status`` satisfies a ``condition_status`` (``read`` satisfies ``delivered``)."""
+    if status is None or status.is_failure:
+        return False
+    return SUCCESS_RANK[status] >= SUCCESS_RANK[Status(condition)]
