@@ -31,13 +31,14 @@ def create_app(
     *,
     clock: Clock,
     max_body_bytes: int = 1_048_576,
+    report_horizon: float = 72 * 3600,
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
     | None = None,
 ) -> Starlette:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
     it (opening the store, the engine)."""
     authenticator = Authenticator(store, clock)
-    context = AcceptContext(store, authenticator, clock, max_body_bytes)
+    context = AcceptContext(store, authenticator, clock, max_body_bytes, report_horizon)
 
     accept = [
         ("/v0.1/messages", Surface.MESSAGES, "message_uuid"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -17,9 +16,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cascade.api.auth import Authenticator, Principal
+from cascade.api.auth import Authenticator
 from cascade.api.validation import RequestDecoder
 from cascade.clock import Clock
+from cascade.domain.failover import step_jobs
 from cascade.domain.message import MessageRequest, WorkflowRequest, WorkflowStep, encode
 from cascade.domain.records import IdempotencyClaim, NewStep, NewWorkflow, StoredResponse, Surface
 from cascade.domain.rules import request_violations, workflow_violations
@@ -45,6 +45,7 @@ class AcceptContext:
     authenticator: Authenticator
     clock: Clock
     max_body_bytes: int
+    report_horizon: float
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:
@@ -124,8 +125,27 @@ class AcceptEndpoint:
                 request_sha256=_request_digest(request, body),
                 response=StoredResponse(202, response_body),
             )
+        now = ctx.clock.now()
+        first = steps[0]
+        jobs = step_jobs(
+            workflow_id,
+            first.message_id,
+            first.expiry_time,
+            len(steps) == 1,
+            now,
+            ctx.report_horizon,
+        )
         accepted = await ctx.store.accept(
-            _workflow(workflow_id, principal, self._surface, steps, ctx.clock.now(), claim)
+            NewWorkflow(
+                id=workflow_id,
+                account_id=principal.account.id,
+                application_id=principal.application.id if principal.application else None,
+                surface=self._surface,
+                steps=tuple(steps),
+                accepted_at=now,
+                jobs=tuple(jobs),
+                idempotency=claim,
+            )
         )
         if not accepted.created and accepted.response is not None:
             IDEMPOTENT_REPLAYS.inc()
@@ -152,22 +172,3 @@ def _request_digest(request: Request, body: bytes) -> str:
     digest.update(b"\0")
     digest.update(body)
     return digest.hexdigest()
-
-
-def _workflow(
-    workflow_id: str,
-    principal: Principal,
-    surface: Surface,
-    steps: Sequence[NewStep],
-    now: float,
-    claim: IdempotencyClaim | None,
-) -> NewWorkflow:
-    return NewWorkflow(
-        id=workflow_id,
-        account_id=principal.account.id,
-        application_id=principal.application.id if principal.application else None,
-        surface=surface,
-        steps=tuple(steps),
-        accepted_at=now,
-        idempotency=claim,
-    )

@@ -95,6 +95,15 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to schedule: what to do (kind), to which row (ref), and when."""
+
+    kind: str
+    ref: str
+    run_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class NewWorkflow:
     """An accepted request: a workflow of one or more steps, written in one transaction."""
 
@@ -104,6 +113,8 @@ class NewWorkflow:
     surface: Surface
     steps: tuple[NewStep, ...]
     accepted_at: float
+    #: the jobs that start the first step (its send, and its window or the report horizon)
+    jobs: tuple[NewJob, ...] = ()
     idempotency: IdempotencyClaim | None = None
 
 

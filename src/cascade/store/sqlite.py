@@ -467,10 +467,8 @@ def _insert_workflow(conn: sqlite3.Connection, workflow: NewWorkflow) -> Accepte
             for index, step in enumerate(workflow.steps)
         ],
     )
-    first = workflow.steps[0]
-    jobs = [("send", first.message_id, now, now)]
-    if first.expiry_time is not None and len(workflow.steps) > 1:
-        # the step's window starts when its send is enqueued (DESIGN.md §2.1)
-        jobs.append(("step_timeout", first.message_id, now + first.expiry_time, now))
-    conn.executemany("INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)", jobs)
+    conn.executemany(
+        "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)",
+        [(job.kind, job.ref, job.run_at, now) for job in workflow.jobs],
+    )
     return Accepted(created=True)

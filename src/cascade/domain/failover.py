@@ -1,0 +1,345 @@
+"""The failover rules (DESIGN.md §2) as a pure state machine.
+
+:func:`apply` takes a workflow as stored and one thing that happened to it (a status observed
+for one of its messages, a step's window closing, the report horizon passing) and returns the
+:class:`Changes` to store. It does no I/O and reads no clock, so the rules are tested directly,
+including by property tests over random orders of receipts, timeouts and send errors.
+
+The rules, in short:
+
+1. A step's window opens when the step starts (its send is enqueued).
+2. A step succeeds when its message reaches ``condition_status`` (``read`` satisfies
+   ``delivered``); the last step succeeds on ``delivered``. Success completes the workflow and
+   cancels the steps not yet started.
+3. A failure (``rejected``/``undeliverable``) of the running step starts the next one at once;
+   on the last step it ends the workflow in ``error``.
+4. When a step's window closes before success, the next step starts; the expired step's later
+   receipts are still recorded and forwarded, and a late success still completes the workflow.
+5. The last step has no window: the report goes when it succeeds or fails, or at the horizon.
+6. A message's status only moves up ``submitted < delivered < read``; a failure may replace
+   ``submitted`` only; duplicates and stale receipts change nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cascade.domain.records import (
+    Event,
+    MessageRecord,
+    NewJob,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+)
+from cascade.domain.status import SUCCESS_RANK, Status, reaches
+
+#: job kinds the rules schedule
+SEND = "send"
+STEP_TIMEOUT = "step_timeout"
+REPORT_HORIZON = "report_horizon"
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A status seen for one message: a send result or a provider receipt."""
+
+    message_id: str
+    status: Status
+    at: float
+    source: str
+    code: int | None = None
+    reason: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    price: str | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowClosed:
+    """A step's ``expiry_time`` passed (its timer job ran)."""
+
+    message_id: str
+    at: float
+    #: the last transient send error, when the message never reached the provider
+    last_error: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HorizonReached:
+    """The report horizon passed for a workflow still running on its last step."""
+
+    at: float
+
+
+Happening = Observed | WindowClosed | HorizonReached
+
+
+@dataclass(slots=True)
+class MessageChange:
+    """New values for some fields of one message (None: unchanged)."""
+
+    message_id: str
+    state: StepState | None = None
+    status: Status | None = None
+    error_code: int | None = None
+    error_reason: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    price: str | None = None
+    currency: str | None = None
+    started_at: float | None = None
+
+
+@dataclass(slots=True)
+class Changes:
+    """Everything one happening changes, to be stored in one transaction."""
+
+    messages: dict[str, MessageChange] = field(default_factory=dict)
+    workflow_state: WorkflowState | None = None
+    finished_at: float | None = None
+    events: list[Event] = field(default_factory=list)
+    jobs: list[NewJob] = field(default_factory=list)
+    #: (kind, ref) of jobs to delete: timers and sends that no longer matter
+    cancel_jobs: list[tuple[str, str]] = field(default_factory=list)
+    #: messages whose new status must be reported to the customer, in order
+    status_reports: list[str] = field(default_factory=list)
+    #: whether the workflow just finished and its final report is due
+    final_report: bool = False
+
+    def message(self, message_id: str) -> MessageChange:
+        """The change record of one message, created on first use."""
+        change = self.messages.get(message_id)
+        if change is None:
+            change = self.messages[message_id] = MessageChange(message_id)
+        return change
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing changes."""
+        return not (self.messages or self.events or self.jobs or self.cancel_jobs)
+
+
+def merged_status(current: Status | None, seen: Status) -> Status | None:
+    """The status after ``seen`` arrives, or None when it changes nothing (rule 6)."""
+    if current is None:
+        return seen
+    if seen == current:
+        return None
+    if seen.is_failure:
+        return seen if current == Status.SUBMITTED else None
+    if current.is_failure:
+        # a success reported after a failure (multi-device channels do this) is the truth
+        return seen if seen != Status.SUBMITTED else None
+    return seen if SUCCESS_RANK[seen] > SUCCESS_RANK[current] else None
+
+
+def success_condition(step: MessageRecord, last: bool) -> str:
+    """The status that makes this step a success."""
+    if last or step.condition_status is None:
+        return Status.DELIVERED.value
+    return step.condition_status
+
+
+def step_jobs(
+    workflow_id: str,
+    message_id: str,
+    expiry_time: int | None,
+    last: bool,
+    at: float,
+    horizon: float,
+) -> list[NewJob]:
+    """The jobs that start a step: its send now, and its window (rule 1) or, on the last step,
+    the report horizon (rule 5)."""
+    jobs = [NewJob(SEND, message_id, at)]
+    if not last and expiry_time is not None:
+        jobs.append(NewJob(STEP_TIMEOUT, message_id, at + expiry_time))
+    if last:
+        jobs.append(NewJob(REPORT_HORIZON, workflow_id, at + horizon))
+    return jobs
+
+
+def start_step(
+    workflow: WorkflowRecord,
+    index: int,
+    at: float,
+    changes: Changes,
+    *,
+    horizon: float,
+) -> None:
+    """Start step ``index`` of a running workflow."""
+    step = workflow.messages[index]
+    last = index == len(workflow.messages) - 1
+    change = changes.message(step.id)
+    change.state = StepState.ACTIVE
+    change.started_at = at
+    changes.jobs += step_jobs(workflow.id, step.id, step.expiry_time, last, at, horizon)
+    changes.events.append(Event(at=at, kind="step_started", message_id=step.id, source="engine"))
+
+
+def _finish(
+    workflow: WorkflowRecord, state: WorkflowState, at: float, reason: str, changes: Changes
+) -> None:
+    changes.workflow_state = state
+    changes.finished_at = at
+    changes.final_report = True
+    for step in workflow.messages:
+        if _state(step, changes) == StepState.WAITING:
+            changes.message(step.id).state = StepState.CANCELLED
+        changes.cancel_jobs.append((STEP_TIMEOUT, step.id))
+    changes.cancel_jobs.append((REPORT_HORIZON, workflow.id))
+    changes.events.append(Event(at=at, kind=state.value, reason=reason, source="engine"))
+
+
+def _state(step: MessageRecord, changes: Changes) -> StepState:
+    change = changes.messages.get(step.id)
+    return change.state if change is not None and change.state is not None else step.state
+
+
+def _advance(
+    workflow: WorkflowRecord, index: int, at: float, reason: str, changes: Changes, horizon: float
+) -> None:
+    """Move past step ``index`` after it failed or expired: start the next, or end in error."""
+    step = workflow.messages[index]
+    changes.events.append(Event(at=at, kind="failover", message_id=step.id, reason=reason))
+    if index + 1 < len(workflow.messages):
+        start_step(workflow, index + 1, at, changes, horizon=horizon)
+    else:
+        _finish(workflow, WorkflowState.ERROR, at, reason, changes)
+
+
+def _find(workflow: WorkflowRecord, message_id: str) -> int | None:
+    for index, step in enumerate(workflow.messages):
+        if step.id == message_id:
+            return index
+    return None
+
+
+def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Changes:
+    changes = Changes()
+    index = _find(workflow, seen.message_id)
+    if index is None:
+        return changes
+    step = workflow.messages[index]
+    current = Status(step.status) if step.status is not None else None
+    new = merged_status(current, seen.status)
+    if new is None:
+        return changes  # duplicate or stale: nothing changes twice
+    change = changes.message(step.id)
+    change.status = new
+    if new.is_failure:
+        change.error_code = seen.code
+        change.error_reason = seen.reason
+    if seen.provider_message_id is not None:
+        change.provider = seen.provider
+        change.provider_message_id = seen.provider_message_id
+    if seen.price is not None:
+        change.price = seen.price
+        change.currency = seen.currency
+    changes.events.append(
+        Event(
+            at=seen.at,
+            kind="status",
+            message_id=step.id,
+            status=new.value,
+            code=seen.code if new.is_failure else None,
+            reason=seen.reason if new.is_failure else None,
+            source=seen.source,
+        )
+    )
+    changes.status_reports.append(step.id)
+
+    last = index == len(workflow.messages) - 1
+    if reaches(new, success_condition(step, last)):
+        if step.state in (StepState.ACTIVE, StepState.EXPIRED, StepState.FAILED):
+            change.state = StepState.SUCCEEDED
+        changes.cancel_jobs.append((STEP_TIMEOUT, step.id))
+        if workflow.state == WorkflowState.RUNNING:
+            late = "" if step.state == StepState.ACTIVE else " (late, after failover)"
+            _finish(
+                workflow,
+                WorkflowState.COMPLETED,
+                seen.at,
+                f"step {index + 1} reached {new.value}{late}",
+                changes,
+            )
+        return changes
+    if new.is_failure and step.state == StepState.ACTIVE:
+        change.state = StepState.FAILED
+        changes.cancel_jobs.append((STEP_TIMEOUT, step.id))
+        if workflow.state == WorkflowState.RUNNING:
+            detail = f"{seen.code} {seen.reason}" if seen.code is not None else new.value
+            _advance(
+                workflow,
+                index,
+                seen.at,
+                f"step {index + 1} {new.value}: {detail}",
+                changes,
+                horizon,
+            )
+    return changes
+
+
+def _window_closed(workflow: WorkflowRecord, closed: WindowClosed, horizon: float) -> Changes:
+    changes = Changes()
+    index = _find(workflow, closed.message_id)
+    if index is None or workflow.state != WorkflowState.RUNNING:
+        return changes
+    step = workflow.messages[index]
+    if step.state != StepState.ACTIVE or index == len(workflow.messages) - 1:
+        return changes  # a stale timer: the step already ended, or the last step has none
+    change = changes.message(step.id)
+    change.state = StepState.EXPIRED
+    if step.status is None:
+        # the message never reached the provider: its send is abandoned with the window
+        code, reason = closed.last_error or (1100, "Communication failed")
+        change.status = Status.UNDELIVERABLE
+        change.error_code = code
+        change.error_reason = reason
+        changes.cancel_jobs.append((SEND, step.id))
+        changes.events.append(
+            Event(
+                at=closed.at,
+                kind="status",
+                message_id=step.id,
+                status=Status.UNDELIVERABLE.value,
+                code=code,
+                reason=reason,
+                source="engine",
+            )
+        )
+        changes.status_reports.append(step.id)
+    condition = success_condition(step, False)
+    _advance(
+        workflow,
+        index,
+        closed.at,
+        f"step {index + 1} did not reach {condition} within {step.expiry_time} s",
+        changes,
+        horizon,
+    )
+    return changes
+
+
+def _horizon(workflow: WorkflowRecord, reached: HorizonReached) -> Changes:
+    changes = Changes()
+    if workflow.state == WorkflowState.RUNNING:
+        _finish(
+            workflow,
+            WorkflowState.ERROR,
+            reached.at,
+            "the report horizon passed without a final status",
+            changes,
+        )
+    return changes
+
+
+def apply(workflow: WorkflowRecord, happening: Happening, *, horizon: float) -> Changes:
+    """What ``happening`` changes in ``workflow``; ``horizon`` is the seconds after the last
+    step starts at which the final report goes regardless."""
+    if isinstance(happening, Observed):
+        return _observe(workflow, happening, horizon)
+    if isinstance(happening, WindowClosed):
+        return _window_closed(workflow, happening, horizon)
+    return _horizon(workflow, happening)
