@@ -13,7 +13,16 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cascade.domain.status import Status
+from cascade.domain.records import Receipt
+
+__all__ = [
+    "ChannelProvider",
+    "InboundMessage",
+    "OutboundMessage",
+    "Receipt",
+    "ReceiptSink",
+    "SendResult",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +56,6 @@ class SendResult:
     price: str | None = None  # per message, as a decimal string (Nexmo's usage.price)
     currency: str | None = None
     segments: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """A status the provider reported for a message it accepted earlier."""
-
-    provider: str
-    provider_message_id: str
-    status: Status
-    at: float
-    code: int | None = None  # Nexmo error code when the status is a failure
-    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from cascade.domain.status import Status
+
 
 class Surface(StrEnum):
     """Which API a workflow came in through; it decides the names used in responses/webhooks."""
@@ -181,3 +183,51 @@ class WorkflowRecord:
     finished_at: float | None
     messages: tuple[MessageRecord, ...] = ()
     events: tuple[Event, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A status a provider reported for a message it accepted earlier."""
+
+    provider: str
+    provider_message_id: str
+    status: Status
+    at: float
+    code: int | None = None  # Nexmo error code when the status is a failure
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewWebhook:
+    """A customer webhook to deliver: its exact body and where it goes (None: nowhere set)."""
+
+    kind: str  # "message-status", "final-report" or "inbound"
+    account_id: str
+    application_id: str | None
+    workflow_id: str | None
+    message_id: str | None
+    url: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendAttempt:
+    """What the store knows about earlier tries to hand a message to its provider."""
+
+    attempts: int
+    started_at: float | None
+    last_error: tuple[int, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxMessage:
+    """A message the sandbox provider received, and the receipts it still owes."""
+
+    message_id: str
+    provider_message_id: str
+    channel: str
+    recipient: str
+    text: str | None
+    attempts: int
+    received_at: float | None
+    receipts_due: tuple[tuple[float, str], ...]  # (at, status), oldest first

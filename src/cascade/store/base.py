@@ -8,14 +8,20 @@ above this layer imports a database module.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from cascade.domain.failover import Changes
 from cascade.domain.records import (
     Accepted,
     Account,
     Application,
     MessageRecord,
+    NewWebhook,
     NewWorkflow,
+    Receipt,
+    SandboxMessage,
+    SendAttempt,
     WorkflowRecord,
 )
 
@@ -39,6 +45,22 @@ class Job:
     ref: str
     run_at: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowKey:
+    """Which workflow a transition is about: named by one of its messages, by its own id, or
+    by the provider's id of one of its messages."""
+
+    message_id: str | None = None
+    workflow_id: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+
+
+#: what a transition decides: the rule changes and the webhooks that report them
+Decision = tuple[Changes, Sequence[NewWebhook]]
+Decide = Callable[[WorkflowRecord], Decision]
 
 
 class Store(abc.ABC):
@@ -116,3 +138,71 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def pending_jobs(self, ref: str) -> list[Job]:
         """The jobs queued for one workflow or message (for tests and operators)."""
+
+    # --- the engine ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
+        """Lock up to ``limit`` due jobs for ``lease`` seconds (oldest due first), skipping
+        jobs another worker holds; jobs of a worker that died are taken over when its
+        lease runs out."""
+
+    @abc.abstractmethod
+    async def extend_lease(self, worker_id: str, job_ids: Sequence[int], until: float) -> None:
+        """Keep holding these jobs until ``until`` (the worker's heartbeat)."""
+
+    @abc.abstractmethod
+    async def next_job_at(self) -> float | None:
+        """When the earliest job is due (None when there is none)."""
+
+    @abc.abstractmethod
+    async def finish_job(self, job_id: int) -> None:
+        """Delete a job that is done (or no longer matters)."""
+
+    @abc.abstractmethod
+    async def retry_job(
+        self, job_id: int, run_at: float, *, message_id: str, error: tuple[int, str]
+    ) -> None:
+        """Release a send job to run again at ``run_at`` and remember the transient error."""
+
+    @abc.abstractmethod
+    async def begin_send(self, message_id: str, now: float) -> SendAttempt:
+        """Durably note that a send is starting; returns what was known before this one."""
+
+    @abc.abstractmethod
+    async def transition(
+        self, key: WorkflowKey, decide: Decide, *, done_job: int | None = None
+    ) -> Decision | None:
+        """In one transaction: load the workflow, call ``decide`` with it, store the changes
+        and webhooks it returns, and delete ``done_job``. None when no workflow matches."""
+
+    @abc.abstractmethod
+    async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:
+        """Keep a receipt whose provider id matches no message yet."""
+
+    @abc.abstractmethod
+    async def take_orphan_receipts(
+        self, provider: str | None = None, provider_message_id: str | None = None
+    ) -> list[Receipt]:
+        """Remove and return kept receipts that now match a message (those of one provider id,
+        or all that match when none is given)."""
+
+    # --- the sandbox provider's journal ----------------------------------------------------
+
+    @abc.abstractmethod
+    async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
+        """Record one send the sandbox received: a new message is stored as given; for a
+        known message_id only the attempt count goes up and the stored record is returned."""
+
+    @abc.abstractmethod
+    async def sandbox_set_receipts(
+        self,
+        provider_message_id: str,
+        receipts_due: Sequence[tuple[float, str]],
+        received: float | None,
+    ) -> None:
+        """Replace the receipts the sandbox still owes for a message (and when it accepted it)."""
+
+    @abc.abstractmethod
+    async def sandbox_messages(self) -> list[SandboxMessage]:
+        """Every message the sandbox received, oldest first."""

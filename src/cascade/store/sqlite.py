@@ -11,34 +11,41 @@ thread on their own connection: WAL lets them proceed while the writer commits.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cascade.domain.failover import Changes
 from cascade.domain.records import (
     Accepted,
     Account,
     Application,
     Event,
     MessageRecord,
+    NewWebhook,
     NewWorkflow,
+    Receipt,
+    SandboxMessage,
+    SendAttempt,
     StepState,
     StoredResponse,
     Surface,
     WorkflowRecord,
     WorkflowState,
 )
+from cascade.domain.status import Status
 from cascade.errors import (
     IdempotencyConflict,
     NotFound,
     StoreConflict,
     StoreUnavailable,
 )
-from cascade.store.base import UNSET, Job, Store, _Unset
+from cascade.store.base import UNSET, Decide, Decision, Job, Store, WorkflowKey, _Unset
 from cascade.store.migrations import migrations
 
 T = TypeVar("T")
@@ -355,41 +362,11 @@ class SqliteStore(Store):
     # --- reading back ----------------------------------------------------------------------
 
     async def get_workflow(self, account_id: str, workflow_id: str) -> WorkflowRecord | None:
-        rows = self._read(
-            "SELECT id, account_id, application_id, surface, state, created_at, updated_at, "
-            "finished_at FROM workflows WHERE id = ? AND account_id = ?",
-            (workflow_id, account_id),
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        messages = tuple(
-            _message(r)
-            for r in self._read(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE workflow_id = ? ORDER BY step",
-                (workflow_id,),
-            )
-        )
-        events = tuple(
-            Event(*r)
-            for r in self._read(
-                "SELECT at, kind, message_id, status, code, reason, source FROM events "
-                "WHERE workflow_id = ? ORDER BY id",
-                (workflow_id,),
-            )
-        )
-        return WorkflowRecord(
-            id=row[0],
-            account_id=row[1],
-            application_id=row[2],
-            surface=Surface(row[3]),
-            state=WorkflowState(row[4]),
-            created_at=row[5],
-            updated_at=row[6],
-            finished_at=row[7],
-            messages=messages,
-            events=events,
-        )
+        assert self._reader is not None, "store not open"
+        try:
+            return _load_workflow(self._reader, workflow_id, account_id, with_events=True)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         rows = self._read(
@@ -404,6 +381,331 @@ class SqliteStore(Store):
             (ref,),
         )
         return [Job(*row) for row in rows]
+
+    # --- the engine ------------------------------------------------------------------------
+
+    async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
+        def write(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "UPDATE jobs SET locked_by = ?, locked_until = ? WHERE id IN ("
+                "SELECT id FROM jobs WHERE run_at <= ? "
+                "AND (locked_until IS NULL OR locked_until < ?) ORDER BY run_at LIMIT ?) "
+                "RETURNING id, kind, ref, run_at, attempts",
+                (worker_id, now + lease, now, now, limit),
+            ).fetchall()
+            return sorted((Job(*row) for row in rows), key=lambda job: (job.run_at, job.id))
+
+        return await self._write(write)
+
+    async def extend_lease(self, worker_id: str, job_ids: Sequence[int], until: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE jobs SET locked_until = ? WHERE id = ? AND locked_by = ?",
+                [(until, job_id, worker_id) for job_id in job_ids],
+            )
+
+        await self._write(write)
+
+    async def next_job_at(self) -> float | None:
+        rows = self._read(
+            "SELECT run_at FROM jobs WHERE locked_until IS NULL ORDER BY run_at LIMIT 1"
+        )
+        return float(rows[0][0]) if rows else None
+
+    async def finish_job(self, job_id: int) -> None:
+        await self._write(lambda conn: conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)))
+
+    async def retry_job(
+        self, job_id: int, run_at: float, *, message_id: str, error: tuple[int, str]
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE jobs SET run_at = ?, attempts = attempts + 1, locked_by = NULL, "
+                "locked_until = NULL WHERE id = ?",
+                (run_at, job_id),
+            )
+            conn.execute(
+                "UPDATE messages SET last_error_code = ?, last_error_reason = ? WHERE id = ?",
+                (*error, message_id),
+            )
+
+        await self._write(write)
+
+    async def begin_send(self, message_id: str, now: float) -> SendAttempt:
+        def write(conn: sqlite3.Connection) -> SendAttempt:
+            row = conn.execute(
+                "SELECT send_attempts, send_started_at, last_error_code, last_error_reason "
+                "FROM messages WHERE id = ?",
+                (message_id,),
+            ).fetchone()
+            conn.execute(
+                "UPDATE messages SET send_attempts = send_attempts + 1, "
+                "send_started_at = coalesce(send_started_at, ?) WHERE id = ?",
+                (now, message_id),
+            )
+            if row is None:
+                return SendAttempt(0, None, None)
+            error = (row[2], row[3]) if row[2] is not None else None
+            return SendAttempt(row[0], row[1], error)
+
+        return await self._write(write)
+
+    async def transition(
+        self, key: WorkflowKey, decide: Decide, *, done_job: int | None = None
+    ) -> Decision | None:
+        def write(conn: sqlite3.Connection) -> Decision | None:
+            workflow_id = _workflow_id(conn, key)
+            workflow = (
+                _load_workflow(conn, workflow_id, None, with_events=False) if workflow_id else None
+            )
+            if workflow is None:
+                if done_job is not None:
+                    conn.execute("DELETE FROM jobs WHERE id = ?", (done_job,))
+                return None
+            changes, webhooks = decide(workflow)
+            _persist(conn, workflow.id, changes, webhooks)
+            if done_job is not None:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (done_job,))
+            return changes, webhooks
+
+        return await self._write(write)
+
+    async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO orphan_receipts (provider, provider_message_id, status, at, code, "
+                "reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    receipt.provider,
+                    receipt.provider_message_id,
+                    receipt.status.value,
+                    receipt.at,
+                    receipt.code,
+                    receipt.reason,
+                    now,
+                ),
+            )
+
+        await self._write(write)
+
+    async def take_orphan_receipts(
+        self, provider: str | None = None, provider_message_id: str | None = None
+    ) -> list[Receipt]:
+        def write(conn: sqlite3.Connection) -> list[Receipt]:
+            sql = (
+                "SELECT o.id, o.provider, o.provider_message_id, o.status, o.at, o.code, o.reason "
+                "FROM orphan_receipts o JOIN messages m ON m.provider = o.provider "
+                "AND m.provider_message_id = o.provider_message_id"
+            )
+            params: tuple[Any, ...] = ()
+            if provider is not None:
+                sql += " WHERE o.provider = ? AND o.provider_message_id = ?"
+                params = (provider, provider_message_id)
+            rows = conn.execute(sql + " ORDER BY o.id", params).fetchall()
+            conn.executemany("DELETE FROM orphan_receipts WHERE id = ?", [(r[0],) for r in rows])
+            return [Receipt(r[1], r[2], Status(r[3]), r[4], r[5], r[6]) for r in rows]
+
+        return await self._write(write)
+
+    # --- the sandbox provider's journal ----------------------------------------------------
+
+    async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
+        def write(conn: sqlite3.Connection) -> SandboxMessage:
+            conn.execute(
+                "INSERT INTO sandbox_messages (message_id, provider_message_id, channel, "
+                "recipient, text, attempts, received_at, receipts_due) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
+                "attempts = attempts + 1",
+                (
+                    message.message_id,
+                    message.provider_message_id,
+                    message.channel,
+                    message.recipient,
+                    message.text,
+                    message.attempts,
+                    message.received_at,
+                    _encode_receipts(message.receipts_due),
+                ),
+            )
+            row = conn.execute(
+                f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages WHERE message_id = ?",
+                (message.message_id,),
+            ).fetchone()
+            return _sandbox(row)
+
+        return await self._write(write)
+
+    async def sandbox_set_receipts(
+        self,
+        provider_message_id: str,
+        receipts_due: Sequence[tuple[float, str]],
+        received: float | None,
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE sandbox_messages SET receipts_due = ?, "
+                "received_at = coalesce(?, received_at) WHERE provider_message_id = ?",
+                (_encode_receipts(receipts_due), received, provider_message_id),
+            )
+
+        await self._write(write)
+
+    async def sandbox_messages(self) -> list[SandboxMessage]:
+        rows = self._read(f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages ORDER BY rowid")
+        return [_sandbox(row) for row in rows]
+
+
+_SANDBOX_COLUMNS = (
+    "message_id, provider_message_id, channel, recipient, text, attempts, received_at, receipts_due"
+)
+
+
+def _encode_receipts(receipts: Sequence[tuple[float, str]]) -> str:
+    return json.dumps([[at, status] for at, status in receipts])
+
+
+def _sandbox(row: tuple[Any, ...]) -> SandboxMessage:
+    due = tuple((float(at), str(status)) for at, status in json.loads(row[7]))
+    return SandboxMessage(row[0], row[1], row[2], row[3], row[4], row[5], row[6], due)
+
+
+def _workflow_id(conn: sqlite3.Connection, key: WorkflowKey) -> str | None:
+    if key.workflow_id is not None:
+        return key.workflow_id
+    if key.message_id is not None:
+        row = conn.execute(
+            "SELECT workflow_id FROM messages WHERE id = ?", (key.message_id,)
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT workflow_id FROM messages WHERE provider = ? AND provider_message_id = ?",
+            (key.provider, key.provider_message_id),
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+def _load_workflow(
+    conn: sqlite3.Connection, workflow_id: str, account_id: str | None, *, with_events: bool
+) -> WorkflowRecord | None:
+    sql = (
+        "SELECT id, account_id, application_id, surface, state, created_at, updated_at, "
+        "finished_at FROM workflows WHERE id = ?"
+    )
+    params: tuple[Any, ...] = (workflow_id,)
+    if account_id is not None:
+        sql += " AND account_id = ?"
+        params = (workflow_id, account_id)
+    row = conn.execute(sql, params).fetchone()
+    if row is None:
+        return None
+    messages = tuple(
+        _message(r)
+        for r in conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE workflow_id = ? ORDER BY step",
+            (workflow_id,),
+        )
+    )
+    events: tuple[Event, ...] = ()
+    if with_events:
+        events = tuple(
+            Event(*r)
+            for r in conn.execute(
+                "SELECT at, kind, message_id, status, code, reason, source FROM events "
+                "WHERE workflow_id = ? ORDER BY id",
+                (workflow_id,),
+            )
+        )
+    return WorkflowRecord(
+        id=row[0],
+        account_id=row[1],
+        application_id=row[2],
+        surface=Surface(row[3]),
+        state=WorkflowState(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+        finished_at=row[7],
+        messages=messages,
+        events=events,
+    )
+
+
+_MESSAGE_CHANGE_FIELDS = (
+    "state",
+    "status",
+    "error_code",
+    "error_reason",
+    "provider",
+    "provider_message_id",
+    "price",
+    "currency",
+    "started_at",
+)
+
+WEBHOOK_JOB = "webhook"
+
+
+def _persist(
+    conn: sqlite3.Connection, workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]
+) -> None:
+    """Store what a transition decided (inside the caller's transaction)."""
+    now = max((event.at for event in changes.events), default=None)
+    for change in changes.messages.values():
+        values = {
+            name: getattr(change, name)
+            for name in _MESSAGE_CHANGE_FIELDS
+            if getattr(change, name) is not None
+        }
+        if now is not None:
+            values["updated_at"] = now
+        if values:
+            assignments = ", ".join(f"{name} = ?" for name in values)
+            conn.execute(
+                f"UPDATE messages SET {assignments} WHERE id = ?",
+                (*values.values(), change.message_id),
+            )
+    if changes.workflow_state is not None:
+        conn.execute(
+            "UPDATE workflows SET state = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+            (changes.workflow_state, changes.finished_at, changes.finished_at, workflow_id),
+        )
+    conn.executemany(
+        "INSERT INTO events (workflow_id, message_id, at, kind, status, code, reason, source) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (workflow_id, e.message_id, e.at, e.kind, e.status, e.code, e.reason, e.source)
+            for e in changes.events
+        ],
+    )
+    conn.executemany("DELETE FROM jobs WHERE kind = ? AND ref = ?", list(changes.cancel_jobs))
+    created = now if now is not None else time.time()
+    conn.executemany(
+        "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)",
+        [(job.kind, job.ref, job.run_at, created) for job in changes.jobs],
+    )
+    for webhook in webhooks:
+        state = "pending" if webhook.url else "no_url"
+        cursor = conn.execute(
+            "INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, "
+            "url, body, state, created_at, next_attempt_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                webhook.account_id,
+                webhook.application_id,
+                webhook.workflow_id,
+                webhook.message_id,
+                webhook.kind,
+                webhook.url,
+                webhook.body.decode(),
+                state,
+                created,
+                created if webhook.url else None,
+            ),
+        )
+        if webhook.url:
+            conn.execute(
+                "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)",
+                (WEBHOOK_JOB, str(cursor.lastrowid), created, created),
+            )
 
 
 def _message(row: tuple[Any, ...]) -> MessageRecord:

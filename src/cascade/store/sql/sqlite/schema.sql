@@ -56,6 +56,10 @@ CREATE TABLE messages (
     started_at          REAL,
     created_at          REAL NOT NULL,
     updated_at          REAL NOT NULL,
+    send_attempts       INTEGER NOT NULL DEFAULT 0,
+    send_started_at     REAL,
+    last_error_code     INTEGER,
+    last_error_reason   TEXT,
     UNIQUE (workflow_id, step)
 );
 CREATE INDEX messages_account ON messages (account_id, created_at);
@@ -99,3 +103,51 @@ CREATE TABLE idempotency_keys (
     created_at     REAL NOT NULL,
     PRIMARY KEY (account_id, key)
 );
+
+-- A receipt whose provider id matches no message yet (an SMPP DLR can beat its submit_sm_resp).
+CREATE TABLE orphan_receipts (
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider            TEXT NOT NULL,
+    provider_message_id TEXT NOT NULL,
+    status              TEXT NOT NULL,
+    at                  REAL NOT NULL,
+    code                INTEGER,
+    reason              TEXT,
+    received_at         REAL NOT NULL
+);
+CREATE INDEX orphan_receipts_ref ON orphan_receipts (provider, provider_message_id);
+
+-- Every message the sandbox provider received, and the receipts it still owes.
+CREATE TABLE sandbox_messages (
+    message_id          TEXT PRIMARY KEY,
+    provider_message_id TEXT NOT NULL UNIQUE,
+    channel             TEXT NOT NULL,
+    recipient           TEXT NOT NULL,
+    text                TEXT,
+    attempts            INTEGER NOT NULL,
+    received_at         REAL,
+    receipts_due        TEXT NOT NULL DEFAULT '[]'
+);
+
+-- Customer webhooks: the exact body to deliver, where, and how delivery went.
+CREATE TABLE webhooks (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id       TEXT NOT NULL,
+    application_id   TEXT,
+    workflow_id      TEXT,
+    message_id       TEXT,
+    kind             TEXT NOT NULL,
+    url              TEXT,
+    body             TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    created_at       REAL NOT NULL,
+    first_attempt_at REAL,
+    last_attempt_at  REAL,
+    next_attempt_at  REAL,
+    last_status      INTEGER,
+    last_error       TEXT,
+    delivered_at     REAL
+);
+CREATE INDEX webhooks_workflow ON webhooks (workflow_id, id);
+CREATE INDEX webhooks_state ON webhooks (state, id);
