@@ -15,8 +15,8 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import msgspec.inspect as mi
 
-from cascade.domain.message import WorkflowRequest, WorkflowStep
-from cascade.domain.rules import step_violations
+from cascade.domain.message import Channel, MessageRequest, WorkflowRequest, WorkflowStep
+from cascade.domain.rules import failover_violations, request_violations, step_message_violations
 from cascade.errors import InvalidParameter, InvalidRequest
 
 T = TypeVar("T")
@@ -156,23 +156,113 @@ def _int_violations(kind: mi.IntType, value: object, path: str) -> list[InvalidP
     return []
 
 
-def _workflow_step_rules(data: dict[str, Any]) -> list[InvalidParameter]:
-    """Cross-field rules for the steps that decoded, when others did not."""
+_DROPPED = object()
+
+
+def _struct_of(kind: mi.Type) -> mi.StructType | None:
+    """The Struct ``kind`` decodes to (bare, annotated or ``Struct | None``), if it is one."""
+    if isinstance(kind, mi.Metadata):
+        kind = kind.type
+    if isinstance(kind, mi.StructType):
+        return kind
+    if isinstance(kind, mi.UnionType):
+        members = [m for m in kind.types if not isinstance(m, mi.NoneType)]
+        if len(members) == 1 and isinstance(members[0], mi.StructType):
+            return members[0]
+    return None
+
+
+def _valid_part(kind: mi.Type, value: object) -> object:
+    """``value`` with every optional part that fails ``kind`` left out (unknown fields too), or
+    ``_DROPPED`` when a required part fails."""
+    struct = _struct_of(kind)
+    if struct is None or not isinstance(value, dict):
+        return _DROPPED if schema_violations(kind, value, "") else value
+    kept: dict[str, object] = {}
+    for fld in struct.fields:
+        part = (
+            _valid_part(fld.type, value[fld.encode_name]) if fld.encode_name in value else _DROPPED
+        )
+        if part is not _DROPPED:
+            kept[fld.encode_name] = part
+        elif fld.required:
+            return _DROPPED
+    return kept
+
+
+def _salvage(kind: type[T], value: object) -> T | None:
+    """The parts of an invalid ``value`` that are valid, as a ``kind``, when enough of it is."""
+    kept = _valid_part(mi.type_info(kind), value)
+    if kept is _DROPPED:
+        return None
+    try:
+        return msgspec.convert(kept, kind)
+    except msgspec.ValidationError:
+        return None
+
+
+def _unreported(
+    violations: list[InvalidParameter], reported: list[InvalidParameter]
+) -> list[InvalidParameter]:
+    """The rule violations found on a salvaged value that are not echoes of a schema error
+    (a rule complaining that a field it lacks is required, where that field was invalid)."""
+    return [
+        v
+        for v in violations
+        if not any(
+            r.name == v.name or r.name.startswith((v.name + ".", v.name + "[")) for r in reported
+        )
+    ]
+
+
+def _message_rules(
+    data: dict[str, Any], reported: list[InvalidParameter]
+) -> list[InvalidParameter]:
+    """Cross-field rules of a single message whose schema failed, on the parts that are valid."""
+    request = _salvage(MessageRequest, data)
+    return [] if request is None else _unreported(request_violations(request), reported)
+
+
+def _workflow_step_rules(
+    data: dict[str, Any], reported: list[InvalidParameter]
+) -> list[InvalidParameter]:
+    """Cross-field rules of every step of a workflow whose schema failed, on the parts that are
+    valid; the failover rules read the raw step, so a broken failover still counts as present."""
     steps = data.get("workflow")
     if not isinstance(steps, list):
         return []
     found: list[InvalidParameter] = []
     for index, raw in enumerate(steps):
-        try:
-            step = msgspec.convert(raw, WorkflowStep)
-        except msgspec.ValidationError:
-            continue  # its schema errors are already reported
-        found += step_violations(step, index, index == len(steps) - 1)
+        if not isinstance(raw, dict):
+            continue
+        step = _salvage(WorkflowStep, raw)
+        if step is not None:
+            found += _unreported(
+                step_message_violations(step.to, step.from_, step.message, index), reported
+            )
+        failover = raw.get("failover")
+        condition = failover.get("condition_status") if isinstance(failover, dict) else None
+        found += failover_violations(
+            _raw_channel(raw),
+            failover is not None,
+            condition if condition in ("delivered", "read") else None,
+            index,
+            index == len(steps) - 1,
+        )
     return found
 
 
+def _raw_channel(raw: dict[str, Any]) -> Channel | None:
+    to = raw.get("to")
+    name = to.get("type") if isinstance(to, dict) else None
+    return Channel(name) if isinstance(name, str) and name in set(Channel) else None
+
+
 #: extra rule passes run on the untyped body when the typed decode fails, per request type
-_PARTIAL_RULES: dict[type, Callable[[dict[str, Any]], list[InvalidParameter]]] = {
+_PARTIAL_RULES: dict[
+    type, Callable[[dict[str, Any], list[InvalidParameter]], list[InvalidParameter]]
+] = {
+    MessageRequest: _message_rules,
     WorkflowRequest: _workflow_step_rules,
 }
 
@@ -209,7 +299,7 @@ class RequestDecoder(Generic[T]):
         found = schema_violations(self._info, data, "")
         partial = _PARTIAL_RULES.get(self._kind)
         if partial is not None and isinstance(data, dict):
-            found += partial(data)
+            found += partial(data, found)
         if not found:  # msgspec saw a problem the walker does not model: report msgspec's words
             try:
                 msgspec.convert(data, self._kind)

@@ -160,30 +160,50 @@ def request_violations(request: MessageRequest) -> list[InvalidParameter]:
 
 def step_violations(step: WorkflowStep, index: int, last: bool) -> list[InvalidParameter]:
     """Every rule one workflow step breaks, at JSON path ``workflow[index]``."""
+    found = step_message_violations(step.to, step.from_, step.message, index)
+    condition = step.failover.condition_status if step.failover is not None else None
+    found += failover_violations(
+        Channel(step.to.type), step.failover is not None, condition, index, last
+    )
+    return found
+
+
+def step_message_violations(
+    to: Address, from_: Address, message: MessageBody, index: int
+) -> list[InvalidParameter]:
+    """Every rule the message of step ``index`` breaks, including the Dispatch-only limits."""
     path = f"workflow[{index}]."
-    found = message_violations(step.to, step.from_, step.message, path)
-    channel = Channel(step.to.type)
-    if last and step.failover is not None:
-        found.append(InvalidParameter(f"{path}failover", "the last step must not have failover"))
-    if not last and step.failover is None:
-        found.append(InvalidParameter(f"{path}failover", "is required on every step but the last"))
-    if (
-        step.failover is not None
-        and step.failover.condition_status == "read"
-        and not PROFILES[channel].supports_read
-    ):
-        found.append(
-            InvalidParameter(
-                f"{path}failover.condition_status",
-                f"{channel} has no read receipts; use 'delivered'",
-            )
-        )
-    viber = step.message.viber_service_msg
+    found = message_violations(to, from_, message, path)
+    viber = message.viber_service_msg
     if viber is not None and viber.ttl is not None and viber.ttl > DISPATCH_VIBER_TTL_MAX:
         found.append(
             InvalidParameter(
                 f"{path}message.viber_service_msg.ttl",
                 f"must be at most {DISPATCH_VIBER_TTL_MAX} in a workflow",
+            )
+        )
+    return found
+
+
+def failover_violations(
+    channel: Channel | None,
+    has_failover: bool,
+    condition_status: str | None,
+    index: int,
+    last: bool,
+) -> list[InvalidParameter]:
+    """Every rule the ``failover`` of step ``index`` breaks: present on every step but the last,
+    and ``read`` only on channels with read receipts (``channel`` None when it is unknown)."""
+    path = f"workflow[{index}].failover"
+    found: list[InvalidParameter] = []
+    if last and has_failover:
+        found.append(InvalidParameter(path, "the last step must not have failover"))
+    if not last and not has_failover:
+        found.append(InvalidParameter(path, "is required on every step but the last"))
+    if condition_status == "read" and channel is not None and not PROFILES[channel].supports_read:
+        found.append(
+            InvalidParameter(
+                f"{path}.condition_status", f"{channel} has no read receipts; use 'delivered'"
             )
         )
     return found
