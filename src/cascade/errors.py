@@ -12,6 +12,7 @@ sender, the HTTP layer) has to answer::
         ├── ConfigError                the settings or a command-line argument are wrong
         ├── StoreConflict              a uniqueness rule in the store was broken
         ├── ChannelRejected            the provider refused this message for good
+        │   └── ChannelUndeliverable   the provider cannot be reached for this message
         └── RequestRejected            a client request is wrong; carries its HTTP problem
             ├── InvalidRequest         400/422, names every bad field
             ├── Unauthorized           401, never says which check failed
@@ -89,6 +90,10 @@ class ChannelRejected(PermanentError):
         #: the Nexmo asynchronous error code (the documented 1000..1382 list)
         self.code = code
         self.reason = reason
+
+
+class ChannelUndeliverable(ChannelRejected):
+    """The provider cannot be reached for this message; its status is ``undeliverable``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,6 +167,9 @@ class MessageRecord:
     started_at: float | None
     created_at: float
     updated_at: float
+    #: the last transient send error (kept while the send is retried)
+    last_error_code: int | None = None
+    last_error_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,6 +142,10 @@ class Store(abc.ABC):
     # --- the engine ------------------------------------------------------------------------
 
     @abc.abstractmethod
+    async def find_message(self, message_id: str) -> MessageRecord | None:
+        """A message by id, whichever account owns it (for the engine, never for the API)."""
+
+    @abc.abstractmethod
     async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
         """Lock up to ``limit`` due jobs for ``lease`` seconds (oldest due first), skipping
         jobs another worker holds; jobs of a worker that died are taken over when its
@@ -175,6 +179,10 @@ class Store(abc.ABC):
     ) -> Decision | None:
         """In one transaction: load the workflow, call ``decide`` with it, store the changes
         and webhooks it returns, and delete ``done_job``. None when no workflow matches."""
+
+    @abc.abstractmethod
+    async def add_webhooks(self, webhooks: Sequence[NewWebhook], now: float) -> None:
+        """Queue webhooks that belong to no transition (inbound messages, replays)."""
 
     @abc.abstractmethod
     async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:

@@ -60,6 +60,8 @@ _MESSAGE_COLUMNS = (
     "expiry_time, condition_status, state, status, error_code, error_reason, provider, "
     "provider_message_id, price, currency, started_at, created_at, updated_at"
 )
+#: what a MessageRecord is read from (the stored columns plus the last transient error)
+_MESSAGE_READ = _MESSAGE_COLUMNS + ", last_error_code, last_error_reason"
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -370,7 +372,7 @@ class SqliteStore(Store):
 
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         rows = self._read(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? AND account_id = ?",
+            f"SELECT {_MESSAGE_READ} FROM messages WHERE id = ? AND account_id = ?",
             (message_id, account_id),
         )
         return _message(rows[0]) if rows else None
@@ -383,6 +385,10 @@ class SqliteStore(Store):
         return [Job(*row) for row in rows]
 
     # --- the engine ------------------------------------------------------------------------
+
+    async def find_message(self, message_id: str) -> MessageRecord | None:
+        rows = self._read(f"SELECT {_MESSAGE_READ} FROM messages WHERE id = ?", (message_id,))
+        return _message(rows[0]) if rows else None
 
     async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
         def write(conn: sqlite3.Connection) -> list[Job]:
@@ -469,6 +475,9 @@ class SqliteStore(Store):
             return changes, webhooks
 
         return await self._write(write)
+
+    async def add_webhooks(self, webhooks: Sequence[NewWebhook], now: float) -> None:
+        await self._write(lambda conn: _insert_webhooks(conn, webhooks, now))
 
     async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:
         def write(conn: sqlite3.Connection) -> None:
@@ -601,7 +610,7 @@ def _load_workflow(
     messages = tuple(
         _message(r)
         for r in conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE workflow_id = ? ORDER BY step",
+            f"SELECT {_MESSAGE_READ} FROM messages WHERE workflow_id = ? ORDER BY step",
             (workflow_id,),
         )
     )
@@ -682,8 +691,21 @@ def _persist(
         "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)",
         [(job.kind, job.ref, job.run_at, created) for job in changes.jobs],
     )
+    _insert_webhooks(conn, webhooks, created)
+
+
+def _insert_webhooks(
+    conn: sqlite3.Connection, webhooks: Sequence[NewWebhook], created: float
+) -> None:
+    """Queue webhooks, each with the URL of its kind unless it names one, and its job."""
+    urls: dict[tuple[str, str | None, str], str | None] = {}
     for webhook in webhooks:
-        state = "pending" if webhook.url else "no_url"
+        url = webhook.url
+        if url is None:
+            target = (webhook.account_id, webhook.application_id, webhook.kind)
+            if target not in urls:
+                urls[target] = _destination(conn, *target)
+            url = urls[target]
         cursor = conn.execute(
             "INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, "
             "url, body, state, created_at, next_attempt_at) "
@@ -694,18 +716,31 @@ def _persist(
                 webhook.workflow_id,
                 webhook.message_id,
                 webhook.kind,
-                webhook.url,
+                url,
                 webhook.body.decode(),
-                state,
+                "pending" if url else "no_url",
                 created,
-                created if webhook.url else None,
+                created if url else None,
             ),
         )
-        if webhook.url:
+        if url:
             conn.execute(
                 "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)",
                 (WEBHOOK_JOB, str(cursor.lastrowid), created, created),
             )
+
+
+def _destination(
+    conn: sqlite3.Connection, account_id: str, application_id: str | None, kind: str
+) -> str | None:
+    """The URL a webhook of ``kind`` goes to: the application's, else the account's."""
+    column = "inbound_url" if kind == "inbound" else "status_url"
+    row = conn.execute(
+        f"SELECT coalesce((SELECT {column} FROM applications WHERE id = ?), "
+        f"(SELECT {column} FROM accounts WHERE id = ?))",
+        (application_id, account_id),
+    ).fetchone()
+    return str(row[0]) if row and row[0] else None
 
 
 def _message(row: tuple[Any, ...]) -> MessageRecord:

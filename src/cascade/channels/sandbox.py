@@ -1,0 +1,209 @@
+"""The built-in sandbox: a provider for every channel whose recipients behave as scripted.
+
+Like test card numbers, the last four digits of ``to.number`` (or ``to.id``) choose what
+happens, the same in every release:
+
+=======================  ====================================================================
+recipient ends with      behaviour
+=======================  ====================================================================
+anything else            ``submitted`` at once, ``delivered`` after 1 s, ``read`` after 2 s
+                         (``read`` only on messenger, whatsapp and viber_service_msg)
+``0001``                 ``rejected`` at once: error 1300 "Not part of the provider network"
+``0002``                 ``delivered`` after 1 s, never read
+``0003``                 ``submitted``, then no receipt ever
+``0004``                 ``undeliverable`` at once: error 1100 "Communication failed"
+``0005``                 ``delivered`` after 30 s and ``read`` after 31 s (a late receipt)
+``0006``                 throttled twice (a transient error, retried), then as the default
+=======================  ====================================================================
+
+``speed`` divides every delay (``speed=10`` delivers after 0.1 s). Every message received is
+journaled in the store, with the receipts still owed, so a restart neither loses a receipt nor
+counts a message twice: a resend of the same message id is recognised and answered with the
+first result. Tests read the journal to count what the sandbox received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import uuid
+from collections.abc import Sequence
+from typing import Protocol
+
+import structlog
+
+from cascade.channels.base import ChannelProvider, OutboundMessage, ReceiptSink, SendResult
+from cascade.clock import Clock
+from cascade.domain.records import Receipt, SandboxMessage
+from cascade.domain.status import Status
+from cascade.errors import ChannelRejected, ChannelUnavailable, ChannelUndeliverable
+
+log = structlog.get_logger(__name__)
+
+READ_CHANNELS = frozenset({"messenger", "whatsapp", "viber_service_msg"})
+REJECTED = (1300, "Not part of the provider network")
+UNREACHABLE = (1100, "Communication failed")
+THROTTLED = (1000, "Throttled")
+THROTTLED_ATTEMPTS = 2
+
+#: the sandbox's prices per message, so usage and cost show something real
+PRICES = {
+    "sms": "0.0333",
+    "mms": "0.0400",
+    "whatsapp": "0.0050",
+    "messenger": "0.0000",
+    "viber_service_msg": "0.0100",
+}
+
+
+class SandboxJournal(Protocol):
+    """Where the sandbox keeps what it received (the Store implements it)."""
+
+    async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
+        """Record a send; for a known message id, count the attempt and return the record."""
+
+    async def sandbox_set_receipts(
+        self,
+        provider_message_id: str,
+        receipts_due: Sequence[tuple[float, str]],
+        received: float | None,
+    ) -> None:
+        """Replace the receipts still owed for a message."""
+
+    async def sandbox_messages(self) -> list[SandboxMessage]:
+        """Every message received, oldest first."""
+
+
+def behaviour(recipient: str) -> str:
+    """The script a recipient follows: its last four characters, or "default"."""
+    suffix = recipient[-4:]
+    return suffix if suffix in {"0001", "0002", "0003", "0004", "0005", "0006"} else "default"
+
+
+def scripted_receipts(
+    script: str, channel: str, accepted_at: float, speed: float
+) -> list[tuple[float, str]]:
+    """The receipts a recipient following ``script`` sends after the message was accepted."""
+    if script == "0003":
+        return []
+    if script == "0005":
+        plan = [(30.0, Status.DELIVERED), (31.0, Status.READ)]
+    else:
+        plan = [(1.0, Status.DELIVERED), (2.0, Status.READ)]
+    if script == "0002" or channel not in READ_CHANNELS:
+        plan = plan[:1]
+    return [(accepted_at + delay / speed, status.value) for delay, status in plan]
+
+
+class SandboxProvider(ChannelProvider):
+    """A simulated provider with scripted, durable receipts."""
+
+    name = "sandbox"
+    #: a resend of the same message id is recognised, so a crash mid-send may simply resend
+    deduplicates = True
+
+    def __init__(self, journal: SandboxJournal, clock: Clock, *, speed: float = 1.0) -> None:
+        self._journal = journal
+        self._clock = clock
+        self._speed = speed
+        self._sink: ReceiptSink | None = None
+        self._due: list[tuple[float, str, str]] = []  # (at, status, provider_message_id)
+        self._owed: dict[str, list[tuple[float, str]]] = {}
+        self._wakeup = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    async def start(self, sink: ReceiptSink, *, run_timer: bool = True) -> None:
+        """Re-arm the receipts owed from the journal; with ``run_timer``, emit them on time."""
+        self._sink = sink
+        for message in await self._journal.sandbox_messages():
+            if message.receipts_due:
+                self._owe(message.provider_message_id, list(message.receipts_due))
+        if run_timer:
+            self._loop_task = asyncio.create_task(self._run(), name="sandbox-receipts")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        script = behaviour(message.recipient)
+        now = self._clock.now()
+        accepts_now = script not in ("0001", "0004", "0006")
+        receipts = scripted_receipts(script, message.channel, now, self._speed)
+        record = await self._journal.sandbox_receive(
+            SandboxMessage(
+                message_id=message.message_id,
+                provider_message_id=f"sandbox-{uuid.uuid4()}",
+                channel=message.channel,
+                recipient=message.recipient,
+                text=message.text,
+                attempts=1,
+                received_at=now if accepts_now else None,
+                receipts_due=tuple(receipts) if accepts_now else (),
+            )
+        )
+        price = PRICES.get(message.channel, "0.0000")
+        if script == "0001":
+            raise ChannelRejected(*REJECTED)
+        if script == "0004":
+            raise ChannelUndeliverable(*UNREACHABLE)
+        if script == "0006" and record.attempts <= THROTTLED_ATTEMPTS:
+            raise ChannelUnavailable(THROTTLED[1], retry_after=1.0 / self._speed, code=THROTTLED[0])
+        if record.received_at is None:
+            # accepted only now, after earlier throttled attempts
+            await self._journal.sandbox_set_receipts(record.provider_message_id, receipts, now)
+            self._owe(record.provider_message_id, receipts)
+        elif record.attempts == 1:
+            self._owe(record.provider_message_id, receipts)
+        return SendResult(record.provider_message_id, price=price, currency="EUR")
+
+    def _owe(self, provider_message_id: str, receipts: list[tuple[float, str]]) -> None:
+        self._owed[provider_message_id] = list(receipts)
+        for at, status in receipts:
+            heapq.heappush(self._due, (at, status, provider_message_id))
+        self._wakeup.set()
+
+    def next_due(self) -> float | None:
+        """When the next owed receipt is due."""
+        return self._due[0][0] if self._due else None
+
+    async def emit_due(self) -> int:
+        """Send every receipt that is due now to the sink; returns how many."""
+        assert self._sink is not None, "sandbox not started"
+        now = self._clock.now()
+        emitted = 0
+        while self._due and self._due[0][0] <= now:
+            at, status, provider_message_id = heapq.heappop(self._due)
+            await self._sink.receipt(Receipt(self.name, provider_message_id, Status(status), at))
+            owed = self._owed.get(provider_message_id, [])
+            if (at, status) in owed:
+                owed.remove((at, status))
+            await self._journal.sandbox_set_receipts(provider_message_id, owed, None)
+            if not owed:
+                self._owed.pop(provider_message_id, None)
+            emitted += 1
+        return emitted
+
+    async def _run(self) -> None:
+        while True:
+            self._wakeup.clear()
+            due = self.next_due()
+            if due is None:
+                await self._wakeup.wait()
+                continue
+            delay = due - self._clock.now()
+            if delay > 0:
+                sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+                waker = asyncio.ensure_future(self._wakeup.wait())
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+                for task in (sleeper, waker):
+                    task.cancel()
+                continue
+            try:
+                await self.emit_due()
+            except Exception:
+                # a receipt that could not be stored stays owed in the journal; try again soon
+                log.exception("sandbox.emit_failed")
+                await self._clock.sleep(0.5)

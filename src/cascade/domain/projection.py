@@ -1,0 +1,37 @@
+"""A workflow as it stands after a set of changes (for building the reports that describe it)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cascade.domain.failover import Changes
+from cascade.domain.records import MessageRecord, WorkflowRecord
+
+_FIELDS = (
+    "state",
+    "status",
+    "error_code",
+    "error_reason",
+    "provider",
+    "provider_message_id",
+    "price",
+    "currency",
+    "started_at",
+)
+
+
+def project(workflow: WorkflowRecord, changes: Changes) -> WorkflowRecord:
+    """``workflow`` with ``changes`` applied to its messages and state (the timeline is kept)."""
+    messages: list[MessageRecord] = []
+    for message in workflow.messages:
+        change = changes.messages.get(message.id)
+        if change is None:
+            messages.append(message)
+            continue
+        updates = {
+            name: getattr(change, name) for name in _FIELDS if getattr(change, name) is not None
+        }
+        messages.append(replace(message, **updates))
+    state = changes.workflow_state or workflow.state
+    finished_at = changes.finished_at if changes.workflow_state else workflow.finished_at
+    return replace(workflow, messages=tuple(messages), state=state, finished_at=finished_at)

@@ -1,0 +1,520 @@
+"""The durable engine: claims due jobs in batches and runs them.
+
+Jobs are rows (``send``, ``step_timeout``, ``report_horizon``, ``webhook``), claimed with a lease
+that a heartbeat extends while they run; a worker that dies stops extending, and its jobs are
+claimed again once the lease runs out. Running a job ends in one store transition that applies
+the failover rules (``domain.failover``), writes what they decided — status changes, the next
+step's jobs, the webhooks reporting them — and deletes the job, all in one transaction. The
+engine is also the :class:`ReceiptSink` of every provider: a receipt is stored before the
+provider is told it was taken.
+
+Sending is at least once: a provider that recognises a resent message id (the sandbox) is
+simply called again after a crash; for one that cannot, a send that may have reached the
+provider before a crash is recorded as ``undeliverable`` (error 1330) and never repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from prometheus_client import Counter, Histogram
+
+from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage
+from cascade.clock import Clock
+from cascade.domain.failover import (
+    REPORT_HORIZON,
+    SEND,
+    STEP_TIMEOUT,
+    Changes,
+    Happening,
+    HorizonReached,
+    Observed,
+    WindowClosed,
+    apply,
+)
+from cascade.domain.projection import project
+from cascade.domain.records import (
+    MessageRecord,
+    NewWebhook,
+    Receipt,
+    StepState,
+    Surface,
+    WorkflowRecord,
+)
+from cascade.domain.status import Status
+from cascade.errors import (
+    ChannelRejected,
+    ChannelUnavailable,
+    ChannelUndeliverable,
+)
+from cascade.store.base import Decide, Decision, Job, Store, WorkflowKey
+from cascade.webhooks import payloads
+
+log = structlog.get_logger(__name__)
+
+JOBS_RUN = Counter("cascade_jobs_run", "Jobs the engine ran", ["kind"])
+SENDS = Counter("cascade_sends", "Messages handed to providers", ["provider", "outcome"])
+RECEIPTS = Counter("cascade_receipts", "Provider receipts received", ["provider", "matched"])
+TIMER_LATENESS = Histogram(
+    "cascade_timer_lateness_seconds",
+    "How late a job ran after it was due",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+#: the error recorded when a crash leaves a send's outcome unknown on a provider that cannot
+#: recognise a resend
+UNKNOWN_OUTCOME = (1330, "Unknown: the service stopped while submitting; not resent")
+
+JobHandler = Callable[[Job], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """How the engine paces itself."""
+
+    #: jobs claimed per round trip to the store
+    batch_size: int = 200
+    #: seconds a claim holds a job; a heartbeat renews it at a third of this
+    lease: float = 30.0
+    #: longest sleep between looks at the job table (wake-ups come sooner in-process)
+    poll_interval: float = 1.0
+    #: seconds after the last step starts when the final report goes regardless
+    report_horizon: float = 72 * 3600.0
+    #: how long a step without a window (the last) keeps retrying a transient send error
+    send_retry_window: float = 3600.0
+    #: jobs running at once
+    max_in_flight: int = 512
+    #: transient retries back off from this many seconds, doubling, with jitter...
+    backoff_base: float = 1.0
+    #: ...up to this many
+    backoff_cap: float = 60.0
+    #: how often receipts that arrived before their submit are matched again
+    orphan_sweep_interval: float = 5.0
+    #: the base URL of this service, for links in webhooks
+    public_url: str = ""
+
+
+def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Seconds before retry number ``attempt`` (0-based): ``base * 2**attempt`` capped at
+    ``cap``, then jittered into its upper half so retries spread out; never less than a
+    ``retry_after`` the other side asked for."""
+    delay = min(cap, base * float(2 ** min(attempt, 30)))
+    delay *= random.uniform(0.5, 1.0)
+    return max(delay, retry_after or 0.0)
+
+
+class Providers:
+    """Which provider sends each channel: the default, unless a channel has its own."""
+
+    def __init__(
+        self, default: ChannelProvider, by_channel: dict[str, ChannelProvider] | None = None
+    ) -> None:
+        self._default = default
+        self._by_channel = dict(by_channel or {})
+
+    def for_channel(self, channel: str) -> ChannelProvider:
+        """The provider of ``channel``."""
+        return self._by_channel.get(channel, self._default)
+
+    def all(self) -> list[ChannelProvider]:
+        """Every distinct provider."""
+        unique: dict[int, ChannelProvider] = {id(self._default): self._default}
+        for provider in self._by_channel.values():
+            unique.setdefault(id(provider), provider)
+        return list(unique.values())
+
+
+class Engine:
+    """Runs jobs and takes receipts; one per process, any number per database."""
+
+    def __init__(
+        self,
+        store: Store,
+        providers: Providers,
+        clock: Clock,
+        settings: EngineSettings | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.clock = clock
+        self.settings = settings or EngineSettings()
+        self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.handlers: dict[str, JobHandler] = {
+            SEND: self._send,
+            STEP_TIMEOUT: self._step_timeout,
+            REPORT_HORIZON: self._report_horizon,
+        }
+        self._wakeup = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.settings.max_in_flight)
+        self._background: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, *, run_loop: bool = True) -> None:
+        """Start the providers (with this engine as their receipt sink) and, with
+        ``run_loop``, the job loop, the lease heartbeat and the orphan-receipt sweep."""
+        for provider in self.providers.all():
+            await provider.start(self)
+        if run_loop:
+            self._background = [
+                asyncio.create_task(self._loop(), name="engine-loop"),
+                asyncio.create_task(self._heartbeat(), name="engine-heartbeat"),
+                asyncio.create_task(self._sweep_orphans(), name="engine-orphans"),
+            ]
+        log.info("engine.started", worker=self.worker_id)
+
+    async def stop(self) -> None:
+        """Stop claiming, let running jobs finish, stop the providers."""
+        self._stopping = True
+        self._wakeup.set()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for provider in self.providers.all():
+            await provider.stop()
+        log.info("engine.stopped", worker=self.worker_id)
+
+    def wake(self) -> None:
+        """Look at the job table now (new work was just stored in this process)."""
+        self._wakeup.set()
+
+    async def drain(self) -> int:
+        """Run every job that is due now, including those that running them makes due;
+        returns how many ran (tests drive the engine with this and a fake clock)."""
+        total = 0
+        while True:
+            jobs = await self.store.claim_jobs(
+                self.worker_id, self.clock.now(), self.settings.batch_size, self.settings.lease
+            )
+            if not jobs:
+                return total
+            await asyncio.gather(*(self._run(job) for job in jobs))
+            total += len(jobs)
+
+    async def _loop(self) -> None:
+        settings = self.settings
+        while not self._stopping:
+            try:
+                jobs = await self.store.claim_jobs(
+                    self.worker_id, self.clock.now(), settings.batch_size, settings.lease
+                )
+            except Exception:
+                log.exception("engine.claim_failed")
+                await self.clock.sleep(settings.poll_interval)
+                continue
+            for job in jobs:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._run_released(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if len(jobs) == settings.batch_size:
+                await asyncio.sleep(0)
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Sleep until the next job is due, new work arrives, or the poll interval passes."""
+        self._wakeup.clear()
+        next_at = await self.store.next_job_at()
+        delay = self.settings.poll_interval
+        if next_at is not None:
+            delay = min(delay, max(0.0, next_at - self.clock.now()))
+        if delay <= 0:
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wakeup.wait())
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        sleeper.cancel()
+        waker.cancel()
+
+    async def _run_released(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        finally:
+            self._slots.release()
+
+    async def _run(self, job: Job) -> None:
+        self._in_flight.add(job.id)
+        TIMER_LATENESS.observe(max(0.0, self.clock.now() - job.run_at))
+        try:
+            handler = self.handlers.get(job.kind)
+            if handler is None:
+                log.error("engine.unknown_job_kind", kind=job.kind, job=job.id)
+                return  # left locked: its lease ends and it waits for a worker that knows it
+            await handler(job)
+            JOBS_RUN.labels(job.kind).inc()
+        except Exception:
+            # the job stays in the table; its lease runs out and it is claimed again
+            log.exception("engine.job_failed", kind=job.kind, job=job.id, ref=job.ref)
+        finally:
+            self._in_flight.discard(job.id)
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.lease / 3
+        while True:
+            await self.clock.sleep(interval)
+            if self._in_flight:
+                try:
+                    await self.store.extend_lease(
+                        self.worker_id,
+                        list(self._in_flight),
+                        self.clock.now() + self.settings.lease,
+                    )
+                except Exception:
+                    log.exception("engine.heartbeat_failed")
+
+    async def _sweep_orphans(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.orphan_sweep_interval)
+            try:
+                await self.match_orphans()
+            except Exception:
+                log.exception("engine.orphan_sweep_failed")
+
+    # --- transitions -----------------------------------------------------------------------
+
+    async def _transition(
+        self,
+        key: WorkflowKey,
+        happening: Happening | Callable[[WorkflowRecord], Happening],
+        *,
+        done_job: int | None = None,
+    ) -> Decision | None:
+        result = await self.store.transition(key, self._decider(happening), done_job=done_job)
+        if result is not None and result[0].jobs:
+            self.wake()
+        return result
+
+    def _decider(self, happening: Happening | Callable[[WorkflowRecord], Happening]) -> Decide:
+        """The pure decision of a transition: the failover rules, then the webhooks."""
+        horizon = self.settings.report_horizon
+        base = self.settings.public_url
+
+        def decide(workflow: WorkflowRecord) -> Decision:
+            seen = happening(workflow) if callable(happening) else happening
+            changes = apply(workflow, seen, horizon=horizon)
+            return changes, webhooks_for(workflow, changes, base)
+
+        return decide
+
+    # --- job handlers ----------------------------------------------------------------------
+
+    async def _send(self, job: Job) -> None:
+        message = await self.store.find_message(job.ref)
+        if message is None or message.state != StepState.ACTIVE or message.status is not None:
+            await self.store.finish_job(job.id)  # nothing left to send
+            return
+        provider = self.providers.for_channel(message.channel)
+        now = self.clock.now()
+        if not getattr(provider, "deduplicates", False):
+            attempt = await self.store.begin_send(message.id, now)
+            if attempt.attempts > job.attempts:
+                SENDS.labels(provider.name, "unknown").inc()
+                await self._fail(job, message, Status.UNDELIVERABLE, *UNKNOWN_OUTCOME)
+                return
+        outbound = OutboundMessage(
+            message_id=message.id,
+            channel=message.channel,
+            to=msgspec.json.decode(message.to),
+            from_=msgspec.json.decode(message.from_),
+            message=msgspec.json.decode(message.body),
+            client_ref=message.client_ref,
+        )
+        try:
+            result = await provider.send(outbound)
+        except ChannelUndeliverable as exc:
+            SENDS.labels(provider.name, "undeliverable").inc()
+            await self._fail(job, message, Status.UNDELIVERABLE, exc.code, exc.reason)
+            return
+        except ChannelRejected as exc:
+            SENDS.labels(provider.name, "rejected").inc()
+            await self._fail(job, message, Status.REJECTED, exc.code, exc.reason)
+            return
+        except ChannelUnavailable as exc:
+            SENDS.labels(provider.name, "retry").inc()
+            await self._retry(job, message, exc.code, exc.message, exc.retry_after)
+            return
+        except Exception as exc:
+            log.exception("engine.provider_failed", provider=provider.name, message=message.id)
+            SENDS.labels(provider.name, "error").inc()
+            await self._retry(job, message, 1030, f"Internal error: {type(exc).__name__}", None)
+            return
+        SENDS.labels(provider.name, "submitted").inc()
+        await self._transition(
+            WorkflowKey(message_id=message.id),
+            Observed(
+                message.id,
+                Status.SUBMITTED,
+                self.clock.now(),
+                source=provider.name,
+                provider=provider.name,
+                provider_message_id=result.provider_message_id,
+                price=result.price,
+                currency=result.currency,
+            ),
+            done_job=job.id,
+        )
+        for receipt in await self.store.take_orphan_receipts(
+            provider.name, result.provider_message_id
+        ):
+            await self.receipt(receipt)
+
+    async def _fail(
+        self, job: Job, message: MessageRecord, status: Status, code: int, reason: str
+    ) -> None:
+        await self._transition(
+            WorkflowKey(message_id=message.id),
+            Observed(message.id, status, self.clock.now(), "engine", code, reason),
+            done_job=job.id,
+        )
+
+    async def _retry(
+        self,
+        job: Job,
+        message: MessageRecord,
+        code: int,
+        reason: str,
+        retry_after: float | None,
+    ) -> None:
+        """Try a transient failure again later, inside the step's window; a step without a
+        window (the last) gives up after ``send_retry_window``."""
+        now = self.clock.now()
+        delay = backoff(
+            job.attempts,
+            base=self.settings.backoff_base,
+            cap=self.settings.backoff_cap,
+            retry_after=retry_after,
+        )
+        if message.expiry_time is None:
+            started = message.started_at if message.started_at is not None else now
+            if now + delay > started + self.settings.send_retry_window:
+                await self._fail(job, message, Status.UNDELIVERABLE, code, reason)
+                return
+        # a step with a window keeps trying: its step_timeout abandons the send when it closes
+        await self.store.retry_job(job.id, now + delay, message_id=message.id, error=(code, reason))
+
+    async def _step_timeout(self, job: Job) -> None:
+        message = await self.store.find_message(job.ref)
+        last_error = None
+        if message is not None and message.last_error_code is not None:
+            last_error = (message.last_error_code, message.last_error_reason or "")
+        await self._transition(
+            WorkflowKey(message_id=job.ref),
+            WindowClosed(job.ref, self.clock.now(), last_error),
+            done_job=job.id,
+        )
+
+    async def _report_horizon(self, job: Job) -> None:
+        await self._transition(
+            WorkflowKey(workflow_id=job.ref), HorizonReached(self.clock.now()), done_job=job.id
+        )
+
+    # --- receipts (the ReceiptSink of every provider) --------------------------------------
+
+    async def receipt(self, receipt: Receipt) -> None:
+        """Apply a provider's receipt; one for an unknown id is kept until its send is
+        recorded (an SMPP DLR can arrive before the submit response)."""
+
+        def observed(workflow: WorkflowRecord) -> Happening:
+            # the message is known only inside the transaction that found its workflow
+            message_id = next(
+                m.id
+                for m in workflow.messages
+                if m.provider == receipt.provider
+                and m.provider_message_id == receipt.provider_message_id
+            )
+            return Observed(
+                message_id,
+                receipt.status,
+                receipt.at,
+                receipt.provider,
+                receipt.code,
+                receipt.reason,
+            )
+
+        result = await self._transition(
+            WorkflowKey(provider=receipt.provider, provider_message_id=receipt.provider_message_id),
+            observed,
+        )
+        RECEIPTS.labels(receipt.provider, "yes" if result is not None else "no").inc()
+        if result is None:
+            await self.store.add_orphan_receipt(receipt, self.clock.now())
+
+    async def inbound(self, message: InboundMessage) -> None:
+        """Store an inbound message as an inbound webhook; it goes to the first account's
+        inbound URL (numbers are not yet linked to applications)."""
+        accounts = await self.store.list_accounts()
+        if not accounts:
+            log.warning("engine.inbound_without_account", channel=message.channel)
+            return
+        webhook = NewWebhook(
+            kind=payloads.INBOUND,
+            account_id=accounts[0].id,
+            application_id=None,
+            workflow_id=None,
+            message_id=None,
+            url=None,
+            body=payloads.inbound(message, str(uuid.uuid4())),
+        )
+        await self.store.add_webhooks([webhook], self.clock.now())
+        self.wake()
+
+    async def match_orphans(self) -> int:
+        """Apply kept receipts whose message is now known; returns how many."""
+        receipts = await self.store.take_orphan_receipts()
+        for receipt in receipts:
+            await self.receipt(receipt)
+        return len(receipts)
+
+
+def webhooks_for(workflow: WorkflowRecord, changes: Changes, base: str) -> Sequence[NewWebhook]:
+    """The status webhooks and the final report a transition produces."""
+    if not changes.status_reports and not changes.final_report:
+        return ()
+    after = project(workflow, changes)
+    by_id = {message.id: message for message in after.messages}
+    at_by_message = {
+        event.message_id: event.at for event in changes.events if event.kind == "status"
+    }
+    hooks = [
+        NewWebhook(
+            kind=payloads.STATUS,
+            account_id=workflow.account_id,
+            application_id=workflow.application_id,
+            workflow_id=workflow.id,
+            message_id=message_id,
+            url=None,
+            body=payloads.message_status(
+                after, by_id[message_id], at_by_message.get(message_id, after.updated_at), base
+            ),
+        )
+        for message_id in changes.status_reports
+    ]
+    if changes.final_report and workflow.surface is not Surface.MESSAGES:
+        at = changes.finished_at if changes.finished_at is not None else after.updated_at
+        hooks.append(
+            NewWebhook(
+                kind=payloads.FINAL_REPORT,
+                account_id=workflow.account_id,
+                application_id=workflow.application_id,
+                workflow_id=workflow.id,
+                message_id=None,
+                url=None,
+                body=payloads.final_report(after, at, base),
+            )
+        )
+    return hooks
