@@ -151,6 +151,18 @@ def serve(
         raise _fail(f"error: {exc}") from exc
 
 
+@app.command()
+def worker(database: DatabaseOption = None) -> None:
+    """Run the engine alone (sends, timers, webhooks), beside API nodes started with
+    CASCADE_RUN_WORKER=false."""
+    from cascade.runtime import run_worker
+
+    try:
+        asyncio.run(run_worker(_settings(database)))
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
+
+
 # --- db --------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,15 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest request body accepted (413 above)"
     )
     run_worker: bool = Field(True, description="Run the engine inside `cascade serve`")
+    report_horizon_seconds: float = Field(
+        72 * 3600.0,
+        gt=0,
+        description="Seconds after the last step starts when the final report goes regardless",
+    )
+    job_lease_seconds: float = Field(
+        30.0, gt=0, description="How long a worker holds a job before another may take it over"
+    )
+    worker_batch_size: int = Field(200, ge=1, le=10_000, description="Jobs claimed at once")
     sandbox_speed: float = Field(
         1.0, gt=0, description="Sandbox receipts come this many times faster than documented"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import structlog
@@ -9,11 +10,14 @@ import uvicorn
 from starlette.applications import Starlette
 
 from cascade.api.app import create_app
+from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings
 from cascade.domain.records import Account
+from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.log import configure_logging
 from cascade.service import ensure_default_account, open_store
+from cascade.store.base import Store
 
 log = structlog.get_logger(__name__)
 
@@ -26,21 +30,73 @@ def build_app(
     """The ASGI app for ``settings``, opening its store on start-up and closing it on shutdown."""
     clock = clock or SystemClock()
     store = open_store(settings.database_url, settings)
+    engine = build_engine(settings, store, clock) if settings.run_worker else None
 
     async def start() -> None:
         await store.open()
         created = await ensure_default_account(store, clock)
         if created is not None and announce is not None:
             announce(created.account, created.api_secret)
-        log.info("cascade.started", database=_redacted(settings.database_url))
+        if engine is not None:
+            await engine.start()
+        log.info(
+            "cascade.started",
+            database=_redacted(settings.database_url),
+            engine="in-process" if engine else "off",
+        )
 
     async def stop() -> None:
+        if engine is not None:
+            await engine.stop()
         await store.close()
         log.info("cascade.stopped")
 
     return create_app(
-        store, clock=clock, max_body_bytes=settings.max_body_bytes, lifespan_hooks=(start, stop)
+        store,
+        clock=clock,
+        max_body_bytes=settings.max_body_bytes,
+        report_horizon=settings.report_horizon_seconds,
+        lifespan_hooks=(start, stop),
+        on_accepted=engine.wake if engine else None,
     )
+
+
+def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
+    """The engine with the providers the settings name (the sandbox for every channel)."""
+    sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
+    return Engine(
+        store,
+        Providers(sandbox),
+        clock,
+        EngineSettings(
+            batch_size=settings.worker_batch_size,
+            lease=settings.job_lease_seconds,
+            report_horizon=settings.report_horizon_seconds,
+            public_url=settings.public_url or "",
+        ),
+    )
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run the engine alone (no HTTP API) until SIGINT or SIGTERM."""
+    import signal
+
+    configure_logging(settings.log_level, settings.log_format)
+    clock = SystemClock()
+    store = open_store(settings.database_url, settings)
+    await store.open()
+    engine = build_engine(settings, store, clock)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    await engine.start()
+    log.info("cascade.worker", database=_redacted(settings.database_url), worker=engine.worker_id)
+    try:
+        await stopped.wait()
+    finally:
+        await engine.stop()
+        await store.close()
 
 
 def _redacted(url: str) -> str:

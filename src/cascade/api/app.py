@@ -34,11 +34,14 @@ def create_app(
     report_horizon: float = 72 * 3600,
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
     | None = None,
+    on_accepted: Callable[[], None] | None = None,
 ) -> Starlette:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
     it (opening the store, the engine)."""
     authenticator = Authenticator(store, clock)
-    context = AcceptContext(store, authenticator, clock, max_body_bytes, report_horizon)
+    context = AcceptContext(
+        store, authenticator, clock, max_body_bytes, report_horizon, on_accepted
+    )
 
     accept = [
         ("/v0.1/messages", Surface.MESSAGES, "message_uuid"),

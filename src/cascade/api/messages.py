@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter
@@ -46,6 +47,8 @@ class AcceptContext:
     clock: Clock
     max_body_bytes: int
     report_horizon: float
+    #: called after a request is stored (wakes an in-process engine)
+    on_accepted: Callable[[], None] | None = None
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:
@@ -156,6 +159,8 @@ class AcceptEndpoint:
                 headers={"Idempotent-Replayed": "true"},
             )
         ACCEPTED.labels(self._surface.value).inc()
+        if ctx.on_accepted is not None:
+            ctx.on_accepted()
         return Response(response_body, status_code=202, media_type="application/json")
 
     def _decode(self, body: bytes) -> list[NewStep]:
