@@ -1,0 +1,538 @@
+"""The in-memory twin of the durable stores: the same interface and rules on plain dicts.
+
+It exists for fast unit tests and keeps nothing across processes. Every method does its checks
+before it changes anything and never awaits in between, so on one event loop each call is
+atomic, as one transaction is on SQLite or PostgreSQL: a request that breaks a rule stores
+nothing, and concurrent accepts with the same idempotency key behave as if they ran in turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cascade.domain.failover import Changes
+from cascade.domain.records import (
+    Accepted,
+    Account,
+    Application,
+    Event,
+    MessageRecord,
+    NewWebhook,
+    NewWorkflow,
+    Receipt,
+    SandboxMessage,
+    SendAttempt,
+    StepState,
+    StoredResponse,
+    WorkflowRecord,
+    WorkflowState,
+)
+from cascade.errors import IdempotencyConflict, NotFound, StoreConflict, StoreUnavailable
+from cascade.store.base import UNSET, Decide, Decision, Job, Store, WorkflowKey, _Unset
+
+#: the job that delivers a stored webhook (its ref is the webhook's id)
+WEBHOOK_JOB = "webhook"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Claim:
+    """A stored idempotency key: the digest of the first request and the response it got."""
+
+    request_sha256: str
+    response: StoredResponse
+
+
+@dataclasses.dataclass(slots=True)
+class _JobRow:
+    """A queued job with its lease."""
+
+    id: int
+    kind: str
+    ref: str
+    run_at: float
+    attempts: int = 0
+    locked_by: str | None = None
+    locked_until: float | None = None
+
+    def view(self) -> Job:
+        """The job as the Store interface shows it."""
+        return Job(self.id, self.kind, self.ref, self.run_at, self.attempts)
+
+
+@dataclasses.dataclass(slots=True)
+class _SendLog:
+    """The send attempts of one message: how many began, and when the first did."""
+
+    attempts: int = 0
+    started_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Webhook:
+    """A queued customer webhook as the durable stores keep it."""
+
+    id: int
+    webhook: NewWebhook
+    url: str | None
+    state: str
+    created_at: float
+
+
+class MemoryStore(Store):
+    """The Store in process memory."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._accounts: dict[str, Account] = {}
+        self._account_by_key: dict[str, str] = {}
+        self._applications: dict[str, Application] = {}
+        self._workflows: dict[str, WorkflowRecord] = {}
+        self._messages: dict[str, MessageRecord] = {}
+        self._workflow_messages: dict[str, list[str]] = {}
+        self._events: dict[str, list[Event]] = {}
+        self._jobs: dict[int, _JobRow] = {}
+        self._job_ids = itertools.count(1)
+        self._idempotency: dict[tuple[str, str], _Claim] = {}
+        self._sends: dict[str, _SendLog] = {}
+        self._webhooks: dict[int, _Webhook] = {}
+        self._webhook_ids = itertools.count(1)
+        self._orphans: dict[int, tuple[Receipt, float]] = {}
+        self._orphan_ids = itertools.count(1)
+        #: the sandbox journal, in the order messages arrived
+        self._sandbox: dict[str, SandboxMessage] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _check_open(self) -> None:
+        """Refuse work while the store is closed, as the durable stores do."""
+        if not self._open:
+            raise StoreUnavailable("the store is closed")
+
+    # --- tenancy ---------------------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> None:
+        self._check_open()
+        if account.id in self._accounts:
+            raise StoreConflict(f"account {account.id} exists")
+        if account.api_key in self._account_by_key:
+            raise StoreConflict(f"api_key {account.api_key} is taken")
+        self._accounts[account.id] = account
+        self._account_by_key[account.api_key] = account.id
+
+    async def get_account(self, account_id: str) -> Account | None:
+        self._check_open()
+        return self._accounts.get(account_id)
+
+    async def get_account_by_api_key(self, api_key: str) -> Account | None:
+        self._check_open()
+        account_id = self._account_by_key.get(api_key)
+        return None if account_id is None else self._accounts[account_id]
+
+    async def list_accounts(self) -> list[Account]:
+        self._check_open()
+        return sorted(self._accounts.values(), key=lambda a: (a.created_at, a.id))
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        status_url: str | _Unset | None = UNSET,
+        inbound_url: str | _Unset | None = UNSET,
+        signature_secret: str | _Unset = UNSET,
+    ) -> Account:
+        self._check_open()
+        account = self._accounts.get(account_id)
+        if account is None:
+            raise NotFound(f"no account {account_id}")
+        if not isinstance(status_url, _Unset):
+            account = dataclasses.replace(account, status_url=status_url)
+        if not isinstance(inbound_url, _Unset):
+            account = dataclasses.replace(account, inbound_url=inbound_url)
+        if not isinstance(signature_secret, _Unset):
+            account = dataclasses.replace(account, signature_secret=signature_secret)
+        self._accounts[account_id] = account
+        return account
+
+    async def create_application(self, application: Application) -> None:
+        self._check_open()
+        if application.id in self._applications:
+            raise StoreConflict(f"application {application.id} exists")
+        if application.account_id not in self._accounts:
+            raise StoreConflict(f"no account {application.account_id} to own the application")
+        self._applications[application.id] = application
+
+    async def get_application(self, application_id: str) -> Application | None:
+        self._check_open()
+        return self._applications.get(application_id)
+
+    async def list_applications(self, account_id: str) -> list[Application]:
+        self._check_open()
+        owned = (a for a in self._applications.values() if a.account_id == account_id)
+        return sorted(owned, key=lambda a: (a.created_at, a.id))
+
+    # --- the accept path -------------------------------------------------------------------
+
+    async def accept(self, workflow: NewWorkflow) -> Accepted:
+        self._check_open()
+        claim = workflow.idempotency
+        if claim is not None:
+            stored = self._idempotency.get((workflow.account_id, claim.key))
+            if stored is not None:
+                if stored.request_sha256 != claim.request_sha256:
+                    raise IdempotencyConflict()
+                return Accepted(created=False, response=stored.response)
+        message_ids = [step.message_id for step in workflow.steps]
+        if workflow.id in self._workflows:
+            raise StoreConflict(f"workflow {workflow.id} exists")
+        if len(set(message_ids)) != len(message_ids) or any(
+            message_id in self._messages for message_id in message_ids
+        ):
+            raise StoreConflict(f"a message id of workflow {workflow.id} exists")
+
+        now = workflow.accepted_at
+        if claim is not None:
+            self._idempotency[(workflow.account_id, claim.key)] = _Claim(
+                claim.request_sha256, claim.response
+            )
+        self._workflows[workflow.id] = WorkflowRecord(
+            id=workflow.id,
+            account_id=workflow.account_id,
+            application_id=workflow.application_id,
+            surface=workflow.surface,
+            state=WorkflowState.RUNNING,
+            created_at=now,
+            updated_at=now,
+            finished_at=None,
+        )
+        for index, step in enumerate(workflow.steps):
+            self._messages[step.message_id] = MessageRecord(
+                id=step.message_id,
+                workflow_id=workflow.id,
+                step=index,
+                account_id=workflow.account_id,
+                channel=step.channel,
+                to=step.to,
+                from_=step.from_,
+                body=step.body,
+                client_ref=step.client_ref,
+                expiry_time=step.expiry_time,
+                condition_status=step.condition_status,
+                state=StepState.ACTIVE if index == 0 else StepState.WAITING,
+                status=None,
+                error_code=None,
+                error_reason=None,
+                provider=None,
+                provider_message_id=None,
+                price=None,
+                currency=None,
+                started_at=now if index == 0 else None,
+                created_at=now,
+                updated_at=now,
+            )
+            self._sends[step.message_id] = _SendLog()
+        self._workflow_messages[workflow.id] = message_ids
+        self._events[workflow.id] = []
+        for job in workflow.jobs:
+            self._add_job(job.kind, job.ref, job.run_at)
+        return Accepted(created=True)
+
+    def _add_job(self, kind: str, ref: str, run_at: float) -> None:
+        """Queue a job with the next id."""
+        job_id = next(self._job_ids)
+        self._jobs[job_id] = _JobRow(job_id, kind, ref, run_at)
+
+    # --- reading back ----------------------------------------------------------------------
+
+    async def get_workflow(self, account_id: str, workflow_id: str) -> WorkflowRecord | None:
+        self._check_open()
+        workflow = self._workflows.get(workflow_id)
+        if workflow is None or workflow.account_id != account_id:
+            return None
+        return dataclasses.replace(
+            workflow,
+            messages=self._messages_of(workflow_id),
+            events=tuple(self._events[workflow_id]),
+        )
+
+    async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
+        self._check_open()
+        message = self._messages.get(message_id)
+        if message is None or message.account_id != account_id:
+            return None
+        return message
+
+    async def pending_jobs(self, ref: str) -> list[Job]:
+        self._check_open()
+        queued = sorted(
+            (job for job in self._jobs.values() if job.ref == ref),
+            key=lambda job: (job.run_at, job.id),
+        )
+        return [job.view() for job in queued]
+
+    # --- the engine ------------------------------------------------------------------------
+
+    async def find_message(self, message_id: str) -> MessageRecord | None:
+        self._check_open()
+        return self._messages.get(message_id)
+
+    async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
+        self._check_open()
+        due = sorted(
+            (
+                job
+                for job in self._jobs.values()
+                if job.run_at <= now and (job.locked_until is None or job.locked_until < now)
+            ),
+            key=lambda job: (job.run_at, job.id),
+        )[:limit]
+        for job in due:
+            job.locked_by = worker_id
+            job.locked_until = now + lease
+        return [job.view() for job in due]
+
+    async def extend_lease(self, worker_id: str, job_ids: Sequence[int], until: float) -> None:
+        self._check_open()
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            if job is not None and job.locked_by == worker_id:
+                job.locked_until = until
+
+    async def next_job_at(self) -> float | None:
+        self._check_open()
+        return min(
+            (job.run_at for job in self._jobs.values() if job.locked_until is None),
+            default=None,
+        )
+
+    async def finish_job(self, job_id: int) -> None:
+        self._check_open()
+        self._jobs.pop(job_id, None)
+
+    async def retry_job(
+        self, job_id: int, run_at: float, *, message_id: str, error: tuple[int, str]
+    ) -> None:
+        self._check_open()
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.run_at = run_at
+            job.attempts += 1
+            job.locked_by = job.locked_until = None
+        message = self._messages.get(message_id)
+        if message is not None:
+            self._messages[message_id] = dataclasses.replace(
+                message, last_error_code=error[0], last_error_reason=error[1]
+            )
+
+    async def begin_send(self, message_id: str, now: float) -> SendAttempt:
+        self._check_open()
+        message = self._messages.get(message_id)
+        if message is None:
+            return SendAttempt(0, None, None)
+        log = self._sends[message_id]
+        error = None
+        if message.last_error_code is not None:
+            error = (message.last_error_code, message.last_error_reason or "")
+        before = SendAttempt(log.attempts, log.started_at, error)
+        log.attempts += 1
+        if log.started_at is None:
+            log.started_at = now
+        return before
+
+    async def transition(
+        self, key: WorkflowKey, decide: Decide, *, done_job: int | None = None
+    ) -> Decision | None:
+        self._check_open()
+        workflow = self._keyed_workflow(key)
+        decision = None
+        if workflow is not None:
+            decision = decide(workflow)
+            self._persist(workflow.id, *decision)
+        if done_job is not None:
+            self._jobs.pop(done_job, None)
+        return decision
+
+    def _keyed_workflow(self, key: WorkflowKey) -> WorkflowRecord | None:
+        """The workflow ``key`` names, with its messages and without its timeline."""
+        workflow_id = key.workflow_id
+        if workflow_id is None and key.message_id is not None:
+            message = self._messages.get(key.message_id)
+            workflow_id = message.workflow_id if message is not None else None
+        elif workflow_id is None:
+            message = self._by_provider_id(key.provider, key.provider_message_id)
+            workflow_id = message.workflow_id if message is not None else None
+        workflow = self._workflows.get(workflow_id) if workflow_id is not None else None
+        if workflow is None:
+            return None
+        return dataclasses.replace(workflow, messages=self._messages_of(workflow.id))
+
+    def _by_provider_id(
+        self, provider: str | None, provider_message_id: str | None
+    ) -> MessageRecord | None:
+        """The message a provider knows by this id, if any."""
+        if provider is None or provider_message_id is None:
+            return None
+        for message in self._messages.values():
+            if (message.provider, message.provider_message_id) == (provider, provider_message_id):
+                return message
+        return None
+
+    def _messages_of(self, workflow_id: str) -> tuple[MessageRecord, ...]:
+        """A workflow's messages in step order."""
+        messages = (self._messages[m] for m in self._workflow_messages[workflow_id])
+        return tuple(sorted(messages, key=lambda m: m.step))
+
+    def _persist(self, workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]) -> None:
+        """Store what a transition decided, as the durable stores' ``_persist`` does."""
+        now = max((event.at for event in changes.events), default=None)
+        updated: dict[str, MessageRecord] = {}
+        for change in changes.messages.values():
+            message = self._messages.get(change.message_id)
+            if message is None:
+                continue
+            values: dict[str, Any] = {
+                name: getattr(change, name)
+                for name in _MESSAGE_CHANGE_FIELDS
+                if getattr(change, name) is not None
+            }
+            if now is not None:
+                values["updated_at"] = now
+            updated[change.message_id] = dataclasses.replace(message, **values)
+        if any(m.provider_message_id is not None for m in updated.values()):
+            _check_provider_refs({**self._messages, **updated}.values())
+        workflow = self._workflows[workflow_id]
+        if changes.workflow_state is not None:
+            if changes.finished_at is None:
+                raise StoreConflict("a workflow's updated_at cannot be empty")
+            workflow = dataclasses.replace(
+                workflow,
+                state=changes.workflow_state,
+                finished_at=changes.finished_at,
+                updated_at=changes.finished_at,
+            )
+        # every check passed: apply
+        self._messages.update(updated)
+        self._workflows[workflow_id] = workflow
+        self._events[workflow_id].extend(changes.events)
+        cancelled = set(changes.cancel_jobs)
+        for job_id in [j.id for j in self._jobs.values() if (j.kind, j.ref) in cancelled]:
+            del self._jobs[job_id]
+        created = now if now is not None else time.time()
+        for job in changes.jobs:
+            self._add_job(job.kind, job.ref, job.run_at)
+        self._insert_webhooks(webhooks, created)
+
+    def _insert_webhooks(self, webhooks: Sequence[NewWebhook], created: float) -> None:
+        """Queue webhooks, each with the URL of its kind unless it names one, and its job."""
+        for webhook in webhooks:
+            url = webhook.url
+            if url is None:
+                url = self._destination(webhook.account_id, webhook.application_id, webhook.kind)
+            webhook_id = next(self._webhook_ids)
+            state = "pending" if url else "no_url"
+            self._webhooks[webhook_id] = _Webhook(webhook_id, webhook, url, state, created)
+            if url:
+                self._add_job(WEBHOOK_JOB, str(webhook_id), created)
+
+    def _destination(self, account_id: str, application_id: str | None, kind: str) -> str | None:
+        """The URL a webhook of ``kind`` goes to: the application's, else the account's."""
+        column = "inbound_url" if kind == "inbound" else "status_url"
+        app = self._applications.get(application_id) if application_id is not None else None
+        url: str | None = getattr(app, column) if app is not None else None
+        if url is None:
+            account = self._accounts.get(account_id)
+            url = getattr(account, column) if account is not None else None
+        return url or None
+
+    async def add_webhooks(self, webhooks: Sequence[NewWebhook], now: float) -> None:
+        self._check_open()
+        self._insert_webhooks(webhooks, now)
+
+    async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:
+        self._check_open()
+        self._orphans[next(self._orphan_ids)] = (receipt, now)
+
+    async def take_orphan_receipts(
+        self, provider: str | None = None, provider_message_id: str | None = None
+    ) -> list[Receipt]:
+        self._check_open()
+        taken = []
+        for orphan_id, (receipt, _) in list(self._orphans.items()):
+            if provider is not None and (
+                receipt.provider != provider or receipt.provider_message_id != provider_message_id
+            ):
+                continue
+            if self._by_provider_id(receipt.provider, receipt.provider_message_id) is None:
+                continue
+            del self._orphans[orphan_id]
+            taken.append(receipt)
+        return taken
+
+    # --- the sandbox provider's journal ----------------------------------------------------
+
+    async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
+        self._check_open()
+        known = self._sandbox.get(message.message_id)
+        if known is not None:
+            known = dataclasses.replace(known, attempts=known.attempts + 1)
+            self._sandbox[message.message_id] = known
+            return known
+        if any(
+            m.provider_message_id == message.provider_message_id for m in self._sandbox.values()
+        ):
+            raise StoreConflict(f"provider message id {message.provider_message_id} is taken")
+        self._sandbox[message.message_id] = message
+        return message
+
+    async def sandbox_set_receipts(
+        self,
+        provider_message_id: str,
+        receipts_due: Sequence[tuple[float, str]],
+        received: float | None,
+    ) -> None:
+        self._check_open()
+        for message_id, message in self._sandbox.items():
+            if message.provider_message_id == provider_message_id:
+                self._sandbox[message_id] = dataclasses.replace(
+                    message,
+                    receipts_due=tuple(receipts_due),
+                    received_at=received if received is not None else message.received_at,
+                )
+
+    async def sandbox_messages(self) -> list[SandboxMessage]:
+        self._check_open()
+        return list(self._sandbox.values())
+
+
+def _check_provider_refs(messages: Iterable[MessageRecord]) -> None:
+    """Refuse two messages known to one provider by the same id (the durable unique index)."""
+    seen: set[tuple[str, str]] = set()
+    for message in messages:
+        if message.provider is None or message.provider_message_id is None:
+            continue
+        ref = (message.provider, message.provider_message_id)
+        if ref in seen:
+            raise StoreConflict(f"provider message id {ref} belongs to another message")
+        seen.add(ref)
+
+
+_MESSAGE_CHANGE_FIELDS = (
+    "state",
+    "status",
+    "error_code",
+    "error_reason",
+    "provider",
+    "provider_message_id",
+    "price",
+    "currency",
+    "started_at",
+)
