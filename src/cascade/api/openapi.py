@@ -36,7 +36,7 @@ def _problem(description: str) -> dict[str, Any]:
     return {
         "description": description,
         "content": {
-            "application/problem+json": {"schema": {"$ref": _REF.format(name="ProblemDocument")}},
+            "application/json": {"schema": {"$ref": _REF.format(name="ProblemDocument")}},
         },
     }
 

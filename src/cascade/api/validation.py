@@ -282,20 +282,20 @@ class RequestDecoder(Generic[T]):
             value = self._decoder.decode(body)
         except msgspec.ValidationError:
             raise self._explain(body) from None  # the walker's report replaces msgspec's
-        except msgspec.DecodeError as exc:
-            raise InvalidRequest(
-                "The request body is not valid JSON.",
-                title="Invalid JSON",
-                problem_type="https://developer.nexmo.com/api-errors#invalid-json",
-                invalid_parameters=[InvalidParameter("body", str(exc))],
-            ) from exc
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise _invalid_json(exc) from exc
         violations = self._rules(value)
         if violations:
             raise InvalidRequest(invalid_parameters=violations)
         return value
 
     def _explain(self, body: bytes) -> InvalidRequest:
-        data = msgspec.json.decode(body)
+        # the typed decoder stops at the first wrong field, before it has read the rest of the
+        # body, so the body may still turn out not to be JSON at all
+        try:
+            data = msgspec.json.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            return _invalid_json(exc)
         found = schema_violations(self._info, data, "")
         partial = _PARTIAL_RULES.get(self._kind)
         if partial is not None and isinstance(data, dict):
@@ -306,3 +306,13 @@ class RequestDecoder(Generic[T]):
             except msgspec.ValidationError as exc:
                 found = [InvalidParameter("body", str(exc))]
         return InvalidRequest(invalid_parameters=found)
+
+
+def _invalid_json(exc: Exception) -> InvalidRequest:
+    """The 400 for a body that is not JSON (malformed, or not UTF-8)."""
+    return InvalidRequest(
+        "The request body is not valid JSON.",
+        title="Invalid JSON",
+        problem_type="https://developer.nexmo.com/api-errors#invalid-json",
+        invalid_parameters=[InvalidParameter("body", str(exc))],
+    )
