@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade.clock import SystemClock
 from cascade.config import Settings
-from cascade.domain.records import Account, Application
+from cascade.domain.records import Account, Application, WorkflowRecord
 from cascade.errors import CascadeError, ConfigError
 from cascade.service import ensure_default_account, open_store
 from cascade.store.base import Store
@@ -383,6 +383,40 @@ def jwt_generate(
         typer.echo(make_jwt(key, parsed))
     except (ValueError, TypeError, jwt.PyJWTError) as exc:
         raise _fail(f"error: cannot sign with {private_key}: {exc}") from exc
+
+
+# --- show ----------------------------------------------------------------------------------
+
+
+@app.command()
+def show(
+    uuid_: Annotated[
+        str, typer.Argument(metavar="UUID", help="A dispatch, workflow or message id")
+    ],
+    database: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON view")] = False,
+) -> None:
+    """Print the timeline of a workflow: each step, every status with its time, each failover."""
+    from cascade.views import render_timeline, workflow_view
+
+    async def work(store: Store) -> WorkflowRecord | None:
+        message = await store.find_message(uuid_)
+        for account in await store.list_accounts():
+            workflow_id = (
+                message.workflow_id if message and message.account_id == account.id else uuid_
+            )
+            workflow = await store.get_workflow(account.id, workflow_id)
+            if workflow is not None:
+                return workflow
+        return None
+
+    workflow = _with_store(database, work)
+    if workflow is None:
+        raise _fail(f"error: no dispatch, workflow or message {uuid_}")
+    if as_json:
+        typer.echo(json.dumps(workflow_view(workflow), indent=2))
+    else:
+        typer.echo(render_timeline(workflow))
 
 
 # --- thin clients ----------------------------------------------------------------------------

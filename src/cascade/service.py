@@ -17,6 +17,8 @@ from cascade.store.base import Store
 def open_store(url: str, settings: Settings | None = None) -> Store:
     """The Store for a database URL (not yet opened)."""
     settings = settings or Settings()
+    if "://" not in url:
+        url = f"sqlite:///{url}"  # a bare path names a SQLite file
     if url.startswith("sqlite:"):
         from cascade.store.sqlite import SqliteStore, sqlite_path
 

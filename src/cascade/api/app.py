@@ -15,6 +15,7 @@ from cascade.api.auth import Authenticator
 from cascade.api.messages import AcceptContext, AcceptEndpoint
 from cascade.api.openapi import docs_page, openapi_document
 from cascade.api.problems import EXCEPTION_HANDLERS
+from cascade.api.reads import ReadEndpoints
 from cascade.clock import Clock
 from cascade.domain.records import Surface
 from cascade.store.base import Store
@@ -54,6 +55,8 @@ def create_app(
         for path, surface, id_field in accept
         for route in _both_slashes(path, AcceptEndpoint(context, surface, id_field).handle)
     ]
+    reads = ReadEndpoints(store, authenticator)
+    routes += [Route(path, handler, methods=["GET"]) for path, handler in reads.routes()]
     routes += [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -58,6 +58,18 @@ class WorkflowKey:
     provider_message_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    """Filters and a keyset page of a list: rows created before ``before`` (created_at, id)."""
+
+    limit: int = 50
+    before: tuple[float, str] | None = None
+    state: str | None = None  # workflows: running/completed/error; messages: the status
+    channel: str | None = None  # messages only
+    created_after: float | None = None
+    created_before: float | None = None
+
+
 #: what a transition decides: the rule changes and the webhooks that report them
 Decision = tuple[Changes, Sequence[NewWebhook]]
 Decide = Callable[[WorkflowRecord], Decision]
@@ -134,6 +146,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
         """A message of this account."""
+
+    @abc.abstractmethod
+    async def list_workflows(self, account_id: str, query: ListQuery) -> list[WorkflowRecord]:
+        """An account's workflows, newest first, with their messages (not their timelines)."""
+
+    @abc.abstractmethod
+    async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
+        """An account's messages, newest first."""
 
     @abc.abstractmethod
     async def pending_jobs(self, ref: str) -> list[Job]:

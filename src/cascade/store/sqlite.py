@@ -45,7 +45,16 @@ from cascade.errors import (
     StoreConflict,
     StoreUnavailable,
 )
-from cascade.store.base import UNSET, Decide, Decision, Job, Store, WorkflowKey, _Unset
+from cascade.store.base import (
+    UNSET,
+    Decide,
+    Decision,
+    Job,
+    ListQuery,
+    Store,
+    WorkflowKey,
+    _Unset,
+)
 from cascade.store.migrations import migrations
 
 T = TypeVar("T")
@@ -377,6 +386,50 @@ class SqliteStore(Store):
         )
         return _message(rows[0]) if rows else None
 
+    async def list_workflows(self, account_id: str, query: ListQuery) -> list[WorkflowRecord]:
+        where, params = _list_filter(account_id, query, "state")
+        rows = self._read(
+            "SELECT id, account_id, application_id, surface, state, created_at, updated_at, "
+            f"finished_at FROM workflows WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, query.limit),
+        )
+        if not rows:
+            return []
+        marks = ", ".join("?" for _ in rows)
+        by_workflow: dict[str, list[MessageRecord]] = {}
+        for row in self._read(
+            f"SELECT {_MESSAGE_READ} FROM messages WHERE workflow_id IN ({marks}) ORDER BY step",
+            tuple(r[0] for r in rows),
+        ):
+            message = _message(row)
+            by_workflow.setdefault(message.workflow_id, []).append(message)
+        return [
+            WorkflowRecord(
+                id=r[0],
+                account_id=r[1],
+                application_id=r[2],
+                surface=Surface(r[3]),
+                state=WorkflowState(r[4]),
+                created_at=r[5],
+                updated_at=r[6],
+                finished_at=r[7],
+                messages=tuple(by_workflow.get(r[0], ())),
+            )
+            for r in rows
+        ]
+
+    async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
+        where, params = _list_filter(account_id, query, "status")
+        if query.channel is not None:
+            where += " AND channel = ?"
+            params += (query.channel,)
+        rows = self._read(
+            f"SELECT {_MESSAGE_READ} FROM messages WHERE {where} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, query.limit),
+        )
+        return [_message(row) for row in rows]
+
     async def pending_jobs(self, ref: str) -> list[Job]:
         rows = self._read(
             "SELECT id, kind, ref, run_at, attempts FROM jobs WHERE ref = ? ORDER BY run_at, id",
@@ -562,6 +615,26 @@ class SqliteStore(Store):
     async def sandbox_messages(self) -> list[SandboxMessage]:
         rows = self._read(f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages ORDER BY rowid")
         return [_sandbox(row) for row in rows]
+
+
+def _list_filter(
+    account_id: str, query: ListQuery, state_column: str
+) -> tuple[str, tuple[Any, ...]]:
+    clauses = ["account_id = ?"]
+    params: list[Any] = [account_id]
+    if query.state is not None:
+        clauses.append(f"{state_column} = ?")
+        params.append(query.state)
+    if query.created_after is not None:
+        clauses.append("created_at >= ?")
+        params.append(query.created_after)
+    if query.created_before is not None:
+        clauses.append("created_at < ?")
+        params.append(query.created_before)
+    if query.before is not None:
+        clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+        params += [query.before[0], query.before[0], query.before[1]]
+    return " AND ".join(clauses), tuple(params)
 
 
 _SANDBOX_COLUMNS = (

@@ -1,0 +1,175 @@
+"""Reading back: a workflow or a message with its whole timeline, and filtered, paged lists.
+
+Everything is scoped to the caller's account: another account's id is a 404, exactly like an
+id that does not exist. Lists are newest first and paged by an opaque cursor (a keyset on
+creation time and id, so pages stay stable while new rows arrive).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cascade.api.auth import Authenticator, Principal
+from cascade.domain.records import WorkflowState
+from cascade.domain.status import Status
+from cascade.errors import InvalidParameter, InvalidRequest, NotFound
+from cascade.store.base import ListQuery, Store
+from cascade.views import message_view, workflow_summary, workflow_view
+
+MAX_PAGE = 100
+_CHANNELS = {"sms", "mms", "whatsapp", "messenger", "viber_service_msg"}
+
+
+def encode_cursor(created_at: float, row_id: str) -> str:
+    """The opaque cursor of the page after a row."""
+    return base64.urlsafe_b64encode(f"{created_at!r}|{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    """The keyset a cursor names; InvalidRequest when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, row_id = raw.split("|", 1)
+        return float(created_at), row_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(
+            invalid_parameters=[InvalidParameter("cursor", "is not a cursor this API returned")]
+        ) from exc
+
+
+def _time(name: str, value: str, bad: list[InvalidParameter]) -> float | None:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        bad.append(InvalidParameter(name, "must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"))
+        return None
+    if moment.tzinfo is None:
+        bad.append(InvalidParameter(name, "must name its time zone, e.g. a trailing Z"))
+        return None
+    return moment.timestamp()
+
+
+def parse_list_query(request: Request, states: set[str]) -> ListQuery:
+    """The filters and page of a list request; InvalidRequest naming each bad parameter."""
+    params = request.query_params
+    bad: list[InvalidParameter] = []
+    known = {"status", "channel", "created_after", "created_before", "page_size", "cursor"}
+    for name in params:
+        if name not in known:
+            bad.append(InvalidParameter(name, "is not a known query parameter"))
+    limit = 50
+    if "page_size" in params:
+        raw = params["page_size"]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+            bad.append(
+                InvalidParameter("page_size", f"must be a whole number from 1 to {MAX_PAGE}")
+            )
+        else:
+            limit = int(raw)
+    state = params.get("status")
+    if state is not None and state not in states:
+        bad.append(InvalidParameter("status", f"must be one of {', '.join(sorted(states))}"))
+    channel = params.get("channel")
+    if channel is not None and channel not in _CHANNELS:
+        bad.append(InvalidParameter("channel", f"must be one of {', '.join(sorted(_CHANNELS))}"))
+    after = (
+        _time("created_after", params["created_after"], bad) if "created_after" in params else None
+    )
+    until = (
+        _time("created_before", params["created_before"], bad)
+        if "created_before" in params
+        else None
+    )
+    before = decode_cursor(params["cursor"]) if "cursor" in params else None
+    if bad:
+        raise InvalidRequest(invalid_parameters=bad)
+    return ListQuery(
+        limit=limit,
+        before=before,
+        state=state,
+        channel=channel,
+        created_after=after,
+        created_before=until,
+    )
+
+
+def _page(
+    request: Request, items: list[dict[str, Any]], key: str, last: tuple[float, str] | None
+) -> Response:
+    body: dict[str, Any] = {"page_size": len(items), "_embedded": {key: items}, "_links": {}}
+    if last is not None:
+        query = {k: v for k, v in request.query_params.items() if k != "cursor"}
+        query["cursor"] = encode_cursor(*last)
+        href = request.url.path + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+        body["_links"]["next"] = {"href": href}
+    return JSONResponse(body)
+
+
+class ReadEndpoints:
+    """GET handlers of workflows and messages."""
+
+    def __init__(self, store: Store, authenticator: Authenticator) -> None:
+        self._store = store
+        self._authenticator = authenticator
+
+    async def _principal(self, request: Request) -> Principal:
+        return await self._authenticator.authenticate(request.headers.getlist("authorization"))
+
+    async def workflow(self, request: Request) -> Response:
+        """One workflow with its steps and timeline."""
+        principal = await self._principal(request)
+        workflow = await self._store.get_workflow(
+            principal.account.id, str(request.path_params["uuid"])
+        )
+        if workflow is None:
+            raise NotFound("No workflow with this id in your account.")
+        return JSONResponse(workflow_view(workflow))
+
+    async def message(self, request: Request) -> Response:
+        """One message with its statuses over time."""
+        principal = await self._principal(request)
+        message = await self._store.get_message(
+            principal.account.id, str(request.path_params["uuid"])
+        )
+        if message is None:
+            raise NotFound("No message with this id in your account.")
+        workflow = await self._store.get_workflow(principal.account.id, message.workflow_id)
+        events = workflow.events if workflow is not None else ()
+        return JSONResponse(message_view(message, events))
+
+    async def workflows(self, request: Request) -> Response:
+        """The account's workflows, newest first, filtered and paged."""
+        principal = await self._principal(request)
+        query = parse_list_query(request, {s.value for s in WorkflowState})
+        if query.channel is not None:
+            raise InvalidRequest(
+                invalid_parameters=[InvalidParameter("channel", "only filters messages")]
+            )
+        rows = await self._store.list_workflows(principal.account.id, query)
+        last = (rows[-1].created_at, rows[-1].id) if len(rows) == query.limit else None
+        return _page(request, [workflow_summary(w) for w in rows], "workflows", last)
+
+    async def messages(self, request: Request) -> Response:
+        """The account's messages, newest first, filtered and paged."""
+        principal = await self._principal(request)
+        query = parse_list_query(request, {s.value for s in Status})
+        rows = await self._store.list_messages(principal.account.id, query)
+        last = (rows[-1].created_at, rows[-1].id) if len(rows) == query.limit else None
+        return _page(request, [message_view(m) for m in rows], "messages", last)
+
+    def routes(self) -> list[tuple[str, Callable[[Request], Awaitable[Response]]]]:
+        """(path, handler) of every GET endpoint."""
+        return [
+            ("/v0.1/dispatch/{uuid}", self.workflow),
+            ("/beta/workflows/{uuid}", self.workflow),
+            ("/v0.1/messages/{uuid}", self.message),
+            ("/v0.1/dispatch", self.workflows),
+            ("/v0.1/messages", self.messages),
+        ]
