@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long a worker holds a job before another may take it over"
     )
     worker_batch_size: int = Field(200, ge=1, le=10_000, description="Jobs claimed at once")
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="How long one webhook attempt may take"
+    )
     sandbox_speed: float = Field(
         1.0, gt=0, description="Sandbox receipts come this many times faster than documented"
     )

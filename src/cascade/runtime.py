@@ -13,11 +13,12 @@ from cascade.api.app import create_app
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings
-from cascade.domain.records import Account
+from cascade.domain.records import WEBHOOK_JOB, Account
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.log import configure_logging
 from cascade.service import ensure_default_account, open_store
 from cascade.store.base import Store
+from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
 log = structlog.get_logger(__name__)
 
@@ -62,9 +63,10 @@ def build_app(
 
 
 def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
-    """The engine with the providers the settings name (the sandbox for every channel)."""
+    """The engine with the providers the settings name (the sandbox for every channel) and
+    the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
-    return Engine(
+    engine = Engine(
         store,
         Providers(sandbox),
         clock,
@@ -75,6 +77,10 @@ def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
             public_url=settings.public_url or "",
         ),
     )
+    sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
+    engine.handlers[WEBHOOK_JOB] = sender.run_job
+    engine.closers.append(sender.close)
+    return engine
 
 
 async def run_worker(settings: Settings) -> None:

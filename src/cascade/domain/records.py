@@ -11,6 +11,9 @@ from enum import StrEnum
 
 from cascade.domain.status import Status
 
+#: the job that delivers one customer webhook (its ref is the webhook's id)
+WEBHOOK_JOB = "webhook"
+
 
 class Surface(StrEnum):
     """Which API a workflow came in through; it decides the names used in responses/webhooks."""
@@ -234,3 +237,37 @@ class SandboxMessage:
     attempts: int
     received_at: float | None
     receipts_due: tuple[tuple[float, str], ...]  # (at, status), oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRecord:
+    """A queued customer webhook and how its delivery went so far."""
+
+    id: int
+    account_id: str
+    application_id: str | None
+    workflow_id: str | None
+    message_id: str | None
+    kind: str
+    url: str | None
+    body: bytes
+    state: str  # pending, delivered, dead (dead letter), no_url
+    attempts: int
+    created_at: float
+    first_attempt_at: float | None
+    last_attempt_at: float | None
+    next_attempt_at: float | None
+    last_status: int | None
+    last_error: str | None
+    delivered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """One try to deliver a webhook: when, what came back, how long it took."""
+
+    webhook_id: int
+    at: float
+    status_code: int | None
+    error: str | None
+    duration: float

@@ -153,6 +153,8 @@ class Engine:
             STEP_TIMEOUT: self._step_timeout,
             REPORT_HORIZON: self._report_horizon,
         }
+        #: called after the engine stopped (to close what the handlers hold open)
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self._wakeup = asyncio.Event()
         self._in_flight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -186,6 +188,8 @@ class Engine:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for provider in self.providers.all():
             await provider.stop()
+        for close in self.closers:
+            await close()
         log.info("engine.stopped", worker=self.worker_id)
 
     def wake(self) -> None:

@@ -22,6 +22,8 @@ from cascade.domain.records import (
     Receipt,
     SandboxMessage,
     SendAttempt,
+    WebhookAttempt,
+    WebhookRecord,
     WorkflowRecord,
 )
 
@@ -214,6 +216,50 @@ class Store(abc.ABC):
     ) -> list[Receipt]:
         """Remove and return kept receipts that now match a message (those of one provider id,
         or all that match when none is given)."""
+
+    @abc.abstractmethod
+    async def defer_job(self, job_id: int, run_at: float) -> None:
+        """Release a job to run again at ``run_at`` without counting an attempt."""
+
+    # --- customer webhooks -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
+        """One webhook, whichever account owns it."""
+
+    @abc.abstractmethod
+    async def record_webhook_attempt(
+        self,
+        attempt: WebhookAttempt,
+        *,
+        job_id: int | None,
+        state: str,
+        next_attempt_at: float | None,
+    ) -> None:
+        """Store an attempt and the webhook's new state; reschedule its job to
+        ``next_attempt_at``, or delete it when there is no next attempt."""
+
+    @abc.abstractmethod
+    async def list_webhooks(
+        self,
+        *,
+        account_id: str | None = None,
+        workflow_id: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[WebhookRecord]:
+        """Webhooks, oldest first, filtered."""
+
+    @abc.abstractmethod
+    async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
+        """The attempts of these webhooks, in order."""
+
+    @abc.abstractmethod
+    async def replay_webhooks(
+        self, webhook_ids: Sequence[int] | None, now: float, *, account_id: str | None = None
+    ) -> int:
+        """Queue webhooks for delivery again (these ids, or every dead letter when None);
+        their 24-hour retry window starts over. Returns how many."""
 
     # --- the sandbox provider's journal ----------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from cascade.domain.failover import Changes
 from cascade.domain.records import (
+    WEBHOOK_JOB,
     Accepted,
     Account,
     Application,
@@ -35,6 +36,8 @@ from cascade.domain.records import (
     StepState,
     StoredResponse,
     Surface,
+    WebhookAttempt,
+    WebhookRecord,
     WorkflowRecord,
     WorkflowState,
 )
@@ -569,6 +572,138 @@ class SqliteStore(Store):
 
         return await self._write(write)
 
+    async def defer_job(self, job_id: int, run_at: float) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "UPDATE jobs SET run_at = ?, locked_by = NULL, locked_until = NULL WHERE id = ?",
+                (run_at, job_id),
+            )
+        )
+
+    # --- customer webhooks -----------------------------------------------------------------
+
+    async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
+        rows = self._read(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?", (webhook_id,))
+        return _webhook(rows[0]) if rows else None
+
+    async def record_webhook_attempt(
+        self,
+        attempt: WebhookAttempt,
+        *,
+        job_id: int | None,
+        state: str,
+        next_attempt_at: float | None,
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    attempt.webhook_id,
+                    attempt.at,
+                    attempt.status_code,
+                    attempt.error,
+                    attempt.duration,
+                ),
+            )
+            conn.execute(
+                "UPDATE webhooks SET state = ?, attempts = attempts + 1, "
+                "first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, "
+                "next_attempt_at = ?, last_status = ?, last_error = ?, "
+                "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END "
+                "WHERE id = ?",
+                (
+                    state,
+                    attempt.at,
+                    attempt.at,
+                    next_attempt_at,
+                    attempt.status_code,
+                    attempt.error,
+                    state,
+                    attempt.at,
+                    attempt.webhook_id,
+                ),
+            )
+            if job_id is None:
+                return
+            if next_attempt_at is None:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            else:
+                conn.execute(
+                    "UPDATE jobs SET run_at = ?, attempts = attempts + 1, locked_by = NULL, "
+                    "locked_until = NULL WHERE id = ?",
+                    (next_attempt_at, job_id),
+                )
+
+        await self._write(write)
+
+    async def list_webhooks(
+        self,
+        *,
+        account_id: str | None = None,
+        workflow_id: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[WebhookRecord]:
+        clauses, params = [], []
+        for column, value in (
+            ("account_id", account_id),
+            ("workflow_id", workflow_id),
+            ("state", state),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = " AND ".join(clauses) if clauses else "1 = 1"
+        rows = self._read(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE {where} ORDER BY id LIMIT ?",
+            (*params, limit),
+        )
+        return [_webhook(row) for row in rows]
+
+    async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
+        if not webhook_ids:
+            return []
+        marks = ", ".join("?" for _ in webhook_ids)
+        rows = self._read(
+            "SELECT webhook_id, at, status_code, error, duration FROM webhook_attempts "
+            f"WHERE webhook_id IN ({marks}) ORDER BY id",
+            tuple(webhook_ids),
+        )
+        return [WebhookAttempt(*row) for row in rows]
+
+    async def replay_webhooks(
+        self, webhook_ids: Sequence[int] | None, now: float, *, account_id: str | None = None
+    ) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            if webhook_ids is None:
+                sql = "SELECT id FROM webhooks WHERE state = 'dead'"
+                params: tuple[Any, ...] = ()
+            else:
+                marks = ", ".join("?" for _ in webhook_ids) or "NULL"
+                sql = f"SELECT id FROM webhooks WHERE id IN ({marks}) AND url IS NOT NULL"
+                params = tuple(webhook_ids)
+            if account_id is not None:
+                sql += " AND account_id = ?"
+                params += (account_id,)
+            ids = [row[0] for row in conn.execute(sql, params)]
+            for webhook_id in ids:
+                conn.execute(
+                    "UPDATE webhooks SET state = 'pending', first_attempt_at = NULL, "
+                    "next_attempt_at = ? WHERE id = ?",
+                    (now, webhook_id),
+                )
+                conn.execute(
+                    "DELETE FROM jobs WHERE kind = ? AND ref = ?", (WEBHOOK_JOB, str(webhook_id))
+                )
+                conn.execute(
+                    "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (?, ?, ?, ?)",
+                    (WEBHOOK_JOB, str(webhook_id), now, now),
+                )
+            return len(ids)
+
+        return await self._write(write)
+
     # --- the sandbox provider's journal ----------------------------------------------------
 
     async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
@@ -635,6 +770,19 @@ def _list_filter(
         clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
         params += [query.before[0], query.before[0], query.before[1]]
     return " AND ".join(clauses), tuple(params)
+
+
+_WEBHOOK_COLUMNS = (
+    "id, account_id, application_id, workflow_id, message_id, kind, url, body, state, "
+    "attempts, created_at, first_attempt_at, last_attempt_at, next_attempt_at, last_status, "
+    "last_error, delivered_at"
+)
+
+
+def _webhook(row: tuple[Any, ...]) -> WebhookRecord:
+    values = list(row)
+    values[7] = values[7].encode()
+    return WebhookRecord(*values)
 
 
 _SANDBOX_COLUMNS = (
@@ -722,8 +870,6 @@ _MESSAGE_CHANGE_FIELDS = (
     "currency",
     "started_at",
 )
-
-WEBHOOK_JOB = "webhook"
 
 
 def _persist(

@@ -151,3 +151,13 @@ CREATE TABLE webhooks (
 );
 CREATE INDEX webhooks_workflow ON webhooks (workflow_id, id);
 CREATE INDEX webhooks_state ON webhooks (state, id);
+
+CREATE TABLE webhook_attempts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id  INTEGER NOT NULL REFERENCES webhooks (id),
+    at          REAL NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    duration    REAL NOT NULL
+);
+CREATE INDEX webhook_attempts_webhook ON webhook_attempts (webhook_id, id);
