@@ -282,6 +282,8 @@ def app_create(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Create an application; prints its id (and writes a private key unless --public-key)."""
+    status = _webhook_url(status_url) if status_url else None
+    inbound = _webhook_url(inbound_url) if inbound_url else None
     key_path = None
     if public_key is not None:
         pem = _read_public_key(public_key)
@@ -290,8 +292,6 @@ def app_create(
         if key_path.exists():
             raise _fail(f"error: {key_path} exists; choose another --private-key-file")
         pem = _generate_key_pair(key_path)
-    status = _webhook_url(status_url) if status_url else None
-    inbound = _webhook_url(inbound_url) if inbound_url else None
 
     async def work(store: Store) -> Application:
         account = await _account(store, api_key)
@@ -307,7 +307,12 @@ def app_create(
         await store.create_application(application)
         return application
 
-    application = _with_store(database, work)
+    try:
+        application = _with_store(database, work)
+    except typer.Exit:
+        if key_path is not None:  # no application holds its public key: do not leave it behind
+            key_path.unlink()
+        raise
     typer.echo(f"application_id: {application.id}")
     if key_path is not None:
         typer.echo(f"private key:    {key_path} (mode 0600; keep it secret)")
@@ -331,9 +336,10 @@ def app_list(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> N
 # --- jwt -------------------------------------------------------------------------------------
 
 
-def make_jwt(private_key: bytes, claims: dict[str, Any]) -> str:
-    """An RS256 JWT with ``iat``, ``jti`` and a 15-minute ``exp`` unless ``claims`` set them."""
-    now = int(time.time())
+def make_jwt(private_key: bytes, claims: dict[str, Any], now: int | None = None) -> str:
+    """An RS256 JWT with ``iat``, ``jti`` and a 15-minute ``exp`` unless ``claims`` set them;
+    ``iat`` is ``now`` (default: the current time)."""
+    now = int(time.time()) if now is None else now
     payload: dict[str, Any] = {"iat": now, "jti": str(uuid.uuid4()), "exp": now + 900}
     payload.update(claims)
     return jwt.encode(payload, private_key, algorithm="RS256", headers={"typ": "JWT"})
@@ -380,7 +386,7 @@ def jwt_generate(
     except OSError as exc:
         raise _fail(f"error: cannot read {private_key}: {exc}") from exc
     try:
-        typer.echo(make_jwt(key, parsed))
+        typer.echo(make_jwt(key, parsed, now))
     except (ValueError, TypeError, jwt.PyJWTError) as exc:
         raise _fail(f"error: cannot sign with {private_key}: {exc}") from exc
 

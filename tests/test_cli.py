@@ -1,0 +1,346 @@
+"""The ``cascade`` command line: database, account, applications and JWTs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import stat
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from click.testing import Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from typer.testing import CliRunner
+
+from cascade import cli
+from cascade.api.app import create_app
+from cascade.clock import SystemClock
+from cascade.store.sqlite import SqliteStore
+from tests.conftest import public_pem, rsa_key
+
+runner = CliRunner()
+APP_ID = re.compile(r"application_id: (\S+)")
+
+
+class Cascade:
+    """Runs ``cascade`` commands against one SQLite file from a temporary working directory."""
+
+    def __init__(
+        self, directory: Path, key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+    ) -> None:
+        self.directory = directory
+        self.database = directory / "x.db"
+        #: the key pair ``app create`` generates in these tests
+        self.key = key
+        #: a key pair it does not generate
+        self.other_key = other_key
+
+    def __call__(self, *args: str, database: bool = True) -> Result:
+        """Run ``cascade ARGS`` (with --database unless told not to)."""
+        extra = ["--database", f"sqlite:///{self.database}"] if database else []
+        return runner.invoke(cli.app, [*args, *extra])
+
+    def ok(self, *args: str, database: bool = True) -> str:
+        """Run a command that must succeed; its standard output."""
+        result = self(*args, database=database)
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+        return result.stdout
+
+    def create_app(self, name: str = "shop", *extra: str) -> str:
+        """Create an application; its id."""
+        match = APP_ID.search(self.ok("app", "create", name, *extra))
+        assert match is not None
+        return match.group(1)
+
+
+@pytest.fixture
+def cascade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cascade:
+    """The CLI in a fresh temporary working directory, with no CASCADE_* settings; it "generates"
+    a cached RSA key, since making a new one is slow."""
+    key, other_key = rsa_key(), rsa_key()
+    monkeypatch.setattr(cli.rsa, "generate_private_key", lambda **_: key)
+    monkeypatch.chdir(tmp_path)
+    for name in ("CASCADE_DATABASE_URL", "CASCADE_URL", "CASCADE_API_KEY", "CASCADE_API_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    return Cascade(tmp_path, key, other_key)
+
+
+def test_db_upgrade_creates_the_database_and_shows_the_secret_once(cascade: Cascade) -> None:
+    """The first upgrade creates the file and prints the new credentials; the second does not."""
+    first = cascade.ok("db", "upgrade")
+    assert cascade.database.is_file()
+    assert "shown only this once" in first
+    secret = re.search(r"api_secret:\s+(\S+)", first)
+    assert secret is not None
+    assert re.search(r"api_key:\s+\S+", first)
+    assert "The database schema is up to date." in first
+    second = cascade.ok("db", "upgrade")
+    assert "api_secret" not in second
+    assert secret.group(1) not in second
+    assert "The database schema is up to date." in second
+
+
+def test_account_show_hides_the_signature_secret_unless_asked(cascade: Cascade) -> None:
+    """account show prints the api_key but the signature secret only with --show-secrets."""
+    created = cascade.ok("db", "upgrade")
+    signature = re.search(r"signature_secret:\s+(\S+)", created)
+    assert signature is not None
+    shown = cascade.ok("account", "show")
+    assert signature.group(1) not in shown
+    assert "hidden" in shown
+    assert re.search(r"api_key:\s+\S+", shown)
+    assert signature.group(1) in cascade.ok("account", "show", "--show-secrets")
+
+
+def test_account_set_changes_and_clears_the_webhook_urls(cascade: Cascade) -> None:
+    """account set stores the status and inbound URLs, and '' clears one."""
+    cascade.ok("db", "upgrade")
+    cascade.ok(
+        "account",
+        "set",
+        "--status-url",
+        "https://hooks.example/status",
+        "--inbound-url",
+        "https://hooks.example/inbound",
+    )
+    shown = cascade.ok("account", "show")
+    assert re.search(r"status_url:\s+https://hooks.example/status", shown)
+    assert re.search(r"inbound_url:\s+https://hooks.example/inbound", shown)
+    cascade.ok("account", "set", "--inbound-url", "")
+    shown = cascade.ok("account", "show")
+    assert re.search(r"status_url:\s+https://hooks.example/status", shown)
+    assert re.search(r"inbound_url:\s+-", shown)
+
+
+def test_account_set_refuses_a_url_that_is_not_http(cascade: Cascade) -> None:
+    """A webhook URL that is not http(s) is refused with exit code 1 and changes nothing."""
+    cascade.ok("db", "upgrade")
+    result = cascade("account", "set", "--status-url", "ftp://hooks.example")
+    assert result.exit_code == 1
+    assert "not an http(s) URL" in result.stderr
+    assert re.search(r"status_url:\s+-", cascade.ok("account", "show"))
+
+
+def test_app_create_writes_a_private_key_readable_only_by_its_owner(cascade: Cascade) -> None:
+    """app create NAME writes NAME.key (mode 0600), prints the id, and app list shows it."""
+    app_id = cascade.create_app("shop")
+    key_file = cascade.directory / "shop.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    listed = cascade.ok("app", "list")
+    assert app_id in listed
+    assert "shop" in listed
+
+
+def test_app_create_refuses_to_overwrite_a_key_file(cascade: Cascade) -> None:
+    """A second app with the same name fails instead of overwriting the first one's key."""
+    cascade.create_app("shop")
+    before = (cascade.directory / "shop.key").read_bytes()
+    result = cascade("app", "create", "shop")
+    assert result.exit_code == 1
+    assert "exists" in result.stderr
+    assert (cascade.directory / "shop.key").read_bytes() == before
+
+
+def test_app_create_with_a_bad_url_leaves_no_key_file(cascade: Cascade) -> None:
+    """A refused --status-url writes no private key, so the corrected command can run."""
+    result = cascade("app", "create", "shop", "--status-url", "hooks.example")
+    assert result.exit_code == 1
+    assert "not an http(s) URL" in result.stderr
+    assert not (cascade.directory / "shop.key").exists()
+    cascade.create_app("shop", "--status-url", "https://hooks.example/status")
+    assert "status=https://hooks.example/status" in cascade.ok("app", "list")
+
+
+def test_app_create_leaves_no_key_file_when_the_database_fails(cascade: Cascade) -> None:
+    """When the application cannot be stored, its freshly written private key is removed."""
+    result = runner.invoke(cli.app, ["app", "create", "shop", "--database", "mysql://db/cascade"])
+    assert result.exit_code == 1
+    assert "unsupported database URL" in result.stderr
+    assert not (cascade.directory / "shop.key").exists()
+
+
+def test_app_create_with_a_public_key_uses_it(cascade: Cascade) -> None:
+    """app create --public-key FILE stores that key and writes no private key."""
+    key = cascade.other_key
+    (cascade.directory / "given.pem").write_text(public_pem(key))
+    app_id = cascade.create_app("given", "--public-key", "given.pem")
+    assert not (cascade.directory / "given.key").exists()
+
+    async def stored_key() -> str:
+        store = SqliteStore(cascade.database)
+        await store.open()
+        try:
+            application = await store.get_application(app_id)
+        finally:
+            await store.close()
+        assert application is not None
+        return application.public_key_pem
+
+    assert asyncio.run(stored_key()) == public_pem(key)
+
+
+def test_app_create_refuses_a_file_that_is_not_a_public_key(cascade: Cascade) -> None:
+    """A --public-key file that is not a PEM public key fails with a clear message."""
+    (cascade.directory / "junk.pem").write_text("not a key")
+    result = cascade("app", "create", "junk", "--public-key", "junk.pem")
+    assert result.exit_code == 1
+    assert "cannot read a PEM public key" in result.stderr
+
+
+def _decoded(token: str, key_file: Path) -> dict[str, object]:
+    private = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    public = private.public_key()
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT"}
+    claims: dict[str, object] = jwt.decode(
+        token,
+        public,
+        algorithms=["RS256"],
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
+    return claims
+
+
+def test_jwt_generate_signs_a_token_with_a_lifetime(cascade: Cascade) -> None:
+    """jwt generate KEY application_id=ID exp=60 prints a token that verifies, exp = iat + 60."""
+    app_id = cascade.create_app("shop")
+    token = cascade.ok(
+        "jwt", "generate", "shop.key", f"application_id={app_id}", "exp=60", database=False
+    )
+    claims = _decoded(token.strip(), cascade.directory / "shop.key")
+    assert claims["application_id"] == app_id
+    assert claims["exp"] == claims["iat"] + 60
+    assert isinstance(claims["jti"], str)
+    assert claims["jti"]
+
+
+def test_jwt_generate_measures_exp_from_the_same_instant_as_iat(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """exp=60 is 60 s after iat even when the clock ticks over a second while signing."""
+    cascade.create_app("shop")
+    ticks = itertools.count()
+    monkeypatch.setattr(cli.time, "time", lambda: 1_800_000_000.7 + 0.5 * next(ticks))
+    token = cascade.ok("jwt", "generate", "shop.key", "application_id=a", "exp=60", database=False)
+    claims = _decoded(token.strip(), cascade.directory / "shop.key")
+    assert claims["exp"] == claims["iat"] + 60
+
+
+def test_jwt_generate_keeps_an_absolute_exp_and_extra_claims(cascade: Cascade) -> None:
+    """An absolute exp is kept as given; other claims pass through, JSON ones decoded."""
+    cascade.create_app("shop")
+    token = cascade.ok(
+        "jwt",
+        "generate",
+        "shop.key",
+        "application_id=a",
+        "exp=2000000000",
+        "sub=ada",
+        'acl={"paths":{"/*/messages/**":{}}}',
+        database=False,
+    )
+    claims = _decoded(token.strip(), cascade.directory / "shop.key")
+    assert claims["exp"] == 2_000_000_000
+    assert claims["sub"] == "ada"
+    assert claims["acl"] == {"paths": {"/*/messages/**": {}}}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        pytest.param(["shop.key"], "application_id=ID is required", id="no-application_id"),
+        pytest.param(["shop.key", "exp=60"], "application_id=ID is required", id="only-exp"),
+        pytest.param(["shop.key", "application_id"], "is not name=value", id="no-equals"),
+        pytest.param(
+            ["shop.key", "application_id=a", "exp=soon"], "whole number", id="exp-not-a-number"
+        ),
+        pytest.param(["missing.key", "application_id=a"], "cannot read", id="no-key-file"),
+        pytest.param(["not-a-key.txt", "application_id=a"], "cannot sign", id="not-a-key"),
+    ],
+)
+def test_jwt_generate_fails_clearly(arguments: list[str], message: str, cascade: Cascade) -> None:
+    """Wrong jwt generate arguments exit with code 1 and say what is wrong, printing no token."""
+    (cascade.directory / "shop.key").write_bytes(b"")
+    (cascade.directory / "not-a-key.txt").write_text("hello")
+    result = cascade("jwt", "generate", *arguments, database=False)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_generated_token_is_accepted_by_the_api(cascade: Cascade) -> None:
+    """A token from jwt generate, for an app from app create, gets a 202 from the API."""
+    app_id = cascade.create_app("shop")
+    token = cascade.ok("jwt", "generate", "shop.key", f"application_id={app_id}", database=False)
+
+    async def send() -> httpx.Response:
+        store = SqliteStore(cascade.database)
+        await store.open()
+        try:
+            transport = httpx.ASGITransport(app=create_app(store, clock=SystemClock()))
+            async with httpx.AsyncClient(transport=transport, base_url="http://cascade.test") as c:
+                return await c.post(
+                    "/v0.1/messages",
+                    json={
+                        "to": {"type": "sms", "number": "447700900000"},
+                        "from": {"type": "sms", "number": "Acme"},
+                        "message": {"content": {"type": "text", "text": "hi"}},
+                    },
+                    headers={"Authorization": f"Bearer {token.strip()}"},
+                )
+        finally:
+            await store.close()
+
+    response = asyncio.run(send())
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize(
+    ("group", "commands"),
+    [
+        ([], ["serve", "db", "account", "app", "jwt", "send", "dispatch"]),
+        (["db"], ["upgrade"]),
+        (["account"], ["show", "set"]),
+        (["app"], ["create", "list"]),
+        (["jwt"], ["generate"]),
+    ],
+    ids=["cascade", "db", "account", "app", "jwt"],
+)
+def test_help_lists_each_command(group: list[str], commands: list[str]) -> None:
+    """--help of the main command and of each group exits 0 and lists its commands."""
+    result = runner.invoke(cli.app, [*group, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.stdout
+    for command in commands:
+        assert re.search(rf"│ {command}\s", result.stdout), command
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "upgrade"],
+        ["account", "show"],
+        ["account", "set"],
+        ["app", "create"],
+        ["app", "list"],
+        ["jwt", "generate"],
+    ],
+    ids=" ".join,
+)
+def test_help_of_each_command_describes_it(command: list[str]) -> None:
+    """--help of each command exits 0 with a description and its --database option where used."""
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage:" in result.stdout
+    assert ("--database" in result.stdout) is (command[0] != "jwt")
+
+
+def test_a_group_without_a_command_shows_its_help() -> None:
+    """Running a group with no command prints its help instead of failing obscurely."""
+    result = runner.invoke(cli.app, ["app"])
+    assert "Usage:" in result.output
+    assert "create" in result.output
