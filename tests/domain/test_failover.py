@@ -336,6 +336,54 @@ def test_stale_window_of_the_active_step_after_a_late_success_changes_nothing() 
     assert sim.apply(WindowClosed("m1", sim.now + 300)).empty
 
 
+def test_send_result_after_the_window_closed_keeps_the_provider_message_id() -> None:
+    """A send in flight when its window closed: the late send result records the provider's
+    message id (and price) without a status change, so the delivery receipt that follows is
+    correlated and counts as a late success (DESIGN.md §2.5/§2.6)."""
+    sim = Simulator((VIBER_DELIVERED, SMS))
+    sim.close_window(0)  # the send job was already claimed and is talking to the provider
+    assert sim.message(0).status == "undeliverable"
+    changes = sim.apply(
+        Observed(
+            "m0",
+            Status.SUBMITTED,
+            sim.now + 1,
+            "engine",
+            provider="viber",
+            provider_message_id="v-1",
+            price="0.01",
+            currency="EUR",
+        )
+    )
+    record = sim.message(0)
+    assert (record.status, record.provider, record.provider_message_id) == (
+        "undeliverable",
+        "viber",
+        "v-1",
+    )
+    assert (record.price, record.currency) == ("0.01", "EUR")
+    assert not changes.events
+    assert not changes.status_reports
+    sim.receipt(0, D)
+    assert sim.state == WorkflowState.COMPLETED
+    assert sim.states() == [StepState.SUCCEEDED, StepState.ACTIVE]
+
+
+def test_send_result_after_its_receipt_keeps_the_provider_message_id() -> None:
+    """A send result applied after a receipt for its message (the rules do not rely on the
+    engine parking early DLRs) changes no status but still records the provider's message id;
+    the same send result again changes nothing."""
+    sim = Simulator((VIBER_DELIVERED, SMS))
+    sim.receipt(0, D)
+    assert sim.state == WorkflowState.COMPLETED
+    changes = sim.send(0)
+    assert sim.message(0).status == "delivered"
+    assert (sim.message(0).provider, sim.message(0).provider_message_id) == ("sandbox", "p0")
+    assert not changes.events
+    assert not changes.status_reports
+    assert sim.send(0).empty
+
+
 def test_stale_window_of_a_failed_step_changes_nothing() -> None:
     """A timer for a step that already failed over does not start another step."""
     sim = Simulator((MESSENGER_READ, VIBER_DELIVERED, SMS))

@@ -246,11 +246,20 @@ def check_move(
     if isinstance(happening, WindowClosed):
         assert after.state != WorkflowState.ERROR or not was_running
 
-    # statuses are only what the rules were told: a duplicate is nothing
+    # a duplicate status is nothing, save a provider id or price not stored before
     if isinstance(happening, Observed):
         record = before.messages[int(happening.message_id[1:])]
         if record.status == happening.status.value:
-            assert changes.empty
+            new_facts = (
+                happening.provider_message_id is not None and record.provider_message_id is None
+            ) or (happening.price is not None and record.price is None)
+            if not new_facts:
+                assert changes.empty
+            assert not changes.events
+            assert not changes.jobs
+            assert not changes.cancel_jobs
+            assert not changes.status_reports
+            assert all(c.status is None and c.state is None for c in changes.messages.values())
 
 
 def check_state(sim: Simulator) -> None:
@@ -294,6 +303,11 @@ def check_state(sim: Simulator) -> None:
         assert StepState.WAITING not in states
         if workflow.state == WorkflowState.ERROR:
             assert StepState.CANCELLED not in states
+    # the provider's message id from a send result is kept, whatever order the receipts came in
+    for seen in sim.observed:
+        if seen.provider_message_id is not None:
+            record = workflow.messages[int(seen.message_id[1:])]
+            assert record.provider_message_id == seen.provider_message_id
     # every report names the status the message had then; every status change was reported
     reported = {message_id: status for message_id, status in sim.status_reports}
     for record in workflow.messages:

@@ -17,7 +17,9 @@ The rules, in short:
    receipts are still recorded and forwarded, and a late success still completes the workflow.
 5. The last step has no window: the report goes when it succeeds or fails, or at the horizon.
 6. A message's status only moves up ``submitted < delivered < read``; a failure may replace
-   ``submitted`` only; duplicates and stale receipts change nothing.
+   ``submitted`` only; duplicates and stale receipts change nothing, except that a send result
+   arriving after its message's status moved on still records the provider's message id and
+   price it carries, when none is stored yet.
 """
 
 from __future__ import annotations
@@ -225,7 +227,16 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
     current = Status(step.status) if step.status is not None else None
     new = merged_status(current, seen.status)
     if new is None:
-        return changes  # duplicate or stale: nothing changes twice
+        # duplicate or stale: nothing changes twice; but a send result that comes after a
+        # receipt or after the window closed still records the provider's id and price, so the
+        # message's later receipts can be correlated (rule 6)
+        if seen.provider_message_id is not None and step.provider_message_id is None:
+            changes.message(step.id).provider = seen.provider
+            changes.message(step.id).provider_message_id = seen.provider_message_id
+        if seen.price is not None and step.price is None:
+            changes.message(step.id).price = seen.price
+            changes.message(step.id).currency = seen.currency
+        return changes
     change = changes.message(step.id)
     change.status = new
     if new.is_failure:
