@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import sys
 import time
 import uuid
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade.clock import SystemClock
 from cascade.config import Settings
-from cascade.domain.records import Account, Application, WorkflowRecord
+from cascade.domain.records import Account, Application, WebhookRecord, WorkflowRecord
 from cascade.errors import CascadeError, ConfigError
 from cascade.service import ensure_default_account, open_store
 from cascade.store.base import Store
@@ -39,10 +40,14 @@ account_app = typer.Typer(
 )
 app_app = typer.Typer(help="Applications: JWT keys and webhook URLs.", no_args_is_help=True)
 jwt_app = typer.Typer(help="JSON Web Tokens for the API.", no_args_is_help=True)
+webhooks_app = typer.Typer(
+    help="Customer webhooks: delivery state and replay.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(account_app, name="account")
 app.add_typer(app_app, name="app")
 app.add_typer(jwt_app, name="jwt")
+app.add_typer(webhooks_app, name="webhooks")
 
 DatabaseOption = Annotated[
     str | None,
@@ -232,6 +237,18 @@ def _webhook_url(url: str) -> str | None:
     return url
 
 
+@account_app.command("rotate-signature-secret")
+def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> None:
+    """Replace the secret that signs webhooks; prints the new one (update your receivers)."""
+
+    async def work(store: Store) -> Account:
+        account = await _account(store, api_key)
+        return await store.update_account(account.id, signature_secret=secrets.token_urlsafe(32))
+
+    account = _with_store(database, work)
+    typer.echo(f"signature_secret: {account.signature_secret}")
+
+
 # --- app -------------------------------------------------------------------------------------
 
 
@@ -403,26 +420,65 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON view")] = False,
 ) -> None:
     """Print the timeline of a workflow: each step, every status with its time, each failover."""
-    from cascade.views import render_timeline, workflow_view
+    from cascade.views import render_timeline, webhook_views, workflow_view
 
-    async def work(store: Store) -> WorkflowRecord | None:
+    async def work(store: Store) -> tuple[WorkflowRecord, list[dict[str, Any]]] | None:
         message = await store.find_message(uuid_)
+        workflow_id = message.workflow_id if message else uuid_
         for account in await store.list_accounts():
-            workflow_id = (
-                message.workflow_id if message and message.account_id == account.id else uuid_
-            )
             workflow = await store.get_workflow(account.id, workflow_id)
             if workflow is not None:
-                return workflow
+                hooks = await store.list_webhooks(workflow_id=workflow.id, limit=1000)
+                attempts = await store.webhook_attempts([hook.id for hook in hooks])
+                return workflow, webhook_views(hooks, attempts)
         return None
 
-    workflow = _with_store(database, work)
-    if workflow is None:
+    found = _with_store(database, work)
+    if found is None:
         raise _fail(f"error: no dispatch, workflow or message {uuid_}")
+    workflow, webhooks = found
     if as_json:
-        typer.echo(json.dumps(workflow_view(workflow), indent=2))
+        typer.echo(json.dumps(workflow_view(workflow, webhooks), indent=2))
     else:
-        typer.echo(render_timeline(workflow))
+        typer.echo(render_timeline(workflow, webhooks))
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    failed: Annotated[bool, typer.Option("--failed", help="Only dead letters")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many")] = 100,
+    database: DatabaseOption = None,
+) -> None:
+    """List webhooks with their delivery state, attempts and last result."""
+
+    async def work(store: Store) -> list[WebhookRecord]:
+        return await store.list_webhooks(state="dead" if failed else None, limit=limit)
+
+    for hook in _with_store(database, work):
+        last = hook.last_error or (str(hook.last_status) if hook.last_status else "-")
+        typer.echo(
+            f"{hook.id:>6}  {hook.kind:<15} {hook.state:<9} attempts={hook.attempts:<3} "
+            f"last={last}  {hook.url or '(no URL set)'}"
+        )
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Webhook ids to deliver again")] = None,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every dead letter")] = False,
+    database: DatabaseOption = None,
+) -> None:
+    """Deliver webhooks again (after fixing a receiver); a running engine picks them up."""
+    if bool(ids) == all_failed:
+        raise _fail("error: give webhook ids or --all-failed (not both)")
+
+    async def work(store: Store) -> int:
+        return await store.replay_webhooks(None if all_failed else ids, time.time())
+
+    typer.echo(f"queued {_with_store(database, work)} webhook(s) for delivery")
 
 
 # --- thin clients ----------------------------------------------------------------------------

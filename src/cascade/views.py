@@ -10,7 +10,14 @@ from typing import Any
 
 import msgspec
 
-from cascade.domain.records import Event, MessageRecord, Surface, WorkflowRecord
+from cascade.domain.records import (
+    Event,
+    MessageRecord,
+    Surface,
+    WebhookAttempt,
+    WebhookRecord,
+    WorkflowRecord,
+)
 from cascade.webhooks.payloads import timestamp, total_usage
 
 _ID_FIELDS = {
@@ -76,8 +83,38 @@ def message_view(message: MessageRecord, events: tuple[Event, ...] = ()) -> dict
     return view
 
 
-def workflow_view(workflow: WorkflowRecord) -> dict[str, Any]:
-    """A workflow with every step and the whole timeline."""
+def webhook_views(
+    webhooks: list[WebhookRecord], attempts: list[WebhookAttempt]
+) -> list[dict[str, Any]]:
+    """Each webhook with every delivery attempt and its result."""
+    by_webhook: dict[int, list[dict[str, Any]]] = {}
+    for attempt in attempts:
+        entry: dict[str, Any] = {
+            "timestamp": timestamp(attempt.at),
+            "duration_ms": round(attempt.duration * 1000, 1),
+        }
+        if attempt.status_code is not None:
+            entry["status_code"] = attempt.status_code
+        if attempt.error is not None:
+            entry["error"] = attempt.error
+        by_webhook.setdefault(attempt.webhook_id, []).append(entry)
+    return [
+        {
+            "id": hook.id,
+            "kind": hook.kind,
+            "message_uuid": hook.message_id,
+            "url": hook.url,
+            "state": hook.state,
+            "attempts": by_webhook.get(hook.id, []),
+        }
+        for hook in webhooks
+    ]
+
+
+def workflow_view(
+    workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A workflow with every step, the whole timeline and, when given, its webhooks."""
     timeline = [
         {"timestamp": timestamp(workflow.created_at), "event": "accepted"},
     ]
@@ -101,6 +138,8 @@ def workflow_view(workflow: WorkflowRecord) -> dict[str, Any]:
         "steps": [message_view(m, workflow.events) for m in workflow.messages],
         "timeline": timeline,
     }
+    if webhooks is not None:
+        view["webhooks"] = webhooks
     return view
 
 
@@ -123,9 +162,9 @@ def workflow_summary(workflow: WorkflowRecord) -> dict[str, Any]:
     }
 
 
-def render_timeline(workflow: WorkflowRecord) -> str:
+def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | None = None) -> str:
     """The timeline as text for a person (``cascade show``)."""
-    view = workflow_view(workflow)
+    view = workflow_view(workflow, webhooks)
     lines = [
         f"workflow {workflow.id} ({workflow.surface.value}): {workflow.state.value}",
         f"  cost: {view['usage']['price']} {view['usage']['currency']}",
@@ -157,4 +196,16 @@ def render_timeline(workflow: WorkflowRecord) -> str:
             detail = f": {entry['reason']}"
         source = f" [{entry['source']}]" if "source" in entry else ""
         lines.append(f"    {entry['timestamp']}  {where}{what}{detail}{source}")
+    if webhooks:
+        lines.append("  webhooks:")
+        for hook in webhooks:
+            where = f"step {index[hook['message_uuid']]} " if hook["message_uuid"] in index else ""
+            lines.append(
+                f"    #{hook['id']} {where}{hook['kind']} -> {hook['url']}: {hook['state']}"
+            )
+            for attempt in hook["attempts"]:
+                result = attempt.get("status_code", attempt.get("error", "?"))
+                lines.append(
+                    f"      {attempt['timestamp']}  {result} ({attempt['duration_ms']} ms)"
+                )
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from cascade.domain.records import WorkflowState
 from cascade.domain.status import Status
 from cascade.errors import InvalidParameter, InvalidRequest, NotFound
 from cascade.store.base import ListQuery, Store
-from cascade.views import message_view, workflow_summary, workflow_view
+from cascade.views import message_view, webhook_views, workflow_summary, workflow_view
 
 MAX_PAGE = 100
 _CHANNELS = {"sms", "mms", "whatsapp", "messenger", "viber_service_msg"}
@@ -130,7 +130,16 @@ class ReadEndpoints:
         )
         if workflow is None:
             raise NotFound("No workflow with this id in your account.")
-        return JSONResponse(workflow_view(workflow))
+        return JSONResponse(workflow_view(workflow, await self._webhooks(workflow.id)))
+
+    async def _webhooks(
+        self, workflow_id: str, message_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        hooks = await self._store.list_webhooks(workflow_id=workflow_id, limit=1000)
+        if message_id is not None:
+            hooks = [hook for hook in hooks if hook.message_id == message_id]
+        attempts = await self._store.webhook_attempts([hook.id for hook in hooks])
+        return webhook_views(hooks, attempts)
 
     async def message(self, request: Request) -> Response:
         """One message with its statuses over time."""
@@ -142,7 +151,9 @@ class ReadEndpoints:
             raise NotFound("No message with this id in your account.")
         workflow = await self._store.get_workflow(principal.account.id, message.workflow_id)
         events = workflow.events if workflow is not None else ()
-        return JSONResponse(message_view(message, events))
+        view = message_view(message, events)
+        view["webhooks"] = await self._webhooks(message.workflow_id, message.id)
+        return JSONResponse(view)
 
     async def workflows(self, request: Request) -> Response:
         """The account's workflows, newest first, filtered and paged."""

@@ -56,6 +56,9 @@ class SendResult:
     price: str | None = None  # per message, as a decimal string (Nexmo's usage.price)
     currency: str | None = None
     segments: int = 1
+    #: every part's provider id, in order, the first included, when the message went out in
+    #: parts with a receipt each (SMPP); empty when ``provider_message_id`` is the only id
+    segment_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

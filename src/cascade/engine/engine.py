@@ -299,7 +299,7 @@ class Engine:
         done_job: int | None = None,
     ) -> Decision | None:
         result = await self.store.transition(key, self._decider(happening), done_job=done_job)
-        if result is not None and result[0].jobs:
+        if result is not None and (result[0].jobs or result[1]):
             self.wake()
         return result
 

@@ -28,11 +28,22 @@ from cascade.domain.records import (
     SendAttempt,
     StepState,
     StoredResponse,
+    WebhookAttempt,
+    WebhookRecord,
     WorkflowRecord,
     WorkflowState,
 )
 from cascade.errors import IdempotencyConflict, NotFound, StoreConflict, StoreUnavailable
-from cascade.store.base import UNSET, Decide, Decision, Job, Store, WorkflowKey, _Unset
+from cascade.store.base import (
+    UNSET,
+    Decide,
+    Decision,
+    Job,
+    ListQuery,
+    Store,
+    WorkflowKey,
+    _Unset,
+)
 
 #: the job that delivers a stored webhook (its ref is the webhook's id)
 WEBHOOK_JOB = "webhook"
@@ -71,17 +82,6 @@ class _SendLog:
     started_at: float | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Webhook:
-    """A queued customer webhook as the durable stores keep it."""
-
-    id: int
-    webhook: NewWebhook
-    url: str | None
-    state: str
-    created_at: float
-
-
 class MemoryStore(Store):
     """The Store in process memory."""
 
@@ -98,8 +98,9 @@ class MemoryStore(Store):
         self._job_ids = itertools.count(1)
         self._idempotency: dict[tuple[str, str], _Claim] = {}
         self._sends: dict[str, _SendLog] = {}
-        self._webhooks: dict[int, _Webhook] = {}
+        self._webhooks: dict[int, WebhookRecord] = {}
         self._webhook_ids = itertools.count(1)
+        self._webhook_attempts: list[WebhookAttempt] = []
         self._orphans: dict[int, tuple[Receipt, float]] = {}
         self._orphan_ids = itertools.count(1)
         #: the sandbox journal, in the order messages arrived
@@ -271,6 +272,27 @@ class MemoryStore(Store):
             return None
         return message
 
+    async def list_workflows(self, account_id: str, query: ListQuery) -> list[WorkflowRecord]:
+        self._check_open()
+        found = [
+            dataclasses.replace(workflow, messages=self._messages_of(workflow.id))
+            for workflow in self._workflows.values()
+            if _listed(workflow, account_id, query, workflow.state.value)
+        ]
+        found.sort(key=lambda w: (w.created_at, w.id), reverse=True)
+        return found[: query.limit]
+
+    async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
+        self._check_open()
+        found = [
+            message
+            for message in self._messages.values()
+            if _listed(message, account_id, query, message.status)
+            and (query.channel is None or message.channel == query.channel)
+        ]
+        found.sort(key=lambda m: (m.created_at, m.id), reverse=True)
+        return found[: query.limit]
+
     async def pending_jobs(self, ref: str) -> list[Job]:
         self._check_open()
         queued = sorted(
@@ -423,13 +445,16 @@ class MemoryStore(Store):
         self._messages.update(updated)
         self._workflows[workflow_id] = workflow
         self._events[workflow_id].extend(changes.events)
-        cancelled = set(changes.cancel_jobs)
-        for job_id in [j.id for j in self._jobs.values() if (j.kind, j.ref) in cancelled]:
-            del self._jobs[job_id]
+        self._cancel_jobs(set(changes.cancel_jobs))
         created = now if now is not None else time.time()
         for job in changes.jobs:
             self._add_job(job.kind, job.ref, job.run_at)
         self._insert_webhooks(webhooks, created)
+
+    def _cancel_jobs(self, cancelled: set[tuple[str, str]]) -> None:
+        """Delete the jobs of these (kind, ref) pairs."""
+        for job_id in [j.id for j in self._jobs.values() if (j.kind, j.ref) in cancelled]:
+            del self._jobs[job_id]
 
     def _insert_webhooks(self, webhooks: Sequence[NewWebhook], created: float) -> None:
         """Queue webhooks, each with the URL of its kind unless it names one, and its job."""
@@ -438,8 +463,25 @@ class MemoryStore(Store):
             if url is None:
                 url = self._destination(webhook.account_id, webhook.application_id, webhook.kind)
             webhook_id = next(self._webhook_ids)
-            state = "pending" if url else "no_url"
-            self._webhooks[webhook_id] = _Webhook(webhook_id, webhook, url, state, created)
+            self._webhooks[webhook_id] = WebhookRecord(
+                id=webhook_id,
+                account_id=webhook.account_id,
+                application_id=webhook.application_id,
+                workflow_id=webhook.workflow_id,
+                message_id=webhook.message_id,
+                kind=webhook.kind,
+                url=url,
+                body=webhook.body,
+                state="pending" if url else "no_url",
+                attempts=0,
+                created_at=created,
+                first_attempt_at=None,
+                last_attempt_at=None,
+                next_attempt_at=created if url else None,
+                last_status=None,
+                last_error=None,
+                delivered_at=None,
+            )
             if url:
                 self._add_job(WEBHOOK_JOB, str(webhook_id), created)
 
@@ -477,6 +519,98 @@ class MemoryStore(Store):
             taken.append(receipt)
         return taken
 
+    async def defer_job(self, job_id: int, run_at: float) -> None:
+        self._check_open()
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.run_at = run_at
+            job.locked_by = job.locked_until = None
+
+    # --- customer webhooks -----------------------------------------------------------------
+
+    async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
+        self._check_open()
+        return self._webhooks.get(webhook_id)
+
+    async def record_webhook_attempt(
+        self,
+        attempt: WebhookAttempt,
+        *,
+        job_id: int | None,
+        state: str,
+        next_attempt_at: float | None,
+    ) -> None:
+        self._check_open()
+        webhook = self._webhooks.get(attempt.webhook_id)
+        if webhook is None:
+            raise StoreConflict(f"no webhook {attempt.webhook_id} to record an attempt of")
+        self._webhook_attempts.append(attempt)
+        self._webhooks[webhook.id] = dataclasses.replace(
+            webhook,
+            state=state,
+            attempts=webhook.attempts + 1,
+            first_attempt_at=(
+                webhook.first_attempt_at if webhook.first_attempt_at is not None else attempt.at
+            ),
+            last_attempt_at=attempt.at,
+            next_attempt_at=next_attempt_at,
+            last_status=attempt.status_code,
+            last_error=attempt.error,
+            delivered_at=attempt.at if state == "delivered" else webhook.delivered_at,
+        )
+        if job_id is None:
+            return
+        if next_attempt_at is None:
+            self._jobs.pop(job_id, None)
+            return
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.run_at = next_attempt_at
+            job.attempts += 1
+            job.locked_by = job.locked_until = None
+
+    async def list_webhooks(
+        self,
+        *,
+        account_id: str | None = None,
+        workflow_id: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[WebhookRecord]:
+        self._check_open()
+        found = [
+            webhook
+            for webhook in self._webhooks.values()
+            if (account_id is None or webhook.account_id == account_id)
+            and (workflow_id is None or webhook.workflow_id == workflow_id)
+            and (state is None or webhook.state == state)
+        ]
+        return found[:limit]
+
+    async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
+        self._check_open()
+        wanted = set(webhook_ids)
+        return [attempt for attempt in self._webhook_attempts if attempt.webhook_id in wanted]
+
+    async def replay_webhooks(
+        self, webhook_ids: Sequence[int] | None, now: float, *, account_id: str | None = None
+    ) -> int:
+        self._check_open()
+        if webhook_ids is None:
+            chosen = [w for w in self._webhooks.values() if w.state == "dead"]
+        else:
+            wanted = set(webhook_ids)
+            chosen = [w for w in self._webhooks.values() if w.id in wanted and w.url is not None]
+        if account_id is not None:
+            chosen = [w for w in chosen if w.account_id == account_id]
+        for webhook in chosen:
+            self._webhooks[webhook.id] = dataclasses.replace(
+                webhook, state="pending", first_attempt_at=None, next_attempt_at=now
+            )
+            self._cancel_jobs({(WEBHOOK_JOB, str(webhook.id))})
+            self._add_job(WEBHOOK_JOB, str(webhook.id), now)
+        return len(chosen)
+
     # --- the sandbox provider's journal ----------------------------------------------------
 
     async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
@@ -511,6 +645,21 @@ class MemoryStore(Store):
     async def sandbox_messages(self) -> list[SandboxMessage]:
         self._check_open()
         return list(self._sandbox.values())
+
+
+def _listed(
+    row: WorkflowRecord | MessageRecord, account_id: str, query: ListQuery, state: str | None
+) -> bool:
+    """Whether a workflow or message (with its state or status) passes a list query's filters."""
+    if row.account_id != account_id:
+        return False
+    if query.state is not None and state != query.state:
+        return False
+    if query.created_after is not None and row.created_at < query.created_after:
+        return False
+    if query.created_before is not None and row.created_at >= query.created_before:
+        return False
+    return query.before is None or (row.created_at, row.id) < query.before
 
 
 def _check_provider_refs(messages: Iterable[MessageRecord]) -> None:

@@ -44,12 +44,23 @@ from cascade.domain.records import (
     StepState,
     StoredResponse,
     Surface,
+    WebhookAttempt,
+    WebhookRecord,
     WorkflowRecord,
     WorkflowState,
 )
 from cascade.domain.status import Status
 from cascade.errors import IdempotencyConflict, NotFound, StoreConflict, StoreUnavailable
-from cascade.store.base import UNSET, Decide, Decision, Job, Store, WorkflowKey, _Unset
+from cascade.store.base import (
+    UNSET,
+    Decide,
+    Decision,
+    Job,
+    ListQuery,
+    Store,
+    WorkflowKey,
+    _Unset,
+)
 from cascade.store.migrations import migrations
 
 _ACCOUNT_COLUMNS = (
@@ -443,7 +454,7 @@ class PostgresStore(Store):
     async def list_accounts(self) -> list[Account]:
         rows = await self._fetch(
             "listing accounts failed",
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id",
+            f'SELECT {_ACCOUNT_COLUMNS} FROM accounts ORDER BY created_at, id COLLATE "C"',
         )
         return [Account(*row) for row in rows]
 
@@ -510,7 +521,7 @@ class PostgresStore(Store):
         rows = await self._fetch(
             "listing applications failed",
             f"SELECT {_APPLICATION_COLUMNS} FROM applications WHERE account_id = $1 "
-            "ORDER BY created_at, id",
+            'ORDER BY created_at, id COLLATE "C"',
             account_id,
         )
         return [Application(*row) for row in rows]
@@ -546,6 +557,60 @@ class PostgresStore(Store):
             account_id,
         )
         return _message(rows[0]) if rows else None
+
+    async def list_workflows(self, account_id: str, query: ListQuery) -> list[WorkflowRecord]:
+        where, args = _list_filter(account_id, query, "state")
+        pool = self._require_pool()
+        with _driver_errors("listing workflows failed"):
+            async with (
+                pool.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                rows = await conn.fetch(
+                    "SELECT id, account_id, application_id, surface, state, created_at, "
+                    f"updated_at, finished_at FROM workflows WHERE {where} "
+                    f'ORDER BY created_at DESC, id COLLATE "C" DESC LIMIT ${len(args) + 1}',
+                    *args,
+                    query.limit,
+                )
+                message_rows = []
+                if rows:
+                    message_rows = await conn.fetch(
+                        f"SELECT {_MESSAGE_READ} FROM messages "
+                        "WHERE workflow_id = ANY($1::text[]) ORDER BY step",
+                        [row[0] for row in rows],
+                    )
+        by_workflow: dict[str, list[MessageRecord]] = {}
+        for message in map(_message, message_rows):
+            by_workflow.setdefault(message.workflow_id, []).append(message)
+        return [
+            WorkflowRecord(
+                id=row[0],
+                account_id=row[1],
+                application_id=row[2],
+                surface=Surface(row[3]),
+                state=WorkflowState(row[4]),
+                created_at=row[5],
+                updated_at=row[6],
+                finished_at=row[7],
+                messages=tuple(by_workflow.get(row[0], ())),
+            )
+            for row in rows
+        ]
+
+    async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
+        where, args = _list_filter(account_id, query, "status")
+        if query.channel is not None:
+            args += (query.channel,)
+            where += f" AND channel = ${len(args)}"
+        rows = await self._fetch(
+            "listing messages failed",
+            f"SELECT {_MESSAGE_READ} FROM messages WHERE {where} "
+            f'ORDER BY created_at DESC, id COLLATE "C" DESC LIMIT ${len(args) + 1}',
+            *args,
+            query.limit,
+        )
+        return [_message(row) for row in rows]
 
     async def pending_jobs(self, ref: str) -> list[Job]:
         rows = await self._fetch(
@@ -702,6 +767,141 @@ class PostgresStore(Store):
             for r in sorted(rows, key=lambda r: int(r[0]))
         ]
 
+    async def defer_job(self, job_id: int, run_at: float) -> None:
+        await self._fetch(
+            "deferring a job failed",
+            "UPDATE jobs SET run_at = $1, locked_by = NULL, locked_until = NULL WHERE id = $2",
+            run_at,
+            job_id,
+        )
+
+    # --- customer webhooks -----------------------------------------------------------------
+
+    async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
+        rows = await self._fetch(
+            "reading a webhook failed",
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1",
+            webhook_id,
+        )
+        return _webhook(rows[0]) if rows else None
+
+    async def record_webhook_attempt(
+        self,
+        attempt: WebhookAttempt,
+        *,
+        job_id: int | None,
+        state: str,
+        next_attempt_at: float | None,
+    ) -> None:
+        pool = self._require_pool()
+        with _driver_errors("recording a webhook attempt failed"):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration) "
+                    "VALUES ($1, $2, $3, $4, $5)",
+                    attempt.webhook_id,
+                    attempt.at,
+                    attempt.status_code,
+                    attempt.error,
+                    attempt.duration,
+                )
+                await conn.execute(
+                    "UPDATE webhooks SET state = $1, attempts = attempts + 1, "
+                    "first_attempt_at = coalesce(first_attempt_at, $2), last_attempt_at = $2, "
+                    "next_attempt_at = $3, last_status = $4, last_error = $5, "
+                    "delivered_at = CASE WHEN $1 = 'delivered' THEN $2 ELSE delivered_at END "
+                    "WHERE id = $6",
+                    state,
+                    attempt.at,
+                    next_attempt_at,
+                    attempt.status_code,
+                    attempt.error,
+                    attempt.webhook_id,
+                )
+                if job_id is None:
+                    return
+                if next_attempt_at is None:
+                    await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)
+                else:
+                    await conn.execute(
+                        "UPDATE jobs SET run_at = $1, attempts = attempts + 1, locked_by = NULL, "
+                        "locked_until = NULL WHERE id = $2",
+                        next_attempt_at,
+                        job_id,
+                    )
+
+    async def list_webhooks(
+        self,
+        *,
+        account_id: str | None = None,
+        workflow_id: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[WebhookRecord]:
+        clauses, args = [], []
+        for column, value in (
+            ("account_id", account_id),
+            ("workflow_id", workflow_id),
+            ("state", state),
+        ):
+            if value is not None:
+                args.append(value)
+                clauses.append(f"{column} = ${len(args)}")
+        where = " AND ".join(clauses) if clauses else "true"
+        rows = await self._fetch(
+            "listing webhooks failed",
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE {where} "
+            f"ORDER BY id LIMIT ${len(args) + 1}",
+            *args,
+            limit,
+        )
+        return [_webhook(row) for row in rows]
+
+    async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
+        if not webhook_ids:
+            return []
+        rows = await self._fetch(
+            "reading webhook attempts failed",
+            "SELECT webhook_id, at, status_code, error, duration FROM webhook_attempts "
+            "WHERE webhook_id = ANY($1::bigint[]) ORDER BY id",
+            list(webhook_ids),
+        )
+        return [WebhookAttempt(*row) for row in rows]
+
+    async def replay_webhooks(
+        self, webhook_ids: Sequence[int] | None, now: float, *, account_id: str | None = None
+    ) -> int:
+        if webhook_ids is None:
+            sql = "SELECT id FROM webhooks WHERE state = 'dead'"
+            args: tuple[Any, ...] = ()
+        else:
+            sql = "SELECT id FROM webhooks WHERE id = ANY($1::bigint[]) AND url IS NOT NULL"
+            args = (list(webhook_ids),)
+        if account_id is not None:
+            args += (account_id,)
+            sql += f" AND account_id = ${len(args)}"
+        pool = self._require_pool()
+        with _driver_errors("replaying webhooks failed"):
+            async with pool.acquire() as conn, conn.transaction():
+                ids = [row[0] for row in await conn.fetch(sql + " ORDER BY id FOR UPDATE", *args)]
+                if ids:
+                    await conn.execute(
+                        "UPDATE webhooks SET state = 'pending', first_attempt_at = NULL, "
+                        "next_attempt_at = $1 WHERE id = ANY($2::bigint[])",
+                        now,
+                        ids,
+                    )
+                    refs = [str(webhook_id) for webhook_id in ids]
+                    await conn.execute(
+                        "DELETE FROM jobs WHERE kind = $1 AND ref = ANY($2::text[])",
+                        WEBHOOK_JOB,
+                        refs,
+                    )
+                    await conn.executemany(
+                        _INSERT_JOB, [(WEBHOOK_JOB, ref, now, now) for ref in refs]
+                    )
+        return len(ids)
+
     # --- the sandbox provider's journal ----------------------------------------------------
 
     async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
@@ -743,6 +943,43 @@ class PostgresStore(Store):
             f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages ORDER BY seq",
         )
         return [_sandbox(row) for row in rows]
+
+
+def _list_filter(
+    account_id: str, query: ListQuery, state_column: str
+) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause and arguments of a list query ($1, $2, ... in order)."""
+    args: list[Any] = [account_id]
+    clauses = ["account_id = $1"]
+    if query.state is not None:
+        args.append(query.state)
+        clauses.append(f"{state_column} = ${len(args)}")
+    if query.created_after is not None:
+        args.append(query.created_after)
+        clauses.append(f"created_at >= ${len(args)}")
+    if query.created_before is not None:
+        args.append(query.created_before)
+        clauses.append(f"created_at < ${len(args)}")
+    if query.before is not None:
+        args += query.before
+        at, last = len(args) - 1, len(args)
+        # ids compare byte by byte, as on SQLite, whatever the database's collation
+        clauses.append(f'(created_at < ${at} OR (created_at = ${at} AND id COLLATE "C" < ${last}))')
+    return " AND ".join(clauses), tuple(args)
+
+
+_WEBHOOK_COLUMNS = (
+    "id, account_id, application_id, workflow_id, message_id, kind, url, body, state, "
+    "attempts, created_at, first_attempt_at, last_attempt_at, next_attempt_at, last_status, "
+    "last_error, delivered_at"
+)
+
+
+def _webhook(row: Sequence[Any]) -> WebhookRecord:
+    """A webhook row as a record (its body back to bytes)."""
+    values = list(row)
+    values[7] = values[7].encode()
+    return WebhookRecord(*values)
 
 
 _SANDBOX_COLUMNS = (
