@@ -1,0 +1,890 @@
+"""The accept benchmark: durable ``POST /v0.1/dispatch`` per second against ``cascade serve``.
+
+For every configuration (SQLite with ``synchronous=FULL`` and/or ``NORMAL``, PostgreSQL) it makes a
+temporary data directory, creates an application and its key with the ``cascade`` CLI, starts
+``cascade serve`` on a free 127.0.0.1 port over a fresh database, waits for ``/health``, checks
+that one request gets 202, warms up, and then drives ``--connections`` keep-alive clients that
+POST a 2-step messenger -> SMS workflow with an RS256 JWT for ``--duration`` seconds.
+
+Alongside, in every round and with the same load generator, it measures the ceiling: a raw ASGI
+app (``bench/trivial_app.py``) answering 202 with a JSON body, on uvicorn with uvloop and
+httptools like ``cascade serve``. Cascade's figure is reported as a ratio to it.
+
+Durability is checked, not assumed: after the run the server is killed with SIGKILL (no graceful
+shutdown, so nothing is flushed on the way out), and the database must hold exactly one workflow
+(with its two messages and two jobs) for every 202 received, each 202's id among them. The load
+generators never cut a POST off in flight (they stop sending and drain), so the counts must be
+equal, not merely close.
+
+Load generator: ``wrk`` with ``bench/accept.lua`` when it is installed (``apt-get install -y
+wrk``), otherwise ``bench/loadgen.py`` (Python, asyncio) in its own process; the output names
+the one used. Every subprocess is stopped on the way out, whatever happens.
+
+    .venv/bin/python bench/accept.py                      # SQLite FULL, 15 s, 32 connections
+    .venv/bin/python bench/accept.py --synchronous FULL,NORMAL --runs 3 --json
+    .venv/bin/python bench/accept.py --database postgres  # needs PostgreSQL on 127.0.0.1:5432
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+LUA_SCRIPT = BENCH_DIR / "accept.lua"
+PYTHON_LOADGEN = BENCH_DIR / "loadgen.py"
+PATH = "/v0.1/dispatch"
+
+#: a realistic Dispatch request: Messenger first, SMS if it is not read within 10 minutes
+BODY: dict[str, Any] = {
+    "template": "failover",
+    "workflow": [
+        {
+            "to": {"type": "messenger", "id": "1234567890123456"},
+            "from": {"type": "messenger", "id": "9876543210987654"},
+            "message": {
+                "content": {
+                    "type": "text",
+                    "text": "Your order #48213 has shipped and arrives on Thursday. "
+                    "Track it at https://shop.example.com/t/48213",
+                },
+                "messenger": {"category": "update"},
+            },
+            "failover": {"expiry_time": 600, "condition_status": "read"},
+            "client_ref": "order-48213",
+        },
+        {
+            "to": {"type": "sms", "number": "447700900000"},
+            "from": {"type": "sms", "number": "447700900001"},
+            "message": {
+                "content": {
+                    "type": "text",
+                    "text": "Your order #48213 has shipped and arrives on Thursday. "
+                    "Track it at https://shop.example.com/t/48213",
+                }
+            },
+            "client_ref": "order-48213",
+        },
+    ],
+}
+#: rows one accepted BODY writes besides its workflow (2 steps; a send job and a step timer)
+MESSAGES_PER_WORKFLOW = 2
+JOBS_PER_WORKFLOW = 2
+
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+CLI_TIMEOUT = 60.0
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+class BenchError(RuntimeError):
+    """A run could not be carried out (a process failed to start, a check failed)."""
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+class Processes:
+    """Every subprocess this benchmark started, each in its own session; all stopped at exit."""
+
+    def __init__(self) -> None:
+        self._running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: Sequence[str], *, env: dict[str, str], cwd: Path, log: Path) -> Any:
+        """Start ``argv`` with stdout and stderr to ``log``."""
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._running.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        """Signal ``proc``'s process group, wait, and SIGKILL it if it outlives the timeout."""
+        if proc in self._running:
+            self._running.remove(proc)
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(STOP_TIMEOUT)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything the process left in its group
+
+    def stop_all(self) -> None:
+        """Stop whatever is still running (the ``finally`` of the whole benchmark)."""
+        for proc in list(self._running):
+            self.stop(proc)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally, which stops the processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll ``GET /health`` until it answers 200; fail if the process exits or time runs out."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"the server exited with {proc.returncode}:\n{_tail(log)}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    return
+            finally:
+                conn.close()
+        time.sleep(0.1)
+    raise BenchError(f"the server did not answer /health in {STARTUP_TIMEOUT:.0f} s:\n{_tail(log)}")
+
+
+def post_once(port: int, body: bytes, token: str) -> tuple[int, bytes]:
+    """One POST of the benchmark's request, to check the set-up before loading it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            PATH,
+            body=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# --- CPU accounting ------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores have spent busy (not idle or waiting for I/O) since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    values += [0] * 8
+    idle_or_waiting = values[3] + values[4]  # user nice system idle iowait irq softirq steal
+    return (sum(values[:8]) - idle_or_waiting) / _TICK
+
+
+def children_cpu() -> float:
+    """CPU seconds of every child process waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- load generators -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A load generator and how it is run."""
+
+    kind: str  # "wrk" or "python"
+    connections: int
+    threads: int
+    version: str
+
+    def describe(self) -> str:
+        """How a reader can reproduce the load."""
+        if self.kind == "wrk":
+            return (
+                f"{self.version}, -t{self.threads} -c{self.connections}, "
+                f"script bench/accept.lua (keep-alive, 1 request in flight per connection)"
+            )
+        return (
+            f"bench/loadgen.py (Python {platform.python_version()}, asyncio, "
+            f"{self.connections} keep-alive connections, 1 request in flight each)"
+        )
+
+
+def pick_generator(choice: str, connections: int, threads: int) -> Generator:
+    """wrk if asked for or found, else the Python generator."""
+    wrk = shutil.which("wrk")
+    if choice == "wrk" and wrk is None:
+        raise BenchError("wrk is not installed: apt-get install -y wrk (or --generator python)")
+    if choice != "python" and wrk is not None:
+        out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+        first = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else ""
+        match = re.search(r"wrk\s+(\S+)", first)
+        version = f"wrk {match.group(1)}" if match else "wrk"
+        return Generator("wrk", connections, max(1, min(threads, connections)), version)
+    if choice == "auto":
+        print(
+            "note: wrk is not installed; using the slower Python load generator "
+            "(apt-get install -y wrk for the reference figures)",
+            flush=True,
+        )
+    return Generator("python", connections, 1, "python")
+
+
+def drive(
+    gen: Generator,
+    port: int,
+    seconds: float,
+    workdir: Path,
+    tag: str,
+    body_file: Path,
+    tokens_file: Path,
+) -> tuple[dict[str, Any], list[str], float]:
+    """Load the server for ``seconds``; the summary, the ids of the 202s, generator CPU s."""
+    out = workdir / f"{tag}.json"
+    ids = workdir / f"{tag}.ids"
+    url = f"http://127.0.0.1:{port}{PATH}"
+    env = {**os.environ}
+    if gen.kind == "wrk":
+        env.update(
+            BENCH_BODY_FILE=str(body_file),
+            BENCH_TOKENS_FILE=str(tokens_file),
+            BENCH_PATH=PATH,
+            BENCH_WINDOW=repr(seconds),
+            BENCH_OUT=str(out),
+            BENCH_IDS=str(ids),
+        )
+        # wrk's -d is whole seconds; its threads stop by themselves once drained
+        argv = [
+            "wrk",
+            f"-t{gen.threads}",
+            f"-c{gen.connections}",
+            f"-d{math.ceil(seconds) + 1}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA_SCRIPT),
+            url,
+        ]
+    else:
+        argv = [
+            sys.executable,
+            str(PYTHON_LOADGEN),
+            f"--url={url}",
+            f"--connections={gen.connections}",
+            f"--duration={seconds}",
+            f"--body-file={body_file}",
+            f"--tokens-file={tokens_file}",
+            f"--out={out}",
+            f"--ids={ids}",
+        ]
+    before = children_cpu()
+    log = workdir / f"{tag}.log"
+    with log.open("wb") as sink:
+        try:
+            done = subprocess.run(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                timeout=seconds + 60,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:  # run() has killed it
+            raise BenchError(f"the load generator hung:\n{_tail(log)}") from exc
+    if done.returncode != 0 or not out.exists():
+        raise BenchError(f"the load generator failed ({done.returncode}):\n{_tail(log)}")
+    summary: dict[str, Any] = json.loads(out.read_text())
+    received = [line for line in ids.read_text().splitlines() if line]
+    return summary, received, children_cpu() - before
+
+
+# --- databases -----------------------------------------------------------------------------
+
+
+def _postgres_admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _with_dbname(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@dataclass
+class Counts:
+    """What the database holds after the run."""
+
+    workflows: int
+    messages: int
+    jobs: int
+    ids: set[str]
+
+
+def count_sqlite(path: Path) -> Counts:
+    """Rows in the SQLite file (opened afresh, after the server was killed)."""
+    conn = sqlite3.connect(path)
+    try:
+        ids = {row[0] for row in conn.execute("SELECT id FROM workflows")}
+        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    finally:
+        conn.close()
+    return Counts(len(ids), messages, jobs, ids)
+
+
+def count_postgres(url: str) -> Counts:
+    """Rows in the PostgreSQL database (a new connection, after the server was killed)."""
+    import asyncpg
+
+    async def run() -> Counts:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            ids = {row[0] for row in await conn.fetch("SELECT id::text FROM workflows")}
+            messages = await conn.fetchval("SELECT count(*) FROM messages")
+            jobs = await conn.fetchval("SELECT count(*) FROM jobs")
+        finally:
+            await conn.close()
+        return Counts(len(ids), int(messages), int(jobs), ids)
+
+    return asyncio.run(run())
+
+
+# --- one measured run ----------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """One configuration measured once."""
+
+    config: str
+    round: int
+    requests_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    non_2xx: int
+    accepted: int
+    server_cpu_us_per_req: float
+    generator_cpu_cores: float
+    other_cpu_cores: float
+    load_average_1m: float
+    socket_errors: int
+    durability: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """What to measure: the trivial ceiling, or Cascade over a database."""
+
+    name: str
+    database: str  # "trivial", "sqlite" or "postgres"
+    synchronous: str = "FULL"
+
+
+@dataclass
+class Options:
+    """The command line, as the runs need it."""
+
+    duration: float
+    warmup: float
+    tokens: int
+    postgres_url: str
+    keep: bool
+
+
+def _cascade_argv() -> list[str]:
+    script = Path(sys.executable).parent / "cascade"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from cascade.cli import main; main()"]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+
+
+def _cli(argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    done = subprocess.run(
+        _cascade_argv() + argv,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise BenchError(f"cascade {' '.join(argv[:2])} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def _tokens(workdir: Path, env: dict[str, str], app_id: str, key: Path, count: int) -> Path:
+    """A file of ``count`` valid tokens: the first from ``cascade jwt generate``."""
+    claims = [f"application_id={app_id}", "exp=7200"]
+    first = _cli(["jwt", "generate", str(key), *claims], env, workdir)
+    tokens = [first.strip()]
+    if count > 1:
+        from cascade.cli import make_jwt
+
+        private = key.read_bytes()
+        now = int(time.time())
+        tokens += [
+            make_jwt(private, {"application_id": app_id, "exp": now + 7200, "iat": now})
+            for _ in range(count - 1)
+        ]
+    path = workdir / "tokens.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def run_once(
+    config: Config, rnd: int, gen: Generator, opts: Options, procs: Processes
+) -> RunResult:
+    """Set up ``config`` from nothing, measure it, check durability, tear it down."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"cascade-bench-{config.database}-"))
+    body_file = workdir / "body.json"
+    body = json.dumps(BODY, separators=(",", ":")).encode()
+    body_file.write_bytes(body)
+    port = free_port()
+    env = _clean_env()
+    pg_admin = opts.postgres_url
+    pg_name = ""
+    db_path = workdir / "cascade.db"
+    server = None
+    try:
+        if config.database == "trivial":
+            tokens_file = workdir / "tokens.txt"
+            tokens_file.write_text("not-checked\n")
+            argv = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "trivial_app:app",
+                "--app-dir",
+                str(BENCH_DIR),
+                "--host",
+                "127.0.0.1",
+                f"--port={port}",
+                "--loop=uvloop",
+                "--http=httptools",
+                "--no-access-log",
+                "--log-level=warning",
+            ]
+        else:
+            if config.database == "sqlite":
+                url = f"sqlite:///{db_path}"
+                env["CASCADE_SQLITE_SYNCHRONOUS"] = config.synchronous
+            else:
+                pg_name = f"cascade_bench_{uuid.uuid4().hex[:12]}"
+                _postgres_admin(pg_admin, f'CREATE DATABASE "{pg_name}"')
+                url = _with_dbname(pg_admin, pg_name)
+            # the accept path alone: no engine consuming the jobs while we count them
+            env.update(
+                CASCADE_DATABASE_URL=url, CASCADE_LOG_LEVEL="warning", CASCADE_RUN_WORKER="false"
+            )
+            created = _cli(
+                ["app", "create", "bench", "--private-key-file", str(workdir / "bench.key")],
+                env,
+                workdir,
+            )
+            match = re.search(r"application_id:\s*(\S+)", created)
+            if match is None:
+                raise BenchError(f"no application_id in:\n{created}")
+            tokens_file = _tokens(
+                workdir, env, match.group(1), workdir / "bench.key", max(1, opts.tokens)
+            )
+            argv = [*_cascade_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        log = workdir / "server.log"
+        server = procs.start(argv, env=env, cwd=workdir, log=log)
+        wait_healthy(port, server, log)
+        received: list[str] = []
+        if config.database != "trivial":
+            token = tokens_file.read_text().split("\n", 1)[0]
+            status, answer = post_once(port, body, token)
+            if status != 202:
+                raise BenchError(f"the check POST got {status}: {answer.decode(errors='replace')}")
+            received.append(json.loads(answer)["dispatch_uuid"])
+        lost_in_flight = False
+        if opts.warmup > 0:
+            warm, warm_ids, _ = drive(
+                gen, port, opts.warmup, workdir, "warmup", body_file, tokens_file
+            )
+            received += warm_ids
+            lost_in_flight |= not warm["drained"]
+        load_before = os.getloadavg()[0]
+        cpu0, busy0, wall0 = process_cpu(server.pid), machine_busy(), time.monotonic()
+        summary, ids, gen_cpu = drive(
+            gen, port, opts.duration, workdir, "measure", body_file, tokens_file
+        )
+        cpu1, busy1, wall1 = process_cpu(server.pid), machine_busy(), time.monotonic()
+        received += ids
+        lost_in_flight |= not summary["drained"]
+        durability: dict[str, Any] = {}
+        if config.database != "trivial":
+            procs.stop(server, signal.SIGKILL)  # a crash, not a shutdown: nothing flushed
+            counts = (
+                count_sqlite(db_path)
+                if config.database == "sqlite"
+                else count_postgres(_with_dbname(pg_admin, pg_name))
+            )
+            durability = verify(received, counts, lost_in_flight)
+        statuses = {int(k): v for k, v in summary["statuses"].items()}
+        answered = max(1, summary["answered"])
+        server_cpu = cpu1 - cpu0
+        elapsed = wall1 - wall0
+        latency = summary["latency_us"]
+        return RunResult(
+            config=config.name,
+            round=rnd,
+            requests_per_s=summary["in_window"] / summary["window_s"],
+            p50_ms=latency["p50"] / 1000,
+            p90_ms=latency["p90"] / 1000,
+            p99_ms=latency["p99"] / 1000,
+            non_2xx=sum(v for k, v in statuses.items() if not 200 <= k < 300),
+            accepted=statuses.get(202, 0),
+            server_cpu_us_per_req=server_cpu / answered * 1e6,
+            generator_cpu_cores=gen_cpu / elapsed,
+            other_cpu_cores=max(0.0, (busy1 - busy0) - server_cpu - gen_cpu) / elapsed,
+            load_average_1m=load_before,
+            socket_errors=sum(summary["socket_errors"].values()),
+            durability=durability,
+        )
+    finally:
+        if server is not None:
+            procs.stop(server)
+        if pg_name:
+            with contextlib.suppress(Exception):
+                _postgres_admin(pg_admin, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+        if opts.keep:
+            print(f"  kept {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def verify(received: list[str], counts: Counts, lost_in_flight: bool) -> dict[str, Any]:
+    """Compare the 202s received with the rows stored; raise if a 202 was not durable."""
+    missing = [i for i in received if i not in counts.ids]
+    result = {
+        "received_202": len(received),
+        "distinct_ids": len(set(received)),
+        "workflows": counts.workflows,
+        "messages": counts.messages,
+        "jobs": counts.jobs,
+        "missing": len(missing),
+        "exact": counts.workflows == len(received),
+        "lost_in_flight": lost_in_flight,
+    }
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} ids answered 202 are not stored, e.g. {missing[0]}")
+    if len(set(received)) != len(received):
+        problems.append("the same id was answered twice")
+    if counts.workflows != len(received) and not (
+        lost_in_flight and counts.workflows > len(received)
+    ):
+        problems.append(f"{counts.workflows} workflows stored, {len(received)} 202s received")
+    if counts.messages != MESSAGES_PER_WORKFLOW * counts.workflows:
+        problems.append(f"{counts.messages} messages for {counts.workflows} workflows")
+    if counts.jobs != JOBS_PER_WORKFLOW * counts.workflows:
+        problems.append(f"{counts.jobs} jobs for {counts.workflows} workflows")
+    if problems:
+        raise BenchError("durability check failed: " + "; ".join(problems))
+    return result
+
+
+# --- reporting -----------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(results: list[RunResult], configs: list[Config]) -> list[dict[str, Any]]:
+    """One row per configuration: medians over rounds, and the ratio to the trivial endpoint
+    measured in the same round."""
+    trivial = {r.round: r.requests_per_s for r in results if r.config == "trivial"}
+    rows = []
+    for config in configs:
+        runs = [r for r in results if r.config == config.name]
+        if not runs:
+            continue
+        rates = [r.requests_per_s for r in runs]
+        ratios = [r.requests_per_s / trivial[r.round] for r in runs if trivial.get(r.round)]
+        rows.append(
+            {
+                "config": config.name,
+                "runs": len(runs),
+                "requests_per_s": _median(rates),
+                "min": min(rates),
+                "max": max(rates),
+                "p50_ms": _median([r.p50_ms for r in runs]),
+                "p99_ms": _median([r.p99_ms for r in runs]),
+                "non_2xx": sum(r.non_2xx for r in runs),
+                "server_cpu_us_per_req": _median([r.server_cpu_us_per_req for r in runs]),
+                "generator_cpu_cores": _median([r.generator_cpu_cores for r in runs]),
+                "other_cpu_cores": _median([r.other_cpu_cores for r in runs]),
+                "ratio_to_trivial": _median(ratios) if ratios else float("nan"),
+                "durable": all(r.durability.get("missing", 0) == 0 for r in runs),
+            }
+        )
+    return rows
+
+
+def print_run(result: RunResult) -> None:
+    """One line per run as it finishes."""
+    line = (
+        f"  round {result.round} {result.config:<18} {result.requests_per_s:>9,.0f} req/s  "
+        f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  non-2xx {result.non_2xx}  "
+        f"server {result.server_cpu_us_per_req:5.0f} µs/req  "
+        f"generator {result.generator_cpu_cores:.2f} cores  other {result.other_cpu_cores:.2f}"
+    )
+    d = result.durability
+    if d:
+        line += (
+            f"\n      durable: {d['received_202']:,} 202s received, {d['workflows']:,} workflows "
+            f"({d['messages']:,} messages, {d['jobs']:,} jobs) after SIGKILL, "
+            f"{d['missing']} missing" + (", exact" if d["exact"] else ", NOT exact")
+        )
+    print(line, flush=True)
+
+
+def print_table(rows: list[dict[str, Any]], gen: Generator, opts: Options, rounds: int) -> None:
+    """The final table."""
+    tokens = (
+        "one JWT reused (RS256 verified once, then cached)"
+        if opts.tokens <= 1
+        else f"{opts.tokens} distinct JWTs in rotation"
+    )
+    print()
+    print(f"POST {PATH}: 2-step messenger -> sms workflow, {tokens}")
+    print(f"load generator: {gen.describe()}")
+    print(
+        f"{opts.warmup:g} s warm-up + {opts.duration:g} s measured per run; "
+        f"{rounds} round(s), configurations interleaved; median over rounds"
+    )
+    header = (
+        f"{'configuration':<20} {'req/s':>9} {'(min-max)':>17} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'non-2xx':>7} {'srv µs/req':>10} {'vs trivial':>10} {'durable':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        spread = f"{row['min']:,.0f}-{row['max']:,.0f}" if row["runs"] > 1 else ""
+        ratio = row["ratio_to_trivial"]
+        durable = "-" if row["config"] == "trivial" else ("yes" if row["durable"] else "NO")
+        print(
+            f"{row['config']:<20} {row['requests_per_s']:>9,.0f} {spread:>17} "
+            f"{row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['non_2xx']:>7} "
+            f"{row['server_cpu_us_per_req']:>10.0f} {ratio:>10.2f} {durable:>8}"
+        )
+    print(
+        "srv µs/req: the server process's CPU (all threads) per answered request; "
+        "vs trivial: req/s over the raw ASGI endpoint's in the same round"
+    )
+
+
+def environment() -> dict[str, Any]:
+    """The machine and versions, for the JSON record."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    packages = {}
+    for name in ("cascade", "starlette", "uvicorn", "uvloop", "httptools", "msgspec", "PyJWT"):
+        with contextlib.suppress(PackageNotFoundError):
+            packages[name] = version(name)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "kernel": platform.release(),
+        "packages": packages,
+    }
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def _configs(databases: list[str], synchronous: list[str]) -> list[Config]:
+    configs = [Config("trivial", "trivial")]
+    for database in databases:
+        if database == "sqlite":
+            configs += [Config(f"sqlite {mode}", "sqlite", mode) for mode in synchronous]
+        elif importlib.util.find_spec("cascade.store.postgres") is None:
+            print("note: skipping postgres: cascade.store.postgres does not exist yet", flush=True)
+        else:
+            configs.append(Config("postgres", "postgres"))
+    return configs
+
+
+def _csv(allowed: set[str]) -> Any:
+    def parse(value: str) -> list[str]:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        wrong = [v for v in items if v not in allowed]
+        if wrong or not items:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(sorted(allowed))}")
+        return items
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        description="Durable accepts per second of POST /v0.1/dispatch against `cascade serve`.",
+    )
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument(
+        "--database",
+        type=_csv({"sqlite", "postgres"}),
+        default=["sqlite"],
+        help="sqlite, postgres or both (comma-separated)",
+    )
+    parser.add_argument(
+        "--synchronous",
+        type=_csv({"FULL", "NORMAL"}),
+        default=["FULL"],
+        help="CASCADE_SQLITE_SYNCHRONOUS for the SQLite runs: FULL, NORMAL or FULL,NORMAL",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="rounds (the table shows medians)")
+    parser.add_argument(
+        "--generator", choices=["auto", "wrk", "python"], default="auto", help="load generator"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=1,
+        help="distinct JWTs the clients rotate through (1: one reused token, as SDKs that cache "
+        "theirs do; above 10000 every request pays RS256 verification)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("CASCADE_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="an admin connection on 127.0.0.1; each run creates and drops its own database",
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="PATH",
+        help="also write the results as JSON (default path: bench/results/accept-TIME.json)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep each run's data directory")
+    args = parser.parse_args(argv)
+    if not 1 <= args.runs <= 20 or not 1 <= args.connections <= 1024 or args.duration <= 0:
+        parser.error("--runs 1..20, --connections 1..1024 and a positive --duration")
+    host = re.sub(r"^[a-z]+://([^@/]*@)?", "", args.postgres_url).split("/", 1)[0].split(":")[0]
+    if "postgres" in args.database and host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("--postgres-url must point at this machine (127.0.0.1)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every configuration ``--runs`` times, round-robin, and report."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    opts = Options(args.duration, args.warmup, args.tokens, args.postgres_url, args.keep)
+    procs = Processes()
+    results: list[RunResult] = []
+    try:
+        gen = pick_generator(args.generator, args.connections, args.threads)
+        configs = _configs(args.database, args.synchronous)
+        print(f"load generator: {gen.describe()}", flush=True)
+        for rnd in range(1, args.runs + 1):
+            for config in configs:
+                result = run_once(config, rnd, gen, opts, procs)
+                results.append(result)
+                print_run(result)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop_all()
+    rows = summarize(results, configs)
+    print_table(rows, gen, opts, args.runs)
+    if args.json:
+        path = Path(args.json) if args.json != "auto" else None
+        if path is None:
+            RESULTS_DIR.mkdir(exist_ok=True)
+            path = RESULTS_DIR / f"accept-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        record = {
+            "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+            "generator": asdict(gen) | {"description": gen.describe()},
+            "options": asdict(opts) | {"connections": args.connections},
+            "environment": environment(),
+            "summary": rows,
+            "runs": [asdict(r) for r in results],
+        }
+        record["options"].pop("postgres_url", None)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
