@@ -75,8 +75,7 @@ SMS = Step("sms")
     ],
 )
 def test_merged_status(current: Status | None, seen: Status, expected: Status | None) -> None:
-    """A message's status only moves up submitted < delivered < read; a failure replaces only
-    submitted; a success (delivered/read) after a failure is accepted.
+    """Statuses only move up; a failure replaces only submitted; a success after one counts.
 
     Why accept a success after a failure: the device is the authority on delivery. Multi-device
     channels (Messenger, WhatsApp on a second device) and SMSCs that retry after reporting a
@@ -203,8 +202,7 @@ def test_read_satisfies_delivered(last: bool) -> None:
 
 
 def test_read_reported_without_delivered() -> None:
-    """``read`` straight after ``submitted`` is taken and reported once; ``delivered`` after it
-    changes nothing."""
+    """``read`` right after ``submitted`` is reported once; a later ``delivered`` is nothing."""
     sim = Simulator((WHATSAPP_READ, SMS))
     sim.send(0)
     changes = sim.receipt(0, R)
@@ -280,8 +278,7 @@ def test_single_message_rejected_ends_in_error() -> None:
 
 
 def test_window_closed_without_a_status_records_undeliverable() -> None:
-    """A window closing on a message that never reached the provider records it undeliverable
-    with the last transient error, cancels its send and fails over."""
+    """A window closing before any status: undeliverable with last_error, send cancelled."""
     sim = Simulator((MESSENGER_READ, SMS))
     changes = sim.close_window(0, last_error=(1000, "Throttled"))
     record = sim.message(0)
@@ -327,8 +324,7 @@ def test_stale_window_after_completion_changes_nothing() -> None:
 
 
 def test_stale_window_of_the_active_step_after_a_late_success_changes_nothing() -> None:
-    """After a late success, the timer of the step still active (claimed before its cancel)
-    neither expires it nor starts the cancelled step after it."""
+    """After a late success, the still-active step's stale timer changes nothing."""
     sim = Simulator((MESSENGER_READ, VIBER_DELIVERED, SMS))
     sim.close_window(0)
     sim.receipt(0, R)
@@ -337,9 +333,13 @@ def test_stale_window_of_the_active_step_after_a_late_success_changes_nothing() 
 
 
 def test_send_result_after_the_window_closed_keeps_the_provider_message_id() -> None:
-    """A send in flight when its window closed: the late send result records the provider's
-    message id (and price) without a status change, so the delivery receipt that follows is
-    correlated and counts as a late success (DESIGN.md §2.5/§2.6)."""
+    """A send result after its window closed still records the provider message id and price.
+
+    The send was in flight when the window closed (its job already claimed), so the message is
+    ``undeliverable`` and ``submitted`` no longer changes its status; but without the provider's
+    message id the delivery receipt that follows could not be correlated, and DESIGN.md §2.5/§2.6
+    say it must still be recorded and count as a late success.
+    """
     sim = Simulator((VIBER_DELIVERED, SMS))
     sim.close_window(0)  # the send job was already claimed and is talking to the provider
     assert sim.message(0).status == "undeliverable"
@@ -370,9 +370,10 @@ def test_send_result_after_the_window_closed_keeps_the_provider_message_id() -> 
 
 
 def test_send_result_after_its_receipt_keeps_the_provider_message_id() -> None:
-    """A send result applied after a receipt for its message (the rules do not rely on the
-    engine parking early DLRs) changes no status but still records the provider's message id;
-    the same send result again changes nothing."""
+    """A send result after its message's receipt records the provider id; again, nothing.
+
+    The engine parks a DLR that beats its submit response, but the rules do not rely on it.
+    """
     sim = Simulator((VIBER_DELIVERED, SMS))
     sim.receipt(0, D)
     assert sim.state == WorkflowState.COMPLETED
@@ -425,6 +426,19 @@ def test_horizon_on_the_last_step_ends_in_error_with_last_known_statuses() -> No
     assert sim.final_reports == 1
 
 
+def test_workflow_never_sent_fails_over_step_by_step_then_errors_at_the_horizon() -> None:
+    """With no send ever done, each window closes in turn and the horizon ends it in error."""
+    sim = Simulator((MESSENGER_READ, VIBER_DELIVERED, SMS))
+    sim.drain()
+    assert sim.state == WorkflowState.ERROR
+    assert sim.states() == [StepState.EXPIRED, StepState.EXPIRED, StepState.ACTIVE]
+    assert [m.started_at for m in sim.workflow.messages] == [T0, T0 + 600, T0 + 900]
+    assert sim.workflow.finished_at == T0 + 900 + HORIZON
+    assert sim.statuses() == ["undeliverable", "undeliverable", None]
+    assert sim.final_reports == 1
+    assert set(sim.jobs) == {(SEND, "m2")}  # a started step keeps its send (never un-started)
+
+
 def test_duplicate_receipt_is_empty() -> None:
     """The same receipt twice changes nothing the second time."""
     sim = Simulator((MESSENGER_READ, SMS))
@@ -451,8 +465,11 @@ def test_failure_after_delivered_changes_nothing() -> None:
 
 
 def test_late_success_completes_and_cancels_waiting_steps() -> None:
-    """A read on an expired step 1 while step 2 runs: recorded, reported, completes the
-    workflow, cancels step 3, and leaves step 2 active (its send stays: it already started)."""
+    """A late read on step 1 completes the workflow, cancels step 3 and leaves step 2 active.
+
+    Step 2 already started (its send is enqueued, DESIGN.md §2.1), so it is not un-started:
+    its send stays and its own receipts are still recorded and reported.
+    """
     sim = Simulator((MESSENGER_READ, VIBER_DELIVERED, SMS))
     sim.send(0)
     sim.receipt(0, D)
@@ -477,8 +494,10 @@ def test_late_success_completes_and_cancels_waiting_steps() -> None:
 
 
 def test_success_after_failure_is_a_late_success() -> None:
-    """delivered after rejected on a step that failed over is recorded and completes the
-    workflow (a success after a failure is the truth, see test_merged_status)."""
+    """``delivered`` after ``rejected`` on a failed-over step completes the workflow.
+
+    A success after a failure is the truth (see test_merged_status), so it is a late success.
+    """
     sim = Simulator((VIBER_DELIVERED, SMS))
     sim.send(0)
     sim.receipt(0, REJ)
@@ -490,8 +509,7 @@ def test_success_after_failure_is_a_late_success() -> None:
 
 
 def test_late_success_after_error_is_recorded_but_the_outcome_stands() -> None:
-    """A success arriving after the workflow ended in error is recorded and reported, but the
-    workflow stays in error and no second final report goes.
+    """A success after the workflow ended in error is reported; the error outcome stands.
 
     DESIGN.md §2.6 says a late success "marks the workflow completed if it was not yet". Read
     with §2.7 (one final report) this means "if it was still running": the customer already got
