@@ -13,7 +13,7 @@ import asyncio
 import getpass
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -77,13 +77,29 @@ async def _admin(url: str, sql: str) -> None:
         await conn.close()
 
 
+SchemaFactory = Callable[[], Awaitable[str]]
+
+
 @pytest.fixture
-async def postgres_schema(postgres_url: str) -> AsyncIterator[str]:
-    """A fresh, empty schema for one test; yields the store URL that selects it."""
-    name = f"cascade_test_{uuid.uuid4().hex[:16]}"
-    await _admin(postgres_url, f'CREATE SCHEMA "{name}"')
-    yield f"{postgres_url}?search_path={name}"
-    await _admin(postgres_url, f'DROP SCHEMA "{name}" CASCADE')
+async def postgres_schemas(postgres_url: str) -> AsyncIterator[SchemaFactory]:
+    """Makes fresh, empty schemas (returning the store URL that selects each); drops them after."""
+    made: list[str] = []
+
+    async def make() -> str:
+        name = f"cascade_test_{uuid.uuid4().hex[:16]}"
+        await _admin(postgres_url, f'CREATE SCHEMA "{name}"')
+        made.append(name)
+        return f"{postgres_url}?search_path={name}"
+
+    yield make
+    for name in made:
+        await _admin(postgres_url, f'DROP SCHEMA "{name}" CASCADE')
+
+
+@pytest.fixture
+async def postgres_schema(postgres_schemas: SchemaFactory) -> str:
+    """A fresh, empty schema for one test: the store URL that selects it."""
+    return await postgres_schemas()
 
 
 @dataclass(frozen=True)
