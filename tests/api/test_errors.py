@@ -22,10 +22,10 @@ from cascade.domain.records import Account
 from cascade.errors import StoreUnavailable
 from cascade.runtime import build_app
 from cascade.store.sqlite import SqliteStore
+from tests.api.conftest import IN_MODULE_LOOP, SharedApi
 from tests.api.support import (
     APIS,
     Api,
-    assert_nothing_stored,
     assert_problem,
     bad_names,
     failover_workflow,
@@ -34,7 +34,7 @@ from tests.api.support import (
 )
 from tests.conftest import Tenant
 
-LIMIT = 64 * 1024  # the ``client`` fixture's max_body_bytes
+LIMIT = 64 * 1024  # max_body_bytes of the ``client`` and ``shared_api`` fixtures
 JSON = {"Content-Type": "application/json"}
 
 
@@ -50,25 +50,25 @@ JSON = {"Content-Type": "application/json"}
     ],
 )
 @pytest.mark.parametrize("api", APIS, ids=str)
+@IN_MODULE_LOOP
 async def test_malformed_json_is_an_invalid_json_problem(
-    api: Api, raw: bytes, client: httpx.AsyncClient, tenant: Tenant, sqlite_store: SqliteStore
+    api: Api, raw: bytes, shared_api: SharedApi
 ) -> None:
     """A body that is not JSON gets a 400 invalid-json problem and stores nothing."""
-    response = await client.post(api.path, content=raw, headers={**JSON, **tenant.basic()})
+    response, added = await shared_api.send("POST", api.path, content=raw, headers=JSON)
     body = assert_problem(response, 400)
     assert body["type"].endswith("#invalid-json")
     assert body["title"] == "Invalid JSON"
-    assert_nothing_stored(sqlite_store)
+    assert set(added.values()) == {0}
 
 
 @pytest.mark.parametrize("document", [b"[1, 2]", b'"hello"', b"null", b"42"])
+@IN_MODULE_LOOP
 async def test_json_that_is_not_an_object_names_the_body(
-    document: bytes, client: httpx.AsyncClient, tenant: Tenant
+    document: bytes, shared_api: SharedApi
 ) -> None:
     """Valid JSON that is not an object is refused as an invalid body, naming ``body``."""
-    response = await client.post(
-        "/v0.1/dispatch", content=document, headers={**JSON, **tenant.basic()}
-    )
+    response, _ = await shared_api.send("POST", "/v0.1/dispatch", content=document, headers=JSON)
     assert bad_names(response) == {"body"}
 
 
@@ -77,35 +77,33 @@ async def test_json_that_is_not_an_object_names_the_body(
     [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "json"],
 )
 @pytest.mark.parametrize("api", APIS, ids=str)
+@IN_MODULE_LOOP
 async def test_a_body_that_is_not_json_gets_415(
-    api: Api,
-    content_type: str | None,
-    client: httpx.AsyncClient,
-    tenant: Tenant,
-    sqlite_store: SqliteStore,
+    api: Api, content_type: str | None, shared_api: SharedApi
 ) -> None:
     """Any media type but application/json is refused with 415, storing nothing."""
-    headers = tenant.basic()
-    if content_type is not None:
-        headers["Content-Type"] = content_type
+    headers = {} if content_type is None else {"Content-Type": content_type}
     content = json.dumps(api.body(text("sms", "hi"))).encode()
-    response = await client.post(api.path, content=content, headers=headers)
+    response, added = await shared_api.send("POST", api.path, content=content, headers=headers)
+    assert response.request.headers.get("content-type") == content_type
     body = assert_problem(response, 415)
     assert body["type"].endswith("#content-type-header")
-    assert_nothing_stored(sqlite_store)
+    assert set(added.values()) == {0}
 
 
 @pytest.mark.parametrize(
     "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json "]
 )
+@IN_MODULE_LOOP
 async def test_json_media_type_parameters_and_case_are_accepted(
-    content_type: str, client: httpx.AsyncClient, tenant: Tenant
+    content_type: str, shared_api: SharedApi
 ) -> None:
     """application/json is recognised whatever its case and with a charset parameter."""
-    response = await client.post(
+    response, _ = await shared_api.send(
+        "POST",
         "/v0.1/messages",
         content=json.dumps(text("sms", "hi")),
-        headers={"Content-Type": content_type, **tenant.basic()},
+        headers={"Content-Type": content_type},
     )
     assert response.status_code == 202, response.text
 
@@ -116,15 +114,17 @@ async def test_json_media_type_parameters_and_case_are_accepted(
         ("GET", "/nowhere"),
         ("POST", "/v0.1/nowhere"),
         ("POST", "/v0.2/messages"),
-        ("POST", "/v0.1/messages/extra"),
+        ("POST", "/v0.1/messages/a/b"),
+        ("GET", "/v0.1/dispatch/a/b"),
         ("GET", "/health/extra"),
     ],
 )
+@IN_MODULE_LOOP
 async def test_an_unknown_path_is_a_404_problem(
-    method: str, path: str, client: httpx.AsyncClient, tenant: Tenant
+    method: str, path: str, shared_api: SharedApi
 ) -> None:
     """A path Cascade does not serve answers a 404 problem."""
-    response = await client.request(method, path, headers=tenant.basic())
+    response, _ = await shared_api.send(method, path)
     body = assert_problem(response, 404)
     assert body["type"].endswith("#not-found")
 
@@ -132,8 +132,8 @@ async def test_an_unknown_path_is_a_404_problem(
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/v0.1/dispatch"),
-        ("GET", "/v0.1/messages/"),
+        ("PUT", "/v0.1/dispatch"),
+        ("DELETE", "/v0.1/dispatch/"),
         ("PUT", "/v0.1/messages"),
         ("DELETE", "/beta/workflows"),
         ("PATCH", "/beta/messages"),
@@ -141,11 +141,12 @@ async def test_an_unknown_path_is_a_404_problem(
         ("POST", "/openapi.json"),
     ],
 )
+@IN_MODULE_LOOP
 async def test_a_wrong_method_is_a_405_problem(
-    method: str, path: str, client: httpx.AsyncClient, tenant: Tenant
+    method: str, path: str, shared_api: SharedApi
 ) -> None:
     """A known path with a method it does not take answers a 405 problem saying what it takes."""
-    response = await client.request(method, path, headers=tenant.basic())
+    response, _ = await shared_api.send(method, path)
     body = assert_problem(response, 405)
     assert body["type"].endswith("#wrong-verb")
     assert "allow" in response.headers
@@ -165,34 +166,31 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 
 @pytest.mark.parametrize("api", APIS, ids=str)
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@IN_MODULE_LOOP
 async def test_a_body_over_the_limit_is_a_413_problem(
-    api: Api,
-    declared: bool,
-    client: httpx.AsyncClient,
-    tenant: Tenant,
-    sqlite_store: SqliteStore,
+    api: Api, declared: bool, shared_api: SharedApi
 ) -> None:
     """One byte over max_body_bytes is refused with 413, with or without Content-Length."""
     raw = _padded(api.body(text("sms", "hi")), LIMIT + 1)
     content: bytes | AsyncIterator[bytes] = raw if declared else _chunks(raw)
-    response = await client.post(api.path, content=content, headers={**JSON, **tenant.basic()})
+    response, added = await shared_api.send("POST", api.path, content=content, headers=JSON)
     assert ("content-length" in response.request.headers) is declared
     body = assert_problem(response, 413)
     assert body["type"].endswith("#payload-too-large")
-    assert_nothing_stored(sqlite_store)
+    assert set(added.values()) == {0}
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+@IN_MODULE_LOOP
 async def test_a_body_of_exactly_the_limit_is_accepted(
-    declared: bool, client: httpx.AsyncClient, tenant: Tenant
+    declared: bool, shared_api: SharedApi
 ) -> None:
     """A body of exactly max_body_bytes is read and accepted."""
     raw = _padded(failover_workflow(), LIMIT)
     content: bytes | AsyncIterator[bytes] = raw if declared else _chunks(raw)
-    response = await client.post(
-        "/v0.1/dispatch", content=content, headers={**JSON, **tenant.basic()}
-    )
+    response, added = await shared_api.send("POST", "/v0.1/dispatch", content=content, headers=JSON)
     assert response.status_code == 202, response.text
+    assert added["workflows"] == 1
 
 
 @pytest.mark.parametrize("api", APIS, ids=str)
@@ -377,7 +375,7 @@ async def test_a_real_server_answers_errors_as_json_problems(live_server: LiveSe
     """Over a real socket, 404, 405 and 400 answers are JSON problem documents."""
     for request_line, expected in [
         ("GET /nowhere? HTTP/1.1", 404),
-        ("GET /v0.1/dispatch? HTTP/1.1", 405),
+        ("PUT /v0.1/dispatch? HTTP/1.1", 405),
         ("POST /v0.1/dispatch? HTTP/1.1", 400),
         ("POST /v0.1/messages/? HTTP/1.1", 400),
     ]:

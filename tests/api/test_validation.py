@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 
-from cascade.store.sqlite import SqliteStore
+from tests.api.conftest import SharedApi
 from tests.api.support import (
     APIS,
     CHANNELS,
@@ -15,16 +14,15 @@ from tests.api.support import (
     MESSAGES,
     WORKFLOW_APIS,
     Api,
-    assert_nothing_stored,
     bad_names,
     failover,
     message,
     reasons,
-    stored_rows,
     text,
     workflow,
 )
-from tests.conftest import Tenant
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def _image(url: str = IMAGE_URL, caption: str | None = None) -> dict[str, Any]:
@@ -98,12 +96,13 @@ VALID: list[Any] = [
 @pytest.mark.parametrize("single", VALID)
 @pytest.mark.parametrize("api", APIS, ids=str)
 async def test_valid_messages_are_accepted(
-    api: Api, single: dict[str, Any], client: httpx.AsyncClient, tenant: Tenant
+    api: Api, single: dict[str, Any], shared_api: SharedApi
 ) -> None:
     """Each channel's documented shapes, at their limits, are accepted on every surface."""
-    response = await client.post(api.path, json=api.body(single), headers=tenant.basic())
+    response, added = await shared_api.post(api.path, api.body(single))
     assert response.status_code == 202, response.text
     assert set(response.json()) == {api.id_field}
+    assert added["messages"] == 1
 
 
 def _over(channel: str, length: int) -> dict[str, Any]:
@@ -268,19 +267,15 @@ async def test_invalid_messages_name_every_bad_field(
     api: Api,
     single: dict[str, Any],
     names: set[str],
-    client: httpx.AsyncClient,
-    tenant: Tenant,
-    sqlite_store: SqliteStore,
+    shared_api: SharedApi,
 ) -> None:
     """Each broken rule gets a 400 naming exactly the bad fields, on every surface."""
-    response = await client.post(api.path, json=api.body(single), headers=tenant.bearer())
+    response, added = await shared_api.post(api.path, api.body(single))
     assert bad_names(response) == {api.name(name) for name in names}
-    assert_nothing_stored(sqlite_store)
+    assert set(added.values()) == {0}
 
 
-async def test_several_errors_in_one_message_are_all_listed(
-    client: httpx.AsyncClient, tenant: Tenant, sqlite_store: SqliteStore
-) -> None:
+async def test_several_errors_in_one_message_are_all_listed(shared_api: SharedApi) -> None:
     """Schema errors and channel-rule errors in one body come back together in one 400."""
     body = message(
         "sms",
@@ -290,7 +285,7 @@ async def test_several_errors_in_one_message_are_all_listed(
         options={"whatsapp": {"policy": "fallback"}},
         priority="high",
     )
-    response = await client.post(MESSAGES.path, json=body, headers=tenant.bearer())
+    response, added = await shared_api.post(MESSAGES.path, body, shared_api.tenant.bearer())
     assert bad_names(response) == {
         "to.number",
         "to.id",
@@ -299,7 +294,7 @@ async def test_several_errors_in_one_message_are_all_listed(
         "client_ref",
         "priority",
     }
-    assert_nothing_stored(sqlite_store)
+    assert set(added.values()) == {0}
 
 
 def _step(single: dict[str, Any], fail: dict[str, Any] | None) -> dict[str, Any]:
@@ -394,14 +389,12 @@ async def test_invalid_workflows_name_every_bad_field(
     api: Api,
     body: dict[str, Any],
     names: set[str],
-    client: httpx.AsyncClient,
-    tenant: Tenant,
-    sqlite_store: SqliteStore,
+    shared_api: SharedApi,
 ) -> None:
     """Each broken workflow rule gets a 400 naming exactly the bad fields, and stores nothing."""
-    response = await client.post(api.path, json=body, headers=tenant.bearer())
+    response, added = await shared_api.post(api.path, body)
     assert bad_names(response) == names
-    assert_nothing_stored(sqlite_store)
+    assert set(added.values()) == {0}
 
 
 VALID_WORKFLOWS: list[Any] = [
@@ -433,39 +426,35 @@ VALID_WORKFLOWS: list[Any] = [
 async def test_valid_workflows_are_accepted(
     api: Api,
     body: dict[str, Any],
-    client: httpx.AsyncClient,
-    tenant: Tenant,
-    sqlite_store: SqliteStore,
+    shared_api: SharedApi,
 ) -> None:
     """Workflows at the failover limits are accepted with one message row per step."""
-    response = await client.post(api.path, json=body, headers=tenant.bearer())
+    response, added = await shared_api.post(api.path, body, shared_api.tenant.bearer())
     assert response.status_code == 202, response.text
-    assert stored_rows(sqlite_store)["messages"] == len(body["workflow"])
+    assert added["messages"] == len(body["workflow"])
 
 
-async def test_read_on_an_sms_step_gets_a_clear_reason(
-    client: httpx.AsyncClient, tenant: Tenant
-) -> None:
+async def test_read_on_an_sms_step_gets_a_clear_reason(shared_api: SharedApi) -> None:
     """Refusing 'read' on an SMS step says SMS has no read receipts and to use 'delivered'."""
     body = workflow(_step(SMS, failover(condition_status="read")), MESSENGER)
-    response = await client.post("/v0.1/dispatch", json=body, headers=tenant.bearer())
+    response, _ = await shared_api.post("/v0.1/dispatch", body)
     reason = reasons(response)["workflow[0].failover.condition_status"]
     assert "read" in reason
     assert "delivered" in reason
 
 
 async def test_viber_ttl_above_the_dispatch_ceiling_is_fine_for_messages(
-    client: httpx.AsyncClient, tenant: Tenant
+    shared_api: SharedApi,
 ) -> None:
     """Messages v0.1 allows a Viber ttl up to 259200 s, above Dispatch's 86400."""
     body = text("viber_service_msg", "hi", options={"viber_service_msg": {"ttl": 259200}})
-    response = await client.post("/v0.1/messages", json=body, headers=tenant.bearer())
+    response, _ = await shared_api.post("/v0.1/messages", body)
     assert response.status_code == 202
 
 
 @pytest.mark.parametrize("api", WORKFLOW_APIS, ids=str)
 async def test_several_errors_across_a_workflow_are_all_listed(
-    api: Api, client: httpx.AsyncClient, tenant: Tenant, sqlite_store: SqliteStore
+    api: Api, shared_api: SharedApi
 ) -> None:
     """Template, schema and channel-rule errors in several steps come back in one 400."""
     body = workflow(
@@ -474,7 +463,7 @@ async def test_several_errors_across_a_workflow_are_all_listed(
         _step(SMS, failover("600")),
         template="cascade",
     )
-    response = await client.post(api.path, json=body, headers=tenant.bearer())
+    response, added = await shared_api.post(api.path, body)
     assert bad_names(response) == {
         "template",
         "workflow[0].message.content.type",
@@ -488,4 +477,4 @@ async def test_several_errors_across_a_workflow_are_all_listed(
         "workflow[2].failover",
         "workflow[2].failover.expiry_time",
     }
-    assert_nothing_stored(sqlite_store)
+    assert set(added.values()) == {0}
