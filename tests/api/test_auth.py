@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from cascade.api.auth import Authenticator
 from cascade.clock import FakeClock
+from cascade.errors import Unauthorized
 from cascade.store.sqlite import SqliteStore
 from tests.api.support import APIS, Api, assert_nothing_stored, assert_problem, stored_rows, text
 from tests.conftest import Tenant, make_tenant
@@ -223,3 +225,23 @@ async def test_a_jwt_acts_for_its_own_account_only(
     workflow = await sqlite_store.get_workflow(other.account.id, stored.workflow_id)
     assert workflow is not None
     assert workflow.application_id == other.application.id
+
+
+async def test_unknown_credentials_are_not_remembered(
+    sqlite_store: SqliteStore, tenant: Tenant, clock: FakeClock
+) -> None:
+    """Unknown api_keys and application ids leave nothing cached, so they cannot fill memory."""
+    authenticator = Authenticator(sqlite_store, clock)
+    for n in range(20):
+        for header in (
+            _basic(f"nokey{n}", "secret"),
+            _signed(tenant, clock, application_id=f"no-app-{n}"),
+        ):
+            with pytest.raises(Unauthorized):
+                await authenticator.authenticate([header[0][1]])
+    assert authenticator._basic == {}
+    assert authenticator._applications == {}
+    await authenticator.authenticate([tenant.basic()["Authorization"]])
+    await authenticator.authenticate([tenant.bearer()["Authorization"]])
+    assert list(authenticator._basic) == [tenant.account.api_key]
+    assert list(authenticator._applications) == [tenant.application.id]

@@ -47,6 +47,7 @@ JSON = {"Content-Type": "application/json"}
         pytest.param(b'{"to": 1,}', id="trailing-comma"),
         pytest.param(b'{"text": "\xff\xfe"}', id="not-utf8"),
         pytest.param(b'{"template": "\xff\xfe"}', id="not-utf8-in-a-known-field"),
+        pytest.param(b"[" * 30_000 + b"]" * 30_000, id="nested-too-deeply"),
     ],
 )
 @pytest.mark.parametrize("api", APIS, ids=str)
@@ -59,6 +60,22 @@ async def test_malformed_json_is_an_invalid_json_problem(
     body = assert_problem(response, 400)
     assert body["type"].endswith("#invalid-json")
     assert body["title"] == "Invalid JSON"
+    assert set(added.values()) == {0}
+
+
+@pytest.mark.parametrize("api", APIS, ids=str)
+@IN_MODULE_LOOP
+async def test_a_deeply_nested_custom_payload_is_invalid_json(
+    api: Api, shared_api: SharedApi
+) -> None:
+    """JSON nested deeper than the decoder goes, inside a valid field, is a 400, not a 500."""
+    nested = "[" * 30_000 + "]" * 30_000
+    single = text("whatsapp", "x")
+    single["message"]["content"] = {"type": "custom", "custom": {"a": "PLACEHOLDER"}}
+    raw = json.dumps(api.body(single)).replace('"PLACEHOLDER"', nested).encode()
+    response, added = await shared_api.send("POST", api.path, content=raw, headers=JSON)
+    body = assert_problem(response, 400)
+    assert body["type"].endswith("#invalid-json")
     assert set(added.values()) == {0}
 
 

@@ -164,7 +164,8 @@ class Authenticator:
             loaded = load_pem_public_key(application.public_key_pem.encode())
             key = loaded if isinstance(loaded, RSAPublicKey) else None
         entry = _CachedApplication(application, account, key, now)
-        self._applications[application_id] = entry
+        if application is not None:  # ids that do not exist are not remembered: they are unbounded
+            self._applications[application_id] = entry
         return entry
 
     # --- Basic -----------------------------------------------------------------------------
@@ -183,7 +184,8 @@ class Authenticator:
             account = cached[0]
         else:
             account = await self._store.get_account_by_api_key(api_key)
-            self._basic[api_key] = (account, now)
+            if account is not None:  # unknown keys are not remembered: they are unbounded
+                self._basic[api_key] = (account, now)
         # compare even when the account is unknown, so timing does not reveal which keys exist
         expected = account.api_secret_sha256 if account else "0" * 64
         if not hmac.compare_digest(hash_secret(api_secret), expected) or account is None:

@@ -282,7 +282,7 @@ class RequestDecoder(Generic[T]):
             value = self._decoder.decode(body)
         except msgspec.ValidationError:
             raise self._explain(body) from None  # the walker's report replaces msgspec's
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except _NOT_JSON as exc:
             raise _invalid_json(exc) from exc
         violations = self._rules(value)
         if violations:
@@ -294,7 +294,7 @@ class RequestDecoder(Generic[T]):
         # body, so the body may still turn out not to be JSON at all
         try:
             data = msgspec.json.decode(body)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        except _NOT_JSON as exc:
             return _invalid_json(exc)
         found = schema_violations(self._info, data, "")
         partial = _PARTIAL_RULES.get(self._kind)
@@ -308,8 +308,12 @@ class RequestDecoder(Generic[T]):
         return InvalidRequest(invalid_parameters=found)
 
 
+#: how decoding fails on a body that is not JSON we take: malformed, not UTF-8, nested too deeply
+_NOT_JSON = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def _invalid_json(exc: Exception) -> InvalidRequest:
-    """The 400 for a body that is not JSON (malformed, or not UTF-8)."""
+    """The 400 for a body that is not JSON (malformed, not UTF-8, or nested too deeply)."""
     return InvalidRequest(
         "The request body is not valid JSON.",
         title="Invalid JSON",
