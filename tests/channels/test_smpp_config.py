@@ -58,6 +58,7 @@ def test_loads_the_documented_format(tmp_path: Path) -> None:
         ({"price_per_segment": "0.05"}, "go together"),
         ({"reconnect_min_delay": 5, "reconnect_max_delay": 1}, "reconnect_max_delay"),
         ({"bogus": 1}, "bogus"),
+        ({"password": "pässwd"}, "password must be printable ASCII"),
     ],
 )
 def test_bad_settings_name_the_field(connection: dict[str, object], problem: str) -> None:

@@ -98,6 +98,13 @@ class SmppConnectionSettings(BaseModel):
             value = getattr(self, field_name)
             if value is not None and value not in allowed:
                 raise ValueError(f"{field_name} must be one of {sorted(allowed)}")
+        for field_name, value in (
+            ("system_id", self.system_id),
+            ("password", self.password.get_secret_value()),
+            ("system_type", self.system_type),
+        ):
+            if not (value.isascii() and value.isprintable()):
+                raise ValueError(f"{field_name} must be printable ASCII (SMPP C-octet string)")
         if self.reconnect_max_delay < self.reconnect_min_delay:
             raise ValueError("reconnect_max_delay must not be below reconnect_min_delay")
         if self.throttle_max_delay < self.throttle_min_delay:
