@@ -8,6 +8,7 @@ import pytest
 import smpp34
 
 from cascade.channels.receipts import (
+    TLV_MESSAGE_PAYLOAD,
     TLV_MESSAGE_STATE,
     TLV_NETWORK_ERROR_CODE,
     TLV_RECEIPTED_MESSAGE_ID,
@@ -293,8 +294,8 @@ def test_decode_deliver_sm_receipt() -> None:
         esm_class=0x04,
         data_coding=0,
         tlvs=[
-            smpp34.Tlv(smpp34.TLV_RECEIPTED_MESSAGE_ID, b"1\x00"),
-            smpp34.Tlv(smpp34.TLV_MESSAGE_STATE, bytes([2])),
+            smpp34.Tlv(TLV_RECEIPTED_MESSAGE_ID, b"1\x00"),
+            smpp34.Tlv(TLV_MESSAGE_STATE, bytes([2])),
         ],
     )
     pdu = decode_deliver_sm(_body(encoded))
@@ -328,9 +329,7 @@ def test_decode_deliver_sm_keeps_unlisted_values() -> None:
 
 def test_message_payload_replaces_an_empty_short_message() -> None:
     """A long MO carried in message_payload is the message."""
-    encoded = smpp34.DeliverSm(
-        "1", "2", b"", tlvs=[smpp34.Tlv(smpp34.TLV_MESSAGE_PAYLOAD, b"x" * 300)]
-    )
+    encoded = smpp34.DeliverSm("1", "2", b"", tlvs=[smpp34.Tlv(TLV_MESSAGE_PAYLOAD, b"x" * 300)])
     assert decode_deliver_sm(_body(encoded)).message == b"x" * 300
 
 
