@@ -68,7 +68,8 @@ def message_view(message: MessageRecord, events: tuple[Event, ...] = ()) -> dict
         }
     if message.client_ref is not None:
         view["client_ref"] = message.client_ref
-    if message.error_code is not None:
+    if message.error_code is not None and message.status in ("rejected", "undeliverable"):
+        # a success after a failure keeps the old error in the row; it no longer applies
         view["error"] = {"code": message.error_code, "reason": message.error_reason or ""}
     usage = _usage(message)
     if usage is not None:
