@@ -5,8 +5,10 @@ one receiver behind another.
 - 5xx, 429 (honouring ``Retry-After``), timeouts and connection errors are retried after 5, 10,
   20, 40, 80, 160, 320 and 640 s, then every 900 s until 24 h after the first attempt, each
   delay jittered by up to 10 %; then the webhook is a dead letter.
-- Any other answer (4xx, a redirect, which is never followed) and a URL that is not http(s)
-  make it a dead letter at once: an operator can replay it after fixing the receiver.
+- Any other answer (4xx, a redirect, which is never followed) and a URL no request can go to
+  (not http(s), no host, a bad port) make it a dead letter at once: an operator can replay it
+  after fixing the receiver.
+- ``timeout`` bounds the whole attempt, connection and a slowly trickled answer included.
 - Each attempt is a row, and the next attempt is the webhook's job row, so a restart resumes
   the schedule where it was.
 - Each destination (scheme, host, port) gets a few connections at most; a webhook whose
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -57,6 +58,20 @@ class DeliverySettings:
     max_connections: int = 256
     #: seconds a webhook steps aside when its destination is busy
     busy_delay: float = 0.5
+
+
+def _url_problem(url: str) -> str | None:
+    """Why no request can go to ``url`` (None: one can)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port out of range or not a number
+    except ValueError as exc:
+        return f"the URL is malformed: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "the URL is not http(s)"
+    if not parts.hostname:
+        return "the URL has no host"
+    return None
 
 
 def next_attempt(
@@ -121,7 +136,6 @@ class WebhookSender:
             headers={"User-Agent": USER_AGENT},
         )
         self._destinations: dict[str, asyncio.Semaphore] = {}
-        self._accounts: dict[str, tuple[Account, float]] = {}
 
     async def close(self) -> None:
         """Close pooled connections."""
@@ -132,6 +146,12 @@ class WebhookSender:
         webhook = await self._store.get_webhook(int(job.ref))
         if webhook is None or webhook.state != "pending" or webhook.url is None:
             await self._store.finish_job(job.id)
+            return
+        problem = _url_problem(webhook.url)
+        if problem is not None:
+            # a URL no request can go to is a dead letter at once, never a crash to retry
+            now = self._clock.now()
+            await self._record(webhook, job, now, _Result(None, problem, retry=False))
             return
         gate = self._gate(webhook.url)
         if gate.locked():
@@ -149,24 +169,21 @@ class WebhookSender:
             gate = self._destinations[key] = asyncio.Semaphore(self.settings.per_destination)
         return gate
 
-    async def _account(self, account_id: str) -> Account | None:
-        cached = self._accounts.get(account_id)
-        now = time.monotonic()
-        if cached is not None and now - cached[1] < 5.0:
-            return cached[0]
-        account = await self._store.get_account(account_id)
-        if account is not None:
-            self._accounts[account_id] = (account, now)
-        return account
-
     async def _attempt(self, webhook: WebhookRecord, job: Job | None) -> None:
         assert webhook.url is not None
         started = self._clock.now()
-        account = await self._account(webhook.account_id)
+        # read at every attempt (not cached): a rotated signature secret signs the next one
+        account = await self._store.get_account(webhook.account_id)
         if account is None:
             result = _Result(None, "the account no longer exists", retry=False)
         else:
             result = await self._post(webhook, account, started)
+        await self._record(webhook, job, started, result)
+
+    async def _record(
+        self, webhook: WebhookRecord, job: Job | None, started: float, result: _Result
+    ) -> None:
+        """Store one attempt and what follows from it: delivered, a retry, or a dead letter."""
         finished = self._clock.now()
         attempt = WebhookAttempt(
             webhook.id, started, result.status_code, result.error, max(0.0, finished - started)
@@ -193,8 +210,6 @@ class WebhookSender:
 
     async def _post(self, webhook: WebhookRecord, account: Account, now: float) -> _Result:
         assert webhook.url is not None
-        if urlsplit(webhook.url).scheme not in ("http", "https"):
-            return _Result(None, "the URL is not http(s)", retry=False)
         token = sign(
             webhook.body,
             secret=account.signature_secret,
@@ -204,14 +219,21 @@ class WebhookSender:
         )
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
-            async with self._client.stream(
-                "POST", webhook.url, content=webhook.body, headers=headers
-            ) as response:
+            # httpx's timeout bounds each read and write, not the whole attempt: a receiver
+            # trickling its answer a byte at a time would hold the connection for ever
+            async with (
+                asyncio.timeout(self.settings.timeout),
+                self._client.stream(
+                    "POST", webhook.url, content=webhook.body, headers=headers
+                ) as response,
+            ):
                 await self._read_capped(response)
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
             return _Result(None, f"timed out: {type(exc).__name__}", retry=True)
         except httpx.TransportError as exc:
             return _Result(None, f"connection failed: {type(exc).__name__}: {exc}", retry=True)
+        except httpx.InvalidURL as exc:
+            return _Result(None, f"the URL is malformed: {exc}", retry=False)
         code = response.status_code
         if 200 <= code <= 205:
             return _Result(code, None, retry=False)
