@@ -1,0 +1,65 @@
+"""One dead receiver never delays another's webhooks: the engine built as the service builds it
+(runtime.build_engine), running its own job loop on the real clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from cascade.clock import SystemClock
+from cascade.config import Settings
+from cascade.domain.records import NewWebhook
+from cascade.runtime import build_engine
+from cascade.store.sqlite import SqliteStore
+from cascade.webhooks import payloads
+from tests.conftest import make_tenant
+from tests.webhooks.conftest import MakeReceiver
+from tests.webhooks.receiver import Hang, verify
+
+#: how late a webhook to the healthy receiver may arrive after it was queued (real seconds)
+BOUND = 0.25
+
+
+async def test_a_hanging_receiver_does_not_delay_another_receivers_webhooks(
+    sqlite_store: SqliteStore, receivers: MakeReceiver
+) -> None:
+    """With 40 webhooks stuck on a receiver that never answers, each webhook to a healthy
+    receiver arrives within 250 ms of being queued."""
+    clock = SystemClock()
+    tenant = await make_tenant(sqlite_store)
+    dead = await receivers(Hang())
+    alive = await receivers()
+    engine = build_engine(
+        Settings(_env_file=None, webhook_timeout_seconds=1.0), sqlite_store, clock
+    )
+    await engine.start()
+
+    def hook(url: str, body: bytes) -> NewWebhook:
+        return NewWebhook(payloads.STATUS, tenant.account.id, None, None, None, url, body)
+
+    try:
+        await sqlite_store.add_webhooks(
+            [hook(dead.url(), b'{"dead":%d}' % i) for i in range(40)], clock.now()
+        )
+        engine.wake()
+        await dead.wait_for(8)  # every connection to it is now held
+        queued: dict[bytes, float] = {}
+        for i in range(12):
+            body = b'{"alive":%d}' % i
+            await sqlite_store.add_webhooks(
+                [hook(dead.url(), b'{"dead":%d}' % (100 + i)), hook(alive.url(), body)],
+                clock.now(),
+            )
+            queued[body] = time.monotonic()
+            engine.wake()
+            await asyncio.sleep(0.03)
+        await alive.wait_for(12, within=2.0)
+        lateness = [request.real_at - queued[request.body] for request in alive.requests]
+        assert max(lateness) < BOUND, lateness
+        assert sorted(queued) == sorted(r.body for r in alive.requests)
+        for request in alive.requests:
+            verify(request, tenant.account.signature_secret)
+        # the dead receiver never had more than its share of connections
+        assert len(dead.requests) <= 8 * 2
+    finally:
+        await engine.stop()
