@@ -1,0 +1,3 @@
+"""HTTP contract tests of the accept API."""
+
+from __future__ import annotations
