@@ -7,9 +7,10 @@ windowing) is smpp34's; the relay only adds what smpp34's Python API lacks:
 * a bind check: smpp34 has no bind hook and accepts any password, so the relay reads the first
   PDU and answers a bind with the wrong system_id or password itself (``ESME_RINVSYSID`` /
   ``ESME_RINVPASWD``), as a real SMSC would;
-* faults: :meth:`LoopbackSmsc.sever` drops every connection at once (a crash, no unbind), and
+* faults: :meth:`LoopbackSmsc.sever` drops every connection at once (a crash, no unbind),
   :meth:`LoopbackSmsc.restart` also stops listening for a while and starts a fresh smpp34
-  server (``smpp34.Server.stop`` alone keeps bound sessions alive);
+  server (``smpp34.Server.stop`` alone keeps bound sessions alive), and clearing
+  :attr:`LoopbackSmsc.flowing` makes the SMSC hang (connections stay open, nothing answers);
 * vendor statuses: smpp34 answers a status it does not know (the vendor range 0x400-0x4FF) as
   ``ESME_RSYSERR``, so such a reject goes out as ``ESME_RUNKNOWNERR`` and the relay writes the
   vendor status into that ``submit_sm_resp``.
@@ -88,8 +89,9 @@ class Behaviour:
     minimal_receipt: bool = False  # Jasmin style: no sub, dlvrd or text, and no TLVs
     err: str = "000"
     reject: int | None = None  # answer with this command_status
-    throttle: int = 0  # answer the first N submits with ESME_RTHROTTLED
-    silent: bool = False  # never answer
+    throttle: int = 0  # answer N submits with ESME_RTHROTTLED ...
+    throttle_after: int = 0  # ... after accepting this many
+    silent: bool = False  # hold the submit unanswered (see LoopbackSmsc.answer_held)
     drop_connection: bool = False  # sever every connection instead of answering
 
 
@@ -156,7 +158,10 @@ class LoopbackSmsc:
         self.binds = 0
         self.bind_refusals = 0
         self._ids = itertools.count(1000)
-        self._throttled: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+        #: while cleared, the relay holds what clients send (a hung SMSC); set by default
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self._sessions: dict[str, smpp34.Esme] = {}
         self._held: list[smpp34.SubmitSmEvent] = []
         self._vendor_statuses: list[int] = []
@@ -193,6 +198,17 @@ class LoopbackSmsc:
         self._held.clear()
         await asyncio.sleep(down_for)
         await self.start()
+
+    def answer_held(self) -> None:
+        """Accept the submits held by ``silent`` behaviours, in the order they came."""
+        held, self._held = self._held, []
+        for event in held:
+            for submit in self.submits:
+                if submit.status is None and submit.destination_addr == event.destination_addr:
+                    submit.message_id, _ = self._next_id()
+                    submit.status = 0
+                    event.accept(submit.message_id)
+                    break
 
     def sever(self) -> None:
         """Drop every open connection at once, as a crash would."""
@@ -256,10 +272,11 @@ class LoopbackSmsc:
                     )
                     await writer.drain()
                     return
+            await self.flowing.wait()
             backend_reader, relay.backend = await asyncio.open_connection(HOST, self._backend_port)
             relay.backend.write(header + body)
             relay.tasks = [
-                asyncio.create_task(_copy(reader, relay.backend)),
+                asyncio.create_task(self._copy_requests(reader, relay.backend)),
                 asyncio.create_task(self._copy_responses(backend_reader, writer)),
             ]
             await asyncio.wait(relay.tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -272,6 +289,16 @@ class LoopbackSmsc:
             if relay.backend is not None:
                 relay.backend.transport.abort()
             self._relays.discard(relay)
+
+    async def _copy_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Copy bytes from the client to smpp34, holding them while the SMSC is frozen."""
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
 
     async def _copy_responses(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -344,9 +371,9 @@ class LoopbackSmsc:
         if behaviour.silent:
             self._held.append(event)
             return
-        left = self._throttled.setdefault(event.destination_addr, behaviour.throttle)
-        if left > 0:
-            self._throttled[event.destination_addr] = left - 1
+        seen = self._seen.get(event.destination_addr, 0)
+        self._seen[event.destination_addr] = seen + 1
+        if behaviour.throttle_after <= seen < behaviour.throttle_after + behaviour.throttle:
             submit.status = ESME_RTHROTTLED
             event.reject(ESME_RTHROTTLED)
             return
@@ -509,14 +536,6 @@ class LoopbackSmsc:
             if time.monotonic() > deadline:
                 raise AssertionError("no ESME bound to deliver to")
             await asyncio.sleep(0.005)
-
-
-async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy bytes until the reader ends."""
-    with contextlib.suppress(OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
 
 
 def _chunks(text: str, size: int) -> list[str]:

@@ -103,6 +103,17 @@ async def test_throttling_then_success(provider: SmppProvider, smsc: LoopbackSms
     assert result.provider_message_id == smsc.submits[-1].message_id
 
 
+async def test_throttled_later_part_is_retried_here(
+    provider: SmppProvider, smsc: LoopbackSmsc
+) -> None:
+    """A throttled second part is sent again after the backoff; the message still succeeds."""
+    smsc.behaviours[TO] = Behaviour(throttle=1, throttle_after=1)
+    result = await provider.send(sms("z" * 300))
+    assert [submit.status for submit in smsc.submits] == [0, 0x58, 0]
+    assert [submit.short_message[5] for submit in smsc.submits] == [1, 2, 2]
+    assert result.segment_ids == (smsc.submits[0].message_id, smsc.submits[2].message_id)
+
+
 async def test_ucs2(provider: SmppProvider, smsc: LoopbackSmsc) -> None:
     """A text outside GSM 03.38 goes as UCS-2 (data_coding 8, UTF-16BE)."""
     await provider.send(sms("Привет 😀"))
@@ -406,8 +417,8 @@ async def test_hex_ids_and_decimal_receipts_correlate(
 async def test_window_limits_outstanding_submits(
     make_provider: ProviderFactory, smsc: LoopbackSmsc
 ) -> None:
-    """With a window of one, a second submit waits until the first is answered or gone."""
-    provider = await make_provider(window_size=1, response_timeout=0.4)
+    """With a window of one, a second submit waits until the first is answered."""
+    provider = await make_provider(window_size=1, response_timeout=3.0)
     assert await provider.ready(2.0)
     smsc.behaviours[TO] = Behaviour(silent=True)
     first = asyncio.create_task(provider.send(sms("slow")))
@@ -415,10 +426,10 @@ async def test_window_limits_outstanding_submits(
     second = asyncio.create_task(provider.send(sms("next", to="447700900002")))
     await asyncio.sleep(0.2)
     assert len(smsc.submits) == 1
-    with pytest.raises(SmppSubmitUnconfirmed):
-        await first
-    await second
+    smsc.answer_held()
+    results = await asyncio.gather(first, second)
     assert [submit.short_message for submit in smsc.submits] == [b"slow", b"next"]
+    assert [r.provider_message_id for r in results] == [s.message_id for s in smsc.submits]
 
 
 async def test_throughput_limit(make_provider: ProviderFactory, smsc: LoopbackSmsc) -> None:
@@ -457,3 +468,23 @@ async def test_stop_refuses_new_sends(provider: SmppProvider, smsc: LoopbackSmsc
     assert provider.status()["loopback"]["bound"] is False
     with pytest.raises(ChannelUnavailable):
         await provider.send(sms("late"))
+
+
+async def test_unanswered_enquire_link_drops_the_session(
+    make_provider: ProviderFactory, smsc: LoopbackSmsc
+) -> None:
+    """A hung SMSC is noticed by enquire_link; the provider rebinds once it answers again."""
+    provider = await make_provider(enquire_link_interval=0.1, response_timeout=0.2)
+    assert await provider.ready(2.0)
+    await asyncio.sleep(0.25)  # keep-alives answered: still the first session
+    assert provider.status()["loopback"]["bound"] is True
+    smsc.flowing.clear()
+    await smsc.wait_for(
+        lambda: "enquire_link not answered" in str(provider.status()["loopback"]["last_error"]),
+        within=2.0,
+    )
+    assert provider.status()["loopback"]["bound"] is False
+    smsc.flowing.set()
+    assert await provider.ready(3.0)
+    await provider.send(sms("back"))
+    assert smsc.binds == 2

@@ -534,6 +534,8 @@ class SmppConnection:
 
     async def _pause(self, why: str) -> None:
         """Wait the next reconnect delay (cut short by stop)."""
+        if self._stopping:
+            return
         delay = self._reconnect.next()
         self._next_attempt_at = time.monotonic() + delay
         log.warning("smpp reconnecting", connection=self.name, reason=why, retry_in=delay)
