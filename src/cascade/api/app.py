@@ -56,7 +56,11 @@ def create_app(
         for route in _both_slashes(path, AcceptEndpoint(context, surface, id_field).handle)
     ]
     reads = ReadEndpoints(store, authenticator)
-    routes += [Route(path, handler, methods=["GET"]) for path, handler in reads.routes()]
+    routes += [
+        Route(variant, handler, methods=["GET"])
+        for path, handler in reads.routes()
+        for variant in (path, path + "/")
+    ]
     routes += [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

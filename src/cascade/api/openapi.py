@@ -69,6 +69,59 @@ def _operation(summary: str, schema: str, id_field: str, description: str) -> di
     }
 
 
+_LIST_PARAMETERS = [
+    {
+        "name": "status",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Workflows: running, completed, error. Messages: a status.",
+    },
+    {
+        "name": "channel",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Messages only: sms, mms, whatsapp, messenger, viber_service_msg",
+    },
+    {"name": "created_after", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "created_before", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {
+        "name": "page_size",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "From _links.next.href of the previous page",
+    },
+]
+
+
+def _read(summary: str, description: str, *, listing: bool = False) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "description": description,
+        "security": [{"bearerAuth": []}, {"basicAuth": []}],
+        "responses": {
+            "200": {
+                "description": "Found",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "401": _problem("Missing or wrong credentials"),
+            "404": _problem("No such id in your account"),
+        },
+    }
+    if listing:
+        operation["parameters"] = _LIST_PARAMETERS
+        operation["responses"]["400"] = _problem("A query parameter is invalid")
+    else:
+        operation["parameters"] = [
+            {"name": "uuid", "in": "path", "required": True, "schema": {"type": "string"}}
+        ]
+    return operation
+
+
 @cache
 def openapi_document() -> bytes:
     """The whole document as JSON bytes (built once)."""
@@ -85,6 +138,10 @@ def openapi_document() -> bytes:
         "workflow_uuid",
         "The workflow's id",
     )
+    workflow_read = _read(
+        "Read a workflow",
+        "Every step, every status with its time and source, failover reasons, cost, webhooks",
+    )
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -93,10 +150,21 @@ def openapi_document() -> bytes:
             "description": "Self-hosted Nexmo Messages v0.1 and Dispatch v0.1 (failover).",
         },
         "paths": {
-            "/v0.1/messages": {"post": message},
+            "/v0.1/messages": {
+                "post": message,
+                "get": _read("List messages", "Newest first, filtered, paged", listing=True),
+            },
+            "/v0.1/messages/{uuid}": {
+                "get": _read("Read a message", "Its statuses over time and its webhooks")
+            },
             "/beta/messages": {"post": message},
-            "/v0.1/dispatch": {"post": dispatch},
+            "/v0.1/dispatch": {
+                "post": dispatch,
+                "get": _read("List workflows", "Newest first, filtered, paged", listing=True),
+            },
+            "/v0.1/dispatch/{uuid}": {"get": workflow_read},
             "/beta/workflows": {"post": workflows},
+            "/beta/workflows/{uuid}": {"get": workflow_read},
             "/health": {
                 "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
             },
