@@ -50,6 +50,7 @@ def postgres_missing(reason: str) -> NoReturn:
 
 
 async def _probe(url: str) -> None:
+    """Connect once and disconnect."""
     conn = await asyncpg.connect(url, timeout=3)
     await conn.close()
 
@@ -70,6 +71,7 @@ def postgres_url() -> str:
 
 
 async def _admin(url: str, sql: str) -> None:
+    """Run one statement on its own connection."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(sql)
@@ -86,6 +88,7 @@ async def postgres_schemas(postgres_url: str) -> AsyncIterator[SchemaFactory]:
     made: list[str] = []
 
     async def make() -> str:
+        """Create one more schema."""
         name = f"cascade_test_{uuid.uuid4().hex[:16]}"
         await _admin(postgres_url, f'CREATE SCHEMA "{name}"')
         made.append(name)

@@ -205,6 +205,7 @@ class TestTransitions:
         seen: list[WorkflowRecord] = []
 
         def decide(loaded: WorkflowRecord) -> Decision:
+            """Record what was loaded and decide a submit with its provider id, price and jobs."""
             seen.append(loaded)
             changes = Changes()
             change = changes.message(first)
@@ -250,6 +251,7 @@ class TestTransitions:
         first = request.steps[1].message_id
 
         def set_provider_id(loaded: WorkflowRecord) -> Decision:
+            """Give the SMS step a provider's message id."""
             changes = Changes()
             changes.messages[first] = MessageChange(
                 first, provider="smpp", provider_message_id="m-9"
@@ -260,6 +262,7 @@ class TestTransitions:
         seen: list[str] = []
 
         def record(loaded: WorkflowRecord) -> Decision:
+            """Note which workflow was loaded."""
             seen.append(loaded.id)
             return Changes(), []
 
@@ -279,6 +282,7 @@ class TestTransitions:
         (job,) = await store.pending_jobs("gone")
 
         def decide(loaded: WorkflowRecord) -> Decision:
+            """Fail: there is no workflow to decide about."""
             raise AssertionError("decide must not be called without a workflow")
 
         for key in (
@@ -296,6 +300,7 @@ class TestTransitions:
         (done,) = await store.claim_jobs("w1", T0, limit=1, lease=30)
 
         def decide(loaded: WorkflowRecord) -> Decision:
+            """Fail as broken rules would."""
             raise ValueError("rules failed")
 
         with pytest.raises(ValueError, match="rules failed"):
@@ -311,6 +316,7 @@ class TestTransitions:
         seen = Observed(message_id=first, status=Status.READ, at=T0 + 30, source="test")
 
         def decide(loaded: WorkflowRecord) -> Decision:
+            """Apply the failover rules to the receipt."""
             return apply(loaded, seen, horizon=HORIZON), []
 
         await store.transition(WorkflowKey(message_id=first), decide)
@@ -331,7 +337,10 @@ class TestTransitions:
         first, second = (step.message_id for step in request.steps)
 
         def claim(message_id: str) -> Callable[[WorkflowRecord], Decision]:
+            """Give ``message_id`` the provider id ``same``."""
+
             def decide(loaded: WorkflowRecord) -> Decision:
+                """Claim the shared provider id for the message."""
                 changes = Changes()
                 changes.messages[message_id] = MessageChange(
                     message_id, provider="smpp", provider_message_id="same"
@@ -354,6 +363,7 @@ class TestTransitions:
         first = request.steps[0].message_id
 
         def count(loaded: WorkflowRecord) -> Decision:
+            """Add one to the first message's price, as read."""
             changes = Changes()
             before = int(loaded.messages[0].price or "0")
             changes.messages[first] = MessageChange(first, price=str(before + 1))
@@ -411,6 +421,7 @@ class TestWebhooks:
         report = dataclasses.replace(webhook(owner, url=None), workflow_id=request.id)
 
         def decide(loaded: WorkflowRecord) -> Decision:
+            """Add an event and the report webhook."""
             changes = Changes()
             changes.events.append(Event(at=T0 + 3, kind="probe"))
             return changes, [report]
@@ -560,6 +571,7 @@ class TestOrphanReceipts:
         assert await store.take_orphan_receipts() == []
 
         def set_provider_id(loaded: WorkflowRecord) -> Decision:
+            """Give the first message the orphans' provider id."""
             changes = Changes()
             changes.messages[first] = MessageChange(
                 first, provider="smpp", provider_message_id="m-1"
@@ -576,6 +588,7 @@ class TestOrphanReceipts:
         request = await accepted(store, owner)
 
         def set_provider_ids(loaded: WorkflowRecord) -> Decision:
+            """Give the two messages provider ids ``a`` and ``b``."""
             changes = Changes()
             for step, ref in zip(request.steps, ("a", "b"), strict=True):
                 changes.messages[step.message_id] = MessageChange(
@@ -694,6 +707,7 @@ class TestLists:
         seen = Observed(message_id="", status=Status.READ, at=T0 + 50, source="test")
 
         def complete(loaded: WorkflowRecord) -> Decision:
+            """Complete the workflow with a read receipt on its first step."""
             first = loaded.messages[0].id
             return apply(loaded, dataclasses.replace(seen, message_id=first), horizon=1.0), []
 

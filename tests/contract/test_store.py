@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from cascade.domain.records import (
@@ -427,6 +429,61 @@ async def test_postgres_that_does_not_answer_is_unavailable() -> None:
     assert "secret" not in str(raised.value)
     with pytest.raises(StoreUnavailable):
         await unreachable.accept(workflow(account()))
+
+
+@pytest.mark.postgres
+async def test_postgres_connections_lost_surface_as_unavailable(
+    postgres_url: str, postgres_schema: str
+) -> None:
+    """When the server drops the store's connections, each dead pooled connection fails one
+    call with StoreUnavailable (the driver's error chained), then the pool reconnects."""
+    name = f"cascade-{uuid.uuid4().hex[:12]}"
+    pool_size = 4
+    store = PostgresStore(f"{postgres_schema}&application_name={name}", pool_size=pool_size)
+    await store.open()
+    try:
+        owner = await tenant(store)
+        await asyncio.gather(*(store.get_account(owner.id) for _ in range(pool_size)))
+        await _drop_connections(postgres_url, name)
+        failures: list[StoreUnavailable] = []
+        for _ in range(pool_size + 1):
+            try:
+                accepted = await store.accept(workflow(owner))
+            except StoreUnavailable as exc:
+                failures.append(exc)
+            else:
+                break
+        assert accepted == Accepted(created=True)
+        for failure in failures:
+            cause = failure.__cause__
+            assert isinstance(cause, OSError) or type(cause).__module__.startswith("asyncpg")
+        assert await store.get_account(owner.id) == owner
+    finally:
+        await store.close()
+
+
+async def _drop_connections(postgres_url: str, application_name: str) -> None:
+    """Terminate every server connection of one application and wait until they are gone."""
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        pids = [
+            row[0]
+            for row in await admin.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1", application_name
+            )
+        ]
+        assert pids
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids)
+        for _ in range(200):
+            left = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            )
+            if left == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{left} connections of {application_name} outlived termination")
+    finally:
+        await admin.close()
 
 
 def _commits(store: Store) -> tuple[int, int] | None:

@@ -102,6 +102,16 @@ _MIGRATION_LOCK = int.from_bytes(b"cascade", "big")
 
 _Outcome = Accepted | BaseException
 
+#: everything the driver raises: server errors, client-side misuse or a broken connection's
+#: protocol state (InternalClientError, e.g. after the server dropped the connection mid-query)
+#: and socket errors
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
 
 def _redact(url: str) -> str:
     """The URL without its password, for error messages."""
@@ -116,7 +126,7 @@ def _wrap(exc: BaseException, action: str) -> BaseException:
     """The Cascade error for a driver error (a new one per call); other errors as they are."""
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         wrapped: BaseException = StoreConflict(f"{action}: {exc}")
-    elif isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+    elif isinstance(exc, _DRIVER_ERRORS):
         wrapped = StoreUnavailable(f"{action}: {type(exc).__name__}: {exc}")
     else:
         return exc
@@ -129,7 +139,7 @@ def _driver_errors(action: str) -> Iterator[None]:
     """Raise the Cascade error for any driver error raised inside the block."""
     try:
         yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise _wrap(exc, action) from exc
 
 
