@@ -17,10 +17,23 @@ from tests.engine.harness import step, workflow
 from tests.webhooks.conftest import MakeReceiver, delivering, dispatch
 from tests.webhooks.receiver import verify
 
-README_WORKFLOW = workflow(
-    step("messenger", "1000003", expiry=600, condition="read"),  # never read: fails over
-    step("sms", "447700900000"),
-)
+#: the README's first failover: Messenger (…0003 never answers), SMS if unread within 15 s
+README_WORKFLOW = {
+    "template": "failover",
+    "workflow": [
+        {
+            "to": {"type": "messenger", "id": "1234560003"},
+            "from": {"type": "messenger", "id": "my-page"},
+            "message": {"content": {"type": "text", "text": "Your code is 1234"}},
+            "failover": {"expiry_time": 15, "condition_status": "read"},
+        },
+        {
+            "to": {"type": "sms", "number": "447700900000"},
+            "from": {"type": "sms", "number": "Acme"},
+            "message": {"content": {"type": "text", "text": "Your code is 1234"}},
+        },
+    ],
+}
 
 
 async def test_a_dispatch_reports_each_step_and_one_final_report_to_the_receiver(
@@ -47,7 +60,7 @@ async def test_a_dispatch_reports_each_step_and_one_final_report_to_the_receiver
             assert claims["api_key"] == w.tenant.account.api_key
             assert claims["application_id"] == w.tenant.application.id
         # the failover happened when the window closed, and the SMS went at once
-        assert receiver.requests[1].at - receiver.requests[0].at == 600
+        assert receiver.requests[1].at - receiver.requests[0].at == 15
 
 
 async def test_a_receiver_down_for_a_while_gets_everything_once_it_is_back(
