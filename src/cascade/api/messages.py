@@ -3,12 +3,21 @@
 A request is authenticated, decoded strictly, turned into a NewWorkflow and stored in one
 transaction; the 202 goes out after the commit that holds it. An ``Idempotency-Key`` makes a
 retried POST return the first response instead of creating a second workflow.
+
+Workflow and message ids are UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random
+bits. They are as unguessable as UUIDv4 for a client, but ids made close in time sort close
+together, so the store's primary keys and the indexes on them grow at their right edge instead
+of touching a random page per insert; on SQLite that halves the writer's work per request
+(BENCHMARKS.md). The random bits come from ``os.urandom`` in blocks, because each call is a
+system call that lets the writer thread take the GIL in the middle of a request.
 """
 
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +45,45 @@ _message_decoder = RequestDecoder(MessageRequest, request_violations)
 _workflow_decoder = RequestDecoder(WorkflowRequest, workflow_violations)
 
 MAX_IDEMPOTENCY_KEY = 255
+
+#: random bytes fetched per os.urandom call (10 per id: 12 bits of rand_a, 62 of rand_b)
+_RANDOM_BLOCK = 10 * 512
+
+
+class _IdSource:
+    """UUIDv7 strings from the clock and a buffer of ``os.urandom`` bytes (thread-safe, and a
+    forked child never reuses its parent's buffer)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._random = b""
+        self._next = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._random, self._next = b"", 0
+
+    def new(self) -> str:
+        """A new UUIDv7, e.g. ``0192f1a4-7c3e-7d21-9b5e-3f0c2a61d8e4``."""
+        with self._lock:
+            start = self._next
+            if start + 10 > len(self._random):
+                self._random, start = os.urandom(_RANDOM_BLOCK), 0
+            self._next = start + 10
+            random = int.from_bytes(self._random[start : start + 10], "big")
+        millis = time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF
+        value = (
+            millis << 80
+            | 0x7 << 76  # version 7
+            | (random >> 68) << 64  # rand_a, 12 bits
+            | 0b10 << 62  # the RFC 9562 variant
+            | random & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
+        )
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_id = _IdSource().new
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +135,7 @@ def _idempotency_key(request: Request) -> str | None:
 def _step(step: MessageRequest | WorkflowStep) -> NewStep:
     failover = step.failover if isinstance(step, WorkflowStep) else None
     return NewStep(
-        message_id=str(uuid.uuid4()),
+        message_id=new_id(),
         channel=step.to.type,
         to=encode(step.to),
         from_=encode(step.from_),
@@ -110,6 +158,7 @@ class AcceptEndpoint:
         self._context = context
         self._surface = surface
         self._id_field = id_field
+        self._accepted = ACCEPTED.labels(surface.value)
 
     async def handle(self, request: Request) -> Response:
         """Accept one request."""
@@ -118,7 +167,7 @@ class AcceptEndpoint:
         key = _idempotency_key(request)
         body = await read_json_body(request, ctx.max_body_bytes)
         steps = self._decode(body)
-        workflow_id = str(uuid.uuid4())
+        workflow_id = new_id()
         public_id = steps[0].message_id if self._surface is Surface.MESSAGES else workflow_id
         response_body = b'{"%s":"%s"}' % (self._id_field.encode(), public_id.encode())
         claim = None
@@ -158,7 +207,7 @@ class AcceptEndpoint:
                 media_type="application/json",
                 headers={"Idempotent-Replayed": "true"},
             )
-        ACCEPTED.labels(self._surface.value).inc()
+        self._accepted.inc()
         if ctx.on_accepted is not None:
             ctx.on_accepted()
         return Response(response_body, status_code=202, media_type="application/json")
