@@ -8,6 +8,7 @@ sender, the HTTP layer) has to answer::
     ├── TransientError                 trying again later may succeed
     │   ├── StoreUnavailable           the database did not answer or is locked
     │   └── ChannelUnavailable         the provider throttled us, timed out or answered 5xx
+    │       └── ChannelOutcomeUnknown  the request went out but no answer came back
     └── PermanentError                 trying again gives the same answer
         ├── ConfigError                the settings or a command-line argument are wrong
         ├── StoreConflict              a uniqueness rule in the store was broken
@@ -72,6 +73,10 @@ class ChannelUnavailable(TransientError):
         super().__init__(message, retry_after=retry_after)
         #: the Nexmo asynchronous error code to report if the step's window closes
         self.code = code
+
+
+class ChannelOutcomeUnknown(ChannelUnavailable):
+    """The message was handed over but no answer came: the provider may have accepted it."""
 
 
 class ConfigError(PermanentError):

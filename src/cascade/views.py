@@ -18,19 +18,13 @@ from cascade.domain.records import (
     WebhookRecord,
     WorkflowRecord,
 )
-from cascade.webhooks.payloads import timestamp, total_usage
+from cascade.webhooks.payloads import timestamp, total_usage, usage
 
 _ID_FIELDS = {
     Surface.DISPATCH: "dispatch_uuid",
     Surface.WORKFLOWS: "workflow_uuid",
     Surface.MESSAGES: "workflow_uuid",
 }
-
-
-def _usage(message: MessageRecord) -> dict[str, str] | None:
-    if message.price is None:
-        return None
-    return {"currency": message.currency or "EUR", "price": message.price}
 
 
 def _event(event: Event) -> dict[str, Any]:
@@ -71,9 +65,9 @@ def message_view(message: MessageRecord, events: tuple[Event, ...] = ()) -> dict
     if message.error_code is not None and message.status in ("rejected", "undeliverable"):
         # a success after a failure keeps the old error in the row; it no longer applies
         view["error"] = {"code": message.error_code, "reason": message.error_reason or ""}
-    usage = _usage(message)
-    if usage is not None:
-        view["usage"] = usage
+    cost = usage(message)
+    if cost is not None:
+        view["usage"] = cost
     if message.started_at is not None:
         view["started_at"] = timestamp(message.started_at)
     mine = [e for e in events if e.message_id == message.id]

@@ -131,7 +131,7 @@ from cascade.channels.receipts import (
 )
 from cascade.channels.smpp_config import SmppConnectionSettings, SmppSettings
 from cascade.clock import Clock, SystemClock
-from cascade.errors import ChannelRejected, ChannelUnavailable
+from cascade.errors import ChannelOutcomeUnknown, ChannelRejected, ChannelUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -201,7 +201,7 @@ def status_name(status: int) -> str:
     return f"{name} ({status:#010x})"
 
 
-class SmppSubmitUnconfirmed(ChannelUnavailable):
+class SmppSubmitUnconfirmed(ChannelOutcomeUnknown):
     """The submit_sm was written but not answered: the SMSC may have accepted the message."""
 
 

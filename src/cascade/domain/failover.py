@@ -56,6 +56,8 @@ class Observed:
     provider_message_id: str | None = None
     price: str | None = None
     currency: str | None = None
+    #: how many parts (SMS segments) the provider sent the message as
+    segments: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,7 @@ class MessageChange:
     price: str | None = None
     currency: str | None = None
     started_at: float | None = None
+    segments: int | None = None
 
 
 @dataclass(slots=True)
@@ -236,6 +239,7 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
         if seen.price is not None and step.price is None:
             changes.message(step.id).price = seen.price
             changes.message(step.id).currency = seen.currency
+            changes.message(step.id).segments = seen.segments
         return changes
     change = changes.message(step.id)
     change.status = new
@@ -248,6 +252,8 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
     if seen.price is not None:
         change.price = seen.price
         change.currency = seen.currency
+    if seen.segments is not None:
+        change.segments = seen.segments
     changes.events.append(
         Event(
             at=seen.at,

@@ -17,6 +17,7 @@ _FIELDS = (
     "price",
     "currency",
     "started_at",
+    "segments",
 )
 
 

@@ -173,6 +173,8 @@ class MessageRecord:
     #: the last transient send error (kept while the send is retried)
     last_error_code: int | None = None
     last_error_reason: str | None = None
+    #: how many parts (SMS segments) the provider sent it as
+    segments: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage
+from cascade.channels.receipts import combine_parts
 from cascade.clock import Clock
 from cascade.domain.failover import (
     REPORT_HORIZON,
@@ -50,6 +51,7 @@ from cascade.domain.records import (
 )
 from cascade.domain.status import Status
 from cascade.errors import (
+    ChannelOutcomeUnknown,
     ChannelRejected,
     ChannelUnavailable,
     ChannelUndeliverable,
@@ -348,6 +350,12 @@ class Engine:
             SENDS.labels(provider.name, "rejected").inc()
             await self._fail(job, message, Status.REJECTED, exc.code, exc.reason)
             return
+        except ChannelOutcomeUnknown as exc:
+            # it may have gone out: resending could duplicate it, so the step fails over
+            SENDS.labels(provider.name, "unknown").inc()
+            log.warning("engine.send_outcome_unknown", provider=provider.name, error=exc.message)
+            await self._fail(job, message, Status.UNDELIVERABLE, *UNKNOWN_OUTCOME)
+            return
         except ChannelUnavailable as exc:
             SENDS.labels(provider.name, "retry").inc()
             await self._retry(job, message, exc.code, exc.message, exc.retry_after)
@@ -358,6 +366,12 @@ class Engine:
             await self._retry(job, message, 1030, f"Internal error: {type(exc).__name__}", None)
             return
         SENDS.labels(provider.name, "submitted").inc()
+        parts = result.segment_ids
+        provider_id = result.provider_message_id
+        if len(parts) > 1:
+            # receipts come per part: they are matched through the parts, never the message
+            await self.store.add_message_parts(provider.name, message.id, parts)
+            provider_id = ",".join(parts)
         await self._transition(
             WorkflowKey(message_id=message.id),
             Observed(
@@ -366,16 +380,16 @@ class Engine:
                 self.clock.now(),
                 source=provider.name,
                 provider=provider.name,
-                provider_message_id=result.provider_message_id,
+                provider_message_id=provider_id,
                 price=result.price,
                 currency=result.currency,
+                segments=result.segments,
             ),
             done_job=job.id,
         )
-        for receipt in await self.store.take_orphan_receipts(
-            provider.name, result.provider_message_id
-        ):
-            await self.receipt(receipt)
+        for part in parts or (provider_id,):
+            for receipt in await self.store.take_orphan_receipts(provider.name, part):
+                await self.receipt(receipt)
 
     async def _fail(
         self, job: Job, message: MessageRecord, status: Status, code: int, reason: str
@@ -454,9 +468,32 @@ class Engine:
             WorkflowKey(provider=receipt.provider, provider_message_id=receipt.provider_message_id),
             observed,
         )
-        RECEIPTS.labels(receipt.provider, "yes" if result is not None else "no").inc()
-        if result is None:
+        matched = result is not None or await self._part_receipt(receipt)
+        RECEIPTS.labels(receipt.provider, "yes" if matched else "no").inc()
+        if not matched:
             await self.store.add_orphan_receipt(receipt, self.clock.now())
+
+    async def _part_receipt(self, receipt: Receipt) -> bool:
+        """Apply a receipt for one part of a multi-part message: the message is delivered when
+        every part is, and failed as soon as one part fails. False when no part matches."""
+        part = await self.store.record_part_receipt(receipt)
+        if part is None:
+            return False
+        message_id, statuses = part
+        status = combine_parts(statuses)
+        if status is not None:
+            await self._transition(
+                WorkflowKey(message_id=message_id),
+                Observed(
+                    message_id,
+                    status,
+                    receipt.at,
+                    receipt.provider,
+                    receipt.code if status.is_failure else None,
+                    receipt.reason if status.is_failure else None,
+                ),
+            )
+        return True
 
     async def inbound(self, message: InboundMessage) -> None:
         """Store an inbound message as an inbound webhook; it goes to the first account's

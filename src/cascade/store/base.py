@@ -26,6 +26,7 @@ from cascade.domain.records import (
     WebhookRecord,
     WorkflowRecord,
 )
+from cascade.domain.status import Status
 
 
 class _Unset:
@@ -216,6 +217,21 @@ class Store(abc.ABC):
     ) -> list[Receipt]:
         """Remove and return kept receipts that now match a message (those of one provider id,
         or all that match when none is given)."""
+
+    @abc.abstractmethod
+    async def add_message_parts(
+        self, provider: str, message_id: str, part_ids: Sequence[str]
+    ) -> None:
+        """Remember the provider ids of a message sent in several parts, in order."""
+
+    @abc.abstractmethod
+    async def record_part_receipt(self, receipt: Receipt) -> tuple[str, list[Status | None]] | None:
+        """Record a receipt for one part of a multi-part message; return the message id and
+        every part's latest status in order (None when the id is no known part)."""
+
+    async def listen_for_jobs(self, wake: Callable[[], None]) -> None:  # noqa: B027
+        """Call ``wake`` whenever another process queues a job (PostgreSQL LISTEN/NOTIFY);
+        stores without a cross-process signal leave the engine to its poll."""
 
     @abc.abstractmethod
     async def defer_job(self, job_id: int, run_at: float) -> None:

@@ -76,7 +76,7 @@ _MESSAGE_COLUMNS = (
     "provider_message_id, price, currency, started_at, created_at, updated_at"
 )
 #: what a MessageRecord is read from (the stored columns plus the last transient error)
-_MESSAGE_READ = _MESSAGE_COLUMNS + ", last_error_code, last_error_reason"
+_MESSAGE_READ = _MESSAGE_COLUMNS + ", last_error_code, last_error_reason, segments"
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -623,16 +623,55 @@ class SqliteStore(Store):
         def write(conn: sqlite3.Connection) -> list[Receipt]:
             sql = (
                 "SELECT o.id, o.provider, o.provider_message_id, o.status, o.at, o.code, o.reason "
-                "FROM orphan_receipts o JOIN messages m ON m.provider = o.provider "
-                "AND m.provider_message_id = o.provider_message_id"
+                "FROM orphan_receipts o WHERE (EXISTS (SELECT 1 FROM messages m "
+                "WHERE m.provider = o.provider AND m.provider_message_id = o.provider_message_id) "
+                "OR EXISTS (SELECT 1 FROM message_parts p WHERE p.provider = o.provider "
+                "AND p.part_id = o.provider_message_id))"
             )
             params: tuple[Any, ...] = ()
             if provider is not None:
-                sql += " WHERE o.provider = ? AND o.provider_message_id = ?"
+                sql += " AND o.provider = ? AND o.provider_message_id = ?"
                 params = (provider, provider_message_id)
             rows = conn.execute(sql + " ORDER BY o.id", params).fetchall()
             conn.executemany("DELETE FROM orphan_receipts WHERE id = ?", [(r[0],) for r in rows])
             return [Receipt(r[1], r[2], Status(r[3]), r[4], r[5], r[6]) for r in rows]
+
+        return await self._write(write)
+
+    async def add_message_parts(
+        self, provider: str, message_id: str, part_ids: Sequence[str]
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO message_parts (provider, part_id, message_id, seq) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(provider, part, message_id, seq) for seq, part in enumerate(part_ids)],
+            )
+
+        await self._write(write)
+
+    async def record_part_receipt(self, receipt: Receipt) -> tuple[str, list[Status | None]] | None:
+        def write(conn: sqlite3.Connection) -> tuple[str, list[Status | None]] | None:
+            row = conn.execute(
+                "UPDATE message_parts SET status = ?, code = ?, reason = ? "
+                "WHERE provider = ? AND part_id = ? RETURNING message_id",
+                (
+                    receipt.status.value,
+                    receipt.code,
+                    receipt.reason,
+                    receipt.provider,
+                    receipt.provider_message_id,
+                ),
+            ).fetchone()
+            if row is None:
+                return None
+            statuses = [
+                Status(r[0]) if r[0] is not None else None
+                for r in conn.execute(
+                    "SELECT status FROM message_parts WHERE message_id = ? ORDER BY seq", (row[0],)
+                )
+            ]
+            return str(row[0]), statuses
 
         return await self._write(write)
 
@@ -924,6 +963,7 @@ def _load_workflow(
 
 
 _MESSAGE_CHANGE_FIELDS = (
+    "segments",
     "state",
     "status",
     "error_code",

@@ -50,10 +50,15 @@ def _workflow_link(workflow: WorkflowRecord, base: str) -> dict[str, str] | None
     return None
 
 
-def _usage(message: MessageRecord) -> dict[str, str] | None:
+def usage(message: MessageRecord) -> dict[str, str | int] | None:
+    """What a message cost: ``{currency, price}``, plus ``segments`` for a message the
+    provider sent in parts (SMS, priced per segment)."""
     if message.price is None:
         return None
-    return {"currency": message.currency or "EUR", "price": message.price}
+    cost: dict[str, str | int] = {"currency": message.currency or "EUR", "price": message.price}
+    if message.segments is not None:
+        cost["segments"] = message.segments
+    return cost
 
 
 def message_status(
@@ -69,9 +74,9 @@ def message_status(
     }
     if message.error_code is not None and message.status in ("rejected", "undeliverable"):
         body["error"] = {"code": message.error_code, "reason": message.error_reason or ""}
-    usage = _usage(message)
-    if usage is not None:
-        body["usage"] = usage
+    cost = usage(message)
+    if cost is not None:
+        body["usage"] = cost
     if message.client_ref is not None:
         body["client_ref"] = message.client_ref
     link = _workflow_link(workflow, base)
@@ -100,9 +105,9 @@ def final_report(workflow: WorkflowRecord, at: float, base: str = "") -> bytes:
             "href": _href(base, f"/v0.1/messages/{message.id}"),
             "channel": message.channel,
         }
-        usage = _usage(message)
-        if usage is not None:
-            link["usage"] = usage
+        cost = usage(message)
+        if cost is not None:
+            link["usage"] = cost
         if message.status is not None:
             link["status"] = message.status
         links.append(link)

@@ -60,6 +60,7 @@ CREATE TABLE messages (
     send_started_at     REAL,
     last_error_code     INTEGER,
     last_error_reason   TEXT,
+    segments            INTEGER,
     UNIQUE (workflow_id, step)
 );
 CREATE INDEX messages_account ON messages (account_id, created_at);
@@ -161,3 +162,15 @@ CREATE TABLE webhook_attempts (
     duration    REAL NOT NULL
 );
 CREATE INDEX webhook_attempts_webhook ON webhook_attempts (webhook_id, id);
+
+CREATE TABLE message_parts (
+    provider    TEXT NOT NULL,
+    part_id     TEXT NOT NULL,
+    message_id  TEXT NOT NULL REFERENCES messages (id),
+    seq         INTEGER NOT NULL,
+    status      TEXT,
+    code        INTEGER,
+    reason      TEXT,
+    PRIMARY KEY (provider, part_id)
+);
+CREATE INDEX message_parts_message ON message_parts (message_id, seq);
