@@ -26,6 +26,7 @@ from cascade.clock import FakeClock
 from cascade.domain.records import Receipt, StepState, WorkflowRecord, WorkflowState
 from cascade.domain.status import Status
 from cascade.engine.engine import Engine, Providers
+from cascade.errors import StoreUnavailable
 from cascade.store.sqlite import SqliteStore
 from tests.engine.harness import World, step, workflow, world
 
@@ -762,3 +763,42 @@ async def test_known_provider_id_sent_later_takes_its_orphan(
         assert statuses_of(done, 0) == ("submitted", "read")
         assert orphan_count(sqlite_store) == 0
         assert await w.engine.match_orphans() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="failover rules: a window closing on a message without status cancels its send job, "
+    "so a send the provider accepted just before a crash is never resent and its receipts stay "
+    "orphans (reported to the domain owner)",
+)
+async def test_window_closing_after_a_crash_mid_send_still_learns_the_message(
+    sqlite_store: SqliteStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox accepted a send but the worker died before storing it (its job stays locked
+    for the 30 s lease) and the 15 s window closes first: the message is still learned, so its
+    read counts as a late success and no receipt is left orphaned."""
+    async with world(sqlite_store, clock) as w:
+        original = sqlite_store.transition
+        died = []
+
+        async def transition(key: Any, decide: Any, *, done_job: int | None = None) -> Any:
+            if not died:
+                died.append(key)
+                raise StoreUnavailable("the worker died before the submit was stored")
+            return await original(key, decide, done_job=done_job)
+
+        monkeypatch.setattr(sqlite_store, "transition", transition)
+        workflow_id = await post(
+            w,
+            workflow(
+                step("messenger", "1000000", expiry=15, condition="read"),
+                step("sms", "447700900003"),
+            ),
+        )
+        assert died
+        await w.advance(120)
+        done = await w.workflow(workflow_id)
+        assert orphan_count(sqlite_store) == 0
+        assert done.messages[0].provider_message_id is not None
+        assert (done.messages[0].state, done.messages[0].status) == (SUCCEEDED, "read")
+        assert done.state is WorkflowState.COMPLETED
