@@ -59,6 +59,15 @@ DatabaseOption = Annotated[
         show_default=False,
     ),
 ]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Provider settings (TOML, e.g. [smpp]) [default: $CASCADE_CONFIG_FILE]",
+        show_default=False,
+    ),
+]
 ApiKeyOption = Annotated[
     str | None,
     typer.Option("--api-key", help="Which account (default: the first one)", show_default=False),
@@ -84,10 +93,12 @@ BasicSecretOption = Annotated[
 ]
 
 
-def _settings(database: str | None) -> Settings:
+def _settings(database: str | None, config: Path | None = None) -> Settings:
     settings = Settings()
     if database:
         settings.database_url = database
+    if config is not None:
+        settings.config_file = config
     return settings
 
 
@@ -141,11 +152,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port [default: 3000]")] = None,
     database: DatabaseOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Run the HTTP API (and the engine), creating and migrating the database on first start."""
     from cascade.runtime import run_server
 
-    settings = _settings(database)
+    settings = _settings(database, config)
     if host is not None:
         settings.host = host
     if port is not None:
@@ -157,13 +169,13 @@ def serve(
 
 
 @app.command()
-def worker(database: DatabaseOption = None) -> None:
+def worker(database: DatabaseOption = None, config: ConfigOption = None) -> None:
     """Run the engine alone (sends, timers, webhooks), beside API nodes started with
     CASCADE_RUN_WORKER=false."""
     from cascade.runtime import run_worker
 
     try:
-        asyncio.run(run_worker(_settings(database)))
+        asyncio.run(run_worker(_settings(database, config)))
     except CascadeError as exc:
         raise _fail(f"error: {exc}") from exc
 

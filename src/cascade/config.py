@@ -7,10 +7,14 @@ setting's name, never later.
 
 from __future__ import annotations
 
-from typing import Literal
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cascade.errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///cascade.db"
 
@@ -22,6 +26,11 @@ class Settings(BaseSettings):
         env_prefix="CASCADE_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
 
+    config_file: Path | None = Field(
+        None,
+        description="A TOML file with provider settings, e.g. an [smpp] table of SMSC "
+        "connections; without one every channel uses the sandbox",
+    )
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         description="sqlite:///path/to/file.db or postgresql://user@host:port/dbname",
@@ -58,3 +67,12 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["console", "json"] = Field("console")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The tables of the provider settings file; ConfigError when it cannot be read."""
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the configuration file {path}: {exc}") from exc

@@ -10,11 +10,13 @@ import uvicorn
 from starlette.applications import Starlette
 
 from cascade.api.app import create_app
+from cascade.channels.base import ChannelProvider
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
-from cascade.config import Settings
+from cascade.config import Settings, read_config_file
 from cascade.domain.records import WEBHOOK_JOB, Account
 from cascade.engine.engine import Engine, EngineSettings, Providers
+from cascade.errors import ConfigError
 from cascade.log import configure_logging
 from cascade.service import ensure_default_account, open_store
 from cascade.store.base import Store
@@ -68,7 +70,7 @@ def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
     engine = Engine(
         store,
-        Providers(sandbox),
+        Providers(sandbox, configured_providers(settings, clock)),
         clock,
         EngineSettings(
             batch_size=settings.worker_batch_size,
@@ -81,6 +83,24 @@ def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
     engine.handlers[WEBHOOK_JOB] = sender.run_job
     engine.closers.append(sender.close)
     return engine
+
+
+def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelProvider]:
+    """The real providers the configuration file names, by channel (SMS over SMPP when it
+    has an ``[smpp]`` table); channels it does not name stay on the sandbox."""
+    if settings.config_file is None:
+        return {}
+    tables = read_config_file(settings.config_file)
+    providers: dict[str, ChannelProvider] = {}
+    if "smpp" in tables:
+        from cascade.channels.smpp import SmppProvider
+        from cascade.channels.smpp_config import SmppSettings
+
+        smpp = tables["smpp"]
+        if not isinstance(smpp, dict):
+            raise ConfigError(f"{settings.config_file}: [smpp] must be a table")
+        providers["sms"] = SmppProvider(SmppSettings.from_mapping(smpp), clock=clock)
+    return providers
 
 
 async def run_worker(settings: Settings) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from cascade.api.app import create_app
+from cascade.channels.base import ChannelProvider
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import FakeClock
 from cascade.domain.records import WorkflowRecord
@@ -82,11 +83,16 @@ class World:
 
 
 @asynccontextmanager
-async def world(store: Store, clock: FakeClock, **settings: Any) -> AsyncIterator[World]:
-    """A World over an opened store."""
+async def world(
+    store: Store,
+    clock: FakeClock,
+    providers: dict[str, ChannelProvider] | None = None,
+    **settings: Any,
+) -> AsyncIterator[World]:
+    """A World over an opened store; ``providers`` replace the sandbox for some channels."""
     tenant = await make_tenant(store, clock)
     sandbox = SandboxProvider(store, clock)
-    engine = Engine(store, Providers(sandbox), clock, EngineSettings(**settings))
+    engine = Engine(store, Providers(sandbox, providers), clock, EngineSettings(**settings))
     await engine.start(run_loop=False)
     app = create_app(store, clock=clock, report_horizon=engine.settings.report_horizon)
     async with httpx.AsyncClient(
