@@ -717,7 +717,7 @@ async def test_window_closing_while_the_send_is_in_flight_keeps_the_message(
         assert (messenger.state, messenger.status, messenger.error_code) == (
             EXPIRED,
             "undeliverable",
-            1100,
+            1330,
         )
         assert messenger.provider_message_id is not None  # stored although the status stays
         assert (sms.state, sms.status) == (ACTIVE, "submitted")

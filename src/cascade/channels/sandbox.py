@@ -132,10 +132,11 @@ class SandboxProvider(ChannelProvider):
         now = self._clock.now()
         accepts_now = script not in ("0001", "0004", "0006")
         receipts = scripted_receipts(script, message.channel, now, self._speed)
+        provider_message_id = f"sandbox-{uuid.uuid4()}"
         record = await self._journal.sandbox_receive(
             SandboxMessage(
                 message_id=message.message_id,
-                provider_message_id=f"sandbox-{uuid.uuid4()}",
+                provider_message_id=provider_message_id,
                 channel=message.channel,
                 recipient=message.recipient,
                 text=message.text,
@@ -155,8 +156,10 @@ class SandboxProvider(ChannelProvider):
             # accepted only now, after earlier throttled attempts
             await self._journal.sandbox_set_receipts(record.provider_message_id, receipts, now)
             self._owe(record.provider_message_id, receipts)
-        elif record.attempts == 1:
-            self._owe(record.provider_message_id, receipts)
+        elif record.provider_message_id == provider_message_id:
+            self._owe(record.provider_message_id, receipts)  # a new message
+        # else: a resend of an accepted message (the engine died before storing the result):
+        # same answer as the first time; its receipts are already owed from the journal
         return SendResult(record.provider_message_id, price=price, currency="EUR")
 
     def _owe(self, provider_message_id: str, receipts: list[tuple[float, str]]) -> None:
@@ -176,7 +179,11 @@ class SandboxProvider(ChannelProvider):
         emitted = 0
         while self._due and self._due[0][0] <= now:
             at, status, provider_message_id = heapq.heappop(self._due)
-            await self._sink.receipt(Receipt(self.name, provider_message_id, Status(status), at))
+            # stamped when sent: after a restart, receipts that fell due meanwhile arrive now
+            emitted_at = max(at, now)
+            await self._sink.receipt(
+                Receipt(self.name, provider_message_id, Status(status), emitted_at)
+            )
             owed = self._owed.get(provider_message_id, [])
             if (at, status) in owed:
                 owed.remove((at, status))

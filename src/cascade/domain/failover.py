@@ -310,7 +310,9 @@ def _window_closed(workflow: WorkflowRecord, closed: WindowClosed, horizon: floa
     change.state = StepState.EXPIRED
     if step.status is None:
         # the message never reached the provider: its send is abandoned with the window
-        code, reason = closed.last_error or (1100, "Communication failed")
+        # without a transient error to blame, the send may even have reached the provider
+        # (a worker died mid-send), so the honest code is "unknown"
+        code, reason = closed.last_error or (1330, "Unknown: no answer before the window closed")
         change.status = Status.UNDELIVERABLE
         change.error_code = code
         change.error_reason = reason

@@ -282,7 +282,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
         """Record one send the sandbox received: a new message is stored as given; for a
-        known message_id only the attempt count goes up and the stored record is returned."""
+        known message_id the stored record is returned, its attempt count raised only while
+        the message is not yet accepted (a resend after a crash is not a second message)."""
 
     @abc.abstractmethod
     async def sandbox_set_receipts(

@@ -815,7 +815,8 @@ class SqliteStore(Store):
                 "INSERT INTO sandbox_messages (message_id, provider_message_id, channel, "
                 "recipient, text, attempts, received_at, receipts_due) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE SET "
-                "attempts = attempts + 1",
+                # a resend of a message already accepted is recognised, not counted
+                "attempts = attempts + 1 WHERE sandbox_messages.received_at IS NULL",
                 (
                     message.message_id,
                     message.provider_message_id,
