@@ -1,0 +1,160 @@
+"""End-to-end sandbox throughput: workflows completed per second by ``cascade serve``.
+
+It starts ``cascade serve`` (engine in-process, the built-in sandbox with
+``CASCADE_SANDBOX_SPEED=--speed``, so receipts come ``--speed`` times sooner than documented)
+over a fresh SQLite file, POSTs ``--n`` workflows from ``--connections`` concurrent clients as
+fast as the API takes them, and waits until every workflow has finished. Then it reads from the
+database when the first was accepted and the last finished, and reports
+
+* workflows completed per second, from the first accept to the last completion;
+* jobs run per second over the same span (the engine's ``cascade_jobs_run`` counter: sends,
+  step timers, report horizons, webhooks) and receipts applied per second;
+* how long the last workflow took after the last accept (the engine's backlog at the end).
+
+Shapes (``--shape``), default recipients only (every message is delivered):
+
+* ``sms``: one SMS step, complete on ``delivered`` (the sandbox delivers after 1 s / speed);
+* ``failover``: Messenger with ``condition_status: read`` and ``expiry_time: 600`` then SMS; it
+  completes when the Messenger message is read (2 s / speed), so the SMS step is cancelled.
+
+No webhook URL is configured, so the status and final-report webhooks are stored (as
+``no_url``) but not delivered.
+
+    .venv/bin/python bench/throughput.py                      # 10,000 sms, speed 100
+    .venv/bin/python bench/throughput.py --shape failover --n 5000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import enginelib as lib
+
+FINISHED_SQL = "SELECT count(*) FROM workflows WHERE state != 'running'"
+SPAN_SQL = (
+    "SELECT min(created_at), max(created_at), max(finished_at), count(*), "
+    "sum(state = 'completed') FROM workflows"
+)
+
+
+def body(shape: str) -> bytes:
+    if shape == "sms":
+        return lib.dispatch(lib.sms_step())
+    return lib.dispatch(
+        lib.messenger_step("1234567890123456", expiry_time=600, condition="read"), lib.sms_step()
+    )
+
+
+def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+    env = {"CASCADE_SANDBOX_SPEED": str(args.speed), "CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
+    if args.batch_size:
+        env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
+    server = lib.Server(procs, env, keep=args.keep)
+    try:
+        server.start()
+        before = server.metrics()
+        cpu0 = lib.process_cpu(server.pid)
+        busy0, wall0 = lib.machine_busy(), time.monotonic()
+        posted = lib.post_many(
+            server.port, server.token, body(args.shape), args.n, args.connections
+        )
+        accepted = posted.accepted
+        print(
+            f"accepted {accepted} of {args.n} in {posted.finished - posted.started:.2f} s "
+            f"({posted.rate:,.0f}/s; statuses {posted.statuses}, errors {posted.errors})",
+            flush=True,
+        )
+        if accepted == 0:
+            raise lib.BenchError("nothing was accepted")
+        server.wait_for(
+            "every workflow to finish",
+            lambda: server.query(FINISHED_SQL)[0][0] >= accepted,
+            timeout=args.timeout,
+            interval=0.2,
+        )
+        cpu1 = lib.process_cpu(server.pid)
+        busy1, wall1 = lib.machine_busy(), time.monotonic()
+        after = server.metrics()
+        server.stop()
+        first, last_accept, last_finish, workflows, completed = server.query(SPAN_SQL)[0]
+    finally:
+        server.cleanup()
+    span = last_finish - first
+    jobs = lib.labelled_sum(after, "cascade_jobs_run_total") - lib.labelled_sum(
+        before, "cascade_jobs_run_total"
+    )
+    receipts = lib.labelled_sum(after, "cascade_receipts_total") - lib.labelled_sum(
+        before, "cascade_receipts_total"
+    )
+    return {
+        "shape": args.shape,
+        "speed": args.speed,
+        "workflows": workflows,
+        "completed": completed,
+        "accept_rate": posted.rate,
+        "span_s": span,
+        "workflows_per_s": workflows / span,
+        "jobs": jobs,
+        "jobs_per_s": jobs / span,
+        "receipts": receipts,
+        "receipts_per_s": receipts / span,
+        "tail_s": last_finish - last_accept,
+        "server_cpu_s": cpu1 - cpu0,
+        "server_cpu_cores": (cpu1 - cpu0) / (wall1 - wall0),
+        "machine_busy_cores": (busy1 - busy0) / (wall1 - wall0),
+    }
+
+
+def print_result(r: dict[str, Any]) -> None:
+    print()
+    print(
+        f"shape {r['shape']}, sandbox speed {r['speed']:g}: {r['workflows']:,} workflows, "
+        f"{r['completed']:,} completed"
+    )
+    print(f"{'':<34} {'value':>10}")
+    rows = [
+        ("accepted / s (API, while the engine ran)", f"{r['accept_rate']:,.0f}"),
+        ("first accept -> last finished (s)", f"{r['span_s']:.2f}"),
+        ("workflows completed / s", f"{r['workflows_per_s']:,.0f}"),
+        ("jobs run / s", f"{r['jobs_per_s']:,.0f}"),
+        ("receipts applied / s", f"{r['receipts_per_s']:,.0f}"),
+        ("last accept -> last finished (s)", f"{r['tail_s']:.2f}"),
+        ("server CPU (cores, avg)", f"{r['server_cpu_cores']:.2f}"),
+        ("machine busy (cores, avg)", f"{r['machine_busy_cores']:.2f}"),
+    ]
+    for name, value in rows:
+        print(f"{name:<42} {value:>10}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="workflows")
+    parser.add_argument("--shape", choices=["sms", "failover"], default="sms")
+    parser.add_argument("--speed", type=float, default=100.0, help="CASCADE_SANDBOX_SPEED")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument("--batch-size", type=int, default=0, help="CASCADE_WORKER_BATCH_SIZE")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait in all")
+    parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = parser.parse_args(argv)
+    lib.install_signal_handlers()
+    procs = lib.Processes()
+    print(f"machine: {lib.describe_machine()}", flush=True)
+    try:
+        result = run(args, procs)
+    except lib.BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop_all()
+    print_result(result)
+    lib.write_json("throughput", {"options": vars(args), "result": result}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Timer lateness: how late the failover of an expired step goes out.
+
+It starts ``cascade serve`` (engine in-process, the built-in sandbox) over a fresh SQLite file and
+POSTs ``--n`` two-step workflows as fast as the API takes them, from ``--connections``
+concurrent clients: step 1 is Messenger to a recipient ending in ``0003`` (the sandbox says
+``submitted`` and then nothing), ``condition_status: delivered`` and ``expiry_time: 15`` (the
+minimum); step 2 is SMS to a default recipient. Every step 1 therefore expires 15 s after it
+started, and the engine must fail over to the SMS.
+
+When every SMS has been submitted, the server is stopped and the times are read from the database:
+
+* due         = step 1's ``messages.started_at`` + 15 s (the ``step_timeout`` job's ``run_at``)
+* failover    = the ``failover`` event of step 1 (written by the timer's transition)
+* SMS started = the ``step_started`` event of step 2 (same transaction, same time)
+* SMS submit  = step 2's ``status = submitted`` event (after the sandbox took the send job)
+
+and the lateness of each is reported as p50 / p99 / max over the workflows. The target is
+p99 <= 100 ms from due to the SMS submit. The server's own ``cascade_timer_lateness_seconds``
+histogram (every job: when it was claimed after its ``run_at``) is printed beside it.
+
+    .venv/bin/python bench/timers.py                  # 10,000 workflows, 32 clients
+    .venv/bin/python bench/timers.py --n 2000 --connections 16 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import enginelib as lib
+
+EXPIRY = 15
+TARGET_P99_MS = 100.0
+
+#: per workflow: step 1's due time and the times of what its expiry caused
+LATENESS_SQL = """
+SELECT m0.workflow_id,
+       m0.started_at + m0.expiry_time,
+       (SELECT at FROM events e WHERE e.workflow_id = m0.workflow_id AND e.message_id = m0.id
+            AND e.kind = 'failover'),
+       (SELECT at FROM events e WHERE e.workflow_id = m0.workflow_id AND e.message_id = m1.id
+            AND e.kind = 'step_started'),
+       (SELECT at FROM events e WHERE e.workflow_id = m0.workflow_id AND e.message_id = m1.id
+            AND e.kind = 'status' AND e.status = 'submitted'),
+       (SELECT at FROM events e WHERE e.workflow_id = m0.workflow_id AND e.message_id = m0.id
+            AND e.kind = 'status' AND e.status = 'submitted'),
+       m0.started_at,
+       m0.status
+FROM messages m0 JOIN messages m1 ON m1.workflow_id = m0.workflow_id AND m1.step = 1
+WHERE m0.step = 0
+"""
+
+SMS_SUBMITTED_SQL = (
+    "SELECT count(*) FROM events WHERE kind = 'status' AND status = 'submitted' AND message_id IN "
+    "(SELECT id FROM messages WHERE step = 1)"
+)
+
+
+def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
+    if args.batch_size:
+        env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
+    server = lib.Server(procs, env, keep=args.keep)
+    try:
+        server.start()
+        body = lib.dispatch(
+            lib.messenger_step("1234567890120003", expiry_time=EXPIRY, condition="delivered"),
+            lib.sms_step(),
+        )
+        cpu0 = lib.process_cpu(server.pid)
+        posted = lib.post_many(server.port, server.token, body, args.n, args.connections)
+        accepted = posted.accepted
+        print(
+            f"accepted {accepted} of {args.n} in {posted.finished - posted.started:.2f} s "
+            f"({posted.rate:,.0f}/s; statuses {posted.statuses}, errors {posted.errors})",
+            flush=True,
+        )
+        if accepted == 0:
+            raise lib.BenchError("nothing was accepted")
+        # every SMS submitted: the last timer is due EXPIRY s after the last accept
+        remaining = posted.finished + EXPIRY - time.time()
+        spy = None
+        if args.profile:
+            # sample the timer phase: from the first timer due to a little after the last
+            time.sleep(max(0.0, posted.started + EXPIRY - time.time()))
+            spy_seconds = posted.finished - posted.started + 2.0
+            spy = lib.start_py_spy(
+                procs, server.pid, spy_seconds, Path(args.profile).resolve(),
+                server.workdir / "py-spy.log",
+            )  # fmt: skip
+        server.wait_for(
+            "every SMS step to be submitted",
+            lambda: server.query(SMS_SUBMITTED_SQL)[0][0] >= accepted,
+            timeout=max(0.0, remaining) + args.timeout,
+        )
+        cpu1 = lib.process_cpu(server.pid)
+        samples = server.metrics()
+        if args.profile and spy is not None:
+            spy.wait(60)
+            print(f"py-spy profile of the timer phase: {args.profile}")
+        server.stop()
+        rows = server.query(LATENESS_SQL)
+    finally:
+        server.cleanup()
+    return summarize(rows, posted, samples, cpu1 - cpu0)
+
+
+def summarize(
+    rows: list[tuple[Any, ...]], posted: lib.PostResult, samples: dict[str, float], cpu: float
+) -> dict[str, Any]:
+    missing = sum(1 for r in rows if r[4] is None)
+    never_sent = sum(1 for r in rows if r[7] != "submitted")
+    series = {
+        "failover event": sorted((r[2] - r[1]) * 1000 for r in rows if r[2] is not None),
+        "SMS step_started": sorted((r[3] - r[1]) * 1000 for r in rows if r[3] is not None),
+        "SMS submitted": sorted((r[4] - r[1]) * 1000 for r in rows if r[4] is not None),
+    }
+    # for context: how long after its accept step 1 was submitted (the send path under load)
+    first_send = sorted((r[5] - r[6]) * 1000 for r in rows if r[5] is not None)
+    stats = {
+        name: {
+            "n": len(values),
+            "p50_ms": lib.percentile(values, 50),
+            "p99_ms": lib.percentile(values, 99),
+            "max_ms": values[-1] if values else float("nan"),
+        }
+        for name, values in {**series, "step 1 accept->submit": first_send}.items()
+    }
+    buckets = lib.histogram(samples, "cascade_timer_lateness_seconds")
+    return {
+        "workflows": len(rows),
+        "accepted": posted.accepted,
+        "accept_seconds": posted.finished - posted.started,
+        "accept_rate": posted.rate,
+        "missing_sms_submit": missing,
+        "step1_not_submitted": never_sent,
+        "lateness": stats,
+        "engine_histogram": {str(k): v for k, v in buckets.items()},
+        "jobs_run": lib.labelled_sum(samples, "cascade_jobs_run_total"),
+        "server_cpu_s": cpu,
+        "target_met": stats["SMS submitted"]["p99_ms"] <= TARGET_P99_MS and missing == 0,
+    }
+
+
+def print_result(result: dict[str, Any]) -> None:
+    print()
+    print(
+        f"{result['workflows']:,} workflows, accepted in {result['accept_seconds']:.2f} s "
+        f"({result['accept_rate']:,.0f}/s); step 1 expiry_time {EXPIRY} s"
+    )
+    print(f"{'lateness after due':<24} {'n':>7} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
+    for name, s in result["lateness"].items():
+        print(f"{name:<24} {s['n']:>7} {s['p50_ms']:>9.1f} {s['p99_ms']:>9.1f} {s['max_ms']:>9.1f}")
+    total = max(result["engine_histogram"].values(), default=0.0)
+    below = ", ".join(
+        f"<={float(k) * 1000:g} ms {v / total:.1%}"
+        for k, v in result["engine_histogram"].items()
+        if total and float(k) <= 0.5
+    )
+    print(f"engine histogram (all jobs, claim lateness): {below}")
+    print(
+        f"server CPU {result['server_cpu_s']:.1f} s; jobs run {result['jobs_run']:,.0f}; "
+        f"step 1 never submitted: {result['step1_not_submitted']}; "
+        f"SMS never submitted: {result['missing_sms_submit']}"
+    )
+    verdict = "met" if result["target_met"] else "MISSED"
+    print(f"target p99 <= {TARGET_P99_MS:g} ms (due -> SMS submitted): {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10_000, help="workflows")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument("--batch-size", type=int, default=0, help="CASCADE_WORKER_BATCH_SIZE")
+    parser.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait past the last timer"
+    )
+    parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument(
+        "--profile", metavar="PATH", help="sample the timer phase with py-spy (collapsed stacks)"
+    )
+    args = parser.parse_args(argv)
+    lib.install_signal_handlers()
+    procs = lib.Processes()
+    print(f"machine: {lib.describe_machine()}", flush=True)
+    try:
+        result = run(args, procs)
+    except lib.BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop_all()
+    print_result(result)
+    lib.write_json("timers", {"options": vars(args), "result": result}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
