@@ -915,7 +915,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
-    opts = Options(args.duration, args.warmup, args.tokens, args.postgres_url, args.keep, args.nice)
+    opts = Options(
+        duration=args.duration,
+        warmup=args.warmup,
+        tokens=args.tokens,
+        postgres_url=args.postgres_url,
+        keep=args.keep,
+        nice=args.nice,
+        wait_idle=args.wait_idle,
+    )
     procs = Processes(args.nice)
     results: list[RunResult] = []
     try:
@@ -938,10 +946,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = summarize(results, configs)
     print_table(rows, gen, opts, args.runs)
     if args.json:
-        path = Path(args.json) if args.json != "auto" else None
-        if path is None:
-            RESULTS_DIR.mkdir(exist_ok=True)
-            path = RESULTS_DIR / f"accept-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        path = (
+            Path(args.json)
+            if args.json != "auto"
+            else RESULTS_DIR / f"accept-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
             "generator": asdict(gen) | {"description": gen.describe()},
