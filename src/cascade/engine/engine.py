@@ -172,6 +172,8 @@ class Engine:
         for provider in self.providers.all():
             await provider.start(self)
         if run_loop:
+            # work queued by other processes wakes the loop too (where the store can signal it)
+            await self.store.listen_for_jobs(self.wake)
             self._background = [
                 asyncio.create_task(self._loop(), name="engine-loop"),
                 asyncio.create_task(self._heartbeat(), name="engine-heartbeat"),

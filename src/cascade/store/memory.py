@@ -33,6 +33,7 @@ from cascade.domain.records import (
     WorkflowRecord,
     WorkflowState,
 )
+from cascade.domain.status import Status
 from cascade.errors import IdempotencyConflict, NotFound, StoreConflict, StoreUnavailable
 from cascade.store.base import (
     UNSET,
@@ -75,6 +76,17 @@ class _JobRow:
 
 
 @dataclasses.dataclass(slots=True)
+class _Part:
+    """One part of a message sent as several, with its latest receipt."""
+
+    message_id: str
+    seq: int
+    status: Status | None = None
+    code: int | None = None
+    reason: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
 class _SendLog:
     """The send attempts of one message: how many began, and when the first did."""
 
@@ -103,6 +115,8 @@ class MemoryStore(Store):
         self._webhook_attempts: list[WebhookAttempt] = []
         self._orphans: dict[int, tuple[Receipt, float]] = {}
         self._orphan_ids = itertools.count(1)
+        #: parts of messages sent as several, by (provider, part id)
+        self._parts: dict[tuple[str, str], _Part] = {}
         #: the sandbox journal, in the order messages arrived
         self._sandbox: dict[str, SandboxMessage] = {}
 
@@ -513,11 +527,36 @@ class MemoryStore(Store):
                 receipt.provider != provider or receipt.provider_message_id != provider_message_id
             ):
                 continue
-            if self._by_provider_id(receipt.provider, receipt.provider_message_id) is None:
+            ref = (receipt.provider, receipt.provider_message_id)
+            if ref not in self._parts and self._by_provider_id(*ref) is None:
                 continue
             del self._orphans[orphan_id]
             taken.append(receipt)
         return taken
+
+    async def add_message_parts(
+        self, provider: str, message_id: str, part_ids: Sequence[str]
+    ) -> None:
+        self._check_open()
+        if not part_ids:
+            return
+        if message_id not in self._messages:
+            raise StoreConflict(f"no message {message_id} to add parts to")
+        for seq, part_id in enumerate(part_ids):
+            # a part id already known keeps its first message, as ON CONFLICT DO NOTHING
+            self._parts.setdefault((provider, part_id), _Part(message_id, seq))
+
+    async def record_part_receipt(self, receipt: Receipt) -> tuple[str, list[Status | None]] | None:
+        self._check_open()
+        part = self._parts.get((receipt.provider, receipt.provider_message_id))
+        if part is None:
+            return None
+        part.status, part.code, part.reason = receipt.status, receipt.code, receipt.reason
+        siblings = sorted(
+            (p for p in self._parts.values() if p.message_id == part.message_id),
+            key=lambda p: p.seq,
+        )
+        return part.message_id, [p.status for p in siblings]
 
     async def defer_job(self, job_id: int, run_at: float) -> None:
         self._check_open()
@@ -675,6 +714,7 @@ def _check_provider_refs(messages: Iterable[MessageRecord]) -> None:
 
 
 _MESSAGE_CHANGE_FIELDS = (
+    "segments",
     "state",
     "status",
     "error_code",

@@ -14,6 +14,13 @@ order, so only the request at fault fails, as SQLite's per-write savepoints give
 
 Driver errors are wrapped: integrity violations become :class:`StoreConflict`, everything else
 the driver raises (connection refused or lost, server shutting down) :class:`StoreUnavailable`.
+
+Wake-ups across processes: every transaction that queues or releases a job also sends a NOTIFY
+on ``cascade_jobs`` (delivered at its commit, never for a rollback), and
+:meth:`PostgresStore.listen_for_jobs` keeps a connection of its own (not a pooled one, which
+would be handed to other work) LISTENing on that channel, so a worker learns of work another
+process queued at once instead of at its next poll. That connection is opened again whenever it
+drops; while it is down the engine's poll still finds every job, only later.
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import json
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import structlog
 
 from cascade.domain.failover import Changes
 from cascade.domain.records import (
@@ -73,7 +81,7 @@ _MESSAGE_COLUMNS = (
     "provider_message_id, price, currency, started_at, created_at, updated_at"
 )
 #: what a MessageRecord is read from (the stored columns plus the last transient error)
-_MESSAGE_READ = _MESSAGE_COLUMNS + ", last_error_code, last_error_reason"
+_MESSAGE_READ = _MESSAGE_COLUMNS + ", last_error_code, last_error_reason, segments"
 
 _INSERT_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys "
@@ -95,12 +103,26 @@ _INSERT_MESSAGE = (
 )
 _INSERT_JOB = "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES ($1, $2, $3, $4)"
 
+#: the channel a transaction that queues or releases jobs notifies (at its commit)
+JOBS_CHANNEL = "cascade_jobs"
+#: one notification per transaction however often it is sent: PostgreSQL folds identical ones
+_NOTIFY_JOBS = f"SELECT pg_notify('{JOBS_CHANNEL}', '')"
+#: seconds between liveness checks of the listening connection (a silently dead peer)
+_LISTEN_CHECK = 30.0
+#: seconds to wait before opening a dropped listening connection again, doubling up to the cap
+_LISTEN_RETRY = 0.5
+_LISTEN_RETRY_CAP = 30.0
+#: seconds to wait for the server when opening, checking or closing the listening connection
+_LISTEN_TIMEOUT = 10.0
+
 #: requests written by one transaction at most
 _MAX_BATCH = 256
 #: the advisory lock that serialises migrations of one database ("cascade" in ASCII)
 _MIGRATION_LOCK = int.from_bytes(b"cascade", "big")
 
 _Outcome = Accepted | BaseException
+
+log = structlog.get_logger(__name__)
 
 #: everything the driver raises: server errors, client-side misuse or a broken connection's
 #: protocol state (InternalClientError, e.g. after the server dropped the connection mid-query)
@@ -262,7 +284,10 @@ async def _write_batch(conn: Any, batch: Sequence[_Request]) -> list[_Outcome]:
     if fresh:
         await conn.executemany(_INSERT_WORKFLOW, [rows.workflow for rows in fresh])
         await conn.executemany(_INSERT_MESSAGE, [m for rows in fresh for m in rows.messages])
-        await conn.executemany(_INSERT_JOB, [j for rows in fresh for j in rows.jobs])
+        jobs = [j for rows in fresh for j in rows.jobs]
+        await conn.executemany(_INSERT_JOB, jobs)
+        if jobs:
+            await conn.execute(_NOTIFY_JOBS)
     return [Accepted(created=True) if outcome is None else outcome for outcome in outcomes]
 
 
@@ -293,6 +318,10 @@ class PostgresStore(Store):
         #: how many accept transactions and requests were committed (for tests and metrics)
         self.commits = 0
         self.writes = 0
+        #: what listen_for_jobs calls on a notification, and the task keeping its connection
+        self._wakers: list[Callable[[], None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._listening: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -339,6 +368,12 @@ class PostgresStore(Store):
     async def close(self) -> None:
         self._closing = True
         self._wakeup.set()
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener  # closes the listening connection
+        self._wakers.clear()
         if self._collector is not None:
             collector, self._collector = self._collector, None
             await collector  # returns once every queued request is committed
@@ -693,6 +728,8 @@ class PostgresStore(Store):
                     *error,
                     message_id,
                 )
+                # released: a worker elsewhere may take it when due, sooner than its next poll
+                await conn.execute(_NOTIFY_JOBS)
 
     async def begin_send(self, message_id: str, now: float) -> SendAttempt:
         pool = self._require_pool()
@@ -739,7 +776,8 @@ class PostgresStore(Store):
         pool = self._require_pool()
         with _driver_errors("queueing webhooks failed"):
             async with pool.acquire() as conn, conn.transaction():
-                await _insert_webhooks(conn, webhooks, now)
+                if await _insert_webhooks(conn, webhooks, now):
+                    await conn.execute(_NOTIFY_JOBS)
 
     async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:
         await self._fetch(
@@ -759,8 +797,10 @@ class PostgresStore(Store):
         self, provider: str | None = None, provider_message_id: str | None = None
     ) -> list[Receipt]:
         sql = (
-            "DELETE FROM orphan_receipts o USING messages m WHERE m.provider = o.provider "
-            "AND m.provider_message_id = o.provider_message_id"
+            "DELETE FROM orphan_receipts o WHERE (EXISTS (SELECT 1 FROM messages m "
+            "WHERE m.provider = o.provider AND m.provider_message_id = o.provider_message_id) "
+            "OR EXISTS (SELECT 1 FROM message_parts p WHERE p.provider = o.provider "
+            "AND p.part_id = o.provider_message_id))"
         )
         args: tuple[Any, ...] = ()
         if provider is not None:
@@ -776,6 +816,127 @@ class PostgresStore(Store):
             Receipt(r[1], r[2], Status(r[3]), r[4], r[5], r[6])
             for r in sorted(rows, key=lambda r: int(r[0]))
         ]
+
+    async def add_message_parts(
+        self, provider: str, message_id: str, part_ids: Sequence[str]
+    ) -> None:
+        if not part_ids:
+            return
+        # one statement: every part or none; a part id already known keeps its first message
+        await self._fetch(
+            "recording message parts failed",
+            "INSERT INTO message_parts (provider, part_id, message_id, seq) "
+            "SELECT $1, part, $2, (ord - 1)::integer "
+            "FROM unnest($3::text[]) WITH ORDINALITY AS parts (part, ord) "
+            "ON CONFLICT DO NOTHING",
+            provider,
+            message_id,
+            list(part_ids),
+        )
+
+    async def record_part_receipt(self, receipt: Receipt) -> tuple[str, list[Status | None]] | None:
+        pool = self._require_pool()
+        with _driver_errors("recording a part's receipt failed"):
+            async with pool.acquire() as conn, conn.transaction():
+                # lock every part of the message, in order: receipts for two parts arriving at
+                # once then run in turn and the second sees the first (as SQLite's one writer)
+                rows = await conn.fetch(
+                    "SELECT message_id, provider, part_id, status FROM message_parts "
+                    "WHERE message_id = (SELECT message_id FROM message_parts "
+                    "WHERE provider = $1 AND part_id = $2) ORDER BY seq FOR UPDATE",
+                    receipt.provider,
+                    receipt.provider_message_id,
+                )
+                part = (receipt.provider, receipt.provider_message_id)
+                if not any((row[1], row[2]) == part for row in rows):
+                    return None  # no such part
+                await conn.execute(
+                    "UPDATE message_parts SET status = $1, code = $2, reason = $3 "
+                    "WHERE provider = $4 AND part_id = $5",
+                    receipt.status.value,
+                    receipt.code,
+                    receipt.reason,
+                    *part,
+                )
+        statuses = [receipt.status if (row[1], row[2]) == part else _status(row[3]) for row in rows]
+        return str(rows[0][0]), statuses
+
+    async def listen_for_jobs(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` on every notification of queued jobs, from this process or another.
+
+        Returns once the first attempt to listen is made (so a job queued after it returns is
+        heard when the database is up); a failure is logged and retried in the background, and
+        never reaches the caller."""
+        self._require_pool()
+        self._wakers.append(wake)
+        if self._listener is not None:
+            return
+        first = asyncio.Event()
+        listener = asyncio.create_task(self._listen(first), name="cascade-pg-listener")
+        self._listener = listener
+        waiting = asyncio.ensure_future(first.wait())
+        try:
+            await asyncio.wait({waiting, listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        """A notification on the jobs channel: call every waker."""
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        """Call every waker; one that fails is logged and the others still run."""
+        for wake in list(self._wakers):
+            try:
+                wake()
+            except Exception:
+                log.exception("store.listen_wake_failed")
+
+    async def _listen(self, first: asyncio.Event) -> None:
+        """Keep a connection LISTENing on the jobs channel until the store closes, opening it
+        again whenever it drops or fails to open, after a pause that doubles while it keeps
+        failing. Nothing it meets ends it but the store closing (which cancels it)."""
+        delay = _LISTEN_RETRY
+        resumed = False
+        while not self._closing:
+            conn: Any = None
+            try:
+                conn = await asyncpg.connect(self.url, timeout=_LISTEN_TIMEOUT)
+                await conn.add_listener(JOBS_CHANNEL, self._notified)
+                first.set()
+                opened = time.monotonic()
+                self._listening = conn
+                if resumed:
+                    log.info("store.listen_resumed", url=_redact(self.url))
+                    self._wake_all()  # jobs may have been queued while nobody listened
+                problem = await _until_lost(conn)
+                if time.monotonic() - opened >= _LISTEN_CHECK:
+                    delay = _LISTEN_RETRY  # it had been working: try again soon
+                log.warning(
+                    "store.listen_lost", url=_redact(self.url), error=problem, retry_in=delay
+                )
+            except Exception as exc:  # whatever went wrong, the engine's poll goes on
+                log.warning(
+                    "store.listen_failed",
+                    url=_redact(self.url),
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=delay,
+                )
+            finally:
+                self._listening = None
+                if conn is not None:
+                    await _close_quietly(conn)
+            first.set()
+            resumed = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _LISTEN_RETRY_CAP)
+
+    @property
+    def listener_pid(self) -> int | None:
+        """The server process of the connection listening for jobs (as pg_stat_activity shows
+        it), None while there is none."""
+        conn = self._listening
+        return None if conn is None or conn.is_closed() else int(conn.get_server_pid())
 
     async def defer_job(self, job_id: int, run_at: float) -> None:
         await self._fetch(
@@ -910,6 +1071,7 @@ class PostgresStore(Store):
                     await conn.executemany(
                         _INSERT_JOB, [(WEBHOOK_JOB, ref, now, now) for ref in refs]
                     )
+                    await conn.execute(_NOTIFY_JOBS)
         return len(ids)
 
     # --- the sandbox provider's journal ----------------------------------------------------
@@ -1000,6 +1162,7 @@ _SANDBOX_COLUMNS = (
 WEBHOOK_JOB = "webhook"
 
 _MESSAGE_CHANGE_FIELDS = (
+    "segments",
     "state",
     "status",
     "error_code",
@@ -1010,6 +1173,37 @@ _MESSAGE_CHANGE_FIELDS = (
     "currency",
     "started_at",
 )
+
+
+def _status(value: str | None) -> Status | None:
+    """A stored status, if any."""
+    return Status(value) if value is not None else None
+
+
+async def _until_lost(conn: Any) -> str:
+    """Wait until a listening connection drops, checking now and then that the server still
+    answers on it (a peer gone without a word closes nothing); returns what went wrong."""
+    lost = asyncio.Event()
+    conn.add_termination_listener(lambda _conn: lost.set())
+    while not conn.is_closed():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lost.wait(), _LISTEN_CHECK)
+            break
+        try:
+            await conn.fetchval("SELECT 1", timeout=_LISTEN_TIMEOUT)
+        except (*_DRIVER_ERRORS, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+    return "the connection was closed"
+
+
+async def _close_quietly(conn: Any) -> None:
+    """Close a connection that may already be broken, without raising."""
+    try:
+        with contextlib.suppress(*_DRIVER_ERRORS, TimeoutError):
+            await conn.close(timeout=_LISTEN_TIMEOUT)
+    finally:
+        if not conn.is_closed():
+            conn.terminate()
 
 
 def _encode_receipts(receipts: Sequence[tuple[float, str]]) -> str:
@@ -1131,11 +1325,14 @@ async def _persist(
         await conn.executemany(
             _INSERT_JOB, [(job.kind, job.ref, job.run_at, created) for job in changes.jobs]
         )
-    await _insert_webhooks(conn, webhooks, created)
+    if await _insert_webhooks(conn, webhooks, created) or changes.jobs:
+        await conn.execute(_NOTIFY_JOBS)
 
 
-async def _insert_webhooks(conn: Any, webhooks: Sequence[NewWebhook], created: float) -> None:
-    """Queue webhooks, each with the URL of its kind unless it names one, and its job."""
+async def _insert_webhooks(conn: Any, webhooks: Sequence[NewWebhook], created: float) -> int:
+    """Queue webhooks, each with the URL of its kind unless it names one, and its job; returns
+    how many jobs were queued."""
+    queued = 0
     urls: dict[tuple[str, str | None, str], str | None] = {}
     for webhook in webhooks:
         url = webhook.url
@@ -1161,6 +1358,8 @@ async def _insert_webhooks(conn: Any, webhooks: Sequence[NewWebhook], created: f
         )
         if url:
             await conn.execute(_INSERT_JOB, WEBHOOK_JOB, str(webhook_id), created, created)
+            queued += 1
+    return queued
 
 
 async def _destination(

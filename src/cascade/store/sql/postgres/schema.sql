@@ -62,6 +62,7 @@ CREATE TABLE messages (
     send_started_at     double precision,
     last_error_code     integer,
     last_error_reason   text,
+    segments            integer,
     UNIQUE (workflow_id, step)
 );
 CREATE INDEX messages_account ON messages (account_id, created_at);
@@ -165,3 +166,17 @@ CREATE TABLE webhook_attempts (
     duration    double precision NOT NULL
 );
 CREATE INDEX webhook_attempts_webhook ON webhook_attempts (webhook_id, id);
+
+-- The parts of a message sent as several (a long SMS): each part's provider id and latest
+-- receipt, combined into the message's status.
+CREATE TABLE message_parts (
+    provider   text NOT NULL,
+    part_id    text NOT NULL,
+    message_id text NOT NULL REFERENCES messages (id),
+    seq        integer NOT NULL,
+    status     text,
+    code       integer,
+    reason     text,
+    PRIMARY KEY (provider, part_id)
+);
+CREATE INDEX message_parts_message ON message_parts (message_id, seq);
