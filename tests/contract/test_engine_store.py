@@ -633,6 +633,14 @@ class TestSandboxJournal:
             self.received(1), attempts=2
         )
 
+    async def test_a_resend_of_an_accepted_message_is_not_counted(self, store: Store) -> None:
+        """Once a message is accepted (received_at set), a resend returns it unchanged."""
+        accepted = dataclasses.replace(self.received(1), received_at=T0)
+        await store.sandbox_receive(accepted)
+        again = dataclasses.replace(accepted, provider_message_id="sandbox-9", received_at=T0 + 5)
+        assert await store.sandbox_receive(again) == accepted
+        assert await store.sandbox_messages() == [accepted]
+
     async def test_receipts_owed_are_replaced(self, store: Store) -> None:
         """set_receipts replaces what is owed and keeps the received time unless given one."""
         await store.sandbox_receive(self.received(1))

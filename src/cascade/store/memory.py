@@ -656,8 +656,9 @@ class MemoryStore(Store):
         self._check_open()
         known = self._sandbox.get(message.message_id)
         if known is not None:
-            known = dataclasses.replace(known, attempts=known.attempts + 1)
-            self._sandbox[message.message_id] = known
+            if known.received_at is None:  # a resend of an accepted message is not counted
+                known = dataclasses.replace(known, attempts=known.attempts + 1)
+                self._sandbox[message.message_id] = known
             return known
         if any(
             m.provider_message_id == message.provider_message_id for m in self._sandbox.values()

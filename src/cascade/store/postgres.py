@@ -1081,7 +1081,9 @@ class PostgresStore(Store):
             "recording a sandbox message failed",
             "INSERT INTO sandbox_messages (message_id, provider_message_id, channel, recipient, "
             "text, attempts, received_at, receipts_due) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-            "ON CONFLICT (message_id) DO UPDATE SET attempts = sandbox_messages.attempts + 1 "
+            # a resend of a message already accepted is recognised, not counted
+            "ON CONFLICT (message_id) DO UPDATE SET attempts = sandbox_messages.attempts + "
+            "CASE WHEN sandbox_messages.received_at IS NULL THEN 1 ELSE 0 END "
             f"RETURNING {_SANDBOX_COLUMNS}",
             message.message_id,
             message.provider_message_id,
