@@ -57,7 +57,7 @@ async def test_message_status_webhooks_have_the_v01_fields_and_the_dispatch_link
                     "href": f"/v0.1/dispatch/{dispatch_uuid}",
                 }
             }
-            assert set(status["usage"]) == {"currency", "price"}
+            assert set(status["usage"]) <= {"currency", "price", "segments"}
             assert status["usage"]["currency"] == "EUR"
             assert isinstance(status["usage"]["price"], str)
             assert "error" not in status
@@ -68,7 +68,7 @@ async def test_message_status_webhooks_have_the_v01_fields_and_the_dispatch_link
         assert sms["to"] == {"type": "sms", "number": "447700900000"}
         assert sms["from"] == second["from"]
         assert "client_ref" not in sms
-        assert sms["usage"] == {"currency": "EUR", "price": "0.0333"}
+        assert sms["usage"] == {"currency": "EUR", "price": "0.0333", "segments": 1}
         assert len(reports) == 1
         for request in receiver.requests:
             verify(request, w.tenant.account.signature_secret)
@@ -137,7 +137,8 @@ async def test_exactly_one_final_report_per_dispatch_lists_its_messages(
                 assert link["status"] == message.status
                 assert link["href"] == f"/v0.1/messages/{message.id}"
                 if message.price is not None:
-                    assert link["usage"] == {"currency": "EUR", "price": message.price}
+                    segments = {"segments": 1} if message.channel == "sms" else {}
+                    assert link["usage"] == {"currency": "EUR", "price": message.price, **segments}
         assert by_id[failed_over]["usage"] == {"price": "0.0333", "currency": "EUR"}
         assert [link["status"] for link in by_id[failed_over]["_links"]["messages"]] == [
             "submitted",

@@ -51,12 +51,12 @@ def _workflow_link(workflow: WorkflowRecord, base: str) -> dict[str, str] | None
 
 
 def usage(message: MessageRecord) -> dict[str, str | int] | None:
-    """What a message cost: ``{currency, price}``, plus ``segments`` for a message the
-    provider sent in parts (SMS, priced per segment)."""
+    """What a message cost: ``{currency, price}``, plus ``segments`` for an SMS (sent and
+    priced per segment)."""
     if message.price is None:
         return None
     cost: dict[str, str | int] = {"currency": message.currency or "EUR", "price": message.price}
-    if message.segments is not None:
+    if message.segments is not None and message.channel == "sms":
         cost["segments"] = message.segments
     return cost
 
