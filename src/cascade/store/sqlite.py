@@ -150,20 +150,16 @@ class _GroupCommitWriter:
     def _commit(
         self, conn: sqlite3.Connection, batch: list[tuple[WriteFn, asyncio.Future[Any]]]
     ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            start = 0
-            while start < len(batch):
-                end = start
-                while end < len(batch) and _bulk_accept(batch[end][0]):
-                    end += 1
-                if end - start > 1 and _accept_many(conn, batch[start:end], outcomes):
-                    start = end
-                    continue
-                for fn, future in batch[start : max(end, start + 1)]:
-                    _write_one(conn, fn, future, outcomes)
-                start = max(end, start + 1)
+            outcomes = _write_all(conn, batch)
+            if outcomes is None:
+                # a write failed: undo the whole batch and write it again with each write in
+                # its own savepoint, so that only the failing one is undone (writes are
+                # functions of the database alone, so running one again is running it once)
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                outcomes = _write_each(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -177,6 +173,52 @@ class _GroupCommitWriter:
 
 
 Outcomes = list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+
+
+def _write_all(
+    conn: sqlite3.Connection, batch: list[tuple[WriteFn, asyncio.Future[Any]]]
+) -> Outcomes | None:
+    """Run a batch without savepoints (two statements fewer per write); None as soon as one
+    write fails, leaving the transaction for the caller to roll back."""
+    outcomes: Outcomes = []
+    start = 0
+    try:
+        while start < len(batch):
+            end = start
+            while end < len(batch) and _bulk_accept(batch[end][0]):
+                end += 1
+            if end - start > 1:
+                run = batch[start:end]
+                _insert_workflows(conn, [fn.workflow for fn, _ in run if isinstance(fn, _Accept)])
+                created = Accepted(created=True)
+                outcomes.extend((future, created, None) for _, future in run)
+                start = end
+                continue
+            fn, future = batch[start]
+            outcomes.append((future, fn(conn), None))
+            start += 1
+    except Exception:  # the slow path finds which write failed, and hands it its error
+        return None
+    return outcomes
+
+
+def _write_each(
+    conn: sqlite3.Connection, batch: list[tuple[WriteFn, asyncio.Future[Any]]]
+) -> Outcomes:
+    """Run a batch with each write (or run of accepts) in its own savepoint."""
+    outcomes: Outcomes = []
+    start = 0
+    while start < len(batch):
+        end = start
+        while end < len(batch) and _bulk_accept(batch[end][0]):
+            end += 1
+        if end - start > 1 and _accept_many(conn, batch[start:end], outcomes):
+            start = end
+            continue
+        for fn, future in batch[start : max(end, start + 1)]:
+            _write_one(conn, fn, future, outcomes)
+        start = max(end, start + 1)
+    return outcomes
 
 
 def _write_one(
