@@ -173,25 +173,49 @@ class SandboxProvider(ChannelProvider):
         return self._due[0][0] if self._due else None
 
     async def emit_due(self) -> int:
-        """Send every receipt that is due now to the sink; returns how many."""
+        """Send every receipt that is due now to the sink; returns how many.
+
+        Receipts of different messages go concurrently, so that their store writes share
+        commits; those of one message go in order. A receipt that could not be stored is due
+        again (and the error raised once the others are through)."""
         assert self._sink is not None, "sandbox not started"
         now = self._clock.now()
-        emitted = 0
+        by_message: dict[str, list[tuple[float, str]]] = {}
         while self._due and self._due[0][0] <= now:
             at, status, provider_message_id = heapq.heappop(self._due)
-            # stamped when sent: after a restart, receipts that fell due meanwhile arrive now
-            emitted_at = max(at, now)
-            await self._sink.receipt(
-                Receipt(self.name, provider_message_id, Status(status), emitted_at)
-            )
-            owed = self._owed.get(provider_message_id, [])
-            if (at, status) in owed:
-                owed.remove((at, status))
-            await self._journal.sandbox_set_receipts(provider_message_id, owed, None)
+            by_message.setdefault(provider_message_id, []).append((at, status))
+        if not by_message:
+            return 0
+        results = await asyncio.gather(
+            *(self._emit(pmid, receipts, now) for pmid, receipts in by_message.items()),
+            return_exceptions=True,
+        )
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            raise failures[0]
+        return sum(len(receipts) for receipts in by_message.values())
+
+    async def _emit(
+        self, provider_message_id: str, receipts: list[tuple[float, str]], now: float
+    ) -> None:
+        """Send one message's due receipts in order."""
+        assert self._sink is not None
+        for index, (at, status) in enumerate(receipts):
+            try:
+                # stamped when sent: after a restart, receipts that fell due meanwhile arrive now
+                await self._sink.receipt(
+                    Receipt(self.name, provider_message_id, Status(status), max(at, now))
+                )
+                owed = self._owed.get(provider_message_id, [])
+                if (at, status) in owed:
+                    owed.remove((at, status))
+                await self._journal.sandbox_set_receipts(provider_message_id, owed, None)
+            except BaseException:
+                for later in receipts[index:]:
+                    heapq.heappush(self._due, (*later, provider_message_id))
+                raise
             if not owed:
                 self._owed.pop(provider_message_id, None)
-            emitted += 1
-        return emitted
 
     async def _run(self) -> None:
         while True:
