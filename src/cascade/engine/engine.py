@@ -87,6 +87,9 @@ class EngineSettings:
     lease: float = 30.0
     #: longest sleep between looks at the job table (wake-ups come sooner in-process)
     poll_interval: float = 1.0
+    #: jobs due within this many seconds are claimed now and each runs at its own time, so the
+    #: claim's round trip to the store (a commit) is not part of a timer's lateness
+    lookahead: float = 0.5
     #: seconds after the last step starts when the final report goes regardless
     report_horizon: float = 72 * 3600.0
     #: how long a step without a window (the last) keeps retrying a transient send error
@@ -158,7 +161,10 @@ class Engine:
         #: called after the engine stopped (to close what the handlers hold open)
         self.closers: list[Callable[[], Awaitable[None]]] = []
         self._wakeup = asyncio.Event()
+        #: jobs claimed and not yet finished (their leases are extended), and of them those
+        #: claimed ahead of their time and still waiting for it
         self._in_flight: set[int] = set()
+        self._waiting: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_in_flight)
         self._background: list[asyncio.Task[None]] = []
@@ -188,6 +194,7 @@ class Engine:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._release_waiting()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for provider in self.providers.all():
@@ -217,8 +224,13 @@ class Engine:
         settings = self.settings
         while not self._stopping:
             try:
+                # what is due now and what falls due within the lookahead: the claim (a
+                # commit) is made before a timer's time, and the timer runs on the dot
                 jobs = await self.store.claim_jobs(
-                    self.worker_id, self.clock.now(), settings.batch_size, settings.lease
+                    self.worker_id,
+                    self.clock.now() + settings.lookahead,
+                    settings.batch_size,
+                    settings.lease,
                 )
             except Exception:
                 log.exception("engine.claim_failed")
@@ -226,6 +238,7 @@ class Engine:
                 continue
             for job in jobs:
                 await self._slots.acquire()
+                self._in_flight.add(job.id)
                 task = asyncio.create_task(self._run_released(job))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -235,12 +248,13 @@ class Engine:
             await self._idle()
 
     async def _idle(self) -> None:
-        """Sleep until the next job is due, new work arrives, or the poll interval passes."""
+        """Sleep until the next job comes within the lookahead, new work arrives, or the poll
+        interval passes."""
         self._wakeup.clear()
         next_at = await self.store.next_job_at()
         delay = self.settings.poll_interval
         if next_at is not None:
-            delay = min(delay, max(0.0, next_at - self.clock.now()))
+            delay = min(delay, next_at - self.settings.lookahead - self.clock.now())
         if delay <= 0:
             return
         sleeper = asyncio.ensure_future(self.clock.sleep(delay))
@@ -251,9 +265,30 @@ class Engine:
 
     async def _run_released(self, job: Job) -> None:
         try:
+            early = job.run_at - self.clock.now()
+            task = asyncio.current_task()
+            if early > 0 and task is not None:
+                self._waiting[job.id] = (job, task)
+                try:
+                    await self.clock.sleep(early)
+                finally:
+                    del self._waiting[job.id]
             await self._run(job)
         finally:
+            self._in_flight.discard(job.id)
             self._slots.release()
+
+    async def _release_waiting(self) -> None:
+        """On the way out: cancel the jobs claimed ahead of their time and hand their claims
+        back, so that another worker runs them on time instead of after the lease."""
+        waiting = list(self._waiting.values())
+        for _, task in waiting:
+            task.cancel()  # at its sleep: none of its handler has run
+        for job, _ in waiting:
+            try:
+                await self.store.defer_job(job.id, job.run_at)
+            except Exception:
+                log.exception("engine.release_failed", job=job.id)
 
     async def _run(self, job: Job) -> None:
         self._in_flight.add(job.id)
@@ -428,15 +463,18 @@ class Engine:
         await self.store.retry_job(job.id, now + delay, message_id=message.id, error=(code, reason))
 
     async def _step_timeout(self, job: Job) -> None:
-        message = await self.store.find_message(job.ref)
-        last_error = None
-        if message is not None and message.last_error_code is not None:
-            last_error = (message.last_error_code, message.last_error_reason or "")
-        await self._transition(
-            WorkflowKey(message_id=job.ref),
-            WindowClosed(job.ref, self.clock.now(), last_error),
-            done_job=job.id,
-        )
+        now = self.clock.now()
+
+        def closed(workflow: WorkflowRecord) -> Happening:
+            # the step's last transient send error, from the transaction that applies the rules
+            # (no read of its own before it)
+            last_error = None
+            for message in workflow.messages:
+                if message.id == job.ref and message.last_error_code is not None:
+                    last_error = (message.last_error_code, message.last_error_reason or "")
+            return WindowClosed(job.ref, now, last_error)
+
+        await self._transition(WorkflowKey(message_id=job.ref), closed, done_job=job.id)
 
     async def _report_horizon(self, job: Job) -> None:
         await self._transition(

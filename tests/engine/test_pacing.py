@@ -1,0 +1,178 @@
+"""How the engine paces itself, on a real clock and a SQLite file: jobs claimed ahead of their
+time run on time and never early, a stopping engine hands back the claims it has not started,
+the SQLite writer's batch without savepoints still fails a write alone, and the sandbox sends
+the due receipts of many messages together."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+
+import pytest
+
+from cascade.channels.sandbox import SandboxProvider
+from cascade.clock import FakeClock, SystemClock
+from cascade.domain.records import NewJob, Receipt
+from cascade.engine.engine import Engine, EngineSettings, Providers
+from cascade.errors import StoreUnavailable
+from cascade.store.base import Job
+from cascade.store.sqlite import SqliteStore
+from tests.contract.factories import tenant, workflow
+
+
+async def _queue(store: SqliteStore, *jobs: NewJob) -> None:
+    """Store a workflow whose only jobs are ``jobs``."""
+    owner = await tenant(store)
+    await store.accept(dataclasses.replace(workflow(owner), jobs=jobs))
+
+
+def _engine(store: SqliteStore, clock: SystemClock, lookahead: float) -> Engine:
+    settings = EngineSettings(lookahead=lookahead)
+    return Engine(store, Providers(SandboxProvider(store, clock)), clock, settings)
+
+
+def _locks(store: SqliteStore) -> list[tuple[str, str | None]]:
+    conn = sqlite3.connect(store.path)
+    try:
+        return conn.execute("SELECT ref, locked_by FROM jobs ORDER BY ref").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_a_job_claimed_ahead_runs_at_its_time_not_before(sqlite_store: SqliteStore) -> None:
+    """Jobs due within the lookahead are claimed at once and each runs when it is due."""
+    clock = SystemClock()
+    engine = _engine(sqlite_store, clock, lookahead=1.0)
+    ran: dict[str, float] = {}
+    all_ran = asyncio.Event()
+
+    async def record(job: Job) -> None:
+        ran[job.ref] = clock.now() - job.run_at
+        await sqlite_store.finish_job(job.id)
+        if len(ran) == 5:
+            all_ran.set()
+
+    engine.handlers["ping"] = record
+    await engine.start()
+    try:
+        now = clock.now()
+        await _queue(
+            sqlite_store, *(NewJob("ping", f"p{i}", now + 0.2 + 0.1 * i) for i in range(5))
+        )
+        engine.wake()
+        await asyncio.sleep(0.1)
+        # all five are claimed already, none has run
+        assert ran == {}
+        assert [(ref, by) for ref, by in _locks(sqlite_store)] == [
+            (f"p{i}", engine.worker_id) for i in range(5)
+        ]
+        await asyncio.wait_for(all_ran.wait(), 5)
+    finally:
+        await engine.stop()
+    assert sorted(ran) == [f"p{i}" for i in range(5)]
+    assert all(0.0 <= late < 0.1 for late in ran.values()), ran
+
+
+async def test_stopping_hands_back_the_jobs_claimed_ahead(sqlite_store: SqliteStore) -> None:
+    """A job claimed ahead of its time and not yet run is unlocked when the engine stops, so
+    another worker need not wait for its lease to end."""
+    clock = SystemClock()
+    engine = _engine(sqlite_store, clock, lookahead=5.0)
+    ran: list[Job] = []
+
+    async def record(job: Job) -> None:
+        ran.append(job)
+
+    engine.handlers["ping"] = record
+    await engine.start()
+    await _queue(sqlite_store, NewJob("ping", "later", clock.now() + 3.0))
+    engine.wake()
+    await asyncio.sleep(0.2)
+    await engine.stop()
+    assert ran == []
+    assert _locks(sqlite_store) == [("later", None)]
+
+
+async def test_a_failing_write_in_a_batch_is_undone_alone(sqlite_store: SqliteStore) -> None:
+    """Writes that share a batch with a failing one are committed; everything the failing
+    one did before it failed is undone, and it gets its error."""
+    writer = sqlite_store._writer
+
+    def insert(ref: str, fail: bool = False) -> object:
+        def write(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES ('x', ?, 0, 0)", (ref,)
+            )
+            if fail:
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+            return ref
+
+        return write
+
+    with writer._wakeup:  # all three in one batch
+        futures = [
+            writer.submit(insert("a")),
+            writer.submit(insert("b", fail=True)),
+            writer.submit(insert("c")),
+        ]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0] == "a"
+    assert outcomes[2] == "c"
+    assert isinstance(outcomes[1], StoreUnavailable)
+    refs = {job.ref for ref in "abc" for job in await sqlite_store.pending_jobs(ref)}
+    assert refs == {"a", "c"}
+
+
+class _Sink:
+    """A receipt sink that fails the first receipt of one message."""
+
+    def __init__(self, failing: str) -> None:
+        self.failing = failing
+        self.received: list[Receipt] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def receipt(self, receipt: Receipt) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.01)
+            if receipt.provider_message_id == self.failing:
+                self.failing = ""
+                raise StoreUnavailable("down for a moment")
+            self.received.append(receipt)
+        finally:
+            self.in_flight -= 1
+
+    async def inbound(self, message: object) -> None:  # pragma: no cover - not used
+        raise AssertionError
+
+
+async def test_the_sandbox_sends_due_receipts_together_and_keeps_a_failed_one(
+    sqlite_store: SqliteStore,
+) -> None:
+    """Due receipts of different messages go concurrently, each message's in order; one that
+    could not be stored is due again and goes on the next round."""
+    clock = FakeClock(1_800_000_000.0)
+    sandbox = SandboxProvider(sqlite_store, clock)
+    sink = _Sink(failing="m3")
+    await sandbox.start(sink, run_timer=False)
+    at = clock.now()
+    for i in range(10):
+        sandbox._owe(f"m{i}", [(at + 1, "delivered"), (at + 2, "read")])
+    clock.advance(2)
+    with pytest.raises(StoreUnavailable):
+        await sandbox.emit_due()
+    assert sink.most_in_flight > 1
+    by_message: dict[str, list[str]] = {}
+    for receipt in sink.received:
+        by_message.setdefault(receipt.provider_message_id, []).append(receipt.status.value)
+    assert all(statuses == ["delivered", "read"] for statuses in by_message.values())
+    assert "m3" not in by_message
+    assert len(by_message) == 9
+    assert await sandbox.emit_due() == 2  # m3's two receipts, again
+    assert [r.status.value for r in sink.received if r.provider_message_id == "m3"] == [
+        "delivered",
+        "read",
+    ]
