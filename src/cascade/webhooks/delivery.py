@@ -11,15 +11,21 @@ one receiver behind another.
 - ``timeout`` bounds the whole attempt, connection and a slowly trickled answer included.
 - Each attempt is a row, and the next attempt is the webhook's job row, so a restart resumes
   the schedule where it was.
-- Each destination (scheme, host, port) gets a few connections at most; a webhook whose
-  destination is busy steps aside for half a second instead of holding an engine slot, so one
-  slow or dead receiver never delays the webhooks of another.
+- Each destination (scheme, host, port) gets a few connections at most. A webhook whose
+  destination is busy waits in line for a connection (``queue_wait`` at most) while the
+  destination answers quickly; when an attempt there has been running longer than that, or
+  it answers slowly and the line is long, the webhook steps aside for ``busy_delay`` instead
+  of holding an engine slot. So a fast receiver gets its webhooks back to back over its few
+  connections, and one slow or dead receiver never delays the webhooks of another.
+- A connection goes back to its destination as soon as the answer is read; the attempt is
+  recorded after, so the commit's latency never idles a connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -56,8 +62,47 @@ class DeliverySettings:
     per_destination: int = 8
     #: connections open in all
     max_connections: int = 256
-    #: seconds a webhook steps aside when its destination is busy
+    #: longest (real) seconds a webhook waits in line for a busy destination
+    queue_wait: float = 0.5
+    #: seconds a webhook that cannot wait in line steps aside
     busy_delay: float = 0.5
+
+
+class _Destination:
+    """The connections one destination may use, and how fast it has been answering."""
+
+    __slots__ = ("average", "connections", "gate", "running", "waiting")
+
+    def __init__(self, connections: int) -> None:
+        self.connections = connections
+        self.gate = asyncio.Semaphore(connections)
+        #: webhooks waiting in line for a connection
+        self.waiting = 0
+        #: moving average of recent attempts' durations (real seconds; None: no attempt yet)
+        self.average: float | None = None
+        #: when each running attempt started (time.monotonic()), by webhook id
+        self.running: dict[int, float] = {}
+
+    def may_wait(self, wait: float) -> bool:
+        """Whether one more webhook should wait in line (at most ``wait`` seconds) rather than
+        step aside: not when an attempt has been running longer than that (the receiver may
+        have stopped answering), nor when the destination answers slowly and the line ahead
+        would take longer than that. A destination that answers quickly may have a long line:
+        it moves fast, so the engine slots its webhooks hold free up quickly."""
+        now = time.monotonic()
+        if self.running and now - min(self.running.values()) > wait:
+            return False
+        average = self.average or 0.0
+        if average <= wait / 4:
+            return True
+        return (self.waiting + 1) * average / self.connections <= wait
+
+    def finished(self, webhook_id: int) -> None:
+        """An attempt ended: its duration joins the average."""
+        started = self.running.pop(webhook_id, None)
+        if started is not None:
+            took = time.monotonic() - started
+            self.average = took if self.average is None else 0.8 * self.average + 0.2 * took
 
 
 def _url_problem(url: str) -> str | None:
@@ -135,7 +180,7 @@ class WebhookSender:
             transport=transport,
             headers={"User-Agent": USER_AGENT},
         )
-        self._destinations: dict[str, asyncio.Semaphore] = {}
+        self._destinations: dict[str, _Destination] = {}
 
     async def close(self) -> None:
         """Close pooled connections."""
@@ -153,32 +198,57 @@ class WebhookSender:
             now = self._clock.now()
             await self._record(webhook, job, now, _Result(None, problem, retry=False))
             return
-        gate = self._gate(webhook.url)
-        if gate.locked():
-            # the destination is busy: step aside so other receivers keep their pace
+        destination = self._destination(webhook.url)
+        if not await self._wait_for(destination):
+            # the destination is slow or its line long: step aside so other receivers keep
+            # their pace, instead of holding an engine slot
             await self._store.defer_job(job.id, self._clock.now() + self.settings.busy_delay)
             return
-        async with gate:
-            await self._attempt(webhook, job)
+        destination.running[webhook.id] = time.monotonic()
+        started = self._clock.now()
+        try:
+            result = await self._attempt(webhook, started)
+        finally:
+            destination.finished(webhook.id)
+            destination.gate.release()
+        # the connection serves the next webhook while this one's outcome is committed
+        await self._record(webhook, job, started, result)
 
-    def _gate(self, url: str) -> asyncio.Semaphore:
+    def _destination(self, url: str) -> _Destination:
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.hostname}:{parts.port}"
-        gate = self._destinations.get(key)
-        if gate is None:
-            gate = self._destinations[key] = asyncio.Semaphore(self.settings.per_destination)
-        return gate
+        destination = self._destinations.get(key)
+        if destination is None:
+            destination = self._destinations[key] = _Destination(self.settings.per_destination)
+        return destination
 
-    async def _attempt(self, webhook: WebhookRecord, job: Job | None) -> None:
-        assert webhook.url is not None
-        started = self._clock.now()
+    async def _wait_for(self, destination: _Destination) -> bool:
+        """Take one of the destination's connections, waiting in line only when the wait
+        looks short; False when the webhook should step aside instead."""
+        gate = destination.gate
+        if not gate.locked():
+            await gate.acquire()  # free: does not wait
+            return True
+        wait = self.settings.queue_wait
+        if not destination.may_wait(wait):
+            return False
+        destination.waiting += 1
+        try:
+            async with asyncio.timeout(wait):
+                await gate.acquire()
+        except TimeoutError:
+            return False
+        finally:
+            destination.waiting -= 1
+        return True
+
+    async def _attempt(self, webhook: WebhookRecord, started: float) -> _Result:
+        """Sign and POST the webhook once."""
         # read at every attempt (not cached): a rotated signature secret signs the next one
         account = await self._store.get_account(webhook.account_id)
         if account is None:
-            result = _Result(None, "the account no longer exists", retry=False)
-        else:
-            result = await self._post(webhook, account, started)
-        await self._record(webhook, job, started, result)
+            return _Result(None, "the account no longer exists", retry=False)
+        return await self._post(webhook, account, started)
 
     async def _record(
         self, webhook: WebhookRecord, job: Job | None, started: float, result: _Result
