@@ -105,6 +105,8 @@ class Receiver:
     port: int = field(default_factory=free_port)
     default: Action = field(default_factory=Respond)
     requests: list[Request] = field(default_factory=list)
+    #: the most connections that were open at once
+    peak_connections: int = 0
     _script: deque[Action] = field(default_factory=deque)
     _server: asyncio.Server | None = None
     _connections: set[asyncio.Task[None]] = field(default_factory=set)
@@ -147,6 +149,7 @@ class Receiver:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self.peak_connections = max(self.peak_connections, len(self._connections))
         try:
             while True:
                 try:
