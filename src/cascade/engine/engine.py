@@ -223,23 +223,28 @@ class Engine:
     async def _loop(self) -> None:
         settings = self.settings
         while not self._stopping:
+            # what is due now and (unless plenty is waiting already) what falls due within the
+            # lookahead: the claim, a commit, is made before a timer's time, and the timer
+            # runs on the dot
+            ahead = settings.lookahead if len(self._waiting) < settings.max_in_flight else 0.0
             try:
-                # what is due now and what falls due within the lookahead: the claim (a
-                # commit) is made before a timer's time, and the timer runs on the dot
                 jobs = await self.store.claim_jobs(
-                    self.worker_id,
-                    self.clock.now() + settings.lookahead,
-                    settings.batch_size,
-                    settings.lease,
+                    self.worker_id, self.clock.now() + ahead, settings.batch_size, settings.lease
                 )
             except Exception:
                 log.exception("engine.claim_failed")
                 await self.clock.sleep(settings.poll_interval)
                 continue
+            now = self.clock.now()
             for job in jobs:
-                await self._slots.acquire()
                 self._in_flight.add(job.id)
-                task = asyncio.create_task(self._run_released(job))
+                if job.run_at > now:
+                    # waits for its time without holding a slot, then takes one like any job
+                    task = asyncio.create_task(self._run_when_due(job))
+                    self._waiting[job.id] = (job, task)
+                else:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._run_released(job))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if len(jobs) == settings.batch_size:
@@ -263,16 +268,19 @@ class Engine:
         sleeper.cancel()
         waker.cancel()
 
+    async def _run_when_due(self, job: Job) -> None:
+        try:
+            await self.clock.sleep(job.run_at - self.clock.now())
+        except BaseException:
+            self._in_flight.discard(job.id)  # cancelled by stop(): its claim is handed back
+            raise
+        finally:
+            self._waiting.pop(job.id, None)
+        await self._slots.acquire()
+        await self._run_released(job)
+
     async def _run_released(self, job: Job) -> None:
         try:
-            early = job.run_at - self.clock.now()
-            task = asyncio.current_task()
-            if early > 0 and task is not None:
-                self._waiting[job.id] = (job, task)
-                try:
-                    await self.clock.sleep(early)
-                finally:
-                    del self._waiting[job.id]
             await self._run(job)
         finally:
             self._in_flight.discard(job.id)
@@ -282,8 +290,10 @@ class Engine:
         """On the way out: cancel the jobs claimed ahead of their time and hand their claims
         back, so that another worker runs them on time instead of after the lease."""
         waiting = list(self._waiting.values())
-        for _, task in waiting:
+        for job, task in waiting:
             task.cancel()  # at its sleep: none of its handler has run
+            self._waiting.pop(job.id, None)
+            self._in_flight.discard(job.id)
         for job, _ in waiting:
             try:
                 await self.store.defer_job(job.id, job.run_at)
