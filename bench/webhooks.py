@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -382,22 +383,38 @@ def machine() -> str:
     )
 
 
-def report(results: list[RunResult], args: argparse.Namespace, command: str) -> str:
-    """The results as a Markdown section."""
+def report(
+    results: list[RunResult], args: argparse.Namespace, command: str, load: tuple[float, float]
+) -> str:
+    """The results as a Markdown section (``load``: the 1-minute load average before and after
+    the runs; other work on the machine shows there)."""
+
+    def paragraph(text: str) -> str:
+        return textwrap.fill(text, width=100, break_on_hyphens=False)
+
     lines = [
         HEADING,
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; load average before the runs "
-        f"{os.getloadavg()[0]:.2f}.",
+        paragraph(
+            f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; 1-minute load average "
+            f"{load[0]:.2f} before the runs, {load[1]:.2f} after (the machine is shared: other "
+            "work shows there)."
+        ),
         "",
-        f"Command: `{command}`",
+        "```bash",
+        f".venv/bin/{command}",
+        "```",
         "",
-        f"{args.count:,} message-status webhooks queued in SQLite (synchronous={args.synchronous})"
-        ", delivered by the engine as `cascade serve` builds it (`runtime.build_engine`: "
-        "WebhookSender, HS256-signed, one attempt row each) to a receiver process on 127.0.0.1 "
-        "answering 204; timed from the engine's start to the last `delivered`. Every run is "
-        "checked: each webhook received exactly once, one attempt row each, a sample verified "
-        "with `vonage_jwt`.",
+        paragraph(
+            f"{args.count:,} message-status webhooks queued in SQLite "
+            f"(synchronous={args.synchronous}), delivered by the engine as `cascade serve` "
+            "builds it (`runtime.build_engine`: WebhookSender, HS256-signed, one attempt row "
+            "each) to a receiver process on 127.0.0.1 answering 204; timed from the engine's "
+            "start to the last `delivered_at`. Every run is checked: each webhook received "
+            "exactly once, one attempt row each, a sample verified with `vonage_jwt`. The "
+            "ceiling rows replace only the sender's HTTP client, for the run, by a minimal "
+            "asyncio one (`--client raw`)."
+        ),
         "",
         "| HTTP client | event loop | runs | deliveries/s (median) | min | max "
         "| seconds (median) | SQLite commits |",
@@ -417,16 +434,21 @@ def report(results: list[RunResult], args: argparse.Namespace, command: str) -> 
 
 
 def append(section: str) -> None:
-    """Add (or replace) the webhook section of BENCHMARKS.md, leaving every other one alone."""
+    """Add (or replace) the webhook section of BENCHMARKS.md, leaving every other section
+    alone, and keeping the notes written under ``###`` headings inside this one."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
     start = text.find(HEADING + "\n")
-    if start >= 0:
-        end = text.find("\n## ", start + len(HEADING))
-        rest = text[end + 1 :] if end >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    BENCHMARKS.write_text(text)
+    if start < 0:
+        BENCHMARKS.write_text(text.rstrip("\n") + "\n\n" + section)
+        return
+    end = text.find("\n## ", start + len(HEADING))
+    end = end + 1 if end >= 0 else len(text)
+    old = text[start:end]
+    notes = old.find("\n### ")
+    kept = old[notes + 1 :].rstrip("\n") + "\n" if notes >= 0 else ""
+    rest = text[end:]
+    new = section + ("\n" + kept if kept else "")
+    BENCHMARKS.write_text(text[:start] + new + ("\n" + rest if rest else ""))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -463,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(REPO / "src"))
     command = "python bench/webhooks.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = []
+    load_before = os.getloadavg()[0]
     for run in range(1, args.runs + 1):
         for client in args.client.split(","):
             for loop in args.loop.split(","):
@@ -474,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
                 results.append(result)
-    section = report(results, args, command.strip())
+    section = report(results, args, command.strip(), (load_before, os.getloadavg()[0]))
     print()
     print(section)
     if args.append:
