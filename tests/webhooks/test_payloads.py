@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cascade.channels.base import InboundMessage
 from cascade.clock import FakeClock
 from cascade.store.sqlite import SqliteStore
 from tests.engine.harness import step, workflow
@@ -190,3 +191,42 @@ async def test_the_dispatch_view_shows_dead_letters_and_connection_errors(
             assert hook["state"] == "dead"
             assert hook["attempts"][-1]["status_code"] == 410
             assert hook["attempts"][-1]["error"] == "HTTP 410"
+
+
+async def test_an_inbound_sms_goes_signed_to_the_inbound_url_in_the_v01_shape(
+    sqlite_store: SqliteStore, clock: FakeClock, receivers: MakeReceiver
+) -> None:
+    """An MO SMS reaches the account's inbound URL (not the status URL) as a v0.1 inbound."""
+    status = await receivers()
+    inbound = await receivers()
+    async with delivering(sqlite_store, clock, status_url=status.url()) as w:
+        w.tenant.account = await w.store.update_account(
+            w.tenant.account.id, inbound_url=inbound.url("/inbound")
+        )
+        await w.engine.inbound(
+            InboundMessage(
+                provider="sandbox",
+                channel="sms",
+                to={"type": "sms", "number": "447700900500"},
+                from_={"type": "sms", "number": "447700900123"},
+                content={"type": "text", "text": "STOP"},
+                at=clock.now(),
+                extra={"num_messages": 2},
+            )
+        )
+        await w.settle()
+        assert status.requests == []
+        (request,) = inbound.requests
+        assert request.path == "/inbound"
+        claims = verify(request, w.tenant.account.signature_secret)
+        assert "application_id" not in claims
+        body = request.json()
+        assert set(body) == {"message_uuid", "to", "from", "timestamp", "message", "usage"}
+        assert body["to"] == {"type": "sms", "number": "447700900500"}
+        assert body["from"] == {"type": "sms", "number": "447700900123"}
+        assert TIMESTAMP.match(body["timestamp"])
+        assert body["message"] == {
+            "content": {"type": "text", "text": "STOP"},
+            "sms": {"num_messages": "2"},
+        }
+        assert body["usage"] == {"currency": "EUR", "price": "0.0000"}
