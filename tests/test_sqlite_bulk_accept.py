@@ -82,10 +82,10 @@ def _rows(path: Path, workflow_ids: list[str]) -> list[tuple[object, ...]]:
 
 
 async def _one_batch(store: SqliteStore, workflows: list[NewWorkflow]) -> list[object]:
-    """Submit every accept before the writer can take any, so that they share one batch."""
+    """Submit every accept before the writer can take any, so that they share one batch (the
+    writer flushes on the event loop's next turn, after these submits)."""
     writer = store._writer
-    with writer._wakeup:  # the writer needs this lock to take its batch
-        futures = [writer.submit(_Accept(w)) for w in workflows]
+    futures = [writer.submit(_Accept(w)) for w in workflows]
     return list(await asyncio.gather(*futures, return_exceptions=True))
 
 

@@ -1,7 +1,6 @@
 """How the engine paces itself, on a real clock and a SQLite file: jobs claimed ahead of their
 time run on time and never early, a stopping engine hands back the claims it has not started,
-the SQLite writer's batch without savepoints still fails a write alone, and the sandbox sends
-the due receipts of many messages together."""
+and the sandbox sends the due receipts of many messages together."""
 
 from __future__ import annotations
 
@@ -92,36 +91,6 @@ async def test_stopping_hands_back_the_jobs_claimed_ahead(sqlite_store: SqliteSt
     await engine.stop()
     assert ran == []
     assert _locks(sqlite_store) == [("later", None)]
-
-
-async def test_a_failing_write_in_a_batch_is_undone_alone(sqlite_store: SqliteStore) -> None:
-    """Writes that share a batch with a failing one are committed; everything the failing
-    one did before it failed is undone, and it gets its error."""
-    writer = sqlite_store._writer
-
-    def insert(ref: str, fail: bool = False) -> object:
-        def write(conn: sqlite3.Connection) -> str:
-            conn.execute(
-                "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES ('x', ?, 0, 0)", (ref,)
-            )
-            if fail:
-                conn.execute("INSERT INTO no_such_table VALUES (1)")
-            return ref
-
-        return write
-
-    with writer._wakeup:  # all three in one batch
-        futures = [
-            writer.submit(insert("a")),
-            writer.submit(insert("b", fail=True)),
-            writer.submit(insert("c")),
-        ]
-    outcomes = await asyncio.gather(*futures, return_exceptions=True)
-    assert outcomes[0] == "a"
-    assert outcomes[2] == "c"
-    assert isinstance(outcomes[1], StoreUnavailable)
-    refs = {job.ref for ref in "abc" for job in await sqlite_store.pending_jobs(ref)}
-    assert refs == {"a", "c"}
 
 
 class _Sink:

@@ -1,0 +1,79 @@
+"""The SQLite writer: writes on the event loop thread, commits on a helper thread. A failing
+write in a batch fails alone; writes queued during a commit share the next one; a write lock
+held by another process is waited for without blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+
+from cascade.errors import StoreUnavailable
+from cascade.store.sqlite import SqliteStore
+
+
+def _insert(ref: str, fail: bool = False) -> Callable[[sqlite3.Connection], str]:
+    def write(conn: sqlite3.Connection) -> str:
+        conn.execute(
+            "INSERT INTO jobs (kind, ref, run_at, created_at) VALUES ('x', ?, 0, 0)", (ref,)
+        )
+        if fail:
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+        return ref
+
+    return write
+
+
+async def _refs(store: SqliteStore) -> set[str]:
+    return {job.ref for ref in "abcdefgh" for job in await store.pending_jobs(ref)}
+
+
+async def test_a_failing_write_in_a_batch_is_undone_alone(sqlite_store: SqliteStore) -> None:
+    """Writes that share a batch with a failing one are committed; everything the failing
+    one did before it failed is undone, and it gets its error."""
+    writer = sqlite_store._writer
+
+    futures = [  # all three in one batch: the writer flushes on the loop's next turn
+        writer.submit(_insert("a")),
+        writer.submit(_insert("b", fail=True)),
+        writer.submit(_insert("c")),
+    ]
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert outcomes[0] == "a"
+    assert outcomes[2] == "c"
+    assert isinstance(outcomes[1], StoreUnavailable)
+    assert await _refs(sqlite_store) == {"a", "c"}
+
+
+async def test_writes_queued_during_a_commit_share_the_next(sqlite_store: SqliteStore) -> None:
+    """Ten writes queued while a transaction commits are committed together, in one."""
+    writer = sqlite_store._writer
+    first = writer.submit(_insert("a"))
+    await asyncio.sleep(0)  # the first transaction is open: the next writes wait for it
+    commits = sqlite_store.commits
+    rest = [writer.submit(_insert(ref)) for ref in "bcdefgh"]
+    await asyncio.gather(first, *rest)
+    assert sqlite_store.commits - commits <= 2
+    assert await _refs(sqlite_store) == set("abcdefgh")
+
+
+async def test_another_process_holding_the_lock_does_not_block_the_loop(
+    sqlite_store: SqliteStore,
+) -> None:
+    """While another connection holds the write lock, a write waits for it (on the helper
+    thread) and the event loop keeps running; the write commits once the lock is free."""
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        write = asyncio.ensure_future(sqlite_store._writer.submit(_insert("a")))
+        started = time.monotonic()
+        for _ in range(10):
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - started < 1.0  # the loop was not held
+        assert not write.done()
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await asyncio.wait_for(write, 10) == "a"
+    assert await _refs(sqlite_store) == {"a"}
