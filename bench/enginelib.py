@@ -264,7 +264,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _post_many(
-    port: int, token: str, body: bytes, count: int, connections: int
+    port: int, token: str, body: bytes, count: int, connections: int, rate: float = 0.0
 ) -> PostResult:
     request = (
         f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -273,12 +273,17 @@ async def _post_many(
     ).encode() + body
     result = PostResult({}, [], time.time(), 0.0, [], 0)
     remaining = [count]
+    begun = time.monotonic()
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while remaining[0] > 0:
                 remaining[0] -= 1
+                if rate > 0:  # request number i goes at started + i / rate
+                    wait = begun + (count - remaining[0] - 1) / rate - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 sent = time.monotonic()
                 writer.write(request)
                 try:
@@ -302,15 +307,18 @@ async def _post_many(
     return result
 
 
-def post_many(port: int, token: str, body: bytes, count: int, connections: int) -> PostResult:
-    """POST ``body`` ``count`` times from ``connections`` concurrent keep-alive clients."""
+def post_many(
+    port: int, token: str, body: bytes, count: int, connections: int, rate: float = 0.0
+) -> PostResult:
+    """POST ``body`` ``count`` times from ``connections`` concurrent keep-alive clients, as
+    fast as they are answered or, with ``rate``, at that many requests per second at most."""
     try:
         import uvloop
 
         runner: Callable[[Any], PostResult] = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return runner(_post_many(port, token, body, count, connections))
+    return runner(_post_many(port, token, body, count, connections, rate))
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -391,3 +399,75 @@ def top_frames(collapsed: Path, limit: int = 25) -> list[tuple[str, int, int]]:
         own[frames[-1]] = own.get(frames[-1], 0) + count
     ranked = sorted(inclusive.items(), key=lambda item: -item[1])[:limit]
     return [(frame, count, own.get(frame, 0)) for frame, count in ranked] + [("(total)", total, 0)]
+
+
+# --- CPU by thread -----------------------------------------------------------------------------
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of ``pid``: ``main`` (the event loop) and the others
+    by thread id (in ``cascade serve`` the busy one is the SQLite writer)."""
+    seconds: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = "main" if task.name == str(pid) else f"thread {task.name}"
+            seconds[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+class CpuSampler:
+    """CPU used by each thread of a process and by the whole machine between two instants."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start()
+
+    def start(self) -> None:
+        self._threads = thread_cpu(self.pid)
+        self._busy = machine_busy()
+        self._wall = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """Cores used on average since ``start``: each thread, the process, the machine; and
+        the seconds measured (``(seconds)``)."""
+        wall = max(1e-9, time.monotonic() - self._wall)
+        threads = thread_cpu(self.pid)
+        cores = {
+            name: (used - self._threads.get(name, 0.0)) / wall for name, used in threads.items()
+        }
+        cores = {name: value for name, value in cores.items() if value >= 0.005}
+        cores["(process)"] = sum(cores.values())
+        cores["(machine)"] = (machine_busy() - self._busy) / wall
+        cores["(seconds)"] = wall
+        return cores
+
+
+# --- shared command line -----------------------------------------------------------------------
+
+
+def add_machine_options(parser: Any) -> None:
+    """``--wait-idle`` and ``--nice``, for a machine shared with other work."""
+    parser.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the machine to be nearly idle (< 0.3 cores busy)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run the server and this load generator at this nice value (e.g. -10, as root)",
+    )
+
+
+def prepare_machine(args: Any) -> accept.Processes:
+    """Apply ``--nice`` to this process, wait for ``--wait-idle``; the process registry."""
+    if args.nice:
+        os.nice(args.nice)
+    if args.wait_idle > 0:
+        busy = accept.wait_for_quiet(args.wait_idle)
+        print(f"machine busy before the run: {busy:.2f} cores", flush=True)
+    return accept.Processes()

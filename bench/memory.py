@@ -135,10 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for sends")
     parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    lib.add_machine_options(parser)
     args = parser.parse_args(argv)
     lib.install_signal_handlers()
-    procs = lib.Processes()
     print(f"machine: {lib.describe_machine()}", flush=True)
+    procs = lib.prepare_machine(args)
     try:
         result = run(args, procs)
     except lib.BenchError as exc:

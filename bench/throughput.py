@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             "every workflow to finish",
             lambda: server.query(FINISHED_SQL)[0][0] >= accepted,
             timeout=args.timeout,
-            interval=0.2,
+            interval=0.5,
         )
         cpu1 = lib.process_cpu(server.pid)
         busy1, wall1 = lib.machine_busy(), time.monotonic()
@@ -140,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait in all")
     parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    lib.add_machine_options(parser)
     args = parser.parse_args(argv)
     lib.install_signal_handlers()
-    procs = lib.Processes()
     print(f"machine: {lib.describe_machine()}", flush=True)
+    procs = lib.prepare_machine(args)
     try:
         result = run(args, procs)
     except lib.BenchError as exc:
