@@ -1054,7 +1054,9 @@ class SmppProvider(ChannelProvider):
                 f"{settings.max_segments}",
             )
         ids = await connection.submit(self._submit_sms(settings, encoded, source, destination))
-        log.info(
+        # debug: a line per SMS at info costs ~50 µs and floods the log at 1,000s a second;
+        # the ids are stored with the message anyway (provider_message_id and its parts)
+        log.debug(
             "smpp message submitted",
             connection=connection.name,
             message_id=message.message_id,
