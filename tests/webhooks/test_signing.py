@@ -128,3 +128,17 @@ async def test_a_tampered_body_fails_the_payload_hash_check(
         assert verify_signature(request.token + "x", w.tenant.account.signature_secret) is False
         with pytest.raises(VonageVerifyJwtError):  # a mangled token is not even a JWT
             verify_signature("x" + request.token, w.tenant.account.signature_secret)
+
+
+async def test_cookies_a_receiver_sets_are_never_sent_back(
+    sqlite_store: SqliteStore, clock: FakeClock, receivers: MakeReceiver
+) -> None:
+    """A Set-Cookie answer is ignored: the next webhook to that host carries no Cookie."""
+    receiver = await receivers()
+    receiver.then(Respond(204, headers=(("Set-Cookie", "session=tenant-a; Path=/"),)))
+    async with delivering(sqlite_store, clock, status_url=receiver.url()) as w:
+        await queue(w)
+        await queue(w, url=receiver.url("/another-tenant"))
+        first, second = receiver.requests
+        assert "cookie" not in first.headers
+        assert "cookie" not in second.headers

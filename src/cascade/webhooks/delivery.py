@@ -28,6 +28,7 @@ import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import urlsplit
 
 import httpx
@@ -179,6 +180,9 @@ class WebhookSender:
             follow_redirects=False,
             transport=transport,
             headers={"User-Agent": USER_AGENT},
+            # one client serves every tenant: a cookie one receiver sets must never go back
+            # with another tenant's webhooks to the same host
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
         self._destinations: dict[str, _Destination] = {}
 
