@@ -20,7 +20,7 @@ signature secret.
 
     .venv/bin/python bench/webhooks.py                       # 20,000 webhooks, SQLite FULL
     .venv/bin/python bench/webhooks.py --runs 3 --loop asyncio,uvloop
-    .venv/bin/python bench/webhooks.py --client httpx,raw       # with the ceiling
+    .venv/bin/python bench/webhooks.py --client sender,raw      # with the ceiling
     .venv/bin/python bench/webhooks.py --profile webhooks.prof   # cProfile of the engine side
     .venv/bin/python bench/webhooks.py --runs 3 --append         # add the table to BENCHMARKS.md
 """
@@ -420,7 +420,7 @@ def report(
         "| seconds (median) | SQLite commits |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    names = {"httpx": "WebhookSender (httpx)", "raw": "ceiling: minimal asyncio client"}
+    names = {"sender": "WebhookSender (aiohttp)", "raw": "ceiling: minimal asyncio client"}
     for client, loop in dict.fromkeys((r.client, r.loop) for r in results):
         mine = [r for r in results if r.loop == loop and r.client == client]
         rates = [r.per_second for r in mine]
@@ -464,7 +464,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--loop", default="uvloop", help="uvloop (as cascade serve), asyncio, or both: a,b"
     )
     parser.add_argument(
-        "--client", default="httpx", help="httpx (the real sender), raw (the ceiling), or both"
+        "--client", default="sender", help="sender (the real one), raw (the ceiling), or both"
     )
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument("--batch-size", type=int, default=200, help="engine batch size")
