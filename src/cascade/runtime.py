@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 
 import structlog
@@ -112,6 +113,7 @@ async def run_worker(settings: Settings) -> None:
     store = open_store(settings.database_url, settings)
     await store.open()
     engine = build_engine(settings, store, clock)
+    tune_gc()
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -135,10 +137,26 @@ def _redacted(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+#: allocations (net) between two young-generation collections of the cyclic garbage collector in
+#: a running service; CPython's default is 700
+GC_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect cycles less often than CPython's defaults, and freeze what start-up created so
+    that full collections do not walk it again. Running the engine's jobs with the defaults
+    took ~140 young collections and one full one (~30 ms, a pause of the event loop) per second
+    of CPU, 5 % of the CPU in all; with these settings, about one young collection per second
+    of CPU and no full one (BENCHMARKS.md)."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
     """Serve the API until interrupted."""
     configure_logging(settings.log_level, settings.log_format)
     app = build_app(settings, announce=announce)
+    tune_gc()
     log.info("cascade.listening", url=f"http://{settings.host}:{settings.port}")
     uvicorn.run(
         app,
