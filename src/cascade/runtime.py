@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import structlog
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from cascade.api.app import create_app
 from cascade.channels.base import ChannelProvider
@@ -30,7 +30,7 @@ Announce = Callable[[Account, str], None]
 
 def build_app(
     settings: Settings, *, clock: Clock | None = None, announce: Announce | None = None
-) -> Starlette:
+) -> ASGIApp:
     """The ASGI app for ``settings``, opening its store on start-up and closing it on shutdown."""
     clock = clock or SystemClock()
     store = open_store(settings.database_url, settings)

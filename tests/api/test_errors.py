@@ -229,7 +229,7 @@ def _failing_client(
         raise error
 
     app = create_app(sqlite_store, clock=clock)
-    app.state.store.accept = accept  # the same store object the endpoints hold
+    sqlite_store.accept = accept  # type: ignore[method-assign]  # the object the endpoints hold
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://cascade.test")
 

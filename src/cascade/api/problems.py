@@ -127,3 +127,12 @@ EXCEPTION_HANDLERS = {
     TransientError: on_unavailable,
     Exception: on_unexpected,
 }
+
+
+async def problem_response(request: Request, exc: Exception) -> Response:
+    """The response the handlers above give ``exc`` (for paths that skip Starlette's own
+    exception middleware)."""
+    for kind, handler in EXCEPTION_HANDLERS.items():
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+    raise exc  # unreachable: Exception is the last key
