@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 
+from cascade.channels.base import OutboundMessage
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import FakeClock, SystemClock
 from cascade.domain.records import NewJob, Receipt
@@ -145,3 +146,26 @@ async def test_the_sandbox_sends_due_receipts_together_and_keeps_a_failed_one(
         "delivered",
         "read",
     ]
+
+
+async def test_the_sandbox_keeps_nothing_in_memory_for_a_silent_recipient(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A message to a recipient that never answers (...0003) owes no receipt and leaves no
+    entry behind in the sandbox's memory."""
+    clock = FakeClock(1_800_000_000.0)
+    sandbox = SandboxProvider(sqlite_store, clock)
+    await sandbox.start(_Sink(failing=""), run_timer=False)
+    for i in range(3):
+        await sandbox.send(
+            OutboundMessage(
+                message_id=f"m{i}",
+                channel="sms",
+                to={"type": "sms", "number": "447700900003"},
+                from_={"type": "sms", "number": "447700900001"},
+                message={"content": {"type": "text", "text": "hi"}},
+                client_ref=None,
+            )
+        )
+    assert sandbox._owed == {}
+    assert sandbox.next_due() is None

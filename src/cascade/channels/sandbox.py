@@ -163,6 +163,11 @@ class SandboxProvider(ChannelProvider):
         return SendResult(record.provider_message_id, price=price, currency="EUR")
 
     def _owe(self, provider_message_id: str, receipts: list[tuple[float, str]]) -> None:
+        if not receipts:
+            # nothing owed (a recipient that never answers): no entry, which would never be
+            # removed (one per message sent, for ever)
+            self._owed.pop(provider_message_id, None)
+            return
         self._owed[provider_message_id] = list(receipts)
         for at, status in receipts:
             heapq.heappush(self._due, (at, status, provider_message_id))
