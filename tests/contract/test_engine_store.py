@@ -656,6 +656,14 @@ class TestSandboxJournal:
         await store.sandbox_receive(self.received(3))
         assert [m.message_id for m in await store.sandbox_messages()] == ["m3", "m1", "m2"]
 
+    async def test_owed_lists_the_messages_that_still_owe_receipts(self, store: Store) -> None:
+        """sandbox_owed lists, in arrival order, only the messages with receipts still owed
+        (what the sandbox re-arms when it starts)."""
+        for n in (3, 1, 2):
+            await store.sandbox_receive(self.received(n))
+        await store.sandbox_set_receipts("sandbox-1", [], None)
+        assert [m.message_id for m in await store.sandbox_owed()] == ["m3", "m2"]
+
     async def test_provider_ids_are_unique(self, store: Store) -> None:
         """A second message with a taken provider id is refused."""
         await store.sandbox_receive(self.received(1))

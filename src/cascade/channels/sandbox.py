@@ -73,6 +73,9 @@ class SandboxJournal(Protocol):
     async def sandbox_messages(self) -> list[SandboxMessage]:
         """Every message received, oldest first."""
 
+    async def sandbox_owed(self) -> list[SandboxMessage]:
+        """The messages that still owe receipts, oldest first."""
+
 
 def behaviour(recipient: str) -> str:
     """The script a recipient follows: its last four characters, or "default"."""
@@ -115,9 +118,8 @@ class SandboxProvider(ChannelProvider):
     async def start(self, sink: ReceiptSink, *, run_timer: bool = True) -> None:
         """Re-arm the receipts owed from the journal; with ``run_timer``, emit them on time."""
         self._sink = sink
-        for message in await self._journal.sandbox_messages():
-            if message.receipts_due:
-                self._owe(message.provider_message_id, list(message.receipts_due))
+        for message in await self._journal.sandbox_owed():
+            self._owe(message.provider_message_id, list(message.receipts_due))
         if run_timer:
             self._loop_task = asyncio.create_task(self._run(), name="sandbox-receipts")
 

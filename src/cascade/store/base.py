@@ -297,3 +297,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def sandbox_messages(self) -> list[SandboxMessage]:
         """Every message the sandbox received, oldest first."""
+
+    async def sandbox_owed(self) -> list[SandboxMessage]:
+        """The messages the sandbox still owes receipts for, oldest first (what it re-arms on
+        start-up; a store can find them without reading the whole journal)."""
+        return [message for message in await self.sandbox_messages() if message.receipts_due]

@@ -980,6 +980,15 @@ class SqliteStore(Store):
 
         await self._write(write)
 
+    async def sandbox_owed(self) -> list[SandboxMessage]:
+        # '[]' is how _encode_receipts writes "nothing owed": the journal of every message ever
+        # sent is scanned by SQLite, and only the few still owing become objects
+        rows = self._read(
+            f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages WHERE receipts_due != '[]' "
+            "ORDER BY rowid"
+        )
+        return [_sandbox(row) for row in rows]
+
     async def sandbox_messages(self) -> list[SandboxMessage]:
         rows = self._read(f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages ORDER BY rowid")
         return [_sandbox(row) for row in rows]
