@@ -3,8 +3,8 @@
 It starts ``cascade serve`` (engine in-process, the built-in sandbox with
 ``CASCADE_SANDBOX_SPEED=--speed``, so receipts come ``--speed`` times sooner than documented)
 over a fresh SQLite file, POSTs ``--n`` workflows from ``--connections`` concurrent clients as
-fast as the API takes them, and waits until every workflow has finished. Then it reads from the
-database when the first was accepted and the last finished, and reports
+fast as the API takes them, and polls the database (every 0.1 s, a read-only connection) until
+every workflow has finished. It reports, on the wall clock
 
 * workflows completed per second, from the first accept to the last completion;
 * jobs run per second over the same span (the engine's ``cascade_jobs_run`` counter: sends,
@@ -39,10 +39,7 @@ from typing import Any
 import enginelib as lib
 
 FINISHED_SQL = "SELECT count(*) FROM workflows WHERE state != 'running'"
-SPAN_SQL = (
-    "SELECT min(created_at), max(created_at), max(finished_at), count(*), "
-    "sum(state = 'completed') FROM workflows"
-)
+COUNT_SQL = "SELECT count(*), sum(state = 'completed') FROM workflows"
 
 
 def body(shape: str) -> bytes:
@@ -75,14 +72,17 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     server = lib.Server(procs, env, keep=args.keep)
     try:
         server.start()
+        startup_cpu = lib.process_cpu(server.pid)  # imports and start-up, no engine work yet
         if not live:
             posted = accept_all(server, args)
             server.stop()
             server.env["CASCADE_RUN_WORKER"] = "true"
             server.start()  # the engine finds the whole backlog due
         engine_started = time.time()
-        before = server.metrics()
-        cpu0 = lib.process_cpu(server.pid)
+        # backlog: a fresh process, whose counters start at zero (its engine is already busy)
+        before = server.metrics() if live else {}
+        # (the restarted process's own start-up is taken to cost what the first one's did)
+        cpu0 = lib.process_cpu(server.pid) if live else startup_cpu
         busy0, wall0 = lib.machine_busy(), time.monotonic()
         if live:
             posted = accept_all(server, args)
@@ -90,17 +90,19 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             "every workflow to finish",
             lambda: server.query(FINISHED_SQL)[0][0] >= posted.accepted,
             timeout=args.timeout,
-            interval=0.5,
+            interval=0.1,
         )
+        all_finished = time.time()  # the wall clock (finished_at is when a receipt was due)
         cpu1 = lib.process_cpu(server.pid)
         busy1, wall1 = lib.machine_busy(), time.monotonic()
         after = server.metrics()
         server.stop()
-        first, last_accept, last_finish, workflows, completed = server.query(SPAN_SQL)[0]
+        workflows, completed = server.query(COUNT_SQL)[0]
     finally:
         server.cleanup()
-    if not live:
-        first = engine_started  # the backlog's clock starts with the engine
+    # live: from the first POST; backlog: from the engine's start
+    first = posted.started if live else engine_started
+    last_accept, last_finish = posted.finished, all_finished
     span = last_finish - first
     jobs = lib.labelled_sum(after, "cascade_jobs_run_total") - lib.labelled_sum(
         before, "cascade_jobs_run_total"
