@@ -35,19 +35,6 @@ from cascade.domain.status import Status
 T0 = 1_800_000_000.0
 HORIZON = 72 * 3600.0
 
-#: the MessageChange fields that map one to one onto MessageRecord fields
-_FIELDS = (
-    "state",
-    "status",
-    "error_code",
-    "error_reason",
-    "provider",
-    "provider_message_id",
-    "price",
-    "currency",
-    "started_at",
-)
-
 JobKey = tuple[str, str]
 
 
@@ -170,11 +157,7 @@ class Simulator:
         for record in self.workflow.messages:
             change = changes.messages.get(record.id)
             if change is not None:
-                values = {
-                    name: getattr(change, name)
-                    for name in _FIELDS
-                    if getattr(change, name) is not None
-                }
+                values = change.values()
                 if "status" in values:
                     values["status"] = Status(values["status"]).value
                 record = replace(record, **values, updated_at=self.now)

@@ -24,7 +24,8 @@ The rules, in short:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from cascade.domain.records import (
     Event,
@@ -95,6 +96,15 @@ class MessageChange:
     currency: str | None = None
     started_at: float | None = None
     segments: int | None = None
+
+    def values(self) -> dict[str, Any]:
+        """The fields this change sets, by name (the MessageRecord fields of the same names)."""
+        return {
+            name: value for name in _CHANGE_FIELDS if (value := getattr(self, name)) is not None
+        }
+
+
+_CHANGE_FIELDS = tuple(f.name for f in fields(MessageChange) if f.name != "message_id")
 
 
 @dataclass(slots=True)

@@ -7,19 +7,6 @@ from dataclasses import replace
 from cascade.domain.failover import Changes
 from cascade.domain.records import MessageRecord, WorkflowRecord
 
-_FIELDS = (
-    "state",
-    "status",
-    "error_code",
-    "error_reason",
-    "provider",
-    "provider_message_id",
-    "price",
-    "currency",
-    "started_at",
-    "segments",
-)
-
 
 def project(workflow: WorkflowRecord, changes: Changes) -> WorkflowRecord:
     """``workflow`` with ``changes`` applied to its messages and state (the timeline is kept)."""
@@ -29,9 +16,7 @@ def project(workflow: WorkflowRecord, changes: Changes) -> WorkflowRecord:
         if change is None:
             messages.append(message)
             continue
-        updates = {
-            name: getattr(change, name) for name in _FIELDS if getattr(change, name) is not None
-        }
+        updates = change.values()
         messages.append(replace(message, **updates))
     state = changes.workflow_state or workflow.state
     finished_at = changes.finished_at if changes.workflow_state else workflow.finished_at

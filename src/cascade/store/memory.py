@@ -435,11 +435,7 @@ class MemoryStore(Store):
             message = self._messages.get(change.message_id)
             if message is None:
                 continue
-            values: dict[str, Any] = {
-                name: getattr(change, name)
-                for name in _MESSAGE_CHANGE_FIELDS
-                if getattr(change, name) is not None
-            }
+            values: dict[str, Any] = change.values()
             if now is not None:
                 values["updated_at"] = now
             updated[change.message_id] = dataclasses.replace(message, **values)
@@ -712,17 +708,3 @@ def _check_provider_refs(messages: Iterable[MessageRecord]) -> None:
         if ref in seen:
             raise StoreConflict(f"provider message id {ref} belongs to another message")
         seen.add(ref)
-
-
-_MESSAGE_CHANGE_FIELDS = (
-    "segments",
-    "state",
-    "status",
-    "error_code",
-    "error_reason",
-    "provider",
-    "provider_message_id",
-    "price",
-    "currency",
-    "started_at",
-)

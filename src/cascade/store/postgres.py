@@ -1163,19 +1163,6 @@ _SANDBOX_COLUMNS = (
 #: the job that delivers a stored webhook (its ref is the webhook's id)
 WEBHOOK_JOB = "webhook"
 
-_MESSAGE_CHANGE_FIELDS = (
-    "segments",
-    "state",
-    "status",
-    "error_code",
-    "error_reason",
-    "provider",
-    "provider_message_id",
-    "price",
-    "currency",
-    "started_at",
-)
-
 
 def _status(value: str | None) -> Status | None:
     """A stored status, if any."""
@@ -1286,11 +1273,7 @@ async def _persist(
     """Store what a transition decided (inside the caller's transaction)."""
     now = max((event.at for event in changes.events), default=None)
     for change in changes.messages.values():
-        values = {
-            name: getattr(change, name)
-            for name in _MESSAGE_CHANGE_FIELDS
-            if getattr(change, name) is not None
-        }
+        values = change.values()
         if now is not None:
             values["updated_at"] = now
         if values:

@@ -177,34 +177,57 @@ class _GroupCommitWriter:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
             # another connection holds the write lock: wait for it on the helper thread
-            waited = loop.run_in_executor(self._executor, self._write_waiting, conn, batch)
-            waited.add_done_callback(
-                lambda done: self._finish(
-                    batch, None if done.exception() else done.result(), done.exception()
-                )
-            )
+            self._write_in_thread(batch, one_by_one=False)
             return
         except sqlite3.Error as exc:
             self._finish(batch, None, exc)
             return
-        try:
-            outcomes = _write_batch(conn, batch)
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
+        outcomes = _write_all(conn, batch)
+        if outcomes is None:
+            # a write failed: undo the batch and write it again on the helper thread, each
+            # write in its own savepoint so that only the failing one is undone (writes are
+            # functions of the database alone, so running one again is running it once)
+            try:
                 conn.execute("ROLLBACK")
-            self._finish(batch, None, exc)
+            except sqlite3.Error as exc:
+                self._finish(batch, None, exc)
+                return
+            self._write_in_thread(batch, one_by_one=True)
             return
         committed = loop.run_in_executor(self._executor, _commit, conn)
         committed.add_done_callback(lambda done: self._finish(batch, outcomes, done.exception()))
 
+    def _write_in_thread(
+        self, batch: list[tuple[WriteFn, asyncio.Future[Any]]], *, one_by_one: bool
+    ) -> None:
+        assert self._loop is not None
+        assert self._conn is not None
+        written = self._loop.run_in_executor(
+            self._executor, self._write_waiting, self._conn, batch, one_by_one
+        )
+        written.add_done_callback(
+            lambda done: self._finish(
+                batch, None if done.exception() else done.result(), done.exception()
+            )
+        )
+
     def _write_waiting(
-        self, conn: sqlite3.Connection, batch: list[tuple[WriteFn, asyncio.Future[Any]]]
+        self,
+        conn: sqlite3.Connection,
+        batch: list[tuple[WriteFn, asyncio.Future[Any]]],
+        one_by_one: bool,
     ) -> Outcomes:
-        """On the helper thread: the whole transaction, waiting for the write lock."""
+        """On the helper thread: the whole transaction, waiting for the write lock if another
+        process holds it; ``one_by_one`` runs each write in its own savepoint."""
         conn.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
         try:
             conn.execute("BEGIN IMMEDIATE")
-            outcomes = _write_batch(conn, batch)
+            outcomes = None if one_by_one else _write_all(conn, batch)
+            if outcomes is None:
+                if not one_by_one:
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                outcomes = _write_each(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:
@@ -237,21 +260,6 @@ class _GroupCommitWriter:
 
 def _commit(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
-
-
-def _write_batch(
-    conn: sqlite3.Connection, batch: list[tuple[WriteFn, asyncio.Future[Any]]]
-) -> Outcomes:
-    """Run a batch in the open transaction: all at once, or, when a write fails, again with
-    each write in its own savepoint so that only the failing one is undone (writes are
-    functions of the database alone, so running one again is running it once)."""
-    conn.execute("SAVEPOINT batch")
-    outcomes = _write_all(conn, batch)
-    if outcomes is None:
-        conn.execute("ROLLBACK TO batch")
-        outcomes = _write_each(conn, batch)
-    conn.execute("RELEASE batch")
-    return outcomes
 
 
 def _failed(
@@ -749,6 +757,15 @@ class SqliteStore(Store):
     async def take_orphan_receipts(
         self, provider: str | None = None, provider_message_id: str | None = None
     ) -> list[Receipt]:
+        if provider is not None and not self._read(
+            "SELECT 1 FROM orphan_receipts WHERE provider = ? AND provider_message_id = ? LIMIT 1",
+            (provider, provider_message_id),
+        ):
+            # none kept for it (the usual case, after every send): no write, and so no
+            # transaction of its own when the engine is not busy. One stored after this read
+            # is matched by the engine's periodic sweep, as one stored after the write would be
+            return []
+
         def write(conn: sqlite3.Connection) -> list[Receipt]:
             sql = (
                 "SELECT o.id, o.provider, o.provider_message_id, o.status, o.at, o.code, o.reason "
@@ -1133,31 +1150,13 @@ def _load_workflow(
     )
 
 
-_MESSAGE_CHANGE_FIELDS = (
-    "segments",
-    "state",
-    "status",
-    "error_code",
-    "error_reason",
-    "provider",
-    "provider_message_id",
-    "price",
-    "currency",
-    "started_at",
-)
-
-
 def _persist(
     conn: sqlite3.Connection, workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]
 ) -> None:
     """Store what a transition decided (inside the caller's transaction)."""
     now = max((event.at for event in changes.events), default=None)
     for change in changes.messages.values():
-        values = {
-            name: getattr(change, name)
-            for name in _MESSAGE_CHANGE_FIELDS
-            if getattr(change, name) is not None
-        }
+        values = change.values()
         if now is not None:
             values["updated_at"] = now
         if values:
