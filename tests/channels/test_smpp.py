@@ -432,6 +432,28 @@ async def test_window_limits_outstanding_submits(
     assert [r.provider_message_id for r in results] == [s.message_id for s in smsc.submits]
 
 
+async def test_a_send_that_waits_too_long_for_a_window_slot_is_unavailable(
+    make_provider: ProviderFactory, smsc: LoopbackSmsc
+) -> None:
+    """A submit that finds every slot taken waits at most response_timeout for one, then is a
+    transient failure; the ones holding the slots time out as unconfirmed."""
+    provider = await make_provider(window_size=1, response_timeout=0.5)
+    assert await provider.ready(2.0)
+    smsc.default = Behaviour(silent=True)
+    first = asyncio.create_task(provider.send(sms("one", message_id="m-1")))
+    await smsc.wait_for(lambda: len(smsc.submits) == 1)
+    waiting = [
+        asyncio.create_task(provider.send(sms(text, message_id=text))) for text in ("two", "three")
+    ]
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert isinstance(results[0], SmppSubmitUnconfirmed)
+    assert isinstance(results[1], SmppSubmitUnconfirmed)  # took the slot the first freed
+    assert isinstance(results[2], ChannelUnavailable)
+    assert not isinstance(results[2], SmppSubmitUnconfirmed)
+    assert "window slots stayed busy" in str(results[2])
+    assert [submit.short_message for submit in smsc.submits] == [b"one", b"two"]
+
+
 async def test_throughput_limit(make_provider: ProviderFactory, smsc: LoopbackSmsc) -> None:
     """The token bucket holds submits to the configured rate after a one-second burst."""
     provider = await make_provider(throughput=20.0)

@@ -799,8 +799,11 @@ class SmppConnection:
         """One of ``window_size`` outstanding submits; waits up to ``response_timeout``."""
         timeout = self.settings.response_timeout
         try:
-            async with asyncio.timeout(timeout):
-                await self._window.acquire()
+            if not self._window.locked():
+                await self._window.acquire()  # a free slot: taken at once, no timer needed
+            else:
+                async with asyncio.timeout(timeout):
+                    await self._window.acquire()
         except TimeoutError as exc:
             raise ChannelUnavailable(
                 f"SMSC {self.name}: all {self.settings.window_size} window slots stayed busy "
