@@ -250,16 +250,18 @@ class Engine:
             if len(jobs) == settings.batch_size:
                 await asyncio.sleep(0)
                 continue
-            await self._idle()
+            await self._idle(ahead > 0)
 
-    async def _idle(self) -> None:
-        """Sleep until the next job comes within the lookahead, new work arrives, or the poll
-        interval passes."""
+    async def _idle(self, ahead: bool) -> None:
+        """Sleep until the next job is due within half the lookahead (so that one claim takes
+        the jobs of half a lookahead, not one job each), or is due at all when nothing more may
+        be claimed ahead; or until new work arrives, or the poll interval passes."""
         self._wakeup.clear()
         next_at = await self.store.next_job_at()
         delay = self.settings.poll_interval
         if next_at is not None:
-            delay = min(delay, next_at - self.settings.lookahead - self.clock.now())
+            margin = self.settings.lookahead / 2 if ahead else 0.0
+            delay = min(delay, next_at - margin - self.clock.now())
         if delay <= 0:
             return
         sleeper = asyncio.ensure_future(self.clock.sleep(delay))
