@@ -27,9 +27,9 @@ async def _queue(store: SqliteStore, *jobs: NewJob) -> None:
     await store.accept(dataclasses.replace(workflow(owner), jobs=jobs))
 
 
-def _engine(store: SqliteStore, clock: SystemClock, lookahead: float) -> Engine:
-    settings = EngineSettings(lookahead=lookahead)
-    return Engine(store, Providers(SandboxProvider(store, clock)), clock, settings)
+def _engine(store: SqliteStore, clock: SystemClock, lookahead: float, **settings: int) -> Engine:
+    pacing = EngineSettings(lookahead=lookahead, **settings)
+    return Engine(store, Providers(SandboxProvider(store, clock)), clock, pacing)
 
 
 def _locks(store: SqliteStore) -> list[tuple[str, str | None]]:
@@ -92,6 +92,30 @@ async def test_stopping_hands_back_the_jobs_claimed_ahead(sqlite_store: SqliteSt
     await engine.stop()
     assert ran == []
     assert _locks(sqlite_store) == [("later", None)]
+
+
+async def test_an_engine_with_enough_waiting_does_not_claim_in_a_loop(
+    sqlite_store: SqliteStore,
+) -> None:
+    """With max_in_flight jobs claimed ahead and waiting, the engine sleeps until the next job
+    is due instead of claiming (a transaction each time) again and again."""
+    clock = SystemClock()
+    engine = _engine(sqlite_store, clock, lookahead=5.0, max_in_flight=2, batch_size=2)
+
+    async def finish(job: Job) -> None:
+        await sqlite_store.finish_job(job.id)
+
+    engine.handlers["ping"] = finish
+    now = clock.now()
+    await _queue(sqlite_store, *(NewJob("ping", f"p{i}", now + 2.0 + 0.1 * i) for i in range(5)))
+    await engine.start()
+    try:
+        await asyncio.sleep(0.3)
+        commits = sqlite_store.commits
+        await asyncio.sleep(0.5)
+        assert sqlite_store.commits - commits < 5
+    finally:
+        await engine.stop()
 
 
 class _Sink:
