@@ -240,13 +240,16 @@ async def scenario(processes: Processes) -> Run:
         await wait_for(api_up, until, "the API to listen")
 
         kinds: dict[str, str] = {}
-        gate = asyncio.Semaphore(16)
+        # paced (at most ~200 posts/s) so the batch is still arriving when the worker is
+        # killed, however fast the worker runs on a quiet machine
+        gate = asyncio.Semaphore(4)
 
         async def post(kind: str, body: dict[str, Any]) -> None:
             async with gate:
                 response = await http.post(
                     "/v0.1/dispatch", json=body, headers={"Authorization": f"Bearer {token()}"}
                 )
+                await asyncio.sleep(0.02)
             assert response.status_code == 202, response.text
             kinds[response.json()["dispatch_uuid"]] = kind
 
