@@ -4,8 +4,10 @@ It starts ``cascade serve`` (engine in-process, the built-in sandbox) over a fre
 POSTs ``--n`` two-step workflows as fast as the API takes them, from ``--connections``
 concurrent clients: step 1 is Messenger to a recipient ending in ``0003`` (the sandbox says
 ``submitted`` and then nothing), ``condition_status: delivered`` and ``expiry_time: 15`` (the
-minimum); step 2 is SMS to a default recipient. Every step 1 therefore expires 15 s after it
-started, and the engine must fail over to the SMS.
+minimum); step 2 is SMS to ``--sms-number`` (default: a default recipient, delivered 1 s after it
+is sent; ``...0003`` sends no receipt). Every step 1 therefore expires 15 s after it started, and
+the engine must fail over to the SMS. Since each timer falls due 15 s after its accept, timers
+come due as fast as the API accepted (``--rate`` caps the accept rate).
 
 When every SMS has been submitted, the server is stopped and the times are read from the database:
 
@@ -16,9 +18,12 @@ When every SMS has been submitted, the server is stopped and the times are read 
 
 and the lateness of each is reported as p50 / p99 / max over the workflows. The target is
 p99 <= 100 ms from due to the SMS submit. The server's own ``cascade_timer_lateness_seconds``
-histogram (every job: when it was claimed after its ``run_at``) is printed beside it.
+histogram (every job: how long after its ``run_at`` it started to run) is printed beside it, and
+the CPU the server's threads and the machine used from the first timer due to the last SMS
+submitted.
 
     .venv/bin/python bench/timers.py                  # 10,000 workflows, 32 clients
+    .venv/bin/python bench/timers.py --rate 1500      # accept at most 1,500/s
     .venv/bin/python bench/timers.py --n 2000 --connections 16 --json
 """
 
