@@ -504,7 +504,8 @@ class TestWebhooks:
         assert [w.id for w in await store.list_webhooks(limit=1)] == [everything[0].id]
 
     async def test_replay_requeues_dead_letters(self, store: Store) -> None:
-        """Replaying dead letters makes them pending again with a fresh window and one job."""
+        """Replaying dead letters makes them pending again with a fresh schedule, window and
+        job, keeping their attempt rows."""
         owner, other = await tenant(store), await tenant(store)
         await store.add_webhooks(
             [
@@ -526,11 +527,14 @@ class TestWebhooks:
         assert await store.replay_webhooks(None, T0 + 100, account_id=owner.id) == 1
         replayed = await store.get_webhook(dead_mine.id)
         assert replayed is not None
-        assert (replayed.state, replayed.first_attempt_at, replayed.next_attempt_at) == (
-            "pending",
-            None,
-            T0 + 100,
-        )
+        assert (
+            replayed.state,
+            replayed.attempts,
+            replayed.first_attempt_at,
+            replayed.next_attempt_at,
+        ) == ("pending", 0, None, T0 + 100)
+        # the attempt rows stay: the history of the first round is kept
+        assert len(await store.webhook_attempts([dead_mine.id])) == 1
         assert [(j.kind, j.run_at) for j in await store.pending_jobs(str(dead_mine.id))] == [
             ("webhook", T0 + 100)
         ]

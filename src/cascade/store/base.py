@@ -275,7 +275,8 @@ class Store(abc.ABC):
         self, webhook_ids: Sequence[int] | None, now: float, *, account_id: str | None = None
     ) -> int:
         """Queue webhooks for delivery again (these ids, or every dead letter when None);
-        their 24-hour retry window starts over. Returns how many."""
+        their retry schedule and 24-hour window start over (the attempt count restarts; the
+        attempt rows stay). Returns how many."""
 
     # --- the sandbox provider's journal ----------------------------------------------------
 

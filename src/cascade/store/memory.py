@@ -640,7 +640,7 @@ class MemoryStore(Store):
             chosen = [w for w in chosen if w.account_id == account_id]
         for webhook in chosen:
             self._webhooks[webhook.id] = dataclasses.replace(
-                webhook, state="pending", first_attempt_at=None, next_attempt_at=now
+                webhook, state="pending", attempts=0, first_attempt_at=None, next_attempt_at=now
             )
             self._cancel_jobs({(WEBHOOK_JOB, str(webhook.id))})
             self._add_job(WEBHOOK_JOB, str(webhook.id), now)

@@ -1057,8 +1057,8 @@ class PostgresStore(Store):
                 ids = [row[0] for row in await conn.fetch(sql + " ORDER BY id FOR UPDATE", *args)]
                 if ids:
                     await conn.execute(
-                        "UPDATE webhooks SET state = 'pending', first_attempt_at = NULL, "
-                        "next_attempt_at = $1 WHERE id = ANY($2::bigint[])",
+                        "UPDATE webhooks SET state = 'pending', attempts = 0, first_attempt_at = "
+                        "NULL, next_attempt_at = $1 WHERE id = ANY($2::bigint[])",
                         now,
                         ids,
                     )

@@ -938,8 +938,8 @@ class SqliteStore(Store):
             ids = [row[0] for row in conn.execute(sql, params)]
             for webhook_id in ids:
                 conn.execute(
-                    "UPDATE webhooks SET state = 'pending', first_attempt_at = NULL, "
-                    "next_attempt_at = ? WHERE id = ?",
+                    "UPDATE webhooks SET state = 'pending', attempts = 0, "
+                    "first_attempt_at = NULL, next_attempt_at = ? WHERE id = ?",
                     (now, webhook_id),
                 )
                 conn.execute(
