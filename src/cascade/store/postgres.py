@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -39,6 +39,7 @@ import structlog
 
 from cascade.domain.failover import Changes
 from cascade.domain.records import (
+    WEBHOOK_JOB,
     Accepted,
     Account,
     Application,
@@ -51,14 +52,13 @@ from cascade.domain.records import (
     SendAttempt,
     StepState,
     StoredResponse,
-    Surface,
     WebhookAttempt,
     WebhookRecord,
     WorkflowRecord,
-    WorkflowState,
 )
 from cascade.domain.status import Status
 from cascade.errors import IdempotencyConflict, NotFound, StoreConflict, StoreUnavailable
+from cascade.store import rows as rows_
 from cascade.store.base import (
     UNSET,
     Decide,
@@ -70,18 +70,16 @@ from cascade.store.base import (
     _Unset,
 )
 from cascade.store.migrations import migrations
-
-_ACCOUNT_COLUMNS = (
-    "id, api_key, api_secret_sha256, signature_secret, status_url, inbound_url, created_at"
-)
-_APPLICATION_COLUMNS = "id, account_id, name, public_key_pem, status_url, inbound_url, created_at"
-_MESSAGE_COLUMNS = (
-    "id, workflow_id, step, account_id, channel, recipient, sender, body, client_ref, "
-    "expiry_time, condition_status, state, status, error_code, error_reason, provider, "
-    "provider_message_id, price, currency, started_at, created_at, updated_at"
-)
-#: what a MessageRecord is read from (the stored columns plus the last transient error)
-_MESSAGE_READ = _MESSAGE_COLUMNS + ", last_error_code, last_error_reason, segments"
+from cascade.store.rows import ACCOUNT_COLUMNS as _ACCOUNT_COLUMNS
+from cascade.store.rows import APPLICATION_COLUMNS as _APPLICATION_COLUMNS
+from cascade.store.rows import MESSAGE_COLUMNS as _MESSAGE_COLUMNS
+from cascade.store.rows import MESSAGE_READ as _MESSAGE_READ
+from cascade.store.rows import SANDBOX_COLUMNS as _SANDBOX_COLUMNS
+from cascade.store.rows import WEBHOOK_COLUMNS as _WEBHOOK_COLUMNS
+from cascade.store.rows import encode_receipts as _encode_receipts
+from cascade.store.rows import message as _message
+from cascade.store.rows import sandbox as _sandbox
+from cascade.store.rows import webhook as _webhook
 
 _INSERT_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys "
@@ -163,15 +161,6 @@ def _driver_errors(action: str) -> Iterator[None]:
         yield
     except _DRIVER_ERRORS as exc:
         raise _wrap(exc, action) from exc
-
-
-def _message(row: Sequence[Any]) -> MessageRecord:
-    """A message row as a record (the JSON text columns back to bytes)."""
-    values = list(row)
-    for index in (5, 6, 7):  # recipient, sender, body are stored as JSON text
-        values[index] = values[index].encode()
-    values[11] = StepState(values[11])
-    return MessageRecord(*values)
 
 
 class _Rows:
@@ -625,23 +614,7 @@ class PostgresStore(Store):
                         "WHERE workflow_id = ANY($1::text[]) ORDER BY step",
                         [row[0] for row in rows],
                     )
-        by_workflow: dict[str, list[MessageRecord]] = {}
-        for message in map(_message, message_rows):
-            by_workflow.setdefault(message.workflow_id, []).append(message)
-        return [
-            WorkflowRecord(
-                id=row[0],
-                account_id=row[1],
-                application_id=row[2],
-                surface=Surface(row[3]),
-                state=WorkflowState(row[4]),
-                created_at=row[5],
-                updated_at=row[6],
-                finished_at=row[7],
-                messages=tuple(by_workflow.get(row[0], ())),
-            )
-            for row in rows
-        ]
+        return rows_.workflows(rows, message_rows)
 
     async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
         where, args = _list_filter(account_id, query, "status")
@@ -1142,28 +1115,6 @@ def _list_filter(
     return " AND ".join(clauses), tuple(args)
 
 
-_WEBHOOK_COLUMNS = (
-    "id, account_id, application_id, workflow_id, message_id, kind, url, body, state, "
-    "attempts, created_at, first_attempt_at, last_attempt_at, next_attempt_at, last_status, "
-    "last_error, delivered_at"
-)
-
-
-def _webhook(row: Sequence[Any]) -> WebhookRecord:
-    """A webhook row as a record (its body back to bytes)."""
-    values = list(row)
-    values[7] = values[7].encode()
-    return WebhookRecord(*values)
-
-
-_SANDBOX_COLUMNS = (
-    "message_id, provider_message_id, channel, recipient, text, attempts, received_at, receipts_due"
-)
-
-#: the job that delivers a stored webhook (its ref is the webhook's id)
-WEBHOOK_JOB = "webhook"
-
-
 def _status(value: str | None) -> Status | None:
     """A stored status, if any."""
     return Status(value) if value is not None else None
@@ -1193,17 +1144,6 @@ async def _close_quietly(conn: Any) -> None:
     finally:
         if not conn.is_closed():
             conn.terminate()
-
-
-def _encode_receipts(receipts: Sequence[tuple[float, str]]) -> str:
-    """The receipts a sandbox message owes, as the JSON text stored."""
-    return json.dumps([[at, status] for at, status in receipts])
-
-
-def _sandbox(row: Sequence[Any]) -> SandboxMessage:
-    """A sandbox journal row as a record."""
-    due = tuple((float(at), str(status)) for at, status in json.loads(row[7]))
-    return SandboxMessage(row[0], row[1], row[2], row[3], row[4], row[5], row[6], due)
 
 
 async def _workflow_id(conn: Any, key: WorkflowKey) -> str | None:
@@ -1253,17 +1193,8 @@ async def _load_workflow(
             "WHERE workflow_id = $1 ORDER BY id",
             workflow_id,
         )
-    return WorkflowRecord(
-        id=row[0],
-        account_id=row[1],
-        application_id=row[2],
-        surface=Surface(row[3]),
-        state=WorkflowState(row[4]),
-        created_at=row[5],
-        updated_at=row[6],
-        finished_at=row[7],
-        messages=tuple(_message(r) for r in messages),
-        events=tuple(Event(*r) for r in events),
+    return replace(
+        rows_.workflow(row, map(_message, messages)), events=tuple(Event(*r) for r in events)
     )
 
 

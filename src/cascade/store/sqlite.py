@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,11 +40,9 @@ from cascade.domain.records import (
     SendAttempt,
     StepState,
     StoredResponse,
-    Surface,
     WebhookAttempt,
     WebhookRecord,
     WorkflowRecord,
-    WorkflowState,
 )
 from cascade.domain.status import Status
 from cascade.errors import (
@@ -53,6 +51,7 @@ from cascade.errors import (
     StoreConflict,
     StoreUnavailable,
 )
+from cascade.store import rows as rows_
 from cascade.store.base import (
     UNSET,
     Decide,
@@ -64,21 +63,19 @@ from cascade.store.base import (
     _Unset,
 )
 from cascade.store.migrations import migrations
+from cascade.store.rows import ACCOUNT_COLUMNS as _ACCOUNT_COLUMNS
+from cascade.store.rows import APPLICATION_COLUMNS as _APPLICATION_COLUMNS
+from cascade.store.rows import MESSAGE_COLUMNS as _MESSAGE_COLUMNS
+from cascade.store.rows import MESSAGE_READ as _MESSAGE_READ
+from cascade.store.rows import SANDBOX_COLUMNS as _SANDBOX_COLUMNS
+from cascade.store.rows import WEBHOOK_COLUMNS as _WEBHOOK_COLUMNS
+from cascade.store.rows import encode_receipts as _encode_receipts
+from cascade.store.rows import message as _message
+from cascade.store.rows import sandbox as _sandbox
+from cascade.store.rows import webhook as _webhook
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
-
-_ACCOUNT_COLUMNS = (
-    "id, api_key, api_secret_sha256, signature_secret, status_url, inbound_url, created_at"
-)
-_APPLICATION_COLUMNS = "id, account_id, name, public_key_pem, status_url, inbound_url, created_at"
-_MESSAGE_COLUMNS = (
-    "id, workflow_id, step, account_id, channel, recipient, sender, body, client_ref, "
-    "expiry_time, condition_status, state, status, error_code, error_reason, provider, "
-    "provider_message_id, price, currency, started_at, created_at, updated_at"
-)
-#: what a MessageRecord is read from (the stored columns plus the last transient error)
-_MESSAGE_READ = _MESSAGE_COLUMNS + ", last_error_code, last_error_reason, segments"
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -603,27 +600,11 @@ class SqliteStore(Store):
         if not rows:
             return []
         marks = ", ".join("?" for _ in rows)
-        by_workflow: dict[str, list[MessageRecord]] = {}
-        for row in self._read(
+        message_rows = self._read(
             f"SELECT {_MESSAGE_READ} FROM messages WHERE workflow_id IN ({marks}) ORDER BY step",
             tuple(r[0] for r in rows),
-        ):
-            message = _message(row)
-            by_workflow.setdefault(message.workflow_id, []).append(message)
-        return [
-            WorkflowRecord(
-                id=r[0],
-                account_id=r[1],
-                application_id=r[2],
-                surface=Surface(r[3]),
-                state=WorkflowState(r[4]),
-                created_at=r[5],
-                updated_at=r[6],
-                finished_at=r[7],
-                messages=tuple(by_workflow.get(r[0], ())),
-            )
-            for r in rows
-        ]
+        )
+        return rows_.workflows(rows, message_rows)
 
     async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
         where, params = _list_filter(account_id, query, "status")
@@ -1031,33 +1012,6 @@ def _list_filter(
     return " AND ".join(clauses), tuple(params)
 
 
-_WEBHOOK_COLUMNS = (
-    "id, account_id, application_id, workflow_id, message_id, kind, url, body, state, "
-    "attempts, created_at, first_attempt_at, last_attempt_at, next_attempt_at, last_status, "
-    "last_error, delivered_at"
-)
-
-
-def _webhook(row: tuple[Any, ...]) -> WebhookRecord:
-    values = list(row)
-    values[7] = values[7].encode()
-    return WebhookRecord(*values)
-
-
-_SANDBOX_COLUMNS = (
-    "message_id, provider_message_id, channel, recipient, text, attempts, received_at, receipts_due"
-)
-
-
-def _encode_receipts(receipts: Sequence[tuple[float, str]]) -> str:
-    return json.dumps([[at, status] for at, status in receipts])
-
-
-def _sandbox(row: tuple[Any, ...]) -> SandboxMessage:
-    due = tuple((float(at), str(status)) for at, status in json.loads(row[7]))
-    return SandboxMessage(row[0], row[1], row[2], row[3], row[4], row[5], row[6], due)
-
-
 _WORKFLOW_OF = {
     "workflow": "?",
     "message": "(SELECT workflow_id FROM messages WHERE id = ?)",
@@ -1090,19 +1044,7 @@ def _load_for_transition(conn: sqlite3.Connection, key: WorkflowKey) -> Workflow
         ).fetchall()
     if not rows:
         return None
-    first = rows[0]
-    return WorkflowRecord(
-        id=first[0],
-        account_id=first[1],
-        application_id=first[2],
-        surface=Surface(first[3]),
-        state=WorkflowState(first[4]),
-        created_at=first[5],
-        updated_at=first[6],
-        finished_at=first[7],
-        messages=tuple(_message(row[8:]) for row in rows),
-        events=(),
-    )
+    return rows_.workflow(rows[0], (_message(row[8:]) for row in rows))
 
 
 def _load_workflow(
@@ -1136,18 +1078,7 @@ def _load_workflow(
                 (workflow_id,),
             )
         )
-    return WorkflowRecord(
-        id=row[0],
-        account_id=row[1],
-        application_id=row[2],
-        surface=Surface(row[3]),
-        state=WorkflowState(row[4]),
-        created_at=row[5],
-        updated_at=row[6],
-        finished_at=row[7],
-        messages=messages,
-        events=events,
-    )
+    return replace(rows_.workflow(row, messages), events=events)
 
 
 def _persist(
@@ -1239,14 +1170,6 @@ def _destination(
         (application_id, account_id),
     ).fetchone()
     return str(row[0]) if row and row[0] else None
-
-
-def _message(row: tuple[Any, ...]) -> MessageRecord:
-    values = list(row)
-    for index in (5, 6, 7):  # recipient, sender, body are stored as JSON text
-        values[index] = values[index].encode()
-    values[11] = StepState(values[11])
-    return MessageRecord(*values)
 
 
 def _insert_workflow(conn: sqlite3.Connection, workflow: NewWorkflow) -> Accepted:
