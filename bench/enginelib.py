@@ -471,3 +471,26 @@ def prepare_machine(args: Any) -> accept.Processes:
         busy = accept.wait_for_quiet(args.wait_idle)
         print(f"machine busy before the run: {busy:.2f} cores", flush=True)
     return accept.Processes()
+
+
+def run_benchmark(
+    name: str,
+    args: Any,
+    run: Callable[[Any, accept.Processes], dict[str, Any]],
+    print_result: Callable[[dict[str, Any]], None],
+) -> int:
+    """The common life of an engine benchmark: describe the machine, prepare it, run, always
+    stop what was started, print the result and keep it as JSON; the exit status."""
+    install_signal_handlers()
+    print(f"machine: {describe_machine()}", flush=True)
+    procs = prepare_machine(args)
+    try:
+        result = run(args, procs)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop_all()
+    print_result(result)
+    write_json(name, {"options": vars(args), "result": result}, args.json)
+    return 0

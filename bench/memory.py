@@ -137,19 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     lib.add_machine_options(parser)
     args = parser.parse_args(argv)
-    lib.install_signal_handlers()
-    print(f"machine: {lib.describe_machine()}", flush=True)
-    procs = lib.prepare_machine(args)
-    try:
-        result = run(args, procs)
-    except lib.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        procs.stop_all()
-    print_result(result)
-    lib.write_json("memory", {"options": vars(args), "result": result}, args.json)
-    return 0
+    return lib.run_benchmark("memory", args, run, print_result)
 
 
 if __name__ == "__main__":
