@@ -761,21 +761,12 @@ def timeline(origin: float, *series: list[float]) -> list[list[int]]:
 
 #: event-loop stages, by a frame on the stack (the first marker found wins)
 LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
-    # coroutine stacks are often cut short: these HTTP clients are only used by webhooks
     (
         "webhook delivery",
         (
             "webhooks/",
-            "aiohttp/",
-            "yarl/",
-            "multidict/",
-            "httpx/",
-            "httpcore/",
-            "anyio/",
-            "h11/",
             "SqliteStore.get_webhook ",
             "SqliteStore.get_account ",  # per attempt; the API's is cached with the token
-            "PyJWT.",
         ),
     ),
     (

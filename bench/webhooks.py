@@ -151,7 +151,7 @@ class RunResult:
 _IDLE: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
 
 
-async def _raw_post(self: Any, webhook: Any, account: Any, now: float) -> Any:
+async def _raw_post(self: Any, webhook: Any, target: Any, account: Any, now: float) -> Any:
     """The ceiling's client: WebhookSender._post over bare asyncio streams (see above)."""
     from urllib.parse import urlsplit
 
@@ -420,7 +420,10 @@ def report(
         "| seconds (median) | SQLite commits |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    names = {"sender": "WebhookSender (aiohttp)", "raw": "ceiling: minimal asyncio client"}
+    names = {
+        "sender": "WebhookSender (its httptools client)",
+        "raw": "ceiling: minimal asyncio client",
+    }
     for client, loop in dict.fromkeys((r.client, r.loop) for r in results):
         mine = [r for r in results if r.loop == loop and r.client == client]
         rates = [r.per_second for r in mine]

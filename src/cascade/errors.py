@@ -7,6 +7,7 @@ sender, the HTTP layer) has to answer::
     CascadeError
     ├── TransientError                 trying again later may succeed
     │   ├── StoreUnavailable           the database did not answer or is locked
+    │   ├── WebhookUnreachable         a webhook receiver could not be reached or broke off
     │   └── ChannelUnavailable         the provider throttled us, timed out or answered 5xx
     │       └── ChannelOutcomeUnknown  the request went out but no answer came back
     └── PermanentError                 trying again gives the same answer
@@ -58,6 +59,10 @@ class PermanentError(CascadeError):
 
 class StoreUnavailable(TransientError):
     """The database is unavailable."""
+
+
+class WebhookUnreachable(TransientError):
+    """The webhook receiver could not be reached, or closed the connection before answering."""
 
 
 class ChannelUnavailable(TransientError):

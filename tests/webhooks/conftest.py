@@ -8,12 +8,14 @@ real time) accepts.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import uvloop
 
 from cascade.clock import FakeClock
 from cascade.domain.records import WEBHOOK_JOB, NewWebhook
@@ -28,6 +30,16 @@ from tests.webhooks.receiver import Action, Receiver, Respond
 FAST = DeliverySettings(timeout=0.3)
 
 MakeReceiver = Callable[..., Awaitable[Receiver]]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The HTTP client's tests run on asyncio's loop and on uvloop (the service's, whose
+    transports differ); the others on asyncio's."""
+    if item.path.name == "test_http.py":
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

@@ -24,19 +24,20 @@ one receiver behind another.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
 from prometheus_client import Counter
 
 from cascade.clock import Clock
 from cascade.domain.records import Account, WebhookAttempt, WebhookRecord
+from cascade.errors import WebhookUnreachable
 from cascade.store.base import Job, Store
+from cascade.webhooks.http import Target, WebhookClient, parse_url
 from cascade.webhooks.signing import sign
 
 log = structlog.get_logger(__name__)
@@ -105,18 +106,14 @@ class _Destination:
             self.average = took if self.average is None else 0.8 * self.average + 0.2 * took
 
 
-def _url_problem(url: str) -> str | None:
-    """Why no request can go to ``url`` (None: one can)."""
+@functools.lru_cache(maxsize=1024)
+def _target(url: str) -> Target | str:
+    """Where a webhook URL's requests go, or why none can (the same few URLs come back for
+    every webhook, so each is parsed once)."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises on a port out of range or not a number
+        return parse_url(url)
     except ValueError as exc:
-        return f"the URL is malformed: {exc}"
-    if parts.scheme not in ("http", "https"):
-        return "the URL is not http(s)"
-    if not parts.hostname:
-        return "the URL has no host"
-    return None
+        return str(exc)
 
 
 def next_attempt(
@@ -168,35 +165,25 @@ class WebhookSender:
         self._store = store
         self._clock = clock
         self.settings = settings or DeliverySettings()
-        self._session: aiohttp.ClientSession | None = None
+        self._http: WebhookClient | None = None
         self._destinations: dict[str, _Destination] = {}
 
-    def _client(self) -> aiohttp.ClientSession:
-        """The pooled HTTP client, made on first use (inside the running event loop).
-
-        aiohttp rather than httpx here: on this hardware httpx spends about 1.4 ms of CPU per
-        POST and caps delivery near 700/s, while aiohttp does the same request in about a
-        tenth of that (BENCHMARKS.md, "Webhook delivery").
-        """
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self.settings.max_connections, limit_per_host=0, ttl_dns_cache=300
-                ),
-                # one client serves every tenant: a cookie one receiver sets must never go back
-                # with another tenant's webhooks to the same host
-                cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"User-Agent": USER_AGENT},
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None),
+    def _client(self) -> WebhookClient:
+        """The pooled HTTP client, made on first use (inside the running event loop)."""
+        if self._http is None:
+            self._http = WebhookClient(
+                user_agent=USER_AGENT,
+                max_connections=self.settings.max_connections,
+                max_body=self.settings.max_response_bytes,
+                connect_timeout=self.settings.timeout,
             )
-        return self._session
+        return self._http
 
     async def close(self) -> None:
         """Close pooled connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     async def run_job(self, job: Job) -> None:
         """Deliver the webhook a job names, and record the attempt."""
@@ -204,13 +191,13 @@ class WebhookSender:
         if webhook is None or webhook.state != "pending" or webhook.url is None:
             await self._store.finish_job(job.id)
             return
-        problem = _url_problem(webhook.url)
-        if problem is not None:
+        target = _target(webhook.url)
+        if isinstance(target, str):
             # a URL no request can go to is a dead letter at once, never a crash to retry
             now = self._clock.now()
-            await self._record(webhook, job, now, _Result(None, problem, retry=False))
+            await self._record(webhook, job, now, _Result(None, target, retry=False))
             return
-        destination = self._destination(webhook.url)
+        destination = self._destination(target)
         if not await self._wait_for(destination):
             # the destination is slow or its line long: step aside so other receivers keep
             # their pace, instead of holding an engine slot
@@ -219,16 +206,15 @@ class WebhookSender:
         destination.running[webhook.id] = time.monotonic()
         started = self._clock.now()
         try:
-            result = await self._attempt(webhook, started)
+            result = await self._attempt(webhook, target, started)
         finally:
             destination.finished(webhook.id)
             destination.gate.release()
         # the connection serves the next webhook while this one's outcome is committed
         await self._record(webhook, job, started, result)
 
-    def _destination(self, url: str) -> _Destination:
-        parts = urlsplit(url)
-        key = f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    def _destination(self, target: Target) -> _Destination:
+        key = target.destination.key
         destination = self._destinations.get(key)
         if destination is None:
             destination = self._destinations[key] = _Destination(self.settings.per_destination)
@@ -254,13 +240,13 @@ class WebhookSender:
             destination.waiting -= 1
         return True
 
-    async def _attempt(self, webhook: WebhookRecord, started: float) -> _Result:
+    async def _attempt(self, webhook: WebhookRecord, target: Target, started: float) -> _Result:
         """Sign and POST the webhook once."""
         # read at every attempt (not cached): a rotated signature secret signs the next one
         account = await self._store.get_account(webhook.account_id)
         if account is None:
             return _Result(None, "the account no longer exists", retry=False)
-        return await self._post(webhook, account, started)
+        return await self._post(webhook, target, account, started)
 
     async def _record(
         self, webhook: WebhookRecord, job: Job | None, started: float, result: _Result
@@ -290,8 +276,9 @@ class WebhookSender:
             attempt, job_id=job.id if job else None, state=state, next_attempt_at=next_at
         )
 
-    async def _post(self, webhook: WebhookRecord, account: Account, now: float) -> _Result:
-        assert webhook.url is not None
+    async def _post(
+        self, webhook: WebhookRecord, target: Target, account: Account, now: float
+    ) -> _Result:
         token = sign(
             webhook.body,
             secret=account.signature_secret,
@@ -299,26 +286,17 @@ class WebhookSender:
             application_id=webhook.application_id,
             now=now,
         )
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        headers = (("Content-Type", "application/json"), ("Authorization", f"Bearer {token}"))
         try:
             # the deadline covers the whole attempt: connecting, sending and a slowly trickled
             # answer alike
-            async with (
-                asyncio.timeout(self.settings.timeout),
-                self._client().post(
-                    webhook.url, data=webhook.body, headers=headers, allow_redirects=False
-                ) as response,
-            ):
-                await self._read_capped(response)
-                code = response.status
-                retry_after_header = response.headers.get("retry-after")
-                location = response.headers.get("location", "?")
+            async with asyncio.timeout(self.settings.timeout):
+                response = await self._client().post(target, webhook.body, headers)
         except TimeoutError as exc:
             return _Result(None, f"timed out: {type(exc).__name__}", retry=True)
-        except aiohttp.InvalidURL as exc:
-            return _Result(None, f"the URL is malformed: {exc}", retry=False)
-        except (aiohttp.ClientError, OSError) as exc:
-            return _Result(None, f"connection failed: {type(exc).__name__}: {exc}", retry=True)
+        except WebhookUnreachable as exc:
+            return _Result(None, f"connection failed: {exc.message}", retry=True)
+        code = response.status
         if 200 <= code <= 205:
             return _Result(code, None, retry=False)
         if code == 429 or code >= 500:
@@ -326,18 +304,9 @@ class WebhookSender:
                 code,
                 f"HTTP {code}",
                 retry=True,
-                retry_after=_retry_after(retry_after_header, now),
+                retry_after=_retry_after(response.headers.get("retry-after"), now),
             )
         if 300 <= code < 400:
+            location = response.headers.get("location", "?")
             return _Result(code, f"HTTP {code} redirect to {location} (not followed)", retry=False)
         return _Result(code, f"HTTP {code}", retry=False)
-
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> None:
-        """Read at most ``max_response_bytes`` of the answer, so a huge one costs nothing (an
-        answer read to its end leaves the connection reusable)."""
-        seen = 0
-        while seen < self.settings.max_response_bytes:
-            chunk = await response.content.readany()
-            if not chunk:
-                return
-            seen += len(chunk)

@@ -1,0 +1,338 @@
+"""A lean HTTP/1.1 client for webhook POSTs: pooled keep-alive connections, responses parsed
+by ``httptools`` (the C parser uvicorn uses).
+
+Why not aiohttp: on this hardware one aiohttp POST costs about 100 µs of event-loop CPU and
+this client about 15 µs (BENCHMARKS.md, "Webhook delivery"). Every SMS sends two status
+webhooks, so at 1,500 SMS/s aiohttp alone would take a third of the one core the engine runs on.
+Webhooks need only a small part of HTTP: one POST with a small body, a status code, two headers
+(``Retry-After``, ``Location``) and at most a few KiB of answer. Redirects are never followed,
+cookies never kept, proxies never used.
+
+The caller bounds each request's time (``asyncio.timeout``); a request cancelled or failed
+midway closes its connection, so a pooled connection is always between two whole exchanges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import quote, urlsplit
+
+import httptools
+
+from cascade.errors import WebhookUnreachable
+
+#: characters sent as they are in a request target; anything else is percent-encoded
+_TARGET_SAFE = "/?&=%:@!$'()*+,;-._~[]"
+#: response headers a webhook attempt uses
+_KEPT_HEADERS = frozenset({b"retry-after", b"location"})
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a request goes: one pool of connections per destination."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def key(self) -> str:
+        """The destination as text (scheme://host:port)."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A URL made ready to send to: its destination, request target and ``Host`` header."""
+
+    destination: Destination
+    #: the path and query, percent-encoded as a request line needs
+    path: str
+    #: the ``Host`` header (the port only when it is not the scheme's default)
+    host_header: str
+
+
+def parse_url(url: str) -> Target:
+    """The request target of an http(s) URL; ValueError says why no request can go to it."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"the URL is malformed: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("the URL is not http(s)")
+    if not parts.hostname:
+        raise ValueError("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        # the signed bearer token is the Authorization header: there is no room for Basic too
+        raise ValueError("the URL carries credentials; webhooks are signed with a bearer token")
+    try:
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"the URL's host is not a valid name: {exc}") from exc
+    default_port = 443 if parts.scheme == "https" else 80
+    port = port or default_port
+    bracketed = f"[{host}]" if ":" in host else host
+    host_header = bracketed if port == default_port else f"{bracketed}:{port}"
+    path = quote(parts.path or "/", safe=_TARGET_SAFE)
+    if parts.query:
+        path += "?" + quote(parts.query, safe=_TARGET_SAFE)
+    return Target(Destination(parts.scheme, host, port), path, host_header)
+
+
+@dataclass(slots=True)
+class Response:
+    """What a webhook attempt keeps of an answer."""
+
+    status: int
+    #: the kept headers (lower-case names): ``retry-after`` and ``location`` when present
+    headers: dict[str, str] = field(default_factory=dict)
+    #: the start of the body, ``max_body`` bytes at most
+    body: bytes = b""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: sends a request and parses its answer."""
+
+    def __init__(self, pool: WebhookClient, destination: Destination) -> None:
+        self._pool = pool
+        self.destination = destination
+        self._transport: asyncio.Transport | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._waiter: asyncio.Future[Response] | None = None
+        self._response: Response | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._header_name = b""
+        #: whether any byte of the current answer has arrived
+        self.answered = False
+        #: whether the connection may carry another request
+        self.reusable = True
+        self.closed = False
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not derive from asyncio.Transport, though they are one
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None:
+            self.close()  # an answer nobody asked for: the connection is out of step
+            return
+        self.answered = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(WebhookUnreachable("the receiver switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(WebhookUnreachable(f"the receiver's answer is not HTTP: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        self._pool._forget(self)
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._response is not None and self._parser is not None:
+            # an answer with neither a length nor chunks ends when the connection does
+            self._finish()
+            return
+        reason = f": {exc}" if exc else ""
+        waiter.set_exception(WebhookUnreachable(f"the receiver closed the connection{reason}"))
+
+    # -- httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name:
+            self._header_name = name.lower()
+        if self._header_name in _KEPT_HEADERS and self._response is not None:
+            key = self._header_name.decode("latin-1")
+            self._response.headers[key] = self._response.headers.get(key, "") + value.decode(
+                "latin-1"
+            )
+
+    def on_status(self, status: bytes) -> None:
+        assert self._parser is not None
+        self._response = Response(self._parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        room = self._pool.max_body - self._body_size
+        if room > 0:
+            self._body.append(body[:room])
+            self._body_size += min(room, len(body))
+
+    def on_message_complete(self) -> None:
+        response = self._response
+        if response is not None and 100 <= response.status < 200:
+            # an interim answer (100 Continue and the like): the real one follows
+            self._response = None
+            return
+        assert self._parser is not None
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._finish()
+
+    # -- requests
+
+    def send(self, request: bytes) -> asyncio.Future[Response]:
+        """Send one whole request; the future is its answer."""
+        assert self._transport is not None
+        assert self._waiter is None
+        self._parser = httptools.HttpResponseParser(self)
+        self._response = None
+        self._body = []
+        self._body_size = 0
+        self.answered = False
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        return self._waiter
+
+    def _finish(self) -> None:
+        waiter, response = self._waiter, self._response
+        self._waiter = None
+        self._parser = None
+        if waiter is not None and not waiter.done() and response is not None:
+            response.body = b"".join(self._body)
+            waiter.set_result(response)
+
+    def _fail(self, error: Exception) -> None:
+        waiter = self._waiter
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def close(self) -> None:
+        """Close the connection (it leaves the pool)."""
+        self.reusable = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+
+class WebhookClient:
+    """Keep-alive connections per destination, at most ``max_connections`` open in all."""
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        max_connections: int = 256,
+        max_body: int = 4096,
+        connect_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.user_agent = user_agent
+        self.max_body = max_body
+        self.connect_timeout = connect_timeout
+        self._ssl = ssl_context
+        self._idle: dict[Destination, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._room = asyncio.Semaphore(max_connections)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, idle or busy."""
+        return len(self._open)
+
+    async def post(
+        self, target: Target, body: bytes, headers: Iterable[tuple[str, str]]
+    ) -> Response:
+        """POST ``body`` with ``headers`` (besides Host, User-Agent and Content-Length) and
+        read the answer; WebhookUnreachable when no answer could be had."""
+        head = [
+            f"POST {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
+            f"User-Agent: {self.user_agent}\r\nContent-Length: {len(body)}\r\n"
+        ]
+        for name, value in headers:
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} holds a line break")
+            head.append(f"{name}: {value}\r\n")
+        head.append("\r\n")
+        request = "".join(head).encode("latin-1") + body
+        while True:
+            connection, reused = await self._connection(target.destination)
+            try:
+                response = await connection.send(request)
+            except WebhookUnreachable:
+                connection.close()
+                if reused and not connection.answered:
+                    # the receiver closed an idle connection just as it was taken: the request
+                    # never reached it, so it goes again on a new connection
+                    continue
+                raise
+            except BaseException:
+                connection.close()  # cancelled midway: out of step with the receiver
+                raise
+            if connection.reusable:
+                self._idle.setdefault(target.destination, []).append(connection)
+            else:
+                connection.close()
+            return response
+
+    async def _connection(self, destination: Destination) -> tuple[_Connection, bool]:
+        """An idle connection to ``destination`` (True) or a new one (False)."""
+        idle = self._idle.get(destination)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed and connection.reusable:
+                return connection, True
+        if self._room.locked():
+            self._evict_idle()
+        await self._room.acquire()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self, destination),
+                    destination.host,
+                    destination.port,
+                    ssl=self._ssl_context() if destination.scheme == "https" else None,
+                )
+        except BaseException as exc:
+            self._room.release()
+            if isinstance(exc, (OSError, TimeoutError)):
+                raise WebhookUnreachable(
+                    f"connecting to {destination.key} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise
+        self._open.add(protocol)
+        return protocol, False
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+    def _evict_idle(self) -> None:
+        """Close one idle connection (of any destination) to make room for a new one."""
+        for connections in self._idle.values():
+            while connections:
+                connection = connections.pop(0)
+                if not connection.closed:
+                    connection.close()
+                    return
+
+    def _forget(self, connection: _Connection) -> None:
+        """A connection closed: it no longer counts against the limit."""
+        if connection in self._open:
+            self._open.discard(connection)
+            self._room.release()
+        idle = self._idle.get(connection.destination)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for connection in list(self._open):
+            connection.close()
+        self._idle.clear()
+        # connection_lost runs on the next loop iterations
+        for _ in range(3):
+            if not self._open:
+                break
+            await asyncio.sleep(0)
