@@ -80,10 +80,17 @@ def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
             public_url=settings.public_url or "",
         ),
     )
-    sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
-    engine.handlers[WEBHOOK_JOB] = sender.run_job
-    engine.closers.append(sender.close)
+    attach_webhook_sender(engine, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return engine
+
+
+def attach_webhook_sender(engine: Engine, settings: DeliverySettings) -> WebhookSender:
+    """Make a WebhookSender the engine's handler of ``webhook`` jobs (and their prefetcher)."""
+    sender = WebhookSender(engine.store, engine.clock, settings)
+    engine.handlers[WEBHOOK_JOB] = sender.run_job
+    engine.prefetchers[WEBHOOK_JOB] = sender.prefetch
+    engine.closers.append(sender.close)
+    return sender
 
 
 def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelProvider]:

@@ -169,6 +169,16 @@ class TestSends:
         assert found == await store.get_message(owner.id, request.steps[1].message_id)
         assert await store.find_message("no-such-message") is None
 
+    async def test_find_messages_reads_a_batch_by_id(self, store: Store) -> None:
+        """find_messages returns each existing message by its id, as find_message would, and
+        leaves out unknown ids."""
+        owner = await tenant(store)
+        request = await accepted(store, owner)
+        ids = [step.message_id for step in request.steps]
+        found = await store.find_messages([*ids, "no-such-message"])
+        assert found == {message_id: await store.find_message(message_id) for message_id in ids}
+        assert await store.find_messages([]) == {}
+
     async def test_begin_send_reports_what_was_known_before(self, store: Store) -> None:
         """Each begin_send counts an attempt and returns the count, first start and last error
         as they were before it."""
@@ -413,6 +423,9 @@ class TestWebhooks:
             assert [(j.kind, j.run_at) for j in jobs] == ([("webhook", T0)] if record.url else [])
         assert await store.get_webhook(stored[0].id) == stored[0]
         assert await store.get_webhook(10_000) is None
+        batch = await store.get_webhooks([stored[0].id, stored[2].id, 10_000])
+        assert batch == {stored[0].id: stored[0], stored[2].id: stored[2]}
+        assert await store.get_webhooks([]) == {}
 
     async def test_transitions_queue_their_webhooks(self, store: Store) -> None:
         """Webhooks returned by a decision are stored with the transition."""

@@ -18,8 +18,9 @@ import pytest
 import uvloop
 
 from cascade.clock import FakeClock
-from cascade.domain.records import WEBHOOK_JOB, NewWebhook
+from cascade.domain.records import NewWebhook
 from cascade.engine.engine import Engine, EngineSettings, Providers
+from cascade.runtime import attach_webhook_sender
 from cascade.store.base import Store
 from cascade.webhooks import payloads
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
@@ -67,10 +68,7 @@ async def receivers(clock: FakeClock) -> AsyncIterator[MakeReceiver]:
 
 def with_sender(engine: Engine, settings: DeliverySettings = FAST) -> WebhookSender:
     """Register a real WebhookSender as ``engine``'s webhook handler, as build_engine does."""
-    sender = WebhookSender(engine.store, engine.clock, settings)
-    engine.handlers[WEBHOOK_JOB] = sender.run_job
-    engine.closers.append(sender.close)
-    return sender
+    return attach_webhook_sender(engine, settings)
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from vonage_jwt import VonageVerifyJwtError, verify_signature
 from cascade.clock import FakeClock
 from cascade.domain.records import NewWebhook
 from cascade.store.sqlite import SqliteStore
+from cascade.webhooks.delivery import DeliverySettings
 from tests.engine.harness import step, workflow
 from tests.webhooks.conftest import MakeReceiver, delivering, dispatch, queue
 from tests.webhooks.receiver import Respond, verify
@@ -99,7 +100,7 @@ async def test_a_retried_webhook_is_signed_afresh(
 async def test_rotating_the_signature_secret_signs_new_webhooks_with_the_new_secret(
     sqlite_store: SqliteStore, clock: FakeClock, receivers: MakeReceiver
 ) -> None:
-    """A webhook queued after the rotation verifies with the new secret, not the old one."""
+    """A webhook sent once the account cache has passed verifies with the new secret only."""
     receiver = await receivers()
     async with delivering(sqlite_store, clock, status_url=receiver.url()) as w:
         old = w.tenant.account.signature_secret
@@ -107,6 +108,7 @@ async def test_rotating_the_signature_secret_signs_new_webhooks_with_the_new_sec
         verify(receiver.requests[0], old)
         new = secrets.token_urlsafe(32)
         await w.store.update_account(w.tenant.account.id, signature_secret=new)
+        clock.advance(DeliverySettings().account_cache)
         await queue(w)
         assert len(receiver.requests) == 2
         rotated = receiver.requests[1]

@@ -158,6 +158,13 @@ class Engine:
             STEP_TIMEOUT: self._step_timeout,
             REPORT_HORIZON: self._report_horizon,
         }
+        #: per job kind, called with the due jobs of each claimed batch before they run, so a
+        #: handler reads what its jobs need in one query rather than one query each
+        self.prefetchers: dict[str, Callable[[Sequence[Job]], Awaitable[None]]] = {
+            SEND: self._prefetch_messages
+        }
+        #: the messages of claimed send jobs, read with their batch (taken by the job)
+        self._prefetched: dict[str, MessageRecord] = {}
         #: called after the engine stopped (to close what the handlers hold open)
         self.closers: list[Callable[[], Awaitable[None]]] = []
         self._wakeup = asyncio.Event()
@@ -217,6 +224,7 @@ class Engine:
             )
             if not jobs:
                 return total
+            await self._prefetch(jobs, self.clock.now())
             await asyncio.gather(*(self._run(job) for job in jobs))
             total += len(jobs)
 
@@ -236,6 +244,7 @@ class Engine:
                 await self.clock.sleep(settings.poll_interval)
                 continue
             now = self.clock.now()
+            await self._prefetch(jobs, now)
             for job in jobs:
                 self._in_flight.add(job.id)
                 if job.run_at > now:
@@ -251,6 +260,22 @@ class Engine:
                 await asyncio.sleep(0)
                 continue
             await self._idle(ahead > 0)
+
+    async def _prefetch(self, jobs: Sequence[Job], now: float) -> None:
+        """Let each kind's prefetcher read what the batch's due jobs need, at once. A failed
+        read is only logged: each job then reads for itself."""
+        by_kind: dict[str, list[Job]] = {}
+        for job in jobs:
+            if job.run_at <= now and job.kind in self.prefetchers:
+                by_kind.setdefault(job.kind, []).append(job)
+        for kind, due in by_kind.items():
+            try:
+                await self.prefetchers[kind](due)
+            except Exception:
+                log.exception("engine.prefetch_failed", kind=kind, jobs=len(due))
+
+    async def _prefetch_messages(self, jobs: Sequence[Job]) -> None:
+        self._prefetched.update(await self.store.find_messages([job.ref for job in jobs]))
 
     async def _idle(self, ahead: bool) -> None:
         """Sleep until the next job is due within half the lookahead (so that one claim takes
@@ -369,7 +394,7 @@ class Engine:
     # --- job handlers ----------------------------------------------------------------------
 
     async def _send(self, job: Job) -> None:
-        message = await self.store.find_message(job.ref)
+        message = self._prefetched.pop(job.ref, None) or await self.store.find_message(job.ref)
         if message is None or message.state != StepState.ACTIVE or message.status is not None:
             await self.store.finish_job(job.id)  # nothing left to send
             return

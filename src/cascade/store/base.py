@@ -168,6 +168,16 @@ class Store(abc.ABC):
     async def find_message(self, message_id: str) -> MessageRecord | None:
         """A message by id, whichever account owns it (for the engine, never for the API)."""
 
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
+        """The messages of these ids that exist, by id (the engine reads a claimed batch's
+        messages at once); stores with a query language do it in one query."""
+        found = {}
+        for message_id in message_ids:
+            message = await self.find_message(message_id)
+            if message is not None:
+                found[message_id] = message
+        return found
+
     @abc.abstractmethod
     async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
         """Lock up to ``limit`` due jobs for ``lease`` seconds (oldest due first), skipping
@@ -242,6 +252,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
         """One webhook, whichever account owns it."""
+
+    async def get_webhooks(self, webhook_ids: Sequence[int]) -> dict[int, WebhookRecord]:
+        """The webhooks of these ids that exist, by id (a claimed batch's, read at once)."""
+        found = {}
+        for webhook_id in webhook_ids:
+            webhook = await self.get_webhook(webhook_id)
+            if webhook is not None:
+                found[webhook_id] = webhook
+        return found
 
     @abc.abstractmethod
     async def record_webhook_attempt(

@@ -648,6 +648,16 @@ class PostgresStore(Store):
         )
         return _message(rows[0]) if rows else None
 
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
+        if not message_ids:
+            return {}
+        rows = await self._fetch(
+            "reading messages failed",
+            f"SELECT {_MESSAGE_READ} FROM messages WHERE id = ANY($1::text[])",
+            list(message_ids),
+        )
+        return {message.id: message for message in map(_message, rows)}
+
     async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
         # SKIP LOCKED: workers on other hosts claiming at the same moment take other jobs
         rows = await self._fetch(
@@ -928,6 +938,16 @@ class PostgresStore(Store):
             webhook_id,
         )
         return _webhook(rows[0]) if rows else None
+
+    async def get_webhooks(self, webhook_ids: Sequence[int]) -> dict[int, WebhookRecord]:
+        if not webhook_ids:
+            return {}
+        rows = await self._fetch(
+            "reading webhooks failed",
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id = ANY($1::bigint[])",
+            list(webhook_ids),
+        )
+        return {webhook.id: webhook for webhook in map(_webhook, rows)}
 
     async def record_webhook_attempt(
         self,

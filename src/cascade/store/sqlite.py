@@ -631,6 +631,15 @@ class SqliteStore(Store):
         rows = self._read(f"SELECT {_MESSAGE_READ} FROM messages WHERE id = ?", (message_id,))
         return _message(rows[0]) if rows else None
 
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
+        if not message_ids:
+            return {}
+        marks = ", ".join("?" * len(message_ids))
+        rows = self._read(
+            f"SELECT {_MESSAGE_READ} FROM messages WHERE id IN ({marks})", tuple(message_ids)
+        )
+        return {message.id: message for message in map(_message, rows)}
+
     async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
         def write(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
@@ -815,6 +824,15 @@ class SqliteStore(Store):
     async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
         rows = self._read(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?", (webhook_id,))
         return _webhook(rows[0]) if rows else None
+
+    async def get_webhooks(self, webhook_ids: Sequence[int]) -> dict[int, WebhookRecord]:
+        if not webhook_ids:
+            return {}
+        marks = ", ".join("?" * len(webhook_ids))
+        rows = self._read(
+            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id IN ({marks})", tuple(webhook_ids)
+        )
+        return {webhook.id: webhook for webhook in map(_webhook, rows)}
 
     async def record_webhook_attempt(
         self,

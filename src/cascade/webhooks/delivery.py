@@ -27,6 +27,7 @@ import asyncio
 import functools
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -67,6 +68,9 @@ class DeliverySettings:
     queue_wait: float = 0.5
     #: seconds a webhook that cannot wait in line steps aside
     busy_delay: float = 0.5
+    #: seconds an account's signature secret is used before it is read again (a rotated
+    #: secret signs every webhook sent this long after the rotation)
+    account_cache: float = 1.0
 
 
 class _Destination:
@@ -166,6 +170,10 @@ class WebhookSender:
         self._clock = clock
         self.settings = settings or DeliverySettings()
         self._http: WebhookClient | None = None
+        #: the webhooks of claimed jobs, read with their batch (taken by the job)
+        self._prefetched: dict[int, WebhookRecord] = {}
+        #: accounts as read, with when each was read (the clock's time)
+        self._accounts: dict[str, tuple[float, Account]] = {}
         self._destinations: dict[str, _Destination] = {}
 
     def _client(self) -> WebhookClient:
@@ -185,9 +193,17 @@ class WebhookSender:
             await self._http.close()
             self._http = None
 
+    async def prefetch(self, jobs: Sequence[Job]) -> None:
+        """Read the webhooks of a claimed batch's jobs in one query (the engine's prefetcher
+        for ``webhook`` jobs)."""
+        self._prefetched.update(await self._store.get_webhooks([int(job.ref) for job in jobs]))
+
     async def run_job(self, job: Job) -> None:
         """Deliver the webhook a job names, and record the attempt."""
-        webhook = await self._store.get_webhook(int(job.ref))
+        webhook_id = int(job.ref)
+        webhook = self._prefetched.pop(webhook_id, None) or await self._store.get_webhook(
+            webhook_id
+        )
         if webhook is None or webhook.state != "pending" or webhook.url is None:
             await self._store.finish_job(job.id)
             return
@@ -242,11 +258,23 @@ class WebhookSender:
 
     async def _attempt(self, webhook: WebhookRecord, target: Target, started: float) -> _Result:
         """Sign and POST the webhook once."""
-        # read at every attempt (not cached): a rotated signature secret signs the next one
-        account = await self._store.get_account(webhook.account_id)
+        account = await self._account(webhook.account_id, started)
         if account is None:
             return _Result(None, "the account no longer exists", retry=False)
         return await self._post(webhook, target, account, started)
+
+    async def _account(self, account_id: str, now: float) -> Account | None:
+        """The account, read again once ``account_cache`` seconds have passed (two status
+        webhooks per message would otherwise read it twice per message)."""
+        cached = self._accounts.get(account_id)
+        if cached is not None and now - cached[0] < self.settings.account_cache:
+            return cached[1]
+        account = await self._store.get_account(account_id)
+        if account is None:
+            self._accounts.pop(account_id, None)
+        else:
+            self._accounts[account_id] = (now, account)
+        return account
 
     async def _record(
         self, webhook: WebhookRecord, job: Job | None, started: float, result: _Result
