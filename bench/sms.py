@@ -503,6 +503,8 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
     if args.stop_at == "accept" or args.workers:
         env["CASCADE_RUN_WORKER"] = "false"
+    elif args.webhook_worker:
+        env["CASCADE_ENGINE_JOBS"] = "send,step_timeout,report_horizon"
     # the data directory goes in a folder of this benchmark's own, out of the way of whatever
     # cleans up after the other benchmarks' cascade-engine-bench-* folders in /tmp
     base = tempfile.mkdtemp(prefix="cascade-sms-bench-")
@@ -539,6 +541,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             accept._cli(["account", "set", "--status-url", status_url], server.env, workdir)
         server.start()
         workers = []
+        pids_extra: dict[str, int] = {}
         if args.stop_at != "accept":
             for number in range(args.workers):
                 workers.append(procs.start(
@@ -546,6 +549,14 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
                     log=workdir / f"worker{number + 1}.log",
                 ))  # fmt: skip
                 helpers.append(workers[-1])
+            if args.webhook_worker:
+                worker_env = {k: v for k, v in server.env.items() if k != "CASCADE_ENGINE_JOBS"}
+                webhook_worker = procs.start(
+                    [*accept._cascade_argv(), "worker", "--jobs", "webhook"], env=worker_env,
+                    cwd=workdir, log=workdir / "webhook-worker.log",
+                )  # fmt: skip
+                helpers.append(webhook_worker)
+                pids_extra["cascade webhook worker"] = webhook_worker.pid
         binds = 0 if args.stop_at == "accept" else args.binds * max(1, len(workers))
         binds_deadline = time.monotonic() + 10
         while smsc_stats(control)["counts"].get("binds", 0) < binds:
@@ -562,6 +573,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             )
         pids = {"cascade serve": server.pid}
         pids.update({f"cascade worker {i + 1}": w.pid for i, w in enumerate(workers)})
+        pids.update(pids_extra)
         pids.update({"smsc": smsc.pid, "receiver": receiver.pid})
         cascades = [name for name in pids if name.startswith("cascade")]
         cpu0 = {name: accept.process_cpu(pid) for name, pid in pids.items()}
@@ -861,7 +873,9 @@ def print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
     rate = f"{args.rate:g}/s" if args.rate else "max"
     print(
         f"{r['n']:,} SMS ({r['surface']}), {args.binds} bind(s), window {args.window}, "
-        f"{args.workers or 'no'} separate worker(s), {args.connections} clients, rate {rate}, "
+        f"{args.workers or 'no'} separate worker(s)"
+        f"{', webhooks in a worker of their own' if args.webhook_worker else ''}, "
+        f"{args.connections} clients, rate {rate}, "
         f"receipt delay {args.receipt_delay:g} s, SQLite {args.synchronous}, "
         f"up to: {args.stop_at}"
     )
@@ -934,6 +948,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="run the engine in this many `cascade worker` processes (API-only serve)",
+    )
+    parser.add_argument(
+        "--webhook-worker",
+        action="store_true",
+        help="deliver webhooks in a `cascade worker --jobs webhook` process of their own "
+        "(serve runs the other jobs)",
     )
     parser.add_argument("--window", type=int, default=200, help="window_size of each bind")
     parser.add_argument("--receipt-delay", type=float, default=0.1, help="SMSC: DLR after (s)")

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cascade import cli
 from cascade.api.app import create_app
 from cascade.clock import SystemClock
+from cascade.config import Settings
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import public_pem, rsa_key
 
@@ -344,3 +345,18 @@ def test_a_group_without_a_command_shows_its_help() -> None:
     result = runner.invoke(cli.app, ["app"])
     assert "Usage:" in result.output
     assert "create" in result.output
+
+
+def test_worker_refuses_an_unknown_job_kind() -> None:
+    """`cascade worker --jobs` names the kind it does not know and starts nothing."""
+    result = runner.invoke(cli.app, ["worker", "--jobs", "webhook,sms"])
+    assert result.exit_code == 2
+    assert "unknown job kind(s) sms" in result.output
+
+
+def test_engine_jobs_are_all_or_known_kinds() -> None:
+    """CASCADE_ENGINE_JOBS is tidied into the kinds an engine runs; all means no limit."""
+    assert Settings(engine_jobs="all").job_kinds is None
+    assert Settings(engine_jobs=" webhook, send,webhook").job_kinds == {"webhook", "send"}
+    with pytest.raises(ValueError, match="expected all or a comma list"):
+        Settings(engine_jobs="webhooks")

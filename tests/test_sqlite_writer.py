@@ -9,6 +9,8 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+import pytest
+
 from cascade.errors import StoreUnavailable
 from cascade.store.sqlite import SqliteStore
 
@@ -61,8 +63,9 @@ async def test_writes_queued_during_a_commit_share_the_next(sqlite_store: Sqlite
 async def test_another_process_holding_the_lock_does_not_block_the_loop(
     sqlite_store: SqliteStore,
 ) -> None:
-    """While another connection holds the write lock, a write waits for it (on the helper
-    thread) and the event loop keeps running; the write commits once the lock is free."""
+    """While another connection holds the write lock, a write waits for it (trying again
+    every few ms) and the event loop keeps running; the write commits once the lock is free,
+    together with the writes queued while it waited."""
     other = sqlite3.connect(sqlite_store.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
@@ -72,8 +75,29 @@ async def test_another_process_holding_the_lock_does_not_block_the_loop(
             await asyncio.sleep(0.02)
         assert time.monotonic() - started < 1.0  # the loop was not held
         assert not write.done()
+        later = [asyncio.ensure_future(sqlite_store._writer.submit(_insert(r))) for r in "bc"]
+        commits = sqlite_store.commits
     finally:
         other.execute("COMMIT")
         other.close()
-    assert await asyncio.wait_for(write, 10) == "a"
-    assert await _refs(sqlite_store) == {"a"}
+    assert await asyncio.wait_for(asyncio.gather(write, *later), 10) == ["a", "b", "c"]
+    assert sqlite_store.commits == commits + 1
+    assert await _refs(sqlite_store) == {"a", "b", "c"}
+
+
+async def test_a_lock_held_too_long_fails_the_waiting_writes(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that waited BUSY_TIMEOUT_MS for another process's lock fail as unavailable,
+    and the writer goes on with later writes once the lock is free."""
+    monkeypatch.setattr(type(sqlite_store._writer), "BUSY_TIMEOUT_MS", 100)
+    other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await asyncio.wait_for(sqlite_store._writer.submit(_insert("a")), 10)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert await sqlite_store._writer.submit(_insert("b")) == "b"
+    assert await _refs(sqlite_store) == {"b"}

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade.clock import SystemClock
-from cascade.config import Settings
+from cascade.config import Settings, engine_jobs
 from cascade.domain.records import Account, Application, WebhookRecord, WorkflowRecord
 from cascade.errors import CascadeError, ConfigError
 from cascade.service import ensure_default_account, open_store
@@ -169,13 +169,29 @@ def serve(
 
 
 @app.command()
-def worker(database: DatabaseOption = None, config: ConfigOption = None) -> None:
+def worker(
+    database: DatabaseOption = None,
+    config: ConfigOption = None,
+    jobs: Annotated[
+        str | None,
+        typer.Option(
+            help="The jobs to run: all, or a comma list of send, step_timeout, "
+            "report_horizon, webhook [default: $CASCADE_ENGINE_JOBS or all]"
+        ),
+    ] = None,
+) -> None:
     """Run the engine alone (sends, timers, webhooks), beside API nodes started with
-    CASCADE_RUN_WORKER=false."""
+    CASCADE_RUN_WORKER=false, or beside engines that run the other jobs."""
     from cascade.runtime import run_worker
 
+    settings = _settings(database, config)
+    if jobs is not None:
+        try:
+            settings.engine_jobs = engine_jobs(jobs)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--jobs") from exc
     try:
-        asyncio.run(run_worker(_settings(database, config)))
+        asyncio.run(run_worker(settings))
     except CascadeError as exc:
         raise _fail(f"error: {exc}") from exc
 

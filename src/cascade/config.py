@@ -11,10 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cascade.domain.failover import REPORT_HORIZON, SEND, STEP_TIMEOUT
+from cascade.domain.records import WEBHOOK_JOB
 from cascade.errors import ConfigError
+
+#: the kinds of job an engine runs
+JOB_KINDS = (SEND, STEP_TIMEOUT, REPORT_HORIZON, WEBHOOK_JOB)
 
 DEFAULT_DATABASE_URL = "sqlite:///cascade.db"
 
@@ -50,6 +55,12 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest request body accepted (413 above)"
     )
     run_worker: bool = Field(True, description="Run the engine inside `cascade serve`")
+    engine_jobs: str = Field(
+        "all",
+        description="The jobs this process's engine runs: all, or a comma list of "
+        f"{', '.join(JOB_KINDS)}. Without send it opens no channel connections, so e.g. "
+        "`cascade worker --jobs webhook` delivers webhooks beside a serve that runs the rest",
+    )
     report_horizon_seconds: float = Field(
         72 * 3600.0,
         gt=0,
@@ -67,6 +78,30 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["console", "json"] = Field("console")
+
+    @field_validator("engine_jobs")
+    @classmethod
+    def _known_job_kinds(cls, value: str) -> str:
+        return engine_jobs(value)
+
+    @property
+    def job_kinds(self) -> frozenset[str] | None:
+        """The job kinds of ``engine_jobs`` (None: all)."""
+        return None if self.engine_jobs == "all" else frozenset(self.engine_jobs.split(","))
+
+
+def engine_jobs(value: str) -> str:
+    """``all`` or a comma list of known job kinds, tidied; ValueError names what is wrong."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if names == ["all"]:
+        return "all"
+    unknown = sorted(set(names) - set(JOB_KINDS))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown job kind(s) {', '.join(unknown) or '(none given)'}: expected all or a "
+            f"comma list of {', '.join(JOB_KINDS)}"
+        )
+    return ",".join(dict.fromkeys(names))
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

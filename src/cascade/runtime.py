@@ -78,6 +78,7 @@ def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
             lease=settings.job_lease_seconds,
             report_horizon=settings.report_horizon_seconds,
             public_url=settings.public_url or "",
+            kinds=settings.job_kinds,
         ),
     )
     attach_webhook_sender(engine, DeliverySettings(timeout=settings.webhook_timeout_seconds))

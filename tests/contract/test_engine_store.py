@@ -109,6 +109,26 @@ class TestJobs:
         await store.claim_jobs("w1", T0 + 5, limit=1, lease=30)
         assert await store.next_job_at() == T0 + 9
 
+    async def test_claims_and_the_next_job_can_be_limited_to_some_kinds(self, store: Store) -> None:
+        """An engine that runs only some kinds claims and waits for only those kinds."""
+        owner = await tenant(store)
+        await accepted(
+            store,
+            owner,
+            NewJob("send", "ref", T0 + 1),
+            NewJob("webhook", "ref", T0 + 2),
+            NewJob("step_timeout", "ref", T0 + 3),
+            NewJob("webhook", "ref", T0 + 4),
+        )
+        assert await store.next_job_at({"webhook"}) == T0 + 2
+        assert await store.next_job_at({"send", "step_timeout"}) == T0 + 1
+        webhooks = await store.claim_jobs("w1", T0 + 10, limit=10, lease=30, kinds={"webhook"})
+        assert [(j.kind, j.run_at) for j in webhooks] == [("webhook", T0 + 2), ("webhook", T0 + 4)]
+        assert await store.next_job_at({"webhook"}) is None
+        rest = await store.claim_jobs("w2", T0 + 10, limit=10, lease=30, kinds={"send", "x"})
+        assert [j.kind for j in rest] == ["send"]
+        assert await store.next_job_at() == T0 + 3
+
     async def test_finish_job_deletes_it(self, store: Store) -> None:
         """A finished job is gone; finishing an unknown job changes nothing."""
         owner = await tenant(store)

@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from cascade.channels.base import OutboundMessage
+from cascade.channels.base import OutboundMessage, ReceiptSink
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import FakeClock, SystemClock
 from cascade.domain.records import NewJob, Receipt
@@ -193,3 +193,41 @@ async def test_the_sandbox_keeps_nothing_in_memory_for_a_silent_recipient(
         )
     assert sandbox._owed == {}
     assert sandbox.next_due() is None
+
+
+async def test_an_engine_limited_to_some_kinds_runs_only_those(sqlite_store: SqliteStore) -> None:
+    """An engine for webhook jobs alone leaves send jobs to others and opens no channel."""
+    clock = SystemClock()
+    started: list[object] = []
+
+    class WatchedSandbox(SandboxProvider):
+        async def start(self, sink: ReceiptSink, *, run_timer: bool = True) -> None:
+            started.append(sink)
+
+    engine = Engine(
+        sqlite_store,
+        Providers(WatchedSandbox(sqlite_store, clock)),
+        clock,
+        EngineSettings(kinds=frozenset({"webhook"})),
+    )
+    ran: list[str] = []
+    done = asyncio.Event()
+
+    async def record(job: Job) -> None:
+        ran.append(job.kind)
+        await sqlite_store.finish_job(job.id)
+        done.set()
+
+    engine.handlers["webhook"] = record
+    await engine.start()
+    try:
+        now = clock.now()
+        await _queue(sqlite_store, NewJob("send", "m", now), NewJob("webhook", "1", now))
+        engine.wake()
+        await asyncio.wait_for(done.wait(), 5)
+        await asyncio.sleep(0.1)
+    finally:
+        await engine.stop()
+    assert ran == ["webhook"]
+    assert started == []
+    assert [ref for ref, _ in _locks(sqlite_store)] == ["m"]  # the send job is left for others

@@ -104,6 +104,14 @@ class EngineSettings:
     orphan_sweep_interval: float = 5.0
     #: the base URL of this service, for links in webhooks
     public_url: str = ""
+    #: the job kinds this engine runs (None: all). An engine that does not run ``send`` jobs
+    #: starts no channel providers, so e.g. a process of its own can deliver only webhooks
+    kinds: frozenset[str] | None = None
+
+    @property
+    def sends(self) -> bool:
+        """Whether this engine sends messages (and so holds the channels' connections)."""
+        return self.kinds is None or SEND in self.kinds
 
 
 def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -182,8 +190,9 @@ class Engine:
     async def start(self, *, run_loop: bool = True) -> None:
         """Start the providers (with this engine as their receipt sink) and, with
         ``run_loop``, the job loop, the lease heartbeat and the orphan-receipt sweep."""
-        for provider in self.providers.all():
-            await provider.start(self)
+        if self.settings.sends:
+            for provider in self.providers.all():
+                await provider.start(self)
         if run_loop:
             # work queued by other processes wakes the loop too (where the store can signal it)
             await self.store.listen_for_jobs(self.wake)
@@ -204,8 +213,9 @@ class Engine:
         await self._release_waiting()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for provider in self.providers.all():
-            await provider.stop()
+        if self.settings.sends:
+            for provider in self.providers.all():
+                await provider.stop()
         for close in self.closers:
             await close()
         log.info("engine.stopped", worker=self.worker_id)
@@ -220,7 +230,11 @@ class Engine:
         total = 0
         while True:
             jobs = await self.store.claim_jobs(
-                self.worker_id, self.clock.now(), self.settings.batch_size, self.settings.lease
+                self.worker_id,
+                self.clock.now(),
+                self.settings.batch_size,
+                self.settings.lease,
+                self.settings.kinds,
             )
             if not jobs:
                 return total
@@ -237,7 +251,11 @@ class Engine:
             ahead = settings.lookahead if len(self._waiting) < settings.max_in_flight else 0.0
             try:
                 jobs = await self.store.claim_jobs(
-                    self.worker_id, self.clock.now() + ahead, settings.batch_size, settings.lease
+                    self.worker_id,
+                    self.clock.now() + ahead,
+                    settings.batch_size,
+                    settings.lease,
+                    settings.kinds,
                 )
             except Exception:
                 log.exception("engine.claim_failed")
@@ -282,7 +300,7 @@ class Engine:
         the jobs of half a lookahead, not one job each), or is due at all when nothing more may
         be claimed ahead; or until new work arrives, or the poll interval passes."""
         self._wakeup.clear()
-        next_at = await self.store.next_job_at()
+        next_at = await self.store.next_job_at(self.settings.kinds)
         delay = self.settings.poll_interval
         if next_at is not None:
             margin = self.settings.lookahead / 2 if ahead else 0.0

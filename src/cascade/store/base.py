@@ -8,7 +8,7 @@ above this layer imports a database module.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from cascade.domain.failover import Changes
@@ -179,18 +179,26 @@ class Store(abc.ABC):
         return found
 
     @abc.abstractmethod
-    async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
+    async def claim_jobs(
+        self,
+        worker_id: str,
+        now: float,
+        limit: int,
+        lease: float,
+        kinds: Collection[str] | None = None,
+    ) -> list[Job]:
         """Lock up to ``limit`` due jobs for ``lease`` seconds (oldest due first), skipping
         jobs another worker holds; jobs of a worker that died are taken over when its
-        lease runs out."""
+        lease runs out. With ``kinds``, only jobs of those kinds."""
 
     @abc.abstractmethod
     async def extend_lease(self, worker_id: str, job_ids: Sequence[int], until: float) -> None:
         """Keep holding these jobs until ``until`` (the worker's heartbeat)."""
 
     @abc.abstractmethod
-    async def next_job_at(self) -> float | None:
-        """When the earliest job is due (None when there is none)."""
+    async def next_job_at(self, kinds: Collection[str] | None = None) -> float | None:
+        """When the earliest job nobody holds is due (of ``kinds`` when given; None when
+        there is none)."""
 
     @abc.abstractmethod
     async def finish_job(self, job_id: int) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from cascade.domain.failover import Changes
 from cascade.domain.records import (
+    WEBHOOK_JOB,
     Accepted,
     Account,
     Application,
@@ -45,9 +46,6 @@ from cascade.store.base import (
     WorkflowKey,
     _Unset,
 )
-
-#: the job that delivers a stored webhook (its ref is the webhook's id)
-WEBHOOK_JOB = "webhook"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -321,13 +319,22 @@ class MemoryStore(Store):
         self._check_open()
         return self._messages.get(message_id)
 
-    async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
+    async def claim_jobs(
+        self,
+        worker_id: str,
+        now: float,
+        limit: int,
+        lease: float,
+        kinds: Collection[str] | None = None,
+    ) -> list[Job]:
         self._check_open()
         due = sorted(
             (
                 job
                 for job in self._jobs.values()
-                if job.run_at <= now and (job.locked_until is None or job.locked_until < now)
+                if job.run_at <= now
+                and (job.locked_until is None or job.locked_until < now)
+                and (kinds is None or job.kind in kinds)
             ),
             key=lambda job: (job.run_at, job.id),
         )[:limit]
@@ -343,10 +350,14 @@ class MemoryStore(Store):
             if job is not None and job.locked_by == worker_id:
                 job.locked_until = until
 
-    async def next_job_at(self) -> float | None:
+    async def next_job_at(self, kinds: Collection[str] | None = None) -> float | None:
         self._check_open()
         return min(
-            (job.run_at for job in self._jobs.values() if job.locked_until is None),
+            (
+                job.run_at
+                for job in self._jobs.values()
+                if job.locked_until is None and (kinds is None or job.kind in kinds)
+            ),
             default=None,
         )
 

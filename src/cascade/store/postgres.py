@@ -30,7 +30,7 @@ import contextlib
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -658,19 +658,28 @@ class PostgresStore(Store):
         )
         return {message.id: message for message in map(_message, rows)}
 
-    async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
+    async def claim_jobs(
+        self,
+        worker_id: str,
+        now: float,
+        limit: int,
+        lease: float,
+        kinds: Collection[str] | None = None,
+    ) -> list[Job]:
         # SKIP LOCKED: workers on other hosts claiming at the same moment take other jobs
         rows = await self._fetch(
             "claiming jobs failed",
             "UPDATE jobs SET locked_by = $1, locked_until = $2 WHERE id IN ("
             "SELECT id FROM jobs WHERE run_at <= $3 "
             "AND (locked_until IS NULL OR locked_until < $3) "
+            "AND ($5::text[] IS NULL OR kind = ANY($5::text[])) "
             "ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) "
             "RETURNING id, kind, ref, run_at, attempts",
             worker_id,
             now + lease,
             now,
             limit,
+            None if kinds is None else list(kinds),
         )
         return sorted((Job(*row) for row in rows), key=lambda job: (job.run_at, job.id))
 
@@ -683,10 +692,12 @@ class PostgresStore(Store):
             worker_id,
         )
 
-    async def next_job_at(self) -> float | None:
+    async def next_job_at(self, kinds: Collection[str] | None = None) -> float | None:
         rows = await self._fetch(
             "reading the next job failed",
-            "SELECT run_at FROM jobs WHERE locked_until IS NULL ORDER BY run_at LIMIT 1",
+            "SELECT run_at FROM jobs WHERE locked_until IS NULL "
+            "AND ($1::text[] IS NULL OR kind = ANY($1::text[])) ORDER BY run_at LIMIT 1",
+            None if kinds is None else list(kinds),
         )
         return float(rows[0][0]) if rows else None
 

@@ -20,7 +20,7 @@ import asyncio
 import concurrent.futures
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,12 +106,17 @@ class _GroupCommitWriter:
     statement under load. Now the GIL changes hands twice per transaction.
 
     The connection waits for no lock on the loop thread (``busy_timeout`` 0): when another
-    process holds the write lock, the batch is written on the helper thread instead, which
-    waits for the lock there.
+    process holds the write lock, the flush is tried again a moment later (0.25 ms, doubling
+    up to 4 ms), while new writes join the waiting batch. Not waiting on the helper thread
+    instead: its writes would fight the busy loop for the GIL at every statement, and SQLite's
+    own busy handler sleeps 1, 2, 5, 10... ms, long after a lock held for a millisecond is free.
     """
 
-    #: how long the helper thread waits for another process's write lock
+    #: how long a batch waits for another process's write lock before it fails
     BUSY_TIMEOUT_MS = 30_000
+    #: the first and the longest pause between tries for a lock another process holds
+    LOCK_RETRY_FIRST = 0.00025
+    LOCK_RETRY_MAX = 0.004
 
     def __init__(self, path: str, synchronous: str) -> None:
         self._path = path
@@ -123,6 +128,10 @@ class _GroupCommitWriter:
         self._drained: asyncio.Event | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "cascade-sqlite-commit")
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: since when (time.monotonic()) the pending batch has found the lock taken, and the
+        #: pause before the next try
+        self._locked_since: float | None = None
+        self._lock_retry = self.LOCK_RETRY_FIRST
         self._conn: sqlite3.Connection | None = None
         #: how many transactions and writes were committed (for tests and metrics)
         self.commits = 0
@@ -173,13 +182,14 @@ class _GroupCommitWriter:
         self._busy = True
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
-            # another connection holds the write lock: wait for it on the helper thread
-            self._write_in_thread(batch, one_by_one=False)
-            return
         except sqlite3.Error as exc:
-            self._finish(batch, None, exc)
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                self._wait_for_lock(batch, exc)
+            else:
+                self._finish(batch, None, exc)
             return
+        self._locked_since = None
+        self._lock_retry = self.LOCK_RETRY_FIRST
         outcomes = _write_all(conn, batch)
         if outcomes is None:
             # a write failed: undo the batch and write it again on the helper thread, each
@@ -190,19 +200,38 @@ class _GroupCommitWriter:
             except sqlite3.Error as exc:
                 self._finish(batch, None, exc)
                 return
-            self._write_in_thread(batch, one_by_one=True)
+            self._write_one_by_one(batch)
             return
         committed = loop.run_in_executor(self._executor, _commit, conn)
         committed.add_done_callback(lambda done: self._finish(batch, outcomes, done.exception()))
 
-    def _write_in_thread(
-        self, batch: list[tuple[WriteFn, asyncio.Future[Any]]], *, one_by_one: bool
+    def _wait_for_lock(
+        self, batch: list[tuple[WriteFn, asyncio.Future[Any]]], busy: sqlite3.Error
     ) -> None:
+        """Another process holds the write lock: try again shortly, with the writes queued
+        meanwhile; fail the batch once it has waited ``BUSY_TIMEOUT_MS``."""
+        assert self._loop is not None
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        self._pending = batch + self._pending
+        self._busy = False
+        if now - self._locked_since > self.BUSY_TIMEOUT_MS / 1000:
+            self._locked_since = None
+            self._lock_retry = self.LOCK_RETRY_FIRST
+            waited, self._pending = self._pending, []
+            self._finish(waited, None, busy)
+            return
+        self._scheduled = True  # the timer is the flush: writes queued meanwhile wait for it
+        self._loop.call_later(self._lock_retry, self._flush)
+        self._lock_retry = min(self.LOCK_RETRY_MAX, self._lock_retry * 2)
+
+    def _write_one_by_one(self, batch: list[tuple[WriteFn, asyncio.Future[Any]]]) -> None:
+        """Write the batch again on the helper thread, each write in a savepoint of its own
+        (rare: only after a write failed)."""
         assert self._loop is not None
         assert self._conn is not None
-        written = self._loop.run_in_executor(
-            self._executor, self._write_waiting, self._conn, batch, one_by_one
-        )
+        written = self._loop.run_in_executor(self._executor, self._write_waiting, self._conn, batch)
         written.add_done_callback(
             lambda done: self._finish(
                 batch, None if done.exception() else done.result(), done.exception()
@@ -210,22 +239,14 @@ class _GroupCommitWriter:
         )
 
     def _write_waiting(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[WriteFn, asyncio.Future[Any]]],
-        one_by_one: bool,
+        self, conn: sqlite3.Connection, batch: list[tuple[WriteFn, asyncio.Future[Any]]]
     ) -> Outcomes:
-        """On the helper thread: the whole transaction, waiting for the write lock if another
-        process holds it; ``one_by_one`` runs each write in its own savepoint."""
+        """On the helper thread: the transaction, each write in its own savepoint, waiting
+        for the write lock if another process holds it."""
         conn.execute(f"PRAGMA busy_timeout={self.BUSY_TIMEOUT_MS}")
         try:
             conn.execute("BEGIN IMMEDIATE")
-            outcomes = None if one_by_one else _write_all(conn, batch)
-            if outcomes is None:
-                if not one_by_one:
-                    conn.execute("ROLLBACK")
-                    conn.execute("BEGIN IMMEDIATE")
-                outcomes = _write_each(conn, batch)
+            outcomes = _write_each(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error:
             if conn.in_transaction:
@@ -641,14 +662,23 @@ class SqliteStore(Store):
         )
         return {message.id: message for message in map(_message, rows)}
 
-    async def claim_jobs(self, worker_id: str, now: float, limit: int, lease: float) -> list[Job]:
+    async def claim_jobs(
+        self,
+        worker_id: str,
+        now: float,
+        limit: int,
+        lease: float,
+        kinds: Collection[str] | None = None,
+    ) -> list[Job]:
+        of_kinds, kind_params = _of_kinds(kinds)
+
         def write(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 "UPDATE jobs SET locked_by = ?, locked_until = ? WHERE id IN ("
-                "SELECT id FROM jobs WHERE run_at <= ? "
+                f"SELECT id FROM jobs WHERE run_at <= ?{of_kinds} "
                 "AND (locked_until IS NULL OR locked_until < ?) ORDER BY run_at LIMIT ?) "
                 "RETURNING id, kind, ref, run_at, attempts",
-                (worker_id, now + lease, now, now, limit),
+                (worker_id, now + lease, now, *kind_params, now, limit),
             ).fetchall()
             return sorted((Job(*row) for row in rows), key=lambda job: (job.run_at, job.id))
 
@@ -663,9 +693,11 @@ class SqliteStore(Store):
 
         await self._write(write)
 
-    async def next_job_at(self) -> float | None:
+    async def next_job_at(self, kinds: Collection[str] | None = None) -> float | None:
+        of_kinds, kind_params = _of_kinds(kinds)
         rows = self._read(
-            "SELECT run_at FROM jobs WHERE locked_until IS NULL ORDER BY run_at LIMIT 1"
+            f"SELECT run_at FROM jobs WHERE locked_until IS NULL{of_kinds} ORDER BY run_at LIMIT 1",
+            kind_params,
         )
         return float(rows[0][0]) if rows else None
 
@@ -1048,6 +1080,13 @@ _TRANSITION_LOAD = {
     )
     for name, of in _WORKFLOW_OF.items()
 }
+
+
+def _of_kinds(kinds: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+    """The jobs query's condition on their kinds, and its parameters (none: every kind)."""
+    if kinds is None:
+        return "", ()
+    return f" AND kind IN ({', '.join('?' * len(kinds))})", tuple(kinds)
 
 
 def _load_for_transition(conn: sqlite3.Connection, key: WorkflowKey) -> WorkflowRecord | None:
