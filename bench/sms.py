@@ -655,7 +655,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         cpu[f"{name}: event loop thread"] = loop
         cpu[f"{name}: other threads (SQLite COMMIT)"] = cpu[name] - loop
     cpu["load generator (this process)"] = own_load
-    profiled = cascades[1] if len(cascades) > 1 else cascades[0]  # the first worker, or serve
+    profiled = "cascade worker 1" if "cascade worker 1" in cascades else "cascade serve"
     accept_times = sorted(accepted.values())
     last = max(done_times) if done_times else posted["finished"]
     if profile is not None:
