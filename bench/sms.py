@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import enginelib as lib
+import rawsmsc
 
 accept = lib.accept
 
@@ -89,17 +90,42 @@ def _exit_on_signals() -> None:
 # --- the SMSC (a subprocess) -------------------------------------------------------------------
 
 
-async def _smsc(port: int, control: int, receipt_delay: float) -> None:
+async def _smsc(port: int, control: int, receipt_delay: float, kind: str) -> None:
     """Accept every submit_sm and send a DELIVRD receipt; serve stats on ``control``."""
+    _exit_on_signals()
+    stats = rawsmsc.Stats()
+    if kind == "raw":
+        await rawsmsc.start(port, receipt_delay, stats)
+    else:
+        await _smpp34_smsc(port, receipt_delay, stats)
+
+    async def serve_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).strip()
+        report: dict[str, Any] = {
+            "submits": len(stats.submits),
+            "receipts": len(stats.receipts),
+            "counts": dict(stats.counts),
+        }
+        if line == b"dump":
+            report["submit_times"] = stats.submits
+            report["receipt_times"] = stats.receipts
+        writer.write(json.dumps(report).encode())
+        await writer.drain()
+        writer.close()
+
+    await asyncio.start_server(serve_control, "127.0.0.1", control)
+    print(f"smsc ({kind}) listening on {port}, control {control}", flush=True)
+    await asyncio.Event().wait()
+
+
+async def _smpp34_smsc(port: int, receipt_delay: float, stats: rawsmsc.Stats) -> None:
+    """The same sink on the ``smpp34`` server the tests use (its Rust core, Python events)."""
     import smpp34
 
-    _exit_on_signals()
     server = smpp34.Server("127.0.0.1", port, system_id="sink")
     await server.start()
     sessions: dict[str, Any] = {}
-    submits: list[float] = []
-    receipts: list[float] = []
-    counts: Counter[str] = Counter()
+    counts = stats.counts
     ids = itertools.count(1)
     tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
@@ -140,7 +166,7 @@ async def _smsc(port: int, control: int, receipt_delay: float) -> None:
                         tlvs=tlvs,
                     )
                     if answer.command_status == 0:
-                        receipts.append(time.time())
+                        stats.receipts.append(time.time())
                         return
                     counts[f"receipt answered {answer.command_status:#x}"] += 1
                 except (smpp34.SmppError, OSError) as exc:
@@ -160,7 +186,7 @@ async def _smsc(port: int, control: int, receipt_delay: float) -> None:
         while True:
             event = await server.next()
             if isinstance(event, smpp34.SubmitSmEvent):
-                submits.append(time.time())
+                stats.submits.append(time.time())
                 message_id = str(next(ids))
                 event.accept(message_id)
                 args = (event.session_id, message_id, event.source_addr, event.destination_addr)
@@ -175,23 +201,7 @@ async def _smsc(port: int, control: int, receipt_delay: float) -> None:
                 counts["unbinds"] += 1
                 sessions.pop(event.session_id, None)
 
-    async def serve_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).strip()
-        stats: dict[str, Any] = {
-            "submits": len(submits),
-            "receipts": len(receipts),
-            "counts": dict(counts),
-        }
-        if line == b"dump":
-            stats["submit_times"] = submits
-            stats["receipt_times"] = receipts
-        writer.write(json.dumps(stats).encode())
-        await writer.drain()
-        writer.close()
-
-    await asyncio.start_server(serve_control, "127.0.0.1", control)
-    print(f"smsc listening on {port}, control {control}", flush=True)
-    await events()
+    spawn(events())
 
 
 # --- the webhook receiver (a subprocess) ---------------------------------------------------------
@@ -441,7 +451,8 @@ def run_provider_only(args: argparse.Namespace, procs: lib.Processes) -> dict[st
         log = workdir / "smsc.log"
         smsc = procs.start(
             [sys.executable, str(Path(__file__).resolve()), "smsc", "--port", str(smsc_port),
-             "--control", str(control), "--receipt-delay", str(args.receipt_delay)],
+             "--control", str(control), "--receipt-delay", str(args.receipt_delay),
+             "--smsc", args.smsc],
             env=dict(os.environ), cwd=workdir, log=log,
         )  # fmt: skip
         try:
@@ -521,7 +532,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         smsc_log, receiver_log = workdir / "smsc.log", workdir / "receiver.log"
         smsc = procs.start(
             [sys.executable, script, "smsc", "--port", str(smsc_port), "--control", str(control),
-             "--receipt-delay", str(args.receipt_delay)],
+             "--receipt-delay", str(args.receipt_delay), "--smsc", args.smsc],
             env=dict(os.environ), cwd=workdir, log=smsc_log,
         )  # fmt: skip
         receiver = procs.start(
@@ -929,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     smsc.add_argument("--port", type=int, required=True)
     smsc.add_argument("--control", type=int, required=True)
     smsc.add_argument("--receipt-delay", type=float, default=0.1)
+    smsc.add_argument("--smsc", choices=["raw", "smpp34"], default="raw")
     receive = sub.add_parser("receive", help="(internal) the webhook receiver")
     receive.add_argument("--port", type=int, required=True)
     parser.add_argument("--n", type=int, default=20_000, help="SMS to send")
@@ -956,6 +968,12 @@ def main(argv: list[str] | None = None) -> int:
         "(serve runs the other jobs)",
     )
     parser.add_argument("--window", type=int, default=200, help="window_size of each bind")
+    parser.add_argument(
+        "--smsc",
+        choices=["raw", "smpp34"],
+        default="raw",
+        help="the SMSC: raw (bench/rawsmsc.py, lean) or smpp34 (the tests' server)",
+    )
     parser.add_argument("--receipt-delay", type=float, default=0.1, help="SMSC: DLR after (s)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--batch-size", type=int, default=0, help="CASCADE_WORKER_BATCH_SIZE")
@@ -983,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args(argv)
     if args.command == "smsc":
-        _run(_smsc(args.port, args.control, args.receipt_delay))
+        _run(_smsc(args.port, args.control, args.receipt_delay, args.smsc))
         return 0
     if args.command == "receive":
         _run(_receive(args.port))
