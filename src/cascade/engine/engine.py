@@ -102,6 +102,9 @@ class EngineSettings:
     backoff_cap: float = 60.0
     #: how often receipts that arrived before their submit are matched again
     orphan_sweep_interval: float = 5.0
+    #: for how long after this engine kept such a receipt each send looks for one of its own
+    #: at once (otherwise the sweep matches it: a read per send saved while none arrive)
+    orphan_recheck: float = 60.0
     #: the base URL of this service, for links in webhooks
     public_url: str = ""
     #: the job kinds this engine runs (None: all). An engine that does not run ``send`` jobs
@@ -173,6 +176,8 @@ class Engine:
         }
         #: the messages of claimed send jobs, read with their batch (taken by the job)
         self._prefetched: dict[str, MessageRecord] = {}
+        #: when this engine last kept a receipt for a provider id it did not know yet
+        self._orphan_kept_at: float | None = None
         #: called after the engine stopped (to close what the handlers hold open)
         self.closers: list[Callable[[], Awaitable[None]]] = []
         self._wakeup = asyncio.Event()
@@ -479,9 +484,12 @@ class Engine:
             ),
             done_job=job.id,
         )
-        for part in parts or (provider_id,):
-            for receipt in await self.store.take_orphan_receipts(provider.name, part):
-                await self.receipt(receipt)
+        kept_at = self._orphan_kept_at
+        if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
+            # a receipt that beat this submit's answer (SMPP allows it) is applied now
+            for part in parts or (provider_id,):
+                for receipt in await self.store.take_orphan_receipts(provider.name, part):
+                    await self.receipt(receipt)
 
     async def _fail(
         self, job: Job, message: MessageRecord, status: Status, code: int, reason: str
@@ -566,6 +574,7 @@ class Engine:
         matched = result is not None or await self._part_receipt(receipt)
         RECEIPTS.labels(receipt.provider, "yes" if matched else "no").inc()
         if not matched:
+            self._orphan_kept_at = self.clock.now()
             await self.store.add_orphan_receipt(receipt, self.clock.now())
 
     async def _part_receipt(self, receipt: Receipt) -> bool:
