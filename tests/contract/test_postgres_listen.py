@@ -216,7 +216,7 @@ async def test_an_engine_runs_work_queued_elsewhere_before_its_next_poll(pair: P
         pair.listener,
         Providers(SandboxProvider(pair.listener, clock)),
         clock,
-        EngineSettings(poll_interval=60.0),
+        EngineSettings(poll_interval=60.0, claim_interval=60.0),
     )
 
     async def record(job: Job) -> None:

@@ -231,3 +231,37 @@ async def test_an_engine_limited_to_some_kinds_runs_only_those(sqlite_store: Sql
     assert ran == ["webhook"]
     assert started == []
     assert [ref for ref, _ in _locks(sqlite_store)] == ["m"]  # the send job is left for others
+
+
+async def test_jobs_another_process_queues_run_within_the_poll_interval(
+    sqlite_store: SqliteStore,
+) -> None:
+    """Jobs stored through another connection to the file (no wake-up reaches this engine)
+    are seen by the next poll, a read, long before the next claim would find them."""
+    clock = SystemClock()
+    engine = Engine(
+        sqlite_store,
+        Providers(SandboxProvider(sqlite_store, clock)),
+        clock,
+        EngineSettings(poll_interval=0.05, claim_interval=60.0),
+    )
+    done = asyncio.Event()
+
+    async def finish(job: Job) -> None:
+        await sqlite_store.finish_job(job.id)
+        done.set()
+
+    engine.handlers["ping"] = finish
+    other = SqliteStore(sqlite_store.path, synchronous="NORMAL")
+    await other.open()
+    await engine.start()
+    try:
+        await asyncio.sleep(0.2)  # the loop finds nothing and settles into its sleep
+        commits = sqlite_store.commits
+        await asyncio.sleep(0.3)
+        assert sqlite_store.commits == commits  # polls read; they claim nothing
+        await _queue(other, NewJob("ping", "elsewhere", clock.now()))
+        await asyncio.wait_for(done.wait(), 1.0)
+    finally:
+        await engine.stop()
+        await other.close()

@@ -85,8 +85,12 @@ class EngineSettings:
     batch_size: int = 200
     #: seconds a claim holds a job; a heartbeat renews it at a third of this
     lease: float = 30.0
-    #: longest sleep between looks at the job table (wake-ups come sooner in-process)
-    poll_interval: float = 1.0
+    #: longest sleep between looks at the job table. Jobs queued in this process wake the
+    #: engine at once, and on PostgreSQL so do other processes' (NOTIFY); on SQLite another
+    #: process's jobs (e.g. webhooks for a webhook-only worker) are seen within this
+    poll_interval: float = 0.1
+    #: longest time between two claims (which also take over the jobs of a dead worker)
+    claim_interval: float = 1.0
     #: jobs due within this many seconds are claimed now and each runs at its own time, so the
     #: claim's round trip to the store (a commit) is not part of a timer's lateness
     lookahead: float = 0.5
@@ -303,20 +307,26 @@ class Engine:
     async def _idle(self, ahead: bool) -> None:
         """Sleep until the next job is due within half the lookahead (so that one claim takes
         the jobs of half a lookahead, not one job each), or is due at all when nothing more may
-        be claimed ahead; or until new work arrives, or the poll interval passes."""
+        be claimed ahead; or until new work arrives. Meanwhile the job table is read every poll
+        interval (a read: it sees jobs other processes queue) and claimed from at least every
+        claim interval (a write: it takes over the jobs of a worker that died)."""
         self._wakeup.clear()
-        next_at = await self.store.next_job_at(self.settings.kinds)
-        delay = self.settings.poll_interval
-        if next_at is not None:
-            margin = self.settings.lookahead / 2 if ahead else 0.0
-            delay = min(delay, next_at - margin - self.clock.now())
-        if delay <= 0:
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep(delay))
-        waker = asyncio.ensure_future(self._wakeup.wait())
-        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        sleeper.cancel()
-        waker.cancel()
+        settings = self.settings
+        margin = settings.lookahead / 2 if ahead else 0.0
+        claim_by = self.clock.now() + settings.claim_interval
+        while not self._stopping:
+            next_at = await self.store.next_job_at(settings.kinds)
+            due = claim_by if next_at is None else min(claim_by, next_at - margin)
+            delay = min(settings.poll_interval, due - self.clock.now())
+            if delay <= 0:
+                return
+            sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+            waker = asyncio.ensure_future(self._wakeup.wait())
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            sleeper.cancel()
+            waker.cancel()
+            if self._wakeup.is_set():
+                return
 
     async def _run_when_due(self, job: Job) -> None:
         try:
