@@ -514,7 +514,8 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
     if args.stop_at == "accept" or args.workers:
         env["CASCADE_RUN_WORKER"] = "false"
-    elif args.webhook_worker:
+    if args.webhook_worker:
+        # serve's engine, or the workers', run everything but webhooks
         env["CASCADE_ENGINE_JOBS"] = "send,step_timeout,report_horizon"
     # the data directory goes in a folder of this benchmark's own, out of the way of whatever
     # cleans up after the other benchmarks' cascade-engine-bench-* folders in /tmp
@@ -965,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
         "--webhook-worker",
         action="store_true",
         help="deliver webhooks in a `cascade worker --jobs webhook` process of their own "
-        "(serve runs the other jobs)",
+        "(serve, or the --workers, run the other jobs)",
     )
     parser.add_argument("--window", type=int, default=200, help="window_size of each bind")
     parser.add_argument(
