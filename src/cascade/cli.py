@@ -182,6 +182,8 @@ def worker(
 ) -> None:
     """Run the engine alone (sends, timers, webhooks), beside API nodes started with
     CASCADE_RUN_WORKER=false, or beside engines that run the other jobs."""
+    import uvloop
+
     from cascade.runtime import run_worker
 
     settings = _settings(database, config)
@@ -191,7 +193,9 @@ def worker(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--jobs") from exc
     try:
-        asyncio.run(run_worker(settings))
+        # the event loop serve runs on too (uvicorn's loop="uvloop"): about half the CPU of
+        # asyncio's own for the same SMPP and HTTP traffic
+        uvloop.run(run_worker(settings))
     except CascadeError as exc:
         raise _fail(f"error: {exc}") from exc
 

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 import smpp34
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cascade.channels.receipts import (
     TLV_MESSAGE_PAYLOAD,
@@ -373,3 +375,14 @@ def test_receipt_esm_classes(esm_class: int, is_receipt: bool) -> None:
     """Receipts and intermediate notifications are receipts; MO messages (type 0) are not."""
     pdu = decode_deliver_sm(_body(smpp34.DeliverSm("1", "2", b"x", esm_class=esm_class)))
     assert pdu.is_receipt is is_receipt
+
+
+@given(st.text(alphabet="0123456789", min_size=10, max_size=12).filter(lambda v: len(v) != 11))
+def test_parse_date_reads_digits_as_strptime_does(value: str) -> None:
+    """Any 10 or 12 digits give strptime's %y%m%d%H%M[%S] answer, or None where it refuses."""
+    try:
+        fmt = "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M"
+        expected: datetime | None = datetime.strptime(value, fmt).replace(tzinfo=UTC)
+    except ValueError:
+        expected = None
+    assert parse_date(value) == expected

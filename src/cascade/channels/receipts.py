@@ -289,6 +289,10 @@ PENDING_STATES = frozenset({"ENROUTE", "ACCEPTD"})
 DELIVERED_STATE = "DELIVRD"
 
 
+#: "submit date", "submit_date" and "submitdate" are one key
+_DATE_KEY = re.compile(r"[ _]?date$")
+
+
 def parse_receipt_text(text: str) -> dict[str, str]:
     """The ``key: value`` fields of a receipt text, keys lower-case with one space.
 
@@ -298,7 +302,9 @@ def parse_receipt_text(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     matches = list(_KEY.finditer(text))
     for number, match in enumerate(matches):
-        key = re.sub(r"[ _]?date$", " date", match.group(1).lower())
+        key = match.group(1).lower()
+        if key.endswith("date"):
+            key = _DATE_KEY.sub(" date", key)
         if key in fields:
             continue
         if key == "text":
@@ -313,10 +319,15 @@ def parse_date(value: str | None) -> datetime | None:
     """A receipt date ``YYMMDDhhmm`` or ``YYMMDDhhmmss`` as UTC (the SMSC's zone is unknown)."""
     if value is None or not value.isdigit() or len(value) not in (10, 12):
         return None
+    year = int(value[0:2])
+    # strptime's %y, without its cost (one receipt per SMS): 69-99 are 19xx, 00-68 20xx
+    year += 1900 if year >= 69 else 2000
+    second = int(value[10:12]) if len(value) == 12 else 0
     try:
-        return datetime.strptime(
-            value, "%y%m%d%H%M%S" if len(value) == 12 else "%y%m%d%H%M"
-        ).replace(tzinfo=UTC)
+        return datetime(
+            year, int(value[2:4]), int(value[4:6]), int(value[6:8]), int(value[8:10]), second,
+            tzinfo=UTC,
+        )  # fmt: skip
     except ValueError:
         return None
 
