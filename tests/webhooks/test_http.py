@@ -34,6 +34,8 @@ class RawServer:
 
     script: list[Answer] = field(default_factory=list)
     default: Answer = NO_CONTENT
+    #: seconds to wait before each answer
+    delay: float = 0.0
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
     port: int = 0
@@ -68,6 +70,8 @@ class RawServer:
                 answer = self.script.pop(0) if self.script else self.default
                 if answer is None:
                     break
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 writer.write(answer)
                 await writer.drain()
                 if b"connection: close" in answer.lower() or answer.startswith(b"HTTP/1.0"):
@@ -329,3 +333,25 @@ def test_a_url_no_request_can_go_to_says_why(url: str, reason: str) -> None:
     """Each unusable URL is refused with its reason, before any connection is tried."""
     with pytest.raises(ValueError, match=reason):
         parse_url(url)
+
+
+async def test_at_the_connection_limit_a_finished_request_makes_room_for_a_waiting_one() -> None:
+    """With room for one connection, a request to another destination waits for the busy
+    one to finish, which then closes its connection instead of keeping it idle."""
+    first, second = RawServer(delay=0.3), RawServer()
+    await first.start()
+    await second.start()
+    http = WebhookClient(user_agent="Cascade-Test", max_connections=1)
+    try:
+        busy = asyncio.ensure_future(http.post(parse_url(first.url()), b"{}", JSON))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(http.post(parse_url(second.url()), b"{}", JSON))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        assert (await busy).status == 204  # answered: its connection closes, not kept idle
+        assert (await asyncio.wait_for(waiting, 2)).status == 204
+        assert http.open_connections == 1
+    finally:
+        await http.close()
+        await first.stop()
+        await second.stop()

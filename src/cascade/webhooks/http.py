@@ -233,6 +233,8 @@ class WebhookClient:
         self._idle: dict[Destination, list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._room = asyncio.Semaphore(max_connections)
+        #: requests waiting for room to open a connection
+        self._waiting_for_room = 0
 
     @property
     def open_connections(self) -> int:
@@ -268,10 +270,10 @@ class WebhookClient:
             except BaseException:
                 connection.close()  # cancelled midway: out of step with the receiver
                 raise
-            if connection.reusable:
+            if connection.reusable and not self._waiting_for_room:
                 self._idle.setdefault(target.destination, []).append(connection)
             else:
-                connection.close()
+                connection.close()  # (and, at the limit, makes room for a waiting request)
             return response
 
     async def _connection(self, destination: Destination) -> tuple[_Connection, bool]:
@@ -283,7 +285,11 @@ class WebhookClient:
                 return connection, True
         if self._room.locked():
             self._evict_idle()
-        await self._room.acquire()
+        self._waiting_for_room += 1
+        try:
+            await self._room.acquire()
+        finally:
+            self._waiting_for_room -= 1
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
