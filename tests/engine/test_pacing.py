@@ -265,3 +265,34 @@ async def test_jobs_another_process_queues_run_within_the_poll_interval(
     finally:
         await engine.stop()
         await other.close()
+
+
+async def test_an_engine_of_some_kinds_finds_its_jobs_through_the_kind_index(
+    sqlite_store: SqliteStore,
+) -> None:
+    """next_job_at and claims for one kind search jobs_kind_due instead of scanning every
+    pending job in time order (100,000 pending timers made each poll of a webhook-only worker
+    read them all)."""
+    seen: list[str] = []
+    assert sqlite_store._reader is not None
+    assert sqlite_store._writer._conn is not None
+    sqlite_store._reader.set_trace_callback(seen.append)
+    sqlite_store._writer._conn.set_trace_callback(seen.append)
+    await sqlite_store.next_job_at({"webhook"})
+    await sqlite_store.claim_jobs("w1", 0.0, 200, 30.0, {"webhook"})
+    sqlite_store._reader.set_trace_callback(None)
+    sqlite_store._writer._conn.set_trace_callback(None)
+    queries = [sql for sql in seen if "FROM jobs" in sql]
+    assert len(queries) == 2
+    conn = sqlite3.connect(sqlite_store.path)
+    try:
+        for sql in queries:
+            # the claim's UPDATE picks its rows with a SELECT: that is the part that searches
+            if "RETURNING" in sql:
+                select = sql[sql.index("(SELECT") + 1 : sql.index(") RETURNING")]
+            else:
+                select = sql
+            plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + select))
+            assert "USING INDEX jobs_kind_due (kind=?" in plan, (select, plan)
+    finally:
+        conn.close()

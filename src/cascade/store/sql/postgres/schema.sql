@@ -95,6 +95,7 @@ CREATE TABLE jobs (
     created_at   double precision NOT NULL
 );
 CREATE INDEX jobs_due ON jobs (run_at);
+CREATE INDEX jobs_kind_due ON jobs (kind, run_at);
 CREATE INDEX jobs_ref ON jobs (ref);
 
 CREATE TABLE idempotency_keys (
