@@ -1083,10 +1083,18 @@ _TRANSITION_LOAD = {
 
 
 def _of_kinds(kinds: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
-    """The jobs query's condition on their kinds, and its parameters (none: every kind)."""
+    """The jobs query's condition on their kinds, and its parameters (none: every kind).
+
+    One kind is searched through jobs_kind_due, in time order (a webhook-only worker must not
+    read past every pending timer). Several kinds are usually most of the jobs: ``+kind``
+    keeps SQLite on jobs_due, in time order, stopping at the first rows that match; through
+    jobs_kind_due it would read every due row of each kind and sort them, which under a
+    backlog of thousands of due sends cost a fifth of the SMS throughput."""
     if kinds is None:
         return "", ()
-    return f" AND kind IN ({', '.join('?' * len(kinds))})", tuple(kinds)
+    if len(kinds) == 1:
+        return " AND kind = ?", tuple(kinds)
+    return f" AND +kind IN ({', '.join('?' * len(kinds))})", tuple(kinds)
 
 
 def _load_for_transition(conn: sqlite3.Connection, key: WorkflowKey) -> WorkflowRecord | None:
