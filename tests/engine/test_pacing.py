@@ -311,3 +311,16 @@ async def test_an_engine_of_some_kinds_finds_its_jobs_in_time_order(
     for plan in plans:
         assert searched_as in plan
         assert "TEMP B-TREE" not in plan
+
+
+def test_cancelling_a_messages_jobs_keeps_to_the_ref_index(sqlite_store: SqliteStore) -> None:
+    """A transition's DELETE of a message's jobs by (kind, ref) searches jobs_ref on both
+    columns, never every job of the kind through jobs_kind_due."""
+    conn = sqlite3.connect(sqlite_store.path)
+    try:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM jobs WHERE kind = ? AND ref = ?", ("send", "m")
+        ).fetchall()
+    finally:
+        conn.close()
+    assert "USING INDEX jobs_ref (ref=? AND kind=?)" in plan[0][3]

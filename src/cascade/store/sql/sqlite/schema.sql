@@ -94,7 +94,7 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_due ON jobs (run_at);
 CREATE INDEX jobs_kind_due ON jobs (kind, run_at);
-CREATE INDEX jobs_ref ON jobs (ref);
+CREATE INDEX jobs_ref ON jobs (ref, kind);
 
 CREATE TABLE idempotency_keys (
     account_id     TEXT NOT NULL,
