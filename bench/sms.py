@@ -512,11 +512,14 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
     if args.batch_size:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
-    if args.stop_at == "accept" or args.workers:
+    if args.stop_at == "accept" or (args.workers and not args.serve_jobs):
         env["CASCADE_RUN_WORKER"] = "false"
+    worker_jobs = args.worker_jobs or "all"
     if args.webhook_worker:
         # serve's engine, or the workers', run everything but webhooks
-        env["CASCADE_ENGINE_JOBS"] = "send,step_timeout,report_horizon"
+        env["CASCADE_ENGINE_JOBS"] = worker_jobs = "send,step_timeout,report_horizon"
+    if args.serve_jobs:
+        env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
     # the data directory goes in a folder of this benchmark's own, out of the way of whatever
     # cleans up after the other benchmarks' cascade-engine-bench-* folders in /tmp
     base = tempfile.mkdtemp(prefix="cascade-sms-bench-")
@@ -557,8 +560,8 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         if args.stop_at != "accept":
             for number in range(args.workers):
                 workers.append(procs.start(
-                    [*accept._cascade_argv(), "worker"], env=dict(server.env), cwd=workdir,
-                    log=workdir / f"worker{number + 1}.log",
+                    [*accept._cascade_argv(), "worker", "--jobs", worker_jobs],
+                    env=dict(server.env), cwd=workdir, log=workdir / f"worker{number + 1}.log",
                 ))  # fmt: skip
                 helpers.append(workers[-1])
             if args.webhook_worker:
@@ -569,7 +572,13 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
                 )  # fmt: skip
                 helpers.append(webhook_worker)
                 pids_extra["cascade webhook worker"] = webhook_worker.pid
-        binds = 0 if args.stop_at == "accept" else args.binds * max(1, len(workers))
+        senders = len(workers) if "send" in worker_jobs or worker_jobs == "all" else 0
+        serve_jobs = env.get("CASCADE_ENGINE_JOBS", "all")
+        if env.get("CASCADE_RUN_WORKER") != "false" and (
+            serve_jobs == "all" or "send" in serve_jobs
+        ):
+            senders += 1
+        binds = 0 if args.stop_at == "accept" else args.binds * senders
         binds_deadline = time.monotonic() + 10
         while smsc_stats(control)["counts"].get("binds", 0) < binds:
             if time.monotonic() > binds_deadline:
@@ -968,6 +977,11 @@ def main(argv: list[str] | None = None) -> int:
         help="deliver webhooks in a `cascade worker --jobs webhook` process of their own "
         "(serve, or the --workers, run the other jobs)",
     )
+    parser.add_argument(
+        "--serve-jobs",
+        help="CASCADE_ENGINE_JOBS of serve (its engine runs even with --workers), e.g. webhook",
+    )
+    parser.add_argument("--worker-jobs", help="--jobs of each --workers process (default all)")
     parser.add_argument("--window", type=int, default=200, help="window_size of each bind")
     parser.add_argument(
         "--smsc",
