@@ -493,6 +493,12 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
         return rows
 
+    def _read_ids(self, select: str, ids: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows ``select`` finds among those of these ids (a claimed batch's, read at once)."""
+        if not ids:
+            return []
+        return self._read(f"{select} WHERE id IN ({', '.join('?' * len(ids))})", tuple(ids))
+
     # --- tenancy ---------------------------------------------------------------------------
 
     async def create_account(self, account: Account) -> None:
@@ -654,12 +660,7 @@ class SqliteStore(Store):
         return _message(rows[0]) if rows else None
 
     async def find_messages(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
-        if not message_ids:
-            return {}
-        marks = ", ".join("?" * len(message_ids))
-        rows = self._read(
-            f"SELECT {_MESSAGE_READ} FROM messages WHERE id IN ({marks})", tuple(message_ids)
-        )
+        rows = self._read_ids(f"SELECT {_MESSAGE_READ} FROM messages", message_ids)
         return {message.id: message for message in map(_message, rows)}
 
     async def claim_jobs(
@@ -859,12 +860,7 @@ class SqliteStore(Store):
         return _webhook(rows[0]) if rows else None
 
     async def get_webhooks(self, webhook_ids: Sequence[int]) -> dict[int, WebhookRecord]:
-        if not webhook_ids:
-            return {}
-        marks = ", ".join("?" * len(webhook_ids))
-        rows = self._read(
-            f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE id IN ({marks})", tuple(webhook_ids)
-        )
+        rows = self._read_ids(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks", webhook_ids)
         return {webhook.id: webhook for webhook in map(_webhook, rows)}
 
     async def record_webhook_attempt(
