@@ -5,14 +5,19 @@ held by another process is waited for without blocking the event loop."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable
 
 import pytest
 
+from cascade.domain.failover import Changes
+from cascade.domain.records import Event, NewJob, WorkflowRecord
 from cascade.errors import StoreUnavailable
+from cascade.store.base import Decision, WorkflowKey
 from cascade.store.sqlite import SqliteStore
+from tests.contract.factories import T0, tenant, workflow
 
 
 def _insert(ref: str, fail: bool = False) -> Callable[[sqlite3.Connection], str]:
@@ -101,3 +106,31 @@ async def test_a_lock_held_too_long_fails_the_waiting_writes(
         other.close()
     assert await sqlite_store._writer.submit(_insert("b")) == "b"
     assert await _refs(sqlite_store) == {"b"}
+
+
+async def test_a_transition_decided_before_another_write_is_decided_again(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A transition decides before it takes the write lock; when a write queued before it
+    changed the workflow (here a retry's last error, which a closing window reports), its
+    transaction sees the version moved and decides again from what is stored."""
+    owner = await tenant(sqlite_store)
+    request = dataclasses.replace(workflow(owner), jobs=(NewJob("send", "x", T0),))
+    await sqlite_store.accept(request)
+    message_id = request.steps[0].message_id
+    (job,) = await sqlite_store.claim_jobs("w1", T0, 10, 30.0)
+    seen: list[int | None] = []
+
+    def decide(loaded: WorkflowRecord) -> Decision:
+        """Note the message's last error; change nothing else."""
+        (current,) = [m for m in loaded.messages if m.id == message_id]
+        seen.append(current.last_error_code)
+        changes = Changes()
+        changes.events.append(Event(at=T0 + 1, kind="probe"))
+        return changes, []
+
+    retried = sqlite_store.retry_job(job.id, T0 + 9, message_id=message_id, error=(1000, "busy"))
+    await asyncio.gather(
+        retried, sqlite_store.transition(WorkflowKey(message_id=message_id), decide)
+    )
+    assert seen == [None, 1000]  # decided early from the old read, then again in the lock

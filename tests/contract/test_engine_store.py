@@ -447,6 +447,37 @@ class TestWebhooks:
         assert batch == {stored[0].id: stored[0], stored[2].id: stored[2]}
         assert await store.get_webhooks([]) == {}
 
+    async def test_transitions_in_flight_together_each_decide_from_the_last_stored(
+        self, store: Store
+    ) -> None:
+        """Two transitions of one workflow started at once: the second decides from the
+        workflow as the first stored it (a decision made from an older read is made again)."""
+        owner = await tenant(store)
+        request = await accepted(store, owner)
+        message_id = request.steps[0].message_id
+        key = WorkflowKey(message_id=message_id)
+        seen: list[tuple[Status, Status | None, int | None]] = []
+
+        def setting(status: Status) -> Callable[[WorkflowRecord], Decision]:
+            def decide(loaded: WorkflowRecord) -> Decision:
+                """Note what the message looked like, and set its status."""
+                current = next(m for m in loaded.messages if m.id == message_id)
+                seen.append((status, current.status, current.last_error_code))
+                changes = Changes()
+                changes.messages[message_id] = MessageChange(message_id, status=status)
+                return changes, []
+
+            return decide
+
+        await asyncio.gather(
+            store.transition(key, setting(Status.SUBMITTED)),
+            store.transition(key, setting(Status.DELIVERED)),
+        )
+        assert seen[-1][:2] == (Status.DELIVERED, Status.SUBMITTED)
+        stored = await store.find_message(message_id)
+        assert stored is not None
+        assert stored.status == Status.DELIVERED
+
     async def test_transitions_queue_their_webhooks(self, store: Store) -> None:
         """Webhooks returned by a decision are stored with the transition."""
         owner = await tenant(store)

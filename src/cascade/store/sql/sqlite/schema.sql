@@ -28,7 +28,9 @@ CREATE TABLE workflows (
     state          TEXT NOT NULL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL,
-    finished_at    REAL
+    finished_at    REAL,
+    -- bumped by every write a transition decides from (see migration 0006)
+    version        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX workflows_account ON workflows (account_id, created_at);
 
