@@ -507,6 +507,11 @@ def _rate(times: list[float]) -> float:
     return len(times) / max(1e-9, last - first)
 
 
+def _sends(jobs: str) -> bool:
+    """Whether an engine of these job kinds (CASCADE_ENGINE_JOBS) sends, and so binds."""
+    return jobs == "all" or "send" in jobs.split(",")
+
+
 def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     smsc_port, control, receiver_port = (accept.free_port() for _ in range(3))
     env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
@@ -572,12 +577,10 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
                 )  # fmt: skip
                 helpers.append(webhook_worker)
                 pids_extra["cascade webhook worker"] = webhook_worker.pid
-        senders = len(workers) if "send" in worker_jobs or worker_jobs == "all" else 0
-        serve_jobs = env.get("CASCADE_ENGINE_JOBS", "all")
-        if env.get("CASCADE_RUN_WORKER") != "false" and (
-            serve_jobs == "all" or "send" in serve_jobs
-        ):
-            senders += 1
+        # every engine that runs send jobs binds to the SMSC
+        senders = len(workers) if _sends(worker_jobs) else 0
+        if env.get("CASCADE_RUN_WORKER") != "false":
+            senders += _sends(env.get("CASCADE_ENGINE_JOBS", "all"))
         binds = 0 if args.stop_at == "accept" else args.binds * senders
         binds_deadline = time.monotonic() + 10
         while smsc_stats(control)["counts"].get("binds", 0) < binds:

@@ -486,12 +486,18 @@ class SqliteStore(Store):
         return result
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._reading(
+            lambda conn: conn.execute(sql, params).fetchall()
+        )
+        return rows
+
+    def _reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` run on the reader connection, its SQLite errors as StoreUnavailable."""
         assert self._reader is not None, "store not open"
         try:
-            rows: list[tuple[Any, ...]] = self._reader.execute(sql, params).fetchall()
+            return fn(self._reader)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
-        return rows
 
     def _read_ids(self, select: str, ids: Sequence[Any]) -> list[tuple[Any, ...]]:
         """The rows ``select`` finds among those of these ids (a claimed batch's, read at once)."""
@@ -753,11 +759,7 @@ class SqliteStore(Store):
         # connection; the transaction only checks that the workflow's version is still the one
         # read (else loads and decides again inside) and writes. Processes sharing the file
         # queue for that lock, and it was held mostly for decisions (BENCHMARKS.md).
-        assert self._reader is not None, "store not open"
-        try:
-            seen = _load_for_transition(self._reader, key)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
+        seen = self._reading(lambda conn: _load_for_transition(conn, key))
         early = None if seen is None else (seen[0].id, seen[1], decide(seen[0]))
 
         def write(conn: sqlite3.Connection) -> Decision | None:

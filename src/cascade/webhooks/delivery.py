@@ -38,7 +38,7 @@ from cascade.clock import Clock
 from cascade.domain.records import Account, WebhookAttempt, WebhookRecord
 from cascade.errors import WebhookUnreachable
 from cascade.store.base import Job, Store
-from cascade.webhooks.http import Target, WebhookClient, parse_url
+from cascade.webhooks.http import Destination, Target, WebhookClient, parse_url
 from cascade.webhooks.signing import sign
 
 log = structlog.get_logger(__name__)
@@ -174,7 +174,7 @@ class WebhookSender:
         self._prefetched: dict[int, WebhookRecord] = {}
         #: accounts as read, with when each was read (the clock's time)
         self._accounts: dict[str, tuple[float, Account]] = {}
-        self._destinations: dict[str, _Destination] = {}
+        self._destinations: dict[Destination, _Destination] = {}
 
     def _client(self) -> WebhookClient:
         """The pooled HTTP client, made on first use (inside the running event loop)."""
@@ -183,7 +183,6 @@ class WebhookSender:
                 user_agent=USER_AGENT,
                 max_connections=self.settings.max_connections,
                 max_body=self.settings.max_response_bytes,
-                connect_timeout=self.settings.timeout,
             )
         return self._http
 
@@ -230,10 +229,10 @@ class WebhookSender:
         await self._record(webhook, job, started, result)
 
     def _destination(self, target: Target) -> _Destination:
-        key = target.destination.key
-        destination = self._destinations.get(key)
+        destination = self._destinations.get(target.destination)
         if destination is None:
-            destination = self._destinations[key] = _Destination(self.settings.per_destination)
+            destination = _Destination(self.settings.per_destination)
+            self._destinations[target.destination] = destination
         return destination
 
     async def _wait_for(self, destination: _Destination) -> bool:

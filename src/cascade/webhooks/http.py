@@ -223,12 +223,10 @@ class WebhookClient:
         user_agent: str,
         max_connections: int = 256,
         max_body: int = 4096,
-        connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.user_agent = user_agent
         self.max_body = max_body
-        self.connect_timeout = connect_timeout
         self._ssl = ssl_context
         self._idle: dict[Destination, list[_Connection]] = {}
         self._open: set[_Connection] = set()
@@ -292,19 +290,19 @@ class WebhookClient:
             self._waiting_for_room -= 1
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Connection(self, destination),
-                    destination.host,
-                    destination.port,
-                    ssl=self._ssl_context() if destination.scheme == "https" else None,
-                )
-        except BaseException as exc:
+            _, protocol = await loop.create_connection(
+                lambda: _Connection(self, destination),
+                destination.host,
+                destination.port,
+                ssl=self._ssl_context() if destination.scheme == "https" else None,
+            )
+        except OSError as exc:
             self._room.release()
-            if isinstance(exc, (OSError, TimeoutError)):
-                raise WebhookUnreachable(
-                    f"connecting to {destination.key} failed: {type(exc).__name__}: {exc}"
-                ) from exc
+            raise WebhookUnreachable(
+                f"connecting to {destination.key} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        except BaseException:
+            self._room.release()  # cancelled (the caller's deadline) while connecting
             raise
         self._open.add(protocol)
         return protocol, False
