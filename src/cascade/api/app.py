@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -19,6 +20,7 @@ from cascade.api.problems import EXCEPTION_HANDLERS, problem_response
 from cascade.api.reads import ReadEndpoints
 from cascade.clock import Clock
 from cascade.domain.records import Surface
+from cascade.errors import TransientError
 from cascade.store.base import Store
 
 
@@ -58,9 +60,10 @@ def create_app(
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
     | None = None,
     on_accepted: Callable[[], None] | None = None,
+    engine_health: Callable[[], dict[str, object]] | None = None,
 ) -> AcceptFastPath:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
-    it (opening the store, the engine)."""
+    it (opening the store, the engine), whose health ``engine_health`` reports for readiness."""
     authenticator = Authenticator(store, clock)
     context = AcceptContext(
         store, authenticator, clock, max_body_bytes, report_horizon, on_accepted
@@ -90,6 +93,7 @@ def create_app(
     ]
     routes += [
         Route("/health", health, methods=["GET"]),
+        Route("/ready", Readiness(store, engine_health), methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
@@ -117,6 +121,34 @@ def create_app(
 async def health(request: Request) -> Response:
     """Liveness: the process answers."""
     return JSONResponse({"status": "ok"})
+
+
+class Readiness:
+    """Readiness: the database answers within :attr:`TIMEOUT` and the engine of this process
+    (if it runs one) works; 503 otherwise, so a load balancer or orchestrator stops sending
+    traffic to a node that would accept work it cannot do."""
+
+    #: seconds the database gets to answer a ping
+    TIMEOUT = 2.0
+
+    def __init__(self, store: Store, engine_health: Callable[[], dict[str, object]] | None) -> None:
+        self._store = store
+        self._engine_health = engine_health
+
+    async def __call__(self, request: Request) -> Response:
+        database: dict[str, object] = {"status": "ok"}
+        try:
+            await asyncio.wait_for(self._store.ping(), self.TIMEOUT)
+        except (TransientError, TimeoutError) as exc:
+            database = {"status": "unavailable", "error": str(exc) or "no answer in time"}
+        engine: dict[str, object] = (
+            {"status": "off"} if self._engine_health is None else self._engine_health()
+        )
+        ready = database["status"] == "ok" and engine["status"] in ("ok", "off")
+        return JSONResponse(
+            {"status": "ok" if ready else "unavailable", "database": database, "engine": engine},
+            status_code=200 if ready else 503,
+        )
 
 
 async def metrics(request: Request) -> Response:

@@ -55,8 +55,10 @@ from cascade.errors import (
     ChannelRejected,
     ChannelUnavailable,
     ChannelUndeliverable,
+    TransientError,
 )
 from cascade.store.base import Decide, Decision, Job, Store, WorkflowKey
+from cascade.supervision import OnFatal, Setbacks, Supervisor
 from cascade.webhooks import payloads
 
 log = structlog.get_logger(__name__)
@@ -154,6 +156,9 @@ class Providers:
 class Engine:
     """Runs jobs and takes receipts; one per process, any number per database."""
 
+    #: seconds without a successful claim after which the engine reports itself not ready
+    STALE_CLAIM = 30.0
+
     def __init__(
         self,
         store: Store,
@@ -162,6 +167,7 @@ class Engine:
         settings: EngineSettings | None = None,
         *,
         worker_id: str | None = None,
+        on_fatal: OnFatal | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -191,8 +197,13 @@ class Engine:
         self._waiting: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_in_flight)
-        self._background: list[asyncio.Task[None]] = []
+        #: the engine's own loops; one that ends while the engine runs is fatal (``on_fatal``)
+        self.supervisor = Supervisor(on_fatal)
         self._stopping = False
+        #: when the job loop last claimed from the store (None: not yet), for readiness
+        self.last_claim_at: float | None = None
+        #: jobs that failed on a transient error, logged once per streak rather than each
+        self._job_setbacks = Setbacks("engine-jobs")
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -205,20 +216,31 @@ class Engine:
         if run_loop:
             # work queued by other processes wakes the loop too (where the store can signal it)
             await self.store.listen_for_jobs(self.wake)
-            self._background = [
-                asyncio.create_task(self._loop(), name="engine-loop"),
-                asyncio.create_task(self._heartbeat(), name="engine-heartbeat"),
-                asyncio.create_task(self._sweep_orphans(), name="engine-orphans"),
-            ]
+            self.supervisor.start("engine-loop", self._loop())
+            self.supervisor.start("engine-heartbeat", self._heartbeat())
+            self.supervisor.start("engine-orphans", self._sweep_orphans())
         log.info("engine.started", worker=self.worker_id)
+
+    def health(self) -> dict[str, object]:
+        """Whether the engine works, for readiness: its loops alive, and its job loop claiming
+        from the store (at least every ``claim_interval`` while it runs, so a claim older than
+        :attr:`STALE_CLAIM` means the loop is stuck or the store keeps failing)."""
+        alive = self.supervisor.alive()
+        age = None if self.last_claim_at is None else self.clock.now() - self.last_claim_at
+        stale = max(self.STALE_CLAIM, 10 * self.settings.claim_interval)
+        ok = bool(alive) and all(alive.values()) and age is not None and age <= stale
+        return {
+            "status": "ok" if ok else "unavailable",
+            "worker": self.worker_id,
+            "last_claim_age": None if age is None else round(age, 3),
+            "tasks": alive,
+        }
 
     async def stop(self) -> None:
         """Stop claiming, let running jobs finish, stop the providers."""
         self._stopping = True
         self._wakeup.set()
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.supervisor.stop()
         await self._release_waiting()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -252,41 +274,50 @@ class Engine:
             total += len(jobs)
 
     async def _loop(self) -> None:
-        settings = self.settings
+        """Claim and start jobs until stopped. A round that fails (the store is down) is
+        logged once per streak and tried again after a backoff: nothing the store raises ends
+        the loop."""
+        setbacks = Setbacks("engine-loop", worker=self.worker_id)
         while not self._stopping:
-            # what is due now and (unless plenty is waiting already) what falls due within the
-            # lookahead: the claim, a commit, is made before a timer's time, and the timer
-            # runs on the dot
-            ahead = settings.lookahead if len(self._waiting) < settings.max_in_flight else 0.0
             try:
-                jobs = await self.store.claim_jobs(
-                    self.worker_id,
-                    self.clock.now() + ahead,
-                    settings.batch_size,
-                    settings.lease,
-                    settings.kinds,
-                )
-            except Exception:
-                log.exception("engine.claim_failed")
-                await self.clock.sleep(settings.poll_interval)
-                continue
-            now = self.clock.now()
-            await self._prefetch(jobs, now)
-            for job in jobs:
-                self._in_flight.add(job.id)
-                if job.run_at > now:
-                    # waits for its time without holding a slot, then takes one like any job
-                    task = asyncio.create_task(self._run_when_due(job))
-                    self._waiting[job.id] = (job, task)
-                else:
-                    await self._slots.acquire()
-                    task = asyncio.create_task(self._run_released(job))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            if len(jobs) == settings.batch_size:
-                await asyncio.sleep(0)
-                continue
-            await self._idle(ahead > 0)
+                await self._round()
+            except Exception as exc:
+                await self.clock.sleep(setbacks.failed(exc))
+            else:
+                setbacks.succeeded()
+
+    async def _round(self) -> None:
+        """Claim a batch, start its jobs, and (unless the batch was full) wait for more."""
+        settings = self.settings
+        # what is due now and (unless plenty is waiting already) what falls due within the
+        # lookahead: the claim, a commit, is made before a timer's time, and the timer runs on
+        # the dot
+        ahead = settings.lookahead if len(self._waiting) < settings.max_in_flight else 0.0
+        jobs = await self.store.claim_jobs(
+            self.worker_id,
+            self.clock.now() + ahead,
+            settings.batch_size,
+            settings.lease,
+            settings.kinds,
+        )
+        now = self.clock.now()
+        self.last_claim_at = now
+        await self._prefetch(jobs, now)
+        for job in jobs:
+            self._in_flight.add(job.id)
+            if job.run_at > now:
+                # waits for its time without holding a slot, then takes one like any job
+                task = asyncio.create_task(self._run_when_due(job))
+                self._waiting[job.id] = (job, task)
+            else:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._run_released(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if len(jobs) == settings.batch_size:
+            await asyncio.sleep(0)
+            return
+        await self._idle(ahead > 0)
 
     async def _prefetch(self, jobs: Sequence[Job], now: float) -> None:
         """Let each kind's prefetcher read what the batch's due jobs need, at once. A failed
@@ -370,14 +401,22 @@ class Engine:
                 return  # left locked: its lease ends and it waits for a worker that knows it
             await handler(job)
             JOBS_RUN.labels(job.kind).inc()
+        except TransientError as exc:
+            # the job stays in the table; its lease runs out and it is claimed again. While the
+            # store is down every job fails this way: one line per streak, not one per job
+            self._job_setbacks.failed(exc, kind=job.kind, job=job.id, ref=job.ref)
         except Exception:
             # the job stays in the table; its lease runs out and it is claimed again
             log.exception("engine.job_failed", kind=job.kind, job=job.id, ref=job.ref)
+        else:
+            self._job_setbacks.succeeded()
         finally:
             self._in_flight.discard(job.id)
 
     async def _heartbeat(self) -> None:
+        """Extend the leases of the jobs this engine holds, every third of a lease."""
         interval = self.settings.lease / 3
+        setbacks = Setbacks("engine-heartbeat", worker=self.worker_id)
         while True:
             await self.clock.sleep(interval)
             if self._in_flight:
@@ -387,16 +426,22 @@ class Engine:
                         list(self._in_flight),
                         self.clock.now() + self.settings.lease,
                     )
-                except Exception:
-                    log.exception("engine.heartbeat_failed")
+                except Exception as exc:
+                    setbacks.failed(exc, jobs=len(self._in_flight))
+                else:
+                    setbacks.succeeded()
 
     async def _sweep_orphans(self) -> None:
+        """Match kept receipts to their messages, every ``orphan_sweep_interval``."""
+        setbacks = Setbacks("engine-orphans", worker=self.worker_id)
         while True:
             await self.clock.sleep(self.settings.orphan_sweep_interval)
             try:
                 await self.match_orphans()
-            except Exception:
-                log.exception("engine.orphan_sweep_failed")
+            except Exception as exc:
+                setbacks.failed(exc)
+            else:
+                setbacks.succeeded()
 
     # --- transitions -----------------------------------------------------------------------
 

@@ -91,6 +91,11 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Finish pending writes and disconnect."""
 
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Answer one round trip to the database (StoreUnavailable if it does not), for
+        readiness."""
+
     # --- tenancy ---------------------------------------------------------------------------
 
     @abc.abstractmethod

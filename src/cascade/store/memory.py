@@ -126,6 +126,9 @@ class MemoryStore(Store):
     async def close(self) -> None:
         self._open = False
 
+    async def ping(self) -> None:
+        self._check_open()
+
     def _check_open(self) -> None:
         """Refuse work while the store is closed, as the durable stores do."""
         if not self._open:

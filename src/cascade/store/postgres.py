@@ -370,6 +370,9 @@ class PostgresStore(Store):
             pool, self._pool = self._pool, None
             await pool.close()
 
+    async def ping(self) -> None:
+        await self._fetch("pinging PostgreSQL failed", "SELECT 1")
+
     def _require_pool(self) -> Any:
         """The connection pool of an open store."""
         if self._pool is None:

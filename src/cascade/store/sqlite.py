@@ -481,6 +481,9 @@ class SqliteStore(Store):
         """Writes committed so far."""
         return self._writer.writes
 
+    async def ping(self) -> None:
+        self._read("SELECT 1")
+
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._writer.submit(fn)
         return result
