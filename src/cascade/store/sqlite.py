@@ -106,20 +106,20 @@ def _make_private(path: str) -> None:
     clear) before SQLite opens it, and take group and other bits off existing files."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # umask can only narrow 0600
-        os.close(fd)
-        for suffix in _SIDE_FILES:
-            name = path + suffix
-            try:
-                mode = stat.S_IMODE(os.stat(name).st_mode)
-            except FileNotFoundError:
-                continue
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
+    os.close(fd)
+    for suffix in _SIDE_FILES:
+        name = path + suffix
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
             if mode & 0o077:
                 os.chmod(name, mode & 0o700)
-                log.warning(
-                    "sqlite.permissions_tightened", file=name, was=oct(mode), now=oct(mode & 0o700)
-                )
-    except OSError as exc:
-        raise StoreUnavailable(f"cannot create SQLite database {path!r}: {exc}") from exc
+                log.warning("sqlite.permissions_tightened", file=name, was=oct(mode))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # e.g. a file of another user: it still opens, so say so
+            log.warning("sqlite.permissions_not_tightened", file=name, error=str(exc))
 
 
 class _GroupCommitWriter:
