@@ -57,6 +57,7 @@ from cascade.errors import (
 )
 from cascade.store import rows as rows_
 from cascade.store.base import (
+    IDEMPOTENCY_TTL,
     UNSET,
     Decide,
     Decision,
@@ -393,7 +394,7 @@ class _Accept:
 
     __slots__ = ("idempotency_ttl", "workflow")
 
-    def __init__(self, workflow: NewWorkflow, idempotency_ttl: float) -> None:
+    def __init__(self, workflow: NewWorkflow, idempotency_ttl: float = IDEMPOTENCY_TTL) -> None:
         self.workflow = workflow
         self.idempotency_ttl = idempotency_ttl
 
