@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -470,3 +471,25 @@ def test_engine_jobs_are_all_or_known_kinds() -> None:
     assert Settings(engine_jobs=" webhook, send,webhook").job_kinds == {"webhook", "send"}
     with pytest.raises(ValueError, match="expected all or a comma list"):
         Settings(engine_jobs="webhooks")
+
+
+def test_a_person_at_a_terminal_sees_the_new_secrets_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When stdout is a terminal (a person, not a log) the new account's secrets are printed
+    beside the credentials file's path; otherwise only the api_key and the path are."""
+    credentials = tmp_path / "x.db.credentials"
+    owner = Account("id", "key1", "0" * 64, "signature-1", None, None, 0.0)
+    announce = cli._announcer(credentials)
+    announce(owner, "api-secret-1")
+    piped = capsys.readouterr().out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    announce(owner, "api-secret-1")
+    at_terminal = capsys.readouterr().out
+    for shown in (piped, at_terminal):
+        assert str(credentials) in shown
+        assert "key1" in shown
+    assert "api-secret-1" not in piped
+    assert "signature-1" not in piped
+    assert "api-secret-1" in at_terminal
+    assert "signature-1" in at_terminal

@@ -54,7 +54,7 @@ class _Claim:
 
     request_sha256: str
     response: StoredResponse
-    created_at: float = 0.0
+    created_at: float
 
 
 @dataclasses.dataclass(slots=True)
