@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import re
 import stat
+import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import pytest
+import structlog
 from click.testing import Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
-from cascade import cli
+from cascade import cli, runtime
 from cascade.api.app import create_app
+from cascade.api.auth import hash_secret
 from cascade.clock import SystemClock
 from cascade.config import Settings
+from cascade.domain.records import Account
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import public_pem, rsa_key
 
@@ -51,6 +58,16 @@ class Cascade:
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
         return result.stdout
 
+    @property
+    def credentials_file(self) -> Path:
+        """Where a first start writes the new account's credentials (beside the database)."""
+        return self.directory / "x.db.credentials"
+
+    def credentials(self) -> dict[str, str]:
+        """The NAME=value lines of the credentials file."""
+        lines = self.credentials_file.read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
     def create_app(self, name: str = "shop", *extra: str) -> str:
         """Create an application; its id."""
         match = APP_ID.search(self.ok("app", "create", name, *extra))
@@ -65,36 +82,130 @@ def cascade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cascade:
     key, other_key = rsa_key(), rsa_key()
     monkeypatch.setattr(cli.rsa, "generate_private_key", lambda **_: key)
     monkeypatch.chdir(tmp_path)
-    for name in ("CASCADE_DATABASE_URL", "CASCADE_URL", "CASCADE_API_KEY", "CASCADE_API_SECRET"):
+    for name in (
+        "CASCADE_DATABASE_URL",
+        "CASCADE_URL",
+        "CASCADE_API_KEY",
+        "CASCADE_API_SECRET",
+        "CASCADE_CREDENTIALS_FILE",
+    ):
         monkeypatch.delenv(name, raising=False)
     return Cascade(tmp_path, key, other_key)
 
 
-def test_db_upgrade_creates_the_database_and_shows_the_secret_once(cascade: Cascade) -> None:
-    """The first upgrade creates the file and prints the new credentials; the second does not."""
+def test_db_upgrade_creates_the_database_and_writes_the_secret_once(cascade: Cascade) -> None:
+    """The first upgrade creates the file and writes the new credentials to a file it names,
+    not to stdout; the second upgrade creates nothing."""
     first = cascade.ok("db", "upgrade")
     assert cascade.database.is_file()
-    assert "shown only this once" in first
-    secret = re.search(r"api_secret:\s+(\S+)", first)
-    assert secret is not None
-    assert re.search(r"api_key:\s+\S+", first)
+    credentials = cascade.credentials()
+    secret = credentials["CASCADE_API_SECRET"]
+    assert str(cascade.credentials_file) in first
+    assert credentials["CASCADE_API_KEY"] in first
+    assert secret not in first
+    assert credentials["CASCADE_SIGNATURE_SECRET"] not in first
     assert "The database schema is up to date." in first
+    before = cascade.credentials_file.read_text()
     second = cascade.ok("db", "upgrade")
-    assert "api_secret" not in second
-    assert secret.group(1) not in second
+    assert "credentials" not in second
+    assert cascade.credentials_file.read_text() == before
     assert "The database schema is up to date." in second
 
 
 def test_account_show_hides_the_signature_secret_unless_asked(cascade: Cascade) -> None:
     """account show prints the api_key but the signature secret only with --show-secrets."""
-    created = cascade.ok("db", "upgrade")
-    signature = re.search(r"signature_secret:\s+(\S+)", created)
-    assert signature is not None
+    cascade.ok("db", "upgrade")
+    signature = cascade.credentials()["CASCADE_SIGNATURE_SECRET"]
     shown = cascade.ok("account", "show")
-    assert signature.group(1) not in shown
+    assert signature not in shown
     assert "hidden" in shown
     assert re.search(r"api_key:\s+\S+", shown)
-    assert signature.group(1) in cascade.ok("account", "show", "--show-secrets")
+    assert signature in cascade.ok("account", "show", "--show-secrets")
+
+
+def test_the_credentials_file_is_private_whatever_the_umask(cascade: Cascade) -> None:
+    """The credentials file and the database are created mode 0600 even under umask 000, and
+    the API secret in the file authenticates the account."""
+    old_umask = os.umask(0)
+    try:
+        cascade.ok("db", "upgrade")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(cascade.credentials_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cascade.database.stat().st_mode) == 0o600
+    credentials = cascade.credentials()
+    account = asyncio.run(_stored_account(cascade.database))
+    assert account.api_key == credentials["CASCADE_API_KEY"]
+    assert account.api_secret_sha256 == hash_secret(credentials["CASCADE_API_SECRET"])
+    assert account.signature_secret == credentials["CASCADE_SIGNATURE_SECRET"]
+
+
+async def _stored_account(database: Path) -> Account:
+    """The one account of a SQLite file."""
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        (account,) = await store.list_accounts()
+        return account
+    finally:
+        await store.close()
+
+
+def test_an_existing_credentials_file_is_never_overwritten(cascade: Cascade) -> None:
+    """A first start refuses to replace a credentials file that exists (it may hold the only
+    copy of an older secret) and creates no account it could not hand over."""
+    cascade.credentials_file.write_text("CASCADE_API_SECRET=older\n")
+    result = cascade("db", "upgrade")
+    assert result.exit_code == 1
+    assert "exists" in result.stderr
+    assert cascade.credentials_file.read_text() == "CASCADE_API_SECRET=older\n"
+    cascade.credentials_file.unlink()
+    cascade.ok("db", "upgrade")
+    assert cascade.credentials()["CASCADE_API_SECRET"] != "older"
+
+
+def test_serve_first_start_writes_no_secret_to_stdout_or_the_log(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """serve under a service manager (stdout not a terminal) logs and prints the api_key and
+    the credentials file's path, never the API or signature secret."""
+    lifespan: list[str] = []
+
+    def run_lifespan(app: Any, **_: Any) -> None:
+        async def drive() -> None:
+            messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+            async def receive() -> dict[str, str]:
+                return messages.pop(0)
+
+            async def send(message: dict[str, Any]) -> None:
+                lifespan.append(message["type"])
+
+            scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+            await app(scope, receive, send)
+
+        asyncio.run(drive())
+
+    monkeypatch.setattr(runtime.uvicorn, "run", run_lifespan)
+    monkeypatch.setattr(runtime, "tune_gc", lambda: None)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        result = cascade("serve")
+    finally:
+        root.handlers[:], root.level = handlers, level
+        structlog.reset_defaults()
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert lifespan == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    credentials = cascade.credentials()
+    output = result.stdout + result.stderr
+    assert "cascade.account_created" in result.stderr
+    assert str(cascade.credentials_file) in result.stderr
+    assert str(cascade.credentials_file) in result.stdout
+    assert credentials["CASCADE_API_KEY"] in output
+    assert credentials["CASCADE_API_SECRET"] not in output
+    assert credentials["CASCADE_SIGNATURE_SECRET"] not in output
+    assert stat.S_IMODE(cascade.credentials_file.stat().st_mode) == 0o600
 
 
 def test_account_set_changes_and_clears_the_webhook_urls(cascade: Cascade) -> None:
@@ -360,3 +471,25 @@ def test_engine_jobs_are_all_or_known_kinds() -> None:
     assert Settings(engine_jobs=" webhook, send,webhook").job_kinds == {"webhook", "send"}
     with pytest.raises(ValueError, match="expected all or a comma list"):
         Settings(engine_jobs="webhooks")
+
+
+def test_a_person_at_a_terminal_sees_the_new_secrets_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When stdout is a terminal (a person, not a log) the new account's secrets are printed
+    beside the credentials file's path; otherwise only the api_key and the path are."""
+    credentials = tmp_path / "x.db.credentials"
+    owner = Account("id", "key1", "0" * 64, "signature-1", None, None, 0.0)
+    announce = cli._announcer(credentials)
+    announce(owner, "api-secret-1")
+    piped = capsys.readouterr().out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    announce(owner, "api-secret-1")
+    at_terminal = capsys.readouterr().out
+    for shown in (piped, at_terminal):
+        assert str(credentials) in shown
+        assert "key1" in shown
+    assert "api-secret-1" not in piped
+    assert "signature-1" not in piped
+    assert "api-secret-1" in at_terminal
+    assert "signature-1" in at_terminal

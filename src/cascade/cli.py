@@ -23,7 +23,7 @@ from cascade.clock import SystemClock
 from cascade.config import Settings, engine_jobs
 from cascade.domain.records import Account, Application, WebhookRecord, WorkflowRecord
 from cascade.errors import CascadeError, ConfigError
-from cascade.service import ensure_default_account, open_store
+from cascade.service import credentials_path, ensure_default_account, open_store
 from cascade.store.base import Store
 
 T = TypeVar("T")
@@ -124,18 +124,31 @@ def _with_store(database: str | None, work: Callable[[Store], Awaitable[T]]) -> 
         raise _fail(f"error: {exc}") from exc
 
 
-def _print_new_account(account: Account, api_secret: str) -> None:
-    typer.echo("Created the default account. Its API secret is shown only this once:")
-    typer.echo(f"  api_key:          {account.api_key}")
-    typer.echo(f"  api_secret:       {api_secret}")
-    typer.echo(f"  signature_secret: {account.signature_secret}")
+def _announcer(credentials: Path) -> Callable[[Account, str], None]:
+    """What tells the operator about the account a first start created: where its
+    credentials file is, and the secrets themselves only when stdout is a terminal (a person
+    reads it there; anything else, e.g. a service manager's journal, is a log)."""
+
+    def announce(account: Account, api_secret: str) -> None:
+        typer.echo(
+            f"Created the default account (api_key {account.api_key}). Its credentials are in "
+            f"{credentials} (mode 0600); the API secret is stored nowhere else."
+        )
+        if sys.stdout.isatty():
+            typer.echo("The API secret is shown only this once:")
+            typer.echo(f"  api_key:          {account.api_key}")
+            typer.echo(f"  api_secret:       {api_secret}")
+            typer.echo(f"  signature_secret: {account.signature_secret}")
+
+    return announce
 
 
-async def _account(store: Store, api_key: str | None) -> Account:
+async def _account(store: Store, api_key: str | None, database: str | None) -> Account:
     clock = SystemClock()
-    created = await ensure_default_account(store, clock)
+    credentials = credentials_path(_settings(database))
+    created = await ensure_default_account(store, clock, credentials)
     if created is not None:
-        _print_new_account(created.account, created.api_secret)
+        _announcer(credentials)(created.account, created.api_secret)
     if api_key is None:
         return (await store.list_accounts())[0]
     account = await store.get_account_by_api_key(api_key)
@@ -163,7 +176,7 @@ def serve(
     if port is not None:
         settings.port = port
     try:
-        run_server(settings, announce=_print_new_account)
+        run_server(settings, announce=_announcer(credentials_path(settings)))
     except CascadeError as exc:
         raise _fail(f"error: {exc}") from exc
 
@@ -208,7 +221,7 @@ def db_upgrade(database: DatabaseOption = None) -> None:
     """Create the database or bring its schema up to date."""
 
     async def work(store: Store) -> None:
-        await _account(store, None)
+        await _account(store, None, database)
 
     _with_store(database, work)
     typer.echo("The database schema is up to date.")
@@ -232,7 +245,7 @@ def account_show(
     show_secrets: Annotated[bool, typer.Option(help="Print the signature secret")] = False,
 ) -> None:
     """Show the account's API key and webhook URLs."""
-    account = _with_store(database, lambda store: _account(store, api_key))
+    account = _with_store(database, lambda store: _account(store, api_key, database))
     _echo_account(account, show_secrets)
 
 
@@ -255,7 +268,7 @@ def account_set(
         changes["inbound_url"] = _webhook_url(inbound_url)
 
     async def work(store: Store) -> Account:
-        account = await _account(store, api_key)
+        account = await _account(store, api_key, database)
         return await store.update_account(account.id, **changes)
 
     _echo_account(_with_store(database, work), False)
@@ -274,7 +287,7 @@ def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None
     """Replace the secret that signs webhooks; prints the new one (update your receivers)."""
 
     async def work(store: Store) -> Account:
-        account = await _account(store, api_key)
+        account = await _account(store, api_key, database)
         return await store.update_account(account.id, signature_secret=secrets.token_urlsafe(32))
 
     account = _with_store(database, work)
@@ -343,7 +356,7 @@ def app_create(
         pem = _generate_key_pair(key_path)
 
     async def work(store: Store) -> Application:
-        account = await _account(store, api_key)
+        account = await _account(store, api_key, database)
         application = Application(
             id=str(uuid.uuid4()),
             account_id=account.id,
@@ -372,7 +385,7 @@ def app_list(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> N
     """List the account's applications."""
 
     async def work(store: Store) -> list[Application]:
-        account = await _account(store, api_key)
+        account = await _account(store, api_key, database)
         return await store.list_applications(account.id)
 
     for application in _with_store(database, work):

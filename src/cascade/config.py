@@ -76,6 +76,33 @@ class Settings(BaseSettings):
     sandbox_speed: float = Field(
         1.0, gt=0, description="Sandbox receipts come this many times faster than documented"
     )
+    # Retention and secrets
+    credentials_file: Path | None = Field(
+        None,
+        description="Where the first start writes the new account's credentials (created "
+        "mode 0600, never overwritten); default: beside the SQLite database "
+        "(cascade.db.credentials), or cascade.credentials in the working directory",
+    )
+    idempotency_ttl_seconds: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="How long an Idempotency-Key deduplicates; a request naming an older key "
+        "is a new request, and older keys are deleted",
+    )
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Finished workflows (with their messages, timelines, webhooks and "
+        "attempts), settled inbound webhooks and unmatched receipts older than this are "
+        "deleted by the engine; 0 keeps them forever",
+    )
+    retention_interval_seconds: float = Field(
+        300.0, gt=0, description="Seconds between two retention sweeps"
+    )
+    retention_batch_size: int = Field(
+        200, ge=1, le=10_000, description="Rows (workflows) a retention transaction deletes"
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["console", "json"] = Field("console")
 

@@ -17,9 +17,10 @@ from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
 from cascade.domain.records import WEBHOOK_JOB, Account
 from cascade.engine.engine import Engine, EngineSettings, Providers
+from cascade.engine.retention import Retention, RetentionSettings
 from cascade.errors import ConfigError
 from cascade.log import configure_logging
-from cascade.service import ensure_default_account, open_store
+from cascade.service import credentials_path, ensure_default_account, open_store
 from cascade.store.base import Store
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
@@ -35,14 +36,23 @@ def build_app(
     clock = clock or SystemClock()
     store = open_store(settings.database_url, settings)
     engine = build_engine(settings, store, clock) if settings.run_worker else None
+    retention: list[asyncio.Task[None]] = []
 
     async def start() -> None:
         await store.open()
-        created = await ensure_default_account(store, clock)
-        if created is not None and announce is not None:
-            announce(created.account, created.api_secret)
+        credentials = credentials_path(settings)
+        created = await ensure_default_account(store, clock, credentials)
+        if created is not None:
+            log.warning(
+                "cascade.account_created",
+                api_key=created.account.api_key,
+                credentials_file=str(credentials),
+            )
+            if announce is not None:
+                announce(created.account, created.api_secret)
         if engine is not None:
             await engine.start()
+            retention.append(start_retention(settings, store, clock))
         log.info(
             "cascade.started",
             database=_redacted(settings.database_url),
@@ -50,6 +60,8 @@ def build_app(
         )
 
     async def stop() -> None:
+        for task in retention:
+            task.cancel()
         if engine is not None:
             await engine.stop()
         await store.close()
@@ -83,6 +95,21 @@ def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
     )
     attach_webhook_sender(engine, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return engine
+
+
+def start_retention(settings: Settings, store: Store, clock: Clock) -> asyncio.Task[None]:
+    """Run the retention sweep beside the engine (its loop logs and outlives store errors)."""
+    sweep = Retention(
+        store,
+        clock,
+        RetentionSettings(
+            idempotency_ttl=settings.idempotency_ttl_seconds,
+            days=settings.retention_days,
+            interval=settings.retention_interval_seconds,
+            batch_size=settings.retention_batch_size,
+        ),
+    )
+    return asyncio.create_task(sweep.run(), name="retention")
 
 
 def attach_webhook_sender(engine: Engine, settings: DeliverySettings) -> WebhookSender:
@@ -127,10 +154,12 @@ async def run_worker(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
     await engine.start()
+    retention = start_retention(settings, store, clock)
     log.info("cascade.worker", database=_redacted(settings.database_url), worker=engine.worker_id)
     try:
         await stopped.wait()
     finally:
+        retention.cancel()
         await engine.stop()
         await store.close()
 

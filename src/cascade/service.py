@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from cascade.api.auth import hash_secret
 from cascade.clock import Clock
@@ -17,12 +19,16 @@ from cascade.store.base import Store
 def open_store(url: str, settings: Settings | None = None) -> Store:
     """The Store for a database URL (not yet opened)."""
     settings = settings or Settings()
-    if "://" not in url:
-        url = f"sqlite:///{url}"  # a bare path names a SQLite file
-    if url.startswith("sqlite:"):
-        from cascade.store.sqlite import SqliteStore, sqlite_path
+    store = _store_of(url, settings)
+    store.idempotency_ttl = settings.idempotency_ttl_seconds
+    return store
 
-        path = sqlite_path(url)
+
+def _store_of(url: str, settings: Settings) -> Store:
+    path = _sqlite_file(url)
+    if path is not None:
+        from cascade.store.sqlite import SqliteStore
+
         if not path or path == ":memory:":
             raise ConfigError("a SQLite URL needs a file: sqlite:///path/to/cascade.db")
         return SqliteStore(path, synchronous=settings.sqlite_synchronous)
@@ -31,6 +37,28 @@ def open_store(url: str, settings: Settings | None = None) -> Store:
 
         return PostgresStore(url, pool_size=settings.postgres_pool_size)
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL (or a bare path) names; None for any other URL."""
+    if "://" not in url:
+        return url  # a bare path names a SQLite file
+    if url.startswith("sqlite:"):
+        from cascade.store.sqlite import sqlite_path
+
+        return sqlite_path(url)
+    return None
+
+
+def credentials_path(settings: Settings) -> Path:
+    """Where a first start writes the new account's credentials: the configured file, else
+    beside the SQLite database, else ``cascade.credentials`` in the working directory."""
+    if settings.credentials_file is not None:
+        return settings.credentials_file
+    database = _sqlite_file(settings.database_url)
+    if database and database != ":memory:":
+        return Path(f"{database}.credentials")
+    return Path("cascade.credentials")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +84,55 @@ def new_account(clock: Clock) -> NewAccount:
     return NewAccount(account, api_secret)
 
 
-async def ensure_default_account(store: Store, clock: Clock) -> NewAccount | None:
-    """Create the first account when there is none; return it (with its secret) if created."""
+def write_credentials(path: Path, created: NewAccount) -> None:
+    """Write an account's credentials to a new file only its owner can read, as environment
+    lines the ``cascade`` command reads (``CASCADE_API_KEY``, ``CASCADE_API_SECRET``). An
+    existing file is never overwritten: it may hold the only copy of another secret."""
+    text = (
+        "# The account Cascade created on its first start. The API secret is stored nowhere\n"
+        "# else (the database keeps its hash): keep this file, or copy it somewhere safe.\n"
+        f"CASCADE_API_KEY={created.account.api_key}\n"
+        f"CASCADE_API_SECRET={created.api_secret}\n"
+        f"CASCADE_SIGNATURE_SECRET={created.account.signature_secret}\n"
+    )
+    try:
+        # O_EXCL: never write through a file or link someone else put there; 0600 whatever
+        # the umask, which can only take bits away from it
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise ConfigError(
+            f"the credentials file {path} exists (from an earlier first start?): move it "
+            "away, or set CASCADE_CREDENTIALS_FILE to another path"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the credentials file {path}: {exc}; set CASCADE_CREDENTIALS_FILE "
+            "to a path this user can write"
+        ) from exc
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+async def ensure_default_account(
+    store: Store, clock: Clock, credentials_file: Path
+) -> NewAccount | None:
+    """Create the first account when there is none, its credentials written to
+    ``credentials_file`` (mode 0600) before it is stored, so that a secret is never lost;
+    return it (with its secret) if created."""
     if await store.list_accounts():
         return None
     created = new_account(clock)
-    await store.create_account(created.account)
+    write_credentials(credentials_file, created)
+    try:
+        await store.create_account(created.account)
+    except BaseException:
+        _discard(credentials_file)  # they name no account
+        raise
     return created
+
+
+def _discard(path: Path) -> None:
+    """Delete a file that may be gone already."""
+    path.unlink(missing_ok=True)

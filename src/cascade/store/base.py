@@ -78,8 +78,16 @@ Decision = tuple[Changes, Sequence[NewWebhook]]
 Decide = Callable[[WorkflowRecord], Decision]
 
 
+#: seconds an Idempotency-Key deduplicates for, unless the store is told otherwise
+IDEMPOTENCY_TTL = 24 * 3600.0
+
+
 class Store(abc.ABC):
     """Durable state of a Cascade installation."""
+
+    #: seconds after it was first used that an Idempotency-Key stops deduplicating: a request
+    #: naming an older key is a new request (``open_store`` sets it from the settings)
+    idempotency_ttl: float = IDEMPOTENCY_TTL
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -335,3 +343,26 @@ class Store(abc.ABC):
         """The messages the sandbox still owes receipts for, oldest first (what it re-arms on
         start-up; a store can find them without reading the whole journal)."""
         return [message for message in await self.sandbox_messages() if message.receipts_due]
+
+    # --- retention -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def purge_idempotency_keys(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` Idempotency-Keys first used before ``before``; how many."""
+
+    @abc.abstractmethod
+    async def purge_workflows(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` workflows that finished before ``before`` and owe no webhook
+        (none pending), with what hangs off them: messages, timeline, leftover jobs, message
+        parts, the sandbox journal's rows, webhooks and their attempts. Returns how many
+        workflows went. Safe to run from several processes at once."""
+
+    @abc.abstractmethod
+    async def purge_webhooks(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` webhooks of no workflow (inbound messages) created before
+        ``before`` and no longer pending, with their attempts; how many went."""
+
+    @abc.abstractmethod
+    async def purge_orphan_receipts(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` kept receipts received before ``before`` that never matched
+        a message; how many went."""

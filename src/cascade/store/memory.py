@@ -54,6 +54,7 @@ class _Claim:
 
     request_sha256: str
     response: StoredResponse
+    created_at: float
 
 
 @dataclasses.dataclass(slots=True)
@@ -203,7 +204,8 @@ class MemoryStore(Store):
         claim = workflow.idempotency
         if claim is not None:
             stored = self._idempotency.get((workflow.account_id, claim.key))
-            if stored is not None:
+            expired_before = workflow.accepted_at - self.idempotency_ttl
+            if stored is not None and stored.created_at > expired_before:
                 if stored.request_sha256 != claim.request_sha256:
                     raise IdempotencyConflict()
                 return Accepted(created=False, response=stored.response)
@@ -218,7 +220,7 @@ class MemoryStore(Store):
         now = workflow.accepted_at
         if claim is not None:
             self._idempotency[(workflow.account_id, claim.key)] = _Claim(
-                claim.request_sha256, claim.response
+                claim.request_sha256, claim.response, now
             )
         self._workflows[workflow.id] = WorkflowRecord(
             id=workflow.id,
@@ -695,6 +697,71 @@ class MemoryStore(Store):
     async def sandbox_messages(self) -> list[SandboxMessage]:
         self._check_open()
         return list(self._sandbox.values())
+
+    # --- retention -------------------------------------------------------------------------
+
+    async def purge_idempotency_keys(self, before: float, limit: int) -> int:
+        self._check_open()
+        expired = [k for k, claim in self._idempotency.items() if claim.created_at < before]
+        for name in expired[:limit]:
+            del self._idempotency[name]
+        return min(len(expired), limit)
+
+    async def purge_workflows(self, before: float, limit: int) -> int:
+        self._check_open()
+        pending = {w.workflow_id for w in self._webhooks.values() if w.state == "pending"}
+        finished = sorted(
+            (w.finished_at, w.id)
+            for w in self._workflows.values()
+            if w.finished_at is not None and w.finished_at < before and w.id not in pending
+        )
+        for _, workflow_id in finished[:limit]:
+            message_ids = self._workflow_messages.pop(workflow_id)
+            refs = {workflow_id, *message_ids}
+            for job_id in [j.id for j in self._jobs.values() if j.ref in refs]:
+                del self._jobs[job_id]
+            for message_id in message_ids:
+                del self._messages[message_id]
+                self._sends.pop(message_id, None)
+                self._sandbox.pop(message_id, None)
+            for part in [k for k, p in self._parts.items() if p.message_id in refs]:
+                del self._parts[part]
+            self._drop_webhooks(
+                [h.id for h in self._webhooks.values() if h.workflow_id == workflow_id]
+            )
+            del self._events[workflow_id]
+            del self._workflows[workflow_id]
+        return min(len(finished), limit)
+
+    async def purge_webhooks(self, before: float, limit: int) -> int:
+        self._check_open()
+        settled = [
+            h.id
+            for h in self._webhooks.values()
+            if h.workflow_id is None and h.state != "pending" and h.created_at < before
+        ][:limit]
+        self._drop_webhooks(settled)
+        return len(settled)
+
+    async def purge_orphan_receipts(self, before: float, limit: int) -> int:
+        self._check_open()
+        old = [i for i, (_, received_at) in self._orphans.items() if received_at < before]
+        for orphan_id in old[:limit]:
+            del self._orphans[orphan_id]
+        return min(len(old), limit)
+
+    def _drop_webhooks(self, webhook_ids: Sequence[int]) -> None:
+        """Forget these webhooks, their attempts and their jobs."""
+        if not webhook_ids:
+            return
+        dropped = set(webhook_ids)
+        refs = {str(i) for i in dropped}
+        jobs = [j.id for j in self._jobs.values() if j.kind == WEBHOOK_JOB and j.ref in refs]
+        for job_id in jobs:
+            del self._jobs[job_id]
+        for webhook_id in dropped:
+            del self._webhooks[webhook_id]
+        self._webhook_attempts = [a for a in self._webhook_attempts if a.webhook_id not in dropped]
 
 
 def _listed(

@@ -84,7 +84,11 @@ from cascade.store.rows import webhook as _webhook
 _INSERT_IDEMPOTENCY = (
     "INSERT INTO idempotency_keys "
     "(account_id, key, request_sha256, status_code, response, created_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id, key) DO NOTHING "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id, key) DO UPDATE SET "
+    "request_sha256 = EXCLUDED.request_sha256, status_code = EXCLUDED.status_code, "
+    "response = EXCLUDED.response, created_at = EXCLUDED.created_at "
+    # a key older than its time to live ($7 seconds) is taken again by this request
+    "WHERE idempotency_keys.created_at <= EXCLUDED.created_at - $7 "
     "RETURNING account_id, key"
 )
 _SELECT_IDEMPOTENCY = (
@@ -212,7 +216,9 @@ class _Request:
         self.rows: _Rows | None = None
 
 
-async def _write_batch(conn: Any, batch: Sequence[_Request]) -> list[_Outcome]:
+async def _write_batch(
+    conn: Any, batch: Sequence[_Request], idempotency_ttl: float
+) -> list[_Outcome]:
     """Write a batch of requests on ``conn`` inside its open transaction; one outcome each."""
     outcomes: list[_Outcome | None] = [None] * len(batch)
     # the first request of the batch naming a key claims it; later ones follow its outcome
@@ -235,6 +241,7 @@ async def _write_batch(conn: Any, batch: Sequence[_Request]) -> list[_Outcome]:
                     claim.response.status_code,
                     claim.response.body.decode(),
                     leaders[account_id, key].workflow.accepted_at,
+                    idempotency_ttl,
                 )
                 for account_id, key in keys
                 if (claim := leaders[account_id, key].workflow.idempotency) is not None
@@ -445,7 +452,7 @@ class PostgresStore(Store):
         """Write ``batch`` in one transaction and commit it."""
         pool = self._require_pool()
         async with pool.acquire() as conn, conn.transaction():
-            outcomes = await _write_batch(conn, batch)
+            outcomes = await _write_batch(conn, batch, self.idempotency_ttl)
         self.commits += 1
         self.writes += len(batch)
         return outcomes
@@ -1126,6 +1133,109 @@ class PostgresStore(Store):
             f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages ORDER BY seq",
         )
         return [_sandbox(row) for row in rows]
+
+    # --- retention -------------------------------------------------------------------------
+
+    async def purge_idempotency_keys(self, before: float, limit: int) -> int:
+        return await self._purge(
+            "purging idempotency keys failed",
+            "DELETE FROM idempotency_keys WHERE (account_id, key) IN (SELECT account_id, key "
+            "FROM idempotency_keys WHERE created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before,
+            limit,
+        )
+
+    async def purge_orphan_receipts(self, before: float, limit: int) -> int:
+        return await self._purge(
+            "purging orphan receipts failed",
+            "DELETE FROM orphan_receipts WHERE id IN (SELECT id FROM orphan_receipts "
+            "WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before,
+            limit,
+        )
+
+    async def _purge(self, action: str, delete: str, before: float, limit: int) -> int:
+        """Run one DELETE of up to ``limit`` rows older than ``before``; how many went."""
+        pool = self._require_pool()
+        with _driver_errors(action):
+            status: str = await pool.execute(delete, before, limit)
+        return int(status.rpartition(" ")[2])
+
+    async def purge_webhooks(self, before: float, limit: int) -> int:
+        pool = self._require_pool()
+        with _driver_errors("purging webhooks failed"):
+            async with pool.acquire() as conn, conn.transaction():
+                # SKIP LOCKED: engines purging at once each take other rows
+                ids = [
+                    row[0]
+                    for row in await conn.fetch(
+                        "SELECT id FROM webhooks WHERE workflow_id IS NULL AND created_at < $1 "
+                        "AND state != 'pending' LIMIT $2 FOR UPDATE SKIP LOCKED",
+                        before,
+                        limit,
+                    )
+                ]
+                await _delete_webhooks(conn, ids)
+        return len(ids)
+
+    async def purge_workflows(self, before: float, limit: int) -> int:
+        pool = self._require_pool()
+        with _driver_errors("purging workflows failed"):
+            async with pool.acquire() as conn, conn.transaction():
+                # the workflow rows stay locked until the commit, so a transition of one of
+                # them waits and then finds it gone; SKIP LOCKED lets engines purge at once
+                ids = [
+                    row[0]
+                    for row in await conn.fetch(
+                        "SELECT id FROM workflows w WHERE finished_at < $1 AND NOT EXISTS "
+                        "(SELECT 1 FROM webhooks h WHERE h.workflow_id = w.id "
+                        "AND h.state = 'pending') ORDER BY finished_at LIMIT $2 "
+                        "FOR UPDATE SKIP LOCKED",
+                        before,
+                        limit,
+                    )
+                ]
+                if not ids:
+                    return 0
+                message_ids = [
+                    row[0]
+                    for row in await conn.fetch(
+                        "SELECT id FROM messages WHERE workflow_id = ANY($1::text[])", ids
+                    )
+                ]
+                webhook_ids = [
+                    row[0]
+                    for row in await conn.fetch(
+                        "SELECT id FROM webhooks WHERE workflow_id = ANY($1::text[])", ids
+                    )
+                ]
+                await _delete_webhooks(conn, webhook_ids)
+                await conn.execute(
+                    "DELETE FROM jobs WHERE ref = ANY($1::text[])", [*ids, *message_ids]
+                )
+                for table in ("message_parts", "sandbox_messages"):
+                    await conn.execute(
+                        f"DELETE FROM {table} WHERE message_id = ANY($1::text[])", message_ids
+                    )
+                await conn.execute("DELETE FROM events WHERE workflow_id = ANY($1::text[])", ids)
+                await conn.execute("DELETE FROM messages WHERE workflow_id = ANY($1::text[])", ids)
+                await conn.execute("DELETE FROM workflows WHERE id = ANY($1::text[])", ids)
+        return len(ids)
+
+
+async def _delete_webhooks(conn: Any, webhook_ids: Sequence[int]) -> None:
+    """Delete these webhooks with their attempts and jobs."""
+    if not webhook_ids:
+        return
+    await conn.execute(
+        "DELETE FROM jobs WHERE kind = $1 AND ref = ANY($2::text[])",
+        WEBHOOK_JOB,
+        [str(webhook_id) for webhook_id in webhook_ids],
+    )
+    await conn.execute(
+        "DELETE FROM webhook_attempts WHERE webhook_id = ANY($1::bigint[])", webhook_ids
+    )
+    await conn.execute("DELETE FROM webhooks WHERE id = ANY($1::bigint[])", webhook_ids)
 
 
 def _list_filter(

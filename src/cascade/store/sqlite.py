@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
+
+import structlog
 
 from cascade.domain.failover import Changes
 from cascade.domain.records import (
@@ -53,6 +57,7 @@ from cascade.errors import (
 )
 from cascade.store import rows as rows_
 from cascade.store.base import (
+    IDEMPOTENCY_TTL,
     UNSET,
     Decide,
     Decision,
@@ -74,6 +79,8 @@ from cascade.store.rows import message as _message
 from cascade.store.rows import sandbox as _sandbox
 from cascade.store.rows import webhook as _webhook
 
+log = structlog.get_logger(__name__)
+
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
 
@@ -88,6 +95,32 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=30000")
     conn.execute("PRAGMA cache_size=-65536")
     return conn
+
+
+#: the files of one SQLite database: SQLite gives its -wal, -shm and -journal files the mode
+#: of the database file when it creates them
+_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _make_private(path: str) -> None:
+    """Create the database file readable by its owner only (it holds signature secrets in
+    clear) before SQLite opens it, and take group and other bits off existing files."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # umask can only narrow 0600
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
+    os.close(fd)
+    for suffix in _SIDE_FILES:
+        name = path + suffix
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+                log.warning("sqlite.permissions_tightened", file=name, was=oct(mode))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # e.g. a file of another user: it still opens, so say so
+            log.warning("sqlite.permissions_not_tightened", file=name, error=str(exc))
 
 
 class _GroupCommitWriter:
@@ -359,13 +392,14 @@ class _Accept:
     follow each other in a batch is inserted with one statement per table instead (the same
     rows, a fraction of the statements and of the GIL hand-overs)."""
 
-    __slots__ = ("workflow",)
+    __slots__ = ("idempotency_ttl", "workflow")
 
-    def __init__(self, workflow: NewWorkflow) -> None:
+    def __init__(self, workflow: NewWorkflow, idempotency_ttl: float = IDEMPOTENCY_TTL) -> None:
         self.workflow = workflow
+        self.idempotency_ttl = idempotency_ttl
 
     def __call__(self, conn: sqlite3.Connection) -> Accepted:
-        return _insert_workflow(conn, self.workflow)
+        return _insert_workflow(conn, self.workflow, self.idempotency_ttl)
 
 
 def _bulk_accept(fn: WriteFn) -> bool:
@@ -440,6 +474,7 @@ class SqliteStore(Store):
 
     def migrate(self) -> list[str]:
         """Apply the migrations this file lacks; returns their names."""
+        _make_private(self.path)
         conn = _connect(self.path)
         try:
             conn.execute(
@@ -608,7 +643,7 @@ class SqliteStore(Store):
     # --- the accept path -------------------------------------------------------------------
 
     async def accept(self, workflow: NewWorkflow) -> Accepted:
-        result: Accepted = await self._writer.submit(_Accept(workflow))
+        result: Accepted = await self._writer.submit(_Accept(workflow, self.idempotency_ttl))
         return result
 
     # --- reading back ----------------------------------------------------------------------
@@ -1069,6 +1104,94 @@ class SqliteStore(Store):
         rows = self._read(f"SELECT {_SANDBOX_COLUMNS} FROM sandbox_messages ORDER BY rowid")
         return [_sandbox(row) for row in rows]
 
+    # --- retention -------------------------------------------------------------------------
+
+    async def purge_idempotency_keys(self, before: float, limit: int) -> int:
+        return await self._purge(
+            "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys "
+            "WHERE created_at < ? LIMIT ?)",
+            before,
+            limit,
+        )
+
+    async def purge_orphan_receipts(self, before: float, limit: int) -> int:
+        return await self._purge(
+            "DELETE FROM orphan_receipts WHERE id IN (SELECT id FROM orphan_receipts "
+            "WHERE received_at < ? LIMIT ?)",
+            before,
+            limit,
+        )
+
+    async def _purge(self, delete: str, before: float, limit: int) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute(delete, (before, limit)).rowcount
+
+        return await self._write(write)
+
+    async def purge_webhooks(self, before: float, limit: int) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM webhooks WHERE workflow_id IS NULL AND created_at < ? "
+                    "AND state != 'pending' LIMIT ?",
+                    (before, limit),
+                )
+            ]
+            _delete_webhooks(conn, ids)
+            return len(ids)
+
+        return await self._write(write)
+
+    async def purge_workflows(self, before: float, limit: int) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM workflows w WHERE finished_at < ? AND NOT EXISTS "
+                    "(SELECT 1 FROM webhooks h WHERE h.workflow_id = w.id "
+                    "AND h.state = 'pending') ORDER BY finished_at LIMIT ?",
+                    (before, limit),
+                )
+            ]
+            if not ids:
+                return 0
+            marks = ", ".join("?" * len(ids))
+            message_ids = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM messages WHERE workflow_id IN ({marks})", ids
+                )
+            ]
+            webhook_ids = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM webhooks WHERE workflow_id IN ({marks})", ids
+                )
+            ]
+            _delete_webhooks(conn, webhook_ids)
+            refs = [(ref,) for ref in [*ids, *message_ids]]
+            conn.executemany("DELETE FROM jobs WHERE ref = ?", refs)
+            by_message = [(message_id,) for message_id in message_ids]
+            conn.executemany("DELETE FROM message_parts WHERE message_id = ?", by_message)
+            conn.executemany("DELETE FROM sandbox_messages WHERE message_id = ?", by_message)
+            conn.executemany("DELETE FROM events WHERE workflow_id = ?", [(i,) for i in ids])
+            conn.execute(f"DELETE FROM messages WHERE workflow_id IN ({marks})", ids)
+            conn.execute(f"DELETE FROM workflows WHERE id IN ({marks})", ids)
+            return len(ids)
+
+        return await self._write(write)
+
+
+def _delete_webhooks(conn: sqlite3.Connection, webhook_ids: Sequence[int]) -> None:
+    """Delete these webhooks with their attempts and jobs."""
+    by_id = [(webhook_id,) for webhook_id in webhook_ids]
+    conn.executemany(
+        "DELETE FROM jobs WHERE ref = ? AND kind = ?", [(str(i), WEBHOOK_JOB) for i in webhook_ids]
+    )
+    conn.executemany("DELETE FROM webhook_attempts WHERE webhook_id = ?", by_id)
+    conn.executemany("DELETE FROM webhooks WHERE id = ?", by_id)
+
 
 def _list_filter(
     account_id: str, query: ListQuery, state_column: str
@@ -1270,20 +1393,23 @@ def _destination(
     return str(row[0]) if row and row[0] else None
 
 
-def _insert_workflow(conn: sqlite3.Connection, workflow: NewWorkflow) -> Accepted:
+def _insert_workflow(
+    conn: sqlite3.Connection, workflow: NewWorkflow, idempotency_ttl: float
+) -> Accepted:
     claim = workflow.idempotency
     if claim is not None:
+        # a key older than its time to live is taken again by this request (replaced below)
         row = conn.execute(
             "SELECT request_sha256, status_code, response FROM idempotency_keys "
-            "WHERE account_id = ? AND key = ?",
-            (workflow.account_id, claim.key),
+            "WHERE account_id = ? AND key = ? AND created_at > ?",
+            (workflow.account_id, claim.key, workflow.accepted_at - idempotency_ttl),
         ).fetchone()
         if row is not None:
             if row[0] != claim.request_sha256:
                 raise IdempotencyConflict()
             return Accepted(created=False, response=StoredResponse(row[1], row[2].encode()))
         conn.execute(
-            "INSERT INTO idempotency_keys VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?, ?)",
             (
                 workflow.account_id,
                 claim.key,

@@ -33,6 +33,7 @@ CREATE TABLE workflows (
     version        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX workflows_account ON workflows (account_id, created_at);
+CREATE INDEX workflows_finished ON workflows (finished_at) WHERE finished_at IS NOT NULL;
 
 -- One row per workflow step; a plain message is a workflow of one step.
 CREATE TABLE messages (
@@ -107,6 +108,7 @@ CREATE TABLE idempotency_keys (
     created_at     REAL NOT NULL,
     PRIMARY KEY (account_id, key)
 );
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 
 -- A receipt whose provider id matches no message yet (an SMPP DLR can beat its submit_sm_resp).
 CREATE TABLE orphan_receipts (
@@ -120,6 +122,7 @@ CREATE TABLE orphan_receipts (
     received_at         REAL NOT NULL
 );
 CREATE INDEX orphan_receipts_ref ON orphan_receipts (provider, provider_message_id);
+CREATE INDEX orphan_receipts_received ON orphan_receipts (received_at);
 
 -- Every message the sandbox provider received, and the receipts it still owes.
 CREATE TABLE sandbox_messages (
@@ -155,6 +158,7 @@ CREATE TABLE webhooks (
 );
 CREATE INDEX webhooks_workflow ON webhooks (workflow_id, id);
 CREATE INDEX webhooks_state ON webhooks (state, id);
+CREATE INDEX webhooks_unattached ON webhooks (created_at) WHERE workflow_id IS NULL;
 
 CREATE TABLE webhook_attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
