@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 from collections.abc import Callable
 
 import structlog
@@ -22,6 +23,7 @@ from cascade.errors import ConfigError
 from cascade.log import configure_logging
 from cascade.service import credentials_path, ensure_default_account, open_store
 from cascade.store.base import Store
+from cascade.supervision import OnFatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
 log = structlog.get_logger(__name__)
@@ -29,14 +31,37 @@ log = structlog.get_logger(__name__)
 Announce = Callable[[Account, str], None]
 
 
+class FatalExit:
+    """What a process does when one of its supervised loops ended: stop the whole process (as
+    SIGTERM would) and remember why, so that it exits with a failure status its service manager
+    sees and restarts it, instead of staying half alive."""
+
+    def __init__(self) -> None:
+        #: the loop that ended first, None while all run
+        self.task: str | None = None
+
+    def __call__(self, task: str, exc: BaseException | None) -> None:
+        if self.task is None:
+            self.task = task
+            signal.raise_signal(signal.SIGTERM)
+
+    def exit_if_fatal(self) -> None:
+        """Exit with a failure status (1) if a loop ended."""
+        if self.task is not None:
+            raise SystemExit(f"cascade stopped: its task {self.task!r} ended (see the log)")
+
+
 def build_app(
-    settings: Settings, *, clock: Clock | None = None, announce: Announce | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    announce: Announce | None = None,
+    on_fatal: OnFatal | None = None,
 ) -> ASGIApp:
     """The ASGI app for ``settings``, opening its store on start-up and closing it on shutdown."""
     clock = clock or SystemClock()
     store = open_store(settings.database_url, settings)
-    engine = build_engine(settings, store, clock) if settings.run_worker else None
-    retention: list[asyncio.Task[None]] = []
+    engine = build_engine(settings, store, clock, on_fatal) if settings.run_worker else None
 
     async def start() -> None:
         await store.open()
@@ -52,7 +77,7 @@ def build_app(
                 announce(created.account, created.api_secret)
         if engine is not None:
             await engine.start()
-            retention.append(start_retention(settings, store, clock))
+            start_retention(settings, engine)
         log.info(
             "cascade.started",
             database=_redacted(settings.database_url),
@@ -60,8 +85,6 @@ def build_app(
         )
 
     async def stop() -> None:
-        for task in retention:
-            task.cancel()
         if engine is not None:
             await engine.stop()
         await store.close()
@@ -74,10 +97,13 @@ def build_app(
         report_horizon=settings.report_horizon_seconds,
         lifespan_hooks=(start, stop),
         on_accepted=engine.wake if engine else None,
+        engine_health=engine.health if engine else None,
     )
 
 
-def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
+def build_engine(
+    settings: Settings, store: Store, clock: Clock, on_fatal: OnFatal | None = None
+) -> Engine:
     """The engine with the providers the settings name (the sandbox for every channel) and
     the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
@@ -92,16 +118,18 @@ def build_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
             public_url=settings.public_url or "",
             kinds=settings.job_kinds,
         ),
+        on_fatal=on_fatal,
     )
     attach_webhook_sender(engine, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return engine
 
 
-def start_retention(settings: Settings, store: Store, clock: Clock) -> asyncio.Task[None]:
-    """Run the retention sweep beside the engine (its loop logs and outlives store errors)."""
+def start_retention(settings: Settings, engine: Engine) -> None:
+    """Run the retention sweep beside the engine, under its supervisor (the sweep's loop logs
+    and outlives store errors)."""
     sweep = Retention(
-        store,
-        clock,
+        engine.store,
+        engine.clock,
         RetentionSettings(
             idempotency_ttl=settings.idempotency_ttl_seconds,
             days=settings.retention_days,
@@ -109,7 +137,7 @@ def start_retention(settings: Settings, store: Store, clock: Clock) -> asyncio.T
             batch_size=settings.retention_batch_size,
         ),
     )
-    return asyncio.create_task(sweep.run(), name="retention")
+    engine.supervisor.start("retention", sweep.run())
 
 
 def attach_webhook_sender(engine: Engine, settings: DeliverySettings) -> WebhookSender:
@@ -141,27 +169,26 @@ def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelP
 
 async def run_worker(settings: Settings) -> None:
     """Run the engine alone (no HTTP API) until SIGINT or SIGTERM."""
-    import signal
-
     configure_logging(settings.log_level, settings.log_format)
     clock = SystemClock()
     store = open_store(settings.database_url, settings)
     await store.open()
-    engine = build_engine(settings, store, clock)
+    fatal = FatalExit()
+    engine = build_engine(settings, store, clock, fatal)
     tune_gc()
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
     await engine.start()
-    retention = start_retention(settings, store, clock)
+    start_retention(settings, engine)
     log.info("cascade.worker", database=_redacted(settings.database_url), worker=engine.worker_id)
     try:
         await stopped.wait()
     finally:
-        retention.cancel()
         await engine.stop()
         await store.close()
+    fatal.exit_if_fatal()
 
 
 def _redacted(url: str) -> str:
@@ -192,7 +219,8 @@ def tune_gc() -> None:
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
     """Serve the API until interrupted."""
     configure_logging(settings.log_level, settings.log_format)
-    app = build_app(settings, announce=announce)
+    fatal = FatalExit()
+    app = build_app(settings, announce=announce, on_fatal=fatal)
     tune_gc()
     log.info("cascade.listening", url=f"http://{settings.host}:{settings.port}")
     uvicorn.run(
@@ -205,3 +233,4 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
         log_config=None,
         lifespan="on",
     )
+    fatal.exit_if_fatal()

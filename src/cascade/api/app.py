@@ -93,7 +93,7 @@ def create_app(
     ]
     routes += [
         Route("/health", health, methods=["GET"]),
-        Route("/ready", Readiness(store, engine_health), methods=["GET"]),
+        Route("/ready", Readiness(store, engine_health).respond, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/docs", docs, methods=["GET"]),
@@ -135,7 +135,8 @@ class Readiness:
         self._store = store
         self._engine_health = engine_health
 
-    async def __call__(self, request: Request) -> Response:
+    async def respond(self, request: Request) -> Response:
+        """The readiness document."""
         database: dict[str, object] = {"status": "ok"}
         try:
             await asyncio.wait_for(self._store.ping(), self.TIMEOUT)

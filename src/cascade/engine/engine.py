@@ -204,6 +204,7 @@ class Engine:
         self.last_claim_at: float | None = None
         #: jobs that failed on a transient error, logged once per streak rather than each
         self._job_setbacks = Setbacks("engine-jobs")
+        self._loop_setbacks = Setbacks("engine-loop", worker=self.worker_id)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -277,14 +278,11 @@ class Engine:
         """Claim and start jobs until stopped. A round that fails (the store is down) is
         logged once per streak and tried again after a backoff: nothing the store raises ends
         the loop."""
-        setbacks = Setbacks("engine-loop", worker=self.worker_id)
         while not self._stopping:
             try:
                 await self._round()
             except Exception as exc:
-                await self.clock.sleep(setbacks.failed(exc))
-            else:
-                setbacks.succeeded()
+                await self.clock.sleep(self._loop_setbacks.failed(exc))
 
     async def _round(self) -> None:
         """Claim a batch, start its jobs, and (unless the batch was full) wait for more."""
@@ -302,6 +300,7 @@ class Engine:
         )
         now = self.clock.now()
         self.last_claim_at = now
+        self._loop_setbacks.succeeded()
         await self._prefetch(jobs, now)
         for job in jobs:
             self._in_flight.add(job.id)

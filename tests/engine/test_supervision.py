@@ -1,0 +1,213 @@
+"""Background work never dies quietly: store failures injected at the store seam leave the
+engine running (jobs run once the store answers again), a loop that ends anyway is reported as
+fatal, and readiness says so."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import signal
+from typing import Any, cast
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from cascade.api.app import create_app
+from cascade.channels.sandbox import SandboxProvider
+from cascade.clock import SystemClock
+from cascade.domain.records import NewJob
+from cascade.engine.engine import Engine, EngineSettings, Providers
+from cascade.errors import StoreUnavailable
+from cascade.runtime import FatalExit
+from cascade.store.base import Job, Store
+from cascade.store.sqlite import SqliteStore
+from cascade.supervision import Setbacks, Supervisor
+from tests.contract.factories import tenant, workflow
+
+
+class FlakyStore:
+    """A store that delegates to a real one, except that the methods named in ``failing``
+    raise StoreUnavailable while ``down`` is set (the database restarting, as the engine sees
+    it)."""
+
+    def __init__(self, store: Store, *failing: str) -> None:
+        self._store = store
+        self.failing = set(failing)
+        self.down = False
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if name not in self.failing:
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                self.refused += 1
+                raise StoreUnavailable(f"{name}: connection refused")
+            return await attribute(*args, **kwargs)
+
+        return call
+
+
+async def _queue(store: Store, *jobs: NewJob) -> None:
+    """Store a workflow whose only jobs are ``jobs``."""
+    owner = await tenant(store)
+    await store.accept(dataclasses.replace(workflow(owner), jobs=jobs))
+
+
+def _engine(store: Store, **settings: Any) -> Engine:
+    clock = SystemClock()
+    pacing = EngineSettings(poll_interval=0.02, claim_interval=0.05, lookahead=0.0, **settings)
+    return Engine(store, Providers(SandboxProvider(store, clock)), clock, pacing)
+
+
+async def test_jobs_run_after_the_store_was_down(sqlite_store: SqliteStore) -> None:
+    """Every read and claim of the job loop failing for a while (the job loop once ended on
+    the first ``next_job_at`` that raised) delays jobs but does not stop the engine: a job
+    queued during the outage runs once the store answers, and the outage is logged once."""
+    flaky = FlakyStore(sqlite_store, "next_job_at", "claim_jobs", "extend_lease")
+    engine = _engine(cast(Store, flaky))
+    ran: list[str] = []
+    done = asyncio.Event()
+
+    async def record(job: Job) -> None:
+        ran.append(job.ref)
+        await sqlite_store.finish_job(job.id)
+        done.set()
+
+    engine.handlers["ping"] = record
+    with capture_logs() as logs:
+        await engine.start()
+        try:
+            await asyncio.sleep(0.1)
+            flaky.down = True
+            await _queue(sqlite_store, NewJob("ping", "during", 0.0))
+            await asyncio.sleep(0.5)  # the loop keeps trying meanwhile (its backoff)
+            assert flaky.refused >= 3
+            assert engine.health()["tasks"] == {
+                "engine-loop": True,
+                "engine-heartbeat": True,
+                "engine-orphans": True,
+            }
+            assert ran == []
+            flaky.down = False
+            await asyncio.wait_for(done.wait(), 10)
+        finally:
+            await engine.stop()
+    assert ran == ["during"]
+    failing = [e for e in logs if e["event"] == "task.failing"]
+    assert len(failing) == 1, failing
+    assert failing[0]["task"] == "engine-loop"
+    assert [e["task"] for e in logs if e["event"] == "task.recovered"] == ["engine-loop"]
+    assert not [e for e in logs if e["event"] == "task.died"]
+
+
+async def test_readiness_follows_the_database_and_the_engine(sqlite_store: SqliteStore) -> None:
+    """GET /ready answers 200 while the database and the engine work, and 503 naming the
+    culprit when the database does not answer or a loop of the engine has ended."""
+    flaky = FlakyStore(sqlite_store, "ping")
+    engine = _engine(cast(Store, flaky))
+    app = create_app(cast(Store, flaky), clock=engine.clock, engine_health=engine.health)
+    transport = httpx.ASGITransport(app=app)
+    await engine.start()
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://c.test") as http:
+            for _ in range(100):
+                ready = await http.get("/ready")
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.02)
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["engine"]["status"] == "ok"
+            assert (await http.get("/health")).status_code == 200
+
+            flaky.down = True
+            down = await http.get("/ready")
+            assert down.status_code == 503
+            assert down.json()["database"]["status"] == "unavailable"
+            assert (await http.get("/health")).status_code == 200  # liveness stays
+            flaky.down = False
+
+            engine.supervisor._tasks["engine-orphans"].cancel()
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            dead = await http.get("/ready")
+            assert dead.status_code == 503
+            assert dead.json()["engine"]["tasks"]["engine-orphans"] is False
+    finally:
+        await engine.stop()
+
+
+async def test_ready_without_an_engine_reports_only_the_database(
+    sqlite_store: SqliteStore,
+) -> None:
+    """An API process without an engine is ready when its database answers."""
+    app = create_app(sqlite_store, clock=SystemClock())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://c.test") as http:
+        ready = await http.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ok",
+        "database": {"status": "ok"},
+        "engine": {"status": "off"},
+    }
+
+
+async def test_a_loop_that_ends_is_fatal() -> None:
+    """A supervised loop that raises is reported once, at critical, to on_fatal; loops
+    cancelled by stop() are not."""
+    ended: list[tuple[str, str]] = []
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    async def forever() -> None:
+        await asyncio.Event().wait()
+
+    supervisor = Supervisor(lambda name, exc: ended.append((name, repr(exc))))
+    with capture_logs() as logs:
+        supervisor.start("broken", broken())
+        supervisor.start("forever", forever())
+        await asyncio.sleep(0.01)
+        await supervisor.stop()
+    assert ended == [("broken", "RuntimeError('a bug')")]
+    assert supervisor.alive() == {"broken": False, "forever": False}
+    assert [e["task"] for e in logs if e["event"] == "task.died"] == ["broken"]
+    assert [e["log_level"] for e in logs if e["event"] == "task.died"] == ["critical"]
+
+
+def test_fatal_exit_stops_the_process_with_a_failure_status() -> None:
+    """FatalExit raises SIGTERM once (the server's own shutdown) and then exits non-zero."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        fatal = FatalExit()
+        fatal.exit_if_fatal()  # nothing ended: no exit
+        fatal("engine-loop", RuntimeError("x"))
+        fatal("engine-heartbeat", None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]
+    with pytest.raises(SystemExit, match="engine-loop") as exit_:
+        fatal.exit_if_fatal()
+    assert exit_.value.code != 0
+
+
+def test_setbacks_back_off_and_log_once_per_streak() -> None:
+    """Delays double up to the cap; a streak logs its first failure and a change of error,
+    and its end once."""
+    setbacks = Setbacks("t", first_delay=0.1, max_delay=1.0)
+    with capture_logs() as logs:
+        delays = [setbacks.failed(StoreUnavailable("down")) for _ in range(6)]
+        setbacks.failed(TimeoutError())
+        setbacks.succeeded()
+        setbacks.succeeded()
+    assert 0.075 <= delays[0] <= 0.1
+    assert all(b >= a * 1.4 for a, b in itertools.pairwise(delays[:4]))
+    assert max(delays) <= 1.0
+    assert [e["event"] for e in logs] == ["task.failing", "task.failing", "task.recovered"]
+    assert logs[-1]["failures"] == 7
