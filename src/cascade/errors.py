@@ -13,6 +13,7 @@ sender, the HTTP layer) has to answer::
     └── PermanentError                 trying again gives the same answer
         ├── ConfigError                the settings or a command-line argument are wrong
         ├── StoreConflict              a uniqueness rule in the store was broken
+        ├── StoreRejected              the database cannot hold a value of the write
         ├── ChannelRejected            the provider refused this message for good
         │   └── ChannelUndeliverable   the provider cannot be reached for this message
         └── RequestRejected            a client request is wrong; carries its HTTP problem
@@ -90,6 +91,11 @@ class ConfigError(PermanentError):
 
 class StoreConflict(PermanentError):
     """The write conflicts with a row that already exists."""
+
+
+class StoreRejected(PermanentError):
+    """The database cannot hold a value of this write (e.g. a NUL character in a string on
+    PostgreSQL); writing it again gives the same answer."""
 
 
 class ChannelRejected(PermanentError):

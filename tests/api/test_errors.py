@@ -19,7 +19,7 @@ from cascade.api.app import create_app
 from cascade.clock import FakeClock
 from cascade.config import Settings
 from cascade.domain.records import Account
-from cascade.errors import StoreUnavailable
+from cascade.errors import StoreRejected, StoreUnavailable
 from cascade.runtime import build_app
 from cascade.store.sqlite import SqliteStore
 from tests.api.conftest import IN_MODULE_LOOP, SharedApi
@@ -260,6 +260,21 @@ async def test_an_unavailable_store_is_a_503_problem_with_retry_after(
     assert_problem(response, 503)
     assert response.headers["retry-after"] == "1"
     assert "/var/lib" not in response.text
+
+
+async def test_a_value_the_store_cannot_hold_is_a_400_not_a_503(
+    sqlite_store: SqliteStore, clock: FakeClock, tenant: Tenant
+) -> None:
+    """A permanent store refusal of the request's data is the client's 400, never a 503 that
+    a polite client would retry forever."""
+    error = StoreRejected("DataError: invalid byte sequence for encoding UTF8: 0x00")
+    async with _failing_client(sqlite_store, clock, error) as client:
+        response = await client.post(
+            "/v0.1/messages", json=text("sms", "hi"), headers=tenant.basic()
+        )
+    body = assert_problem(response, 400)
+    assert "retry-after" not in response.headers
+    assert "0x00" not in body["detail"]
 
 
 async def test_health_answers_ok(client: httpx.AsyncClient) -> None:

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cascade.errors import InvalidParameter, RequestRejected, TransientError
+from cascade.errors import InvalidParameter, RequestRejected, StoreRejected, TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +110,18 @@ async def on_unavailable(request: Request, exc: Exception) -> Response:
     )
 
 
+async def on_store_rejected(request: Request, exc: Exception) -> Response:
+    """A value the database cannot hold that validation let through: the request's fault, and
+    trying again gives the same answer, so 400 (never 503)."""
+    log.warning("request.store_rejected", path=request.url.path, error=str(exc)[:200])
+    return problem(
+        400,
+        "Invalid Parameters",
+        "The request holds a value Cascade cannot store; nothing was stored.",
+        problem_type=f"{PROBLEM_BASE}/messages-olympus#invalid-params",
+    )
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """Anything else: logged with its traceback, answered without it."""
     log.exception("request.failed", path=request.url.path)
@@ -125,6 +137,7 @@ EXCEPTION_HANDLERS = {
     RequestRejected: on_request_rejected,
     HTTPException: on_http_exception,
     TransientError: on_unavailable,
+    StoreRejected: on_store_rejected,
     Exception: on_unexpected,
 }
 

@@ -57,7 +57,13 @@ from cascade.domain.records import (
     WorkflowRecord,
 )
 from cascade.domain.status import Status
-from cascade.errors import IdempotencyConflict, NotFound, StoreConflict, StoreUnavailable
+from cascade.errors import (
+    IdempotencyConflict,
+    NotFound,
+    StoreConflict,
+    StoreRejected,
+    StoreUnavailable,
+)
 from cascade.store import rows as rows_
 from cascade.store.base import (
     UNSET,
@@ -137,6 +143,19 @@ _DRIVER_ERRORS = (
 )
 
 
+#: what the driver raises for a value the database cannot hold (a NUL in text, a number out of
+#: range, a string it cannot encode): the request's fault, never the database's
+_VALUE_ERRORS = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, UnicodeError)
+
+#: errors that belong to one request of a batch: the batch is written again one by one, so
+#: that only the request at fault fails
+_ONE_REQUEST_ERRORS = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.TransactionRollbackError,
+    *_VALUE_ERRORS,
+)
+
+
 def _redact(url: str) -> str:
     """The URL without its password, for error messages."""
     parts = urllib.parse.urlsplit(url)
@@ -150,6 +169,8 @@ def _wrap(exc: BaseException, action: str) -> BaseException:
     """The Cascade error for a driver error (a new one per call); other errors as they are."""
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         wrapped: BaseException = StoreConflict(f"{action}: {exc}")
+    elif isinstance(exc, _VALUE_ERRORS):
+        wrapped = StoreRejected(f"{action}: {type(exc).__name__}: {exc}")
     elif isinstance(exc, _DRIVER_ERRORS):
         wrapped = StoreUnavailable(f"{action}: {type(exc).__name__}: {exc}")
     else:
@@ -423,10 +444,7 @@ class PostgresStore(Store):
                 return
             try:
                 outcomes = await self._commit(ready)
-            except (
-                asyncpg.IntegrityConstraintViolationError,
-                asyncpg.TransactionRollbackError,
-            ) as exc:
+            except _ONE_REQUEST_ERRORS as exc:
                 if len(ready) == 1:
                     _settle(ready[0], _wrap(exc, "accept failed"))
                     return

@@ -53,6 +53,7 @@ from cascade.errors import (
     IdempotencyConflict,
     NotFound,
     StoreConflict,
+    StoreRejected,
     StoreUnavailable,
 )
 from cascade.store import rows as rows_
@@ -432,6 +433,9 @@ def _accept_many(
 def _wrap(exc: Exception) -> BaseException:
     if isinstance(exc, sqlite3.IntegrityError):
         wrapped: BaseException = StoreConflict(str(exc))
+    elif isinstance(exc, sqlite3.DataError | UnicodeError | OverflowError):
+        # a value SQLite cannot hold (too long, a lone surrogate, an integer over 64 bits)
+        wrapped = StoreRejected(f"{type(exc).__name__}: {exc}")
     elif isinstance(exc, sqlite3.Error):
         wrapped = StoreUnavailable(str(exc))
     else:
