@@ -37,6 +37,7 @@ from cascade.clock import Clock
 from cascade.domain.records import Receipt, SandboxMessage
 from cascade.domain.status import Status
 from cascade.errors import ChannelRejected, ChannelUnavailable, ChannelUndeliverable
+from cascade.supervision import Setbacks
 
 log = structlog.get_logger(__name__)
 
@@ -225,6 +226,9 @@ class SandboxProvider(ChannelProvider):
                 self._owed.pop(provider_message_id, None)
 
     async def _run(self) -> None:
+        """Emit each receipt when it is due, until stopped; a receipt that cannot be stored
+        stays owed and is tried again after a backoff."""
+        setbacks = Setbacks("sandbox-receipts")
         while True:
             self._wakeup.clear()
             due = self.next_due()
@@ -241,7 +245,8 @@ class SandboxProvider(ChannelProvider):
                 continue
             try:
                 await self.emit_due()
-            except Exception:
+            except Exception as exc:
                 # a receipt that could not be stored stays owed in the journal; try again soon
-                log.exception("sandbox.emit_failed")
-                await self._clock.sleep(0.5)
+                await self._clock.sleep(setbacks.failed(exc))
+            else:
+                setbacks.succeeded()
