@@ -30,16 +30,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
-import structlog
-
 from cascade.channels.base import ChannelProvider, OutboundMessage, ReceiptSink, SendResult
 from cascade.clock import Clock
 from cascade.domain.records import Receipt, SandboxMessage
 from cascade.domain.status import Status
 from cascade.errors import ChannelRejected, ChannelUnavailable, ChannelUndeliverable
 from cascade.supervision import Setbacks
-
-log = structlog.get_logger(__name__)
 
 READ_CHANNELS = frozenset({"messenger", "whatsapp", "viber_service_msg"})
 REJECTED = (1300, "Not part of the provider network")
