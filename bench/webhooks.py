@@ -14,9 +14,13 @@ streams (plain http, ``Content-Length`` answers: enough for this receiver, not f
 everything else is the same, so the two figures show what the HTTP client costs.
 
 Every run is checked, not assumed: each webhook must be delivered exactly once (the receiver's
-request count equals ``--count``, and the store holds one attempt per webhook), and a sample of
-the requests received is verified with the official ``vonage_jwt`` package against the account's
-signature secret.
+request count equals ``--count``, as does the number of distinct ``X-Cascade-Delivery-Id``
+headers it saw, and the store holds one attempt per webhook), and a sample of the requests
+received is verified with the official ``vonage_jwt`` package against the account's signature
+secret.
+
+It also reports the most webhooks that were, at any moment, POSTed (or being POSTed) without
+their outcome committed yet: what a crash at that moment would have delivered again.
 
     .venv/bin/python bench/webhooks.py                       # 20,000 webhooks, SQLite FULL
     .venv/bin/python bench/webhooks.py --runs 3 --loop asyncio,uvloop
@@ -75,9 +79,11 @@ BODY: dict[str, Any] = {
 # --- the receiver (a separate process) ---------------------------------------------------------
 
 
-async def _receive(port: int) -> tuple[int, list[dict[str, str]]]:
-    """Answer 204 to every request until SIGTERM; how many came, and a sample of them."""
+async def _receive(port: int) -> tuple[int, int, list[dict[str, str]]]:
+    """Answer 204 to every request until SIGTERM; how many came, how many distinct delivery
+    ids they carried, and a sample of them."""
     count = 0
+    delivery_ids: set[bytes] = set()
     samples: list[dict[str, str]] = []
     answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 
@@ -95,6 +101,8 @@ async def _receive(port: int) -> tuple[int, list[dict[str, str]]]:
                         length = int(value)
                     elif lowered == b"authorization":
                         token = value.strip().decode().removeprefix("Bearer ")
+                    elif lowered == b"x-cascade-delivery-id":
+                        delivery_ids.add(value.strip())
                 body = await reader.readexactly(length)
                 count += 1
                 if len(samples) < 20 and count % 997 == 1:
@@ -113,7 +121,7 @@ async def _receive(port: int) -> tuple[int, list[dict[str, str]]]:
     print("ready", flush=True)
     async with server:
         await stop.wait()
-    return count, samples
+    return count, len(delivery_ids), samples
 
 
 def receive_main(port: int, sample_path: str | None) -> None:
@@ -121,12 +129,12 @@ def receive_main(port: int, sample_path: str | None) -> None:
     try:
         import uvloop
 
-        count, samples = uvloop.run(_receive(port))
+        count, distinct, samples = uvloop.run(_receive(port))
     except ImportError:
-        count, samples = asyncio.run(_receive(port))
+        count, distinct, samples = asyncio.run(_receive(port))
     if sample_path:
         Path(sample_path).write_text(json.dumps(samples))
-    print(count, flush=True)
+    print(count, distinct, flush=True)
 
 
 # --- the measured side ----------------------------------------------------------------------
@@ -146,6 +154,8 @@ class RunResult:
     attempts: int
     commits: int
     verified: int
+    #: the most webhooks POSTed (or being POSTed) at one moment whose outcome was not committed
+    unrecorded: int
 
 
 _IDLE: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
@@ -155,22 +165,25 @@ async def _raw_post(self: Any, webhook: Any, target: Any, account: Any, now: flo
     """The ceiling's client: WebhookSender._post over bare asyncio streams (see above)."""
     from urllib.parse import urlsplit
 
-    from cascade.webhooks.delivery import USER_AGENT, _Result
+    from cascade.webhooks.delivery import USER_AGENT, _Result, delivery_id
     from cascade.webhooks.signing import sign
 
+    delivery = delivery_id(webhook.id, webhook.body)
     token = sign(
         webhook.body,
         secret=account.signature_secret,
         api_key=account.api_key,
         application_id=webhook.application_id,
         now=now,
+        delivery_id=delivery,
     )
     parts = urlsplit(webhook.url)
     key = (parts.hostname or "127.0.0.1", parts.port or 80)
     head = (
         f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         f"User-Agent: {USER_AGENT}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Length: {len(webhook.body)}\r\n\r\n"
+        f"Authorization: Bearer {token}\r\nX-Cascade-Delivery-Id: {delivery}\r\n"
+        f"Content-Length: {len(webhook.body)}\r\n\r\n"
     ).encode()
     idle = _IDLE.setdefault(key, [])
     try:
@@ -227,10 +240,36 @@ def _delivered(path: Path) -> tuple[int, float | None]:
         conn.close()
 
 
+class _Window:
+    """Counts the webhooks between the start of their POST and the commit of its outcome, by
+    wrapping the sender's ``_post`` and the store's ``record_webhook_attempt`` (both are there
+    in every version of the sender, so trees before and after a change compare)."""
+
+    def __init__(self, sender: Any, store: Any) -> None:
+        self.open = 0
+        self.peak = 0
+        post, record = sender._post, store.record_webhook_attempt
+
+        async def counted_post(*args: Any, **kwargs: Any) -> Any:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+            return await post(*args, **kwargs)
+
+        async def counted_record(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await record(*args, **kwargs)
+            finally:
+                self.open -= 1
+
+        sender._post = counted_post
+        store.record_webhook_attempt = counted_record
+
+
 async def _measure(
     path: Path, url: str, args: argparse.Namespace, profile: cProfile.Profile | None
-) -> tuple[float, int, str]:
-    """Queue, run the engine until every webhook is delivered; (seconds, commits, secret)."""
+) -> tuple[float, int, str, int]:
+    """Queue, run the engine until every webhook is delivered; (seconds, commits, secret, most
+    webhooks unrecorded at once)."""
     from cascade.clock import SystemClock
     from cascade.config import Settings
     from cascade.runtime import build_engine
@@ -251,6 +290,7 @@ async def _measure(
             worker_batch_size=args.batch_size,
         )
         engine = build_engine(settings, store, clock)
+        window = _Window(engine.handlers["webhook"].__self__, store)  # type: ignore[attr-defined]
         commits_before = store.commits
         if profile is not None:
             profile.enable()
@@ -271,7 +311,12 @@ async def _measure(
             if profile is not None:
                 profile.disable()
             await engine.stop()
-        return elapsed, store.commits - commits_before, created.account.signature_secret
+        return (
+            elapsed,
+            store.commits - commits_before,
+            created.account.signature_secret,
+            window.peak,
+        )
     finally:
         await store.close()
 
@@ -313,7 +358,7 @@ def _run_once(index: int, loop: str, client: str, args: argparse.Namespace) -> R
             if receiver.stdout.readline().strip() != "ready":
                 raise SystemExit("the receiver did not start")
             profile = cProfile.Profile() if args.profile else None
-            seconds, commits, secret = _run_loop(
+            seconds, commits, secret, unrecorded = _run_loop(
                 _measure(path, f"http://127.0.0.1:{port}/status", args, profile), loop
             )
             if profile is not None:
@@ -321,7 +366,7 @@ def _run_once(index: int, loop: str, client: str, args: argparse.Namespace) -> R
         finally:
             receiver.send_signal(signal.SIGTERM)
             out, _ = receiver.communicate(timeout=30)
-        received = int(out.split()[-1])
+        received, distinct = (int(word) for word in out.split()[-2:])
         conn = sqlite3.connect(path)
         try:
             attempts = conn.execute("SELECT count(*) FROM webhook_attempts").fetchone()[0]
@@ -329,10 +374,19 @@ def _run_once(index: int, loop: str, client: str, args: argparse.Namespace) -> R
         finally:
             conn.close()
         verified = _verify(samples, secret)
-    if received != args.count or attempts != args.count or states != {"delivered": args.count}:
+    from cascade.webhooks import delivery
+
+    # (a tree from before delivery ids, measured for comparison, sends none)
+    ids_expected = args.count if hasattr(delivery, "delivery_id") else 0
+    if (
+        received != args.count
+        or distinct != ids_expected
+        or attempts != args.count
+        or states != {"delivered": args.count}
+    ):
         raise SystemExit(
-            f"exactly-once check failed: {args.count} queued, {received} received, "
-            f"{attempts} attempts, states {states}"
+            f"exactly-once check failed: {args.count} queued, {received} received with "
+            f"{distinct} distinct delivery ids, {attempts} attempts, states {states}"
         )
     return RunResult(
         index,
@@ -345,6 +399,7 @@ def _run_once(index: int, loop: str, client: str, args: argparse.Namespace) -> R
         attempts,
         commits,
         verified,
+        unrecorded,
     )
 
 
@@ -411,14 +466,16 @@ def report(
             "builds it (`runtime.build_engine`: WebhookSender, HS256-signed, one attempt row "
             "each) to a receiver process on 127.0.0.1 answering 204; timed from the engine's "
             "start to the last `delivered_at`. Every run is checked: each webhook received "
-            "exactly once, one attempt row each, a sample verified with `vonage_jwt`. The "
-            "ceiling rows replace only the sender's HTTP client, for the run, by a minimal "
+            "exactly once with its own `X-Cascade-Delivery-Id`, one attempt row each, a sample "
+            "verified with `vonage_jwt`. `unrecorded (max)` is the most webhooks POSTed at one "
+            "moment whose outcome was not committed yet (what a crash then would send again). "
+            "The ceiling rows replace only the sender's HTTP client, for the run, by a minimal "
             "asyncio one (`--client raw`)."
         ),
         "",
         "| HTTP client | event loop | runs | deliveries/s (median) | min | max "
-        "| seconds (median) | SQLite commits |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seconds (median) | SQLite commits | unrecorded (max) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "sender": "WebhookSender (its httptools client)",
@@ -431,7 +488,8 @@ def report(
             f"| {names[client]} | {loop} | {len(mine)} | {statistics.median(rates):,.0f} "
             f"| {min(rates):,.0f} | {max(rates):,.0f} "
             f"| {statistics.median(r.seconds for r in mine):.2f} "
-            f"| {statistics.median(r.commits for r in mine):,.0f} |"
+            f"| {statistics.median(r.commits for r in mine):,.0f} "
+            f"| {max(r.unrecorded for r in mine)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -496,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"run {run} {client} {loop}: {result.count} delivered in "
                     f"{result.seconds:.2f} s = {result.per_second:,.0f}/s "
-                    f"({result.commits} commits, {result.verified} verified with vonage_jwt)",
+                    f"({result.commits} commits, {result.verified} verified with vonage_jwt, "
+                    f"at most {result.unrecorded} unrecorded)",
                     flush=True,
                 )
                 results.append(result)
