@@ -1,22 +1,19 @@
 """At-least-once delivery, honestly: every attempt and replay of a webhook carries one delivery
 id (``X-Cascade-Delivery-Id`` and the signed ``delivery_id`` claim), other webhooks other ids,
-and what a crash can send again is bounded by ``max_unrecorded`` per sender."""
+and a failed commit of an outcome is retried rather than leaving the webhook to be sent again.
+(What a crash sends again, at most ``max_unrecorded`` per sender, is checked on every store in
+``tests/contract/test_webhook_window.py``.)"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import Counter
 from typing import Any
 
 import pytest
 
 from cascade.clock import FakeClock
-from cascade.domain.records import NewWebhook
 from cascade.errors import StoreUnavailable
 from cascade.store.sqlite import SqliteStore
-from cascade.webhooks import payloads
-from cascade.webhooks.delivery import DeliverySettings, delivery_id
+from cascade.webhooks.delivery import delivery_id
 from tests.engine.harness import World, step, workflow
 from tests.webhooks.conftest import MakeReceiver, delivering, dispatch, queue, restart
 from tests.webhooks.receiver import Respond, verify
@@ -69,73 +66,6 @@ async def test_different_webhooks_have_different_delivery_ids_even_with_the_same
         ids = _ids(w, receiver.requests)
         assert len(ids) == len(set(ids)) == 5
         assert delivery_id(first, b'{"same":"body"}') != delivery_id(second, b'{"same":"body"}')
-
-
-class _Held:
-    """Stands in for a store's record_webhook_attempt: every call waits until ``release``,
-    as commits would if the process died before they were made."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.released = asyncio.Event()
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> None:
-        self.calls += 1
-        await self.released.wait()
-
-
-async def test_a_crash_sends_again_at_most_max_unrecorded_webhooks_each_with_its_id(
-    sqlite_store: SqliteStore,
-    clock: FakeClock,
-    receivers: MakeReceiver,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With no outcome committed, a sender POSTs max_unrecorded webhooks and no more (the
-    rest step aside); after the crash a new engine sends exactly those again, same ids."""
-    receiver = await receivers()
-    settings = DeliverySettings(timeout=0.3, max_unrecorded=5, queue_wait=0.02)
-    count = 40
-    async with delivering(sqlite_store, clock, settings, status_url=receiver.url()) as w:
-        await w.store.add_webhooks(
-            [
-                NewWebhook(payloads.STATUS, w.tenant.account.id, None, None, None, None, b"{}")
-                for _ in range(count)
-            ],
-            clock.now(),
-        )
-        held = _Held()
-        deferred = 0
-        defer_job = w.store.defer_job
-
-        async def counted_defer(job_id: int, run_at: float) -> None:
-            nonlocal deferred
-            deferred += 1
-            await defer_job(job_id, run_at)
-
-        monkeypatch.setattr(w.store, "record_webhook_attempt", held)
-        monkeypatch.setattr(w.store, "defer_job", counted_defer)
-        running = asyncio.create_task(w.engine.drain())
-        # every claimed webhook either POSTed and waits for its commit, or stepped aside
-        until = time.monotonic() + 10
-        while held.calls + deferred < count:
-            assert time.monotonic() < until, (held.calls, deferred)
-            await asyncio.sleep(0.01)
-        running.cancel()  # the crash: none of the held outcomes is committed
-        with pytest.raises(asyncio.CancelledError):
-            await running
-        assert held.calls == len(receiver.requests) == 5
-        sent_before = _ids(w, receiver.requests)
-
-        monkeypatch.undo()
-        await restart(w, settings)
-        await w.advance(w.engine.settings.lease + 1)  # the dead engine's claims run out
-        hooks = await w.store.list_webhooks(limit=1000)
-        assert [hook.state for hook in hooks] == ["delivered"] * count
-        ids = Counter(_ids(w, receiver.requests))
-        assert set(ids) == {delivery_id(hook.id, hook.body) for hook in hooks}
-        repeated = {id_ for id_, n in ids.items() if n > 1}
-        assert repeated == set(sent_before)
-        assert set(ids.values()) <= {1, 2}
 
 
 async def test_an_outcome_the_store_fails_to_commit_is_retried_not_sent_again(
