@@ -14,15 +14,24 @@ streams (plain http, ``Content-Length`` answers: enough for this receiver, not f
 everything else is the same, so the two figures show what the HTTP client costs.
 
 Every run is checked, not assumed: each webhook must be delivered exactly once (the receiver's
-request count equals ``--count``, and the store holds one attempt per webhook), and a sample of
-the requests received is verified with the official ``vonage_jwt`` package against the account's
-signature secret.
+request count equals ``--count``, as does the number of distinct ``X-Cascade-Delivery-Id``
+headers it saw, and the store holds one attempt per webhook), and a sample of the requests
+received is verified with the official ``vonage_jwt`` package against the account's signature
+secret.
+
+It also reports the most webhooks that were, at any moment, POSTed (or being POSTed) without
+their outcome committed yet: what a crash at that moment would have delivered again.
 
     .venv/bin/python bench/webhooks.py                       # 20,000 webhooks, SQLite FULL
     .venv/bin/python bench/webhooks.py --runs 3 --loop asyncio,uvloop
     .venv/bin/python bench/webhooks.py --client sender,raw      # with the ceiling
     .venv/bin/python bench/webhooks.py --profile webhooks.prof   # cProfile of the engine side
     .venv/bin/python bench/webhooks.py --runs 3 --append         # add the table to BENCHMARKS.md
+    .venv/bin/python bench/webhooks.py --database postgres       # PostgreSQL on 127.0.0.1:5432
+
+With ``--database postgres`` the webhooks are queued in a new database ``cascade_bench_<random>``
+on the server of ``--postgres-url`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``),
+dropped afterwards; the commits column then shows ``-``.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BENCHMARKS = REPO / "BENCHMARKS.md"
 HEADING = "## Webhook delivery"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 #: a message-status webhook as a Dispatch step produces it
 BODY: dict[str, Any] = {
@@ -75,9 +85,11 @@ BODY: dict[str, Any] = {
 # --- the receiver (a separate process) ---------------------------------------------------------
 
 
-async def _receive(port: int) -> tuple[int, list[dict[str, str]]]:
-    """Answer 204 to every request until SIGTERM; how many came, and a sample of them."""
+async def _receive(port: int) -> tuple[int, int, list[dict[str, str]]]:
+    """Answer 204 to every request until SIGTERM; how many came, how many distinct delivery
+    ids they carried, and a sample of them."""
     count = 0
+    delivery_ids: set[bytes] = set()
     samples: list[dict[str, str]] = []
     answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 
@@ -95,6 +107,8 @@ async def _receive(port: int) -> tuple[int, list[dict[str, str]]]:
                         length = int(value)
                     elif lowered == b"authorization":
                         token = value.strip().decode().removeprefix("Bearer ")
+                    elif lowered == b"x-cascade-delivery-id":
+                        delivery_ids.add(value.strip())
                 body = await reader.readexactly(length)
                 count += 1
                 if len(samples) < 20 and count % 997 == 1:
@@ -113,7 +127,7 @@ async def _receive(port: int) -> tuple[int, list[dict[str, str]]]:
     print("ready", flush=True)
     async with server:
         await stop.wait()
-    return count, samples
+    return count, len(delivery_ids), samples
 
 
 def receive_main(port: int, sample_path: str | None) -> None:
@@ -121,12 +135,12 @@ def receive_main(port: int, sample_path: str | None) -> None:
     try:
         import uvloop
 
-        count, samples = uvloop.run(_receive(port))
+        count, distinct, samples = uvloop.run(_receive(port))
     except ImportError:
-        count, samples = asyncio.run(_receive(port))
+        count, distinct, samples = asyncio.run(_receive(port))
     if sample_path:
         Path(sample_path).write_text(json.dumps(samples))
-    print(count, flush=True)
+    print(count, distinct, flush=True)
 
 
 # --- the measured side ----------------------------------------------------------------------
@@ -144,8 +158,13 @@ class RunResult:
     per_second: float
     received: int
     attempts: int
-    commits: int
+    #: SQLite commits (None on PostgreSQL)
+    commits: int | None
     verified: int
+    #: the most webhooks POSTed (or being POSTed) at one moment whose outcome was not committed
+    unrecorded: int
+    #: how many times a webhook stepped aside rather than wait (each a write)
+    deferred: int
 
 
 _IDLE: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
@@ -155,22 +174,25 @@ async def _raw_post(self: Any, webhook: Any, target: Any, account: Any, now: flo
     """The ceiling's client: WebhookSender._post over bare asyncio streams (see above)."""
     from urllib.parse import urlsplit
 
-    from cascade.webhooks.delivery import USER_AGENT, _Result
+    from cascade.webhooks.delivery import USER_AGENT, _Result, delivery_id
     from cascade.webhooks.signing import sign
 
+    delivery = delivery_id(webhook.id, webhook.body)
     token = sign(
         webhook.body,
         secret=account.signature_secret,
         api_key=account.api_key,
         application_id=webhook.application_id,
         now=now,
+        delivery_id=delivery,
     )
     parts = urlsplit(webhook.url)
     key = (parts.hostname or "127.0.0.1", parts.port or 80)
     head = (
         f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         f"User-Agent: {USER_AGENT}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Length: {len(webhook.body)}\r\n\r\n"
+        f"Authorization: Bearer {token}\r\nX-Cascade-Delivery-Id: {delivery}\r\n"
+        f"Content-Length: {len(webhook.body)}\r\n\r\n"
     ).encode()
     idle = _IDLE.setdefault(key, [])
     try:
@@ -215,6 +237,35 @@ async def _queue(store: Any, account_id: str, url: str, count: int) -> None:
         await store.add_webhooks(hooks, now)
 
 
+class _Postgres:
+    """Reads of the benchmark's PostgreSQL database, on a connection of its own."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def delivered(self) -> tuple[int, float | None]:
+        row = await self.conn.fetchrow(
+            "SELECT count(*), max(delivered_at) FROM webhooks WHERE state = 'delivered'"
+        )
+        return int(row[0]), row[1]
+
+    async def outcome(self) -> tuple[int, dict[str, int]]:
+        attempts = await self.conn.fetchval("SELECT count(*) FROM webhook_attempts")
+        rows = await self.conn.fetch("SELECT state, count(*) FROM webhooks GROUP BY state")
+        return int(attempts), {row[0]: int(row[1]) for row in rows}
+
+
+def _outcome(path: Path) -> tuple[int, dict[str, int]]:
+    """How many attempt rows there are, and how many webhooks in each state (SQLite)."""
+    conn = sqlite3.connect(path)
+    try:
+        attempts = conn.execute("SELECT count(*) FROM webhook_attempts").fetchone()[0]
+        states = dict(conn.execute("SELECT state, count(*) FROM webhooks GROUP BY state"))
+    finally:
+        conn.close()
+    return int(attempts), states
+
+
 def _delivered(path: Path) -> tuple[int, float | None]:
     """How many webhooks are delivered, and when the last one was."""
     conn = sqlite3.connect(path, timeout=30)
@@ -227,18 +278,76 @@ def _delivered(path: Path) -> tuple[int, float | None]:
         conn.close()
 
 
+class _Window:
+    """Counts the webhooks between the start of their POST and the commit of its outcome, by
+    wrapping the sender's ``_post`` and the store's ``record_webhook_attempt`` (both are there
+    in every version of the sender, so trees before and after a change compare)."""
+
+    def __init__(self, sender: Any, store: Any) -> None:
+        self.open = 0
+        self.peak = 0
+        #: webhooks that stepped aside (deferred) rather than wait
+        self.deferred = 0
+        post, record, defer = sender._post, store.record_webhook_attempt, store.defer_job
+
+        async def counted_defer(*args: Any, **kwargs: Any) -> Any:
+            self.deferred += 1
+            return await defer(*args, **kwargs)
+
+        async def counted_post(*args: Any, **kwargs: Any) -> Any:
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+            return await post(*args, **kwargs)
+
+        async def counted_record(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await record(*args, **kwargs)
+            finally:
+                self.open -= 1
+
+        sender._post = counted_post
+        store.record_webhook_attempt = counted_record
+        store.defer_job = counted_defer
+
+
+@dataclass
+class _Measured:
+    seconds: float
+    commits: int | None
+    secret: str
+    unrecorded: int
+    deferred: int
+    attempts: int
+    states: dict[str, int]
+
+
 async def _measure(
-    path: Path, url: str, args: argparse.Namespace, profile: cProfile.Profile | None
-) -> tuple[float, int, str]:
-    """Queue, run the engine until every webhook is delivered; (seconds, commits, secret)."""
+    path: Path,
+    database_url: str,
+    url: str,
+    args: argparse.Namespace,
+    profile: cProfile.Profile | None,
+) -> _Measured:
+    """Queue, run the engine until every webhook is delivered, read what the store holds."""
     from cascade.clock import SystemClock
     from cascade.config import Settings
     from cascade.runtime import build_engine
     from cascade.service import new_account
+    from cascade.store.base import Store
     from cascade.store.sqlite import SqliteStore
 
     clock = SystemClock()
-    store = SqliteStore(path, synchronous=args.synchronous)
+    store: Store
+    postgres: _Postgres | None = None
+    if args.database == "postgres":
+        import asyncpg  # type: ignore[import-untyped]
+
+        from cascade.store.postgres import PostgresStore
+
+        store = PostgresStore(database_url)
+        postgres = _Postgres(await asyncpg.connect(database_url))
+    else:
+        store = SqliteStore(path, synchronous=args.synchronous)
     await store.open()
     try:
         created = new_account(clock)
@@ -246,12 +355,13 @@ async def _measure(
         await _queue(store, created.account.id, url, args.count)
         settings = Settings(
             _env_file=None,
-            database_url=f"sqlite:///{path}",
+            database_url=database_url,
             sqlite_synchronous=args.synchronous,
             worker_batch_size=args.batch_size,
         )
         engine = build_engine(settings, store, clock)
-        commits_before = store.commits
+        window = _Window(engine.handlers["webhook"].__self__, store)  # type: ignore[attr-defined]
+        commits_before = getattr(store, "commits", 0)
         if profile is not None:
             profile.enable()
         started = clock.now()
@@ -261,7 +371,7 @@ async def _measure(
                 # polled rarely (it runs in the measured process); the end is the time the
                 # last webhook was recorded delivered, not the time of the poll
                 await asyncio.sleep(0.25)
-                delivered, last = _delivered(path)
+                delivered, last = await postgres.delivered() if postgres else _delivered(path)
                 if delivered >= args.count and last is not None:
                     elapsed = last - started
                     break
@@ -271,9 +381,20 @@ async def _measure(
             if profile is not None:
                 profile.disable()
             await engine.stop()
-        return elapsed, store.commits - commits_before, created.account.signature_secret
+        attempts, states = await postgres.outcome() if postgres else _outcome(path)
+        return _Measured(
+            elapsed,
+            None if postgres else getattr(store, "commits", 0) - commits_before,
+            created.account.signature_secret,
+            window.peak,
+            window.deferred,
+            attempts,
+            states,
+        )
     finally:
         await store.close()
+        if postgres is not None:
+            await postgres.conn.close()
 
 
 def _run_loop(coro: Any, loop: str) -> Any:
@@ -298,10 +419,36 @@ def run_once(index: int, loop: str, client: str, args: argparse.Namespace) -> Ru
         _IDLE.clear()
 
 
+async def _postgres_admin(url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
 def _run_once(index: int, loop: str, client: str, args: argparse.Namespace) -> RunResult:
+    if args.database != "postgres":
+        return _run_on(index, loop, client, args, None)
+    name = f"cascade_bench_{os.urandom(6).hex()}"
+    asyncio.run(_postgres_admin(args.postgres_url, f'CREATE DATABASE "{name}"'))
+    try:
+        return _run_on(index, loop, client, args, args.postgres_url.rsplit("/", 1)[0] + "/" + name)
+    finally:
+        asyncio.run(
+            _postgres_admin(args.postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        )
+
+
+def _run_on(
+    index: int, loop: str, client: str, args: argparse.Namespace, postgres_url: str | None
+) -> RunResult:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="cascade-webhooks-") as tmp:
         path = Path(tmp) / "bench.db"
+        database_url = postgres_url or f"sqlite:///{path}"
         samples = Path(tmp) / "samples.json"
         receiver = subprocess.Popen(
             [sys.executable, __file__, "receive", "--port", str(port), "--samples", str(samples)],
@@ -313,38 +460,45 @@ def _run_once(index: int, loop: str, client: str, args: argparse.Namespace) -> R
             if receiver.stdout.readline().strip() != "ready":
                 raise SystemExit("the receiver did not start")
             profile = cProfile.Profile() if args.profile else None
-            seconds, commits, secret = _run_loop(
-                _measure(path, f"http://127.0.0.1:{port}/status", args, profile), loop
+            measured = _run_loop(
+                _measure(path, database_url, f"http://127.0.0.1:{port}/status", args, profile),
+                loop,
             )
             if profile is not None:
                 profile.dump_stats(args.profile)
         finally:
             receiver.send_signal(signal.SIGTERM)
             out, _ = receiver.communicate(timeout=30)
-        received = int(out.split()[-1])
-        conn = sqlite3.connect(path)
-        try:
-            attempts = conn.execute("SELECT count(*) FROM webhook_attempts").fetchone()[0]
-            states = dict(conn.execute("SELECT state, count(*) FROM webhooks GROUP BY state"))
-        finally:
-            conn.close()
-        verified = _verify(samples, secret)
-    if received != args.count or attempts != args.count or states != {"delivered": args.count}:
+        received, distinct = (int(word) for word in out.split()[-2:])
+        attempts, states = measured.attempts, measured.states
+        verified = _verify(samples, measured.secret)
+    from cascade.webhooks import delivery
+
+    # (a tree from before delivery ids, measured for comparison, sends none)
+    ids_expected = args.count if hasattr(delivery, "delivery_id") else 0
+    if (
+        received != args.count
+        or distinct != ids_expected
+        or attempts != args.count
+        or states != {"delivered": args.count}
+    ):
         raise SystemExit(
-            f"exactly-once check failed: {args.count} queued, {received} received, "
-            f"{attempts} attempts, states {states}"
+            f"exactly-once check failed: {args.count} queued, {received} received with "
+            f"{distinct} distinct delivery ids, {attempts} attempts, states {states}"
         )
     return RunResult(
         index,
         loop,
         client,
         args.count,
-        seconds,
-        args.count / seconds,
+        measured.seconds,
+        args.count / measured.seconds,
         received,
         attempts,
-        commits,
+        measured.commits,
         verified,
+        measured.unrecorded,
+        measured.deferred,
     )
 
 
@@ -406,19 +560,26 @@ def report(
         "```",
         "",
         paragraph(
-            f"{args.count:,} message-status webhooks queued in SQLite "
-            f"(synchronous={args.synchronous}), delivered by the engine as `cascade serve` "
+            f"{args.count:,} message-status webhooks queued in "
+            + (
+                "PostgreSQL"
+                if args.database == "postgres"
+                else f"SQLite (synchronous={args.synchronous})"
+            )
+            + ", delivered by the engine as `cascade serve` "
             "builds it (`runtime.build_engine`: WebhookSender, HS256-signed, one attempt row "
             "each) to a receiver process on 127.0.0.1 answering 204; timed from the engine's "
             "start to the last `delivered_at`. Every run is checked: each webhook received "
-            "exactly once, one attempt row each, a sample verified with `vonage_jwt`. The "
-            "ceiling rows replace only the sender's HTTP client, for the run, by a minimal "
+            "exactly once with its own `X-Cascade-Delivery-Id`, one attempt row each, a sample "
+            "verified with `vonage_jwt`. `unrecorded (max)` is the most webhooks POSTed at one "
+            "moment whose outcome was not committed yet (what a crash then would send again). "
+            "The ceiling rows replace only the sender's HTTP client, for the run, by a minimal "
             "asyncio one (`--client raw`)."
         ),
         "",
         "| HTTP client | event loop | runs | deliveries/s (median) | min | max "
-        "| seconds (median) | SQLite commits |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seconds (median) | SQLite commits | unrecorded (max) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     names = {
         "sender": "WebhookSender (its httptools client)",
@@ -431,9 +592,16 @@ def report(
             f"| {names[client]} | {loop} | {len(mine)} | {statistics.median(rates):,.0f} "
             f"| {min(rates):,.0f} | {max(rates):,.0f} "
             f"| {statistics.median(r.seconds for r in mine):.2f} "
-            f"| {statistics.median(r.commits for r in mine):,.0f} |"
+            f"| {_commits(mine)} "
+            f"| {max(r.unrecorded for r in mine)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _commits(results: list[RunResult]) -> str:
+    """The median of the runs' SQLite commits (none on PostgreSQL)."""
+    commits = [r.commits for r in results if r.commits is not None]
+    return f"{statistics.median(commits):,.0f}" if commits else "-"
 
 
 def append(section: str) -> None:
@@ -469,6 +637,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client", default="sender", help="sender (the real one), raw (the ceiling), or both"
     )
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("CASCADE_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="a server on 127.0.0.1 where a database may be created (with --database postgres)",
+    )
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument("--batch-size", type=int, default=200, help="engine batch size")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up after seconds")
@@ -496,7 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"run {run} {client} {loop}: {result.count} delivered in "
                     f"{result.seconds:.2f} s = {result.per_second:,.0f}/s "
-                    f"({result.commits} commits, {result.verified} verified with vonage_jwt)",
+                    f"({result.commits or '-'} commits, {result.verified} verified with "
+                    "vonage_jwt, "
+                    f"at most {result.unrecorded} unrecorded, {result.deferred} stepped aside)",
                     flush=True,
                 )
                 results.append(result)

@@ -5,9 +5,11 @@ Real processes on one SQLite file: ``cascade serve`` with the worker off, and a 
 killed twice, once while the first sends are going out and once while the expired steps fail
 over to SMS, and restarted each time; then every workflow must end as the rules say, with one
 final report, each message received by the sandbox exactly once, and no work left behind.
+Webhooks go to a real receiver: each must arrive, and those a kill sends again must be few
+(``max_unrecorded`` per kill at most) and carry the same delivery id.
 
 The scenario runs once per module; one test checks that nothing was lost or done twice in the
-workflows, the other that the sandbox was handed each message only once.
+workflows, one that the sandbox was handed each message only once, one the webhooks.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from cascade.clock import SystemClock
+from cascade.webhooks.delivery import DeliverySettings, delivery_id
 from tests.engine.harness import step, workflow
+from tests.webhooks.receiver import Receiver, Request, Respond
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +152,18 @@ def create_application(processes: Processes, url: str) -> tuple[str, bytes]:
     return match.group(1), key_file.read_bytes()
 
 
+def set_status_url(processes: Processes, url: str, status_url: str) -> None:
+    """``cascade account set --status-url``: where the account's webhooks go."""
+    subprocess.run(
+        [CASCADE, "account", "set", "--status-url", status_url, "--database", url],
+        env=processes.env,
+        cwd=processes.directory,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+
+
 def bodies() -> list[tuple[str, dict[str, Any]]]:
     """The batch: (kind, body) of silent-messenger, default-messenger and default-whatsapp
     workflows, each failing over to an SMS to a default recipient."""
@@ -173,6 +190,8 @@ class Run:
     journal_at_kill: int
     sms_at_kill: int
     seconds: float
+    #: every webhook request the receiver got
+    webhooks: list[Request]
 
     @property
     def silent(self) -> int:
@@ -213,6 +232,8 @@ async def scenario(processes: Processes) -> Run:
     db = processes.directory / "x.db"
     url = f"sqlite:///{db}"
     application_id, pem = create_application(processes, url)
+    receiver = await Receiver(SystemClock(), default=Respond(204)).up()
+    set_status_url(processes, url, receiver.url())
     private_key = serialization.load_pem_private_key(pem, password=None)  # parsed once: slow
     port = free_port()
     processes.start(
@@ -275,7 +296,12 @@ async def scenario(processes: Processes) -> Run:
 
         running = "SELECT count(*) FROM workflows WHERE state = 'running'"
         await wait_for(lambda: count(db, running) == 0, until, "every workflow to finish")
-    return Run(db, kinds, journal_at_kill, sms_at_kill, time.monotonic() - started)
+        pending = "SELECT count(*) FROM webhooks WHERE state != 'delivered'"
+        await wait_for(lambda: count(db, pending) == 0, until, "every webhook to be delivered")
+    await receiver.down()
+    return Run(
+        db, kinds, journal_at_kill, sms_at_kill, time.monotonic() - started, receiver.requests
+    )
 
 
 def test_killed_worker_loses_nothing_and_finishes_everything_once(run: Run) -> None:
@@ -346,3 +372,19 @@ def test_killed_worker_hands_no_message_to_the_sandbox_twice(run: Run) -> None:
         f"kill (the journal held {run.journal_at_kill} sends at kill 1, {run.sms_at_kill} of "
         f"{run.silent} SMS at kill 2)"
     )
+
+
+def test_killed_worker_delivers_every_webhook_repeating_few_with_the_same_delivery_id(
+    run: Run,
+) -> None:
+    """After two SIGKILLs every webhook arrived; the repeats are at most max_unrecorded per
+    kill, and each repeat carries the delivery id (and body) of its first delivery."""
+    rows = query(run.db, "SELECT id, body FROM webhooks")
+    expected = {delivery_id(row_id, body.encode()): body.encode() for row_id, body in rows}
+    assert len(expected) == len(rows)
+    received = Counter(request.headers["x-cascade-delivery-id"] for request in run.webhooks)
+    assert set(received) == set(expected)
+    for request in run.webhooks:
+        assert request.body == expected[request.headers["x-cascade-delivery-id"]]
+    repeats = sum(received.values()) - len(received)
+    assert repeats <= 2 * DeliverySettings().max_unrecorded, received.most_common(5)

@@ -38,10 +38,11 @@ async def test_every_webhook_of_a_dispatch_verifies_with_vonage_jwt(
             assert claims["payload_hash"] == hashlib.sha256(request.body).hexdigest()
 
 
-async def test_claims_are_iat_jti_iss_api_key_and_application_id(
+async def test_claims_are_iat_jti_iss_api_key_application_id_and_delivery_id(
     sqlite_store: SqliteStore, clock: FakeClock, receivers: MakeReceiver
 ) -> None:
-    """iat is whole seconds never ahead of the clock; jti is a fresh UUID per request."""
+    """iat is whole seconds never ahead of the clock; jti is a fresh UUID per request; the
+    delivery_id claim is the X-Cascade-Delivery-Id header."""
     receiver = await receivers()
     async with delivering(sqlite_store, clock, status_url=receiver.url()) as w:
         clock.advance(0.999)  # a fraction of a second that must not round up
@@ -51,7 +52,16 @@ async def test_claims_are_iat_jti_iss_api_key_and_application_id(
         seen_jti = set()
         for request in receiver.requests:
             claims = verify(request, tenant.account.signature_secret)
-            assert set(claims) == {"iat", "jti", "iss", "payload_hash", "api_key", "application_id"}
+            assert set(claims) == {
+                "iat",
+                "jti",
+                "iss",
+                "payload_hash",
+                "api_key",
+                "application_id",
+                "delivery_id",
+            }
+            assert claims["delivery_id"] == request.headers["x-cascade-delivery-id"]
             assert isinstance(claims["iat"], int)
             assert claims["iat"] <= request.at
             assert request.at - claims["iat"] < 1

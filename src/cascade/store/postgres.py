@@ -125,6 +125,19 @@ _LISTEN_TIMEOUT = 10.0
 
 #: requests written by one transaction at most
 _MAX_BATCH = 256
+#: a webhook attempt, its webhook's new state and its job's (deleted when no attempt follows,
+#: else due at the next one), in one statement
+_RECORD_WEBHOOK_ATTEMPT = (
+    "WITH attempt AS (INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration) "
+    "VALUES ($1, $2, $3, $4, $5)), "
+    "hook AS (UPDATE webhooks SET state = $6, attempts = attempts + 1, "
+    "first_attempt_at = coalesce(first_attempt_at, $2), last_attempt_at = $2, "
+    "next_attempt_at = $7, last_status = $3, last_error = $4, "
+    "delivered_at = CASE WHEN $6 = 'delivered' THEN $2 ELSE delivered_at END WHERE id = $1), "
+    "done AS (DELETE FROM jobs WHERE id = $8 AND $7::double precision IS NULL) "
+    "UPDATE jobs SET run_at = $7, attempts = attempts + 1, locked_by = NULL, "
+    "locked_until = NULL WHERE id = $8 AND $7 IS NOT NULL"
+)
 #: the advisory lock that serialises migrations of one database ("cascade" in ASCII)
 _MIGRATION_LOCK = int.from_bytes(b"cascade", "big")
 
@@ -998,42 +1011,20 @@ class PostgresStore(Store):
         state: str,
         next_attempt_at: float | None,
     ) -> None:
-        pool = self._require_pool()
+        # one statement, so one round trip that commits on its own: the attempt's outcome is
+        # durable as soon after the receiver's answer as it can be
         with _driver_errors("recording a webhook attempt failed"):
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(
-                    "INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration) "
-                    "VALUES ($1, $2, $3, $4, $5)",
-                    attempt.webhook_id,
-                    attempt.at,
-                    attempt.status_code,
-                    attempt.error,
-                    attempt.duration,
-                )
-                await conn.execute(
-                    "UPDATE webhooks SET state = $1, attempts = attempts + 1, "
-                    "first_attempt_at = coalesce(first_attempt_at, $2), last_attempt_at = $2, "
-                    "next_attempt_at = $3, last_status = $4, last_error = $5, "
-                    "delivered_at = CASE WHEN $1 = 'delivered' THEN $2 ELSE delivered_at END "
-                    "WHERE id = $6",
-                    state,
-                    attempt.at,
-                    next_attempt_at,
-                    attempt.status_code,
-                    attempt.error,
-                    attempt.webhook_id,
-                )
-                if job_id is None:
-                    return
-                if next_attempt_at is None:
-                    await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)
-                else:
-                    await conn.execute(
-                        "UPDATE jobs SET run_at = $1, attempts = attempts + 1, locked_by = NULL, "
-                        "locked_until = NULL WHERE id = $2",
-                        next_attempt_at,
-                        job_id,
-                    )
+            await self._require_pool().execute(
+                _RECORD_WEBHOOK_ATTEMPT,
+                attempt.webhook_id,
+                attempt.at,
+                attempt.status_code,
+                attempt.error,
+                attempt.duration,
+                state,
+                next_attempt_at,
+                job_id,
+            )
 
     async def list_webhooks(
         self,

@@ -19,14 +19,23 @@ one receiver behind another.
   connections, and one slow or dead receiver never delays the webhooks of another.
 - A connection goes back to its destination as soon as the answer is read; the attempt is
   recorded after, so the commit's latency never idles a connection.
+- Delivery is at least once, and the repeats are bounded: a sender has at most
+  ``max_unrecorded`` webhooks between the start of a POST and the commit of its outcome (it
+  waits for a free place before it POSTs, and a failed commit is retried while the place is
+  held), so a crash, or a store that stops answering, makes at most that many webhooks per
+  process go out again. Each one carries :func:`delivery_id`, the same on every attempt and
+  replay, for the receiver to deduplicate by (the ``X-Cascade-Delivery-Id`` header, and the
+  signed token's ``delivery_id`` claim).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import random
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -36,7 +45,7 @@ from prometheus_client import Counter
 
 from cascade.clock import Clock
 from cascade.domain.records import Account, WebhookAttempt, WebhookRecord
-from cascade.errors import WebhookUnreachable
+from cascade.errors import StoreUnavailable, WebhookUnreachable
 from cascade.store.base import Job, Store
 from cascade.webhooks.http import Destination, Target, WebhookClient, parse_url
 from cascade.webhooks.signing import sign
@@ -50,6 +59,20 @@ RETRY_DELAYS = (5, 10, 20, 40, 80, 160, 320, 640)
 RETRY_EVERY = 900
 RETRY_FOR = 24 * 3600
 USER_AGENT = "Cascade-Webhooks/1"
+#: the header carrying a webhook's delivery id
+DELIVERY_ID_HEADER = "X-Cascade-Delivery-Id"
+#: the namespace of delivery ids (a fixed, random UUID: the ids are Cascade's alone)
+_DELIVERY_NAMESPACE = uuid.UUID("5f0c7c1e-3c8a-4d55-9a53-0e6b2b1d7a42")
+
+
+def delivery_id(webhook_id: int, body: bytes) -> str:
+    """The id a receiver deduplicates a webhook by: the same on every attempt and replay of
+    one webhook, and different for any other. It is derived from what never changes once the
+    webhook is stored, its row id and its body, so it needs no column: the id tells webhooks of
+    one database apart, and the body (which names a message or workflow by its random UUID)
+    those of different databases."""
+    digest = hashlib.sha256(body).hexdigest()
+    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{webhook_id}:{digest}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +94,12 @@ class DeliverySettings:
     #: seconds an account's signature secret is used before it is read again (a rotated
     #: secret signs every webhook sent this long after the rotation)
     account_cache: float = 1.0
+    #: webhooks at most between the start of their POST and the commit of its outcome: after a
+    #: crash, at most this many per process are delivered again
+    max_unrecorded: int = 128
+    #: (real) seconds a failed commit of an attempt's outcome is retried, holding its place
+    #: among ``max_unrecorded``, before the job is left for its lease to run out
+    record_patience: float = 30.0
 
 
 class _Destination:
@@ -175,6 +204,8 @@ class WebhookSender:
         #: accounts as read, with when each was read (the clock's time)
         self._accounts: dict[str, tuple[float, Account]] = {}
         self._destinations: dict[Destination, _Destination] = {}
+        #: places for webhooks between the start of their POST and the commit of its outcome
+        self._unrecorded = asyncio.Semaphore(self.settings.max_unrecorded)
 
     def _client(self) -> WebhookClient:
         """The pooled HTTP client, made on first use (inside the running event loop)."""
@@ -218,15 +249,36 @@ class WebhookSender:
             # their pace, instead of holding an engine slot
             await self._store.defer_job(job.id, self._clock.now() + self.settings.busy_delay)
             return
-        destination.running[webhook.id] = time.monotonic()
-        started = self._clock.now()
-        try:
-            result = await self._attempt(webhook, target, started)
-        finally:
-            destination.finished(webhook.id)
+        if not await self._take_place():
+            # every place is held by a POST whose outcome is not committed yet: step aside
+            # rather than widen what a crash would send again
             destination.gate.release()
-        # the connection serves the next webhook while this one's outcome is committed
-        await self._record(webhook, job, started, result)
+            await self._store.defer_job(job.id, self._clock.now() + self.settings.busy_delay)
+            return
+        try:
+            destination.running[webhook.id] = time.monotonic()
+            started = self._clock.now()
+            try:
+                result = await self._attempt(webhook, target, started)
+            finally:
+                destination.finished(webhook.id)
+                destination.gate.release()
+            # the connection serves the next webhook while this one's outcome is committed
+            await self._record(webhook, job, started, result)
+        finally:
+            self._unrecorded.release()
+
+    async def _take_place(self) -> bool:
+        """Take a place among ``max_unrecorded``, waiting ``queue_wait`` at most."""
+        if not self._unrecorded.locked():
+            await self._unrecorded.acquire()  # free: does not wait
+            return True
+        try:
+            async with asyncio.timeout(self.settings.queue_wait):
+                await self._unrecorded.acquire()
+        except TimeoutError:
+            return False
+        return True
 
     def _destination(self, target: Target) -> _Destination:
         destination = self._destinations.get(target.destination)
@@ -299,21 +351,47 @@ class WebhookSender:
                 status=result.status_code,
                 error=result.error,
             )
-        await self._store.record_webhook_attempt(
-            attempt, job_id=job.id if job else None, state=state, next_attempt_at=next_at
-        )
+        await self._commit(attempt, job, state, next_at)
+
+    async def _commit(
+        self, attempt: WebhookAttempt, job: Job | None, state: str, next_at: float | None
+    ) -> None:
+        """Record the attempt, retrying while the store is unavailable (for up to
+        ``record_patience``): the webhook keeps its place among ``max_unrecorded`` meanwhile,
+        so a store outage stops new POSTs instead of letting every claimed webhook go out
+        unrecorded."""
+        give_up = time.monotonic() + self.settings.record_patience
+        pause = 0.05
+        while True:
+            try:
+                await self._store.record_webhook_attempt(
+                    attempt, job_id=job.id if job else None, state=state, next_attempt_at=next_at
+                )
+                return
+            except StoreUnavailable:
+                if time.monotonic() + pause > give_up:
+                    raise
+                log.warning("webhook.record_retry", webhook=attempt.webhook_id, exc_info=True)
+            await asyncio.sleep(pause)
+            pause = min(2.0, pause * 2)
 
     async def _post(
         self, webhook: WebhookRecord, target: Target, account: Account, now: float
     ) -> _Result:
+        delivery = delivery_id(webhook.id, webhook.body)
         token = sign(
             webhook.body,
             secret=account.signature_secret,
             api_key=account.api_key,
             application_id=webhook.application_id,
             now=now,
+            delivery_id=delivery,
         )
-        headers = (("Content-Type", "application/json"), ("Authorization", f"Bearer {token}"))
+        headers = (
+            ("Content-Type", "application/json"),
+            ("Authorization", f"Bearer {token}"),
+            (DELIVERY_ID_HEADER, delivery),
+        )
         try:
             # the deadline covers the whole attempt: connecting, sending and a slowly trickled
             # answer alike

@@ -1,5 +1,8 @@
 """Signed webhooks, as Nexmo signs them: ``Authorization: Bearer <JWT>``, HS256 with the
-account's signature secret, claims ``iat, jti, iss, payload_hash, api_key, application_id``.
+account's signature secret, claims ``iat, jti, iss, payload_hash, api_key, application_id``,
+plus Cascade's ``delivery_id`` (the webhook's id for deduplication, the same on every attempt,
+so that it is covered by the signature; ``jti`` stays fresh per token, as receivers that
+reject a reused ``jti`` expect).
 
 ``payload_hash`` is the SHA-256 hex digest of the exact body bytes sent, so a receiver can
 check the body was not altered; ``iat`` is whole seconds and never ahead of our clock (a
@@ -40,8 +43,9 @@ def sign(
     api_key: str,
     application_id: str | None,
     now: float,
+    delivery_id: str | None = None,
 ) -> str:
-    """The bearer token for one webhook body."""
+    """The bearer token for one webhook body (with its ``delivery_id`` claim when given)."""
     claims: dict[str, object] = {
         "iat": math.floor(now),
         "jti": str(uuid.uuid4()),
@@ -51,6 +55,8 @@ def sign(
     }
     if application_id is not None:
         claims["application_id"] = application_id
+    if delivery_id is not None:
+        claims["delivery_id"] = delivery_id
     signing_input = _HEADER + b"." + _base64url(_encode(claims))
     signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
     return (signing_input + b"." + _base64url(signature)).decode("ascii")
