@@ -461,7 +461,8 @@ class Engine:
             # it may have gone out: resending could duplicate it, so the step fails over
             SENDS.labels(provider.name, "unknown").inc()
             log.warning("engine.send_outcome_unknown", provider=provider.name, error=exc.message)
-            await self._fail(job, message, Status.UNDELIVERABLE, *UNKNOWN_OUTCOME)
+            reason = f"Unknown: {exc.message}; not resent"
+            await self._fail(job, message, Status.UNDELIVERABLE, UNKNOWN_OUTCOME[0], reason)
             return
         except ChannelUnavailable as exc:
             SENDS.labels(provider.name, "retry").inc()
@@ -473,20 +474,35 @@ class Engine:
             await self._retry(job, message, 1030, f"Internal error: {type(exc).__name__}", None)
             return
         SENDS.labels(provider.name, "submitted").inc()
+        id_space = result.provider or provider.name
         parts = result.segment_ids
-        provider_id = result.provider_message_id
+        provider_id = ",".join(parts) if len(parts) > 1 else result.provider_message_id
+        if provider.ids_can_repeat:
+            # an id an older message holds (an SMSC restarted and counts again) is this
+            # message's now: recording it must not fail a message the provider accepted
+            claimed = await self.store.claim_provider_ids(
+                id_space, message.id, (*parts, provider_id), now
+            )
+            if claimed.taken_from or claimed.stale_receipts:
+                log.warning(
+                    "engine.provider_id_reused",
+                    provider=id_space,
+                    provider_message_id=provider_id,
+                    message=message.id,
+                    taken_from=claimed.taken_from,
+                    stale_receipts_dropped=claimed.stale_receipts,
+                )
         if len(parts) > 1:
             # receipts come per part: they are matched through the parts, never the message
-            await self.store.add_message_parts(provider.name, message.id, parts)
-            provider_id = ",".join(parts)
+            await self.store.add_message_parts(id_space, message.id, parts)
         await self._transition(
             WorkflowKey(message_id=message.id),
             Observed(
                 message.id,
                 Status.SUBMITTED,
                 self.clock.now(),
-                source=provider.name,
-                provider=provider.name,
+                source=id_space,
+                provider=id_space,
                 provider_message_id=provider_id,
                 price=result.price,
                 currency=result.currency,
@@ -498,7 +514,7 @@ class Engine:
         if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
             # a receipt that beat this submit's answer (SMPP allows it) is applied now
             for part in parts or (provider_id,):
-                for receipt in await self.store.take_orphan_receipts(provider.name, part):
+                for receipt in await self.store.take_orphan_receipts(id_space, part):
                     await self.receipt(receipt)
 
     async def _fail(
