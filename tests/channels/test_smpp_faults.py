@@ -15,7 +15,8 @@ from cascade.channels.smpp import SmppProvider, TokenBucket
 from cascade.channels.smpp_config import SmppSettings
 from cascade.clock import FakeClock, SystemClock
 from cascade.domain.records import WorkflowState
-from cascade.errors import ChannelUnavailable
+from cascade.errors import ChannelUnavailable, StoreUnavailable
+from cascade.store.base import ClaimedIds
 from cascade.store.sqlite import SqliteStore
 from cascade.views import render_timeline
 from tests.channels.conftest import ProviderFactory, connection
@@ -204,3 +205,32 @@ async def test_a_gateway_enforcing_a_minimum_gap_gets_200_messages_in_seconds(
     assert len({result.provider_message_id for result in results}) == 200
     assert elapsed < 10, (elapsed, throttled)
     assert throttled <= 10, (elapsed, throttled)
+
+
+async def test_a_submit_whose_recording_failed_is_not_sent_again(
+    sqlite_store: SqliteStore,
+    clock: FakeClock,
+    smsc: LoopbackSmsc,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When storing an accepted submit fails, the job's next run fails the step with 1330
+    saying the attempt was interrupted before its outcome was stored, and sends nothing."""
+    smpp = SmppProvider(SmppSettings.from_mapping({"connections": [connection(smsc)]}))
+    claim = sqlite_store.claim_provider_ids
+
+    async def failing_once(*args: Any) -> ClaimedIds:
+        """Fail the first claim as a store that went away would, then behave."""
+        monkeypatch.setattr(sqlite_store, "claim_provider_ids", claim)
+        raise StoreUnavailable("the database went away")
+
+    monkeypatch.setattr(sqlite_store, "claim_provider_ids", failing_once)
+    async with world(sqlite_store, clock, providers={"sms": smpp}) as w:
+        assert await smpp.ready(2.0)
+        workflow_id = await w.dispatch(workflow(step("sms", "447700900126")))
+        await w.advance(120)
+        await _until_finished(w, workflow_id)
+        message = (await w.workflow(workflow_id)).messages[0]
+    assert len(smsc.submits) == 1
+    assert (message.status, message.error_code) == ("undeliverable", 1330)
+    assert message.error_reason is not None
+    assert "storing the provider's answer failed" in message.error_reason

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter, Histogram
 
-from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage
+from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage, SendResult
 from cascade.channels.receipts import combine_parts
 from cascade.clock import Clock
 from cascade.domain.failover import (
@@ -70,9 +70,13 @@ TIMER_LATENESS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-#: the error recorded when a crash leaves a send's outcome unknown on a provider that cannot
-#: recognise a resend
-UNKNOWN_OUTCOME = (1330, "Unknown: the service stopped while submitting; not resent")
+#: the error recorded when an attempt to send ended before its outcome was stored (a crash, or
+#: storing the provider's answer failed), on a provider that cannot recognise a resend
+UNKNOWN_OUTCOME = (
+    1330,
+    "Unknown: an earlier attempt to send was interrupted before its outcome was stored "
+    "(the service stopped, or storing the provider's answer failed); not resent",
+)
 
 JobHandler = Callable[[Job], Awaitable[None]]
 
@@ -474,6 +478,28 @@ class Engine:
             await self._retry(job, message, 1030, f"Internal error: {type(exc).__name__}", None)
             return
         SENDS.labels(provider.name, "submitted").inc()
+        try:
+            await self._record_submit(job, message, provider, result, now)
+        except Exception:
+            # the provider took it: the job's next run reports 1330 and does not send it again
+            log.exception(
+                "engine.submit_not_recorded",
+                provider=result.provider or provider.name,
+                provider_message_id=result.provider_message_id,
+                message=message.id,
+            )
+            raise
+
+    async def _record_submit(
+        self,
+        job: Job,
+        message: MessageRecord,
+        provider: ChannelProvider,
+        result: SendResult,
+        sent_since: float,
+    ) -> None:
+        """Store a submit the provider accepted: its ids (taken from an older message that
+        held them), its parts, and the ``submitted`` transition; then apply early receipts."""
         id_space = result.provider or provider.name
         parts = result.segment_ids
         provider_id = ",".join(parts) if len(parts) > 1 else result.provider_message_id
@@ -481,7 +507,7 @@ class Engine:
             # an id an older message holds (an SMSC restarted and counts again) is this
             # message's now: recording it must not fail a message the provider accepted
             claimed = await self.store.claim_provider_ids(
-                id_space, message.id, (*parts, provider_id), now
+                id_space, message.id, (*parts, provider_id), sent_since
             )
             if claimed.taken_from or claimed.stale_receipts:
                 log.warning(
