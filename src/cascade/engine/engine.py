@@ -478,36 +478,47 @@ class Engine:
             await self._retry(job, message, 1030, f"Internal error: {type(exc).__name__}", None)
             return
         SENDS.labels(provider.name, "submitted").inc()
+        id_space = result.provider or provider.name
+        parts = result.segment_ids
+        provider_id = ",".join(parts) if len(parts) > 1 else result.provider_message_id
         try:
-            await self._record_submit(job, message, provider, result, now)
+            claim_since = now if provider.ids_can_repeat else None
+            await self._record_submit(job, message, result, id_space, provider_id, claim_since)
         except Exception:
-            # the provider took it: the job's next run reports 1330 and does not send it again
+            # the provider took it; the job's next run, finding the attempt begun, fails the
+            # step with 1330 rather than send it twice (a deduplicating provider is called again)
             log.exception(
                 "engine.submit_not_recorded",
-                provider=result.provider or provider.name,
-                provider_message_id=result.provider_message_id,
+                provider=id_space,
+                provider_message_id=provider_id,
                 message=message.id,
             )
             raise
+        kept_at = self._orphan_kept_at
+        if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
+            # a receipt that beat this submit's answer (SMPP allows it) is applied now
+            for part in parts or (provider_id,):
+                for receipt in await self.store.take_orphan_receipts(id_space, part):
+                    await self.receipt(receipt)
 
     async def _record_submit(
         self,
         job: Job,
         message: MessageRecord,
-        provider: ChannelProvider,
         result: SendResult,
-        sent_since: float,
+        id_space: str,
+        provider_id: str,
+        claim_since: float | None,
     ) -> None:
-        """Store a submit the provider accepted: its ids (taken from an older message that
-        held them), its parts, and the ``submitted`` transition; then apply early receipts."""
-        id_space = result.provider or provider.name
+        """Store a submit the provider accepted: its ids, its parts, and the ``submitted``
+        transition that ends the job. With ``claim_since`` (the send's start, for a provider
+        whose ids can repeat) ids an older message holds are taken from it first."""
         parts = result.segment_ids
-        provider_id = ",".join(parts) if len(parts) > 1 else result.provider_message_id
-        if provider.ids_can_repeat:
+        if claim_since is not None:
             # an id an older message holds (an SMSC restarted and counts again) is this
             # message's now: recording it must not fail a message the provider accepted
             claimed = await self.store.claim_provider_ids(
-                id_space, message.id, (*parts, provider_id), sent_since
+                id_space, message.id, (*parts, provider_id), claim_since
             )
             if claimed.taken_from or claimed.stale_receipts:
                 log.warning(
@@ -536,12 +547,6 @@ class Engine:
             ),
             done_job=job.id,
         )
-        kept_at = self._orphan_kept_at
-        if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
-            # a receipt that beat this submit's answer (SMPP allows it) is applied now
-            for part in parts or (provider_id,):
-                for receipt in await self.store.take_orphan_receipts(id_space, part):
-                    await self.receipt(receipt)
 
     async def _fail(
         self, job: Job, message: MessageRecord, status: Status, code: int, reason: str
