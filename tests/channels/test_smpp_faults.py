@@ -26,13 +26,13 @@ from tests.smsc import ESME_RTHROTTLED, Behaviour, LoopbackSmsc
 TO = "447700900123"
 
 
-def sms(text: str, sender: str = "Cascade") -> OutboundMessage:
-    """An SMS to ``TO``."""
+def sms(text: str) -> OutboundMessage:
+    """An SMS to ``TO`` from ``Cascade``."""
     return OutboundMessage(
         message_id="m-1",
         channel="sms",
         to={"type": "sms", "number": TO},
-        from_={"type": "sms", "number": sender},
+        from_={"type": "sms", "number": "Cascade"},
         message={"content": {"type": "text", "text": text}},
     )
 
