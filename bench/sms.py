@@ -714,7 +714,12 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         "smsc_counts": smsc_dump["counts"],
         "receiver_counts": seen["counts"],
         "database": {"messages": db, "webhooks": hooks},
-        "orphan_receipts": metrics.get('cascade_receipts_total{matched="no",provider="smpp"}', 0),
+        # receipts are labelled by SMSC account (smpp:<system_id>@<host>:<port>)
+        "orphan_receipts": sum(
+            value
+            for name, value in metrics.items()
+            if name.startswith('cascade_receipts_total{matched="no",provider="smpp')
+        ),
         "metrics": {
             name: value
             for name, value in metrics.items()

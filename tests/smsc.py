@@ -9,7 +9,8 @@ windowing) is smpp34's; the relay only adds what smpp34's Python API lacks:
   ``ESME_RINVPASWD``), as a real SMSC would;
 * faults: :meth:`LoopbackSmsc.sever` drops every connection at once (a crash, no unbind),
   :meth:`LoopbackSmsc.restart` also stops listening for a while and starts a fresh smpp34
-  server (``smpp34.Server.stop`` alone keeps bound sessions alive), and clearing
+  server (``smpp34.Server.stop`` alone keeps bound sessions alive), with ``reset_ids`` counting
+  message ids from 1000 again as SMSCs that keep no state do, and clearing
   :attr:`LoopbackSmsc.flowing` makes the SMSC hang (connections stay open, nothing answers);
 * vendor statuses: smpp34 answers a status it does not know (the vendor range 0x400-0x4FF) as
   ``ESME_RSYSERR``, so such a reject goes out as ``ESME_RUNKNOWNERR`` and the relay writes the
@@ -19,6 +20,9 @@ What each ``submit_sm`` gets is a :class:`Behaviour`, chosen by destination numb
 :attr:`LoopbackSmsc.default`): accept and send a receipt with a given state after a delay,
 the receipt first and the response after, a receipt without the optional fields, a reject
 with any status, throttling the first N submits, no answer at all, or a dropped connection.
+Setting :attr:`LoopbackSmsc.min_gap` makes it a gateway enforcing its quota as a minimum gap
+between submits (Jasmin): a submit closer than that to the last accepted one is answered
+``ESME_RTHROTTLED``.
 Every submit is recorded (:attr:`LoopbackSmsc.submits`), and so is every ``deliver_sm`` the
 SMSC sends with the status the ESME answered (:attr:`LoopbackSmsc.deliveries`). Receipts go to
 whichever session is bound when they are due, so a receipt scheduled before a restart arrives
@@ -159,6 +163,9 @@ class LoopbackSmsc:
         self.bind_refusals = 0
         self._ids = itertools.count(1000)
         self._seen: dict[str, int] = {}
+        #: seconds a submit must come after the last accepted one (0: any spacing)
+        self.min_gap = 0.0
+        self._last_accepted = -float("inf")
         #: while cleared, the relay holds what clients send (a hung SMSC); set by default
         self.flowing = asyncio.Event()
         self.flowing.set()
@@ -190,12 +197,15 @@ class LoopbackSmsc:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stop_backend(within)
 
-    async def restart(self, down_for: float = 0.2) -> None:
-        """Crash (no unbind), refuse connections for ``down_for`` seconds, come back fresh."""
+    async def restart(self, down_for: float = 0.2, *, reset_ids: bool = False) -> None:
+        """Crash (no unbind), refuse connections for ``down_for`` seconds, come back fresh;
+        with ``reset_ids`` the message ids start from 1000 again."""
         await self._stop_front()
         await self._stop_backend(2.0)
         self._sessions.clear()
         self._held.clear()
+        if reset_ids:
+            self._ids = itertools.count(1000)
         await asyncio.sleep(down_for)
         await self.start()
 
@@ -373,7 +383,11 @@ class LoopbackSmsc:
             return
         seen = self._seen.get(event.destination_addr, 0)
         self._seen[event.destination_addr] = seen + 1
-        if behaviour.throttle_after <= seen < behaviour.throttle_after + behaviour.throttle:
+        arrived = time.monotonic()
+        too_close = arrived - self._last_accepted < self.min_gap
+        if too_close or (
+            behaviour.throttle_after <= seen < behaviour.throttle_after + behaviour.throttle
+        ):
             submit.status = ESME_RTHROTTLED
             event.reject(ESME_RTHROTTLED)
             return
@@ -385,6 +399,7 @@ class LoopbackSmsc:
             else:
                 event.reject(behaviour.reject)
             return
+        self._last_accepted = arrived
         message_id, text_id = self._next_id()
         submit.message_id = message_id
         if behaviour.receipt is not None and behaviour.receipt_first:

@@ -68,6 +68,9 @@ def message_view(message: MessageRecord, events: tuple[Event, ...] = ()) -> dict
     cost = usage(message)
     if cost is not None:
         view["usage"] = cost
+    if message.provider_message_id is not None:
+        # the id the provider (for SMPP, the SMSC account) knows it by, to find it in its logs
+        view["provider"] = {"name": message.provider, "message_id": message.provider_message_id}
     if message.started_at is not None:
         view["started_at"] = timestamp(message.started_at)
     mine = [e for e in events if e.message_id == message.id]
@@ -177,6 +180,10 @@ def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | N
             f"    {step['step']}. {step['channel']:<17} to {to:<16} {step['state']:<9} "
             f"status={step['status'] or '-'}{rule}"
         )
+        if "provider" in step:
+            lines.append(
+                f"       provider {step['provider']['name']} id {step['provider']['message_id']}"
+            )
     lines.append("  timeline:")
     index = {m.id: m.step + 1 for m in workflow.messages}
     for entry in view["timeline"]:

@@ -46,7 +46,7 @@ async def test_viber_expires_and_the_sms_goes_out_over_smpp_and_is_delivered(
         assert [m.state for m in done.messages] == [StepState.EXPIRED, StepState.SUCCEEDED]
         sms = done.messages[1]
         assert sms.status == "delivered"
-        assert sms.provider == "smpp"
+        assert sms.provider == f"smpp:cascade@127.0.0.1:{smsc.port}"
         assert sms.price == "0.0400"
         assert sms.segments == 1
         assert [s.destination_addr for s in smsc.submits] == ["447700900123"]

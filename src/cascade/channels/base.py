@@ -59,6 +59,9 @@ class SendResult:
     #: every part's provider id, in order, the first included, when the message went out in
     #: parts with a receipt each (SMPP); empty when ``provider_message_id`` is the only id
     segment_ids: tuple[str, ...] = ()
+    #: the id space the ids belong to, stored as the message's provider and matched against
+    #: receipts' (an SMPP provider has one per SMSC account); None = the provider's ``name``
+    provider: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,11 @@ class ChannelProvider(abc.ABC):
     """One provider connection (the sandbox, an SMSC, the Graph API...)."""
 
     #: the provider's name, stored with each message it sent (receipts are matched by it)
+    #: unless its SendResult names another id space
     name: str = "provider"
+    #: whether an id it hands out may be handed out again for another message (an SMSC after a
+    #: restart): the engine then takes the id from the older message before recording it
+    ids_can_repeat: bool = True
 
     async def start(self, sink: ReceiptSink) -> None:  # noqa: B027 - optional hook
         """Connect; keep ``sink`` for receipts and inbound messages."""

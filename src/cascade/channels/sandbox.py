@@ -101,6 +101,7 @@ class SandboxProvider(ChannelProvider):
     name = "sandbox"
     #: a resend of the same message id is recognised, so a crash mid-send may simply resend
     deduplicates = True
+    ids_can_repeat = False  # uuid4 ids
 
     def __init__(self, journal: SandboxJournal, clock: Clock, *, speed: float = 1.0) -> None:
         self._journal = journal

@@ -13,8 +13,21 @@ on its own, and drops the whole session on input that real SMSCs send (a receipt
 dates fails its ``parse_receipt``; a vendor ``command_status`` of 0x400 and above fails its
 header parser). Here: ``submit_sm`` responses are matched to their caller by sequence number;
 at most ``window_size`` submits await a response; a token bucket holds submits to
-``throughput`` per second; ``enquire_link`` runs every ``enquire_link_interval`` and an
-unanswered one drops the link; a lost or refused bind is retried with exponential backoff.
+``throughput`` per second, evenly spaced unless ``throughput_burst`` allows bursts;
+``enquire_link`` runs every ``enquire_link_interval`` and an unanswered one drops the link; a
+lost or refused bind is retried with exponential backoff.
+
+Throttling. An ``ESME_RTHROTTLED`` starts an episode: submits hold back for the throttle
+backoff; the other answers of the window (submits written before the hold began) belong to the
+same episode and do not lengthen it; only a submit written after the hold and throttled again
+doubles it. New messages turned away during a hold are told to come back one ``1/throughput``
+after another (jittered over the hold without a throughput), not all at the hold's end.
+
+Ids. The SMSC numbers its message ids per account and may count from the start again after a
+restart, so the result names the id space, ``smpp:<system_id>@<host>:<port>``
+(:attr:`SmppConnectionSettings.id_space`), which receipts carry too: binds to different SMSCs
+never share ids, binds to one SMSC account do (a receipt may come on any of them), and the
+engine re-points an id that an older message still holds to the new one.
 
 Sending. The text goes as GSM-7 when every character allows it, else UCS-2; a long text is
 split into UDH-concatenated parts (:mod:`cascade.channels.gsm`), submitted in order, each with
@@ -32,7 +45,7 @@ Errors, as the engine sees them:
 what happened                          raised                                Nexmo code
 =====================================  ====================================  ===============
 ``ESME_RTHROTTLED`` 0x58,              ChannelUnavailable, ``retry_after``   1000 Throttled
-``ESME_RMSGQFUL`` 0x14                 = the throttle backoff (doubling)
+``ESME_RMSGQFUL`` 0x14                 = the rest of the hold, spread
 window full, throughput limit          ChannelUnavailable                    1000
 ``ESME_RSYSERR`` 0x08                  ChannelUnavailable (the SMSC's own    1331
                                        failure; retrying can help)
@@ -275,15 +288,19 @@ class Backoff:
 
 
 class TokenBucket:
-    """``rate`` tokens a second, bursts up to one second's worth (at least one token).
+    """``rate`` tokens a second, at most ``burst`` of them back to back after a pause.
 
-    :meth:`take` always succeeds and says how long to wait before using the token, so waiting
-    callers are served in the order they took their tokens.
+    With ``burst`` 1 it is a minimum gap of ``1 / rate`` between tokens: what a gateway that
+    enforces its quota as a gap between submits (Jasmin) accepts. :meth:`take` always succeeds
+    and says how long to wait before using the token, so waiting callers are served in the
+    order they took their tokens, each ``1 / rate`` after the one before.
     """
 
-    def __init__(self, rate: float, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, burst: int = 1, now: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
-        self.capacity = max(1.0, rate)
+        self.capacity = float(max(1, burst))
         self.tokens = self.capacity
         self._now = now
         self._updated = now()
@@ -456,10 +473,18 @@ class SmppConnection:
         self._handlers: set[asyncio.Task[None]] = set()
         self._handler_slots = asyncio.Semaphore(settings.window_size)
         self._window = asyncio.Semaphore(settings.window_size)
-        self._bucket = TokenBucket(settings.throughput) if settings.throughput > 0 else None
+        self._bucket = (
+            TokenBucket(settings.throughput, settings.throughput_burst)
+            if settings.throughput > 0
+            else None
+        )
         self._reconnect = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
         self._throttle = Backoff(settings.throttle_min_delay, settings.throttle_max_delay)
+        #: the current throttle episode: when its hold began and ends, and how many new
+        #: messages it has turned away (each is told a later time, so they resume spread out)
+        self._hold_started = 0.0
         self._throttled_until = 0.0
+        self._held = 0
         self._next_attempt_at = 0.0
         self._sequence = 0
         self._reference = random.randrange(256)
@@ -708,10 +733,12 @@ class SmppConnection:
             await self._wait_throttle(first=accepted == 0)
             async with self._window_slot():
                 await self._take_token(first=accepted == 0)
+                written_at = time.monotonic()
                 answer = await self._exchange(part, label)
             status = answer.status
             if answer.command_id == SmppCommand.SUBMIT_SM_RESP and status == 0:
-                self._throttle.reset()
+                if written_at >= self._hold_started:
+                    self._throttle.reset()  # taken after the last hold: the episode is over
                 SUBMITS.labels(self.name, "accepted").inc()
                 message_id = normalise_message_id(
                     _cstring(answer.body), self.settings.submit_id_format
@@ -721,13 +748,12 @@ class SmppConnection:
                 return message_id
             if status in THROTTLE_STATUSES:
                 SUBMITS.labels(self.name, "throttled").inc()
-                delay = self._throttle.next()
-                self._throttled_until = time.monotonic() + delay
+                remaining = self._throttled(written_at)
                 retries += 1
                 if accepted == 0 or retries > PART_RETRIES:
                     raise ChannelUnavailable(
                         f"SMSC {self.name} throttled the {label}: {status_name(status)}",
-                        retry_after=delay,
+                        retry_after=self._resume_after(remaining),
                         code=CODE_THROTTLED,
                     )
                 continue
@@ -781,15 +807,42 @@ class SmppConnection:
             if self.in_flight == 0:
                 self._idle.set()
 
+    def _throttled(self, written_at: float) -> float:
+        """Note a throttled submit; returns the seconds left of the hold.
+
+        One backoff step per episode: the answers to submits written before the current hold
+        began (the rest of the window) belong to it and leave it as it is; a submit written
+        after the hold and throttled again starts the next, longer one.
+        """
+        now = time.monotonic()
+        if written_at < self._hold_started:
+            return max(self._throttled_until - now, 0.0)
+        delay = self._throttle.next()
+        self._hold_started = now
+        self._throttled_until = now + delay
+        self._held = 0
+        log.info("smpp throttled; holding submits", connection=self.name, hold=delay)
+        return delay
+
+    def _resume_after(self, remaining: float) -> float:
+        """When a message turned away during a hold should come back: after the hold, each
+        one ``1 / throughput`` after the one before (jittered over the hold without a
+        throughput), so the messages held do not all resume in the same instant."""
+        self._held += 1
+        if self._bucket is not None:
+            return remaining + self._held / self._bucket.rate
+        return remaining + random.uniform(0.0, self._throttle.current)
+
     async def _wait_throttle(self, first: bool) -> None:
         """Hold back after a throttle: refuse a new message, delay a message already started."""
         remaining = self._throttled_until - time.monotonic()
         if remaining <= 0:
             return
         if first:
+            retry_after = self._resume_after(remaining)
             raise ChannelUnavailable(
-                f"SMSC {self.name} is throttling; try again in {remaining:.2f}s",
-                retry_after=remaining,
+                f"SMSC {self.name} is throttling; try again in {retry_after:.2f}s",
+                retry_after=retry_after,
                 code=CODE_THROTTLED,
             )
         await asyncio.sleep(remaining)
@@ -903,7 +956,7 @@ class SmppConnection:
             DELIVERIES.labels(self.name, "receipt", "no_change").inc()
             return ESME_ROK
         receipt = Receipt(
-            provider=SmppProvider.name,
+            provider=self.settings.id_space,
             provider_message_id=parsed.message_id,
             status=outcome.status,
             at=self._clock.now(),
@@ -1075,6 +1128,7 @@ class SmppProvider(ChannelProvider):
             currency=settings.currency,
             segments=len(ids),
             segment_ids=tuple(ids),
+            provider=settings.id_space,
         )
 
     def _route(self, source: str) -> SmppConnection:

@@ -13,15 +13,19 @@ Written as a ``[smpp]`` table in a TOML file, one ``[[smpp.connections]]`` per b
     password = "secret"             # at most 8 characters
     system_type = ""                # at most 12 characters
     window_size = 10                # submit_sm awaiting their response at once
-    throughput = 50                 # submit_sm per second (token bucket, burst of one second);
+    throughput = 50                 # submit_sm per second, evenly spaced (one every 20 ms);
                                     # 0 = no limit
+    throughput_burst = 1            # submits that may go back to back after a pause; 1 = a
+                                    # minimum gap of 1/throughput (gateways like Jasmin refuse
+                                    # closer ones); raise it for an SMSC counting per second
     enquire_link_interval = 30      # seconds between keep-alives
     connect_timeout = 10            # seconds to connect and bind
     response_timeout = 10           # seconds to wait for any response
     reconnect_min_delay = 1         # seconds; doubles after each failed attempt ...
     reconnect_max_delay = 60        # ... up to this
-    throttle_min_delay = 1          # seconds to hold back after ESME_RTHROTTLED; doubles ...
-    throttle_max_delay = 30         # ... up to this, reset by the next accepted submit
+    throttle_min_delay = 1          # seconds to hold back after ESME_RTHROTTLED; doubles when
+    throttle_max_delay = 30         # submits after the hold are throttled again, up to this;
+                                    # reset by the next accepted submit
     max_segments = 10               # longer texts are refused (Nexmo 1090, message too long)
     senders = ["447700900000", "Cascade"]   # `from` values routed here; [] = any sender
     price_per_segment = "0.0333"    # decimal string; reported as usage.price x segments
@@ -68,6 +72,7 @@ class SmppConnectionSettings(BaseModel):
     system_type: str = Field("", max_length=12)
     window_size: int = Field(10, ge=1, le=1000)
     throughput: float = Field(0.0, ge=0.0)
+    throughput_burst: int = Field(1, ge=1)
     enquire_link_interval: float = Field(30.0, gt=0.0)
     connect_timeout: float = Field(10.0, gt=0.0)
     response_timeout: float = Field(10.0, gt=0.0)
@@ -112,6 +117,13 @@ class SmppConnectionSettings(BaseModel):
         if (self.price_per_segment is None) != (self.currency is None):
             raise ValueError("price_per_segment and currency go together")
         return self
+
+    @property
+    def id_space(self) -> str:
+        """The provider name messages sent here are stored under, e.g.
+        ``smpp:cascade@smsc.example.net:2775``: one per SMSC account, because the SMSC numbers
+        its ids per account and sends a receipt on any of the account's binds."""
+        return f"smpp:{self.system_id}@{self.host}:{self.port}"
 
     @property
     def sender_set(self) -> frozenset[str]:

@@ -26,7 +26,7 @@ import msgspec
 import structlog
 from prometheus_client import Counter, Histogram
 
-from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage
+from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage, SendResult
 from cascade.channels.receipts import combine_parts
 from cascade.clock import Clock
 from cascade.domain.failover import (
@@ -72,9 +72,13 @@ TIMER_LATENESS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-#: the error recorded when a crash leaves a send's outcome unknown on a provider that cannot
-#: recognise a resend
-UNKNOWN_OUTCOME = (1330, "Unknown: the service stopped while submitting; not resent")
+#: the error recorded when an attempt to send ended before its outcome was stored (a crash, or
+#: storing the provider's answer failed), on a provider that cannot recognise a resend
+UNKNOWN_OUTCOME = (
+    1330,
+    "Unknown: an earlier attempt to send was interrupted before its outcome was stored "
+    "(the service stopped, or storing the provider's answer failed); not resent",
+)
 
 JobHandler = Callable[[Job], Awaitable[None]]
 
@@ -505,7 +509,8 @@ class Engine:
             # it may have gone out: resending could duplicate it, so the step fails over
             SENDS.labels(provider.name, "unknown").inc()
             log.warning("engine.send_outcome_unknown", provider=provider.name, error=exc.message)
-            await self._fail(job, message, Status.UNDELIVERABLE, *UNKNOWN_OUTCOME)
+            reason = f"Unknown: {exc.message}; not resent"
+            await self._fail(job, message, Status.UNDELIVERABLE, UNKNOWN_OUTCOME[0], reason)
             return
         except ChannelUnavailable as exc:
             SENDS.labels(provider.name, "retry").inc()
@@ -517,20 +522,68 @@ class Engine:
             await self._retry(job, message, 1030, f"Internal error: {type(exc).__name__}", None)
             return
         SENDS.labels(provider.name, "submitted").inc()
+        id_space = result.provider or provider.name
         parts = result.segment_ids
-        provider_id = result.provider_message_id
+        provider_id = ",".join(parts) if len(parts) > 1 else result.provider_message_id
+        try:
+            claim_since = now if provider.ids_can_repeat else None
+            await self._record_submit(job, message, result, id_space, provider_id, claim_since)
+        except Exception:
+            # the provider took it; the job's next run, finding the attempt begun, fails the
+            # step with 1330 rather than send it twice (a deduplicating provider is called again)
+            log.exception(
+                "engine.submit_not_recorded",
+                provider=id_space,
+                provider_message_id=provider_id,
+                message=message.id,
+            )
+            raise
+        kept_at = self._orphan_kept_at
+        if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
+            # a receipt that beat this submit's answer (SMPP allows it) is applied now
+            for part in parts or (provider_id,):
+                for receipt in await self.store.take_orphan_receipts(id_space, part):
+                    await self.receipt(receipt)
+
+    async def _record_submit(
+        self,
+        job: Job,
+        message: MessageRecord,
+        result: SendResult,
+        id_space: str,
+        provider_id: str,
+        claim_since: float | None,
+    ) -> None:
+        """Store a submit the provider accepted: its ids, its parts, and the ``submitted``
+        transition that ends the job. With ``claim_since`` (the send's start, for a provider
+        whose ids can repeat) ids an older message holds are taken from it first."""
+        parts = result.segment_ids
+        if claim_since is not None:
+            # an id an older message holds (an SMSC restarted and counts again) is this
+            # message's now: recording it must not fail a message the provider accepted
+            claimed = await self.store.claim_provider_ids(
+                id_space, message.id, (*parts, provider_id), claim_since
+            )
+            if claimed.taken_from or claimed.stale_receipts:
+                log.warning(
+                    "engine.provider_id_reused",
+                    provider=id_space,
+                    provider_message_id=provider_id,
+                    message=message.id,
+                    taken_from=claimed.taken_from,
+                    stale_receipts_dropped=claimed.stale_receipts,
+                )
         if len(parts) > 1:
             # receipts come per part: they are matched through the parts, never the message
-            await self.store.add_message_parts(provider.name, message.id, parts)
-            provider_id = ",".join(parts)
+            await self.store.add_message_parts(id_space, message.id, parts)
         await self._transition(
             WorkflowKey(message_id=message.id),
             Observed(
                 message.id,
                 Status.SUBMITTED,
                 self.clock.now(),
-                source=provider.name,
-                provider=provider.name,
+                source=id_space,
+                provider=id_space,
                 provider_message_id=provider_id,
                 price=result.price,
                 currency=result.currency,
@@ -538,12 +591,6 @@ class Engine:
             ),
             done_job=job.id,
         )
-        kept_at = self._orphan_kept_at
-        if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
-            # a receipt that beat this submit's answer (SMPP allows it) is applied now
-            for part in parts or (provider_id,):
-                for receipt in await self.store.take_orphan_receipts(provider.name, part):
-                    await self.receipt(receipt)
 
     async def _fail(
         self, job: Job, message: MessageRecord, status: Status, code: int, reason: str

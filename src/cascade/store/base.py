@@ -51,6 +51,15 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedIds:
+    """What :meth:`Store.claim_provider_ids` took away: the older messages that held the ids,
+    and how many kept receipts from before the send it dropped."""
+
+    taken_from: tuple[str, ...] = ()
+    stale_receipts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class WorkflowKey:
     """Which workflow a transition is about: named by one of its messages, by its own id, or
     by the provider's id of one of its messages."""
@@ -259,6 +268,18 @@ class Store(abc.ABC):
     async def record_part_receipt(self, receipt: Receipt) -> tuple[str, list[Status | None]] | None:
         """Record a receipt for one part of a multi-part message; return the message id and
         every part's latest status in order (None when the id is no known part)."""
+
+    @abc.abstractmethod
+    async def claim_provider_ids(
+        self, provider: str, message_id: str, provider_ids: Sequence[str], sent_since: float
+    ) -> ClaimedIds:
+        """Make ``provider_ids`` name ``message_id`` alone before its send is recorded.
+
+        A provider can hand out an id again (an SMSC that restarted counts from its first id
+        again): an older message holding one of these ids, as its own id or as a part's, lets
+        go of it, and receipts kept for them since before ``sent_since`` (when this send began,
+        so they cannot be its own) are dropped. Changes nothing when no id is held elsewhere.
+        """
 
     async def listen_for_jobs(self, wake: Callable[[], None]) -> None:  # noqa: B027
         """Call ``wake`` whenever another process queues a job (PostgreSQL LISTEN/NOTIFY);

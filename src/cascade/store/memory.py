@@ -38,6 +38,7 @@ from cascade.domain.status import Status
 from cascade.errors import IdempotencyConflict, NotFound, StoreConflict, StoreUnavailable
 from cascade.store.base import (
     UNSET,
+    ClaimedIds,
     Decide,
     Decision,
     Job,
@@ -569,6 +570,35 @@ class MemoryStore(Store):
             key=lambda p: p.seq,
         )
         return part.message_id, [p.status for p in siblings]
+
+    async def claim_provider_ids(
+        self, provider: str, message_id: str, provider_ids: Sequence[str], sent_since: float
+    ) -> ClaimedIds:
+        self._check_open()
+        ids = set(provider_ids)
+        taken: list[str] = []
+        for message in list(self._messages.values()):
+            if (
+                message.id != message_id
+                and message.provider == provider
+                and message.provider_message_id in ids
+            ):
+                self._messages[message.id] = dataclasses.replace(message, provider_message_id=None)
+                taken.append(message.id)
+        for key, part in list(self._parts.items()):
+            if key[0] == provider and key[1] in ids and part.message_id != message_id:
+                del self._parts[key]
+                taken.append(part.message_id)
+        stale = [
+            orphan_id
+            for orphan_id, (receipt, received_at) in self._orphans.items()
+            if receipt.provider == provider
+            and receipt.provider_message_id in ids
+            and received_at < sent_since
+        ]
+        for orphan_id in stale:
+            del self._orphans[orphan_id]
+        return ClaimedIds(tuple(dict.fromkeys(taken)), len(stale))
 
     async def defer_job(self, job_id: int, run_at: float) -> None:
         self._check_open()

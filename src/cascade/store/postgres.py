@@ -67,6 +67,7 @@ from cascade.errors import (
 from cascade.store import rows as rows_
 from cascade.store.base import (
     UNSET,
+    ClaimedIds,
     Decide,
     Decision,
     Job,
@@ -897,6 +898,54 @@ class PostgresStore(Store):
                 )
         statuses = [receipt.status if (row[1], row[2]) == part else _status(row[3]) for row in rows]
         return str(rows[0][0]), statuses
+
+    async def claim_provider_ids(
+        self, provider: str, message_id: str, provider_ids: Sequence[str], sent_since: float
+    ) -> ClaimedIds:
+        ids = list(dict.fromkeys(provider_ids))
+        if not ids:
+            return ClaimedIds()
+        # a read first: an id held elsewhere is rare (an SMSC restart), and a send that finds
+        # none costs no transaction of its own
+        held = await self._fetch(
+            "checking provider ids failed",
+            "SELECT 1 FROM messages WHERE provider = $1 AND provider_message_id = ANY($2::text[]) "
+            "AND id <> $3 UNION ALL SELECT 1 FROM message_parts WHERE provider = $1 "
+            "AND part_id = ANY($2::text[]) AND message_id <> $3 UNION ALL SELECT 1 FROM "
+            "orphan_receipts WHERE provider = $1 AND provider_message_id = ANY($2::text[]) "
+            "AND received_at < $4 LIMIT 1",
+            provider,
+            ids,
+            message_id,
+            sent_since,
+        )
+        if not held:
+            return ClaimedIds()
+        pool = self._require_pool()
+        with _driver_errors("re-pointing provider ids failed"):
+            async with pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    "UPDATE messages SET provider_message_id = NULL WHERE provider = $1 "
+                    "AND provider_message_id = ANY($2::text[]) AND id <> $3 RETURNING id",
+                    provider,
+                    ids,
+                    message_id,
+                )
+                rows += await conn.fetch(
+                    "DELETE FROM message_parts WHERE provider = $1 AND part_id = ANY($2::text[]) "
+                    "AND message_id <> $3 RETURNING message_id",
+                    provider,
+                    ids,
+                    message_id,
+                )
+                stale = await conn.fetch(
+                    "DELETE FROM orphan_receipts WHERE provider = $1 "
+                    "AND provider_message_id = ANY($2::text[]) AND received_at < $3 RETURNING id",
+                    provider,
+                    ids,
+                    sent_since,
+                )
+        return ClaimedIds(tuple(dict.fromkeys(str(row[0]) for row in rows)), len(stale))
 
     async def listen_for_jobs(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every notification of queued jobs, from this process or another.

@@ -60,6 +60,7 @@ from cascade.store import rows as rows_
 from cascade.store.base import (
     IDEMPOTENCY_TTL,
     UNSET,
+    ClaimedIds,
     Decide,
     Decision,
     Job,
@@ -912,6 +913,60 @@ class SqliteStore(Store):
                 )
             ]
             return str(row[0]), statuses
+
+        return await self._write(write)
+
+    async def claim_provider_ids(
+        self, provider: str, message_id: str, provider_ids: Sequence[str], sent_since: float
+    ) -> ClaimedIds:
+        ids = list(dict.fromkeys(provider_ids))
+        if not ids:
+            return ClaimedIds()
+        marks = ", ".join("?" * len(ids))
+        ours = (provider, *ids, message_id)
+        orphans = (provider, *ids, sent_since)
+        # a read first: an id held elsewhere is rare (an SMSC restart), and a send that finds
+        # none costs no write transaction of its own
+        if not self._read(
+            f"SELECT 1 FROM messages WHERE provider = ? AND provider_message_id IN ({marks}) "
+            f"AND id <> ? UNION ALL SELECT 1 FROM message_parts WHERE provider = ? "
+            f"AND part_id IN ({marks}) AND message_id <> ? UNION ALL SELECT 1 FROM "
+            f"orphan_receipts WHERE provider = ? AND provider_message_id IN ({marks}) "
+            "AND received_at < ? LIMIT 1",
+            (*ours, *ours, *orphans),
+        ):
+            return ClaimedIds()
+
+        def write(conn: sqlite3.Connection) -> ClaimedIds:
+            taken = [
+                str(r[0])
+                for r in conn.execute(
+                    f"UPDATE messages SET provider_message_id = NULL WHERE provider = ? "
+                    f"AND provider_message_id IN ({marks}) AND id <> ? RETURNING id",
+                    ours,
+                ).fetchall()
+            ]
+            taken += [
+                str(r[0])
+                for r in conn.execute(
+                    f"DELETE FROM message_parts WHERE provider = ? AND part_id IN ({marks}) "
+                    "AND message_id <> ? RETURNING message_id",
+                    ours,
+                ).fetchall()
+            ]
+            stale = conn.execute(
+                f"DELETE FROM orphan_receipts WHERE provider = ? "
+                f"AND provider_message_id IN ({marks}) AND received_at < ?",
+                orphans,
+            ).rowcount
+            taken = list(dict.fromkeys(taken))
+            # a transition decided on the older workflow before this decides again
+            conn.executemany(
+                "UPDATE workflows SET version = version + 1 "
+                "WHERE id = (SELECT workflow_id FROM messages WHERE id = ?)",
+                [(taken_id,) for taken_id in taken],
+            )
+            return ClaimedIds(tuple(taken), stale)
 
         return await self._write(write)
 
