@@ -173,7 +173,7 @@ async def test_a_long_unknown_field_name_is_clipped(shared_api: SharedApi) -> No
 
 
 @pytest.mark.parametrize(
-    "page_size", ["²", "٣", "1" * 4300, "9" * 5000, "-1", "0", "101", "1.5", "", " 5", "0x10"]
+    "page_size", ["²", "٣", "1" * 4301, "9" * 5000, "-1", "0", "101", "1.5", "", " 5", "0x10"]
 )
 @pytest.mark.parametrize("path", ["/v0.1/dispatch", "/v0.1/messages"])
 async def test_a_page_size_that_is_not_a_small_number_is_a_400(
@@ -200,10 +200,23 @@ async def test_a_cursor_naming_an_id_the_store_cannot_hold_is_a_400(shared_api: 
 
 
 @pytest.mark.parametrize("path", ["/v0.1/dispatch/a%00b", "/v0.1/messages/a%00b"])
-async def test_an_id_the_store_cannot_hold_is_not_found(shared_api: SharedApi, path: str) -> None:
-    """Reading an id holding U+0000 is a 404, like any id that does not exist."""
+async def test_an_id_the_store_cannot_hold_is_not_looked_up(
+    shared_api: SharedApi, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading an id holding U+0000 (PostgreSQL refuses it in a query) is a 404 without asking
+    the store."""
+    asked: list[str] = []
+    for method in ("get_workflow", "get_message"):
+        original = getattr(shared_api.store, method)
+
+        async def spy(account_id: str, row_id: str, original: Any = original) -> Any:
+            asked.append(row_id)
+            return await original(account_id, row_id)
+
+        monkeypatch.setattr(shared_api.store, method, spy)
     response, _ = await shared_api.send("GET", path)
     assert_problem(response, 404)
+    assert asked == []
 
 
 #: (field path in a single message, the body with U+0000 there)

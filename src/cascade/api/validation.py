@@ -19,6 +19,7 @@ check: msgspec refuses them as malformed JSON.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -253,20 +254,29 @@ def holds_nul(body: bytes) -> bool:
 
 def nul_violations(data: object, found: Found) -> None:
     """Add to ``found`` the JSON path of every key and string in ``data`` holding U+0000."""
-    stack: list[tuple[str, object]] = [("", data)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                found.add(path or "body", _NUL_REASON)
-        elif isinstance(value, dict):
-            for key, item in reversed(value.items()):
-                name = _join(path, key)
+    if isinstance(data, str) and "\x00" in data:
+        found.add("body", _NUL_REASON)
+    # a body may hold hundreds of thousands of strings: each is checked where it stands, and
+    # its path is spelled out only when it holds U+0000
+    pending: deque[tuple[str, object]] = deque([("", data)])
+    while pending:
+        path, container = pending.popleft()
+        if isinstance(container, dict):
+            for key, item in container.items():
                 if "\x00" in key:
-                    found.add(name, _NUL_REASON)
-                stack.append((name, item))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", value[i]) for i in range(len(value) - 1, -1, -1))
+                    found.add(_join(path, key), _NUL_REASON)
+                if type(item) is str:
+                    if "\x00" in item:
+                        found.add(_join(path, key), _NUL_REASON)
+                elif isinstance(item, dict | list):
+                    pending.append((_join(path, key), item))
+        elif isinstance(container, list):
+            for index, item in enumerate(container):
+                if type(item) is str:
+                    if "\x00" in item:
+                        found.add(f"{path}[{index}]", _NUL_REASON)
+                elif isinstance(item, dict | list):
+                    pending.append((f"{path}[{index}]", item))
 
 
 _DROPPED = object()
@@ -402,7 +412,7 @@ class RequestDecoder(Generic[T]):
         if violations or nul:
             found = Found()
             if nul:
-                nul_violations(msgspec.json.decode(body), found)
+                nul_violations(msgspec.to_builtins(value), found)
             found.extend(violations)
             raise found.error()
         return value
