@@ -162,6 +162,15 @@ async def test_many_unknown_fields_list_fifty_and_count_the_rest(big_api: Shared
     assert "9,950 more" in problem["detail"]
 
 
+async def test_any_problem_lists_fifty_parameters_at_most(shared_api: SharedApi) -> None:
+    """Any 400 (here 60 unknown query parameters) lists 50 and counts the other 10."""
+    params = {f"q{i}": "1" for i in range(60)}
+    response, _ = await shared_api.send("GET", "/v0.1/dispatch", params=params)
+    problem = _assert_bounded(response)
+    assert len(problem["invalid_parameters"]) == 50
+    assert "10 more" in problem["detail"]
+
+
 async def test_a_long_unknown_field_name_is_clipped(shared_api: SharedApi) -> None:
     """A 60,000-character field name is echoed clipped, so the 400 stays small."""
     response, _ = await shared_api.post("/v0.1/messages", {**text("sms", "hi"), "k" * 60_000: 1})
