@@ -252,31 +252,55 @@ def holds_nul(body: bytes) -> bool:
     return _NUL_ESCAPE in body and _NUL_ESCAPE in _ESCAPED_BACKSLASH.sub(b"", body)
 
 
+#: a place in a JSON document: (its parent's place, its key or index), None for the root
+_Place = tuple["_Place | None", str | int] | None
+
+
+def _spell(place: _Place) -> str:
+    """The JSON path of a place, e.g. ``workflow[0].to.id``."""
+    keys: list[str | int] = []
+    while place is not None:
+        place, key = place
+        keys.append(key)
+    path = ""
+    for key in reversed(keys):
+        path = f"{path}[{key}]" if isinstance(key, int) else _join(path, key)
+    return path or "body"
+
+
 def nul_violations(data: object, found: Found) -> None:
     """Add to ``found`` the JSON path of every key and string in ``data`` holding U+0000."""
     if isinstance(data, str) and "\x00" in data:
         found.add("body", _NUL_REASON)
-    # a body may hold hundreds of thousands of strings: each is checked where it stands, and
-    # its path is spelled out only when it holds U+0000
-    pending: deque[tuple[str, object]] = deque([("", data)])
+    # a body may hold hundreds of thousands of values: each is looked at once, and a path is
+    # spelled out only for the problems listed
+    pending: deque[tuple[_Place, object]] = deque([(None, data)])
     while pending:
-        path, container = pending.popleft()
+        place, container = pending.popleft()
+        hits: list[str | int] = []
+        children: list[tuple[str | int, object]] = []
         if isinstance(container, dict):
             for key, item in container.items():
-                if "\x00" in key:
-                    found.add(_join(path, key), _NUL_REASON)
-                if type(item) is str:
-                    if "\x00" in item:
-                        found.add(_join(path, key), _NUL_REASON)
-                elif isinstance(item, dict | list):
-                    pending.append((_join(path, key), item))
+                if "\x00" in key or (type(item) is str and "\x00" in item):
+                    hits.append(key)
+                if type(item) in _NESTED and item:
+                    children.append((key, item))
         elif isinstance(container, list):
             for index, item in enumerate(container):
                 if type(item) is str:
                     if "\x00" in item:
-                        found.add(f"{path}[{index}]", _NUL_REASON)
-                elif isinstance(item, dict | list):
-                    pending.append((f"{path}[{index}]", item))
+                        hits.append(index)
+                elif type(item) in _NESTED and item:
+                    children.append((index, item))
+        room = max(found.limit - len(found.items), 0)
+        for key in hits[:room]:
+            found.add(_spell((place, key)), _NUL_REASON)
+        found.unlisted += max(len(hits) - room, 0)
+        pending.extend(((place, key), item) for key, item in children)
+
+
+#: the containers of decoded JSON (exact types: a decoder makes no subclasses)
+_NESTED = (dict, list)
 
 
 _DROPPED = object()
