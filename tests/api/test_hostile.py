@@ -288,6 +288,27 @@ async def test_an_escaped_backslash_before_u0000_is_text(shared_api: SharedApi, 
     assert stored["messages"] == 1
 
 
+BACKSLASH = b"\\"
+
+
+@pytest.mark.parametrize(
+    ("body", "holds"),
+    [
+        (b'"' + BACKSLASH + b'u0000"', True),
+        (b'"' + BACKSLASH * 2 + b'u0000"', False),
+        (b'"' + BACKSLASH * 3 + b'u0000"', True),
+        (b'"' + BACKSLASH * 4 + b'u0000"', False),
+        (b'["' + BACKSLASH * 2 + b'u0000","' + BACKSLASH + b'u0000"]', True),
+        (b'{"' + BACKSLASH + b'u0000":1}', True),
+        (b'"' + BACKSLASH + b'u00000"', True),
+        (b'"u0000"', False),
+    ],
+)
+async def test_nul_is_found_by_its_escape_not_by_its_text(body: bytes, holds: bool) -> None:
+    """U+0000 is an escape after an even run of backslashes; after an odd one it is text."""
+    assert validation.holds_nul(body) is holds
+
+
 @pytest.mark.parametrize("escape", [rb"\ud800", rb"\udc00", rb"\ud800x", rb"\ud800\u0041"])
 @pytest.mark.parametrize("api", APIS, ids=str)
 async def test_a_lone_surrogate_is_refused_as_invalid_json(
