@@ -105,8 +105,12 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise HTTPException(415)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413)
+    # only ASCII digits are a length (isdigit() also takes "²", which int() refuses), and of
+    # those only the significant ones are read: int() refuses more than 4,300 digits
+    if declared is not None and declared.isascii() and declared.isdigit():
+        significant = declared.lstrip("0")
+        if len(significant) > 18 or int(significant or "0") > limit:
+            raise HTTPException(413)
     chunks = []
     size = 0
     async for chunk in request.stream():

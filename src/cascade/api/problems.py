@@ -16,6 +16,12 @@ log = structlog.get_logger(__name__)
 
 PROBLEM_BASE = "https://developer.nexmo.com/api-errors"
 
+#: the most ``invalid_parameters`` one problem lists; the detail counts the rest, so a body with
+#: a hundred thousand bad fields is answered in a few kilobytes, not megabytes
+MAX_LISTED = 50
+#: the longest name or reason listed (a name may echo a client's field name of any length)
+MAX_LISTED_CHARS = 200
+
 
 class ProblemDocument(msgspec.Struct, omit_defaults=True):
     """An RFC 7807 error body, as the Nexmo specs define it."""
@@ -39,13 +45,18 @@ def problem(
     invalid_parameters: list[InvalidParameter] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    """A problem response; ``instance`` is a fresh id to quote in support requests and logs."""
+    """A problem response; ``instance`` is a fresh id to quote in support requests and logs.
+    Past ``MAX_LISTED`` parameters, the rest are counted in the detail instead."""
+    listed = invalid_parameters or []
+    if len(listed) > MAX_LISTED:
+        detail = with_unlisted(detail, len(listed) - MAX_LISTED)
+        listed = listed[:MAX_LISTED]
     document = ProblemDocument(
         type=problem_type,
         title=title,
         detail=detail,
         instance=uuid.uuid4().hex,
-        invalid_parameters=invalid_parameters or [],
+        invalid_parameters=[_clipped(parameter) for parameter in listed],
     )
     return Response(
         _encoder.encode(document),
@@ -53,6 +64,21 @@ def problem(
         media_type="application/json",
         headers=headers,
     )
+
+
+def with_unlisted(detail: str, count: int) -> str:
+    """``detail``, saying that ``count`` more problems than the listed ones were found."""
+    return f"{detail} The first {MAX_LISTED} problems are listed; {count:,} more are not."
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_LISTED_CHARS else text[: MAX_LISTED_CHARS - 1] + "\u2026"
+
+
+def _clipped(parameter: InvalidParameter) -> InvalidParameter:
+    if len(parameter.name) <= MAX_LISTED_CHARS and len(parameter.reason) <= MAX_LISTED_CHARS:
+        return parameter
+    return InvalidParameter(_clip(parameter.name), _clip(parameter.reason))
 
 
 _HTTP_TITLES = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -37,7 +38,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, row_id = raw.split("|", 1)
-        return float(created_at), row_id
+        moment = float(created_at)
+        if not (math.isfinite(moment) and _is_our_id(row_id)):
+            raise ValueError("not a cursor of ours")
+        return moment, row_id
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest(
             invalid_parameters=[InvalidParameter("cursor", "is not a cursor this API returned")]
@@ -56,6 +60,22 @@ def _time(name: str, value: str, bad: list[InvalidParameter]) -> float | None:
     return moment.timestamp()
 
 
+def _page_size(raw: str) -> int | None:
+    """The page size ``raw`` names, or None when it names none from 1 to MAX_PAGE."""
+    # isdigit() alone takes "²" and other digits int() refuses, and int() refuses more than
+    # 4,300 digits: only a few ASCII digits can name a page size
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3):
+        return None
+    size = int(raw)
+    return size if 1 <= size <= MAX_PAGE else None
+
+
+def _is_our_id(value: str) -> bool:
+    """Whether ``value`` can be an id this API gave out (printable ASCII of a sane length): any
+    other is not looked up, since a store may refuse it (PostgreSQL cannot take U+0000)."""
+    return 0 < len(value) <= 100 and value.isascii() and value.isprintable()
+
+
 def parse_list_query(request: Request, states: set[str]) -> ListQuery:
     """The filters and page of a list request; InvalidRequest naming each bad parameter."""
     params = request.query_params
@@ -66,13 +86,13 @@ def parse_list_query(request: Request, states: set[str]) -> ListQuery:
             bad.append(InvalidParameter(name, "is not a known query parameter"))
     limit = 50
     if "page_size" in params:
-        raw = params["page_size"]
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        size = _page_size(params["page_size"])
+        if size is None:
             bad.append(
                 InvalidParameter("page_size", f"must be a whole number from 1 to {MAX_PAGE}")
             )
         else:
-            limit = int(raw)
+            limit = size
     state = params.get("status")
     if state is not None and state not in states:
         bad.append(InvalidParameter("status", f"must be one of {', '.join(sorted(states))}"))
@@ -125,8 +145,11 @@ class ReadEndpoints:
     async def workflow(self, request: Request) -> Response:
         """One workflow with its steps and timeline."""
         principal = await self._principal(request)
-        workflow = await self._store.get_workflow(
-            principal.account.id, str(request.path_params["uuid"])
+        workflow_id = str(request.path_params["uuid"])
+        workflow = (
+            await self._store.get_workflow(principal.account.id, workflow_id)
+            if _is_our_id(workflow_id)
+            else None
         )
         if workflow is None:
             raise NotFound("No workflow with this id in your account.")
@@ -144,8 +167,11 @@ class ReadEndpoints:
     async def message(self, request: Request) -> Response:
         """One message with its statuses over time."""
         principal = await self._principal(request)
-        message = await self._store.get_message(
-            principal.account.id, str(request.path_params["uuid"])
+        message_id = str(request.path_params["uuid"])
+        message = (
+            await self._store.get_message(principal.account.id, message_id)
+            if _is_our_id(message_id)
+            else None
         )
         if message is None:
             raise NotFound("No message with this id in your account.")

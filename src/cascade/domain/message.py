@@ -26,6 +26,11 @@ ClientRef = Annotated[
 ExpiryTime = Annotated[int, Meta(ge=15, le=86400, description="Seconds before failing over")]
 ViberTtl = Annotated[int, Meta(ge=30, le=259200, description="Seconds the provider keeps trying")]
 
+#: the most steps a workflow may have
+MAX_STEPS = 10
+#: the most values a template may fill (a WhatsApp body of 1,024 characters has room for fewer)
+MAX_TEMPLATE_PARAMETERS = 100
+
 ChannelType = Literal["sms", "mms", "whatsapp", "messenger", "viber_service_msg"]
 ContentType = Literal["text", "image", "audio", "video", "file", "template", "custom"]
 
@@ -69,7 +74,9 @@ class Template(_Value, frozen=True):
     """A pre-approved template and the values for its placeholders, in order."""
 
     name: Annotated[str, Meta(min_length=1, max_length=512)]
-    parameters: list[str | TemplateParameter] = field(default_factory=list)
+    parameters: Annotated[
+        list[str | TemplateParameter], Meta(max_length=MAX_TEMPLATE_PARAMETERS)
+    ] = field(default_factory=list)
 
 
 class Content(_Value, frozen=True):
@@ -146,7 +153,7 @@ class WorkflowRequest(_Value, frozen=True):
     """``POST /v0.1/dispatch`` and ``POST /beta/workflows``: a failover workflow."""
 
     template: Literal["failover"]
-    workflow: Annotated[list[WorkflowStep], Meta(min_length=1, max_length=10)]
+    workflow: Annotated[list[WorkflowStep], Meta(min_length=1, max_length=MAX_STEPS)]
 
 
 def encode(value: object) -> bytes:
