@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     postgres_pool_size: int = Field(16, ge=1, le=200, description="PostgreSQL connections")
     max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="Largest request body accepted (413 above)"
+        262_144, ge=1024, description="Largest request body accepted (413 above)"
     )
     run_worker: bool = Field(True, description="Run the engine inside `cascade serve`")
     engine_jobs: str = Field(

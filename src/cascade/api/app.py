@@ -55,7 +55,7 @@ def create_app(
     store: Store,
     *,
     clock: Clock,
-    max_body_bytes: int = 1_048_576,
+    max_body_bytes: int = 262_144,
     report_horizon: float = 72 * 3600,
     lifespan_hooks: tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]
     | None = None,
