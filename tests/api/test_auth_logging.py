@@ -12,7 +12,13 @@ from cascade.api import auth
 from cascade.api.auth import REFUSAL_LINES_PER_SECOND, Authenticator
 from cascade.clock import FakeClock
 from cascade.errors import Unauthorized
-from cascade.log import CLIENT_VALUE_CHARS, LogLimiter, clip
+from cascade.log import (
+    CLIENT_VALUE_CHARS,
+    MAX_LOG_VALUE_CHARS,
+    LogLimiter,
+    clip,
+    clip_long_values,
+)
 from cascade.store.sqlite import SqliteStore
 
 
@@ -102,3 +108,12 @@ def test_log_limiter_admits_per_second_and_reports_what_it_left_out() -> None:
     clock.advance(1.0)
     assert limiter.admit() == 2
     assert limiter.admit() == 0
+
+
+def test_every_long_log_value_is_cut_whatever_logged_it() -> None:
+    """The logging pipeline's guard cuts any string value over 1,024 characters, noting its
+    length, and leaves shorter ones alone."""
+    event = {"event": "x", "path": "p" * 1_300_000, "short": "s" * 10}
+    cut = clip_long_values(None, "info", event)
+    assert cut["path"] == "p" * MAX_LOG_VALUE_CHARS + "… (1300000 chars)"
+    assert cut["short"] == "s" * 10

@@ -24,6 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cascade.api.server import RESERVED_FILES, connection_limits
+from cascade.config import Settings
+
 CASCADE = str(Path(sys.executable).with_name("cascade"))
 #: the server's file limit (soft and hard): the cap must keep idle sockets below it
 FILE_LIMIT = 256
@@ -273,3 +276,10 @@ def test_idle_sockets_beyond_the_file_limit_do_not_lock_out_a_request(
         for sock in idle:
             sock.close()
     assert any('"http.connections_full"' in line for line in patient_server.log_lines())
+
+
+def test_the_connection_cap_stays_below_the_file_limit() -> None:
+    """The cap is the setting, or the file limit less the reserve when that is lower."""
+    settings = Settings(http_max_connections=4096, postgres_pool_size=16)
+    assert connection_limits(settings, 1024).max_connections == 1024 - RESERVED_FILES - 16
+    assert connection_limits(settings, 1_048_576).max_connections == 4096
