@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import resource
 import socket
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cascade.api.server import RESERVED_FILES, connection_limits
+from cascade.api.server import REFUSAL_LINES_PER_SECOND, RESERVED_FILES, connection_limits
 from cascade.config import Settings
 
 CASCADE = str(Path(sys.executable).with_name("cascade"))
@@ -283,3 +284,18 @@ def test_the_connection_cap_stays_below_the_file_limit() -> None:
     settings = Settings(http_max_connections=4096, postgres_pool_size=16)
     assert connection_limits(settings, 1024).max_connections == 1024 - RESERVED_FILES - 16
     assert connection_limits(settings, 1_048_576).max_connections == 4096
+
+
+def test_a_flood_of_invalid_requests_is_logged_at_a_bounded_rate(server: Server) -> None:
+    """50 requests that are not HTTP each get 400, and the log says so a few times a second
+    at most, not 50 times."""
+    before = len(server.log_lines())
+    started = time.monotonic()
+    for _ in range(50):
+        with closing(server.connect()) as sock:
+            sock.sendall(b"\x16\x03\x01 not http\r\n\r\n")
+            assert read_response(sock).startswith(b"HTTP/1.1 400")
+    seconds = math.ceil(time.monotonic() - started)
+    lines = server.log_lines()[before:]
+    logged = [line for line in lines if "invalid" in line.lower()]
+    assert 1 <= len(logged) <= REFUSAL_LINES_PER_SECOND * (seconds + 1)

@@ -117,6 +117,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     open_connections: ClassVar[dict[LimitedHttpToolsProtocol, None]]
     _head_too_large_log: ClassVar[LogLimiter] = LogLimiter(REFUSAL_LINES_PER_SECOND)
     _full_log: ClassVar[LogLimiter] = LogLimiter(REFUSAL_LINES_PER_SECOND)
+    _bad_request_log: ClassVar[LogLimiter] = LogLimiter(REFUSAL_LINES_PER_SECOND)
 
     def __init__(
         self,
@@ -225,8 +226,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_head()
 
     def _bad_request(self) -> None:
+        """uvicorn's 400 for bytes that are not HTTP, logged at a bounded rate."""
         msg = "Invalid HTTP request received."
-        self.logger.warning(msg)
+        suppressed = self._bad_request_log.admit()
+        if suppressed is not None:
+            log.warning("http.invalid_request", suppressed=suppressed)
         self.send_400_response(msg)
 
     def _refuse_head(self) -> None:
