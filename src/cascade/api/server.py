@@ -134,8 +134,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         #: bytes received since the current head began (counted before parsing, so a header
         #: that never ends is caught while the parser still buffers it)
         self._received_head_bytes = 0
-        #: the parsed size of the current head so far
-        self._head_bytes = 0
+        #: whether part of the current read went uncounted (it came after a request's end)
+        self._unmetered = False
 
     # --- connections ---------------------------------------------------------------------
 
@@ -199,6 +199,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # --- parsing ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self._unmetered = False
         if self._awaiting_head:
             self._received_head_bytes += len(data)
             if self._head_deadline is None:
@@ -247,24 +248,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(_HEAD_TOO_LARGE)
             self.transport.close()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
-
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.limits.max_head_bytes:
-            raise _HeadTooLarge
-
     def on_headers_complete(self) -> None:
+        # the bytes counted may include a body that came with the head: only then (or when
+        # the head began inside an earlier request's last read) is the head measured itself,
+        # keeping the per-header callbacks off the path of every request
+        if self._received_head_bytes > self.limits.max_head_bytes or self._unmetered:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > self.limits.max_head_bytes:
+                raise _HeadTooLarge
         self._awaiting_head = False
         if self._head_deadline is not None:
             self._head_deadline.cancel()
@@ -275,3 +266,5 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._awaiting_head = True
         self._received_head_bytes = 0
+        # the rest of this read (a pipelined request) was not counted
+        self._unmetered = True
