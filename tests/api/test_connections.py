@@ -299,3 +299,19 @@ def test_a_flood_of_invalid_requests_is_logged_at_a_bounded_rate(server: Server)
     lines = server.log_lines()[before:]
     logged = [line for line in lines if "invalid" in line.lower()]
     assert 1 <= len(logged) <= REFUSAL_LINES_PER_SECOND * (seconds + 1)
+
+
+def test_a_pipelined_head_over_the_cap_gets_431(server: Server) -> None:
+    """A 20 KB head sent in the same write as a small request before it is refused too (it
+    begins inside the read that ends the first request)."""
+    small = b"GET /health HTTP/1.1\r\nHost: cascade.test\r\n\r\n"
+    large = b"GET /health HTTP/1.1\r\nHost: cascade.test\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n"
+    with closing(server.connect()) as sock:
+        sock.sendall(small + large)
+        received = b""
+        sock.settimeout(PATIENCE)
+        with suppress(ConnectionResetError, TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert b"HTTP/1.1 431 " in received
+    assert b"HTTP/1.1 200 " not in received.partition(b"HTTP/1.1 431 ")[2]

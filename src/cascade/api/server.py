@@ -134,8 +134,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         #: bytes received since the current head began (counted before parsing, so a header
         #: that never ends is caught while the parser still buffers it)
         self._received_head_bytes = 0
-        #: whether part of the current read went uncounted (it came after a request's end)
+        #: whether the current head began in the read that ended the request before it (that
+        #: part of it was not counted)
         self._unmetered = False
+        #: the headers of the request that ended last (uvicorn makes a new list per request)
+        self._finished_headers: list[tuple[bytes, bytes]] | None = None
 
     # --- connections ---------------------------------------------------------------------
 
@@ -199,12 +202,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # --- parsing ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._unmetered = False
         if self._awaiting_head:
             self._received_head_bytes += len(data)
-            if self._head_deadline is None:
-                # the first byte of a request after an idle keep-alive: its head is now due
-                self._arm_head_deadline()
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -223,8 +222,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self._awaiting_head and self._received_head_bytes > self.limits.max_head_bytes:
-            self._refuse_head()
+        if self._unmetered and self.headers is self._finished_headers:
+            # no request began after the one that ended in this read: nothing went uncounted
+            self._unmetered = False
+        if self._awaiting_head:
+            if self._received_head_bytes > self.limits.max_head_bytes:
+                self._refuse_head()
+            elif self._head_deadline is None and self._received_head_bytes:
+                # a request after an idle keep-alive began but its head did not end in this
+                # read: it is now due (a head read whole never costs a timer)
+                self._arm_head_deadline()
 
     def _bad_request(self) -> None:
         """uvicorn's 400 for bytes that are not HTTP, logged at a bounded rate."""
@@ -257,6 +264,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if size > self.limits.max_head_bytes:
                 raise _HeadTooLarge
         self._awaiting_head = False
+        self._unmetered = False
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
@@ -266,5 +274,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._awaiting_head = True
         self._received_head_bytes = 0
-        # the rest of this read (a pipelined request) was not counted
+        # the rest of this read (a pipelined request) is not counted
         self._unmetered = True
+        self._finished_headers = self.headers
