@@ -103,6 +103,32 @@ class Settings(BaseSettings):
         200, ge=1, le=10_000, description="Rows (workflows) a retention transaction deletes"
     )
 
+    # HTTP connection limits
+    http_head_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="A connection must send a complete request head this soon after it opens "
+        "(or after the first byte of its next request), or it is closed",
+    )
+    http_keepalive_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="An idle keep-alive connection is closed after this long without a request",
+    )
+    http_max_head_bytes: int = Field(
+        16_384,
+        ge=1024,
+        le=1_048_576,
+        description="Largest request head (request line and headers) accepted (431 above)",
+    )
+    http_max_connections: int = Field(
+        4096,
+        ge=1,
+        description="Open client connections at most (further capped by the file limit); at "
+        "the cap a new connection closes the oldest one with no request in progress",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["console", "json"] = Field("console")
 

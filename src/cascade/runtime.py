@@ -12,6 +12,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from cascade.api.app import create_app
+from cascade.api.server import connection_limits, limited_protocol, raise_file_limit
 from cascade.channels.base import ChannelProvider
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
@@ -217,18 +218,23 @@ def tune_gc() -> None:
 
 
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
-    """Serve the API until interrupted."""
+    """Serve the API until interrupted, with the connection limits of ``settings``."""
     configure_logging(settings.log_level, settings.log_format)
     fatal = FatalExit()
     app = build_app(settings, announce=announce, on_fatal=fatal)
     tune_gc()
-    log.info("cascade.listening", url=f"http://{settings.host}:{settings.port}")
+    limits = connection_limits(settings, raise_file_limit())
+    log.info(
+        "cascade.listening",
+        url=f"http://{settings.host}:{settings.port}",
+        max_connections=limits.max_connections,
+    )
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=limited_protocol(limits),
         access_log=False,
         log_config=None,
         lifespan="on",

@@ -1,6 +1,8 @@
 """Request authentication: an application's RS256 JWT, or an account's API key and secret.
 
 Every failure raises the same 401 problem; the reason goes to the log, never to the client.
+Whatever the client sent is clipped before it is logged, and refusals are logged at most
+REFUSAL_LINES_PER_SECOND times a second, so that bad requests cannot flood the log.
 RS256 verification is the largest cost of a request (about 0.1 ms here), so a verified token is
 remembered by its exact bytes until it expires (or for a short bound when it has no ``exp``),
 and forgotten as soon as its application's key changes.
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from cascade.clock import Clock
 from cascade.domain.records import Account, Application
 from cascade.errors import Unauthorized
+from cascade.log import LogLimiter, clip
 from cascade.store.base import Store
 
 log = structlog.get_logger(__name__)
@@ -37,6 +40,9 @@ CLOCK_SKEW = 60
 UNBOUNDED_TOKEN_CACHE_SECONDS = 300
 #: how long tenant lookups are trusted before reading the store again
 TENANT_CACHE_SECONDS = 5.0
+#: refused requests logged per second (per Authenticator); the rest are counted, and the count
+#: is logged with the next refusal logged
+REFUSAL_LINES_PER_SECOND = 10
 
 
 def hash_secret(secret: str) -> str:
@@ -78,6 +84,7 @@ class Authenticator:
         self._token_cache_size = token_cache_size
         self._applications: dict[str, _CachedApplication] = {}
         self._basic: dict[str, tuple[Account | None, float]] = {}
+        self._refusals = LogLimiter(REFUSAL_LINES_PER_SECOND, clock.now)
 
     async def authenticate(self, authorization: list[str]) -> Principal:
         """The principal of a request with these Authorization header values."""
@@ -92,15 +99,20 @@ class Authenticator:
             return await self._bearer(credentials)
         if scheme == "basic" and credentials:
             return await self._basic_auth(credentials)
-        raise self._refuse(f"unsupported Authorization scheme {scheme!r}")
+        raise self._refuse("unsupported Authorization scheme", scheme=clip(scheme))
 
     def forget(self, application_id: str) -> None:
         """Drop what is cached about an application (its key or URLs changed)."""
         self._applications.pop(application_id, None)
 
-    @staticmethod
-    def _refuse(reason: str) -> Unauthorized:
-        log.info("auth.refused", reason=reason)
+    def _refuse(self, reason: str, **client_values: str) -> Unauthorized:
+        """The 401 to raise, logging why (``client_values``: what the client sent, clipped
+        by the caller) unless refusals are being logged too often."""
+        suppressed = self._refusals.admit()
+        if suppressed is not None:
+            if suppressed:
+                client_values["suppressed"] = str(suppressed)
+            log.info("auth.refused", reason=reason, **client_values)
         return Unauthorized()
 
     # --- Bearer JWT ------------------------------------------------------------------------
@@ -123,7 +135,7 @@ class Authenticator:
             raise self._refuse("JWT without a readable application_id")
         entry = await self._lookup_application(application_id, now)
         if entry.application is None or entry.key is None or entry.account is None:
-            raise self._refuse(f"unknown application {application_id}")
+            raise self._refuse("unknown application", application_id=clip(application_id))
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -138,8 +150,11 @@ class Authenticator:
                 },
             )
         except jwt.PyJWTError as exc:
-            raise self._refuse(f"JWT rejected: {exc}") from exc
-        trusted_until = _check_claims(claims, application_id, now)
+            raise self._refuse("JWT rejected", error=clip(exc, 200)) from exc
+        try:
+            trusted_until = _check_claims(claims, application_id, now)
+        except _ClaimsRefused as exc:
+            raise self._refuse(str(exc)) from exc
         principal = Principal(entry.account, entry.application)
         self._remember(token, principal, entry.application.public_key_pem, trusted_until)
         return principal
@@ -209,33 +224,37 @@ def _unverified_application_id(token: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+class _ClaimsRefused(Exception):
+    """Verified claims that do not hold; the message is the reason to log (fixed text)."""
+
+
 def _check_claims(claims: dict[str, Any], application_id: str, now: float) -> float:
-    """The time until which these verified claims may be trusted; Unauthorized if never."""
+    """The time until which these verified claims may be trusted; _ClaimsRefused if never."""
     iat = claims.get("iat")
     exp = claims.get("exp")
     if not isinstance(iat, int | float) or isinstance(iat, bool):
-        raise Authenticator._refuse("iat is not a number")
+        raise _ClaimsRefused("iat is not a number")
     if claims.get("application_id") != application_id:
-        raise Authenticator._refuse("application_id changed between reads")
+        raise _ClaimsRefused("application_id changed between reads")
     if iat > now + CLOCK_SKEW:
-        raise Authenticator._refuse("iat is in the future")
+        raise _ClaimsRefused("iat is in the future")
     if not isinstance(claims.get("jti"), str) or not claims["jti"]:
-        raise Authenticator._refuse("jti is empty")
+        raise _ClaimsRefused("jti is empty")
     nbf = claims.get("nbf")
     if nbf is not None:
         if not isinstance(nbf, int | float) or isinstance(nbf, bool):
-            raise Authenticator._refuse("nbf is not a number")
+            raise _ClaimsRefused("nbf is not a number")
         if nbf > now + CLOCK_SKEW:
-            raise Authenticator._refuse("token not yet valid (nbf)")
+            raise _ClaimsRefused("token not yet valid (nbf)")
     if exp is not None:
         if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise Authenticator._refuse("exp is not a number")
+            raise _ClaimsRefused("exp is not a number")
         if exp <= now - CLOCK_SKEW:
-            raise Authenticator._refuse("token expired")
+            raise _ClaimsRefused("token expired")
     if exp is None:
         if now - iat > MAX_TOKEN_LIFETIME:
-            raise Authenticator._refuse("a token without exp older than 24 h")
+            raise _ClaimsRefused("a token without exp older than 24 h")
         return min(now + UNBOUNDED_TOKEN_CACHE_SECONDS, iat + MAX_TOKEN_LIFETIME)
     if exp - iat > MAX_TOKEN_LIFETIME:
-        raise Authenticator._refuse("token lifetime over 24 h")
+        raise _ClaimsRefused("token lifetime over 24 h")
     return float(exp)

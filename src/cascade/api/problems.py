@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cascade.errors import InvalidParameter, RequestRejected, StoreRejected, TransientError
+from cascade.log import clip
 
 log = structlog.get_logger(__name__)
 
@@ -126,7 +127,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def on_unavailable(request: Request, exc: Exception) -> Response:
     """A transient failure (the store is unavailable): 503, try again."""
-    log.warning("request.unavailable", path=request.url.path, error=str(exc))
+    log.warning("request.unavailable", path=clip(request.url.path), error=str(exc))
     return problem(
         503,
         "Service Unavailable",
@@ -150,7 +151,7 @@ async def on_store_rejected(request: Request, exc: Exception) -> Response:
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     """Anything else: logged with its traceback, answered without it."""
-    log.exception("request.failed", path=request.url.path)
+    log.exception("request.failed", path=clip(request.url.path))
     return problem(
         500,
         "Internal Error",
