@@ -11,7 +11,7 @@ and the size of the response. The target is under 10 ms for each.
 
     .venv/bin/python bench/validation.py                   # every body, 5 requests each
     .venv/bin/python bench/validation.py --runs 3 --max-bytes 262144 --only steps
-    PYTHONPATH=../other-tree/src .venv/bin/python bench/validation.py   # another tree's code
+    PYTHONPATH=OTHER_CHECKOUT/src .venv/bin/python bench/validation.py   # another checkout
 
 A body whose first request takes longer than a second is sent only once.
 """

@@ -105,8 +105,8 @@ def build_app(
 def build_engine(
     settings: Settings, store: Store, clock: Clock, on_fatal: OnFatal | None = None
 ) -> Engine:
-    """The engine with the providers the settings name (the sandbox for every channel) and
-    the webhook sender."""
+    """The engine with the providers the settings name (the sandbox for every channel they do
+    not name) and the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
     engine = Engine(
         store,

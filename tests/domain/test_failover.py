@@ -1,4 +1,4 @@
-"""Unit tests of the failover rules (DESIGN.md §2) on the pure state machine."""
+"""Unit tests of the failover rules (docs/design.md §1) on the pure state machine."""
 
 from __future__ import annotations
 
@@ -337,8 +337,9 @@ def test_send_result_after_the_window_closed_keeps_the_provider_message_id() -> 
 
     The send was in flight when the window closed (its job already claimed), so the message is
     ``undeliverable`` and ``submitted`` no longer changes its status; but without the provider's
-    message id the delivery receipt that follows could not be correlated, and DESIGN.md §2.5/§2.6
-    say it must still be recorded and count as a late success.
+    message id the delivery receipt that follows could not be correlated, and rules
+    docs/design.md §1.5 and docs/design.md §1.6 say it must still be recorded and count as a
+    late success.
     """
     sim = Simulator((VIBER_DELIVERED, SMS))
     sim.close_window(0)  # the send job was already claimed and is talking to the provider
@@ -467,7 +468,7 @@ def test_failure_after_delivered_changes_nothing() -> None:
 def test_late_success_completes_and_cancels_waiting_steps() -> None:
     """A late read on step 1 completes the workflow, cancels step 3 and leaves step 2 active.
 
-    Step 2 already started (its send is enqueued, DESIGN.md §2.1), so it is not un-started:
+    Step 2 already started (its send is enqueued, docs/design.md §1.1), so it is not un-started:
     its send stays and its own receipts are still recorded and reported.
     """
     sim = Simulator((MESSENGER_READ, VIBER_DELIVERED, SMS))
@@ -511,11 +512,11 @@ def test_success_after_failure_is_a_late_success() -> None:
 def test_late_success_after_error_is_recorded_but_the_outcome_stands() -> None:
     """A success after the workflow ended in error is reported; the error outcome stands.
 
-    DESIGN.md §2.6 says a late success "marks the workflow completed if it was not yet". Read
-    with §2.7 (one final report) this means "if it was still running": the customer already got
-    ``error`` in the final report and the Nexmo docs promise one final report per workflow, so
-    flipping the stored state afterwards would make GET contradict the report. The late status
-    itself still reaches the customer as a status report.
+    docs/design.md §1.6 says a late success "completes the workflow if it is still running".
+    Read with docs/design.md §1.7 (one final report) this means "if it was still running": the
+    customer already got ``error`` in the final report and the Nexmo docs promise one final
+    report per workflow, so flipping the stored state afterwards would make GET contradict the
+    report. The late status itself still reaches the customer as a status report.
     """
     sim = Simulator((MESSENGER_READ, SMS))
     sim.send(0)

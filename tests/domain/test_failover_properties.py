@@ -1,12 +1,13 @@
 """Property tests of the failover rules: random workflows under random sequences of receipts,
-send results, window closings and the report horizon, checked against DESIGN.md §2 after
+send results, window closings and the report horizon, checked against docs/design.md §1 after
 every single happening and once every timer has run.
 
-Readings of §2 these properties fix (each argued in a unit test's docstring): a success after a
-failure is accepted (test_merged_status); "completed iff some step reached its condition" is
-judged when the workflow leaves ``running``, since its one final report cannot be taken back
-(test_late_success_after_error_is_recorded_but_the_outcome_stands); a step that already started
-is never un-started by a late success (test_late_success_completes_and_cancels_waiting_steps).
+Readings of docs/design.md §1 these properties fix (each argued in a unit test's docstring): a
+success after a failure is accepted (test_merged_status); "completed iff some step reached its
+condition" is judged when the workflow leaves ``running``, since its one final report cannot be
+taken back (test_late_success_after_error_is_recorded_but_the_outcome_stands); a step that
+already started is never un-started by a late success
+(test_late_success_completes_and_cancels_waiting_steps).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ STARTED = {StepState.ACTIVE, StepState.EXPIRED, StepState.FAILED, StepState.SUCC
 
 
 def allowed_status_move(before: str | None, after: str) -> bool:
-    """Whether a message's status may go from ``before`` to ``after`` (DESIGN.md §2.8; a
+    """Whether a message's status may go from ``before`` to ``after`` (docs/design.md §1.8; a
     success after a failure is the truth: see test_failover.test_merged_status)."""
     new = Status(after)
     if before is None:
@@ -332,7 +333,7 @@ def play(steps: tuple[Step, ...], script: list[Action]) -> Simulator:
 @PROPERTIES
 @given(workflows(), actions)
 def test_every_move_keeps_the_rules(steps: tuple[Step, ...], script: list[Action]) -> None:
-    """Any order of receipts, send results, timers and horizon keeps every DESIGN.md §2 rule.
+    """Any order of receipts, send results, timers and horizon keeps every docs/design.md §1 rule.
 
     Checked after each happening: step order, monotonic statuses, one report per status
     change, pending jobs, one final report, and how the workflow finishes.

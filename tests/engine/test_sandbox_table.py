@@ -2,7 +2,7 @@
 
 Each case posts a request through HTTP, lets the fake clock run, and reads back what was stored:
 the workflow and step states, the timeline, the sandbox journal and the webhook rows. Then the
-corners of DESIGN.md §2: late success, the success conditions, the report horizon, a throttled
+corners of docs/design.md §1: late success, the success conditions, the report horizon, a throttled
 step whose window closes, duplicate receipts and receipts that arrive before their message.
 """
 
@@ -380,7 +380,7 @@ async def test_sandbox_recipient_in_workflow(
             assert jobs_of(sqlite_store) == []
 
 
-# --- the corners of DESIGN.md §2 -------------------------------------------------------------
+# --- the corners of docs/design.md §1 --------------------------------------------------------
 
 
 async def test_webhooks_are_pending_once_a_status_url_is_set(

@@ -47,7 +47,7 @@ REFUSAL_LINES_PER_SECOND = 10
 
 def hash_secret(secret: str) -> str:
     """The stored form of an API secret: generated secrets are long and random, so SHA-256
-    suffices and keeps a slow password hash off the request path (DESIGN.md §5)."""
+    suffices and keeps a slow password hash off the request path (docs/design.md §3)."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 

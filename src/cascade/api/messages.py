@@ -9,7 +9,8 @@ bits. They are as unguessable as UUIDv4 for a client, but ids made close in time
 together, so the store's primary keys and the indexes on them grow at their right edge instead
 of touching a random page per insert; on SQLite that halves the writer's work per request
 (BENCHMARKS.md). The random bits come from ``os.urandom`` in blocks, because each call is a
-system call that lets the writer thread take the GIL in the middle of a request.
+system call that lets another thread (SQLite's commit thread) take the GIL in the middle of a
+request.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ must be written the same way. The rule:
    ``2591``. :func:`normalise_message_id` is the one function both sides use. ``opaque`` (the
    default) keeps an id as written, minus surrounding blanks and NULs.
 
-Statuses. A receipt's state maps to a v0.1 status (DESIGN.md §2.9: asynchronous SMS failures
+Statuses. A receipt's state maps to a v0.1 status (docs/design.md §1.9: asynchronous SMS failures
 are ``rejected`` with an error from Nexmo's documented asynchronous code list):
 
 =========  =============  ==========  ====  ================================================

@@ -1,25 +1,10 @@
-"""The failover rules (DESIGN.md §2) as a pure state machine.
+"""The failover rules (docs/design.md §1) as a pure state machine.
 
 :func:`apply` takes a workflow as stored and one thing that happened to it (a status observed
 for one of its messages, a step's window closing, the report horizon passing) and returns the
 :class:`Changes` to store. It does no I/O and reads no clock, so the rules are tested directly,
-including by property tests over random orders of receipts, timeouts and send errors.
-
-The rules, in short:
-
-1. A step's window opens when the step starts (its send is enqueued).
-2. A step succeeds when its message reaches ``condition_status`` (``read`` satisfies
-   ``delivered``); the last step succeeds on ``delivered``. Success completes the workflow and
-   cancels the steps not yet started.
-3. A failure (``rejected``/``undeliverable``) of the running step starts the next one at once;
-   on the last step it ends the workflow in ``error``.
-4. When a step's window closes before success, the next step starts; the expired step's later
-   receipts are still recorded and forwarded, and a late success still completes the workflow.
-5. The last step has no window: the report goes when it succeeds or fails, or at the horizon.
-6. A message's status only moves up ``submitted < delivered < read``; a failure may replace
-   ``submitted`` only; duplicates and stale receipts change nothing, except that a send result
-   arriving after its message's status moved on still records the provider's message id and
-   price it carries, when none is stored yet.
+including by property tests over random orders of receipts, timeouts and send errors. The rules
+are numbered in docs/design.md §1, and the comments here cite them by those numbers.
 """
 
 from __future__ import annotations
@@ -137,7 +122,7 @@ class Changes:
 
 
 def merged_status(current: Status | None, seen: Status) -> Status | None:
-    """The status after ``seen`` arrives, or None when it changes nothing (rule 6)."""
+    """The status after ``seen`` arrives, or None when it changes nothing (docs/design.md §1.8)."""
     if current is None:
         return seen
     if seen == current:
@@ -165,8 +150,8 @@ def step_jobs(
     at: float,
     horizon: float,
 ) -> list[NewJob]:
-    """The jobs that start a step: its send now, and its window (rule 1) or, on the last step,
-    the report horizon (rule 5)."""
+    """The jobs that start a step: its send now, and its window (docs/design.md §1.1) or, on
+    the last step, the report horizon (docs/design.md §1.7)."""
     jobs = [NewJob(SEND, message_id, at)]
     if not last and expiry_time is not None:
         jobs.append(NewJob(STEP_TIMEOUT, message_id, at + expiry_time))
@@ -242,7 +227,7 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
     if new is None:
         # duplicate or stale: nothing changes twice; but a send result that comes after a
         # receipt or after the window closed still records the provider's id and price, so the
-        # message's later receipts can be correlated (rule 6)
+        # message's later receipts can be correlated (docs/design.md §1.8)
         if seen.provider_message_id is not None and step.provider_message_id is None:
             changes.message(step.id).provider = seen.provider
             changes.message(step.id).provider_message_id = seen.provider_message_id

@@ -20,7 +20,7 @@ class Status(StrEnum):
         return self in (Status.REJECTED, Status.UNDELIVERABLE)
 
 
-#: the success ladder: a status only ever moves up it (DESIGN.md §2.8)
+#: the success ladder: a status only ever moves up it (docs/design.md §1.8)
 SUCCESS_RANK = {Status.SUBMITTED: 1, Status.DELIVERED: 2, Status.READ: 3}
 
 

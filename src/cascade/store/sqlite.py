@@ -9,9 +9,10 @@ sent only after the commit that holds it. A batch runs without a savepoint per w
 fails, the batch is undone and run again with each write in its own savepoint, so the failing
 one alone gets the error. Accepts that follow each other in a batch (the common case under load)
 are inserted together, one ``executemany`` per table. When another process holds the write
-lock, the batch is written on the helper thread, which waits for the lock there. Reads run
-directly on the event loop thread on their own connection: WAL lets them proceed while a commit
-is under way.
+lock, the batch waits on the event loop, tried again every 0.25 ms doubling up to 4 ms (with the
+writes queued meanwhile), and fails after 30 s; the helper thread waits for the lock only in the
+rare one-by-one rewrite after a failed write. Reads run directly on the event loop thread on
+their own connection: WAL lets them proceed while a commit is under way.
 """
 
 from __future__ import annotations
@@ -456,7 +457,8 @@ def _settle(outcomes: Iterable[tuple[asyncio.Future[Any], Any, BaseException | N
 
 
 def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite:///path`` URL (``sqlite:///:memory:`` is refused)."""
+    """The file path of a ``sqlite:///path`` URL, or the string itself when it has no such
+    prefix; it refuses nothing (``service.open_store`` refuses an empty path and ``:memory:``)."""
     path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else url
     return path
 
