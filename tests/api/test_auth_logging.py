@@ -117,3 +117,29 @@ def test_every_long_log_value_is_cut_whatever_logged_it() -> None:
     cut = clip_long_values(None, "info", event)
     assert cut["path"] == "p" * MAX_LOG_VALUE_CHARS + "… (1300000 chars)"
     assert cut["short"] == "s" * 10
+
+
+class _NoLookups:
+    """A store that fails the test if authentication asks it anything."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the store was asked {name}")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Basic " + base64.b64encode(b"ab\x00c:secret").decode(),
+        "Basic " + base64.b64encode(b"k" * 65 + b":secret").decode(),
+        "Basic " + base64.b64encode("kéy:secret".encode()).decode(),
+        "Bearer e30."
+        + base64.urlsafe_b64encode(json.dumps({"application_id": "a\x00b"}).encode()).decode()
+        + ".sig",
+    ],
+)
+async def test_implausible_ids_are_refused_before_the_store(header: str) -> None:
+    """An api_key or application_id Cascade never issues (a NUL, which made PostgreSQL fail
+    the lookup with a 503; too long; not ASCII) is a 401 without a store lookup."""
+    authenticator = Authenticator(_NoLookups(), FakeClock())  # type: ignore[arg-type]
+    with pytest.raises(Unauthorized):
+        await authenticator.authenticate([header])

@@ -133,6 +133,8 @@ class Authenticator:
         application_id = _unverified_application_id(token)
         if application_id is None:
             raise self._refuse("JWT without a readable application_id")
+        if not _plausible_id(application_id):
+            raise self._refuse("implausible application_id", application_id=clip(application_id))
         entry = await self._lookup_application(application_id, now)
         if entry.application is None or entry.key is None or entry.account is None:
             raise self._refuse("unknown application", application_id=clip(application_id))
@@ -193,6 +195,9 @@ class Authenticator:
         api_key, sep, api_secret = decoded.partition(":")
         if not sep or not api_key or not api_secret:
             raise self._refuse("Basic credentials are not api_key:api_secret")
+        if not _plausible_id(api_key):
+            # never ours, and a NUL in it would make PostgreSQL fail the lookup (a 503)
+            raise self._refuse("implausible api_key", api_key=clip(api_key))
         now = self._clock.now()
         cached = self._basic.get(api_key)
         if cached is not None and now - cached[1] < TENANT_CACHE_SECONDS:
@@ -206,6 +211,16 @@ class Authenticator:
         if not hmac.compare_digest(hash_secret(api_secret), expected) or account is None:
             raise self._refuse("wrong api_key or api_secret")
         return Principal(account, None)
+
+
+#: longer than any id Cascade issues (api keys have 8 characters, application ids 36)
+MAX_ID_LENGTH = 64
+
+
+def _plausible_id(value: str) -> bool:
+    """Whether a client-sent api_key or application_id could be one Cascade issued: short,
+    printable ASCII. Anything else is refused before it reaches the store."""
+    return len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable()
 
 
 def _unverified_application_id(token: str) -> str | None:
