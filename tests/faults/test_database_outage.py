@@ -134,7 +134,10 @@ async def test_work_accepted_around_a_database_outage_completes_once(
 
     pending = set(ids)
     while pending:
-        assert time.monotonic() < deadline, f"{len(pending)} workflows never finished"
+        if time.monotonic() > deadline:
+            stuck = [await service.store.get_workflow(tenant.account.id, w) for w in pending]
+            jobs = [await service.store.pending_jobs(m.id) for w in stuck if w for m in w.messages]
+            pytest.fail(f"{len(pending)} workflows never finished: {stuck} {jobs}")
         for workflow_id in list(pending):
             record = await service.store.get_workflow(tenant.account.id, workflow_id)
             assert record is not None
