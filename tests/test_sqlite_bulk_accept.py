@@ -18,6 +18,7 @@ from cascade.domain.records import Accepted, NewStep, NewWorkflow, Surface
 from cascade.errors import StoreConflict
 from cascade.service import new_account
 from cascade.store.sqlite import SqliteStore, _Accept
+from cascade.store.sqlstore import AcceptRows
 
 NOW = 1_800_000_000.0
 
@@ -85,7 +86,7 @@ async def _one_batch(store: SqliteStore, workflows: list[NewWorkflow]) -> list[o
     """Submit every accept before the writer can take any, so that they share one batch (the
     writer flushes on the event loop's next turn, after these submits)."""
     writer = store._writer
-    futures = [writer.submit(_Accept(w)) for w in workflows]
+    futures = [writer.submit(_Accept(AcceptRows.of(w))) for w in workflows]
     return list(await asyncio.gather(*futures, return_exceptions=True))
 
 

@@ -1,4 +1,4 @@
-"""Back ends for the storage contract suite: one ``store`` fixture over memory, SQLite and
+"""Back ends for the storage contract suite: one ``store`` fixture over SQLite and
 PostgreSQL, so every contract test runs against each.
 
 PostgreSQL is the server on 127.0.0.1:5432 (database ``test``, trust auth, as the current OS
@@ -22,7 +22,6 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from cascade.store.base import Store
-from cascade.store.memory import MemoryStore
 from cascade.store.postgres import PostgresStore
 from cascade.store.sqlite import SqliteStore
 
@@ -110,24 +109,16 @@ class Backend:
     """A back end under test: its name and how to make a store on this test's database."""
 
     name: str
-    #: a new, unopened store on the same database (the memory back end has one instance)
+    #: a new, unopened store on the same database
     make: Callable[[], Store]
-
-    @property
-    def durable(self) -> bool:
-        """Whether the back end keeps data across separate store instances."""
-        return self.name != "memory"
 
 
 @pytest.fixture(
-    params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Each storage back end in turn, on an empty database of its own."""
     name: str = request.param
-    if name == "memory":
-        shared = MemoryStore()
-        return Backend(name, lambda: shared)
     if name == "sqlite":
         path = tmp_path / "cascade.db"
         return Backend(name, lambda: SqliteStore(path, synchronous="NORMAL"))

@@ -473,10 +473,15 @@ class TestWebhooks:
             store.transition(key, setting(Status.SUBMITTED)),
             store.transition(key, setting(Status.DELIVERED)),
         )
-        assert seen[-1][:2] == (Status.DELIVERED, Status.SUBMITTED)
+        # whichever stored first, the other decided again from what it stored and won
+        (first_status, *_), (second_status, *_) = seen[0], seen[1]
+        last_status, last_saw, _ = seen[-1]
+        assert {first_status, second_status} == {Status.SUBMITTED, Status.DELIVERED}
+        assert len(seen) in (2, 3)  # a decision from a read another moved was made again
+        assert last_saw == ({Status.SUBMITTED, Status.DELIVERED} - {last_status}).pop()
         stored = await store.find_message(message_id)
         assert stored is not None
-        assert stored.status == Status.DELIVERED
+        assert stored.status == last_status
 
     async def test_transitions_queue_their_webhooks(self, store: Store) -> None:
         """Webhooks returned by a decision are stored with the transition."""

@@ -154,7 +154,7 @@ class TestPurgeWorkflows:
         owner = await tenant(store)
         for n in range(6):
             await finished(store, owner.id, T0 + n)
-        others = [store] if not backend.durable else [backend.make() for _ in range(2)]
+        others = [backend.make() for _ in range(2)]
         for other in others:
             if other is not store:
                 await other.open()

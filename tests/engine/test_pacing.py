@@ -275,8 +275,8 @@ def _job_query_plans(store: SqliteStore, seen: list[str]) -> list[str]:
         for sql in seen:
             if "FROM jobs" not in sql:
                 continue
-            if "RETURNING" in sql:
-                sql = sql[sql.index("(SELECT") + 1 : sql.index(") RETURNING")]
+            if "RETURNING" in sql:  # the claim's subquery, which picks the rows
+                sql = sql[sql.index("(SELECT") + 1 : sql.rindex(")")]
             plans.append(" ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)))
         return plans
     finally:

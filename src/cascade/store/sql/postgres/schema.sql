@@ -28,7 +28,9 @@ CREATE TABLE workflows (
     state          text NOT NULL,
     created_at     double precision NOT NULL,
     updated_at     double precision NOT NULL,
-    finished_at    double precision
+    finished_at    double precision,
+    -- bumped by every write a transition decides from (see migration 0006)
+    version        integer NOT NULL DEFAULT 0
 );
 CREATE INDEX workflows_account ON workflows (account_id, created_at);
 CREATE INDEX workflows_finished ON workflows (finished_at) WHERE finished_at IS NOT NULL;

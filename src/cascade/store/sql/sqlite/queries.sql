@@ -1,0 +1,462 @@
+-- Every statement Cascade runs on SQLite, by name (store/queries.py loads them; the
+-- PostgreSQL file defines the same names). Parameters are :name; a list parameter is read
+-- through json_each(:name). A block of several statements runs them in order with the same
+-- parameters, the last one's rows being its result.
+
+-- name: ping
+SELECT 1
+
+-- ---- tenancy -------------------------------------------------------------------------------
+
+-- name: insert_account
+INSERT INTO accounts (id, api_key, api_secret_sha256, signature_secret, status_url,
+                      inbound_url, created_at)
+VALUES (:id, :api_key, :api_secret_sha256, :signature_secret, :status_url, :inbound_url,
+        :created_at)
+
+-- name: account
+SELECT * FROM accounts WHERE id = :id
+
+-- name: account_by_api_key
+SELECT * FROM accounts WHERE api_key = :api_key
+
+-- name: accounts
+SELECT * FROM accounts ORDER BY created_at, id
+
+-- name: update_account
+UPDATE accounts SET
+    status_url = CASE WHEN :set_status_url THEN :status_url ELSE status_url END,
+    inbound_url = CASE WHEN :set_inbound_url THEN :inbound_url ELSE inbound_url END,
+    signature_secret = CASE WHEN :set_signature_secret THEN :signature_secret
+                       ELSE signature_secret END
+WHERE id = :id
+RETURNING *
+
+-- name: insert_application
+INSERT INTO applications (id, account_id, name, public_key_pem, status_url, inbound_url,
+                          created_at)
+VALUES (:id, :account_id, :name, :public_key_pem, :status_url, :inbound_url, :created_at)
+
+-- name: application
+SELECT * FROM applications WHERE id = :id
+
+-- name: applications
+SELECT * FROM applications WHERE account_id = :account_id ORDER BY created_at, id
+
+-- ---- the accept path -----------------------------------------------------------------------
+
+-- name: claim_idempotency_key
+-- a key older than its time to live is taken again by this request
+INSERT INTO idempotency_keys (account_id, key, request_sha256, status_code, response,
+                              created_at)
+VALUES (:account_id, :key, :request_sha256, :status_code, :response, :created_at)
+ON CONFLICT (account_id, key) DO UPDATE SET
+    request_sha256 = excluded.request_sha256, status_code = excluded.status_code,
+    response = excluded.response, created_at = excluded.created_at
+WHERE idempotency_keys.created_at <= excluded.created_at - :ttl
+RETURNING account_id, key
+
+-- name: idempotency_keys
+SELECT i.* FROM idempotency_keys i
+JOIN (SELECT a.value AS account_id, k.value AS key
+      FROM json_each(:account_ids) a JOIN json_each(:keys) k ON a.key = k.key) wanted
+  ON i.account_id = wanted.account_id AND i.key = wanted.key
+
+-- name: insert_workflow
+INSERT INTO workflows (id, account_id, application_id, surface, state, created_at, updated_at)
+VALUES (:id, :account_id, :application_id, :surface, 'running', :created_at, :created_at)
+
+-- name: insert_message
+INSERT INTO messages (id, workflow_id, step, account_id, channel, recipient, sender, body,
+                      client_ref, expiry_time, condition_status, state, started_at,
+                      created_at, updated_at)
+VALUES (:id, :workflow_id, :step, :account_id, :channel, :recipient, :sender, :body,
+        :client_ref, :expiry_time, :condition_status, :state, :started_at, :created_at,
+        :created_at)
+
+-- name: insert_job
+INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (:kind, :ref, :run_at, :created_at)
+
+-- ---- reading back --------------------------------------------------------------------------
+
+-- name: workflow
+SELECT * FROM workflows WHERE id = :id AND account_id = :account_id
+
+-- name: workflow_messages
+SELECT * FROM messages WHERE workflow_id = :workflow_id ORDER BY step
+
+-- name: workflow_events
+SELECT * FROM events WHERE workflow_id = :workflow_id ORDER BY id
+
+-- name: workflows
+-- an account's page, newest first: (created_at, id) before the last one of the page before
+SELECT * FROM workflows
+WHERE account_id = :account_id
+  AND created_at <= :before_at AND (created_at < :before_at OR id < :before_id)
+  AND created_at >= :created_after AND created_at < :created_before
+  AND (:state IS NULL OR state = :state)
+ORDER BY created_at DESC, id DESC LIMIT :limit
+
+-- name: messages_of_workflows
+SELECT * FROM messages
+WHERE workflow_id IN (SELECT value FROM json_each(:workflow_ids)) ORDER BY step
+
+-- name: message
+SELECT * FROM messages WHERE id = :id AND account_id = :account_id
+
+-- name: messages
+SELECT * FROM messages
+WHERE account_id = :account_id
+  AND created_at <= :before_at AND (created_at < :before_at OR id < :before_id)
+  AND created_at >= :created_after AND created_at < :created_before
+  AND (:state IS NULL OR status = :state)
+  AND (:channel IS NULL OR channel = :channel)
+ORDER BY created_at DESC, id DESC LIMIT :limit
+
+-- name: jobs_of
+SELECT * FROM jobs WHERE ref = :ref ORDER BY run_at, id
+
+-- ---- the engine ----------------------------------------------------------------------------
+
+-- name: find_message
+SELECT * FROM messages WHERE id = :id
+
+-- name: find_messages
+SELECT * FROM messages WHERE id IN (SELECT value FROM json_each(:ids))
+
+-- name: claim_jobs
+UPDATE jobs SET locked_by = :worker_id, locked_until = :until
+WHERE id IN (SELECT id FROM jobs
+             WHERE run_at <= :now AND (locked_until IS NULL OR locked_until < :now)
+             ORDER BY run_at LIMIT :limit)
+RETURNING *
+
+-- name: claim_jobs_of_kind
+-- through jobs_kind_due, in time order: a webhook-only worker must not read past every timer
+UPDATE jobs SET locked_by = :worker_id, locked_until = :until
+WHERE id IN (SELECT id FROM jobs
+             WHERE run_at <= :now AND kind = :kind
+               AND (locked_until IS NULL OR locked_until < :now)
+             ORDER BY run_at LIMIT :limit)
+RETURNING *
+
+-- name: claim_jobs_of_kinds
+-- several kinds are usually most of the jobs: +kind keeps SQLite on jobs_due, in time order,
+-- stopping at the first rows that match; through jobs_kind_due it would read every due row of
+-- each kind and sort them (a fifth of the SMS throughput under a backlog of due sends)
+UPDATE jobs SET locked_by = :worker_id, locked_until = :until
+WHERE id IN (SELECT id FROM jobs
+             WHERE run_at <= :now AND +kind IN (SELECT value FROM json_each(:kinds))
+               AND (locked_until IS NULL OR locked_until < :now)
+             ORDER BY run_at LIMIT :limit)
+RETURNING *
+
+-- name: extend_lease
+UPDATE jobs SET locked_until = :until
+WHERE id IN (SELECT value FROM json_each(:ids)) AND locked_by = :worker_id
+
+-- name: next_job_at
+SELECT run_at FROM jobs WHERE locked_until IS NULL ORDER BY run_at LIMIT 1
+
+-- name: next_job_at_of_kind
+SELECT run_at FROM jobs WHERE locked_until IS NULL AND kind = :kind ORDER BY run_at LIMIT 1
+
+-- name: next_job_at_of_kinds
+SELECT run_at FROM jobs
+WHERE locked_until IS NULL AND +kind IN (SELECT value FROM json_each(:kinds))
+ORDER BY run_at LIMIT 1
+
+-- name: delete_job
+DELETE FROM jobs WHERE id = :id
+
+-- name: release_job
+UPDATE jobs SET run_at = :run_at, attempts = attempts + :attempted, locked_by = NULL,
+                locked_until = NULL
+WHERE id = :id
+
+-- name: note_send_error
+UPDATE messages SET last_error_code = :code, last_error_reason = :reason WHERE id = :id
+
+-- name: send_attempt
+SELECT send_attempts, send_started_at, last_error_code, last_error_reason
+FROM messages WHERE id = :id
+
+-- name: count_send_attempt
+UPDATE messages SET send_attempts = send_attempts + 1,
+                    send_started_at = coalesce(send_started_at, :now)
+WHERE id = :id
+
+-- name: transition_read_by_workflow
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id = :workflow_id ORDER BY m.step
+
+-- name: transition_read_by_message
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id = (SELECT workflow_id FROM messages WHERE id = :message_id)
+ORDER BY m.step
+
+-- name: transition_read_by_provider
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id = (SELECT workflow_id FROM messages
+                       WHERE provider = :provider AND provider_message_id = :provider_message_id)
+ORDER BY m.step
+
+-- name: lock_workflow
+-- (inside the write transaction: SQLite's one writer already holds every row)
+SELECT id FROM workflows WHERE id = :workflow_id
+
+-- name: lock_workflow_of_message
+SELECT workflow_id FROM messages WHERE id = :message_id
+
+-- name: lock_workflow_of_provider
+SELECT workflow_id FROM messages
+WHERE provider = :provider AND provider_message_id = :provider_message_id
+
+-- name: claim_version
+-- a decision made from this version of the workflow may be stored: nothing moved it since
+UPDATE workflows SET version = version + 1 WHERE id = :id AND version = :version
+
+-- name: bump_version
+UPDATE workflows SET version = version + 1 WHERE id = :id
+
+-- name: bump_version_of_messages
+UPDATE workflows SET version = version + 1
+WHERE id IN (SELECT workflow_id FROM messages WHERE id IN (SELECT value FROM json_each(:ids)))
+
+-- name: change_message
+-- what a transition changes of a message (a NULL keeps the stored value)
+UPDATE messages SET
+    state = coalesce(:state, state), status = coalesce(:status, status),
+    error_code = coalesce(:error_code, error_code),
+    error_reason = coalesce(:error_reason, error_reason),
+    provider = coalesce(:provider, provider),
+    provider_message_id = coalesce(:provider_message_id, provider_message_id),
+    price = coalesce(:price, price), currency = coalesce(:currency, currency),
+    started_at = coalesce(:started_at, started_at), segments = coalesce(:segments, segments),
+    updated_at = coalesce(:updated_at, updated_at)
+WHERE id = :id
+
+-- name: finish_workflow
+UPDATE workflows SET state = :state, finished_at = :finished_at, updated_at = :finished_at
+WHERE id = :id
+
+-- name: insert_event
+INSERT INTO events (workflow_id, message_id, at, kind, status, code, reason, source)
+VALUES (:workflow_id, :message_id, :at, :kind, :status, :code, :reason, :source)
+
+-- name: cancel_jobs
+DELETE FROM jobs WHERE kind = :kind AND ref = :ref
+
+-- name: webhook_destination
+-- the URL a webhook goes to: the application's, else the account's
+SELECT coalesce(
+    (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
+     FROM applications WHERE id = :application_id),
+    (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
+     FROM accounts WHERE id = :account_id))
+
+-- name: insert_webhook
+INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, url, body,
+                      state, created_at, next_attempt_at)
+VALUES (:account_id, :application_id, :workflow_id, :message_id, :kind, :url, :body, :state,
+        :created_at, :next_attempt_at)
+RETURNING id
+
+-- name: insert_orphan_receipt
+INSERT INTO orphan_receipts (provider, provider_message_id, status, at, code, reason,
+                             received_at)
+VALUES (:provider, :provider_message_id, :status, :at, :code, :reason, :received_at)
+
+-- name: orphan_receipt_kept
+SELECT 1 FROM orphan_receipts
+WHERE provider = :provider AND provider_message_id = :provider_message_id LIMIT 1
+
+-- name: take_matched_orphan_receipts
+DELETE FROM orphan_receipts AS o
+WHERE (EXISTS (SELECT 1 FROM messages m WHERE m.provider = o.provider
+                 AND m.provider_message_id = o.provider_message_id)
+       OR EXISTS (SELECT 1 FROM message_parts p WHERE p.provider = o.provider
+                    AND p.part_id = o.provider_message_id))
+RETURNING *
+
+-- name: take_orphan_receipts_of
+DELETE FROM orphan_receipts AS o
+WHERE o.provider = :provider AND o.provider_message_id = :provider_message_id
+  AND (EXISTS (SELECT 1 FROM messages m WHERE m.provider = o.provider
+                 AND m.provider_message_id = o.provider_message_id)
+       OR EXISTS (SELECT 1 FROM message_parts p WHERE p.provider = o.provider
+                    AND p.part_id = o.provider_message_id))
+RETURNING *
+
+-- name: insert_message_part
+INSERT INTO message_parts (provider, part_id, message_id, seq)
+VALUES (:provider, :part_id, :message_id, :seq)
+ON CONFLICT DO NOTHING
+
+-- name: lock_message_parts
+-- every part of the message one part id names, in order
+SELECT * FROM message_parts
+WHERE message_id = (SELECT message_id FROM message_parts
+                    WHERE provider = :provider AND part_id = :part_id)
+ORDER BY seq
+
+-- name: record_part_status
+UPDATE message_parts SET status = :status, code = :code, reason = :reason
+WHERE provider = :provider AND part_id = :part_id
+
+-- name: provider_ids_held
+SELECT 1 FROM messages
+WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+  AND id <> :message_id
+UNION ALL
+SELECT 1 FROM message_parts
+WHERE provider = :provider AND part_id IN (SELECT value FROM json_each(:ids))
+  AND message_id <> :message_id
+UNION ALL
+SELECT 1 FROM orphan_receipts
+WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+  AND received_at < :sent_since
+LIMIT 1
+
+-- name: release_provider_ids
+UPDATE messages SET provider_message_id = NULL
+WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+  AND id <> :message_id
+RETURNING id
+
+-- name: release_part_ids
+DELETE FROM message_parts
+WHERE provider = :provider AND part_id IN (SELECT value FROM json_each(:ids))
+  AND message_id <> :message_id
+RETURNING message_id AS id
+
+-- name: drop_stale_orphan_receipts
+DELETE FROM orphan_receipts
+WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+  AND received_at < :sent_since
+
+-- ---- customer webhooks ---------------------------------------------------------------------
+
+-- name: webhook
+SELECT * FROM webhooks WHERE id = :id
+
+-- name: webhooks_by_id
+SELECT * FROM webhooks WHERE id IN (SELECT value FROM json_each(:ids))
+
+-- name: record_webhook_attempt
+INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration)
+VALUES (:webhook_id, :at, :status_code, :error, :duration);
+UPDATE webhooks SET state = :state, attempts = attempts + 1,
+    first_attempt_at = coalesce(first_attempt_at, :at), last_attempt_at = :at,
+    next_attempt_at = :next_attempt_at, last_status = :status_code, last_error = :error,
+    delivered_at = CASE WHEN :state = 'delivered' THEN :at ELSE delivered_at END
+WHERE id = :webhook_id;
+DELETE FROM jobs WHERE id = :job_id AND :next_attempt_at IS NULL;
+UPDATE jobs SET run_at = :next_attempt_at, attempts = attempts + 1, locked_by = NULL,
+                locked_until = NULL
+WHERE id = :job_id AND :next_attempt_at IS NOT NULL
+
+-- name: webhooks
+SELECT * FROM webhooks
+WHERE (:account_id IS NULL OR account_id = :account_id)
+  AND (:workflow_id IS NULL OR workflow_id = :workflow_id)
+  AND (:state IS NULL OR state = :state)
+ORDER BY id LIMIT :limit
+
+-- name: webhook_attempts
+SELECT * FROM webhook_attempts
+WHERE webhook_id IN (SELECT value FROM json_each(:ids)) ORDER BY id
+
+-- name: dead_webhooks
+SELECT id FROM webhooks
+WHERE state = 'dead' AND (:account_id IS NULL OR account_id = :account_id)
+ORDER BY id
+
+-- name: replayable_webhooks
+SELECT id FROM webhooks
+WHERE id IN (SELECT value FROM json_each(:ids)) AND url IS NOT NULL
+  AND (:account_id IS NULL OR account_id = :account_id)
+ORDER BY id
+
+-- name: replay_webhooks
+-- their retry schedule starts over, and each gets one fresh job
+UPDATE webhooks SET state = 'pending', attempts = 0, first_attempt_at = NULL,
+                    next_attempt_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids));
+DELETE FROM jobs WHERE kind = :kind AND ref IN (SELECT value FROM json_each(:refs));
+INSERT INTO jobs (kind, ref, run_at, created_at)
+SELECT :kind, value, :now, :now FROM json_each(:refs)
+
+-- ---- the sandbox provider's journal ---------------------------------------------------------
+
+-- name: sandbox_receive
+-- a resend of a message already accepted is recognised, not counted
+INSERT INTO sandbox_messages (message_id, provider_message_id, channel, recipient, text,
+                              attempts, received_at, receipts_due)
+VALUES (:message_id, :provider_message_id, :channel, :recipient, :text, :attempts,
+        :received_at, :receipts_due)
+ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1
+WHERE sandbox_messages.received_at IS NULL;
+SELECT * FROM sandbox_messages WHERE message_id = :message_id
+
+-- name: sandbox_set_receipts
+UPDATE sandbox_messages SET receipts_due = :receipts_due,
+                            received_at = coalesce(:received_at, received_at)
+WHERE provider_message_id = :provider_message_id
+
+-- name: sandbox_messages
+SELECT * FROM sandbox_messages ORDER BY rowid
+
+-- name: sandbox_owed
+-- '[]' is how nothing owed is stored: only the few messages still owing are read
+SELECT * FROM sandbox_messages WHERE receipts_due != '[]' ORDER BY rowid
+
+-- ---- retention -----------------------------------------------------------------------------
+
+-- name: purge_idempotency_keys
+DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys
+                                             WHERE created_at < :before LIMIT :limit)
+
+-- name: purge_orphan_receipts
+DELETE FROM orphan_receipts WHERE id IN (SELECT id FROM orphan_receipts
+                                         WHERE received_at < :before LIMIT :limit)
+
+-- name: purgeable_webhooks
+SELECT id FROM webhooks
+WHERE workflow_id IS NULL AND created_at < :before AND state != 'pending' LIMIT :limit
+
+-- name: purgeable_workflows
+-- finished, and owing no webhook
+SELECT id FROM workflows w
+WHERE finished_at < :before
+  AND NOT EXISTS (SELECT 1 FROM webhooks h WHERE h.workflow_id = w.id AND h.state = 'pending')
+ORDER BY finished_at LIMIT :limit
+
+-- name: delete_webhooks
+DELETE FROM jobs WHERE kind = :kind AND ref IN (SELECT value FROM json_each(:refs));
+DELETE FROM webhook_attempts WHERE webhook_id IN (SELECT value FROM json_each(:ids));
+DELETE FROM webhooks WHERE id IN (SELECT value FROM json_each(:ids))
+
+-- name: webhooks_of_workflows
+SELECT id FROM webhooks WHERE workflow_id IN (SELECT value FROM json_each(:ids))
+
+-- name: delete_workflows
+-- with all that hangs off them (their webhooks are deleted first, by delete_webhooks)
+DELETE FROM jobs WHERE ref IN (SELECT value FROM json_each(:ids))
+    OR ref IN (SELECT id FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids)));
+DELETE FROM message_parts
+WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids)));
+DELETE FROM sandbox_messages
+WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids)));
+DELETE FROM events WHERE workflow_id IN (SELECT value FROM json_each(:ids));
+DELETE FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids));
+DELETE FROM workflows WHERE id IN (SELECT value FROM json_each(:ids))

@@ -1,0 +1,912 @@
+"""The store on SQL, whatever the database: every rule of what is read and written, once.
+
+A store operation is a generator that yields the statements it needs, by name, and receives
+each one's result: a plan the driver runs. The SQLite driver runs a plan on its reader
+connection or inside its group-commit writer; the PostgreSQL driver on a pooled connection,
+in a transaction when it writes. Neither knows what the plan does, and this module knows
+nothing of either driver: what differs between the databases is in their query files
+(``sql/<dialect>/queries.sql``) and in the drivers' transactions, batching and wake-ups.
+
+How a transition is decided (docs/design.md §4): the workflow is read and the decision made
+outside the write transaction; the transaction stores it only if the workflow's version is
+still the one read, and otherwise reads it again (locked, on PostgreSQL) and decides again.
+Every write that changes what a decision reads moves the version.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from functools import partial
+from typing import Any, TypeVar, overload
+
+from cascade.domain.failover import Changes
+from cascade.domain.records import (
+    WEBHOOK_JOB,
+    Accepted,
+    Account,
+    Application,
+    MessageRecord,
+    NewWebhook,
+    NewWorkflow,
+    Receipt,
+    SandboxMessage,
+    SendAttempt,
+    StepState,
+    StoredResponse,
+    WebhookAttempt,
+    WebhookRecord,
+    WorkflowRecord,
+)
+from cascade.domain.status import Status
+from cascade.errors import IdempotencyConflict, NotFound, StoreUnavailable
+from cascade.store import rows
+from cascade.store.base import (
+    UNSET,
+    ClaimedIds,
+    Decide,
+    Decision,
+    Job,
+    ListQuery,
+    Store,
+    WorkflowKey,
+    _Unset,
+)
+
+T = TypeVar("T")
+
+
+class Fetch(Enum):
+    """What a statement's result is taken as."""
+
+    ROWS = "rows"  # every row
+    ROW = "row"  # the first row, or None
+    VALUE = "value"  # the first column of the first row, or None
+    COUNT = "count"  # how many rows it changed
+    MANY = "many"  # run once per parameter set (executemany); nothing
+    EACH = "each"  # run once per parameter set; the rows of all runs
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One named query of the dialect's file, with its parameters, in a plan."""
+
+    query: str
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    fetch: Fetch
+
+
+class Signal(Enum):
+    """What a plan tells its driver besides statements."""
+
+    #: this transaction queued or released jobs (PostgreSQL wakes other processes at commit)
+    JOBS_QUEUED = "jobs_queued"
+
+
+Step = Run | Signal
+#: a store operation: yields statements, receives their results, returns its own
+Plan = Generator[Step, Any, T]
+
+
+def select(query: str, **params: Any) -> Run:
+    """Every row of a query."""
+    return Run(query, params, Fetch.ROWS)
+
+
+def first(query: str, **params: Any) -> Run:
+    """The first row of a query, or None."""
+    return Run(query, params, Fetch.ROW)
+
+
+def value(query: str, **params: Any) -> Run:
+    """The first column of a query's first row, or None."""
+    return Run(query, params, Fetch.VALUE)
+
+
+def change(query: str, **params: Any) -> Run:
+    """A statement that changes rows; how many it changed."""
+    return Run(query, params, Fetch.COUNT)
+
+
+def each(query: str, params: Sequence[Mapping[str, Any]]) -> Run:
+    """A statement run once per parameter set (nothing when there is none)."""
+    return Run(query, params, Fetch.MANY)
+
+
+def one(run: Run) -> Plan[Any]:
+    """A plan of one statement."""
+    return (yield run)
+
+
+# --- plans ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRows:
+    """The rows one accepted request adds, encoded before its transaction starts (a request
+    that cannot be encoded fails alone, before it can break a batch)."""
+
+    workflow: NewWorkflow
+    workflow_row: dict[str, Any]
+    message_rows: list[dict[str, Any]]
+    job_rows: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, workflow: NewWorkflow) -> AcceptRows:
+        """The rows of ``workflow``."""
+        now = workflow.accepted_at
+        return cls(
+            workflow,
+            {
+                "id": workflow.id,
+                "account_id": workflow.account_id,
+                "application_id": workflow.application_id,
+                "surface": workflow.surface.value,
+                "created_at": now,
+            },
+            [
+                {
+                    "id": step.message_id,
+                    "workflow_id": workflow.id,
+                    "step": index,
+                    "account_id": workflow.account_id,
+                    "channel": step.channel,
+                    "recipient": step.to.decode(),
+                    "sender": step.from_.decode(),
+                    "body": step.body.decode(),
+                    "client_ref": step.client_ref,
+                    "expiry_time": step.expiry_time,
+                    "condition_status": step.condition_status,
+                    "state": (StepState.ACTIVE if index == 0 else StepState.WAITING).value,
+                    "started_at": now if index == 0 else None,
+                    "created_at": now,
+                }
+                for index, step in enumerate(workflow.steps)
+            ],
+            [
+                {"kind": job.kind, "ref": job.ref, "run_at": job.run_at, "created_at": now}
+                for job in workflow.jobs
+            ],
+        )
+
+
+#: what one accepted request of a batch comes to: stored (or replayed), or its own error
+AcceptOutcome = Accepted | Exception
+
+
+def accept_plan(batch: Sequence[AcceptRows], idempotency_ttl: float) -> Plan[list[AcceptOutcome]]:
+    """Store a batch of accepted requests as if they ran in turn, in one transaction.
+
+    The first request of the batch naming an Idempotency-Key claims it (unless a live request
+    holds it already); later ones replay the response of the one that holds it, or conflict.
+    Keys are claimed in one order, so two batches in flight cannot deadlock on them."""
+    outcomes: list[AcceptOutcome | None] = [None] * len(batch)
+    leaders: dict[tuple[str, str], AcceptRows] = {}
+    for request in batch:
+        claim = request.workflow.idempotency
+        if claim is not None:
+            leaders.setdefault((request.workflow.account_id, claim.key), request)
+    if leaders:
+        keys = sorted(leaders)
+        claims = []
+        for account_id, key in keys:
+            leader = leaders[account_id, key].workflow
+            assert leader.idempotency is not None
+            claims.append(
+                {
+                    "account_id": account_id,
+                    "key": key,
+                    "request_sha256": leader.idempotency.request_sha256,
+                    "status_code": leader.idempotency.response.status_code,
+                    "response": leader.idempotency.response.body.decode(),
+                    "created_at": leader.accepted_at,
+                    "ttl": idempotency_ttl,
+                }
+            )
+        claimed_rows = yield Run("claim_idempotency_key", claims, Fetch.EACH)
+        claimed = {(row["account_id"], row["key"]) for row in claimed_rows}
+        known: dict[tuple[str, str], tuple[str, StoredResponse]] = {}
+        for name in claimed:
+            leader_claim = leaders[name].workflow.idempotency
+            assert leader_claim is not None
+            known[name] = (leader_claim.request_sha256, leader_claim.response)
+        taken = [name for name in keys if name not in claimed]
+        if taken:
+            held = yield select(
+                "idempotency_keys",
+                account_ids=[name[0] for name in taken],
+                keys=[name[1] for name in taken],
+            )
+            for row in held:
+                response = StoredResponse(row["status_code"], row["response"].encode())
+                known[row["account_id"], row["key"]] = (row["request_sha256"], response)
+        for index, request in enumerate(batch):
+            claim = request.workflow.idempotency
+            if claim is None:
+                continue
+            name = (request.workflow.account_id, claim.key)
+            if leaders[name] is request and name in claimed:
+                continue  # this request claimed the key: it is written below
+            if name not in known:
+                outcomes[index] = StoreUnavailable(f"idempotency key {claim.key!r} vanished")
+            elif known[name][0] != claim.request_sha256:
+                outcomes[index] = IdempotencyConflict()
+            else:
+                outcomes[index] = Accepted(created=False, response=known[name][1])
+    fresh = [request for request, outcome in zip(batch, outcomes, strict=True) if outcome is None]
+    if fresh:
+        yield each("insert_workflow", [request.workflow_row for request in fresh])
+        yield each("insert_message", [row for request in fresh for row in request.message_rows])
+        jobs = [row for request in fresh for row in request.job_rows]
+        if jobs:
+            yield each("insert_job", jobs)
+            yield Signal.JOBS_QUEUED
+    created = Accepted(created=True)
+    return [created if outcome is None else outcome for outcome in outcomes]
+
+
+def _transition_read(key: WorkflowKey, query: str = "transition_read_by_") -> Run:
+    """The statement reading the workflow ``key`` names, with its messages and version."""
+    if key.workflow_id is not None:
+        return select(query + "workflow", workflow_id=key.workflow_id)
+    if key.message_id is not None:
+        return select(query + "message", message_id=key.message_id)
+    return select(
+        query + "provider", provider=key.provider, provider_message_id=key.provider_message_id
+    )
+
+
+def _lock_workflow(key: WorkflowKey) -> Run:
+    """The statement that finds (and on PostgreSQL locks) the workflow ``key`` names."""
+    if key.workflow_id is not None:
+        return value("lock_workflow", workflow_id=key.workflow_id)
+    if key.message_id is not None:
+        return value("lock_workflow_of_message", message_id=key.message_id)
+    return value(
+        "lock_workflow_of_provider",
+        provider=key.provider,
+        provider_message_id=key.provider_message_id,
+    )
+
+
+def transition_plan(
+    key: WorkflowKey,
+    decide: Decide,
+    early: tuple[str, int, Decision] | None,
+    done_job: int | None,
+) -> Plan[Decision | None]:
+    """Store a decision made from a read (``early``: the workflow id, the version read and
+    the decision) if the workflow did not move since; else read it again and decide again.
+    Delete ``done_job`` either way."""
+    decided: tuple[str, Decision] | None = None
+    if early is not None:
+        workflow_id, version, decision = early
+        if (yield change("claim_version", id=workflow_id, version=version)):
+            decided = (workflow_id, decision)
+    if decided is None:
+        workflow_id = yield _lock_workflow(key)
+        if workflow_id is not None:
+            loaded = rows.transition_workflow(
+                (yield select("transition_read_by_workflow", workflow_id=workflow_id))
+            )
+            if loaded is not None:
+                yield change("bump_version", id=workflow_id)
+                decided = (workflow_id, decide(loaded[0]))
+    if done_job is not None:
+        yield change("delete_job", id=done_job)
+    if decided is None:
+        return None
+    workflow_id, (changes, webhooks) = decided
+    yield from _persist(workflow_id, changes, webhooks)
+    return changes, webhooks
+
+
+def _persist(workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]) -> Plan[None]:
+    """Store what a transition decided (inside its transaction); a statement runs only when it
+    has rows (a transition often has no jobs to cancel)."""
+    now = max((event.at for event in changes.events), default=None)
+    updates = []
+    for message_change in changes.messages.values():
+        values = message_change.values()
+        if values or now is not None:
+            updates.append(
+                {**_NO_MESSAGE_CHANGE, **values, "id": message_change.message_id, "updated_at": now}
+            )
+    if updates:
+        yield each("change_message", updates)
+    if changes.workflow_state is not None:
+        yield change(
+            "finish_workflow",
+            id=workflow_id,
+            state=changes.workflow_state.value,
+            finished_at=changes.finished_at,
+        )
+    if changes.events:
+        yield each(
+            "insert_event",
+            [{**asdict(event), "workflow_id": workflow_id} for event in changes.events],
+        )
+    if changes.cancel_jobs:
+        yield each("cancel_jobs", [{"kind": kind, "ref": ref} for kind, ref in changes.cancel_jobs])
+    created = now if now is not None else time.time()
+    if changes.jobs:
+        yield each(
+            "insert_job",
+            [
+                {"kind": job.kind, "ref": job.ref, "run_at": job.run_at, "created_at": created}
+                for job in changes.jobs
+            ],
+        )
+    queued = yield from _insert_webhooks(webhooks, created)
+    if changes.jobs or queued:
+        yield Signal.JOBS_QUEUED
+
+
+#: the columns a message change may set, none of them set
+_NO_MESSAGE_CHANGE = dict.fromkeys(
+    (
+        "state",
+        "status",
+        "error_code",
+        "error_reason",
+        "provider",
+        "provider_message_id",
+        "price",
+        "currency",
+        "started_at",
+        "segments",
+    )
+)
+
+
+def _insert_webhooks(webhooks: Sequence[NewWebhook], created: float) -> Plan[int]:
+    """Queue webhooks, each with the URL of its kind unless it names one, and the job that
+    delivers it; returns how many jobs were queued."""
+    urls: dict[tuple[str, str | None, str], str | None] = {}
+    jobs = []
+    for webhook in webhooks:
+        url = webhook.url
+        if url is None:
+            target = (webhook.account_id, webhook.application_id, webhook.kind)
+            if target not in urls:
+                urls[target] = (
+                    yield value(
+                        "webhook_destination",
+                        account_id=webhook.account_id,
+                        application_id=webhook.application_id,
+                        inbound=webhook.kind == "inbound",
+                    )
+                ) or None
+            url = urls[target]
+        webhook_id = yield value(
+            "insert_webhook",
+            account_id=webhook.account_id,
+            application_id=webhook.application_id,
+            workflow_id=webhook.workflow_id,
+            message_id=webhook.message_id,
+            kind=webhook.kind,
+            url=url,
+            body=webhook.body.decode(),
+            state="pending" if url else "no_url",
+            created_at=created,
+            next_attempt_at=created if url else None,
+        )
+        if url:
+            jobs.append(
+                {
+                    "kind": WEBHOOK_JOB,
+                    "ref": str(webhook_id),
+                    "run_at": created,
+                    "created_at": created,
+                }
+            )
+    if jobs:
+        yield each("insert_job", jobs)
+    return len(jobs)
+
+
+def _workflow_plan(account_id: str, workflow_id: str) -> Plan[WorkflowRecord | None]:
+    """A workflow of an account with its messages and timeline."""
+    found = yield first("workflow", id=workflow_id, account_id=account_id)
+    if found is None:
+        return None
+    messages = yield select("workflow_messages", workflow_id=workflow_id)
+    events = yield select("workflow_events", workflow_id=workflow_id)
+    record = rows.workflow(found, map(rows.message, messages))
+    return replace(record, events=tuple(map(rows.event, events)))
+
+
+def _page(account_id: str, query: ListQuery) -> dict[str, Any]:
+    """The parameters of a list query: unset bounds are infinite, so one statement serves."""
+    before_at, before_id = query.before if query.before is not None else (float("inf"), "")
+    return {
+        "account_id": account_id,
+        "before_at": before_at,
+        "before_id": before_id,
+        "created_after": (
+            query.created_after if query.created_after is not None else float("-inf")
+        ),
+        "created_before": (
+            query.created_before if query.created_before is not None else float("inf")
+        ),
+        "state": query.state,
+        "channel": query.channel,
+        "limit": query.limit,
+    }
+
+
+def _workflows_plan(account_id: str, query: ListQuery) -> Plan[list[WorkflowRecord]]:
+    """A page of an account's workflows with their messages."""
+    found = yield select("workflows", **_page(account_id, query))
+    if not found:
+        return []
+    messages = yield select("messages_of_workflows", workflow_ids=[row["id"] for row in found])
+    return rows.workflows(found, messages)
+
+
+def _retry_plan(job_id: int, run_at: float, message_id: str, error: tuple[int, str]) -> Plan[None]:
+    """Release a send job to run again and keep its error (a decision reads the last error,
+    so the workflow's version moves; it is taken first, in the order transitions lock)."""
+    yield change("bump_version_of_messages", ids=[message_id])
+    yield change("note_send_error", id=message_id, code=error[0], reason=error[1])
+    yield change("release_job", id=job_id, run_at=run_at, attempted=1)
+    # released: a worker elsewhere may take it when due, sooner than its next poll
+    yield Signal.JOBS_QUEUED
+
+
+def _begin_send_plan(message_id: str, now: float) -> Plan[SendAttempt]:
+    """Count a send attempt; what was known before it."""
+    found = yield first("send_attempt", id=message_id)
+    if found is None:
+        return SendAttempt(0, None, None)
+    yield change("count_send_attempt", id=message_id, now=now)
+    code = found["last_error_code"]
+    error = (code, found["last_error_reason"]) if code is not None else None
+    return SendAttempt(found["send_attempts"], found["send_started_at"], error)
+
+
+def _part_receipt_plan(receipt: Receipt) -> Plan[tuple[str, list[Status | None]] | None]:
+    """Record one part's receipt; the message and every part's status, in order."""
+    parts = yield select(
+        "lock_message_parts", provider=receipt.provider, part_id=receipt.provider_message_id
+    )
+    part = (receipt.provider, receipt.provider_message_id)
+    if not any((row["provider"], row["part_id"]) == part for row in parts):
+        return None
+    yield change(
+        "record_part_status",
+        status=receipt.status.value,
+        code=receipt.code,
+        reason=receipt.reason,
+        provider=receipt.provider,
+        part_id=receipt.provider_message_id,
+    )
+    statuses = [
+        receipt.status
+        if (row["provider"], row["part_id"]) == part
+        else None
+        if row["status"] is None
+        else Status(row["status"])
+        for row in parts
+    ]
+    return str(parts[0]["message_id"]), statuses
+
+
+def _claim_ids_plan(params: dict[str, Any]) -> Plan[ClaimedIds]:
+    """Take provider ids away from older messages holding them (see Store.claim_provider_ids)."""
+    released = yield select("release_provider_ids", **params)
+    released += yield select("release_part_ids", **params)
+    stale = yield change("drop_stale_orphan_receipts", **params)
+    taken = list(dict.fromkeys(str(row["id"]) for row in released))
+    if taken:
+        # a transition decided on an older workflow before this decides again
+        yield change("bump_version_of_messages", ids=taken)
+    return ClaimedIds(tuple(taken), stale)
+
+
+def _replay_plan(
+    webhook_ids: Sequence[int] | None, now: float, account_id: str | None
+) -> Plan[int]:
+    """Queue webhooks for delivery again, from their first attempt."""
+    if webhook_ids is None:
+        found = yield select("dead_webhooks", account_id=account_id)
+    else:
+        found = yield select("replayable_webhooks", ids=list(webhook_ids), account_id=account_id)
+    ids = [row["id"] for row in found]
+    if ids:
+        refs = [str(webhook_id) for webhook_id in ids]
+        yield change("replay_webhooks", ids=ids, refs=refs, now=now, kind=WEBHOOK_JOB)
+        yield Signal.JOBS_QUEUED
+    return len(ids)
+
+
+def _delete_webhooks(ids: Sequence[int]) -> Plan[None]:
+    """Delete webhooks with their attempts and jobs."""
+    if ids:
+        refs = [str(webhook_id) for webhook_id in ids]
+        yield change("delete_webhooks", ids=list(ids), refs=refs, kind=WEBHOOK_JOB)
+
+
+def _purge_webhooks_plan(before: float, limit: int) -> Plan[int]:
+    """Delete old webhooks of no workflow that are no longer pending."""
+    ids = [row["id"] for row in (yield select("purgeable_webhooks", before=before, limit=limit))]
+    yield from _delete_webhooks(ids)
+    return len(ids)
+
+
+def _purge_workflows_plan(before: float, limit: int) -> Plan[int]:
+    """Delete old finished workflows that owe no webhook, with what hangs off them."""
+    found = yield select("purgeable_workflows", before=before, limit=limit)
+    ids = [row["id"] for row in found]
+    if not ids:
+        return 0
+    hooks = yield select("webhooks_of_workflows", ids=ids)
+    yield from _delete_webhooks([row["id"] for row in hooks])
+    yield change("delete_workflows", ids=ids)
+    return len(ids)
+
+
+def _take_orphans_plan(
+    provider: str | None, provider_message_id: str | None
+) -> Plan[list[Receipt]]:
+    """Remove and return kept receipts that now match a message."""
+    if provider is None:
+        taken = yield select("take_matched_orphan_receipts")
+    else:
+        taken = yield select(
+            "take_orphan_receipts_of", provider=provider, provider_message_id=provider_message_id
+        )
+    return [rows.receipt(row) for row in sorted(taken, key=lambda row: int(row["id"]))]
+
+
+def _claim_jobs_run(
+    worker_id: str, now: float, limit: int, lease: float, kinds: Collection[str] | None
+) -> Run:
+    """The statement claiming due jobs (of every kind, of one, or of several)."""
+    params: dict[str, Any] = {"worker_id": worker_id, "until": now + lease, "now": now}
+    params["limit"] = limit
+    if kinds is None:
+        return select("claim_jobs", **params)
+    if len(kinds) == 1:
+        return select("claim_jobs_of_kind", kind=next(iter(kinds)), **params)
+    return select("claim_jobs_of_kinds", kinds=list(kinds), **params)
+
+
+def _next_job_run(kinds: Collection[str] | None) -> Run:
+    """The statement finding when the earliest free job is due."""
+    if kinds is None:
+        return value("next_job_at")
+    if len(kinds) == 1:
+        return value("next_job_at_of_kind", kind=next(iter(kinds)))
+    return value("next_job_at_of_kinds", kinds=list(kinds))
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+class SqlStore(Store, abc.ABC):
+    """The Store on a SQL database: every operation as a plan its driver runs.
+
+    A driver implements :meth:`_read` (a plan that changes nothing, on any connection) and
+    :meth:`_write` (a plan in one transaction), plus opening, closing and accepting (where each
+    batches requests its own way, both through :func:`accept_plan`)."""
+
+    @overload
+    async def _read(self, plan: Run, *, snapshot: bool = False) -> Any: ...
+
+    @overload
+    async def _read(self, plan: Plan[T], *, snapshot: bool = False) -> T: ...
+
+    @abc.abstractmethod
+    async def _read(self, plan: Plan[T] | Run, *, snapshot: bool = False) -> Any:
+        """Run a plan (or one statement) that changes nothing; with ``snapshot``, all of its
+        statements see the database as of one moment."""
+
+    @overload
+    async def _write(self, plan: Run) -> Any: ...
+
+    @overload
+    async def _write(self, plan: Callable[[], Plan[T]]) -> T: ...
+
+    @abc.abstractmethod
+    async def _write(self, plan: Callable[[], Plan[T]] | Run) -> Any:
+        """Run a plan (or one statement) in one transaction, committed when this returns. A
+        plan is given as the function that makes it: a driver may run a write again (SQLite
+        does, one write at a time, after another write of its batch failed)."""
+
+    async def ping(self) -> None:
+        await self._read(value("ping"))
+
+    # --- tenancy ---------------------------------------------------------------------------
+
+    async def create_account(self, account: Account) -> None:
+        await self._write(change("insert_account", **asdict(account)))
+
+    async def get_account(self, account_id: str) -> Account | None:
+        found = await self._read(first("account", id=account_id))
+        return None if found is None else rows.account(found)
+
+    async def get_account_by_api_key(self, api_key: str) -> Account | None:
+        found = await self._read(first("account_by_api_key", api_key=api_key))
+        return None if found is None else rows.account(found)
+
+    async def list_accounts(self) -> list[Account]:
+        return [rows.account(row) for row in await self._read(select("accounts"))]
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        status_url: str | _Unset | None = UNSET,
+        inbound_url: str | _Unset | None = UNSET,
+        signature_secret: str | _Unset = UNSET,
+    ) -> Account:
+        params: dict[str, Any] = {"id": account_id}
+        for name, given in (
+            ("status_url", status_url),
+            ("inbound_url", inbound_url),
+            ("signature_secret", signature_secret),
+        ):
+            params[f"set_{name}"] = given is not UNSET
+            params[name] = None if given is UNSET else given
+        found = await self._write(first("update_account", **params))
+        if found is None:
+            raise NotFound(f"no account {account_id}")
+        return rows.account(found)
+
+    async def create_application(self, application: Application) -> None:
+        await self._write(change("insert_application", **asdict(application)))
+
+    async def get_application(self, application_id: str) -> Application | None:
+        found = await self._read(first("application", id=application_id))
+        return None if found is None else rows.application(found)
+
+    async def list_applications(self, account_id: str) -> list[Application]:
+        found = await self._read(select("applications", account_id=account_id))
+        return [rows.application(row) for row in found]
+
+    # --- reading back ----------------------------------------------------------------------
+
+    async def get_workflow(self, account_id: str, workflow_id: str) -> WorkflowRecord | None:
+        return await self._read(_workflow_plan(account_id, workflow_id), snapshot=True)
+
+    async def get_message(self, account_id: str, message_id: str) -> MessageRecord | None:
+        found = await self._read(first("message", id=message_id, account_id=account_id))
+        return None if found is None else rows.message(found)
+
+    async def list_workflows(self, account_id: str, query: ListQuery) -> list[WorkflowRecord]:
+        return await self._read(_workflows_plan(account_id, query), snapshot=True)
+
+    async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
+        found = await self._read(select("messages", **_page(account_id, query)))
+        return [rows.message(row) for row in found]
+
+    async def pending_jobs(self, ref: str) -> list[Job]:
+        return [rows.job(row) for row in await self._read(select("jobs_of", ref=ref))]
+
+    # --- the engine ------------------------------------------------------------------------
+
+    async def find_message(self, message_id: str) -> MessageRecord | None:
+        found = await self._read(first("find_message", id=message_id))
+        return None if found is None else rows.message(found)
+
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
+        if not message_ids:
+            return {}
+        found = await self._read(select("find_messages", ids=list(message_ids)))
+        return {message.id: message for message in map(rows.message, found)}
+
+    async def claim_jobs(
+        self,
+        worker_id: str,
+        now: float,
+        limit: int,
+        lease: float,
+        kinds: Collection[str] | None = None,
+    ) -> list[Job]:
+        claimed = await self._write(_claim_jobs_run(worker_id, now, limit, lease, kinds))
+        return sorted(map(rows.job, claimed), key=lambda job: (job.run_at, job.id))
+
+    async def extend_lease(self, worker_id: str, job_ids: Sequence[int], until: float) -> None:
+        if job_ids:
+            await self._write(
+                change("extend_lease", ids=list(job_ids), until=until, worker_id=worker_id)
+            )
+
+    async def next_job_at(self, kinds: Collection[str] | None = None) -> float | None:
+        due = await self._read(_next_job_run(kinds))
+        return None if due is None else float(due)
+
+    async def finish_job(self, job_id: int) -> None:
+        await self._write(change("delete_job", id=job_id))
+
+    async def retry_job(
+        self, job_id: int, run_at: float, *, message_id: str, error: tuple[int, str]
+    ) -> None:
+        await self._write(partial(_retry_plan, job_id, run_at, message_id, error))
+
+    async def defer_job(self, job_id: int, run_at: float) -> None:
+        await self._write(change("release_job", id=job_id, run_at=run_at, attempted=0))
+
+    async def begin_send(self, message_id: str, now: float) -> SendAttempt:
+        return await self._write(partial(_begin_send_plan, message_id, now))
+
+    async def transition(
+        self, key: WorkflowKey, decide: Decide, *, done_job: int | None = None
+    ) -> Decision | None:
+        # decided before the write transaction: it then only checks that the workflow's
+        # version is still the one read, and writes; writers queue for that transaction
+        # (SQLite's one writer), so it is held for writes, not for decisions (BENCHMARKS.md)
+        seen = rows.transition_workflow(await self._read(_transition_read(key)))
+        early = None if seen is None else (seen[0].id, seen[1], decide(seen[0]))
+        return await self._write(partial(transition_plan, key, decide, early, done_job))
+
+    async def add_webhooks(self, webhooks: Sequence[NewWebhook], now: float) -> None:
+        await self._write(partial(_add_webhooks_plan, webhooks, now))
+
+    async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:
+        await self._write(
+            change(
+                "insert_orphan_receipt",
+                provider=receipt.provider,
+                provider_message_id=receipt.provider_message_id,
+                status=receipt.status.value,
+                at=receipt.at,
+                code=receipt.code,
+                reason=receipt.reason,
+                received_at=now,
+            )
+        )
+
+    async def take_orphan_receipts(
+        self, provider: str | None = None, provider_message_id: str | None = None
+    ) -> list[Receipt]:
+        if provider is not None and not await self._read(
+            value("orphan_receipt_kept", provider=provider, provider_message_id=provider_message_id)
+        ):
+            # none kept for it (the usual case, after every send): no write transaction. One
+            # stored after this read is matched by the engine's periodic sweep, as one stored
+            # after the write would be
+            return []
+        return await self._write(partial(_take_orphans_plan, provider, provider_message_id))
+
+    async def add_message_parts(
+        self, provider: str, message_id: str, part_ids: Sequence[str]
+    ) -> None:
+        if part_ids:
+            # a part id already known keeps its first message
+            parts = [
+                {"provider": provider, "part_id": part, "message_id": message_id, "seq": seq}
+                for seq, part in enumerate(part_ids)
+            ]
+            await self._write(partial(one, each("insert_message_part", parts)))
+
+    async def record_part_receipt(self, receipt: Receipt) -> tuple[str, list[Status | None]] | None:
+        return await self._write(partial(_part_receipt_plan, receipt))
+
+    async def claim_provider_ids(
+        self, provider: str, message_id: str, provider_ids: Sequence[str], sent_since: float
+    ) -> ClaimedIds:
+        ids = list(dict.fromkeys(provider_ids))
+        if not ids:
+            return ClaimedIds()
+        params: dict[str, Any] = {"provider": provider, "ids": ids, "message_id": message_id}
+        params["sent_since"] = sent_since
+        # a read first: an id held elsewhere is rare (an SMSC restart), and a send that finds
+        # none costs no write transaction
+        if not await self._read(value("provider_ids_held", **params)):
+            return ClaimedIds()
+        return await self._write(partial(_claim_ids_plan, params))
+
+    # --- customer webhooks -----------------------------------------------------------------
+
+    async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
+        found = await self._read(first("webhook", id=webhook_id))
+        return None if found is None else rows.webhook(found)
+
+    async def get_webhooks(self, webhook_ids: Sequence[int]) -> dict[int, WebhookRecord]:
+        if not webhook_ids:
+            return {}
+        found = await self._read(select("webhooks_by_id", ids=list(webhook_ids)))
+        return {webhook.id: webhook for webhook in map(rows.webhook, found)}
+
+    async def record_webhook_attempt(
+        self,
+        attempt: WebhookAttempt,
+        *,
+        job_id: int | None,
+        state: str,
+        next_attempt_at: float | None,
+    ) -> None:
+        await self._write(
+            change(
+                "record_webhook_attempt",
+                **asdict(attempt),
+                state=state,
+                next_attempt_at=next_attempt_at,
+                job_id=job_id,
+            )
+        )
+
+    async def list_webhooks(
+        self,
+        *,
+        account_id: str | None = None,
+        workflow_id: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[WebhookRecord]:
+        found = await self._read(
+            select(
+                "webhooks", account_id=account_id, workflow_id=workflow_id, state=state, limit=limit
+            )
+        )
+        return [rows.webhook(row) for row in found]
+
+    async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
+        if not webhook_ids:
+            return []
+        found = await self._read(select("webhook_attempts", ids=list(webhook_ids)))
+        return [rows.webhook_attempt(row) for row in found]
+
+    async def replay_webhooks(
+        self, webhook_ids: Sequence[int] | None, now: float, *, account_id: str | None = None
+    ) -> int:
+        if webhook_ids is not None and not webhook_ids:
+            return 0
+        return await self._write(partial(_replay_plan, webhook_ids, now, account_id))
+
+    # --- the sandbox provider's journal ----------------------------------------------------
+
+    async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
+        params = asdict(message)
+        params["receipts_due"] = rows.encode_receipts(message.receipts_due)
+        return rows.sandbox(await self._write(first("sandbox_receive", **params)))
+
+    async def sandbox_set_receipts(
+        self,
+        provider_message_id: str,
+        receipts_due: Sequence[tuple[float, str]],
+        received: float | None,
+    ) -> None:
+        await self._write(
+            change(
+                "sandbox_set_receipts",
+                receipts_due=rows.encode_receipts(receipts_due),
+                received_at=received,
+                provider_message_id=provider_message_id,
+            )
+        )
+
+    async def sandbox_messages(self) -> list[SandboxMessage]:
+        return [rows.sandbox(row) for row in await self._read(select("sandbox_messages"))]
+
+    async def sandbox_owed(self) -> list[SandboxMessage]:
+        return [rows.sandbox(row) for row in await self._read(select("sandbox_owed"))]
+
+    # --- retention -------------------------------------------------------------------------
+
+    async def purge_idempotency_keys(self, before: float, limit: int) -> int:
+        purged: int = await self._write(
+            change("purge_idempotency_keys", before=before, limit=limit)
+        )
+        return purged
+
+    async def purge_orphan_receipts(self, before: float, limit: int) -> int:
+        purged: int = await self._write(change("purge_orphan_receipts", before=before, limit=limit))
+        return purged
+
+    async def purge_webhooks(self, before: float, limit: int) -> int:
+        return await self._write(partial(_purge_webhooks_plan, before, limit))
+
+    async def purge_workflows(self, before: float, limit: int) -> int:
+        return await self._write(partial(_purge_workflows_plan, before, limit))
+
+
+def _add_webhooks_plan(webhooks: Sequence[NewWebhook], now: float) -> Plan[None]:
+    """Queue webhooks that belong to no transition."""
+    if (yield from _insert_webhooks(webhooks, now)):
+        yield Signal.JOBS_QUEUED
