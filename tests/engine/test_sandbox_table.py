@@ -23,7 +23,13 @@ import pytest
 from cascade.channels.base import OutboundMessage, SendResult
 from cascade.channels.sandbox import PRICES, SandboxProvider
 from cascade.clock import FakeClock
-from cascade.domain.records import Receipt, StepState, WorkflowRecord, WorkflowState
+from cascade.domain.records import (
+    Receipt,
+    SandboxMessage,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+)
 from cascade.domain.status import Status
 from cascade.engine.engine import Engine, Providers
 from cascade.errors import StoreUnavailable
@@ -763,6 +769,36 @@ async def test_known_provider_id_sent_later_takes_its_orphan(
         assert statuses_of(done, 0) == ("submitted", "read")
         assert orphan_count(sqlite_store) == 0
         assert await w.engine.match_orphans() == 0
+
+
+async def test_send_whose_journal_answer_was_lost_still_gets_its_receipts(
+    sqlite_store: SqliteStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandbox's journal write of a send commits but its answer is lost (the database
+    connection dropped mid-commit), so the send fails and the engine retries it: the retry is
+    recognised as a resend, and the receipts the first attempt owes still come."""
+    async with world(sqlite_store, clock) as w:
+        original = sqlite_store.sandbox_receive
+        lost: list[str] = []
+
+        async def sandbox_receive(message: SandboxMessage) -> SandboxMessage:
+            record = await original(message)
+            if not lost:
+                lost.append(message.message_id)
+                raise StoreUnavailable("the connection dropped before the commit was answered")
+            return record
+
+        monkeypatch.setattr(sqlite_store, "sandbox_receive", sandbox_receive)
+        workflow_id = await post(w, workflow(step("sms", "447700900000")))
+        assert lost
+        await w.advance(120)
+        done = await w.workflow(workflow_id)
+        assert statuses_of(done, 0) == SD
+        assert done.state is WorkflowState.COMPLETED
+        journal = await sqlite_store.sandbox_messages()
+        assert [(j.message_id, j.attempts, j.receipts_due) for j in journal] == [
+            (done.messages[0].id, 1, ())
+        ]
 
 
 @pytest.mark.xfail(

@@ -158,8 +158,14 @@ class SandboxProvider(ChannelProvider):
             self._owe(record.provider_message_id, receipts)
         elif record.provider_message_id == provider_message_id:
             self._owe(record.provider_message_id, receipts)  # a new message
-        # else: a resend of an accepted message (the engine died before storing the result):
-        # same answer as the first time; its receipts are already owed from the journal
+        elif record.provider_message_id not in self._owed:
+            # a resend of an accepted message whose receipts this process does not hold: the
+            # first attempt's journal write committed but its answer never came (the database
+            # connection dropped), or a worker that died since accepted it. Same answer as the
+            # first time, and the receipts the journal still owes are owed here: nothing else
+            # would emit them until a restart re-arms them
+            self._owe(record.provider_message_id, list(record.receipts_due))
+        # else: a resend of an accepted message whose receipts are owed here already
         return SendResult(record.provider_message_id, price=price, currency="EUR")
 
     def _owe(self, provider_message_id: str, receipts: list[tuple[float, str]]) -> None:
