@@ -21,7 +21,7 @@ from cascade.api.reads import ReadEndpoints
 from cascade.clock import Clock
 from cascade.domain.records import Surface
 from cascade.errors import TransientError
-from cascade.store.base import Store
+from cascade.store.base import Lifecycle, Store
 
 
 class AcceptFastPath:
@@ -131,7 +131,9 @@ class Readiness:
     #: seconds the database gets to answer a ping
     TIMEOUT = 2.0
 
-    def __init__(self, store: Store, engine_health: Callable[[], dict[str, object]] | None) -> None:
+    def __init__(
+        self, store: Lifecycle, engine_health: Callable[[], dict[str, object]] | None
+    ) -> None:
         self._store = store
         self._engine_health = engine_health
 

@@ -28,7 +28,7 @@ from cascade.clock import Clock
 from cascade.domain.records import Account, Application
 from cascade.errors import Unauthorized
 from cascade.log import LogLimiter, clip
-from cascade.store.base import Store
+from cascade.store.base import Tenants
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,7 @@ class _CachedApplication:
 class Authenticator:
     """Turns an Authorization header into a Principal, or raises Unauthorized."""
 
-    def __init__(self, store: Store, clock: Clock, *, token_cache_size: int = 10_000) -> None:
+    def __init__(self, store: Tenants, clock: Clock, *, token_cache_size: int = 10_000) -> None:
         self._store = store
         self._clock = clock
         self._tokens: OrderedDict[str, _VerifiedToken] = OrderedDict()

@@ -35,7 +35,7 @@ from cascade.domain.message import MessageRequest, WorkflowRequest, WorkflowStep
 from cascade.domain.records import IdempotencyClaim, NewStep, NewWorkflow, StoredResponse, Surface
 from cascade.domain.rules import request_violations, workflow_violations
 from cascade.errors import InvalidParameter, InvalidRequest
-from cascade.store.base import Store
+from cascade.store.base import Accepting
 
 ACCEPTED = Counter("cascade_requests_accepted", "Requests durably accepted", ["surface"])
 IDEMPOTENT_REPLAYS = Counter(
@@ -91,7 +91,7 @@ new_id = _IdSource().new
 class AcceptContext:
     """What the accept endpoints need from the running service."""
 
-    store: Store
+    store: Accepting
     authenticator: Authenticator
     clock: Clock
     max_body_bytes: int

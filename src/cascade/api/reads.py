@@ -12,7 +12,7 @@ import binascii
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -21,7 +21,7 @@ from cascade.api.auth import Authenticator, Principal
 from cascade.domain.records import WorkflowState
 from cascade.domain.status import Status
 from cascade.errors import InvalidParameter, InvalidRequest, NotFound
-from cascade.store.base import ListQuery, Store
+from cascade.store.base import ListQuery, Reading, Webhooks
 from cascade.views import message_view, webhook_views, workflow_summary, workflow_view
 
 MAX_PAGE = 100
@@ -132,10 +132,15 @@ def _page(
     return JSONResponse(body)
 
 
+class ReadStore(Reading, Webhooks, Protocol):
+    """What the read endpoints use of the store: workflows and messages, and the webhooks
+    that reported them."""
+
+
 class ReadEndpoints:
     """GET handlers of workflows and messages."""
 
-    def __init__(self, store: Store, authenticator: Authenticator) -> None:
+    def __init__(self, store: ReadStore, authenticator: Authenticator) -> None:
         self._store = store
         self._authenticator = authenticator
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from cascade.clock import Clock
-from cascade.store.base import Store
+from cascade.store.base import Purging
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,7 @@ class RetentionSettings:
 class Retention:
     """The sweep over one store; ``run`` is the long-lived task, ``purge_once`` one sweep."""
 
-    def __init__(self, store: Store, clock: Clock, settings: RetentionSettings) -> None:
+    def __init__(self, store: Purging, clock: Clock, settings: RetentionSettings) -> None:
         self.store = store
         self.clock = clock
         self.settings = settings

@@ -1,8 +1,10 @@
-"""The storage seam: one interface, implemented on SQLite, PostgreSQL and in memory.
+"""The storage seam: small roles, and the Store that plays them all on SQLite or PostgreSQL.
 
 Everything durable goes through a :class:`Store`: tenants, accepted requests and, for the engine,
-jobs and events. Implementations wrap their driver's errors into ``cascade.errors`` so nothing
-above this layer imports a database module.
+jobs, transitions and webhooks. Each caller takes the role it uses (``Accepting``, ``Reading``,
+``JobQueue``, ...), so what a piece of code may touch is in its signature. Implementations wrap
+their driver's errors into ``cascade.errors`` so nothing above this layer imports a database
+module.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cascade.domain.failover import Changes
 from cascade.domain.records import (
@@ -91,14 +94,8 @@ Decide = Callable[[WorkflowRecord], Decision]
 IDEMPOTENCY_TTL = 24 * 3600.0
 
 
-class Store(abc.ABC):
-    """Durable state of a Cascade installation."""
-
-    #: seconds after it was first used that an Idempotency-Key stops deduplicating: a request
-    #: naming an older key is a new request (``open_store`` sets it from the settings)
-    idempotency_ttl: float = IDEMPOTENCY_TTL
-
-    # --- lifecycle -------------------------------------------------------------------------
+class Lifecycle(Protocol):
+    """Opening, closing and answering: what a process does with its store as a whole."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -113,7 +110,9 @@ class Store(abc.ABC):
         """Answer one round trip to the database (StoreUnavailable if it does not), for
         readiness."""
 
-    # --- tenancy ---------------------------------------------------------------------------
+
+class Tenants(Protocol):
+    """Accounts and applications: who may call, and where their webhooks go."""
 
     @abc.abstractmethod
     async def create_account(self, account: Account) -> None:
@@ -154,7 +153,13 @@ class Store(abc.ABC):
     async def list_applications(self, account_id: str) -> list[Application]:
         """An account's applications, oldest first."""
 
-    # --- the accept path -------------------------------------------------------------------
+
+class Accepting(Protocol):
+    """The accept path: a request stored durably before its 202."""
+
+    #: seconds after it was first used that an Idempotency-Key stops deduplicating: a request
+    #: naming an older key is a new request (``open_store`` sets it from the settings)
+    idempotency_ttl: float
 
     @abc.abstractmethod
     async def accept(self, workflow: NewWorkflow) -> Accepted:
@@ -162,7 +167,9 @@ class Store(abc.ABC):
         transaction. With an idempotency claim whose key exists, store nothing and return the
         first response (IdempotencyConflict when the request differs)."""
 
-    # --- reading back ----------------------------------------------------------------------
+
+class Reading(Protocol):
+    """Reading back what an account sent: workflows, messages and their timelines."""
 
     @abc.abstractmethod
     async def get_workflow(self, account_id: str, workflow_id: str) -> WorkflowRecord | None:
@@ -184,21 +191,9 @@ class Store(abc.ABC):
     async def pending_jobs(self, ref: str) -> list[Job]:
         """The jobs queued for one workflow or message (for tests and operators)."""
 
-    # --- the engine ------------------------------------------------------------------------
 
-    @abc.abstractmethod
-    async def find_message(self, message_id: str) -> MessageRecord | None:
-        """A message by id, whichever account owns it (for the engine, never for the API)."""
-
-    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
-        """The messages of these ids that exist, by id (the engine reads a claimed batch's
-        messages at once); stores with a query language do it in one query."""
-        found = {}
-        for message_id in message_ids:
-            message = await self.find_message(message_id)
-            if message is not None:
-                found[message_id] = message
-        return found
+class JobQueue(Protocol):
+    """Durable work: due jobs claimed under a lease, finished, retried or deferred."""
 
     @abc.abstractmethod
     async def claim_jobs(
@@ -233,6 +228,29 @@ class Store(abc.ABC):
         """Release a send job to run again at ``run_at`` and remember the transient error."""
 
     @abc.abstractmethod
+    async def defer_job(self, job_id: int, run_at: float) -> None:
+        """Release a job to run again at ``run_at`` without counting an attempt."""
+
+    async def listen_for_jobs(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever another process queues a job (PostgreSQL LISTEN/NOTIFY);
+        stores without a cross-process signal leave the engine to its poll."""
+        return None
+
+
+class Transitions(Protocol):
+    """What the engine reads and moves: messages, their sends and receipts, and workflow
+    transitions, each stored in one transaction."""
+
+    @abc.abstractmethod
+    async def find_message(self, message_id: str) -> MessageRecord | None:
+        """A message by id, whichever account owns it (for the engine, never for the API)."""
+
+    @abc.abstractmethod
+    async def find_messages(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
+        """The messages of these ids that exist, by id (the engine reads a claimed batch's
+        messages at once); stores with a query language do it in one query."""
+
+    @abc.abstractmethod
     async def begin_send(self, message_id: str, now: float) -> SendAttempt:
         """Durably note that a send is starting; returns what was known before this one."""
 
@@ -242,10 +260,6 @@ class Store(abc.ABC):
     ) -> Decision | None:
         """In one transaction: load the workflow, call ``decide`` with it, store the changes
         and webhooks it returns, and delete ``done_job``. None when no workflow matches."""
-
-    @abc.abstractmethod
-    async def add_webhooks(self, webhooks: Sequence[NewWebhook], now: float) -> None:
-        """Queue webhooks that belong to no transition (inbound messages, replays)."""
 
     @abc.abstractmethod
     async def add_orphan_receipt(self, receipt: Receipt, now: float) -> None:
@@ -281,28 +295,21 @@ class Store(abc.ABC):
         so they cannot be its own) are dropped. Changes nothing when no id is held elsewhere.
         """
 
-    async def listen_for_jobs(self, wake: Callable[[], None]) -> None:  # noqa: B027
-        """Call ``wake`` whenever another process queues a job (PostgreSQL LISTEN/NOTIFY);
-        stores without a cross-process signal leave the engine to its poll."""
+
+class Webhooks(Protocol):
+    """Customer webhooks: queued with the transitions that report them, delivered, replayed."""
 
     @abc.abstractmethod
-    async def defer_job(self, job_id: int, run_at: float) -> None:
-        """Release a job to run again at ``run_at`` without counting an attempt."""
-
-    # --- customer webhooks -----------------------------------------------------------------
+    async def add_webhooks(self, webhooks: Sequence[NewWebhook], now: float) -> None:
+        """Queue webhooks that belong to no transition (inbound messages, replays)."""
 
     @abc.abstractmethod
     async def get_webhook(self, webhook_id: int) -> WebhookRecord | None:
         """One webhook, whichever account owns it."""
 
+    @abc.abstractmethod
     async def get_webhooks(self, webhook_ids: Sequence[int]) -> dict[int, WebhookRecord]:
         """The webhooks of these ids that exist, by id (a claimed batch's, read at once)."""
-        found = {}
-        for webhook_id in webhook_ids:
-            webhook = await self.get_webhook(webhook_id)
-            if webhook is not None:
-                found[webhook_id] = webhook
-        return found
 
     @abc.abstractmethod
     async def record_webhook_attempt(
@@ -339,7 +346,10 @@ class Store(abc.ABC):
         their retry schedule and 24-hour window start over (the attempt count restarts; the
         attempt rows stay). Returns how many."""
 
-    # --- the sandbox provider's journal ----------------------------------------------------
+
+class Journal(Protocol):
+    """The sandbox provider's journal (``channels.sandbox.SandboxJournal`` is what the sandbox
+    asks of it)."""
 
     @abc.abstractmethod
     async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
@@ -360,12 +370,14 @@ class Store(abc.ABC):
     async def sandbox_messages(self) -> list[SandboxMessage]:
         """Every message the sandbox received, oldest first."""
 
+    @abc.abstractmethod
     async def sandbox_owed(self) -> list[SandboxMessage]:
         """The messages the sandbox still owes receipts for, oldest first (what it re-arms on
         start-up; a store can find them without reading the whole journal)."""
-        return [message for message in await self.sandbox_messages() if message.receipts_due]
 
-    # --- retention -------------------------------------------------------------------------
+
+class Purging(Protocol):
+    """Retention: deleting what is older than the settings keep, in small batches."""
 
     @abc.abstractmethod
     async def purge_idempotency_keys(self, before: float, limit: int) -> int:
@@ -387,3 +399,12 @@ class Store(abc.ABC):
     async def purge_orphan_receipts(self, before: float, limit: int) -> int:
         """Delete up to ``limit`` kept receipts received before ``before`` that never matched
         a message; how many went."""
+
+
+class Store(
+    Lifecycle, Tenants, Accepting, Reading, JobQueue, Transitions, Webhooks, Journal, Purging
+):
+    """Durable state of a Cascade installation: every role at once. Callers that need only
+    part of it take that role (an API handler ``Accepting``, the retention sweep ``Purging``)."""
+
+    idempotency_ttl: float = IDEMPOTENCY_TTL

@@ -248,14 +248,16 @@ def accept_plan(batch: Sequence[AcceptRows], idempotency_ttl: float) -> Plan[lis
     return [created if outcome is None else outcome for outcome in outcomes]
 
 
-def _transition_read(key: WorkflowKey, query: str = "transition_read_by_") -> Run:
+def _transition_read(key: WorkflowKey) -> Run:
     """The statement reading the workflow ``key`` names, with its messages and version."""
     if key.workflow_id is not None:
-        return select(query + "workflow", workflow_id=key.workflow_id)
+        return select("transition_read_by_workflow", workflow_id=key.workflow_id)
     if key.message_id is not None:
-        return select(query + "message", message_id=key.message_id)
+        return select("transition_read_by_message", message_id=key.message_id)
     return select(
-        query + "provider", provider=key.provider, provider_message_id=key.provider_message_id
+        "transition_read_by_provider",
+        provider=key.provider,
+        provider_message_id=key.provider_message_id,
     )
 
 

@@ -1,0 +1,90 @@
+"""The named query files: both dialects define the same statements, each with the same
+parameters, and the store runs every one of them and no other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import cascade.store
+from cascade.store.queries import load, parse
+
+STORE = Path(cascade.store.__file__).parent
+#: the functions of sqlstore.py that name a query as their first argument
+_NAMING = {"select", "first", "value", "change", "each", "Run"}
+
+
+def _named_in_code() -> set[str]:
+    """Every query name the store's modules pass to a statement-making function (outside
+    those functions themselves, which pass their argument on)."""
+    named = set()
+    for module in STORE.glob("*.py"):
+        tree = ast.parse(module.read_text())
+        makers = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef) and node.name in _NAMING
+        ]
+        inside = {id(node) for maker in makers for node in ast.walk(maker)}
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in _NAMING
+                and node.args
+                and id(node) not in inside
+            ):
+                first = node.args[0]
+                assert isinstance(first, ast.Constant), (
+                    f"{module.name}:{node.lineno}: a query named by an expression, not a literal"
+                )
+                named.add(first.value)
+    return named
+
+
+def _parameters(dialect: str, name: str) -> set[str]:
+    """The parameter names of one query of one dialect."""
+    return {p for statement in load(dialect)[name].statements for p in statement.order}
+
+
+def test_both_dialects_define_the_same_queries() -> None:
+    """SQLite and PostgreSQL name the same statements."""
+    assert set(load("sqlite")) == set(load("postgres"))
+
+
+@pytest.mark.parametrize("name", sorted(load("sqlite")))
+def test_a_query_takes_the_same_parameters_in_both_dialects(name: str) -> None:
+    """A plan passes one set of parameters, whichever database runs it."""
+    assert _parameters("sqlite", name) == _parameters("postgres", name)
+
+
+def test_every_query_is_used_and_every_use_is_defined() -> None:
+    """No statement in the files is dead, and the code names none that is missing."""
+    assert _named_in_code() == set(load("sqlite"))
+
+
+def test_parameters_become_each_drivers_placeholders() -> None:
+    """``:name`` becomes ``?`` per use on SQLite and ``$n`` per name on PostgreSQL, a cast's
+    ``::`` is left alone, and a list read by json_each is encoded as JSON."""
+    source = "-- name: q\nSELECT :a, :b::text, :a FROM json_each(:ids)"
+    (sqlite,) = parse("sqlite", source)["q"].statements
+    (postgres,) = parse("postgres", source)["q"].statements
+    assert sqlite.sql == "SELECT ?, ?::text, ? FROM json_each(?)"
+    assert postgres.sql == "SELECT $1, $2::text, $1 FROM json_each($3)"
+    params = {"a": 1, "b": "x", "ids": [1, 2]}
+    assert sqlite.args(params) == (1, "x", 1, "[1, 2]")
+    assert postgres.args(params) == (1, "x", [1, 2])
+
+
+def test_a_block_of_statements_runs_them_in_order() -> None:
+    """Statements separated by ``;`` under one name are kept apart, in order."""
+    query = parse("sqlite", "-- name: q\n-- why\nDELETE FROM a WHERE x = :x;\nSELECT :x")["q"]
+    assert [s.sql for s in query.statements] == ["DELETE FROM a WHERE x = ?", "SELECT ?"]
+
+
+def test_a_name_defined_twice_is_refused() -> None:
+    """Two blocks of one name are a mistake in the file, not a silent override."""
+    with pytest.raises(ValueError, match="defined twice"):
+        parse("sqlite", "-- name: q\nSELECT 1\n-- name: q\nSELECT 2")
