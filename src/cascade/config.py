@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         "the last commits on power loss",
     )
     postgres_pool_size: int = Field(16, ge=1, le=200, description="PostgreSQL connections")
+    postgres_command_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a PostgreSQL statement may take before its connection is taken "
+        "as lost (StoreUnavailable, and the work is retried)",
+    )
     max_body_bytes: int = Field(
         262_144, ge=1024, description="Largest request body accepted (413 above)"
     )

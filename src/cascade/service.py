@@ -35,7 +35,11 @@ def _store_of(url: str, settings: Settings) -> Store:
     if url.startswith(("postgresql:", "postgres:")):
         from cascade.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=settings.postgres_pool_size)
+        return PostgresStore(
+            url,
+            pool_size=settings.postgres_pool_size,
+            command_timeout=settings.postgres_command_timeout,
+        )
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")
 
 

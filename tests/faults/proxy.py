@@ -3,8 +3,9 @@ partition looks like to the client.
 
 It forwards every connection to one target. ``cut()`` closes every open connection (both sides
 see a reset, as when a server process goes away) and refuses new ones by closing them as soon
-as they are accepted; ``restore()`` forwards again. It simulates connections dropped and
-refused; it does not simulate a slow link, half-open connections or packet loss.
+as they are accepted; ``stall()`` keeps every connection open but forwards nothing more (a
+peer gone silent: a half-open connection, a frozen server); ``restore()`` forwards again. It
+does not simulate a slow link or packet loss.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class FaultProxy:
         self.port = 0
         self.refused = 0
         self._cut = False
+        self._stalled = False
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
@@ -37,9 +39,15 @@ class FaultProxy:
             _reset(writer)
         self._writers.clear()
 
+    def stall(self) -> None:
+        """Keep every connection open and accept new ones, but forward nothing until restored
+        (what was sent meanwhile is lost)."""
+        self._stalled = True
+
     def restore(self) -> None:
-        """Forward new connections again."""
+        """Forward again, and new connections too."""
         self._cut = False
+        self._stalled = False
 
     async def close(self) -> None:
         """Stop listening and drop everything."""
@@ -67,18 +75,19 @@ class FaultProxy:
             return
         self._writers.update((writer, up_writer))
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            pipe = asyncio.create_task(_pipe(source, sink))
+            pipe = asyncio.create_task(self._pipe(source, sink))
             self._pipes.add(pipe)
             pipe.add_done_callback(self._pipes.discard)
 
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Copy one direction until either side closes."""
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    _reset(sink)
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        """Copy one direction until either side closes (dropping what comes while stalled)."""
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await source.read(65536):
+                if self._stalled:
+                    continue
+                sink.write(data)
+                await sink.drain()
+        _reset(sink)
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

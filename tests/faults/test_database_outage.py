@@ -28,6 +28,7 @@ from cascade.clock import SystemClock
 from cascade.config import Settings
 from cascade.domain.records import WorkflowState
 from cascade.engine.engine import Engine
+from cascade.errors import StoreUnavailable
 from cascade.runtime import build_engine
 from cascade.store.postgres import PostgresStore
 from cascade.webhooks import payloads
@@ -157,3 +158,31 @@ async def test_work_accepted_around_a_database_outage_completes_once(
     assert journal
     assert max(journal.values()) == 1
     assert len(journal) == 2 * len(ids)  # the rejected Messenger step and the SMS, each once
+
+
+async def test_a_database_gone_silent_fails_the_call_and_the_store_recovers(
+    postgres_schema: str, proxy: FaultProxy
+) -> None:
+    """A statement on a connection that stops answering (no reset, no close) fails as
+    StoreUnavailable after the command timeout instead of holding its caller for ever; once
+    the line answers again, so does the store."""
+    store = PostgresStore(_through(postgres_schema, proxy.port), pool_size=2, command_timeout=0.5)
+    await store.open()
+    try:
+        await store.ping()
+        proxy.stall()
+        async with asyncio.timeout(20):  # without the timeout: for ever
+            with pytest.raises(StoreUnavailable, match="TimeoutError"):
+                await store.list_accounts()
+        proxy.restore()
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    await store.ping()
+                    break
+                except StoreUnavailable:
+                    await asyncio.sleep(0.1)  # a connection left broken by the stall is replaced
+        assert await store.list_accounts() == []
+    finally:
+        proxy.restore()
+        await store.close()

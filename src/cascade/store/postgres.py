@@ -77,13 +77,17 @@ log = structlog.get_logger(__name__)
 
 #: everything the driver raises: server errors, client-side misuse or a broken connection's
 #: protocol state (InternalClientError, e.g. after the server dropped the connection mid-query)
-#: and socket errors
+#: and socket errors, and a statement that outlived the command timeout
 _DRIVER_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
     OSError,
+    TimeoutError,
 )
+#: seconds a migration statement may take (or wait for another node's migration): altering a
+#: large table takes longer than any statement of the service
+_MIGRATION_TIMEOUT = 3600.0
 
 
 #: what the driver raises for a value the database cannot hold (a NUL in text, a number out of
@@ -200,9 +204,12 @@ async def _execute(conn: Any, step: Run) -> Any:
 class PostgresStore(SqlStore):
     """The Store on a PostgreSQL database, shared by any number of processes."""
 
-    def __init__(self, url: str, *, pool_size: int = 16) -> None:
+    def __init__(self, url: str, *, pool_size: int = 16, command_timeout: float = 30.0) -> None:
         self.url = url
         self.pool_size = pool_size
+        #: seconds a statement may take: a connection that stopped answering without closing
+        #: (a peer gone silent) would otherwise hold its caller, and the job it runs, for ever
+        self.command_timeout = command_timeout
         self._pool: Any = None
         self._pending: deque[_Request] = deque()
         self._wakeup = asyncio.Event()
@@ -224,7 +231,10 @@ class PostgresStore(SqlStore):
     async def open(self) -> None:
         with _driver_errors(f"cannot connect to PostgreSQL at {_redact(self.url)}"):
             self._pool = await asyncpg.create_pool(
-                self.url, min_size=min(2, self.pool_size), max_size=self.pool_size
+                self.url,
+                min_size=min(2, self.pool_size),
+                max_size=self.pool_size,
+                command_timeout=self.command_timeout,
             )
         try:
             await self.migrate()
@@ -242,7 +252,9 @@ class PostgresStore(SqlStore):
         with _driver_errors("migrating PostgreSQL failed"):
             async with pool.acquire() as conn, conn.transaction():
                 # two nodes starting at once: the second waits, then finds nothing left to do
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK, timeout=_MIGRATION_TIMEOUT
+                )
                 await conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
                     "name text NOT NULL, applied_at double precision NOT NULL)"
@@ -251,7 +263,7 @@ class PostgresStore(SqlStore):
                 for migration in migrations("postgres"):
                     if migration.version in done:
                         continue
-                    await conn.execute(migration.sql)
+                    await conn.execute(migration.sql, timeout=_MIGRATION_TIMEOUT)
                     await conn.execute(
                         "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
                         migration.version,
