@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from cascade.domain.records import (
     Account,
@@ -31,76 +32,58 @@ from cascade.store.base import Job
 #: a row as either driver returns it, read by column name
 Row = Mapping[str, Any]
 
+R = TypeVar("R")
+
+
+#: the field names of each record class, found once
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _fields(record: type) -> tuple[str, ...]:
+    """The field names of a record class."""
+    names = _FIELDS.get(record)
+    if names is None:
+        names = _FIELDS[record] = tuple(field.name for field in fields(record))
+    return names
+
+
+def _record(record: type[R], row: Row, **given: Any) -> R:
+    """A ``record`` whose fields are the row's columns of the same names, except those
+    ``given`` (a value converted, or a field stored under another name)."""
+    return record(**{name: row[name] for name in _fields(record) if name not in given}, **given)
+
 
 def account(row: Row) -> Account:
     """An accounts row as a record."""
-    return Account(
-        id=row["id"],
-        api_key=row["api_key"],
-        api_secret_sha256=row["api_secret_sha256"],
-        signature_secret=row["signature_secret"],
-        status_url=row["status_url"],
-        inbound_url=row["inbound_url"],
-        created_at=row["created_at"],
-    )
+    return _record(Account, row)
 
 
 def application(row: Row) -> Application:
     """An applications row as a record."""
-    return Application(
-        id=row["id"],
-        account_id=row["account_id"],
-        name=row["name"],
-        public_key_pem=row["public_key_pem"],
-        status_url=row["status_url"],
-        inbound_url=row["inbound_url"],
-        created_at=row["created_at"],
-    )
+    return _record(Application, row)
 
 
 def message(row: Row) -> MessageRecord:
     """A messages row as a record, its JSON text columns back to bytes."""
-    return MessageRecord(
-        id=row["id"],
-        workflow_id=row["workflow_id"],
-        step=row["step"],
-        account_id=row["account_id"],
-        channel=row["channel"],
+    return _record(
+        MessageRecord,
+        row,
         to=row["recipient"].encode(),
         from_=row["sender"].encode(),
         body=row["body"].encode(),
-        client_ref=row["client_ref"],
-        expiry_time=row["expiry_time"],
-        condition_status=row["condition_status"],
         state=StepState(row["state"]),
-        status=row["status"],
-        error_code=row["error_code"],
-        error_reason=row["error_reason"],
-        provider=row["provider"],
-        provider_message_id=row["provider_message_id"],
-        price=row["price"],
-        currency=row["currency"],
-        started_at=row["started_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_error_code=row["last_error_code"],
-        last_error_reason=row["last_error_reason"],
-        segments=row["segments"],
     )
 
 
 def workflow(row: Row, messages: Iterable[MessageRecord] = ()) -> WorkflowRecord:
     """A workflows row with its messages, as a record."""
-    return WorkflowRecord(
-        id=row["id"],
-        account_id=row["account_id"],
-        application_id=row["application_id"],
+    return _record(
+        WorkflowRecord,
+        row,
         surface=Surface(row["surface"]),
         state=WorkflowState(row["state"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
         messages=tuple(messages),
+        events=(),
     )
 
 
@@ -134,61 +117,22 @@ def transition_workflow(rows: Sequence[Row]) -> tuple[WorkflowRecord, int] | Non
 
 def event(row: Row) -> Event:
     """An events row as a timeline entry."""
-    return Event(
-        at=row["at"],
-        kind=row["kind"],
-        message_id=row["message_id"],
-        status=row["status"],
-        code=row["code"],
-        reason=row["reason"],
-        source=row["source"],
-    )
+    return _record(Event, row)
 
 
 def webhook(row: Row) -> WebhookRecord:
     """A webhooks row as a record, its body back to bytes."""
-    return WebhookRecord(
-        id=row["id"],
-        account_id=row["account_id"],
-        application_id=row["application_id"],
-        workflow_id=row["workflow_id"],
-        message_id=row["message_id"],
-        kind=row["kind"],
-        url=row["url"],
-        body=row["body"].encode(),
-        state=row["state"],
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        first_attempt_at=row["first_attempt_at"],
-        last_attempt_at=row["last_attempt_at"],
-        next_attempt_at=row["next_attempt_at"],
-        last_status=row["last_status"],
-        last_error=row["last_error"],
-        delivered_at=row["delivered_at"],
-    )
+    return _record(WebhookRecord, row, body=row["body"].encode())
 
 
 def webhook_attempt(row: Row) -> WebhookAttempt:
     """A webhook_attempts row as a record."""
-    return WebhookAttempt(
-        webhook_id=row["webhook_id"],
-        at=row["at"],
-        status_code=row["status_code"],
-        error=row["error"],
-        duration=row["duration"],
-    )
+    return _record(WebhookAttempt, row)
 
 
 def receipt(row: Row) -> Receipt:
     """An orphan_receipts row as the receipt it keeps."""
-    return Receipt(
-        provider=row["provider"],
-        provider_message_id=row["provider_message_id"],
-        status=Status(row["status"]),
-        at=row["at"],
-        code=row["code"],
-        reason=row["reason"],
-    )
+    return _record(Receipt, row, status=Status(row["status"]))
 
 
 def encode_receipts(receipts: Sequence[tuple[float, str]]) -> str:
@@ -198,26 +142,10 @@ def encode_receipts(receipts: Sequence[tuple[float, str]]) -> str:
 
 def sandbox(row: Row) -> SandboxMessage:
     """A sandbox_messages row as a record."""
-    return SandboxMessage(
-        message_id=row["message_id"],
-        provider_message_id=row["provider_message_id"],
-        channel=row["channel"],
-        recipient=row["recipient"],
-        text=row["text"],
-        attempts=row["attempts"],
-        received_at=row["received_at"],
-        receipts_due=tuple(
-            (float(at), str(status)) for at, status in json.loads(row["receipts_due"])
-        ),
-    )
+    due = tuple((float(at), str(status)) for at, status in json.loads(row["receipts_due"]))
+    return _record(SandboxMessage, row, receipts_due=due)
 
 
 def job(row: Row) -> Job:
     """A jobs row as a claimed or pending job."""
-    return Job(
-        id=row["id"],
-        kind=row["kind"],
-        ref=row["ref"],
-        run_at=row["run_at"],
-        attempts=row["attempts"],
-    )
+    return _record(Job, row)
