@@ -78,6 +78,21 @@ def test_parameters_become_each_drivers_placeholders() -> None:
     assert postgres.args(params) == (1, "x", [1, 2])
 
 
+def test_a_list_parameter_becomes_one_placeholder_per_element_on_sqlite() -> None:
+    """``:ids*`` expands to as many ``?`` as the list has elements (none for an empty list),
+    the other parameters keeping their places; PostgreSQL refuses it (it takes arrays)."""
+    (statement,) = parse("sqlite", "-- name: q\nSELECT 1 WHERE a = :a AND id IN (:ids*)")[
+        "q"
+    ].statements
+    assert statement.bind({"a": 7, "ids": [1, 2, 3]}) == (
+        "SELECT 1 WHERE a = ? AND id IN (?, ?, ?)",
+        (7, 1, 2, 3),
+    )
+    assert statement.bind({"a": 7, "ids": []}) == ("SELECT 1 WHERE a = ? AND id IN ()", (7,))
+    with pytest.raises(ValueError, match="array"):
+        parse("postgres", "-- name: q\nSELECT 1 WHERE id IN (:ids*)")
+
+
 def test_a_block_of_statements_runs_them_in_order() -> None:
     """Statements separated by ``;`` under one name are kept apart, in order."""
     query = parse("sqlite", "-- name: q\n-- why\nDELETE FROM a WHERE x = :x;\nSELECT :x")["q"]

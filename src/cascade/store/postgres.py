@@ -180,15 +180,20 @@ async def _execute(conn: Any, step: Run) -> Any:
     """One statement of a plan, its result taken as the plan asks."""
     query = _QUERIES[step.query]
     if step.fetch is Fetch.MANY:
-        statement = query.statement
+        if query.before:  # a block runs statement by statement, for one set after another
+            for one_set in step.params:
+                for statement in query.statements:
+                    await conn.execute(statement.sql, *statement.args(one_set))  # type: ignore[arg-type]
+            return None
+        statement = query.last
         await conn.executemany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
         return None
     if step.fetch is Fetch.EACH:
-        statement = query.statement
+        statement = query.last
         return await conn.fetchmany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
     params: Any = step.params
-    *before, last = query.statements
-    for statement in before:
+    last = query.last
+    for statement in query.before:
         await conn.execute(statement.sql, *statement.args(params))
     if step.fetch is Fetch.COUNT:
         status: str = await conn.execute(last.sql, *last.args(params))

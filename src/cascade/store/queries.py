@@ -18,8 +18,11 @@ from importlib import resources
 from operator import itemgetter
 from typing import Any
 
-#: a ``:name`` parameter (not the ``::`` of a PostgreSQL cast)
-_PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+#: a ``:name`` parameter (not the ``::`` of a PostgreSQL cast); ``:name*`` is a list that
+#: SQLite gets as one placeholder per element (``IN (:ids*)``)
+_PARAMETER = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)(\*?)")
+#: where a list's placeholders go in a compiled SQLite statement
+_LIST_MARK = "\x00"
 #: a SQLite parameter holding a list, read as a JSON array by ``json_each``
 _JSON_LIST = re.compile(r"json_each\(:([a-z_][a-z0-9_]*)\)")
 _NAME = re.compile(r"^-- name: ([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
@@ -36,13 +39,43 @@ class Statement:
     order: tuple[str, ...]
     #: parameters SQLite reads as JSON arrays (``json_each(:name)``): lists are encoded
     json_lists: frozenset[str] = frozenset()
+    #: list parameters expanded into one placeholder per element (SQLite's ``:name*``)
+    lists: frozenset[str] = frozenset()
     _get: Any = field(default=None, repr=False, compare=False)
+    #: the SQL for each combination of list lengths met so far
+    _expanded: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False, compare=False)
+
+    def bind(self, params: Params) -> tuple[str, tuple[Any, ...]]:
+        """The SQL and the values to run it with, lists expanded where the SQL takes them."""
+        args = self.args(params)
+        if not self.lists:
+            return self.sql, args
+        flat: list[Any] = []
+        lengths = []
+        for name, value in zip(self.order, args, strict=True):
+            if name in self.lists:
+                flat += value
+                lengths.append(len(value))
+            else:
+                flat.append(value)
+        key = tuple(lengths)
+        sql = self._expanded.get(key)
+        if sql is None:
+            first, *rest = self.sql.split(_LIST_MARK)
+            sql = first + "".join(
+                ", ".join("?" * length) + part for length, part in zip(key, rest, strict=True)
+            )
+            self._expanded[key] = sql
+        return sql, tuple(flat)
 
     def args(self, params: Params) -> tuple[Any, ...]:
         """The values for the placeholders, taken from ``params`` by name."""
-        if not self.order:
+        if len(self.order) > 1:
+            values: tuple[Any, ...] = self._get(params)
+        elif self.order:
+            values = (self._get(params),)
+        else:
             return ()
-        values: tuple[Any, ...] = self._get(params) if len(self.order) > 1 else (self._get(params),)
         if self.json_lists:
             values = tuple(
                 json.dumps(list(value)) if name in self.json_lists else value
@@ -62,32 +95,39 @@ class Query:
 
     name: str
     statements: tuple[Statement, ...]
+    #: the statements that run before the one whose rows are the result, and that one (an
+    #: ``executemany`` runs ``last`` alone: a query run that way has one statement)
+    before: tuple[Statement, ...] = ()
+    last: Statement = field(default=Statement("", ()))
 
-    @property
-    def statement(self) -> Statement:
-        """The one statement of a single-statement query (``executemany`` needs one)."""
-        if len(self.statements) != 1:
-            raise ValueError(f"query {self.name!r} has {len(self.statements)} statements")
-        return self.statements[0]
+    @classmethod
+    def of(cls, name: str, statements: tuple[Statement, ...]) -> Query:
+        """A query of these statements, in order."""
+        return cls(name, statements, statements[:-1], statements[-1])
 
 
 def _compile(dialect: str, text: str) -> Statement:
     """A statement with its ``:name`` parameters made positional for ``dialect``."""
+    lists: frozenset[str] = frozenset()
     if dialect == "sqlite":
-        order = tuple(_PARAMETER.findall(text))
-        sql = _PARAMETER.sub("?", text)
+        found = _PARAMETER.findall(text)
+        order = tuple(name for name, _ in found)
+        lists = frozenset(name for name, star in found if star)
+        sql = _PARAMETER.sub(lambda m: _LIST_MARK if m.group(2) else "?", text)
         json_lists = frozenset(_JSON_LIST.findall(text))
     else:
         numbers: dict[str, int] = {}
 
         def number(match: re.Match[str]) -> str:
+            if match.group(2):
+                raise ValueError(f"{match.group(0)}: PostgreSQL takes a list as an array")
             return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
 
         sql = _PARAMETER.sub(number, text)
         order = tuple(numbers)
         json_lists = frozenset()
     getter = itemgetter(*order) if order else None
-    return Statement(sql.strip(), order, json_lists, getter)
+    return Statement(sql.strip(), order, json_lists, lists, getter)
 
 
 def parse(dialect: str, source: str) -> dict[str, Query]:
@@ -103,7 +143,7 @@ def parse(dialect: str, source: str) -> dict[str, Query]:
         if not body:
             raise ValueError(f"{dialect} queries: {name!r} is empty")
         statements = tuple(_compile(dialect, sql) for sql in body.split(";") if sql.strip())
-        queries[name] = Query(name, statements)
+        queries[name] = Query.of(name, statements)
     return queries
 
 

@@ -36,7 +36,7 @@ from cascade.errors import StoreConflict, StoreRejected, StoreUnavailable
 from cascade.store.base import IDEMPOTENCY_TTL
 from cascade.store.migrations import migrations
 from cascade.store.queries import Query, load
-from cascade.store.sqlstore import AcceptRows, Fetch, Plan, Run, SqlStore, accept_plan, one
+from cascade.store.sqlstore import AcceptRows, Fetch, Plan, Run, SqlStore, accept_plan
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,9 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 
 def _connect(path: str) -> sqlite3.Connection:
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512
+        )
     except sqlite3.Error as exc:
         raise StoreUnavailable(f"cannot open SQLite database {path!r}: {exc}") from exc
     conn.execute("PRAGMA journal_mode=WAL")
@@ -421,8 +423,8 @@ def run(conn: sqlite3.Connection, plan: Plan[T]) -> T:
     try:
         step = next(plan)
         while True:
-            result = _execute(conn, step) if isinstance(step, Run) else None
-            step = plan.send(result)
+            # (no cross-process signal to send for Signal.JOBS_QUEUED: the engine polls)
+            step = plan.send(_execute(conn, step) if type(step) is Run else None)
     except StopIteration as done:
         returned: T = done.value
         return returned
@@ -431,38 +433,58 @@ def run(conn: sqlite3.Connection, plan: Plan[T]) -> T:
 def _execute(conn: sqlite3.Connection, step: Run) -> Any:
     """One statement of a plan, its result taken as the plan asks."""
     query: Query = _QUERIES[step.query]
-    if step.fetch is Fetch.MANY:
-        statement = query.statement
-        conn.executemany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
+    fetch = step.fetch
+    if fetch is Fetch.MANY:
+        if query.before or len(step.params) == 1:
+            # a block runs statement by statement; and executemany costs a few µs more than
+            # execute for one parameter set (a transition's usual event or message change)
+            for one_set in step.params:
+                for statement in query.statements:
+                    conn.execute(*statement.bind(one_set))  # type: ignore[arg-type]
+        else:
+            statement = query.last
+            conn.executemany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
         return None
-    if step.fetch is Fetch.EACH:
-        statement = query.statement
+    if fetch is Fetch.EACH:
+        statement = query.last
         found = []
         for one_run in step.params:
-            found += _dicts(conn.execute(statement.sql, statement.args(one_run)))  # type: ignore[arg-type]
+            sql, args = statement.bind(one_run)  # type: ignore[arg-type]
+            found += _dicts(conn.execute(sql, args), statement.sql)
         return found
     params: Any = step.params
-    *before, last = query.statements
-    for statement in before:
-        conn.execute(statement.sql, statement.args(params))
-    cursor = conn.execute(last.sql, last.args(params))
-    if step.fetch is Fetch.COUNT:
-        cursor.fetchall()
+    for statement in query.before:
+        conn.execute(*statement.bind(params))
+    last = query.last
+    cursor = conn.execute(*last.bind(params))
+    if fetch is Fetch.ROWS:
+        return _dicts(cursor, last.sql)
+    if fetch is Fetch.COUNT:
+        if cursor.description is not None:
+            cursor.fetchall()  # a RETURNING statement counts its rows once they are all read
         return cursor.rowcount
-    found = _dicts(cursor)
-    if step.fetch is Fetch.ROWS:
-        return found
-    if not found:
-        return None
-    return found[0] if step.fetch is Fetch.ROW else next(iter(found[0].values()))
+    if fetch is Fetch.VALUE:
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+    found = _dicts(cursor, last.sql)
+    return found[0] if found else None
 
 
-def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    """Every row of a cursor, by column name."""
-    if cursor.description is None:
+#: the column names of each statement's rows, read once (``cursor.description`` builds a new
+#: tuple of 7-tuples at every call)
+_NAMES: dict[str, list[str]] = {}
+
+
+def _dicts(cursor: sqlite3.Cursor, sql: str) -> list[dict[str, Any]]:
+    """Every row of a cursor (that ran ``sql``), by column name."""
+    rows = cursor.fetchall()
+    if not rows:
         return []
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    names = _NAMES.get(sql)
+    if names is None:
+        names = _NAMES[sql] = [column[0] for column in cursor.description]
+    # (every row has one value per name: no need for zip's strict check, a cost per row)
+    return [dict(zip(names, row)) for row in rows]  # noqa: B905
 
 
 def sqlite_path(url: str) -> str:
@@ -538,7 +560,9 @@ class SqliteStore(SqlStore):
         if self._reader is None:
             raise StoreUnavailable("the store is not open")
         try:
-            return run(self._reader, one(plan) if isinstance(plan, Run) else plan)
+            if type(plan) is Run:  # one statement: no plan to step through
+                return _execute(self._reader, plan)
+            return run(self._reader, plan)  # type: ignore[arg-type]
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
 

@@ -255,20 +255,28 @@ VALUES (:workflow_id, :message_id, :at, :kind, :status, :code, :reason, :source)
 -- name: cancel_jobs
 DELETE FROM jobs WHERE kind = :kind AND ref = :ref
 
--- name: webhook_destination
--- the URL a webhook goes to: the application's, else the account's
-SELECT coalesce(
-    (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
-     FROM applications WHERE id = :application_id),
-    (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
-     FROM accounts WHERE id = :account_id))
-
--- name: insert_webhook
-INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, url, body,
-                      state, created_at, next_attempt_at)
-VALUES (:account_id, :application_id, :workflow_id, :message_id, :kind, :url, :body, :state,
-        :created_at, :next_attempt_at)
-RETURNING id
+-- name: queue_webhook
+-- a webhook goes to its own URL, else its application's, else its account's; with none it is
+-- kept as no_url, else it is pending with the job that delivers it
+WITH target AS (
+    SELECT nullif(coalesce(
+        :url::text,
+        (SELECT CASE WHEN :inbound::boolean THEN inbound_url ELSE status_url END
+         FROM applications WHERE id = :application_id),
+        (SELECT CASE WHEN :inbound::boolean THEN inbound_url ELSE status_url END
+         FROM accounts WHERE id = :account_id)), '') AS url
+), hook AS (
+    INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, url, body,
+                          state, created_at, next_attempt_at)
+    SELECT :account_id, :application_id, :workflow_id, :message_id, :kind, url, :body,
+           CASE WHEN url IS NULL THEN 'no_url' ELSE 'pending' END, :created_at::double precision,
+           CASE WHEN url IS NULL THEN NULL ELSE :created_at::double precision END
+    FROM target
+    RETURNING id, url
+)
+INSERT INTO jobs (kind, ref, run_at, created_at)
+SELECT :job_kind, id::text, :created_at::double precision, :created_at::double precision
+FROM hook WHERE url IS NOT NULL
 
 -- name: insert_orphan_receipt
 INSERT INTO orphan_receipts (provider, provider_message_id, status, at, code, reason,
@@ -348,24 +356,36 @@ SELECT * FROM webhooks WHERE id = :id
 -- name: webhooks_by_id
 SELECT * FROM webhooks WHERE id = ANY(:ids::bigint[])
 
--- name: record_webhook_attempt
--- one statement, so one round trip that commits on its own: the attempt's outcome is durable
--- as soon after the receiver's answer as it can be
+-- name: record_last_webhook_attempt
+-- an attempt after which none follows (delivered, or given up): its job is done. One
+-- statement, so one round trip that commits on its own: the attempt's outcome is durable as
+-- soon after the receiver's answer as it can be
 WITH attempt AS (
     INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration)
     VALUES (:webhook_id, :at, :status_code, :error, :duration)
 ), hook AS (
     UPDATE webhooks SET state = :state, attempts = attempts + 1,
         first_attempt_at = coalesce(first_attempt_at, :at), last_attempt_at = :at,
-        next_attempt_at = :next_attempt_at, last_status = :status_code, last_error = :error,
+        next_attempt_at = NULL, last_status = :status_code, last_error = :error,
         delivered_at = CASE WHEN :state = 'delivered' THEN :at ELSE delivered_at END
     WHERE id = :webhook_id
-), done AS (
-    DELETE FROM jobs WHERE id = :job_id AND :next_attempt_at::double precision IS NULL
+)
+DELETE FROM jobs WHERE id = :job_id
+
+-- name: record_webhook_attempt
+-- an attempt another follows: its job is due again then (one statement, as above)
+WITH attempt AS (
+    INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration)
+    VALUES (:webhook_id, :at, :status_code, :error, :duration)
+), hook AS (
+    UPDATE webhooks SET state = :state, attempts = attempts + 1,
+        first_attempt_at = coalesce(first_attempt_at, :at), last_attempt_at = :at,
+        next_attempt_at = :next_attempt_at, last_status = :status_code, last_error = :error
+    WHERE id = :webhook_id
 )
 UPDATE jobs SET run_at = :next_attempt_at, attempts = attempts + 1, locked_by = NULL,
                 locked_until = NULL
-WHERE id = :job_id AND :next_attempt_at IS NOT NULL
+WHERE id = :job_id
 
 -- name: webhooks
 SELECT * FROM webhooks

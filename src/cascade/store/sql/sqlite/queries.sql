@@ -1,7 +1,8 @@
 -- Every statement Cascade runs on SQLite, by name (store/queries.py loads them; the
--- PostgreSQL file defines the same names). Parameters are :name; a list parameter is read
--- through json_each(:name). A block of several statements runs them in order with the same
--- parameters, the last one's rows being its result.
+-- PostgreSQL file defines the same names). Parameters are :name. A list parameter is written
+-- :name* and becomes one placeholder per element; json_each(:name) reads one as a JSON array.
+-- A block of several statements runs them in order with the same parameters, the last one's
+-- rows being its result.
 
 -- name: ping
 SELECT 1
@@ -99,7 +100,7 @@ ORDER BY created_at DESC, id DESC LIMIT :limit
 
 -- name: messages_of_workflows
 SELECT * FROM messages
-WHERE workflow_id IN (SELECT value FROM json_each(:workflow_ids)) ORDER BY step
+WHERE workflow_id IN (:workflow_ids*) ORDER BY step
 
 -- name: message
 SELECT * FROM messages WHERE id = :id AND account_id = :account_id
@@ -122,7 +123,7 @@ SELECT * FROM jobs WHERE ref = :ref ORDER BY run_at, id
 SELECT * FROM messages WHERE id = :id
 
 -- name: find_messages
-SELECT * FROM messages WHERE id IN (SELECT value FROM json_each(:ids))
+SELECT * FROM messages WHERE id IN (:ids*)
 
 -- name: claim_jobs
 UPDATE jobs SET locked_by = :worker_id, locked_until = :until
@@ -146,14 +147,14 @@ RETURNING *
 -- each kind and sort them (a fifth of the SMS throughput under a backlog of due sends)
 UPDATE jobs SET locked_by = :worker_id, locked_until = :until
 WHERE id IN (SELECT id FROM jobs
-             WHERE run_at <= :now AND +kind IN (SELECT value FROM json_each(:kinds))
+             WHERE run_at <= :now AND +kind IN (:kinds*)
                AND (locked_until IS NULL OR locked_until < :now)
              ORDER BY run_at LIMIT :limit)
 RETURNING *
 
 -- name: extend_lease
 UPDATE jobs SET locked_until = :until
-WHERE id IN (SELECT value FROM json_each(:ids)) AND locked_by = :worker_id
+WHERE id IN (:ids*) AND locked_by = :worker_id
 
 -- name: next_job_at
 SELECT run_at FROM jobs WHERE locked_until IS NULL ORDER BY run_at LIMIT 1
@@ -163,7 +164,7 @@ SELECT run_at FROM jobs WHERE locked_until IS NULL AND kind = :kind ORDER BY run
 
 -- name: next_job_at_of_kinds
 SELECT run_at FROM jobs
-WHERE locked_until IS NULL AND +kind IN (SELECT value FROM json_each(:kinds))
+WHERE locked_until IS NULL AND +kind IN (:kinds*)
 ORDER BY run_at LIMIT 1
 
 -- name: delete_job
@@ -230,7 +231,7 @@ UPDATE workflows SET version = version + 1 WHERE id = :id
 
 -- name: bump_version_of_messages
 UPDATE workflows SET version = version + 1
-WHERE id IN (SELECT workflow_id FROM messages WHERE id IN (SELECT value FROM json_each(:ids)))
+WHERE id IN (SELECT workflow_id FROM messages WHERE id IN (:ids*))
 
 -- name: change_message
 -- what a transition changes of a message (a NULL keeps the stored value)
@@ -256,20 +257,23 @@ VALUES (:workflow_id, :message_id, :at, :kind, :status, :code, :reason, :source)
 -- name: cancel_jobs
 DELETE FROM jobs WHERE kind = :kind AND ref = :ref
 
--- name: webhook_destination
--- the URL a webhook goes to: the application's, else the account's
-SELECT coalesce(
-    (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
-     FROM applications WHERE id = :application_id),
-    (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
-     FROM accounts WHERE id = :account_id))
-
--- name: insert_webhook
+-- name: queue_webhook
+-- a webhook goes to its own URL, else its application's, else its account's; with none it is
+-- kept as no_url, else it is pending with the job that delivers it
 INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, url, body,
                       state, created_at, next_attempt_at)
-VALUES (:account_id, :application_id, :workflow_id, :message_id, :kind, :url, :body, :state,
-        :created_at, :next_attempt_at)
-RETURNING id
+SELECT :account_id, :application_id, :workflow_id, :message_id, :kind, url, :body,
+       CASE WHEN url IS NULL THEN 'no_url' ELSE 'pending' END, :created_at,
+       CASE WHEN url IS NULL THEN NULL ELSE :created_at END
+FROM (SELECT nullif(coalesce(
+          :url,
+          (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
+           FROM applications WHERE id = :application_id),
+          (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
+           FROM accounts WHERE id = :account_id)), '') AS url);
+INSERT INTO jobs (kind, ref, run_at, created_at)
+SELECT :job_kind, id, :created_at, :created_at FROM webhooks
+WHERE id = last_insert_rowid() AND url IS NOT NULL
 
 -- name: insert_orphan_receipt
 INSERT INTO orphan_receipts (provider, provider_message_id, status, at, code, reason,
@@ -315,33 +319,33 @@ WHERE provider = :provider AND part_id = :part_id
 
 -- name: provider_ids_held
 SELECT 1 FROM messages
-WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+WHERE provider = :provider AND provider_message_id IN (:ids*)
   AND id <> :message_id
 UNION ALL
 SELECT 1 FROM message_parts
-WHERE provider = :provider AND part_id IN (SELECT value FROM json_each(:ids))
+WHERE provider = :provider AND part_id IN (:ids*)
   AND message_id <> :message_id
 UNION ALL
 SELECT 1 FROM orphan_receipts
-WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+WHERE provider = :provider AND provider_message_id IN (:ids*)
   AND received_at < :sent_since
 LIMIT 1
 
 -- name: release_provider_ids
 UPDATE messages SET provider_message_id = NULL
-WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+WHERE provider = :provider AND provider_message_id IN (:ids*)
   AND id <> :message_id
 RETURNING id
 
 -- name: release_part_ids
 DELETE FROM message_parts
-WHERE provider = :provider AND part_id IN (SELECT value FROM json_each(:ids))
+WHERE provider = :provider AND part_id IN (:ids*)
   AND message_id <> :message_id
 RETURNING message_id AS id
 
 -- name: drop_stale_orphan_receipts
 DELETE FROM orphan_receipts
-WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_each(:ids))
+WHERE provider = :provider AND provider_message_id IN (:ids*)
   AND received_at < :sent_since
 
 -- ---- customer webhooks ---------------------------------------------------------------------
@@ -350,20 +354,30 @@ WHERE provider = :provider AND provider_message_id IN (SELECT value FROM json_ea
 SELECT * FROM webhooks WHERE id = :id
 
 -- name: webhooks_by_id
-SELECT * FROM webhooks WHERE id IN (SELECT value FROM json_each(:ids))
+SELECT * FROM webhooks WHERE id IN (:ids*)
 
--- name: record_webhook_attempt
+-- name: record_last_webhook_attempt
+-- an attempt after which none follows (delivered, or given up): its job is done
 INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration)
 VALUES (:webhook_id, :at, :status_code, :error, :duration);
 UPDATE webhooks SET state = :state, attempts = attempts + 1,
     first_attempt_at = coalesce(first_attempt_at, :at), last_attempt_at = :at,
-    next_attempt_at = :next_attempt_at, last_status = :status_code, last_error = :error,
+    next_attempt_at = NULL, last_status = :status_code, last_error = :error,
     delivered_at = CASE WHEN :state = 'delivered' THEN :at ELSE delivered_at END
 WHERE id = :webhook_id;
-DELETE FROM jobs WHERE id = :job_id AND :next_attempt_at IS NULL;
+DELETE FROM jobs WHERE id = :job_id
+
+-- name: record_webhook_attempt
+-- an attempt another follows: its job is due again then
+INSERT INTO webhook_attempts (webhook_id, at, status_code, error, duration)
+VALUES (:webhook_id, :at, :status_code, :error, :duration);
+UPDATE webhooks SET state = :state, attempts = attempts + 1,
+    first_attempt_at = coalesce(first_attempt_at, :at), last_attempt_at = :at,
+    next_attempt_at = :next_attempt_at, last_status = :status_code, last_error = :error
+WHERE id = :webhook_id;
 UPDATE jobs SET run_at = :next_attempt_at, attempts = attempts + 1, locked_by = NULL,
                 locked_until = NULL
-WHERE id = :job_id AND :next_attempt_at IS NOT NULL
+WHERE id = :job_id
 
 -- name: webhooks
 SELECT * FROM webhooks
@@ -374,7 +388,7 @@ ORDER BY id LIMIT :limit
 
 -- name: webhook_attempts
 SELECT * FROM webhook_attempts
-WHERE webhook_id IN (SELECT value FROM json_each(:ids)) ORDER BY id
+WHERE webhook_id IN (:ids*) ORDER BY id
 
 -- name: dead_webhooks
 SELECT id FROM webhooks
@@ -383,7 +397,7 @@ ORDER BY id
 
 -- name: replayable_webhooks
 SELECT id FROM webhooks
-WHERE id IN (SELECT value FROM json_each(:ids)) AND url IS NOT NULL
+WHERE id IN (:ids*) AND url IS NOT NULL
   AND (:account_id IS NULL OR account_id = :account_id)
 ORDER BY id
 
@@ -391,8 +405,8 @@ ORDER BY id
 -- their retry schedule starts over, and each gets one fresh job
 UPDATE webhooks SET state = 'pending', attempts = 0, first_attempt_at = NULL,
                     next_attempt_at = :now
-WHERE id IN (SELECT value FROM json_each(:ids));
-DELETE FROM jobs WHERE kind = :kind AND ref IN (SELECT value FROM json_each(:refs));
+WHERE id IN (:ids*);
+DELETE FROM jobs WHERE kind = :kind AND ref IN (:refs*);
 INSERT INTO jobs (kind, ref, run_at, created_at)
 SELECT :kind, value, :now, :now FROM json_each(:refs)
 
@@ -442,21 +456,21 @@ WHERE finished_at < :before
 ORDER BY finished_at LIMIT :limit
 
 -- name: delete_webhooks
-DELETE FROM jobs WHERE kind = :kind AND ref IN (SELECT value FROM json_each(:refs));
-DELETE FROM webhook_attempts WHERE webhook_id IN (SELECT value FROM json_each(:ids));
-DELETE FROM webhooks WHERE id IN (SELECT value FROM json_each(:ids))
+DELETE FROM jobs WHERE kind = :kind AND ref IN (:refs*);
+DELETE FROM webhook_attempts WHERE webhook_id IN (:ids*);
+DELETE FROM webhooks WHERE id IN (:ids*)
 
 -- name: webhooks_of_workflows
-SELECT id FROM webhooks WHERE workflow_id IN (SELECT value FROM json_each(:ids))
+SELECT id FROM webhooks WHERE workflow_id IN (:ids*)
 
 -- name: delete_workflows
 -- with all that hangs off them (their webhooks are deleted first, by delete_webhooks)
-DELETE FROM jobs WHERE ref IN (SELECT value FROM json_each(:ids))
-    OR ref IN (SELECT id FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids)));
+DELETE FROM jobs WHERE ref IN (:ids*)
+    OR ref IN (SELECT id FROM messages WHERE workflow_id IN (:ids*));
 DELETE FROM message_parts
-WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids)));
+WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (:ids*));
 DELETE FROM sandbox_messages
-WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids)));
-DELETE FROM events WHERE workflow_id IN (SELECT value FROM json_each(:ids));
-DELETE FROM messages WHERE workflow_id IN (SELECT value FROM json_each(:ids));
-DELETE FROM workflows WHERE id IN (SELECT value FROM json_each(:ids))
+WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (:ids*));
+DELETE FROM events WHERE workflow_id IN (:ids*);
+DELETE FROM messages WHERE workflow_id IN (:ids*);
+DELETE FROM workflows WHERE id IN (:ids*)
