@@ -223,15 +223,14 @@ def free_port() -> int:
 
 
 async def _queue(store: Any, account_id: str, url: str, count: int) -> None:
-    from cascade.domain.records import NewWebhook
-    from cascade.webhooks import payloads
+    from cascade.domain.records import NewWebhook, WebhookKind
 
     body = json.dumps(BODY, separators=(",", ":")).encode()
     now = time.time()
     chunk = 2000
     for start in range(0, count, chunk):
         hooks = [
-            NewWebhook(payloads.STATUS, account_id, None, None, None, url, body)
+            NewWebhook(WebhookKind.STATUS, account_id, None, None, None, url, body)
             for _ in range(start, min(count, start + chunk))
         ]
         await store.add_webhooks(hooks, now)

@@ -17,7 +17,7 @@ from cascade.channels.base import ChannelProvider
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
-from cascade.domain.records import WEBHOOK_JOB, Account
+from cascade.domain.records import Account, JobKindName
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
 from cascade.errors import ConfigError
@@ -144,8 +144,8 @@ def start_retention(settings: Settings, engine: Engine) -> None:
 def attach_webhook_sender(engine: Engine, settings: DeliverySettings) -> WebhookSender:
     """Make a WebhookSender the engine's handler of ``webhook`` jobs (and their prefetcher)."""
     sender = WebhookSender(engine.store, engine.clock, settings)
-    engine.handlers[WEBHOOK_JOB] = sender.run_job
-    engine.prefetchers[WEBHOOK_JOB] = sender.prefetch
+    engine.handlers[JobKindName.WEBHOOK] = sender.run_job
+    engine.prefetchers[JobKindName.WEBHOOK] = sender.prefetch
     engine.closers.append(sender.close)
     return sender
 

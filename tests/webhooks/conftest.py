@@ -18,11 +18,10 @@ import pytest
 import uvloop
 
 from cascade.clock import FakeClock
-from cascade.domain.records import NewWebhook
+from cascade.domain.records import NewWebhook, WebhookKind
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.runtime import attach_webhook_sender
 from cascade.store.base import Store
-from cascade.webhooks import payloads
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 from tests.engine.harness import World, world
 from tests.webhooks.receiver import Action, Receiver, Respond
@@ -113,7 +112,7 @@ async def queue(w: World, body: bytes = b'{"hello":"world"}', *, url: str | None
     await w.store.add_webhooks(
         [
             NewWebhook(
-                kind=payloads.STATUS,
+                kind=WebhookKind.STATUS,
                 account_id=w.tenant.account.id,
                 application_id=w.tenant.application.id,
                 workflow_id=None,

@@ -30,9 +30,6 @@ from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessa
 from cascade.channels.receipts import combine_parts
 from cascade.clock import Clock
 from cascade.domain.failover import (
-    REPORT_HORIZON,
-    SEND,
-    STEP_TIMEOUT,
     Changes,
     Happening,
     HorizonReached,
@@ -42,11 +39,13 @@ from cascade.domain.failover import (
 )
 from cascade.domain.projection import project
 from cascade.domain.records import (
+    JobKindName,
     MessageRecord,
     NewWebhook,
     Receipt,
     StepState,
     Surface,
+    WebhookKind,
     WorkflowRecord,
 )
 from cascade.domain.status import Status
@@ -124,7 +123,7 @@ class EngineSettings:
     @property
     def sends(self) -> bool:
         """Whether this engine sends messages (and so holds the channels' connections)."""
-        return self.kinds is None or SEND in self.kinds
+        return self.kinds is None or JobKindName.SEND in self.kinds
 
 
 def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -179,14 +178,14 @@ class Engine:
         self.settings = settings or EngineSettings()
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.handlers: dict[str, JobHandler] = {
-            SEND: self._send,
-            STEP_TIMEOUT: self._step_timeout,
-            REPORT_HORIZON: self._report_horizon,
+            JobKindName.SEND: self._send,
+            JobKindName.STEP_TIMEOUT: self._step_timeout,
+            JobKindName.REPORT_HORIZON: self._report_horizon,
         }
         #: per job kind, called with the due jobs of each claimed batch before they run, so a
         #: handler reads what its jobs need in one query rather than one query each
         self.prefetchers: dict[str, Callable[[Sequence[Job]], Awaitable[None]]] = {
-            SEND: self._prefetch_messages
+            JobKindName.SEND: self._prefetch_messages
         }
         #: the messages of claimed send jobs, read with their batch (taken by the job)
         self._prefetched: dict[str, MessageRecord] = {}
@@ -708,7 +707,7 @@ class Engine:
             log.warning("engine.inbound_without_account", channel=message.channel)
             return
         webhook = NewWebhook(
-            kind=payloads.INBOUND,
+            kind=WebhookKind.INBOUND,
             account_id=accounts[0].id,
             application_id=None,
             workflow_id=None,
@@ -738,7 +737,7 @@ def webhooks_for(workflow: WorkflowRecord, changes: Changes, base: str) -> Seque
     }
     hooks = [
         NewWebhook(
-            kind=payloads.STATUS,
+            kind=WebhookKind.STATUS,
             account_id=workflow.account_id,
             application_id=workflow.application_id,
             workflow_id=workflow.id,
@@ -754,7 +753,7 @@ def webhooks_for(workflow: WorkflowRecord, changes: Changes, base: str) -> Seque
         at = changes.finished_at if changes.finished_at is not None else after.updated_at
         hooks.append(
             NewWebhook(
-                kind=payloads.FINAL_REPORT,
+                kind=WebhookKind.FINAL_REPORT,
                 account_id=workflow.account_id,
                 application_id=workflow.application_id,
                 workflow_id=workflow.id,

@@ -22,10 +22,6 @@ import msgspec
 from cascade.channels.base import InboundMessage
 from cascade.domain.records import MessageRecord, Surface, WorkflowRecord, WorkflowState
 
-STATUS = "message-status"
-FINAL_REPORT = "final-report"
-INBOUND = "inbound"
-
 _encoder = msgspec.json.Encoder()
 
 
