@@ -97,6 +97,12 @@ class ChannelProvider(abc.ABC):
     #: whether an id it hands out may be handed out again for another message (an SMSC after a
     #: restart): the engine then takes the id from the older message before recording it
     ids_can_repeat: bool = True
+    #: whether it recognises a message sent to it again (by its message id) and sends it only
+    #: once. The engine asks because sending is at least once: a send job may run again after
+    #: a crash. For a provider that deduplicates, it simply sends again; for one that does not,
+    #: it counts each attempt in the store first, and a send that may already have reached the
+    #: provider is recorded ``undeliverable`` (error 1330) instead of being repeated
+    deduplicates: bool = False
 
     async def start(self, sink: ReceiptSink) -> None:  # noqa: B027 - optional hook
         """Connect; keep ``sink`` for receipts and inbound messages."""

@@ -480,7 +480,7 @@ class Engine:
             return
         provider = self.providers.for_channel(message.channel)
         now = self.clock.now()
-        if not getattr(provider, "deduplicates", False):
+        if not provider.deduplicates:
             attempt = await self.store.begin_send(message.id, now)
             if attempt.attempts > job.attempts:
                 SENDS.labels(provider.name, "unknown").inc()
