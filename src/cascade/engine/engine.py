@@ -27,7 +27,6 @@ import structlog
 from prometheus_client import Counter, Histogram
 
 from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage, SendResult
-from cascade.channels.receipts import combine_parts
 from cascade.clock import Clock
 from cascade.domain.failover import (
     Changes,
@@ -48,7 +47,7 @@ from cascade.domain.records import (
     WebhookKind,
     WorkflowRecord,
 )
-from cascade.domain.status import Status
+from cascade.domain.status import Status, combine_parts
 from cascade.errors import (
     ChannelOutcomeUnknown,
     ChannelRejected,
