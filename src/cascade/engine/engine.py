@@ -29,24 +29,22 @@ from prometheus_client import Counter, Histogram
 from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage, SendResult
 from cascade.clock import Clock
 from cascade.domain.failover import (
-    Changes,
     Happening,
     HorizonReached,
     Observed,
     WindowClosed,
     apply,
 )
-from cascade.domain.projection import project
 from cascade.domain.records import (
     JobKindName,
     MessageRecord,
     NewWebhook,
     Receipt,
     StepState,
-    Surface,
     WebhookKind,
     WorkflowRecord,
 )
+from cascade.domain.reports import reports_for
 from cascade.domain.status import Status, combine_parts
 from cascade.errors import (
     ChannelOutcomeUnknown,
@@ -459,14 +457,15 @@ class Engine:
         return result
 
     def _decider(self, happening: Happening | Callable[[WorkflowRecord], Happening]) -> Decide:
-        """The pure decision of a transition: the failover rules, then the webhooks."""
+        """The pure decision of a transition: the failover rules, then the reports they call
+        for, written as webhooks."""
         horizon = self.settings.report_horizon
         base = self.settings.public_url
 
         def decide(workflow: WorkflowRecord) -> Decision:
             seen = happening(workflow) if callable(happening) else happening
             changes = apply(workflow, seen, horizon=horizon)
-            return changes, webhooks_for(workflow, changes, base)
+            return changes, payloads.webhooks(reports_for(workflow, changes), base)
 
         return decide
 
@@ -723,42 +722,3 @@ class Engine:
         for receipt in receipts:
             await self.receipt(receipt)
         return len(receipts)
-
-
-def webhooks_for(workflow: WorkflowRecord, changes: Changes, base: str) -> Sequence[NewWebhook]:
-    """The status webhooks and the final report a transition produces."""
-    if not changes.status_reports and not changes.final_report:
-        return ()
-    after = project(workflow, changes)
-    by_id = {message.id: message for message in after.messages}
-    at_by_message = {
-        event.message_id: event.at for event in changes.events if event.kind == "status"
-    }
-    hooks = [
-        NewWebhook(
-            kind=WebhookKind.STATUS,
-            account_id=workflow.account_id,
-            application_id=workflow.application_id,
-            workflow_id=workflow.id,
-            message_id=message_id,
-            url=None,
-            body=payloads.message_status(
-                after, by_id[message_id], at_by_message.get(message_id, after.updated_at), base
-            ),
-        )
-        for message_id in changes.status_reports
-    ]
-    if changes.final_report and workflow.surface is not Surface.MESSAGES:
-        at = changes.finished_at if changes.finished_at is not None else after.updated_at
-        hooks.append(
-            NewWebhook(
-                kind=WebhookKind.FINAL_REPORT,
-                account_id=workflow.account_id,
-                application_id=workflow.application_id,
-                workflow_id=workflow.id,
-                message_id=None,
-                url=None,
-                body=payloads.final_report(after, at, base),
-            )
-        )
-    return hooks
