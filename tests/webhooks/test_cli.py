@@ -20,7 +20,7 @@ from cascade.clock import FakeClock
 from cascade.domain.records import NewWebhook, WebhookKind
 from cascade.engine.engine import Engine, Providers
 from cascade.store.sqlite import SqliteStore
-from tests.webhooks.conftest import with_sender
+from tests.webhooks.conftest import sender
 from tests.webhooks.receiver import Action, Receiver, Request, Respond, free_port, verify
 
 runner = CliRunner()
@@ -79,8 +79,12 @@ class Operator:
             await store.open()
             clock = FakeClock(time.time())
             receiver = await Receiver(clock, port=self.port, default=answer).up()
-            engine = Engine(store, Providers(SandboxProvider(store, clock)), clock)
-            with_sender(engine)
+            engine = Engine(
+                store,
+                Providers(SandboxProvider(store, clock)),
+                clock,
+                job_kinds=[sender(store, clock)],
+            )
             await engine.start(run_loop=False)
             try:
                 await engine.drain()

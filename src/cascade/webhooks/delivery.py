@@ -46,6 +46,7 @@ from prometheus_client import Counter
 from cascade.clock import Clock
 from cascade.domain.records import (
     Account,
+    JobKindName,
     WebhookAttempt,
     WebhookRecord,
     WebhookState,
@@ -192,7 +193,11 @@ class _Result:
 
 
 class WebhookSender:
-    """Delivers webhook jobs for the engine (its handler for ``webhook`` jobs)."""
+    """Delivers webhooks: the engine's job kind for ``webhook`` jobs
+    (:class:`~cascade.engine.jobs.JobKind`)."""
+
+    #: the jobs it runs
+    name = JobKindName.WEBHOOK
 
     def __init__(
         self,
@@ -229,11 +234,10 @@ class WebhookSender:
             self._http = None
 
     async def prefetch(self, jobs: Sequence[Job]) -> None:
-        """Read the webhooks of a claimed batch's jobs in one query (the engine's prefetcher
-        for ``webhook`` jobs)."""
+        """Read the webhooks of a claimed batch's jobs in one query."""
         self._prefetched.update(await self._store.get_webhooks([int(job.ref) for job in jobs]))
 
-    async def run_job(self, job: Job) -> None:
+    async def run(self, job: Job) -> None:
         """Deliver the webhook a job names, and record the attempt."""
         webhook_id = int(job.ref)
         webhook = self._prefetched.pop(webhook_id, None) or await self._store.get_webhook(
