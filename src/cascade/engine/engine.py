@@ -508,7 +508,7 @@ class Engine:
 
         return decide
 
-    # --- job handlers ----------------------------------------------------------------------
+    # --- the engine's own job kinds --------------------------------------------------------
 
     async def _send(self, job: Job) -> None:
         message = self._prefetched.pop(job.ref, None) or await self.store.find_message(job.ref)
