@@ -60,12 +60,10 @@ class FinalReport:
         return self.workflow.state is WorkflowState.COMPLETED
 
     @property
-    def messages(self) -> tuple[MessageRecord, ...]:
+    def messages(self) -> list[MessageRecord]:
         """The messages the report lists: every step that started (those never started were
         cancelled after an earlier step succeeded, and were never sent)."""
-        return tuple(
-            message for message in self.workflow.messages if message.started_at is not None
-        )
+        return [message for message in self.workflow.messages if message.started_at is not None]
 
 
 Report = StatusReport | FinalReport
