@@ -21,8 +21,9 @@ import asyncio
 import os
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
@@ -81,31 +82,29 @@ UNKNOWN_OUTCOME = (
 
 
 class _OwnJobs:
-    """One of the engine's own job kinds, its jobs run (and prefetched) by engine methods."""
+    """One of the engine's own job kinds: its jobs run (and prefetched) by engine methods,
+    called directly (no wrapper between the engine's loop and the method, once per job)."""
 
-    __slots__ = ("_prefetch", "_run", "name")
+    __slots__ = ("name", "prefetch", "run")
 
     def __init__(
         self,
         name: JobKindName,
-        run: Callable[[Job], Awaitable[None]],
-        prefetch: Callable[[Sequence[Job]], Awaitable[None]] | None = None,
+        run: Callable[[Job], Coroutine[Any, Any, None]],
+        prefetch: Callable[[Sequence[Job]], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.name = name
-        self._run = run
-        self._prefetch = prefetch
-
-    async def run(self, job: Job) -> None:
-        """Run the job with the engine's method for its kind."""
-        await self._run(job)
-
-    async def prefetch(self, jobs: Sequence[Job]) -> None:
-        """Read what the jobs need, when the engine has a batch read for this kind."""
-        if self._prefetch is not None:
-            await self._prefetch(jobs)
+        #: runs one job
+        self.run = run
+        #: reads what a batch of due jobs needs (nothing, for a kind without a batch read)
+        self.prefetch = prefetch or _read_nothing
 
     async def close(self) -> None:
         """Nothing to close: what these jobs use (the providers) stops with the engine."""
+
+
+async def _read_nothing(jobs: Sequence[Job]) -> None:
+    """The batch read of a kind whose jobs need none."""
 
 
 @dataclass(frozen=True, slots=True)
