@@ -20,8 +20,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade.clock import SystemClock
-from cascade.config import Settings, engine_jobs
-from cascade.domain.records import Account, Application, WebhookRecord, WorkflowRecord
+from cascade.config import JOB_KINDS, Settings, engine_jobs
+from cascade.domain.records import (
+    Account,
+    Application,
+    WebhookRecord,
+    WebhookState,
+    WorkflowRecord,
+)
 from cascade.errors import CascadeError, ConfigError
 from cascade.service import credentials_path, ensure_default_account, open_store
 from cascade.store.base import Store
@@ -188,8 +194,8 @@ def worker(
     jobs: Annotated[
         str | None,
         typer.Option(
-            help="The jobs to run: all, or a comma list of send, step_timeout, "
-            "report_horizon, webhook [default: $CASCADE_ENGINE_JOBS or all]"
+            help=f"The jobs to run: all, or a comma list of {', '.join(JOB_KINDS)} "
+            "[default: $CASCADE_ENGINE_JOBS or all]"
         ),
     ] = None,
 ) -> None:
@@ -500,7 +506,7 @@ def webhooks_list(
     """List webhooks with their delivery state, attempts and last result."""
 
     async def work(store: Store) -> list[WebhookRecord]:
-        return await store.list_webhooks(state="dead" if failed else None, limit=limit)
+        return await store.list_webhooks(state=WebhookState.DEAD if failed else None, limit=limit)
 
     for hook in _with_store(database, work):
         last = hook.last_error or (str(hook.last_status) if hook.last_status else "-")

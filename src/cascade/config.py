@@ -14,12 +14,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cascade.domain.failover import REPORT_HORIZON, SEND, STEP_TIMEOUT
-from cascade.domain.records import WEBHOOK_JOB
+from cascade.domain.records import JobKindName
 from cascade.errors import ConfigError
 
 #: the kinds of job an engine runs
-JOB_KINDS = (SEND, STEP_TIMEOUT, REPORT_HORIZON, WEBHOOK_JOB)
+JOB_KINDS = tuple(JobKindName)
 
 DEFAULT_DATABASE_URL = "sqlite:///cascade.db"
 
@@ -144,9 +143,11 @@ class Settings(BaseSettings):
         return engine_jobs(value)
 
     @property
-    def job_kinds(self) -> frozenset[str] | None:
+    def job_kinds(self) -> frozenset[JobKindName] | None:
         """The job kinds of ``engine_jobs`` (None: all)."""
-        return None if self.engine_jobs == "all" else frozenset(self.engine_jobs.split(","))
+        if self.engine_jobs == "all":
+            return None
+        return frozenset(JobKindName(name) for name in self.engine_jobs.split(","))
 
 
 def engine_jobs(value: str) -> str:

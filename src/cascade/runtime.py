@@ -17,7 +17,7 @@ from cascade.channels.base import ChannelProvider
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
-from cascade.domain.records import WEBHOOK_JOB, Account
+from cascade.domain.records import Account
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
 from cascade.errors import ConfigError
@@ -108,7 +108,8 @@ def build_engine(
     """The engine with the providers the settings name (the sandbox for every channel they do
     not name) and the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
-    engine = Engine(
+    sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
+    return Engine(
         store,
         Providers(sandbox, configured_providers(settings, clock)),
         clock,
@@ -119,10 +120,9 @@ def build_engine(
             public_url=settings.public_url or "",
             kinds=settings.job_kinds,
         ),
+        job_kinds=[sender],
         on_fatal=on_fatal,
     )
-    attach_webhook_sender(engine, DeliverySettings(timeout=settings.webhook_timeout_seconds))
-    return engine
 
 
 def start_retention(settings: Settings, engine: Engine) -> None:
@@ -139,15 +139,6 @@ def start_retention(settings: Settings, engine: Engine) -> None:
         ),
     )
     engine.supervisor.start("retention", sweep.run())
-
-
-def attach_webhook_sender(engine: Engine, settings: DeliverySettings) -> WebhookSender:
-    """Make a WebhookSender the engine's handler of ``webhook`` jobs (and their prefetcher)."""
-    sender = WebhookSender(engine.store, engine.clock, settings)
-    engine.handlers[WEBHOOK_JOB] = sender.run_job
-    engine.prefetchers[WEBHOOK_JOB] = sender.prefetch
-    engine.closers.append(sender.close)
-    return sender
 
 
 def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelProvider]:

@@ -18,6 +18,7 @@ from cascade.domain.records import (
     WebhookRecord,
     WorkflowRecord,
 )
+from cascade.domain.reports import reported_error
 from cascade.webhooks.payloads import timestamp, total_usage, usage
 
 _ID_FIELDS = {
@@ -62,9 +63,9 @@ def message_view(message: MessageRecord, events: tuple[Event, ...] = ()) -> dict
         }
     if message.client_ref is not None:
         view["client_ref"] = message.client_ref
-    if message.error_code is not None and message.status in ("rejected", "undeliverable"):
-        # a success after a failure keeps the old error in the row; it no longer applies
-        view["error"] = {"code": message.error_code, "reason": message.error_reason or ""}
+    error = reported_error(message)
+    if error is not None:
+        view["error"] = {"code": error[0], "reason": error[1]}
     cost = usage(message)
     if cost is not None:
         view["usage"] = cost

@@ -18,7 +18,6 @@ from cascade.channels.receipts import (
     MalformedPdu,
     MalformedReceipt,
     Outcome,
-    combine_parts,
     decode_deliver_sm,
     normalise_message_id,
     outcome_of,
@@ -261,22 +260,6 @@ def test_network_error_code_is_in_the_reason() -> None:
     outcome = outcome_of(parse_receipt("id:1 stat:UNDELIV err:027", tlvs))
     assert outcome is not None
     assert outcome.reason == "SMSC receipt UNDELIV: undeliverable; err 027; GSM error 27"
-
-
-@pytest.mark.parametrize(
-    ("statuses", "combined"),
-    [
-        ([Status.DELIVERED, Status.DELIVERED, Status.DELIVERED], Status.DELIVERED),
-        ([Status.DELIVERED, None, Status.DELIVERED], None),
-        ([Status.DELIVERED, Status.REJECTED, None], Status.REJECTED),
-        ([None, None, Status.REJECTED], Status.REJECTED),
-        ([None], None),
-        ([], None),
-    ],
-)
-def test_combine_parts(statuses: list[Status | None], combined: Status | None) -> None:
-    """Any failed part fails the message; all delivered delivers it."""
-    assert combine_parts(statuses) == combined
 
 
 def _body(pdu: smpp34.DeliverSm) -> bytes:

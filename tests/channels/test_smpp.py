@@ -10,9 +10,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cascade.channels.base import OutboundMessage
-from cascade.channels.receipts import combine_parts
 from cascade.channels.smpp import SmppProvider, SmppSubmitUnconfirmed
-from cascade.domain.status import Status
+from cascade.domain.status import Status, combine_parts
 from cascade.errors import ChannelRejected, ChannelUnavailable
 from tests.channels.conftest import ProviderFactory, connection
 from tests.channels.support import RecordingSink

@@ -24,6 +24,7 @@ from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.store.base import Decision, Job, WorkflowKey
 from cascade.store.postgres import PostgresStore
 from tests.contract.factories import T0, tenant, workflow
+from tests.engine.harness import FunctionKind
 
 pytestmark = pytest.mark.postgres
 
@@ -212,19 +213,19 @@ async def test_an_engine_runs_work_queued_elsewhere_before_its_next_poll(pair: P
     once, though it would not poll again for a minute."""
     ran: asyncio.Queue[Job] = asyncio.Queue()
     clock = SystemClock()
-    engine = Engine(
-        pair.listener,
-        Providers(SandboxProvider(pair.listener, clock)),
-        clock,
-        EngineSettings(poll_interval=60.0, claim_interval=60.0),
-    )
 
     async def record(job: Job) -> None:
         """Note the job and finish it."""
         await pair.listener.finish_job(job.id)
         await ran.put(job)
 
-    engine.handlers["ping"] = record
+    engine = Engine(
+        pair.listener,
+        Providers(SandboxProvider(pair.listener, clock)),
+        clock,
+        EngineSettings(poll_interval=60.0, claim_interval=60.0),
+        job_kinds=[FunctionKind("ping", record)],
+    )
     await engine.start()
     try:
         await asyncio.sleep(0.2)  # the loop finds nothing and settles into its long sleep

@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from cascade.clock import FakeClock
-from cascade.domain.records import NewWebhook
+from cascade.domain.records import NewWebhook, WebhookKind
 from cascade.store.base import Store
-from cascade.webhooks import payloads
 from cascade.webhooks.delivery import DeliverySettings, delivery_id
 from tests.webhooks.conftest import delivering, restart
 from tests.webhooks.receiver import Receiver, Respond
@@ -45,7 +44,9 @@ async def test_a_crash_sends_again_at_most_max_unrecorded_webhooks_each_with_its
         async with delivering(store, clock, settings, status_url=receiver.url()) as w:
             await store.add_webhooks(
                 [
-                    NewWebhook(payloads.STATUS, w.tenant.account.id, None, None, None, None, b"{}")
+                    NewWebhook(
+                        WebhookKind.STATUS, w.tenant.account.id, None, None, None, None, b"{}"
+                    )
                     for _ in range(count)
                 ],
                 clock.now(),

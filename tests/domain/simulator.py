@@ -11,9 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from cascade.domain.failover import (
-    REPORT_HORIZON,
-    SEND,
-    STEP_TIMEOUT,
     Changes,
     Happening,
     HorizonReached,
@@ -24,6 +21,7 @@ from cascade.domain.failover import (
 )
 from cascade.domain.records import (
     Event,
+    JobKindName,
     MessageRecord,
     StepState,
     Surface,
@@ -206,7 +204,7 @@ class Simulator:
     ) -> Changes:
         """Step ``index``'s send job runs: accepted (``submitted``) or a permanent send error."""
         message_id = f"m{index}"
-        self.jobs.pop((SEND, message_id), None)
+        self.jobs.pop((JobKindName.SEND, message_id), None)
         failed = status.is_failure
         return self.apply(
             Observed(
@@ -227,12 +225,12 @@ class Simulator:
         """Step ``index``'s timer job runs, ``delay`` seconds after it fell due (or now, when
         it is not pending: a stale timer)."""
         message_id = f"m{index}"
-        due = self.jobs.pop((STEP_TIMEOUT, message_id), self.now)
+        due = self.jobs.pop((JobKindName.STEP_TIMEOUT, message_id), self.now)
         return self.apply(WindowClosed(message_id, max(self.now, due) + delay, last_error))
 
     def reach_horizon(self, delay: float = 0.0) -> Changes:
         """The report horizon job runs (or a stale one, now, when it is not pending)."""
-        due = self.jobs.pop((REPORT_HORIZON, "w"), self.now)
+        due = self.jobs.pop((JobKindName.REPORT_HORIZON, "w"), self.now)
         return self.apply(HorizonReached(max(self.now, due) + delay))
 
     def run_next_timer(self) -> Changes | None:
@@ -240,12 +238,12 @@ class Simulator:
         timers = sorted(
             (run_at, kind, ref)
             for (kind, ref), run_at in self.jobs.items()
-            if kind in (STEP_TIMEOUT, REPORT_HORIZON)
+            if kind in (JobKindName.STEP_TIMEOUT, JobKindName.REPORT_HORIZON)
         )
         if not timers:
             return None
         _, kind, ref = timers[0]
-        if kind == STEP_TIMEOUT:
+        if kind == JobKindName.STEP_TIMEOUT:
             return self.close_window(int(ref[1:]))
         return self.reach_horizon()
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 
 from cascade.domain.failover import (
-    REPORT_HORIZON,
-    SEND,
-    STEP_TIMEOUT,
     Changes,
     HorizonReached,
     Observed,
@@ -18,7 +15,7 @@ from cascade.domain.failover import (
     step_jobs,
     success_condition,
 )
-from cascade.domain.records import NewJob, StepState, WorkflowState
+from cascade.domain.records import JobKindName, NewJob, StepState, WorkflowState
 from cascade.domain.status import Status, reaches
 from tests.domain.simulator import HORIZON, T0, Simulator, Step, kinds, workflow_record
 
@@ -122,16 +119,16 @@ def test_success_condition_of_the_last_step_is_delivered() -> None:
 def test_step_jobs_of_a_middle_step_are_send_and_timer() -> None:
     """A non-last step is sent now and its window closes expiry_time seconds after it starts."""
     assert step_jobs("w", "m", 600, last=False, at=T0, horizon=HORIZON) == [
-        NewJob(SEND, "m", T0),
-        NewJob(STEP_TIMEOUT, "m", T0 + 600),
+        NewJob(JobKindName.SEND, "m", T0),
+        NewJob(JobKindName.STEP_TIMEOUT, "m", T0 + 600),
     ]
 
 
 def test_step_jobs_of_the_last_step_are_send_and_horizon() -> None:
     """The last step has no window: it is sent now and the report horizon is set from now."""
     assert step_jobs("w", "m", None, last=True, at=T0, horizon=HORIZON) == [
-        NewJob(SEND, "m", T0),
-        NewJob(REPORT_HORIZON, "w", T0 + HORIZON),
+        NewJob(JobKindName.SEND, "m", T0),
+        NewJob(JobKindName.REPORT_HORIZON, "w", T0 + HORIZON),
     ]
 
 
@@ -142,7 +139,10 @@ def test_start_step_activates_it_and_schedules_its_jobs() -> None:
     start_step(record, 1, T0 + 5, changes, horizon=HORIZON)
     change = changes.messages["m1"]
     assert (change.state, change.started_at) == (StepState.ACTIVE, T0 + 5)
-    assert changes.jobs == [NewJob(SEND, "m1", T0 + 5), NewJob(STEP_TIMEOUT, "m1", T0 + 305)]
+    assert changes.jobs == [
+        NewJob(JobKindName.SEND, "m1", T0 + 5),
+        NewJob(JobKindName.STEP_TIMEOUT, "m1", T0 + 305),
+    ]
     assert kinds(changes.events) == ["step_started"]
     assert changes.workflow_state is None
     assert not changes.final_report
@@ -154,7 +154,7 @@ def test_start_step_activates_it_and_schedules_its_jobs() -> None:
 def test_messenger_times_out_and_sms_delivers() -> None:
     """Messenger -> SMS: step 1 times out, SMS starts then, its delivery completes the workflow."""
     sim = Simulator((MESSENGER_READ, SMS))
-    assert sim.jobs == {(SEND, "m0"): T0, (STEP_TIMEOUT, "m0"): T0 + 600}
+    assert sim.jobs == {(JobKindName.SEND, "m0"): T0, (JobKindName.STEP_TIMEOUT, "m0"): T0 + 600}
     sim.send(0, at=T0 + 1)
     sim.receipt(0, D, at=T0 + 2)  # delivered, but the condition is read
     assert sim.state == WorkflowState.RUNNING
@@ -164,7 +164,10 @@ def test_messenger_times_out_and_sms_delivers() -> None:
     assert changes.messages["m0"].status is None  # the expired step keeps its message
     assert sim.message(1).state == StepState.ACTIVE
     assert sim.message(1).started_at == T0 + 600
-    assert sim.jobs == {(SEND, "m1"): T0 + 600, (REPORT_HORIZON, "w"): T0 + 600 + HORIZON}
+    assert sim.jobs == {
+        (JobKindName.SEND, "m1"): T0 + 600,
+        (JobKindName.REPORT_HORIZON, "w"): T0 + 600 + HORIZON,
+    }
     assert kinds(changes.events) == ["failover", "step_started"]
     assert not changes.final_report
 
@@ -175,9 +178,9 @@ def test_messenger_times_out_and_sms_delivers() -> None:
     assert sim.states() == [StepState.EXPIRED, StepState.SUCCEEDED]
     assert changes.final_report
     assert sim.final_reports == 1
-    assert (REPORT_HORIZON, "w") in changes.cancel_jobs
-    assert not sim.pending(STEP_TIMEOUT)
-    assert not sim.pending(REPORT_HORIZON)
+    assert (JobKindName.REPORT_HORIZON, "w") in changes.cancel_jobs
+    assert not sim.pending(JobKindName.STEP_TIMEOUT)
+    assert not sim.pending(JobKindName.REPORT_HORIZON)
     assert sim.status_reports == [
         ("m0", "submitted"),
         ("m0", "delivered"),
@@ -229,8 +232,11 @@ def test_rejected_at_once_starts_the_next_step_at_the_same_instant() -> None:
     assert (sim.message(0).error_code, sim.message(0).error_reason) == (1050, "Number barred")
     assert sim.message(1).state == StepState.ACTIVE
     assert sim.message(1).started_at == T0 + 3
-    assert (STEP_TIMEOUT, "m0") in changes.cancel_jobs
-    assert sim.jobs == {(SEND, "m1"): T0 + 3, (REPORT_HORIZON, "w"): T0 + 3 + HORIZON}
+    assert (JobKindName.STEP_TIMEOUT, "m0") in changes.cancel_jobs
+    assert sim.jobs == {
+        (JobKindName.SEND, "m1"): T0 + 3,
+        (JobKindName.REPORT_HORIZON, "w"): T0 + 3 + HORIZON,
+    }
     assert kinds(changes.events) == ["status", "failover", "step_started"]
     assert changes.status_reports == ["m0"]
     assert sim.state == WorkflowState.RUNNING
@@ -245,7 +251,7 @@ def test_provider_failure_after_submitted_starts_the_next_step(failure: Status) 
     sim.receipt(0, failure, at=T0 + 20)
     assert sim.states() == [StepState.FAILED, StepState.ACTIVE, StepState.WAITING]
     assert sim.message(1).started_at == T0 + 20
-    assert sim.pending(STEP_TIMEOUT) == {"m1"}
+    assert sim.pending(JobKindName.STEP_TIMEOUT) == {"m1"}
 
 
 def test_last_step_rejected_ends_in_error_with_one_report() -> None:
@@ -260,8 +266,8 @@ def test_last_step_rejected_ends_in_error_with_one_report() -> None:
     assert changes.final_report
     assert sim.final_reports == 1
     assert kinds(changes.events) == ["status", "failover", "error"]
-    assert not sim.pending(STEP_TIMEOUT)
-    assert not sim.pending(REPORT_HORIZON)
+    assert not sim.pending(JobKindName.STEP_TIMEOUT)
+    assert not sim.pending(JobKindName.REPORT_HORIZON)
     # a second failure, and the horizon job if it had already been claimed, change nothing
     assert sim.receipt(1, UND).empty
     assert sim.reach_horizon().empty
@@ -271,7 +277,10 @@ def test_last_step_rejected_ends_in_error_with_one_report() -> None:
 def test_single_message_rejected_ends_in_error() -> None:
     """A one-step workflow (POST /v0.1/messages) ends in error when its send is rejected."""
     sim = Simulator((SMS,))
-    assert sim.jobs == {(SEND, "m0"): T0, (REPORT_HORIZON, "w"): T0 + HORIZON}
+    assert sim.jobs == {
+        (JobKindName.SEND, "m0"): T0,
+        (JobKindName.REPORT_HORIZON, "w"): T0 + HORIZON,
+    }
     sim.send(0, REJ)
     assert sim.state == WorkflowState.ERROR
     assert sim.final_reports == 1
@@ -284,8 +293,8 @@ def test_window_closed_without_a_status_records_undeliverable() -> None:
     record = sim.message(0)
     assert (record.state, record.status) == (StepState.EXPIRED, "undeliverable")
     assert (record.error_code, record.error_reason) == (1000, "Throttled")
-    assert (SEND, "m0") in changes.cancel_jobs
-    assert (SEND, "m0") not in sim.jobs
+    assert (JobKindName.SEND, "m0") in changes.cancel_jobs
+    assert (JobKindName.SEND, "m0") not in sim.jobs
     assert changes.status_reports == ["m0"]
     assert kinds(changes.events) == ["status", "failover", "step_started"]
     assert changes.events[0].source == "engine"
@@ -309,7 +318,7 @@ def test_window_closed_after_submitted_keeps_the_status() -> None:
     assert sim.message(0).status == "submitted"
     assert sim.message(0).error_code is None
     assert not changes.status_reports
-    assert (SEND, "m0") not in changes.cancel_jobs
+    assert (JobKindName.SEND, "m0") not in changes.cancel_jobs
 
 
 def test_stale_window_after_completion_changes_nothing() -> None:
@@ -437,7 +446,9 @@ def test_workflow_never_sent_fails_over_step_by_step_then_errors_at_the_horizon(
     assert sim.workflow.finished_at == T0 + 900 + HORIZON
     assert sim.statuses() == ["undeliverable", "undeliverable", None]
     assert sim.final_reports == 1
-    assert set(sim.jobs) == {(SEND, "m2")}  # a started step keeps its send (never un-started)
+    assert set(sim.jobs) == {
+        (JobKindName.SEND, "m2")
+    }  # a started step keeps its send (never un-started)
 
 
 def test_duplicate_receipt_is_empty() -> None:
@@ -483,8 +494,8 @@ def test_late_success_completes_and_cancels_waiting_steps() -> None:
     assert changes.final_report
     assert sim.final_reports == 1
     assert "late" in (changes.events[-1].reason or "")
-    assert not sim.pending(STEP_TIMEOUT)
-    assert not sim.pending(REPORT_HORIZON)
+    assert not sim.pending(JobKindName.STEP_TIMEOUT)
+    assert not sim.pending(JobKindName.REPORT_HORIZON)
     # step 2's own receipts are still recorded and reported, without a second final report
     changes = sim.receipt(1, D)
     assert sim.message(1).state == StepState.SUCCEEDED

@@ -18,9 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cascade.domain.failover import (
-    REPORT_HORIZON,
-    SEND,
-    STEP_TIMEOUT,
     Changes,
     Happening,
     HorizonReached,
@@ -28,7 +25,13 @@ from cascade.domain.failover import (
     WindowClosed,
     success_condition,
 )
-from cascade.domain.records import MessageRecord, StepState, WorkflowRecord, WorkflowState
+from cascade.domain.records import (
+    JobKindName,
+    MessageRecord,
+    StepState,
+    WorkflowRecord,
+    WorkflowState,
+)
 from cascade.domain.status import Status, reaches
 from tests.domain.simulator import Simulator, Step
 
@@ -138,7 +141,7 @@ def run(sim: Simulator, action: Action) -> tuple[Happening, WorkflowRecord, Chan
         changes = sim.apply(replace(seen, at=sim.now + action.delay))
         assert changes.empty, "a receipt seen before changes nothing"
     elif kind == "send":
-        sending = sorted(sim.pending(SEND))
+        sending = sorted(sim.pending(JobKindName.SEND))
         if not sending:
             return None
         index = int(sending[action.pick % len(sending)][1:])
@@ -146,23 +149,23 @@ def run(sim: Simulator, action: Action) -> tuple[Happening, WorkflowRecord, Chan
             status = Status.SUBMITTED
         changes = sim.send(index, status, at=sim.now + action.delay)
     elif kind == "window":
-        timers = sorted(sim.pending(STEP_TIMEOUT))
+        timers = sorted(sim.pending(JobKindName.STEP_TIMEOUT))
         if not timers:
             return None
         message_id = timers[action.pick % len(timers)]
         last_error = (1000, "Throttled") if action.pick % 2 else None
-        due = sim.jobs[(STEP_TIMEOUT, message_id)]
+        due = sim.jobs[(JobKindName.STEP_TIMEOUT, message_id)]
         changes = sim.close_window(int(message_id[1:]), action.delay, last_error)
         assert sim.now >= due
     elif kind == "stale_window":
-        timers = sim.pending(STEP_TIMEOUT)
+        timers = sim.pending(JobKindName.STEP_TIMEOUT)
         stale = [i for i in started(sim) if f"m{i}" not in timers]
         if not stale:
             return None
         changes = sim.close_window(stale[action.pick % len(stale)], action.delay)
         assert changes.empty, "a timer that is no longer pending changes nothing"
     elif kind == "horizon":
-        if not sim.pending(REPORT_HORIZON):
+        if not sim.pending(JobKindName.REPORT_HORIZON):
             return None
         changes = sim.reach_horizon(action.delay)
     else:  # stale_horizon: the horizon job ran although the workflow had finished
@@ -268,11 +271,11 @@ def check_state(sim: Simulator) -> None:
     workflow = sim.workflow
     count = len(workflow.messages)
     states = sim.states()
-    timers = sim.pending(STEP_TIMEOUT)
-    horizon = sim.pending(REPORT_HORIZON)
+    timers = sim.pending(JobKindName.STEP_TIMEOUT)
+    horizon = sim.pending(JobKindName.REPORT_HORIZON)
     # no job for a step that never started
     for kind, ref in sim.jobs:
-        if kind != REPORT_HORIZON:
+        if kind != JobKindName.REPORT_HORIZON:
             assert states[int(ref[1:])] in STARTED, (kind, ref)
     if workflow.state == WorkflowState.RUNNING:
         assert workflow.finished_at is None
@@ -289,13 +292,16 @@ def check_state(sim: Simulator) -> None:
             assert not horizon
             assert record.started_at is not None
             assert record.expiry_time is not None
-            assert sim.jobs[(STEP_TIMEOUT, record.id)] == record.started_at + record.expiry_time
+            assert (
+                sim.jobs[(JobKindName.STEP_TIMEOUT, record.id)]
+                == record.started_at + record.expiry_time
+            )
         else:
             assert not timers
             assert horizon == {"w"}
             started_at = workflow.messages[-1].started_at
             assert started_at is not None
-            assert sim.jobs[(REPORT_HORIZON, "w")] == started_at + sim.horizon
+            assert sim.jobs[(JobKindName.REPORT_HORIZON, "w")] == started_at + sim.horizon
     else:
         assert sim.final_reports == 1
         assert workflow.finished_at is not None

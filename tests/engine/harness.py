@@ -7,7 +7,7 @@ passes in milliseconds and in order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,8 +19,32 @@ from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import FakeClock
 from cascade.domain.records import WorkflowRecord
 from cascade.engine.engine import Engine, EngineSettings, Providers
-from cascade.store.base import Store
+from cascade.engine.jobs import JobKind
+from cascade.store.base import Job, Store
 from tests.conftest import Tenant, make_tenant
+
+
+class FunctionKind:
+    """A job kind for tests: its jobs run by a test's function; it notes the refs of each batch
+    it was given to prefetch, and how often it was closed."""
+
+    def __init__(self, name: str, run: Callable[[Job], Awaitable[None]]) -> None:
+        self.name = name
+        self._run = run
+        self.prefetched: list[list[str]] = []
+        self.closed = 0
+
+    async def run(self, job: Job) -> None:
+        """Run the job with the test's function."""
+        await self._run(job)
+
+    async def prefetch(self, jobs: Sequence[Job]) -> None:
+        """Note the refs of the batch."""
+        self.prefetched.append([job.ref for job in jobs])
+
+    async def close(self) -> None:
+        """Count the close."""
+        self.closed += 1
 
 
 class World:
@@ -87,12 +111,20 @@ async def world(
     store: Store,
     clock: FakeClock,
     providers: dict[str, ChannelProvider] | None = None,
+    job_kinds: Sequence[JobKind] = (),
     **settings: Any,
 ) -> AsyncIterator[World]:
-    """A World over an opened store; ``providers`` replace the sandbox for some channels."""
+    """A World over an opened store; ``providers`` replace the sandbox for some channels, and
+    the engine runs ``job_kinds`` besides its own."""
     tenant = await make_tenant(store, clock)
     sandbox = SandboxProvider(store, clock)
-    engine = Engine(store, Providers(sandbox, providers), clock, EngineSettings(**settings))
+    engine = Engine(
+        store,
+        Providers(sandbox, providers),
+        clock,
+        EngineSettings(**settings),
+        job_kinds=job_kinds,
+    )
     await engine.start(run_loop=False)
     app = create_app(store, clock=clock, report_horizon=engine.settings.report_horizon)
     async with httpx.AsyncClient(

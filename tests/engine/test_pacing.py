@@ -7,18 +7,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from cascade.channels.base import OutboundMessage, ReceiptSink
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import FakeClock, SystemClock
-from cascade.domain.records import NewJob, Receipt
+from cascade.domain.records import JobKindName, NewJob, Receipt
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.errors import StoreUnavailable
 from cascade.store.base import Job
 from cascade.store.sqlite import SqliteStore
 from tests.contract.factories import tenant, workflow
+from tests.engine.harness import FunctionKind
 
 
 async def _queue(store: SqliteStore, *jobs: NewJob) -> None:
@@ -27,9 +29,22 @@ async def _queue(store: SqliteStore, *jobs: NewJob) -> None:
     await store.accept(dataclasses.replace(workflow(owner), jobs=jobs))
 
 
-def _engine(store: SqliteStore, clock: SystemClock, lookahead: float, **settings: int) -> Engine:
+def _engine(
+    store: SqliteStore,
+    clock: SystemClock,
+    lookahead: float,
+    ping: Callable[[Job], Awaitable[None]],
+    **settings: int,
+) -> Engine:
+    """An engine that runs ``ping`` jobs with ``ping``."""
     pacing = EngineSettings(lookahead=lookahead, **settings)
-    return Engine(store, Providers(SandboxProvider(store, clock)), clock, pacing)
+    return Engine(
+        store,
+        Providers(SandboxProvider(store, clock)),
+        clock,
+        pacing,
+        job_kinds=[FunctionKind("ping", ping)],
+    )
 
 
 def _locks(store: SqliteStore) -> list[tuple[str, str | None]]:
@@ -43,7 +58,6 @@ def _locks(store: SqliteStore) -> list[tuple[str, str | None]]:
 async def test_a_job_claimed_ahead_runs_at_its_time_not_before(sqlite_store: SqliteStore) -> None:
     """Jobs due within the lookahead are claimed at once and each runs when it is due."""
     clock = SystemClock()
-    engine = _engine(sqlite_store, clock, lookahead=1.0)
     ran: dict[str, float] = {}
     all_ran = asyncio.Event()
 
@@ -53,7 +67,7 @@ async def test_a_job_claimed_ahead_runs_at_its_time_not_before(sqlite_store: Sql
         if len(ran) == 5:
             all_ran.set()
 
-    engine.handlers["ping"] = record
+    engine = _engine(sqlite_store, clock, 1.0, record)
     await engine.start()
     try:
         now = clock.now()
@@ -78,13 +92,12 @@ async def test_stopping_hands_back_the_jobs_claimed_ahead(sqlite_store: SqliteSt
     """A job claimed ahead of its time and not yet run is unlocked when the engine stops, so
     another worker need not wait for its lease to end."""
     clock = SystemClock()
-    engine = _engine(sqlite_store, clock, lookahead=5.0)
     ran: list[Job] = []
 
     async def record(job: Job) -> None:
         ran.append(job)
 
-    engine.handlers["ping"] = record
+    engine = _engine(sqlite_store, clock, 5.0, record)
     await engine.start()
     await _queue(sqlite_store, NewJob("ping", "later", clock.now() + 3.0))
     engine.wake()
@@ -100,12 +113,11 @@ async def test_an_engine_with_enough_waiting_does_not_claim_in_a_loop(
     """With max_in_flight jobs claimed ahead and waiting, the engine sleeps until the next job
     is due instead of claiming (a transaction each time) again and again."""
     clock = SystemClock()
-    engine = _engine(sqlite_store, clock, lookahead=5.0, max_in_flight=2, batch_size=2)
 
     async def finish(job: Job) -> None:
         await sqlite_store.finish_job(job.id)
 
-    engine.handlers["ping"] = finish
+    engine = _engine(sqlite_store, clock, 5.0, finish, max_in_flight=2, batch_size=2)
     now = clock.now()
     await _queue(sqlite_store, *(NewJob("ping", f"p{i}", now + 2.0 + 0.1 * i) for i in range(5)))
     await engine.start()
@@ -204,12 +216,6 @@ async def test_an_engine_limited_to_some_kinds_runs_only_those(sqlite_store: Sql
         async def start(self, sink: ReceiptSink, *, run_timer: bool = True) -> None:
             started.append(sink)
 
-    engine = Engine(
-        sqlite_store,
-        Providers(WatchedSandbox(sqlite_store, clock)),
-        clock,
-        EngineSettings(kinds=frozenset({"webhook"})),
-    )
     ran: list[str] = []
     done = asyncio.Event()
 
@@ -218,11 +224,19 @@ async def test_an_engine_limited_to_some_kinds_runs_only_those(sqlite_store: Sql
         await sqlite_store.finish_job(job.id)
         done.set()
 
-    engine.handlers["webhook"] = record
+    engine = Engine(
+        sqlite_store,
+        Providers(WatchedSandbox(sqlite_store, clock)),
+        clock,
+        EngineSettings(kinds=frozenset({JobKindName.WEBHOOK})),
+        job_kinds=[FunctionKind(JobKindName.WEBHOOK, record)],
+    )
     await engine.start()
     try:
         now = clock.now()
-        await _queue(sqlite_store, NewJob("send", "m", now), NewJob("webhook", "1", now))
+        await _queue(
+            sqlite_store, NewJob(JobKindName.SEND, "m", now), NewJob(JobKindName.WEBHOOK, "1", now)
+        )
         engine.wake()
         await asyncio.wait_for(done.wait(), 5)
         await asyncio.sleep(0.1)
@@ -239,19 +253,19 @@ async def test_jobs_another_process_queues_run_within_the_poll_interval(
     """Jobs stored through another connection to the file (no wake-up reaches this engine)
     are seen by the next poll, a read, long before the next claim would find them."""
     clock = SystemClock()
-    engine = Engine(
-        sqlite_store,
-        Providers(SandboxProvider(sqlite_store, clock)),
-        clock,
-        EngineSettings(poll_interval=0.05, claim_interval=60.0),
-    )
     done = asyncio.Event()
 
     async def finish(job: Job) -> None:
         await sqlite_store.finish_job(job.id)
         done.set()
 
-    engine.handlers["ping"] = finish
+    engine = Engine(
+        sqlite_store,
+        Providers(SandboxProvider(sqlite_store, clock)),
+        clock,
+        EngineSettings(poll_interval=0.05, claim_interval=60.0),
+        job_kinds=[FunctionKind("ping", finish)],
+    )
     other = SqliteStore(sqlite_store.path, synchronous="NORMAL")
     await other.open()
     await engine.start()

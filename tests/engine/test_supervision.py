@@ -19,12 +19,14 @@ from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import SystemClock
 from cascade.domain.records import NewJob
 from cascade.engine.engine import Engine, EngineSettings, Providers
+from cascade.engine.jobs import JobKind
 from cascade.errors import StoreUnavailable
 from cascade.runtime import FatalExit
 from cascade.store.base import Job, Store
 from cascade.store.sqlite import SqliteStore
 from cascade.supervision import Setbacks, Supervisor
 from tests.contract.factories import tenant, workflow
+from tests.engine.harness import FunctionKind
 
 
 class FlakyStore:
@@ -58,10 +60,12 @@ async def _queue(store: Store, *jobs: NewJob) -> None:
     await store.accept(dataclasses.replace(workflow(owner), jobs=jobs))
 
 
-def _engine(store: Store, **settings: Any) -> Engine:
+def _engine(store: Store, *job_kinds: JobKind, **settings: Any) -> Engine:
     clock = SystemClock()
     pacing = EngineSettings(poll_interval=0.02, claim_interval=0.05, lookahead=0.0, **settings)
-    return Engine(store, Providers(SandboxProvider(store, clock)), clock, pacing)
+    return Engine(
+        store, Providers(SandboxProvider(store, clock)), clock, pacing, job_kinds=job_kinds
+    )
 
 
 async def test_jobs_run_after_the_store_was_down(sqlite_store: SqliteStore) -> None:
@@ -69,7 +73,6 @@ async def test_jobs_run_after_the_store_was_down(sqlite_store: SqliteStore) -> N
     the first ``next_job_at`` that raised) delays jobs but does not stop the engine: a job
     queued during the outage runs once the store answers, and the outage is logged once."""
     flaky = FlakyStore(sqlite_store, "next_job_at", "claim_jobs", "extend_lease")
-    engine = _engine(cast(Store, flaky))
     ran: list[str] = []
     done = asyncio.Event()
 
@@ -78,7 +81,7 @@ async def test_jobs_run_after_the_store_was_down(sqlite_store: SqliteStore) -> N
         await sqlite_store.finish_job(job.id)
         done.set()
 
-    engine.handlers["ping"] = record
+    engine = _engine(cast(Store, flaky), FunctionKind("ping", record))
     with capture_logs() as logs:
         await engine.start()
         try:

@@ -26,12 +26,11 @@ import pytest
 from cascade.api.app import create_app
 from cascade.clock import SystemClock
 from cascade.config import Settings
-from cascade.domain.records import WorkflowState
+from cascade.domain.records import WebhookKind, WorkflowState
 from cascade.engine.engine import Engine
 from cascade.errors import StoreUnavailable
 from cascade.runtime import build_engine
 from cascade.store.postgres import PostgresStore
-from cascade.webhooks import payloads
 from tests.conftest import Tenant, make_tenant
 from tests.engine.harness import step, workflow
 from tests.faults.proxy import FaultProxy
@@ -151,7 +150,7 @@ async def test_work_accepted_around_a_database_outage_completes_once(
     reports: Counter[str] = Counter()
     for workflow_id in ids:
         for webhook in await service.store.list_webhooks(workflow_id=workflow_id, limit=100):
-            if webhook.kind == payloads.FINAL_REPORT:
+            if webhook.kind == WebhookKind.FINAL_REPORT:
                 reports[workflow_id] += 1
     assert reports == dict.fromkeys(ids, 1)
     journal: Counter[Any] = Counter(m.message_id for m in await service.store.sandbox_messages())

@@ -18,11 +18,9 @@ import pytest
 import uvloop
 
 from cascade.clock import FakeClock
-from cascade.domain.records import NewWebhook
+from cascade.domain.records import NewWebhook, WebhookKind
 from cascade.engine.engine import Engine, EngineSettings, Providers
-from cascade.runtime import attach_webhook_sender
 from cascade.store.base import Store
-from cascade.webhooks import payloads
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 from tests.engine.harness import World, world
 from tests.webhooks.receiver import Action, Receiver, Respond
@@ -66,9 +64,9 @@ async def receivers(clock: FakeClock) -> AsyncIterator[MakeReceiver]:
         await receiver.down()
 
 
-def with_sender(engine: Engine, settings: DeliverySettings = FAST) -> WebhookSender:
-    """Register a real WebhookSender as ``engine``'s webhook handler, as build_engine does."""
-    return attach_webhook_sender(engine, settings)
+def sender(store: Store, clock: FakeClock, settings: DeliverySettings = FAST) -> WebhookSender:
+    """A real WebhookSender, for an engine's job kinds as build_engine gives it."""
+    return WebhookSender(store, clock, settings)
 
 
 @asynccontextmanager
@@ -81,8 +79,9 @@ async def delivering(
     **engine_settings: Any,
 ) -> AsyncIterator[World]:
     """A World whose engine delivers webhooks, with the account's status URL set."""
-    async with world(store, clock, **engine_settings) as w:
-        with_sender(w.engine, settings)
+    async with world(
+        store, clock, job_kinds=[sender(store, clock, settings)], **engine_settings
+    ) as w:
         if status_url is not None:
             account = await store.update_account(w.tenant.account.id, status_url=status_url)
             w.tenant.account = account
@@ -94,9 +93,12 @@ async def restart(w: World, settings: DeliverySettings = FAST) -> None:
     store in its place, as a restarted process would have."""
     await w.engine.stop()
     engine = Engine(
-        w.store, Providers(w.sandbox), w.clock, EngineSettings(**_engine_settings(w.engine))
+        w.store,
+        Providers(w.sandbox),
+        w.clock,
+        EngineSettings(**_engine_settings(w.engine)),
+        job_kinds=[sender(w.store, w.clock, settings)],
     )
-    with_sender(engine, settings)
     await engine.start(run_loop=False)
     w.engine = engine
 
@@ -113,7 +115,7 @@ async def queue(w: World, body: bytes = b'{"hello":"world"}', *, url: str | None
     await w.store.add_webhooks(
         [
             NewWebhook(
-                kind=payloads.STATUS,
+                kind=WebhookKind.STATUS,
                 account_id=w.tenant.account.id,
                 application_id=w.tenant.application.id,
                 workflow_id=None,

@@ -17,11 +17,10 @@ from vonage_jwt import verify_signature
 from cascade import cli
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import FakeClock
-from cascade.domain.records import NewWebhook
+from cascade.domain.records import NewWebhook, WebhookKind
 from cascade.engine.engine import Engine, Providers
 from cascade.store.sqlite import SqliteStore
-from cascade.webhooks import payloads
-from tests.webhooks.conftest import with_sender
+from tests.webhooks.conftest import sender
 from tests.webhooks.receiver import Action, Receiver, Request, Respond, free_port, verify
 
 runner = CliRunner()
@@ -60,7 +59,9 @@ class Operator:
             try:
                 (account,) = await store.list_accounts()
                 hooks = [
-                    NewWebhook(payloads.STATUS, account.id, None, None, None, None, b'{"n":%d}' % i)
+                    NewWebhook(
+                        WebhookKind.STATUS, account.id, None, None, None, None, b'{"n":%d}' % i
+                    )
                     for i in range(count)
                 ]
                 await store.add_webhooks(hooks, time.time())
@@ -78,8 +79,12 @@ class Operator:
             await store.open()
             clock = FakeClock(time.time())
             receiver = await Receiver(clock, port=self.port, default=answer).up()
-            engine = Engine(store, Providers(SandboxProvider(store, clock)), clock)
-            with_sender(engine)
+            engine = Engine(
+                store,
+                Providers(SandboxProvider(store, clock)),
+                clock,
+                job_kinds=[sender(store, clock)],
+            )
             await engine.start(run_loop=False)
             try:
                 await engine.drain()

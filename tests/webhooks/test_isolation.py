@@ -8,10 +8,9 @@ import time
 
 from cascade.clock import FakeClock, SystemClock
 from cascade.config import Settings
-from cascade.domain.records import NewWebhook
+from cascade.domain.records import NewWebhook, WebhookKind
 from cascade.runtime import build_engine
 from cascade.store.sqlite import SqliteStore
-from cascade.webhooks import payloads
 from tests.conftest import make_tenant
 from tests.webhooks.conftest import MakeReceiver, delivering
 from tests.webhooks.receiver import Hang, Respond, verify
@@ -35,7 +34,7 @@ async def test_a_hanging_receiver_does_not_delay_another_receivers_webhooks(
     await engine.start()
 
     def hook(url: str, body: bytes) -> NewWebhook:
-        return NewWebhook(payloads.STATUS, tenant.account.id, None, None, None, url, body)
+        return NewWebhook(WebhookKind.STATUS, tenant.account.id, None, None, None, url, body)
 
     try:
         await sqlite_store.add_webhooks(
@@ -79,7 +78,7 @@ async def test_a_slow_receiver_does_not_delay_another_receivers_webhooks(
     await engine.start()
 
     def hook(url: str, body: bytes) -> NewWebhook:
-        return NewWebhook(payloads.STATUS, tenant.account.id, None, None, None, url, body)
+        return NewWebhook(WebhookKind.STATUS, tenant.account.id, None, None, None, url, body)
 
     try:
         await sqlite_store.add_webhooks(
@@ -111,7 +110,9 @@ async def test_a_fast_receiver_takes_a_burst_over_its_few_connections_at_once(
         created = clock.now()
         await w.store.add_webhooks(
             [
-                NewWebhook(payloads.STATUS, w.tenant.account.id, None, None, None, None, b"%d" % i)
+                NewWebhook(
+                    WebhookKind.STATUS, w.tenant.account.id, None, None, None, None, b"%d" % i
+                )
                 for i in range(60)
             ],
             created,

@@ -10,9 +10,8 @@ from email.utils import formatdate
 import pytest
 
 from cascade.clock import FakeClock
-from cascade.domain.records import NewWebhook, WebhookRecord
+from cascade.domain.records import NewWebhook, WebhookKind, WebhookRecord
 from cascade.store.sqlite import SqliteStore
-from cascade.webhooks import payloads
 from cascade.webhooks.delivery import RETRY_DELAYS, RETRY_EVERY, RETRY_FOR, DeliverySettings
 from tests.engine.harness import World
 from tests.webhooks.conftest import MakeReceiver, delivering, queue, restart
@@ -299,7 +298,7 @@ async def test_a_restart_mid_attempt_tries_again_when_the_lease_runs_out(
     receiver = await receivers()
     async with delivering(sqlite_store, clock, status_url=receiver.url(), lease=30.0) as w:
         await w.store.add_webhooks(
-            [NewWebhook(payloads.STATUS, w.tenant.account.id, None, None, None, None, b"{}")],
+            [NewWebhook(WebhookKind.STATUS, w.tenant.account.id, None, None, None, None, b"{}")],
             clock.now(),
         )
         # a worker claims it and dies before delivering it

@@ -4,7 +4,9 @@ A provider knows its wire protocol and nothing of workflows. ``send`` either ret
 provider's id for the message or raises: ``ChannelUnavailable`` when trying again later may
 work (throttled, timed out, connection lost), ``ChannelRejected`` when it never will. What the
 provider reports later (delivery receipts, read receipts, replies) goes to the
-:class:`ReceiptSink` the engine gives it at start.
+:class:`ReceiptSink` the engine gives it at start. :class:`ChannelProvider` also declares what
+else the engine asks of a provider (its id space, whether its ids can repeat, whether it
+deduplicates a resend), each with the safe default.
 """
 
 from __future__ import annotations
@@ -97,6 +99,12 @@ class ChannelProvider(abc.ABC):
     #: whether an id it hands out may be handed out again for another message (an SMSC after a
     #: restart): the engine then takes the id from the older message before recording it
     ids_can_repeat: bool = True
+    #: whether it recognises a message handed to it again (by its message id) and sends it
+    #: only once. The engine asks because sending is at least once: a send job may run again
+    #: after a crash. A provider that deduplicates is simply called again; for one that does
+    #: not, the engine counts each attempt in the store first, and records a send that may
+    #: already have reached the provider ``undeliverable`` (error 1330) instead of repeating it
+    deduplicates: bool = False
 
     async def start(self, sink: ReceiptSink) -> None:  # noqa: B027 - optional hook
         """Connect; keep ``sink`` for receipts and inbound messages."""

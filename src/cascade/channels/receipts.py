@@ -56,16 +56,15 @@ NOROUTE    -              rejected    1250  Unroutable (a common non-standard st
 Long statuses (``DELIVERED``, ``UNDELIVERABLE``, ``REJECTED``, ...) are read as their short
 forms. The reason keeps the SMSC's own words: state, ``err`` and ``network_error_code``.
 
-Multi-part messages. Each part has its own id and its own receipt; :func:`combine_parts` is the
-rule for the message: ``rejected`` as soon as any part fails, ``delivered`` once every part is
-delivered, undecided otherwise.
+Multi-part messages. Each part has its own id and its own receipt; the engine combines the
+parts' statuses into the message's by :func:`cascade.domain.status.combine_parts`.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -450,17 +449,3 @@ def outcome_of(receipt: ParsedReceipt) -> Outcome | None:
         kind, number = receipt.network_error
         details.append(f"{_NETWORK_TYPES.get(kind, f'network type {kind}')} error {number}")
     return Outcome(Status.REJECTED, code, "; ".join(details))
-
-
-def combine_parts(statuses: Sequence[Status | None]) -> Status | None:
-    """The status of a multi-part message from its parts' latest statuses (None: no receipt).
-
-    Any failed part fails the message (the first failure decides: ``rejected``); the message
-    is delivered when every part is; otherwise it is still undecided.
-    """
-    for status in statuses:
-        if status is not None and status.is_failure:
-            return status
-    if statuses and all(status is Status.DELIVERED for status in statuses):
-        return Status.DELIVERED
-    return None

@@ -34,7 +34,7 @@ split into UDH-concatenated parts (:mod:`cascade.channels.gsm`), submitted in or
 ``registered_delivery`` 1 (a receipt on success and on failure). The result's
 ``provider_message_id`` is the first part's SMSC id and ``segment_ids`` holds every part's id
 in order (the first included), because every part gets its own receipt: the engine maps each
-of those ids to the message and applies :func:`cascade.channels.receipts.combine_parts`
+of those ids to the message and applies :func:`cascade.domain.status.combine_parts`
 (rejected as soon as any part fails, delivered once every part is). ``price`` is
 ``segments x price_per_segment`` of the connection. Ids are normalised with
 :func:`cascade.channels.receipts.normalise_message_id`, the same function receipts go through.

@@ -14,6 +14,7 @@ from typing import Any
 
 from cascade.domain.records import (
     Event,
+    JobKindName,
     MessageRecord,
     NewJob,
     StepState,
@@ -21,11 +22,6 @@ from cascade.domain.records import (
     WorkflowState,
 )
 from cascade.domain.status import SUCCESS_RANK, Status, reaches
-
-#: job kinds the rules schedule
-SEND = "send"
-STEP_TIMEOUT = "step_timeout"
-REPORT_HORIZON = "report_horizon"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +148,11 @@ def step_jobs(
 ) -> list[NewJob]:
     """The jobs that start a step: its send now, and its window (docs/design.md §1.1) or, on
     the last step, the report horizon (docs/design.md §1.7)."""
-    jobs = [NewJob(SEND, message_id, at)]
+    jobs = [NewJob(JobKindName.SEND, message_id, at)]
     if not last and expiry_time is not None:
-        jobs.append(NewJob(STEP_TIMEOUT, message_id, at + expiry_time))
+        jobs.append(NewJob(JobKindName.STEP_TIMEOUT, message_id, at + expiry_time))
     if last:
-        jobs.append(NewJob(REPORT_HORIZON, workflow_id, at + horizon))
+        jobs.append(NewJob(JobKindName.REPORT_HORIZON, workflow_id, at + horizon))
     return jobs
 
 
@@ -187,8 +183,8 @@ def _finish(
     for step in workflow.messages:
         if _state(step, changes) == StepState.WAITING:
             changes.message(step.id).state = StepState.CANCELLED
-        changes.cancel_jobs.append((STEP_TIMEOUT, step.id))
-    changes.cancel_jobs.append((REPORT_HORIZON, workflow.id))
+        changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
+    changes.cancel_jobs.append((JobKindName.REPORT_HORIZON, workflow.id))
     changes.events.append(Event(at=at, kind=state.value, reason=reason, source="engine"))
 
 
@@ -266,7 +262,7 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
     if reaches(new, success_condition(step, last)):
         if step.state in (StepState.ACTIVE, StepState.EXPIRED, StepState.FAILED):
             change.state = StepState.SUCCEEDED
-        changes.cancel_jobs.append((STEP_TIMEOUT, step.id))
+        changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
         if workflow.state == WorkflowState.RUNNING:
             late = "" if step.state == StepState.ACTIVE else " (late, after failover)"
             _finish(
@@ -279,7 +275,7 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
         return changes
     if new.is_failure and step.state == StepState.ACTIVE:
         change.state = StepState.FAILED
-        changes.cancel_jobs.append((STEP_TIMEOUT, step.id))
+        changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
         if workflow.state == WorkflowState.RUNNING:
             detail = f"{seen.code} {seen.reason}" if seen.code is not None else new.value
             _advance(
@@ -311,7 +307,7 @@ def _window_closed(workflow: WorkflowRecord, closed: WindowClosed, horizon: floa
         change.status = Status.UNDELIVERABLE
         change.error_code = code
         change.error_reason = reason
-        changes.cancel_jobs.append((SEND, step.id))
+        changes.cancel_jobs.append((JobKindName.SEND, step.id))
         changes.events.append(
             Event(
                 at=closed.at,

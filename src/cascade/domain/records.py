@@ -11,8 +11,36 @@ from enum import StrEnum
 
 from cascade.domain.status import Status
 
-#: the job that delivers one customer webhook (its ref is the webhook's id)
-WEBHOOK_JOB = "webhook"
+
+class JobKindName(StrEnum):
+    """What a job does; stored in the job row's ``kind``, and each names the engine's
+    :class:`~cascade.engine.jobs.JobKind` that runs such jobs."""
+
+    SEND = "send"  # hand a message to its provider (ref: the message id)
+    STEP_TIMEOUT = "step_timeout"  # a step's window closes (ref: the message id)
+    REPORT_HORIZON = "report_horizon"  # the final report goes regardless (ref: the workflow id)
+    WEBHOOK = "webhook"  # deliver one customer webhook (ref: the webhook's id)
+
+
+#: the job that delivers one customer webhook (the store's name for it)
+WEBHOOK_JOB = JobKindName.WEBHOOK
+
+
+class WebhookKind(StrEnum):
+    """What a customer webhook reports; stored in the webhook row's ``kind``."""
+
+    STATUS = "message-status"  # a message's new status
+    FINAL_REPORT = "final-report"  # how a dispatch workflow ended
+    INBOUND = "inbound"  # a message a customer's customer sent in
+
+
+class WebhookState(StrEnum):
+    """Where a customer webhook's delivery stands; stored in the webhook row's ``state``."""
+
+    PENDING = "pending"  # to be delivered: its job row holds the next attempt
+    DELIVERED = "delivered"  # the receiver answered 200..205
+    DEAD = "dead"  # a dead letter: refused, or retried until the deadline; replayable
+    NO_URL = "no_url"  # its account and application name no URL to send it to
 
 
 class Surface(StrEnum):
@@ -103,7 +131,7 @@ class IdempotencyClaim:
 class NewJob:
     """A job to schedule: what to do (kind), to which row (ref), and when."""
 
-    kind: str
+    kind: str  # a JobKindName for the jobs Cascade schedules
     ref: str
     run_at: float
 
@@ -209,7 +237,7 @@ class Receipt:
 class NewWebhook:
     """A customer webhook to deliver: its exact body and where it goes (None: nowhere set)."""
 
-    kind: str  # "message-status", "final-report" or "inbound"
+    kind: WebhookKind
     account_id: str
     application_id: str | None
     workflow_id: str | None
@@ -250,10 +278,10 @@ class WebhookRecord:
     application_id: str | None
     workflow_id: str | None
     message_id: str | None
-    kind: str
+    kind: str  # a WebhookKind value
     url: str | None
     body: bytes
-    state: str  # pending, delivered, dead (dead letter), no_url
+    state: str  # a WebhookState value
     attempts: int
     created_at: float
     first_attempt_at: float | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 
@@ -29,3 +30,18 @@ def reaches(status: Status | None, condition: str) -> bool:
     if status is None or status.is_failure:
         return False
     return SUCCESS_RANK[status] >= SUCCESS_RANK[Status(condition)]
+
+
+def combine_parts(statuses: Sequence[Status | None]) -> Status | None:
+    """The status of a message sent in parts (SMS segments, each with its own receipt) from its
+    parts' latest statuses (None: no receipt yet); None while it is undecided.
+
+    Any failed part fails the message (the first failed part's status decides, as its receipt
+    says); the message is delivered when every part is; otherwise it is still undecided.
+    """
+    for status in statuses:
+        if status is not None and status.is_failure:
+            return status
+    if statuses and all(status is Status.DELIVERED for status in statuses):
+        return Status.DELIVERED
+    return None

@@ -2,11 +2,13 @@
 
 Jobs are rows (``send``, ``step_timeout``, ``report_horizon``, ``webhook``), claimed with a lease
 that a heartbeat extends while they run; a worker that dies stops extending, and its jobs are
-claimed again once the lease runs out. Running a job ends in one store transition that applies
-the failover rules (``domain.failover``), writes what they decided — status changes, the next
-step's jobs, the webhooks reporting them — and deletes the job, all in one transaction. The
-engine is also the :class:`ReceiptSink` of every provider: a receipt is stored before the
-provider is told it was taken.
+claimed again once the lease runs out. The engine is built with the kinds of job it runs
+(:class:`~cascade.engine.jobs.JobKind`): its own three, and those it is given, such as the
+webhook sender. Running one of its own jobs ends in one store transition that applies the
+failover rules (``domain.failover``), writes what they decided — status changes, the next
+step's jobs, the webhooks reporting them (``domain.reports``) — and deletes the job, all in one
+transaction. The engine is also the :class:`ReceiptSink` of every provider: a receipt is stored
+before the provider is told it was taken.
 
 Sending is at least once: a provider that recognises a resent message id (the sandbox) is
 simply called again after a crash; for one that cannot, a send that may have reached the
@@ -19,37 +21,35 @@ import asyncio
 import os
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
 from prometheus_client import Counter, Histogram
 
 from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage, SendResult
-from cascade.channels.receipts import combine_parts
 from cascade.clock import Clock
 from cascade.domain.failover import (
-    REPORT_HORIZON,
-    SEND,
-    STEP_TIMEOUT,
-    Changes,
     Happening,
     HorizonReached,
     Observed,
     WindowClosed,
     apply,
 )
-from cascade.domain.projection import project
 from cascade.domain.records import (
+    JobKindName,
     MessageRecord,
     NewWebhook,
     Receipt,
     StepState,
-    Surface,
+    WebhookKind,
     WorkflowRecord,
 )
-from cascade.domain.status import Status
+from cascade.domain.reports import reports_for
+from cascade.domain.status import Status, combine_parts
+from cascade.engine.jobs import JobKind
 from cascade.errors import (
     ChannelOutcomeUnknown,
     ChannelRejected,
@@ -80,7 +80,31 @@ UNKNOWN_OUTCOME = (
     "(the service stopped, or storing the provider's answer failed); not resent",
 )
 
-JobHandler = Callable[[Job], Awaitable[None]]
+
+class _OwnJobs:
+    """One of the engine's own job kinds: its jobs run (and prefetched) by engine methods,
+    called directly (no wrapper between the engine's loop and the method, once per job)."""
+
+    __slots__ = ("name", "prefetch", "run")
+
+    def __init__(
+        self,
+        name: JobKindName,
+        run: Callable[[Job], Coroutine[Any, Any, None]],
+        prefetch: Callable[[Sequence[Job]], Coroutine[Any, Any, None]] | None = None,
+    ) -> None:
+        self.name = name
+        #: runs one job
+        self.run = run
+        #: reads what a batch of due jobs needs (nothing, for a kind without a batch read)
+        self.prefetch = prefetch or _read_nothing
+
+    async def close(self) -> None:
+        """Nothing to close: what these jobs use (the providers) stops with the engine."""
+
+
+async def _read_nothing(jobs: Sequence[Job]) -> None:
+    """The batch read of a kind whose jobs need none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +141,14 @@ class EngineSettings:
     orphan_recheck: float = 60.0
     #: the base URL of this service, for links in webhooks
     public_url: str = ""
-    #: the job kinds this engine runs (None: all). An engine that does not run ``send`` jobs
+    #: the job kinds this engine claims (None: all). An engine that does not run ``send`` jobs
     #: starts no channel providers, so e.g. a process of its own can deliver only webhooks
     kinds: frozenset[str] | None = None
 
     @property
     def sends(self) -> bool:
         """Whether this engine sends messages (and so holds the channels' connections)."""
-        return self.kinds is None or SEND in self.kinds
+        return self.kinds is None or JobKindName.SEND in self.kinds
 
 
 def backoff(attempt: int, *, base: float, cap: float, retry_after: float | None = None) -> float:
@@ -158,7 +182,11 @@ class Providers:
 
 
 class Engine:
-    """Runs jobs and takes receipts; one per process, any number per database."""
+    """Runs jobs and takes receipts; one per process, any number per database.
+
+    It runs its own job kinds (``send``, ``step_timeout``, ``report_horizon``) and the
+    ``job_kinds`` it is built with (the webhook sender's ``webhook``, in a running service).
+    """
 
     #: seconds without a successful claim after which the engine reports itself not ready
     STALE_CLAIM = 30.0
@@ -170,30 +198,32 @@ class Engine:
         clock: Clock,
         settings: EngineSettings | None = None,
         *,
+        job_kinds: Sequence[JobKind] = (),
         worker_id: str | None = None,
         on_fatal: OnFatal | None = None,
     ) -> None:
+        """An engine over ``store`` that also runs ``job_kinds`` (ValueError when two kinds
+        have one name)."""
         self.store = store
         self.providers = providers
         self.clock = clock
         self.settings = settings or EngineSettings()
         self.worker_id = worker_id or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.handlers: dict[str, JobHandler] = {
-            SEND: self._send,
-            STEP_TIMEOUT: self._step_timeout,
-            REPORT_HORIZON: self._report_horizon,
-        }
-        #: per job kind, called with the due jobs of each claimed batch before they run, so a
-        #: handler reads what its jobs need in one query rather than one query each
-        self.prefetchers: dict[str, Callable[[Sequence[Job]], Awaitable[None]]] = {
-            SEND: self._prefetch_messages
-        }
+        own: list[JobKind] = [
+            _OwnJobs(JobKindName.SEND, self._send, self._prefetch_messages),
+            _OwnJobs(JobKindName.STEP_TIMEOUT, self._step_timeout),
+            _OwnJobs(JobKindName.REPORT_HORIZON, self._report_horizon),
+        ]
+        #: every job kind this engine runs, by name
+        self._kinds: dict[str, JobKind] = {}
+        for kind in (*own, *job_kinds):
+            if kind.name in self._kinds:
+                raise ValueError(f"two job kinds are named {kind.name!r}")
+            self._kinds[kind.name] = kind
         #: the messages of claimed send jobs, read with their batch (taken by the job)
         self._prefetched: dict[str, MessageRecord] = {}
         #: when this engine last kept a receipt for a provider id it did not know yet
         self._orphan_kept_at: float | None = None
-        #: called after the engine stopped (to close what the handlers hold open)
-        self.closers: list[Callable[[], Awaitable[None]]] = []
         self._wakeup = asyncio.Event()
         #: jobs claimed and not yet finished (their leases are extended), and of them those
         #: claimed ahead of their time and still waiting for it
@@ -252,9 +282,13 @@ class Engine:
         if self.settings.sends:
             for provider in self.providers.all():
                 await provider.stop()
-        for close in self.closers:
-            await close()
+        for kind in self._kinds.values():
+            await kind.close()
         log.info("engine.stopped", worker=self.worker_id)
+
+    def job_kind(self, name: str) -> JobKind | None:
+        """The job kind that runs jobs named ``name`` (None: this engine runs none)."""
+        return self._kinds.get(name)
 
     def wake(self) -> None:
         """Look at the job table now (new work was just stored in this process)."""
@@ -323,17 +357,17 @@ class Engine:
         await self._idle(ahead > 0)
 
     async def _prefetch(self, jobs: Sequence[Job], now: float) -> None:
-        """Let each kind's prefetcher read what the batch's due jobs need, at once. A failed
+        """Let each kind read what the batch's due jobs of that kind need, at once. A failed
         read is only logged: each job then reads for itself."""
         by_kind: dict[str, list[Job]] = {}
         for job in jobs:
-            if job.run_at <= now and job.kind in self.prefetchers:
+            if job.run_at <= now and job.kind in self._kinds:
                 by_kind.setdefault(job.kind, []).append(job)
-        for kind, due in by_kind.items():
+        for name, due in by_kind.items():
             try:
-                await self.prefetchers[kind](due)
+                await self._kinds[name].prefetch(due)
             except Exception:
-                log.exception("engine.prefetch_failed", kind=kind, jobs=len(due))
+                log.exception("engine.prefetch_failed", kind=name, jobs=len(due))
 
     async def _prefetch_messages(self, jobs: Sequence[Job]) -> None:
         self._prefetched.update(await self.store.find_messages([job.ref for job in jobs]))
@@ -398,11 +432,11 @@ class Engine:
         self._in_flight.add(job.id)
         TIMER_LATENESS.observe(max(0.0, self.clock.now() - job.run_at))
         try:
-            handler = self.handlers.get(job.kind)
-            if handler is None:
+            kind = self._kinds.get(job.kind)
+            if kind is None:
                 log.error("engine.unknown_job_kind", kind=job.kind, job=job.id)
                 return  # left locked: its lease ends and it waits for a worker that knows it
-            await handler(job)
+            await kind.run(job)
             JOBS_RUN.labels(job.kind).inc()
         except TransientError as exc:
             # the job stays in the table; its lease runs out and it is claimed again. While the
@@ -461,18 +495,19 @@ class Engine:
         return result
 
     def _decider(self, happening: Happening | Callable[[WorkflowRecord], Happening]) -> Decide:
-        """The pure decision of a transition: the failover rules, then the webhooks."""
+        """The pure decision of a transition: the failover rules, then the reports they call
+        for, written as webhooks."""
         horizon = self.settings.report_horizon
         base = self.settings.public_url
 
         def decide(workflow: WorkflowRecord) -> Decision:
             seen = happening(workflow) if callable(happening) else happening
             changes = apply(workflow, seen, horizon=horizon)
-            return changes, webhooks_for(workflow, changes, base)
+            return changes, payloads.webhooks(reports_for(workflow, changes), base)
 
         return decide
 
-    # --- job handlers ----------------------------------------------------------------------
+    # --- the engine's own job kinds --------------------------------------------------------
 
     async def _send(self, job: Job) -> None:
         message = self._prefetched.pop(job.ref, None) or await self.store.find_message(job.ref)
@@ -481,7 +516,7 @@ class Engine:
             return
         provider = self.providers.for_channel(message.channel)
         now = self.clock.now()
-        if not getattr(provider, "deduplicates", False):
+        if not provider.deduplicates:
             attempt = await self.store.begin_send(message.id, now)
             if attempt.attempts > job.attempts:
                 SENDS.labels(provider.name, "unknown").inc()
@@ -708,7 +743,7 @@ class Engine:
             log.warning("engine.inbound_without_account", channel=message.channel)
             return
         webhook = NewWebhook(
-            kind=payloads.INBOUND,
+            kind=WebhookKind.INBOUND,
             account_id=accounts[0].id,
             application_id=None,
             workflow_id=None,
@@ -725,42 +760,3 @@ class Engine:
         for receipt in receipts:
             await self.receipt(receipt)
         return len(receipts)
-
-
-def webhooks_for(workflow: WorkflowRecord, changes: Changes, base: str) -> Sequence[NewWebhook]:
-    """The status webhooks and the final report a transition produces."""
-    if not changes.status_reports and not changes.final_report:
-        return ()
-    after = project(workflow, changes)
-    by_id = {message.id: message for message in after.messages}
-    at_by_message = {
-        event.message_id: event.at for event in changes.events if event.kind == "status"
-    }
-    hooks = [
-        NewWebhook(
-            kind=payloads.STATUS,
-            account_id=workflow.account_id,
-            application_id=workflow.application_id,
-            workflow_id=workflow.id,
-            message_id=message_id,
-            url=None,
-            body=payloads.message_status(
-                after, by_id[message_id], at_by_message.get(message_id, after.updated_at), base
-            ),
-        )
-        for message_id in changes.status_reports
-    ]
-    if changes.final_report and workflow.surface is not Surface.MESSAGES:
-        at = changes.finished_at if changes.finished_at is not None else after.updated_at
-        hooks.append(
-            NewWebhook(
-                kind=payloads.FINAL_REPORT,
-                account_id=workflow.account_id,
-                application_id=workflow.application_id,
-                workflow_id=workflow.id,
-                message_id=None,
-                url=None,
-                body=payloads.final_report(after, at, base),
-            )
-        )
-    return hooks

@@ -44,7 +44,13 @@ import structlog
 from prometheus_client import Counter
 
 from cascade.clock import Clock
-from cascade.domain.records import Account, WebhookAttempt, WebhookRecord
+from cascade.domain.records import (
+    Account,
+    JobKindName,
+    WebhookAttempt,
+    WebhookRecord,
+    WebhookState,
+)
 from cascade.errors import StoreUnavailable, WebhookUnreachable
 from cascade.store.base import Job, Store
 from cascade.webhooks.http import Destination, Target, WebhookClient, parse_url
@@ -187,7 +193,11 @@ class _Result:
 
 
 class WebhookSender:
-    """Delivers webhook jobs for the engine (its handler for ``webhook`` jobs)."""
+    """Delivers webhooks: the engine's job kind for ``webhook`` jobs
+    (:class:`~cascade.engine.jobs.JobKind`)."""
+
+    #: the jobs it runs
+    name = JobKindName.WEBHOOK
 
     def __init__(
         self,
@@ -224,17 +234,16 @@ class WebhookSender:
             self._http = None
 
     async def prefetch(self, jobs: Sequence[Job]) -> None:
-        """Read the webhooks of a claimed batch's jobs in one query (the engine's prefetcher
-        for ``webhook`` jobs)."""
+        """Read the webhooks of a claimed batch's jobs in one query."""
         self._prefetched.update(await self._store.get_webhooks([int(job.ref) for job in jobs]))
 
-    async def run_job(self, job: Job) -> None:
+    async def run(self, job: Job) -> None:
         """Deliver the webhook a job names, and record the attempt."""
         webhook_id = int(job.ref)
         webhook = self._prefetched.pop(webhook_id, None) or await self._store.get_webhook(
             webhook_id
         )
-        if webhook is None or webhook.state != "pending" or webhook.url is None:
+        if webhook is None or webhook.state != WebhookState.PENDING or webhook.url is None:
             await self._store.finish_job(job.id)
             return
         target = _target(webhook.url)
@@ -336,15 +345,16 @@ class WebhookSender:
             webhook.id, started, result.status_code, result.error, max(0.0, finished - started)
         )
         first = webhook.first_attempt_at if webhook.first_attempt_at is not None else started
+        state: WebhookState
         if result.delivered:
-            state, next_at = "delivered", None
+            state, next_at = WebhookState.DELIVERED, None
         elif result.retry:
             next_at = next_attempt(webhook.attempts + 1, first, finished, result.retry_after)
-            state = "pending" if next_at is not None else "dead"
+            state = WebhookState.PENDING if next_at is not None else WebhookState.DEAD
         else:
-            state, next_at = "dead", None
+            state, next_at = WebhookState.DEAD, None
         DELIVERIES.labels(state).inc()
-        if state == "dead":
+        if state is WebhookState.DEAD:
             log.warning(
                 "webhook.dead_letter",
                 webhook=webhook.id,
@@ -354,7 +364,11 @@ class WebhookSender:
         await self._commit(attempt, job, state, next_at)
 
     async def _commit(
-        self, attempt: WebhookAttempt, job: Job | None, state: str, next_at: float | None
+        self,
+        attempt: WebhookAttempt,
+        job: Job | None,
+        state: WebhookState,
+        next_at: float | None,
     ) -> None:
         """Record the attempt, retrying while the store is unavailable (for up to
         ``record_patience``): the webhook keeps its place among ``max_unrecorded`` meanwhile,

@@ -1,4 +1,5 @@
-"""The bodies of customer webhooks, in the Messages v0.1 and Dispatch v0.1 shapes.
+"""Customer webhooks on the wire: the bodies of reports, in the Messages v0.1 and Dispatch v0.1
+shapes. What a report says is decided in :mod:`cascade.domain.reports`; this module writes it.
 
 - message status: ``message_uuid, to, from, timestamp, status, error{code, reason},
   usage{currency, price}, client_ref`` plus, for a step of a workflow,
@@ -13,6 +14,7 @@ names requests use (``viber_service_msg``), which is what a client compares agai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,11 +22,8 @@ from typing import Any
 import msgspec
 
 from cascade.channels.base import InboundMessage
-from cascade.domain.records import MessageRecord, Surface, WorkflowRecord, WorkflowState
-
-STATUS = "message-status"
-FINAL_REPORT = "final-report"
-INBOUND = "inbound"
+from cascade.domain.records import MessageRecord, NewWebhook, Surface, WorkflowRecord
+from cascade.domain.reports import FinalReport, Report, StatusReport
 
 _encoder = msgspec.json.Encoder()
 
@@ -61,25 +60,51 @@ def usage(message: MessageRecord) -> dict[str, str | int] | None:
     return cost
 
 
-def message_status(
-    workflow: WorkflowRecord, message: MessageRecord, at: float, base: str = ""
-) -> bytes:
-    """The status webhook of ``message`` as it stands now."""
+def webhooks(reports: Sequence[Report], base: str = "") -> list[NewWebhook]:
+    """The customer webhooks that carry ``reports``, their bodies written (links under
+    ``base``); each goes to the URL its account or application sets for its kind."""
+    hooks = []
+    for report in reports:
+        workflow = report.workflow
+        if isinstance(report, StatusReport):
+            message_id: str | None = report.message.id
+            body = message_status(report, base)
+        else:
+            message_id = None
+            body = final_report(report, base)
+        hooks.append(
+            NewWebhook(
+                kind=report.kind,
+                account_id=workflow.account_id,
+                application_id=workflow.application_id,
+                workflow_id=workflow.id,
+                message_id=message_id,
+                url=None,
+                body=body,
+            )
+        )
+    return hooks
+
+
+def message_status(report: StatusReport, base: str = "") -> bytes:
+    """The body of a status webhook."""
+    message = report.message
     body: dict[str, Any] = {
         "message_uuid": message.id,
         "to": msgspec.json.decode(message.to),
         "from": msgspec.json.decode(message.from_),
-        "timestamp": timestamp(at),
+        "timestamp": timestamp(report.at),
         "status": message.status,
     }
-    if message.error_code is not None and message.status in ("rejected", "undeliverable"):
-        body["error"] = {"code": message.error_code, "reason": message.error_reason or ""}
+    error = report.error
+    if error is not None:
+        body["error"] = {"code": error[0], "reason": error[1]}
     cost = usage(message)
     if cost is not None:
         body["usage"] = cost
     if message.client_ref is not None:
         body["client_ref"] = message.client_ref
-    link = _workflow_link(workflow, base)
+    link = _workflow_link(report.workflow, base)
     if link is not None:
         body["_links"] = {"workflow": link}
     return _encoder.encode(body)
@@ -93,13 +118,12 @@ def total_usage(workflow: WorkflowRecord) -> dict[str, str]:
     return {"price": f"{total:.4f}" if priced else "0", "currency": currency}
 
 
-def final_report(workflow: WorkflowRecord, at: float, base: str = "") -> bytes:
-    """The Dispatch final report of a finished workflow."""
+def final_report(report: FinalReport, base: str = "") -> bytes:
+    """The body of a Dispatch final report."""
+    workflow = report.workflow
     id_field = "workflow_uuid" if workflow.surface is Surface.WORKFLOWS else "dispatch_uuid"
     links = []
-    for message in workflow.messages:
-        if message.started_at is None:
-            continue  # never started: cancelled after an earlier step succeeded
+    for message in report.messages:
         link: dict[str, Any] = {
             "message_uuid": message.id,
             "href": _href(base, f"/v0.1/messages/{message.id}"),
@@ -114,8 +138,8 @@ def final_report(workflow: WorkflowRecord, at: float, base: str = "") -> bytes:
     body = {
         id_field: workflow.id,
         "template": "failover",
-        "status": "completed" if workflow.state is WorkflowState.COMPLETED else "error",
-        "timestamp": timestamp(at),
+        "status": "completed" if report.completed else "error",
+        "timestamp": timestamp(report.at),
         "usage": total_usage(workflow),
         "_links": {"messages": links},
     }
