@@ -23,7 +23,7 @@ from cascade.engine.retention import Retention, RetentionSettings
 from cascade.errors import ConfigError
 from cascade.log import configure_logging
 from cascade.service import credentials_path, ensure_default_account, open_store
-from cascade.store.base import Store
+from cascade.store.base import Purging, Store
 from cascade.supervision import OnFatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
@@ -78,7 +78,7 @@ def build_app(
                 announce(created.account, created.api_secret)
         if engine is not None:
             await engine.start()
-            start_retention(settings, engine)
+            start_retention(settings, store, engine)
         log.info(
             "cascade.started",
             database=_redacted(settings.database_url),
@@ -125,11 +125,11 @@ def build_engine(
     )
 
 
-def start_retention(settings: Settings, engine: Engine) -> None:
+def start_retention(settings: Settings, store: Purging, engine: Engine) -> None:
     """Run the retention sweep beside the engine, under its supervisor (the sweep's loop logs
     and outlives store errors)."""
     sweep = Retention(
-        engine.store,
+        store,
         engine.clock,
         RetentionSettings(
             idempotency_ttl=settings.idempotency_ttl_seconds,
@@ -173,7 +173,7 @@ async def run_worker(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
     await engine.start()
-    start_retention(settings, engine)
+    start_retention(settings, store, engine)
     log.info("cascade.worker", database=_redacted(settings.database_url), worker=engine.worker_id)
     try:
         await stopped.wait()

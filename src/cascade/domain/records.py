@@ -22,10 +22,6 @@ class JobKindName(StrEnum):
     WEBHOOK = "webhook"  # deliver one customer webhook (ref: the webhook's id)
 
 
-#: the job that delivers one customer webhook (the store's name for it)
-WEBHOOK_JOB = JobKindName.WEBHOOK
-
-
 class WebhookKind(StrEnum):
     """What a customer webhook reports; stored in the webhook row's ``kind``."""
 
@@ -278,10 +274,10 @@ class WebhookRecord:
     application_id: str | None
     workflow_id: str | None
     message_id: str | None
-    kind: str  # a WebhookKind value
+    kind: WebhookKind
     url: str | None
     body: bytes
-    state: str  # a WebhookState value
+    state: WebhookState
     attempts: int
     created_at: float
     first_attempt_at: float | None

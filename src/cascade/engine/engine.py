@@ -23,7 +23,7 @@ import random
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import structlog
@@ -57,7 +57,16 @@ from cascade.errors import (
     ChannelUndeliverable,
     TransientError,
 )
-from cascade.store.base import Decide, Decision, Job, Store, WorkflowKey
+from cascade.store.base import (
+    Decide,
+    Decision,
+    Job,
+    JobQueue,
+    Tenants,
+    Transitions,
+    Webhooks,
+    WorkflowKey,
+)
 from cascade.supervision import OnFatal, Setbacks, Supervisor
 from cascade.webhooks import payloads
 
@@ -105,6 +114,11 @@ class _OwnJobs:
 
 async def _read_nothing(jobs: Sequence[Job]) -> None:
     """The batch read of a kind whose jobs need none."""
+
+
+class EngineStore(JobQueue, Transitions, Webhooks, Tenants, Protocol):
+    """What the engine uses of the store: the job queue, transitions, the webhooks they
+    queue, and the accounts (an inbound message goes to the first one's inbound URL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +207,7 @@ class Engine:
 
     def __init__(
         self,
-        store: Store,
+        store: EngineStore,
         providers: Providers,
         clock: Clock,
         settings: EngineSettings | None = None,

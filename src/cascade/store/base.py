@@ -27,6 +27,7 @@ from cascade.domain.records import (
     SendAttempt,
     WebhookAttempt,
     WebhookRecord,
+    WebhookState,
     WorkflowRecord,
 )
 from cascade.domain.status import Status
@@ -317,7 +318,7 @@ class Webhooks(Protocol):
         attempt: WebhookAttempt,
         *,
         job_id: int | None,
-        state: str,
+        state: WebhookState,
         next_attempt_at: float | None,
     ) -> None:
         """Store an attempt and the webhook's new state; reschedule its job to
@@ -329,7 +330,7 @@ class Webhooks(Protocol):
         *,
         account_id: str | None = None,
         workflow_id: str | None = None,
-        state: str | None = None,
+        state: WebhookState | None = None,
         limit: int = 100,
     ) -> list[WebhookRecord]:
         """Webhooks, oldest first, filtered."""

@@ -23,7 +23,9 @@ from cascade.domain.records import (
     StepState,
     Surface,
     WebhookAttempt,
+    WebhookKind,
     WebhookRecord,
+    WebhookState,
     WorkflowRecord,
     WorkflowState,
 )
@@ -87,7 +89,9 @@ message = _Mapper(
     convert={"to": _encode, "from_": _encode, "body": _encode, "state": StepState},
 )
 event = _Mapper(Event)
-webhook = _Mapper(WebhookRecord, convert={"body": _encode})
+webhook = _Mapper(
+    WebhookRecord, convert={"body": _encode, "kind": WebhookKind, "state": WebhookState}
+)
 webhook_attempt = _Mapper(WebhookAttempt)
 #: an orphan_receipts row as the receipt it keeps
 receipt = _Mapper(Receipt, convert={"status": Status})

@@ -25,10 +25,10 @@ from typing import Any, NamedTuple, TypeVar, overload
 
 from cascade.domain.failover import Changes
 from cascade.domain.records import (
-    WEBHOOK_JOB,
     Accepted,
     Account,
     Application,
+    JobKindName,
     MessageRecord,
     NewWebhook,
     NewWorkflow,
@@ -38,7 +38,9 @@ from cascade.domain.records import (
     StepState,
     StoredResponse,
     WebhookAttempt,
+    WebhookKind,
     WebhookRecord,
+    WebhookState,
     WorkflowRecord,
 )
 from cascade.domain.status import Status
@@ -361,10 +363,10 @@ def _insert_webhooks(webhooks: Sequence[NewWebhook], created: float) -> Plan[int
                     "message_id": webhook.message_id,
                     "kind": webhook.kind,
                     "url": webhook.url,
-                    "inbound": webhook.kind == "inbound",
+                    "inbound": webhook.kind == WebhookKind.INBOUND,
                     "body": webhook.body.decode(),
                     "created_at": created,
-                    "job_kind": WEBHOOK_JOB,
+                    "job_kind": JobKindName.WEBHOOK,
                 }
                 for webhook in webhooks
             ],
@@ -482,7 +484,7 @@ def _replay_plan(
     ids = [row["id"] for row in found]
     if ids:
         refs = [str(webhook_id) for webhook_id in ids]
-        yield change("replay_webhooks", ids=ids, refs=refs, now=now, kind=WEBHOOK_JOB)
+        yield change("replay_webhooks", ids=ids, refs=refs, now=now, kind=JobKindName.WEBHOOK)
         yield Signal.JOBS_QUEUED
     return len(ids)
 
@@ -491,7 +493,7 @@ def _delete_webhooks(ids: Sequence[int]) -> Plan[None]:
     """Delete webhooks with their attempts and jobs."""
     if ids:
         refs = [str(webhook_id) for webhook_id in ids]
-        yield change("delete_webhooks", ids=list(ids), refs=refs, kind=WEBHOOK_JOB)
+        yield change("delete_webhooks", ids=list(ids), refs=refs, kind=JobKindName.WEBHOOK)
 
 
 def _purge_webhooks_plan(before: float, limit: int) -> Plan[int]:
@@ -782,7 +784,7 @@ class SqlStore(Store, abc.ABC):
         attempt: WebhookAttempt,
         *,
         job_id: int | None,
-        state: str,
+        state: WebhookState,
         next_attempt_at: float | None,
     ) -> None:
         params = rows.columns(attempt)
@@ -797,7 +799,7 @@ class SqlStore(Store, abc.ABC):
         *,
         account_id: str | None = None,
         workflow_id: str | None = None,
-        state: str | None = None,
+        state: WebhookState | None = None,
         limit: int = 100,
     ) -> list[WebhookRecord]:
         found = await self._read(

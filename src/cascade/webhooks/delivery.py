@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 import structlog
 from prometheus_client import Counter
@@ -52,7 +53,7 @@ from cascade.domain.records import (
     WebhookState,
 )
 from cascade.errors import StoreUnavailable, WebhookUnreachable
-from cascade.store.base import Job, Store
+from cascade.store.base import Job, JobQueue, Tenants, Webhooks
 from cascade.webhooks.http import Destination, Target, WebhookClient, parse_url
 from cascade.webhooks.signing import sign
 
@@ -192,6 +193,11 @@ class _Result:
         return self.status_code is not None and 200 <= self.status_code <= 205
 
 
+class DeliveryStore(JobQueue, Webhooks, Tenants, Protocol):
+    """What delivery uses of the store: the webhooks and their jobs, and the accounts whose
+    signature secrets sign them."""
+
+
 class WebhookSender:
     """Delivers webhooks: the engine's job kind for ``webhook`` jobs
     (:class:`~cascade.engine.jobs.JobKind`)."""
@@ -201,7 +207,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        store: Store,
+        store: DeliveryStore,
         clock: Clock,
         settings: DeliverySettings | None = None,
     ) -> None:
