@@ -41,12 +41,16 @@ class Statement:
     json_lists: frozenset[str] = frozenset()
     #: list parameters expanded into one placeholder per element (SQLite's ``:name*``)
     lists: frozenset[str] = frozenset()
+    #: whether its values are its parameters as they are, two or more (bound fastest)
+    plain: bool = False
     _get: Any = field(default=None, repr=False, compare=False)
     #: the SQL for each combination of list lengths met so far
     _expanded: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False, compare=False)
 
     def bind(self, params: Params) -> tuple[str, tuple[Any, ...]]:
         """The SQL and the values to run it with, lists expanded where the SQL takes them."""
+        if self.plain:  # most statements: two or more values, taken by name in one C call
+            return self.sql, self._get(params)
         args = self.args(params)
         if not self.lists:
             return self.sql, args
@@ -127,7 +131,8 @@ def _compile(dialect: str, text: str) -> Statement:
         order = tuple(numbers)
         json_lists = frozenset()
     getter = itemgetter(*order) if order else None
-    return Statement(sql.strip(), order, json_lists, lists, getter)
+    plain = len(order) > 1 and not lists and not json_lists
+    return Statement(sql.strip(), order, json_lists, lists, plain, getter)
 
 
 def parse(dialect: str, source: str) -> dict[str, Query]:

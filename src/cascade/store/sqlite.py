@@ -430,44 +430,56 @@ def run(conn: sqlite3.Connection, plan: Plan[T]) -> T:
         return returned
 
 
+#: the fetch modes, as module constants (an Enum member read through its class costs more, and
+#: this runs for every statement)
+_ROWS, _ROW, _VALUE, _COUNT = Fetch.ROWS, Fetch.ROW, Fetch.VALUE, Fetch.COUNT
+_MANY, _EACH = Fetch.MANY, Fetch.EACH
+
+
 def _execute(conn: sqlite3.Connection, step: Run) -> Any:
     """One statement of a plan, its result taken as the plan asks."""
-    query: Query = _QUERIES[step.query]
-    fetch = step.fetch
-    if fetch is Fetch.MANY:
-        if query.before or len(step.params) == 1:
-            # a block runs statement by statement; and executemany costs a few µs more than
-            # execute for one parameter set (a transition's usual event or message change)
-            for one_set in step.params:
-                for statement in query.statements:
-                    conn.execute(*statement.bind(one_set))  # type: ignore[arg-type]
-        else:
-            statement = query.last
-            conn.executemany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
-        return None
-    if fetch is Fetch.EACH:
-        statement = query.last
-        found = []
-        for one_run in step.params:
-            sql, args = statement.bind(one_run)  # type: ignore[arg-type]
-            found += _dicts(conn.execute(sql, args), statement.sql)
-        return found
-    params: Any = step.params
+    query: Query = _QUERIES[step[0]]
+    params: Any = step[1]
+    fetch = step[2]
+    if fetch is _MANY or fetch is _EACH:
+        return _execute_each(conn, query, params, fetch is _EACH)
     for statement in query.before:
         conn.execute(*statement.bind(params))
-    last = query.last
-    cursor = conn.execute(*last.bind(params))
-    if fetch is Fetch.ROWS:
-        return _dicts(cursor, last.sql)
-    if fetch is Fetch.COUNT:
+    sql, args = query.last.bind(params)
+    cursor = conn.execute(sql, args)
+    if fetch is _ROWS:
+        return _dicts(cursor, sql)
+    if fetch is _COUNT:
         if cursor.description is not None:
             cursor.fetchall()  # a RETURNING statement counts its rows once they are all read
         return cursor.rowcount
-    if fetch is Fetch.VALUE:
+    if fetch is _VALUE:
         row = cursor.fetchone()
         return None if row is None else row[0]
-    found = _dicts(cursor, last.sql)
+    found = _dicts(cursor, sql)
     return found[0] if found else None
+
+
+def _execute_each(
+    conn: sqlite3.Connection, query: Query, param_sets: Any, rows: bool
+) -> list[dict[str, Any]] | None:
+    """A query run once per parameter set: the rows of every run, or (executemany) none."""
+    if rows:
+        found = []
+        for params in param_sets:
+            sql, args = query.last.bind(params)
+            found += _dicts(conn.execute(sql, args), sql)
+        return found
+    if query.before or len(param_sets) == 1:
+        # a block runs statement by statement; and executemany costs a few µs more than
+        # execute for one parameter set (a transition's usual event or message change)
+        for params in param_sets:
+            for statement in query.statements:
+                conn.execute(*statement.bind(params))
+    else:
+        statement = query.last
+        conn.executemany(statement.sql, statement.many(param_sets))
+    return None
 
 
 #: the column names of each statement's rows, read once (``cursor.description`` builds a new
