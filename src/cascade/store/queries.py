@@ -89,6 +89,8 @@ class Statement:
 
     def many(self, rows: Sequence[Params]) -> list[tuple[Any, ...]]:
         """The values of an ``executemany``, one tuple a row."""
+        if self.plain:
+            return list(map(self._get, rows))
         return [self.args(row) for row in rows]
 
 

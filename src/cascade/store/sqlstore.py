@@ -423,17 +423,6 @@ def _retry_plan(job_id: int, run_at: float, message_id: str, error: tuple[int, s
     yield Signal.JOBS_QUEUED
 
 
-def _begin_send_plan(message_id: str, now: float) -> Plan[SendAttempt]:
-    """Count a send attempt; what was known before it."""
-    found = yield first("send_attempt", id=message_id)
-    if found is None:
-        return SendAttempt(0, None, None)
-    yield change("count_send_attempt", id=message_id, now=now)
-    code = found["last_error_code"]
-    error = (code, found["last_error_reason"]) if code is not None else None
-    return SendAttempt(found["send_attempts"], found["send_started_at"], error)
-
-
 def _part_receipt_plan(receipt: Receipt) -> Plan[tuple[str, list[Status | None]] | None]:
     """Record one part's receipt; the message and every part's status, in order."""
     parts = yield select(
@@ -698,7 +687,12 @@ class SqlStore(Store, abc.ABC):
         await self._write(change("release_job", id=job_id, run_at=run_at, attempted=0))
 
     async def begin_send(self, message_id: str, now: float) -> SendAttempt:
-        return await self._write(partial(_begin_send_plan, message_id, now))
+        found = await self._write(first("begin_send", id=message_id, now=now))
+        if found is None:
+            return SendAttempt(0, None, None)
+        code = found["last_error_code"]
+        error = (code, found["last_error_reason"]) if code is not None else None
+        return SendAttempt(found["send_attempts"], found["send_started_at"], error)
 
     async def transition(
         self, key: WorkflowKey, decide: Decide, *, done_job: int | None = None

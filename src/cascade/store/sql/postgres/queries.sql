@@ -173,14 +173,15 @@ WHERE id = :id
 -- name: note_send_error
 UPDATE messages SET last_error_code = :code, last_error_reason = :reason WHERE id = :id
 
--- name: send_attempt
-SELECT send_attempts, send_started_at, last_error_code, last_error_reason
-FROM messages WHERE id = :id FOR UPDATE
-
--- name: count_send_attempt
+-- name: begin_send
+-- counts an attempt and returns what was known before it, in one statement (RETURNING reads the
+-- new row: the count before is one less, and the first start was unknown before the first)
 UPDATE messages SET send_attempts = send_attempts + 1,
                     send_started_at = coalesce(send_started_at, :now)
 WHERE id = :id
+RETURNING send_attempts - 1 AS send_attempts,
+          CASE WHEN send_attempts = 1 THEN NULL ELSE send_started_at END AS send_started_at,
+          last_error_code, last_error_reason
 
 -- name: transition_read_by_workflow
 SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
