@@ -42,6 +42,7 @@ from cascade.domain.records import Accepted, NewWorkflow
 from cascade.errors import StoreConflict, StoreRejected, StoreUnavailable
 from cascade.store.migrations import migrations
 from cascade.store.queries import load
+from cascade.store.rows import Rows
 from cascade.store.sqlstore import (
     AcceptOutcome,
     AcceptRows,
@@ -190,7 +191,8 @@ async def _execute(conn: Any, step: Run) -> Any:
         return None
     if step.fetch is Fetch.EACH:
         statement = query.last
-        return await conn.fetchmany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
+        records = await conn.fetchmany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
+        return _rows(records, statement.sql)
     params: Any = step.params
     last = query.last
     for statement in query.before:
@@ -202,8 +204,22 @@ async def _execute(conn: Any, step: Run) -> Any:
         return await conn.fetchval(last.sql, *last.args(params))
     found = await conn.fetch(last.sql, *last.args(params))
     if step.fetch is Fetch.ROWS:
-        return found
+        return _rows(found, last.sql)
     return found[0] if found else None
+
+
+#: where each column of each statement's records is, found once
+_COLUMNS: dict[str, dict[str, int]] = {}
+
+
+def _rows(records: list[Any], sql: str) -> Rows:
+    """A statement's records (read by position through the column map, as SQLite's tuples)."""
+    if not records:
+        return Rows((), {}, sql)
+    columns = _COLUMNS.get(sql)
+    if columns is None:
+        columns = _COLUMNS[sql] = {name: index for index, name in enumerate(records[0].keys())}
+    return Rows(records, columns, sql)
 
 
 class PostgresStore(SqlStore):

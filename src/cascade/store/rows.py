@@ -38,6 +38,45 @@ Row = Mapping[str, Any]
 R = TypeVar("R")
 
 
+class Rows(list[Any]):
+    """The rows of one statement as the driver gives them (tuples, or asyncpg's records) and
+    where each column is: read by name through a column map made once per statement, rather
+    than a dict per row (which cost more than anything else a read did)."""
+
+    __slots__ = ("columns", "key")
+
+    def __init__(self, rows: Iterable[Any], columns: Mapping[str, int], key: str) -> None:
+        super().__init__(rows)
+        #: each column's position
+        self.columns = columns
+        #: what the rows came from (the statement's SQL): mappers keep one plan per key
+        self.key = key
+
+    def column(self, name: str) -> list[Any]:
+        """One column's values, in row order."""
+        if not self:
+            return []
+        index = self.columns[name]
+        return [row[index] for row in self]
+
+    def pick(self, *names: str) -> list[tuple[Any, ...]]:
+        """Two or more columns of every row, as tuples in the order named."""
+        if not self:
+            return []
+        get = itemgetter(*(self.columns[name] for name in names))
+        return [get(row) for row in self]
+
+    def value(self, row: Sequence[Any], name: str) -> Any:
+        """One column of one of these rows."""
+        return row[self.columns[name]]
+
+    def sorted_by(self, name: str) -> Rows:
+        """The same rows, ordered by one column."""
+        if not self:
+            return self
+        return Rows(sorted(self, key=itemgetter(self.columns[name])), self.columns, self.key)
+
+
 class _Mapper(Generic[R]):
     """Makes records of one class from rows: every field read by column name in one C call
     (``itemgetter``), then the few that are stored differently converted."""
@@ -52,17 +91,37 @@ class _Mapper(Generic[R]):
         names = [field.name for field in fields(record)]  # type: ignore[arg-type]
         columns = columns or {}
         self._record = record
-        self._get = itemgetter(*(columns.get(name, name) for name in names))
+        self._columns = [columns.get(name, name) for name in names]
+        self._get = itemgetter(*self._columns)
         self._convert = [(names.index(name), fn) for name, fn in (convert or {}).items()]
+        #: for each statement's rows (by Rows.key), the getter of the fields' positions
+        self._positions: dict[str, Callable[[Any], tuple[Any, ...]]] = {}
 
     def __call__(self, row: Row) -> R:
-        """The record of one row."""
+        """The record of one row read by name (a dict, or an asyncpg record)."""
+        return self._make(self._get(row))
+
+    def all(self, found: Rows) -> list[R]:
+        """The records of a statement's rows, the columns found by name once per statement."""
+        if not found:
+            return []
+        get = self._positions.get(found.key)
+        if get is None:
+            positions = [found.columns[column] for column in self._columns]
+            get = self._positions[found.key] = itemgetter(*positions)
         if not self._convert:
-            return self._record(*self._get(row))
-        values = list(self._get(row))
+            record = self._record
+            return [record(*get(row)) for row in found]
+        return [self._make(get(row)) for row in found]
+
+    def _make(self, values: tuple[Any, ...]) -> R:
+        """The record of its fields' values in order, the stored forms converted."""
+        if not self._convert:
+            return self._record(*values)
+        converted = list(values)
         for index, fn in self._convert:
-            values[index] = fn(values[index])
-        return self._record(*values)
+            converted[index] = fn(converted[index])
+        return self._record(*converted)
 
 
 def _encode(text: str) -> bytes:
@@ -119,42 +178,64 @@ def _fields(record: type) -> tuple[str, ...]:
 
 def workflow(row: Row, messages: Iterable[MessageRecord] = ()) -> WorkflowRecord:
     """A workflows row with its messages, as a record."""
-    return WorkflowRecord(
-        id=row["id"],
-        account_id=row["account_id"],
-        application_id=row["application_id"],
-        surface=Surface(row["surface"]),
-        state=WorkflowState(row["state"]),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        messages=tuple(messages),
-    )
+    return _workflow_of(tuple(row[name] for name in _WORKFLOW_COLUMNS), messages)
 
 
-def workflows(rows: Sequence[Row], message_rows: Iterable[Row]) -> list[WorkflowRecord]:
+def workflows(found: Rows, message_rows: Rows) -> list[WorkflowRecord]:
     """Workflow rows, each with its messages picked from ``message_rows``."""
     by_workflow: dict[str, list[MessageRecord]] = {}
-    for record in map(message, message_rows):
+    for record in message.all(message_rows):
         by_workflow.setdefault(record.workflow_id, []).append(record)
-    return [workflow(row, by_workflow.get(row["id"], ())) for row in rows]
+    get = itemgetter(*(found.columns[name] for name in _WORKFLOW_COLUMNS))
+    return [_workflow_of(get(row), by_workflow.get(found.value(row, "id"), ())) for row in found]
 
 
-def transition_workflow(rows: Sequence[Row]) -> tuple[WorkflowRecord, int] | None:
+#: the columns of a workflow record, in the order of its fields
+_WORKFLOW_COLUMNS = (
+    "id",
+    "account_id",
+    "application_id",
+    "surface",
+    "state",
+    "created_at",
+    "updated_at",
+    "finished_at",
+)
+
+
+def _workflow_of(values: tuple[Any, ...], messages: Iterable[MessageRecord]) -> WorkflowRecord:
+    """A workflow of its columns' values (in _WORKFLOW_COLUMNS order) and its messages."""
+    id_, account_id, application_id, surface, state, created_at, updated_at, finished_at = values
+    return WorkflowRecord(
+        id_,
+        account_id,
+        application_id,
+        Surface(surface),
+        WorkflowState(state),
+        created_at,
+        updated_at,
+        finished_at,
+        tuple(messages),
+    )
+
+
+def transition_workflow(found: Rows) -> tuple[WorkflowRecord, int] | None:
     """The workflow a transition reads (its messages joined with the workflow's columns, one
     row a message) and its version; None when there are no rows."""
-    if not rows:
+    if not found:
         return None
-    first = rows[0]
-    record = WorkflowRecord(
-        id=first["workflow_id"],
-        account_id=first["account_id"],
-        application_id=first["application_id"],
-        surface=Surface(first["surface"]),
-        state=WorkflowState(first["workflow_state"]),
-        created_at=first["workflow_created_at"],
-        updated_at=first["workflow_updated_at"],
-        finished_at=first["workflow_finished_at"],
-        messages=tuple(map(message, rows)),
+    first = found[0]
+    values = tuple(
+        found.value(first, column)
+        for column in (
+            "workflow_id",
+            "account_id",
+            "application_id",
+            "surface",
+            "workflow_state",
+            "workflow_created_at",
+            "workflow_updated_at",
+            "workflow_finished_at",
+        )
     )
-    return record, int(first["workflow_version"])
+    return _workflow_of(values, message.all(found)), int(found.value(first, "workflow_version"))

@@ -36,6 +36,7 @@ from cascade.errors import StoreConflict, StoreRejected, StoreUnavailable
 from cascade.store.base import IDEMPOTENCY_TTL
 from cascade.store.migrations import migrations
 from cascade.store.queries import Query, load
+from cascade.store.rows import Rows
 from cascade.store.sqlstore import AcceptRows, Fetch, Plan, Run, SqlStore, accept_plan
 
 log = structlog.get_logger(__name__)
@@ -448,7 +449,7 @@ def _execute(conn: sqlite3.Connection, step: Run) -> Any:
     sql, args = query.last.bind(params)
     cursor = conn.execute(sql, args)
     if fetch is _ROWS:
-        return _dicts(cursor, sql)
+        return _rows(cursor, sql)
     if fetch is _COUNT:
         if cursor.description is not None:
             cursor.fetchall()  # a RETURNING statement counts its rows once they are all read
@@ -456,19 +457,25 @@ def _execute(conn: sqlite3.Connection, step: Run) -> Any:
     if fetch is _VALUE:
         row = cursor.fetchone()
         return None if row is None else row[0]
-    found = _dicts(cursor, sql)
-    return found[0] if found else None
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    cursor.fetchall()  # (a RETURNING statement is done once all its rows are read)
+    return dict(zip(_columns(cursor, sql), row))  # noqa: B905 (one value per column)
 
 
 def _execute_each(
     conn: sqlite3.Connection, query: Query, param_sets: Any, rows: bool
-) -> list[dict[str, Any]] | None:
+) -> Rows | None:
     """A query run once per parameter set: the rows of every run, or (executemany) none."""
     if rows:
-        found = []
+        statement = query.last
+        found = Rows((), {}, statement.sql)
         for params in param_sets:
-            sql, args = query.last.bind(params)
-            found += _dicts(conn.execute(sql, args), sql)
+            sql, args = statement.bind(params)
+            cursor = conn.execute(sql, args)
+            found += cursor.fetchall()
+            found.columns = _columns(cursor, statement.sql)
         return found
     if query.before or len(param_sets) == 1:
         # a block runs statement by statement; and executemany costs a few µs more than
@@ -482,21 +489,23 @@ def _execute_each(
     return None
 
 
-#: the column names of each statement's rows, read once (``cursor.description`` builds a new
-#: tuple of 7-tuples at every call)
-_NAMES: dict[str, list[str]] = {}
+#: where each column of each statement's rows is, found once (``cursor.description`` builds a
+#: new tuple of 7-tuples at every call)
+_COLUMNS: dict[str, dict[str, int]] = {}
 
 
-def _dicts(cursor: sqlite3.Cursor, sql: str) -> list[dict[str, Any]]:
-    """Every row of a cursor (that ran ``sql``), by column name."""
-    rows = cursor.fetchall()
-    if not rows:
-        return []
-    names = _NAMES.get(sql)
-    if names is None:
-        names = _NAMES[sql] = [column[0] for column in cursor.description]
-    # (every row has one value per name: no need for zip's strict check, a cost per row)
-    return [dict(zip(names, row)) for row in rows]  # noqa: B905
+def _columns(cursor: sqlite3.Cursor, sql: str) -> dict[str, int]:
+    """Where each column of the rows of ``sql`` (that ``cursor`` ran) is."""
+    columns = _COLUMNS.get(sql)
+    if columns is None:
+        names = [column[0] for column in cursor.description or ()]
+        columns = _COLUMNS[sql] = {name: index for index, name in enumerate(names)}
+    return columns
+
+
+def _rows(cursor: sqlite3.Cursor, sql: str) -> Rows:
+    """Every row of a cursor (that ran ``sql``), with where its columns are."""
+    return Rows(cursor.fetchall(), _columns(cursor, sql), sql)
 
 
 def sqlite_path(url: str) -> str:

@@ -209,7 +209,7 @@ def accept_plan(batch: Sequence[AcceptRows], idempotency_ttl: float) -> Plan[lis
                 }
             )
         claimed_rows = yield Run("claim_idempotency_key", claims, Fetch.EACH)
-        claimed = {(row["account_id"], row["key"]) for row in claimed_rows}
+        claimed = set(claimed_rows.pick("account_id", "key"))
         known: dict[tuple[str, str], tuple[str, StoredResponse]] = {}
         for name in claimed:
             leader_claim = leaders[name].workflow.idempotency
@@ -222,9 +222,10 @@ def accept_plan(batch: Sequence[AcceptRows], idempotency_ttl: float) -> Plan[lis
                 account_ids=[name[0] for name in taken],
                 keys=[name[1] for name in taken],
             )
-            for row in held:
-                response = StoredResponse(row["status_code"], row["response"].encode())
-                known[row["account_id"], row["key"]] = (row["request_sha256"], response)
+            for account_id, key, digest, status_code, response in held.pick(
+                "account_id", "key", "request_sha256", "status_code", "response"
+            ):
+                known[account_id, key] = (digest, StoredResponse(status_code, response.encode()))
         for index, request in enumerate(batch):
             claim = request.workflow.idempotency
             if claim is None:
@@ -381,8 +382,8 @@ def _workflow_plan(account_id: str, workflow_id: str) -> Plan[WorkflowRecord | N
         return None
     messages = yield select("workflow_messages", workflow_id=workflow_id)
     events = yield select("workflow_events", workflow_id=workflow_id)
-    record = rows.workflow(found, map(rows.message, messages))
-    return replace(record, events=tuple(map(rows.event, events)))
+    record = rows.workflow(found, rows.message.all(messages))
+    return replace(record, events=tuple(rows.event.all(events)))
 
 
 def _page(account_id: str, query: ListQuery) -> dict[str, Any]:
@@ -409,7 +410,7 @@ def _workflows_plan(account_id: str, query: ListQuery) -> Plan[list[WorkflowReco
     found = yield select("workflows", **_page(account_id, query))
     if not found:
         return []
-    messages = yield select("messages_of_workflows", workflow_ids=[row["id"] for row in found])
+    messages = yield select("messages_of_workflows", workflow_ids=found.column("id"))
     return rows.workflows(found, messages)
 
 
@@ -429,7 +430,8 @@ def _part_receipt_plan(receipt: Receipt) -> Plan[tuple[str, list[Status | None]]
         "lock_message_parts", provider=receipt.provider, part_id=receipt.provider_message_id
     )
     part = (receipt.provider, receipt.provider_message_id)
-    if not any((row["provider"], row["part_id"]) == part for row in parts):
+    found = parts.pick("provider", "part_id", "status", "message_id")
+    if not any((provider, part_id) == part for provider, part_id, _, _ in found):
         return None
     yield change(
         "record_part_status",
@@ -441,21 +443,21 @@ def _part_receipt_plan(receipt: Receipt) -> Plan[tuple[str, list[Status | None]]
     )
     statuses = [
         receipt.status
-        if (row["provider"], row["part_id"]) == part
+        if (provider, part_id) == part
         else None
-        if row["status"] is None
-        else Status(row["status"])
-        for row in parts
+        if status is None
+        else Status(status)
+        for provider, part_id, status, _ in found
     ]
-    return str(parts[0]["message_id"]), statuses
+    return str(found[0][3]), statuses
 
 
 def _claim_ids_plan(params: dict[str, Any]) -> Plan[ClaimedIds]:
     """Take provider ids away from older messages holding them (see Store.claim_provider_ids)."""
-    released = yield select("release_provider_ids", **params)
-    released += yield select("release_part_ids", **params)
+    released = (yield select("release_provider_ids", **params)).column("id")
+    released += (yield select("release_part_ids", **params)).column("id")
     stale = yield change("drop_stale_orphan_receipts", **params)
-    taken = list(dict.fromkeys(str(row["id"]) for row in released))
+    taken = list(dict.fromkeys(map(str, released)))
     if taken:
         # a transition decided on an older workflow before this decides again
         yield change("bump_version_of_messages", ids=taken)
@@ -470,7 +472,7 @@ def _replay_plan(
         found = yield select("dead_webhooks", account_id=account_id)
     else:
         found = yield select("replayable_webhooks", ids=list(webhook_ids), account_id=account_id)
-    ids = [row["id"] for row in found]
+    ids = found.column("id")
     if ids:
         refs = [str(webhook_id) for webhook_id in ids]
         yield change("replay_webhooks", ids=ids, refs=refs, now=now, kind=JobKindName.WEBHOOK)
@@ -487,7 +489,7 @@ def _delete_webhooks(ids: Sequence[int]) -> Plan[None]:
 
 def _purge_webhooks_plan(before: float, limit: int) -> Plan[int]:
     """Delete old webhooks of no workflow that are no longer pending."""
-    ids = [row["id"] for row in (yield select("purgeable_webhooks", before=before, limit=limit))]
+    ids = (yield select("purgeable_webhooks", before=before, limit=limit)).column("id")
     yield from _delete_webhooks(ids)
     return len(ids)
 
@@ -495,11 +497,11 @@ def _purge_webhooks_plan(before: float, limit: int) -> Plan[int]:
 def _purge_workflows_plan(before: float, limit: int) -> Plan[int]:
     """Delete old finished workflows that owe no webhook, with what hangs off them."""
     found = yield select("purgeable_workflows", before=before, limit=limit)
-    ids = [row["id"] for row in found]
+    ids = found.column("id")
     if not ids:
         return 0
     hooks = yield select("webhooks_of_workflows", ids=ids)
-    yield from _delete_webhooks([row["id"] for row in hooks])
+    yield from _delete_webhooks(hooks.column("id"))
     yield change("delete_workflows", ids=ids)
     return len(ids)
 
@@ -514,7 +516,7 @@ def _take_orphans_plan(
         taken = yield select(
             "take_orphan_receipts_of", provider=provider, provider_message_id=provider_message_id
         )
-    return [rows.receipt(row) for row in sorted(taken, key=lambda row: int(row["id"]))]
+    return rows.receipt.all(taken.sorted_by("id"))
 
 
 def _claim_jobs_run(
@@ -589,7 +591,7 @@ class SqlStore(Store, abc.ABC):
         return None if found is None else rows.account(found)
 
     async def list_accounts(self) -> list[Account]:
-        return [rows.account(row) for row in await self._read(select("accounts"))]
+        return rows.account.all(await self._read(select("accounts")))
 
     async def update_account(
         self,
@@ -621,7 +623,7 @@ class SqlStore(Store, abc.ABC):
 
     async def list_applications(self, account_id: str) -> list[Application]:
         found = await self._read(select("applications", account_id=account_id))
-        return [rows.application(row) for row in found]
+        return rows.application.all(found)
 
     # --- reading back ----------------------------------------------------------------------
 
@@ -637,10 +639,10 @@ class SqlStore(Store, abc.ABC):
 
     async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
         found = await self._read(select("messages", **_page(account_id, query)))
-        return [rows.message(row) for row in found]
+        return rows.message.all(found)
 
     async def pending_jobs(self, ref: str) -> list[Job]:
-        return [rows.job(row) for row in await self._read(select("jobs_of", ref=ref))]
+        return rows.job.all(await self._read(select("jobs_of", ref=ref)))
 
     # --- the engine ------------------------------------------------------------------------
 
@@ -652,7 +654,7 @@ class SqlStore(Store, abc.ABC):
         if not message_ids:
             return {}
         found = await self._read(select("find_messages", ids=list(message_ids)))
-        return {message.id: message for message in map(rows.message, found)}
+        return {message.id: message for message in rows.message.all(found)}
 
     async def claim_jobs(
         self,
@@ -663,7 +665,7 @@ class SqlStore(Store, abc.ABC):
         kinds: Collection[str] | None = None,
     ) -> list[Job]:
         claimed = await self._write(_claim_jobs_run(worker_id, now, limit, lease, kinds))
-        return sorted(map(rows.job, claimed), key=lambda job: (job.run_at, job.id))
+        return sorted(rows.job.all(claimed), key=lambda job: (job.run_at, job.id))
 
     async def extend_lease(self, worker_id: str, job_ids: Sequence[int], until: float) -> None:
         if job_ids:
@@ -771,7 +773,7 @@ class SqlStore(Store, abc.ABC):
         if not webhook_ids:
             return {}
         found = await self._read(select("webhooks_by_id", ids=list(webhook_ids)))
-        return {webhook.id: webhook for webhook in map(rows.webhook, found)}
+        return {webhook.id: webhook for webhook in rows.webhook.all(found)}
 
     async def record_webhook_attempt(
         self,
@@ -801,13 +803,13 @@ class SqlStore(Store, abc.ABC):
                 "webhooks", account_id=account_id, workflow_id=workflow_id, state=state, limit=limit
             )
         )
-        return [rows.webhook(row) for row in found]
+        return rows.webhook.all(found)
 
     async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
         if not webhook_ids:
             return []
         found = await self._read(select("webhook_attempts", ids=list(webhook_ids)))
-        return [rows.webhook_attempt(row) for row in found]
+        return rows.webhook_attempt.all(found)
 
     async def replay_webhooks(
         self, webhook_ids: Sequence[int] | None, now: float, *, account_id: str | None = None
@@ -839,10 +841,10 @@ class SqlStore(Store, abc.ABC):
         )
 
     async def sandbox_messages(self) -> list[SandboxMessage]:
-        return [rows.sandbox(row) for row in await self._read(select("sandbox_messages"))]
+        return rows.sandbox.all(await self._read(select("sandbox_messages")))
 
     async def sandbox_owed(self) -> list[SandboxMessage]:
-        return [rows.sandbox(row) for row in await self._read(select("sandbox_owed"))]
+        return rows.sandbox.all(await self._read(select("sandbox_owed")))
 
     # --- retention -------------------------------------------------------------------------
 
