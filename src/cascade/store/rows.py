@@ -1,8 +1,10 @@
 """How a stored row becomes a record, by column name, the same from either driver.
 
-SQLite and PostgreSQL store the same tables (JSON bodies as text, times as seconds); the SQLite
-driver hands rows over as dicts and asyncpg's records are read by name too, so a column added
-to a table is ignored here until a record has a field for it.
+SQLite and PostgreSQL store the same tables (JSON bodies as text, times as seconds). A
+statement's rows come as :class:`Rows`: the driver's tuples or records and where each column
+is, so a record's fields are found by name once per statement and then read by position; one
+row on its own (``first``) is read by name. A column added to a table is ignored here until a
+record has a field for it.
 """
 
 from __future__ import annotations
