@@ -842,10 +842,13 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
 ]
 #: SQLite writer stages, by the write function on the stack
 WRITER_STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("accept", ("_insert_workflows", "_Accept", "idempotency")),
+    ("accept", ("_insert_workflows", "_Accept", "idempotency", "accept_plan", "_accept_run")),
     ("send job", ("begin_send", "claim_jobs", "take_orphan_receipts", "add_message_parts")),
-    ("transitions (submitted, delivered)", ("transition.<locals>",)),
+    ("transitions (submitted, delivered)", ("transition.<locals>", "transition_plan")),
     ("webhook delivery", ("record_webhook_attempt", "defer_job")),
+    # a store of plans (since issue 10) runs every statement through one `run`/`_execute`, so
+    # a statement's caller is not on the stack: these are the writes the markers above miss
+    ("statements of other plans", ("run (cascade/store/sqlite.py", "_execute (")),
     ("COMMIT, BEGIN", ("_commit (", "_flush (")),
 ]
 _WAITS = ("Condition.wait ", "select (selectors.py")
