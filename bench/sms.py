@@ -831,7 +831,7 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
             "SubmitSm.",
             "channels/gsm.py",
             "SmppConnection._read_loop ",
-            "_Link.",
+            "channels/smpp/link.py",
         ),
     ),
     ("send job (engine, store calls)", ("Engine._send ",)),
