@@ -827,7 +827,7 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
             "SmppConnection.submit ",
             "SmppConnection._submit_part ",
             "SmppConnection._exchange ",
-            "SmppConnection._window_slot ",
+            "SubmitFlow.",
             "SubmitSm.",
             "channels/gsm.py",
             "SmppConnection._read_loop ",

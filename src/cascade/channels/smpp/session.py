@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable
 
 import structlog
 from aiosmpplib import (
@@ -49,7 +48,7 @@ from cascade.channels.smpp.errors import (
     SUBMIT_STATUS_CODES,
     SmppSubmitUnconfirmed,
 )
-from cascade.channels.smpp.flow import Backoff, TokenBucket
+from cascade.channels.smpp.flow import Backoff, SubmitFlow
 from cascade.channels.smpp.framing import (
     ESME_ROK,
     ESME_RX_T_APPN,
@@ -109,19 +108,8 @@ class SmppConnection:
         self._idle.set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._handler_slots = asyncio.Semaphore(settings.window_size)
-        self._window = asyncio.Semaphore(settings.window_size)
-        self._bucket = (
-            TokenBucket(settings.throughput, settings.throughput_burst)
-            if settings.throughput > 0
-            else None
-        )
+        self._flow = SubmitFlow(settings)
         self._reconnect = Backoff(settings.reconnect_min_delay, settings.reconnect_max_delay)
-        self._throttle = Backoff(settings.throttle_min_delay, settings.throttle_max_delay)
-        #: the current throttle episode: when its hold began and ends, and how many new
-        #: messages it has turned away (each is told a later time, so they resume spread out)
-        self._hold_started = 0.0
-        self._throttled_until = 0.0
-        self._held = 0
         self._next_attempt_at = 0.0
         self._sequence = 0
         self._reference = random.randrange(256)
@@ -367,15 +355,14 @@ class SmppConnection:
         label = f"part {index + 1}/{total}" if total > 1 else "message"
         retries = 0
         while True:
-            await self._wait_throttle(first=accepted == 0)
-            async with self._window_slot():
-                await self._take_token(first=accepted == 0)
+            await self._flow.wait_throttle(first=accepted == 0)
+            async with self._flow.window_slot():
+                await self._flow.take_token(first=accepted == 0)
                 written_at = time.monotonic()
                 answer = await self._exchange(part, label)
             status = answer.status
             if answer.command_id == SmppCommand.SUBMIT_SM_RESP and status == 0:
-                if written_at >= self._hold_started:
-                    self._throttle.reset()  # taken after the last hold: the episode is over
+                self._flow.accepted(written_at)
                 SUBMITS.labels(self.name, "accepted").inc()
                 message_id = normalise_message_id(
                     cstring(answer.body), self.settings.submit_id_format
@@ -385,12 +372,12 @@ class SmppConnection:
                 return message_id
             if status in THROTTLE_STATUSES:
                 SUBMITS.labels(self.name, "throttled").inc()
-                remaining = self._throttled(written_at)
+                remaining = self._flow.throttled(written_at)
                 retries += 1
                 if accepted == 0 or retries > PART_RETRIES:
                     raise ChannelUnavailable(
                         f"SMSC {self.name} throttled the {label}: {status_name(status)}",
-                        retry_after=self._resume_after(remaining),
+                        retry_after=self._flow.resume_after(remaining),
                         code=CODE_THROTTLED,
                     )
                 continue
@@ -443,83 +430,6 @@ class SmppConnection:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
-
-    def _throttled(self, written_at: float) -> float:
-        """Note a throttled submit; returns the seconds left of the hold.
-
-        One backoff step per episode: the answers to submits written before the current hold
-        began (the rest of the window) belong to it and leave it as it is; a submit written
-        after the hold and throttled again starts the next, longer one.
-        """
-        now = time.monotonic()
-        if written_at < self._hold_started:
-            return max(self._throttled_until - now, 0.0)
-        delay = self._throttle.next()
-        self._hold_started = now
-        self._throttled_until = now + delay
-        self._held = 0
-        log.info("smpp throttled; holding submits", connection=self.name, hold=delay)
-        return delay
-
-    def _resume_after(self, remaining: float) -> float:
-        """When a message turned away during a hold should come back: after the hold, each
-        one ``1 / throughput`` after the one before (jittered over the hold without a
-        throughput), so the messages held do not all resume in the same instant."""
-        self._held += 1
-        if self._bucket is not None:
-            return remaining + self._held / self._bucket.rate
-        return remaining + random.uniform(0.0, self._throttle.current)
-
-    async def _wait_throttle(self, first: bool) -> None:
-        """Hold back after a throttle: refuse a new message, delay a message already started."""
-        remaining = self._throttled_until - time.monotonic()
-        if remaining <= 0:
-            return
-        if first:
-            retry_after = self._resume_after(remaining)
-            raise ChannelUnavailable(
-                f"SMSC {self.name} is throttling; try again in {retry_after:.2f}s",
-                retry_after=retry_after,
-                code=CODE_THROTTLED,
-            )
-        await asyncio.sleep(remaining)
-
-    @asynccontextmanager
-    async def _window_slot(self) -> AsyncIterator[None]:
-        """One of ``window_size`` outstanding submits; waits up to ``response_timeout``."""
-        timeout = self.settings.response_timeout
-        try:
-            if not self._window.locked():
-                await self._window.acquire()  # a free slot: taken at once, no timer needed
-            else:
-                async with asyncio.timeout(timeout):
-                    await self._window.acquire()
-        except TimeoutError as exc:
-            raise ChannelUnavailable(
-                f"SMSC {self.name}: all {self.settings.window_size} window slots stayed busy "
-                f"for {timeout}s",
-                retry_after=timeout,
-                code=CODE_THROTTLED,
-            ) from exc
-        try:
-            yield
-        finally:
-            self._window.release()
-
-    async def _take_token(self, first: bool) -> None:
-        """Keep to ``throughput``; a new message that would wait too long is refused instead."""
-        if self._bucket is None:
-            return
-        wait = self._bucket.wait_time()
-        if first and wait > self.settings.response_timeout:
-            raise ChannelUnavailable(
-                f"SMSC {self.name}: throughput limit of {self.settings.throughput}/s reached",
-                retry_after=wait,
-                code=CODE_THROTTLED,
-            )
-        delay = self._bucket.take()
-        if delay > 0:
-            await asyncio.sleep(delay)
 
     # -- receiving -------------------------------------------------------------------------
 
