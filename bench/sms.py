@@ -814,8 +814,7 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
         "receipt: deliver_sm -> stored",
         (
             "SmppConnection._deliver ",
-            "SmppConnection._handle_deliver_sm ",
-            "SmppConnection._receipt ",
+            "DeliverSmHandler.",
             "Engine.receipt ",
             "channels/receipts.py",
         ),

@@ -7,8 +7,10 @@ every ``deliver_sm`` into a :class:`~cascade.channels.base.Receipt` or an
 
 The package, by seam: :mod:`~cascade.channels.smpp.framing` (PDUs on the wire, status names),
 :mod:`~cascade.channels.smpp.link` (one TCP connection: batched writes, responses matched to
-requests), :mod:`~cascade.channels.smpp.flow` (backoff and the token bucket),
+requests), :mod:`~cascade.channels.smpp.flow` (backoff, the token bucket, the submit window and
+throttle holds),
 :mod:`~cascade.channels.smpp.reassembly` (concatenated inbound parts),
+:mod:`~cascade.channels.smpp.delivery` (deliver_sm: receipts and MO messages to the sink),
 :mod:`~cascade.channels.smpp.session` (:class:`SmppConnection`, one bind),
 :mod:`~cascade.channels.smpp.provider` (:class:`SmppProvider`), with the Nexmo codes in
 :mod:`~cascade.channels.smpp.errors` and the counters in :mod:`~cascade.channels.smpp.metrics`.

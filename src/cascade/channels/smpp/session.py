@@ -3,9 +3,9 @@
 :class:`SmppConnection` is one configured SMSC bind and the loop around it (see the package
 doc, :mod:`cascade.channels.smpp`, for why the loop is this package's and not aiosmpplib's):
 it binds and rebinds with backoff, reads and dispatches PDUs, sends ``enquire_link``, submits
-a message's parts under the window, the token bucket and the throttle holds, and hands
-receipts and MO messages to the sink. The provider (:mod:`cascade.channels.smpp.provider`)
-routes messages over several of these.
+a message's parts as its :class:`~cascade.channels.smpp.flow.SubmitFlow` allows, and answers
+each ``deliver_sm`` with what :class:`~cascade.channels.smpp.delivery.DeliverSmHandler` made of
+it. The provider (:mod:`cascade.channels.smpp.provider`) routes messages over several of these.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable
 
 import structlog
 from aiosmpplib import (
@@ -29,18 +28,9 @@ from aiosmpplib import (
     UnbindResp,
 )
 
-from cascade.channels import gsm
-from cascade.channels.base import InboundMessage, Receipt, ReceiptSink
-from cascade.channels.receipts import (
-    DeliverSm,
-    MalformedPdu,
-    MalformedReceipt,
-    decode_deliver_sm,
-    normalise_message_id,
-    outcome_of,
-    parse_receipt,
-    receipt_text,
-)
+from cascade.channels.base import ReceiptSink
+from cascade.channels.receipts import normalise_message_id
+from cascade.channels.smpp.delivery import DeliverSmHandler
 from cascade.channels.smpp.errors import (
     CODE_COMMUNICATION_FAILED,
     CODE_PROVIDER_ERROR,
@@ -50,8 +40,6 @@ from cascade.channels.smpp.errors import (
 )
 from cascade.channels.smpp.flow import Backoff, SubmitFlow
 from cascade.channels.smpp.framing import (
-    ESME_ROK,
-    ESME_RX_T_APPN,
     MAX_SEQUENCE,
     RESPONSE_BIT,
     SYSTEM_ERROR_STATUS,
@@ -64,16 +52,13 @@ from cascade.channels.smpp.framing import (
     status_name,
 )
 from cascade.channels.smpp.link import Link, LinkClosed
-from cascade.channels.smpp.metrics import BINDS, DELIVERIES, SUBMITS
-from cascade.channels.smpp.reassembly import InboundParts, PartsKey, sar_concat
+from cascade.channels.smpp.metrics import BINDS, SUBMITS
 from cascade.channels.smpp_config import SmppConnectionSettings
 from cascade.clock import Clock
 from cascade.errors import ChannelRejected, ChannelUnavailable
 
 log = structlog.get_logger(__name__)
 
-#: the provider name that inbound messages carry (the :class:`SmppProvider` name)
-PROVIDER_NAME = "smpp"
 #: times a throttled later part of a partly sent message is tried again before giving up
 PART_RETRIES = 5
 _UNBIND_WAIT = 1.0  # seconds to wait for unbind_resp on stop
@@ -97,8 +82,6 @@ class SmppConnection:
         self.name = settings.name
         self.last_error: str | None = None
         self.in_flight = 0
-        self._clock = clock
-        self._sink: ReceiptSink | None = None
         self._link: Link | None = None
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -113,7 +96,7 @@ class SmppConnection:
         self._next_attempt_at = 0.0
         self._sequence = 0
         self._reference = random.randrange(256)
-        self._parts = InboundParts(part_ttl)
+        self._deliveries = DeliverSmHandler(settings, clock=clock, part_ttl=part_ttl)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -124,7 +107,7 @@ class SmppConnection:
 
     def start(self, sink: ReceiptSink) -> None:
         """Start connecting in the background; receipts and MO messages go to ``sink``."""
-        self._sink = sink
+        self._deliveries.sink = sink
         self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"smpp:{self.name}")
         self._task.add_done_callback(self._run_done)
@@ -435,7 +418,7 @@ class SmppConnection:
 
     async def _deliver(self, link: Link, pdu: Pdu) -> None:
         """Handle one deliver_sm and answer it on the link it came on."""
-        status = await self._handle_deliver_sm(pdu.body)
+        status = await self._deliveries.handle(pdu.body)
         if link.closed is not None:
             log.info(
                 "smpp deliver_sm not answered: its connection is gone; the SMSC will resend it",
@@ -456,126 +439,3 @@ class SmppConnection:
                 connection=self.name,
                 error=repr(exc),
             )
-
-    async def _handle_deliver_sm(self, body: bytes) -> int:
-        """Decode, store and return the command_status to answer with."""
-        try:
-            pdu = decode_deliver_sm(body)
-        except MalformedPdu as exc:
-            DELIVERIES.labels(self.name, "unknown", "malformed").inc()
-            log.warning(
-                "smpp deliver_sm malformed", connection=self.name, error=str(exc), body=body.hex()
-            )
-            return ESME_ROK
-        if pdu.is_receipt:
-            return await self._receipt(pdu)
-        return await self._inbound(pdu)
-
-    async def _receipt(self, pdu: DeliverSm) -> int:
-        """A delivery receipt: parse, map, store."""
-        text = receipt_text(pdu.message, pdu.data_coding)
-        try:
-            parsed = parse_receipt(
-                text,
-                pdu.tlvs,
-                submit_id_format=self.settings.submit_id_format,
-                receipt_id_format=self.settings.receipt_id_format,
-            )
-        except MalformedReceipt as exc:
-            DELIVERIES.labels(self.name, "receipt", "malformed").inc()
-            log.warning(
-                "smpp receipt malformed",
-                connection=self.name,
-                error=str(exc),
-                text=text,
-                tlvs={f"{tag:#06x}": value.hex() for tag, value in pdu.tlvs.items()},
-            )
-            return ESME_ROK
-        if parsed.ids_disagree:
-            log.warning(
-                "smpp receipt ids disagree; using receipted_message_id",
-                connection=self.name,
-                tlv_id=parsed.tlv_id,
-                text_id=parsed.text_id,
-            )
-        outcome = outcome_of(parsed)
-        if outcome is None:
-            DELIVERIES.labels(self.name, "receipt", "no_change").inc()
-            return ESME_ROK
-        receipt = Receipt(
-            provider=self.settings.id_space,
-            provider_message_id=parsed.message_id,
-            status=outcome.status,
-            at=self._clock.now(),
-            code=outcome.code,
-            reason=outcome.reason,
-        )
-        sink = self._require_sink()
-        return await self._store(sink.receipt(receipt), "receipt", parsed.message_id)
-
-    async def _inbound(self, pdu: DeliverSm) -> int:
-        """An MO message: reassemble when concatenated, decode, store."""
-        now = time.monotonic()
-        for expired in self._parts.expire(now):
-            DELIVERIES.labels(self.name, "inbound", "expired").inc()
-            log.warning("smpp inbound parts expired", connection=self.name, key=expired)
-        try:
-            if pdu.udhi:
-                concat, body = gsm.split_udh(pdu.message)
-            else:
-                concat, body = sar_concat(pdu.tlvs), pdu.message
-            if concat is not None and not 1 <= concat.seq <= concat.total:
-                raise ValueError(f"part {concat.seq} of {concat.total}")
-        except ValueError as exc:
-            DELIVERIES.labels(self.name, "inbound", "malformed").inc()
-            log.warning(
-                "smpp inbound message malformed",
-                connection=self.name,
-                error=str(exc),
-                message=pdu.message.hex(),
-            )
-            return ESME_ROK
-        bodies = [body]
-        key: PartsKey | None = None
-        if concat is not None and concat.total > 1:
-            key = (pdu.source_addr, pdu.destination_addr, concat.ref, concat.total)
-            complete = self._parts.add(key, concat.seq, body, now)
-            if complete is None:
-                DELIVERIES.labels(self.name, "inbound", "part").inc()
-                return ESME_ROK
-            bodies = complete
-        message = InboundMessage(
-            provider=PROVIDER_NAME,
-            channel="sms",
-            to={"type": "sms", "number": pdu.destination_addr},
-            from_={"type": "sms", "number": pdu.source_addr},
-            content={"type": "text", "text": gsm.decode(b"".join(bodies), pdu.data_coding)},
-            at=self._clock.now(),
-            extra={"num_messages": len(bodies)},
-        )
-        sink = self._require_sink()
-        status = await self._store(sink.inbound(message), "inbound", pdu.source_addr)
-        if status != ESME_ROK and key is not None:
-            self._parts.restore(key, bodies, now)
-        return status
-
-    def _require_sink(self) -> ReceiptSink:
-        if self._sink is None:
-            raise RuntimeError("SmppConnection.start() was not called with a sink")
-        return self._sink
-
-    async def _store(self, stored: Awaitable[None], kind: str, subject: str) -> int:
-        """Await the sink; a failure is logged and answered so that the SMSC resends."""
-        try:
-            await stored
-        except Exception:
-            DELIVERIES.labels(self.name, kind, "sink_error").inc()
-            log.exception(
-                "smpp sink failed; answering ESME_RX_T_APPN so the SMSC resends",
-                connection=self.name,
-                kind=kind,
-                subject=subject,
-            )
-            return ESME_RX_T_APPN
-        DELIVERIES.labels(self.name, kind, "stored").inc()
-        return ESME_ROK
