@@ -376,7 +376,7 @@ async def _provider_only(
 
     from cascade.channels.base import OutboundMessage
     from cascade.channels.smpp import SmppProvider
-    from cascade.channels.smpp_config import SmppSettings
+    from cascade.channels.smpp.config import SmppSettings
     from cascade.log import configure_logging
 
     configure_logging("warning")  # as the benchmark runs cascade serve

@@ -1,7 +1,7 @@
 """SMS over SMPP v3.4: the ``smpp`` channel provider.
 
 :class:`SmppProvider` keeps one ``bind_transceiver`` session per configured SMSC connection
-(:mod:`cascade.channels.smpp_config`), submits each SMS as one ``submit_sm`` per part, and turns
+(:mod:`cascade.channels.smpp.config`), submits each SMS as one ``submit_sm`` per part, and turns
 every ``deliver_sm`` into a :class:`~cascade.channels.base.Receipt` or an
 :class:`~cascade.channels.base.InboundMessage` for the engine's sink.
 
@@ -105,18 +105,6 @@ SMSC's own dates carry no time zone).
 from __future__ import annotations
 
 from cascade.channels.smpp.errors import SmppSubmitUnconfirmed
-from cascade.channels.smpp.flow import Backoff, TokenBucket
-from cascade.channels.smpp.framing import status_name
 from cascade.channels.smpp.provider import SmppProvider
-from cascade.channels.smpp.reassembly import InboundParts
-from cascade.channels.smpp.session import SmppConnection
 
-__all__ = [
-    "Backoff",
-    "InboundParts",
-    "SmppConnection",
-    "SmppProvider",
-    "SmppSubmitUnconfirmed",
-    "TokenBucket",
-    "status_name",
-]
+__all__ = ["SmppProvider", "SmppSubmitUnconfirmed"]

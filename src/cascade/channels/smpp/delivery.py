@@ -26,10 +26,10 @@ from cascade.channels.receipts import (
     parse_receipt,
     receipt_text,
 )
+from cascade.channels.smpp.config import SmppConnectionSettings
 from cascade.channels.smpp.framing import ESME_ROK, ESME_RX_T_APPN
 from cascade.channels.smpp.metrics import DELIVERIES
 from cascade.channels.smpp.reassembly import InboundParts, PartsKey, sar_concat
-from cascade.channels.smpp_config import SmppConnectionSettings
 from cascade.clock import Clock
 
 log = structlog.get_logger(__name__)

@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 
 import structlog
 
+from cascade.channels.smpp.config import SmppConnectionSettings
 from cascade.channels.smpp.errors import CODE_THROTTLED
-from cascade.channels.smpp_config import SmppConnectionSettings
 from cascade.errors import ChannelUnavailable
 
 log = structlog.get_logger(__name__)

@@ -17,9 +17,9 @@ from aiosmpplib import NPI, TON, PhoneNumber, SubmitSm
 
 from cascade.channels import gsm
 from cascade.channels.base import ChannelProvider, OutboundMessage, ReceiptSink, SendResult
+from cascade.channels.smpp.config import SmppConnectionSettings, SmppSettings
 from cascade.channels.smpp.delivery import PROVIDER_NAME
 from cascade.channels.smpp.session import SmppConnection
-from cascade.channels.smpp_config import SmppConnectionSettings, SmppSettings
 from cascade.clock import Clock, SystemClock
 from cascade.errors import ChannelRejected
 

@@ -30,6 +30,7 @@ from aiosmpplib import (
 
 from cascade.channels.base import ReceiptSink
 from cascade.channels.receipts import normalise_message_id
+from cascade.channels.smpp.config import SmppConnectionSettings
 from cascade.channels.smpp.delivery import DeliverSmHandler
 from cascade.channels.smpp.errors import (
     CODE_COMMUNICATION_FAILED,
@@ -53,7 +54,6 @@ from cascade.channels.smpp.framing import (
 )
 from cascade.channels.smpp.link import Link, LinkClosed
 from cascade.channels.smpp.metrics import BINDS, SUBMITS
-from cascade.channels.smpp_config import SmppConnectionSettings
 from cascade.clock import Clock
 from cascade.errors import ChannelRejected, ChannelUnavailable
 
