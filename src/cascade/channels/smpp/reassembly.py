@@ -28,7 +28,8 @@ class _Parts:
     bodies: dict[int, bytes] = field(default_factory=dict)
 
 
-PartsKey = tuple[str, str, int, int]  # source, destination, reference, total
+#: what the parts of one message share: source, destination, reference, part count
+PartsKey = tuple[str, str, int, int]
 
 
 class InboundParts:
