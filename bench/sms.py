@@ -376,7 +376,7 @@ async def _provider_only(
 
     from cascade.channels.base import OutboundMessage
     from cascade.channels.smpp import SmppProvider
-    from cascade.channels.smpp_config import SmppSettings
+    from cascade.channels.smpp.config import SmppSettings
     from cascade.log import configure_logging
 
     configure_logging("warning")  # as the benchmark runs cascade serve
@@ -814,8 +814,7 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
         "receipt: deliver_sm -> stored",
         (
             "SmppConnection._deliver ",
-            "SmppConnection._handle_deliver_sm ",
-            "SmppConnection._receipt ",
+            "DeliverSmHandler.",
             "Engine.receipt ",
             "channels/receipts.py",
         ),
@@ -827,11 +826,11 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
             "SmppConnection.submit ",
             "SmppConnection._submit_part ",
             "SmppConnection._exchange ",
-            "SmppConnection._window_slot ",
+            "SubmitFlow.",
             "SubmitSm.",
             "channels/gsm.py",
             "SmppConnection._read_loop ",
-            "_Link.",
+            "channels/smpp/link.py",
         ),
     ),
     ("send job (engine, store calls)", ("Engine._send ",)),

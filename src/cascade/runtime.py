@@ -150,7 +150,7 @@ def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelP
     providers: dict[str, ChannelProvider] = {}
     if "smpp" in tables:
         from cascade.channels.smpp import SmppProvider
-        from cascade.channels.smpp_config import SmppSettings
+        from cascade.channels.smpp.config import SmppSettings
 
         smpp = tables["smpp"]
         if not isinstance(smpp, dict):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cascade.channels.smpp import SmppProvider
-from cascade.channels.smpp_config import SmppSettings
+from cascade.channels.smpp.config import SmppSettings
 from tests.channels.support import RecordingSink
 from tests.smsc import LoopbackSmsc
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade.channels.smpp_config import SmppSettings
+from cascade.channels.smpp.config import SmppSettings
 from cascade.errors import ConfigError
 
 EXAMPLE = """

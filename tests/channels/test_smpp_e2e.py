@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from cascade.channels.smpp import SmppProvider
-from cascade.channels.smpp_config import SmppSettings
+from cascade.channels.smpp.config import SmppSettings
 from cascade.clock import FakeClock, SystemClock
 from cascade.domain.records import StepState, WorkflowState
 from cascade.store.sqlite import SqliteStore

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from cascade.channels.base import OutboundMessage, SendResult
-from cascade.channels.smpp import SmppProvider, TokenBucket
-from cascade.channels.smpp_config import SmppSettings
+from cascade.channels.smpp import SmppProvider
+from cascade.channels.smpp.config import SmppSettings
+from cascade.channels.smpp.flow import TokenBucket
 from cascade.clock import FakeClock, SystemClock
 from cascade.domain.records import WorkflowState
 from cascade.errors import ChannelUnavailable, StoreUnavailable

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cascade.channels.smpp import _Link, _LinkClosed
+from cascade.channels.smpp.link import Link, LinkClosed
 
 
 class FakeWriter:
@@ -31,8 +31,8 @@ class FakeWriter:
         self.events.append("close")
 
 
-def link(writer: Any) -> _Link:
-    return _Link(asyncio.StreamReader(), writer)
+def link(writer: Any) -> Link:
+    return Link(asyncio.StreamReader(), writer)
 
 
 async def test_pdus_written_in_one_turn_go_out_in_one_write_in_order() -> None:
@@ -72,7 +72,7 @@ async def test_closing_sends_what_was_queued_first() -> None:
     assert writer.writes == [b"unbind_resp"]
     await asyncio.sleep(0)
     assert writer.writes == [b"unbind_resp"]  # not twice
-    with pytest.raises(_LinkClosed):
+    with pytest.raises(LinkClosed):
         smpp.write(b"late")
 
 
@@ -84,5 +84,5 @@ async def test_a_refused_write_ends_the_link_and_fails_waiting_requests() -> Non
     await asyncio.sleep(0)
     assert smpp.closed is not None
     assert "write failed" in smpp.closed
-    with pytest.raises(_LinkClosed):
+    with pytest.raises(LinkClosed):
         await response

@@ -1,5 +1,8 @@
 """Settings of the SMPP provider: the SMSC connections and how SMS are routed to them.
 
+They are read and checked when the configuration is loaded, before any connection exists, so
+they hold no behaviour of the session; every other module of the package reads them.
+
 Written as a ``[smpp]`` table in a TOML file, one ``[[smpp.connections]]`` per bind::
 
     [smpp]

@@ -1,0 +1,75 @@
+"""SMPP on the wire: the PDU header, reading one whole PDU, and what a ``command_status`` means.
+
+This is the layer below the session that knows bytes and nothing of binds, windows or
+messages: :func:`read_pdu` frames one PDU off the stream (building PDUs is aiosmpplib's), and
+the status constants and :func:`status_name` say what an answer's ``command_status`` is. It is
+its own module so that the link, the session and the tests share one definition of a PDU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass
+
+from aiosmpplib import SmppCommandStatus
+
+#: command_status values that mean "not now": the message was not taken, send it later
+THROTTLE_STATUSES = frozenset({SmppCommandStatus.ESME_RTHROTTLED, SmppCommandStatus.ESME_RMSGQFUL})
+SYSTEM_ERROR_STATUS = int(SmppCommandStatus.ESME_RSYSERR)
+#: deliver_sm_resp statuses: taken, and "temporary application error, send it again"
+ESME_ROK = int(SmppCommandStatus.ESME_ROK)
+ESME_RX_T_APPN = int(SmppCommandStatus.ESME_RX_T_APPN)
+
+HEADER = struct.Struct("!IIII")
+MAX_PDU_LENGTH = 70_000  # a 64 KiB message_payload plus every mandatory field
+#: sequence numbers run from 1 to this and start again
+MAX_SEQUENCE = 0x7FFFFFFF
+#: set in the command_id of every response
+RESPONSE_BIT = 0x80000000
+
+
+def status_name(status: int) -> str:
+    """The SMPP name of a command_status, e.g. ``ESME_RTHROTTLED (0x00000058)``."""
+    try:
+        name = SmppCommandStatus(status).name
+    except ValueError:
+        name = "vendor status" if 0x400 <= status <= 0x4FF else "unknown status"
+    return f"{name} ({status:#010x})"
+
+
+class BindRefused(Exception):
+    """The SMSC answered the bind with an error status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"bind refused: {status_name(status)}")
+        self.status = status
+
+
+class ProtocolError(Exception):
+    """The SMSC sent something that is not SMPP."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pdu:
+    """A PDU as read off the wire."""
+
+    command_id: int
+    status: int
+    sequence: int
+    body: bytes
+
+
+async def read_pdu(reader: asyncio.StreamReader) -> Pdu:
+    """Read one whole PDU; raises EOFError subclasses on a closed stream."""
+    header = await reader.readexactly(HEADER.size)
+    length, command_id, status, sequence = HEADER.unpack(header)
+    if not HEADER.size <= length <= MAX_PDU_LENGTH:
+        raise ProtocolError(f"PDU length {length} is out of range")
+    body = await reader.readexactly(length - HEADER.size)
+    return Pdu(command_id, status, sequence, body)
+
+
+def cstring(body: bytes) -> str:
+    """The first C-octet string of a body (a response's ``message_id``/``system_id``)."""
+    return body.split(b"\x00", 1)[0].decode("latin-1")
