@@ -6,12 +6,21 @@ READY := $(VENV)/.ready
 
 .PHONY: serve test check lint types bench clean
 
+# Two make commands started at once on a fresh clone (`make serve` and `make test`) take turns:
+# the second waits on the lock and then finds the environment ready, instead of building it at
+# the same time as the first.
 $(READY): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Cascade needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	@touch $(READY)
+	@mkdir -p $(VENV)
+	flock $(VENV)/.lock $(MAKE) --no-print-directory build-venv
+
+.PHONY: build-venv
+build-venv:
+	@if [ -f $(READY) ] && [ $(READY) -nt pyproject.toml ]; then exit 0; fi; \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	$(BIN)/python -m pip install --quiet --upgrade pip && \
+	$(BIN)/python -m pip install --quiet -e ".[dev]" && \
+	touch $(READY)
 
 serve: $(READY)  ## run the service on ./cascade.db with the sandbox channels
 	$(BIN)/cascade serve

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
+from cascade import __version__ as cascade_version
 from cascade import cli, runtime
 from cascade.api.app import create_app
 from cascade.api.auth import hash_secret
@@ -428,7 +429,7 @@ def test_help_lists_each_command(group: list[str], commands: list[str]) -> None:
     assert result.exit_code == 0
     assert "Usage:" in result.stdout
     for command in commands:
-        assert re.search(rf"│ {command}\s", result.stdout), command
+        assert re.search(rf"^  {command}\s", result.stdout, re.MULTILINE), command
 
 
 @pytest.mark.parametrize(
@@ -493,3 +494,19 @@ def test_a_person_at_a_terminal_sees_the_new_secrets_once(
     assert "signature-1" not in piped
     assert "api-secret-1" in at_terminal
     assert "signature-1" in at_terminal
+
+
+def test_version_prints_the_installed_version() -> None:
+    """``cascade --version`` prints the package version and exits 0."""
+    result = runner.invoke(cli.app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"cascade {cascade_version}"
+
+
+def test_help_shows_its_text_as_written_with_the_defaults() -> None:
+    """Bracketed text in an option's help is not eaten as markup, and defaults are shown."""
+    result = runner.invoke(cli.app, ["serve", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "(TOML, e.g. [smpp])" in text
+    assert "sqlite:///cascade.db" in text

@@ -19,6 +19,7 @@ import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from cascade import __version__
 from cascade.clock import SystemClock
 from cascade.config import JOB_KINDS, Settings, engine_jobs
 from cascade.domain.records import (
@@ -35,19 +36,50 @@ from cascade.store.base import Store
 T = TypeVar("T")
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="Cascade: self-hosted Nexmo Messages and Dispatch (failover) API.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+
+
+def _print_version(asked: bool) -> None:
+    """Print the version and stop (``--version``)."""
+    if asked:
+        typer.echo(f"cascade {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Cascade: self-hosted Nexmo Messages and Dispatch (failover) API."""
+
+
+db_app = typer.Typer(rich_markup_mode=None, help="Database schema.", no_args_is_help=True)
 account_app = typer.Typer(
-    help="The account: API credentials and webhook URLs.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="The account: API credentials and webhook URLs.",
+    no_args_is_help=True,
 )
-app_app = typer.Typer(help="Applications: JWT keys and webhook URLs.", no_args_is_help=True)
-jwt_app = typer.Typer(help="JSON Web Tokens for the API.", no_args_is_help=True)
+app_app = typer.Typer(
+    rich_markup_mode=None, help="Applications: JWT keys and webhook URLs.", no_args_is_help=True
+)
+jwt_app = typer.Typer(
+    rich_markup_mode=None, help="JSON Web Tokens for the API.", no_args_is_help=True
+)
 webhooks_app = typer.Typer(
-    help="Customer webhooks: delivery state and replay.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Customer webhooks: delivery state and replay.",
+    no_args_is_help=True,
 )
 app.add_typer(db_app, name="db")
 app.add_typer(account_app, name="account")
