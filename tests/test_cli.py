@@ -510,3 +510,34 @@ def test_help_shows_its_text_as_written_with_the_defaults() -> None:
     text = " ".join(result.output.split())
     assert "(TOML, e.g. [smpp])" in text
     assert "sqlite:///cascade.db" in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["show", "0190a1b2-0000-7000-8000-000000000000"],
+        ["app", "list"],
+        ["account", "show"],
+        ["webhooks", "list"],
+    ],
+    ids=["show", "app-list", "account-show", "webhooks-list"],
+)
+def test_a_read_only_command_never_creates_a_database(cascade: Cascade, command: list[str]) -> None:
+    """From a directory without the database, a command that only reads fails naming the
+    file it looked for, and creates neither a database nor an account's credentials."""
+    result = cascade(*command)
+    assert result.exit_code == 1
+    assert f"no database at {cascade.database}" in result.stderr
+    assert list(cascade.directory.iterdir()) == []
+
+
+def test_a_read_only_command_on_a_database_without_an_account_creates_none(
+    cascade: Cascade,
+) -> None:
+    """``app list`` on a database with no account yet says so instead of making one (and
+    printing new credentials)."""
+    SqliteStore(cascade.database).migrate()
+    result = cascade("app", "list")
+    assert result.exit_code == 1
+    assert "no account yet" in result.stderr
+    assert not cascade.credentials_file.exists()

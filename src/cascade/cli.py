@@ -145,11 +145,15 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _with_store(database: str | None, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run ``work`` against the opened store, turning Cascade errors into a clean exit."""
+def _with_store(
+    database: str | None, work: Callable[[Store], Awaitable[T]], *, existing: bool = False
+) -> T:
+    """Run ``work`` against the opened store, turning Cascade errors into a clean exit; with
+    ``existing`` (a command that only reads), a database that is not there is an error."""
 
     async def run() -> T:
-        store = open_store(_settings(database).database_url, _settings(database))
+        settings = _settings(database)
+        store = open_store(settings.database_url, settings, existing=existing)
         await store.open()
         try:
             return await work(store)
@@ -181,14 +185,22 @@ def _announcer(credentials: Path) -> Callable[[Account, str], None]:
     return announce
 
 
-async def _account(store: Store, api_key: str | None, database: str | None) -> Account:
-    clock = SystemClock()
-    credentials = credentials_path(_settings(database))
-    created = await ensure_default_account(store, clock, credentials)
-    if created is not None:
-        _announcer(credentials)(created.account, created.api_secret)
+async def _account(
+    store: Store, api_key: str | None, database: str | None, *, create: bool = True
+) -> Account:
+    """The account ``api_key`` names, else the first one; a command that writes creates the
+    default account of a new database (and says where its credentials are), one that only
+    reads never does."""
+    if create:
+        credentials = credentials_path(_settings(database))
+        created = await ensure_default_account(store, SystemClock(), credentials)
+        if created is not None:
+            _announcer(credentials)(created.account, created.api_secret)
     if api_key is None:
-        return (await store.list_accounts())[0]
+        accounts = await store.list_accounts()
+        if not accounts:
+            raise ConfigError("the database has no account yet: start `cascade serve` first")
+        return accounts[0]
     account = await store.get_account_by_api_key(api_key)
     if account is None:
         raise ConfigError(f"no account with api_key {api_key}")
@@ -283,7 +295,9 @@ def account_show(
     show_secrets: Annotated[bool, typer.Option(help="Print the signature secret")] = False,
 ) -> None:
     """Show the account's API key and webhook URLs."""
-    account = _with_store(database, lambda store: _account(store, api_key, database))
+    account = _with_store(
+        database, lambda store: _account(store, api_key, database, create=False), existing=True
+    )
     _echo_account(account, show_secrets)
 
 
@@ -423,10 +437,10 @@ def app_list(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> N
     """List the account's applications."""
 
     async def work(store: Store) -> list[Application]:
-        account = await _account(store, api_key, database)
+        account = await _account(store, api_key, database, create=False)
         return await store.list_applications(account.id)
 
-    for application in _with_store(database, work):
+    for application in _with_store(database, work, existing=True):
         typer.echo(
             f"{application.id}  {application.name}  status={application.status_url or '-'}  "
             f"inbound={application.inbound_url or '-'}"
@@ -516,7 +530,7 @@ def show(
                 return workflow, webhook_views(hooks, attempts)
         return None
 
-    found = _with_store(database, work)
+    found = _with_store(database, work, existing=True)
     if found is None:
         raise _fail(f"error: no dispatch, workflow or message {uuid_}")
     workflow, webhooks = found
@@ -540,7 +554,7 @@ def webhooks_list(
     async def work(store: Store) -> list[WebhookRecord]:
         return await store.list_webhooks(state=WebhookState.DEAD if failed else None, limit=limit)
 
-    for hook in _with_store(database, work):
+    for hook in _with_store(database, work, existing=True):
         last = hook.last_error or (str(hook.last_status) if hook.last_status else "-")
         typer.echo(
             f"{hook.id:>6}  {hook.kind:<15} {hook.state:<9} attempts={hook.attempts:<3} "

@@ -16,9 +16,17 @@ from cascade.errors import ConfigError
 from cascade.store.base import Store
 
 
-def open_store(url: str, settings: Settings | None = None) -> Store:
-    """The Store for a database URL (not yet opened)."""
+def open_store(url: str, settings: Settings | None = None, *, existing: bool = False) -> Store:
+    """The Store for a database URL (not yet opened). With ``existing``, a SQLite file that is
+    not there is an error naming it (opening would create it: a read-only command run from
+    another directory must not make an empty database there)."""
     settings = settings or Settings()
+    path = _sqlite_file(url)
+    if existing and path and path != ":memory:" and not Path(path).exists():
+        raise ConfigError(
+            f"no database at {Path(path).resolve()}: start `cascade serve` there, run "
+            "`cascade db upgrade`, or name the database with --database or CASCADE_DATABASE_URL"
+        )
     store = _store_of(url, settings)
     store.idempotency_ttl = settings.idempotency_ttl_seconds
     return store
