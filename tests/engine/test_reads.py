@@ -71,12 +71,15 @@ async def test_lists_filter_and_page_with_a_cursor(
         first = await w.http.get("/v0.1/dispatch?page_size=2", headers=w.tenant.bearer())
         page = first.json()
         assert [x["dispatch_uuid"] for x in page["_embedded"]["workflows"]] == ids[::-1][:2]
+        assert page["page_size"] == 2
         second = await w.http.get(page["_links"]["next"]["href"], headers=w.tenant.bearer())
         assert [x["dispatch_uuid"] for x in second.json()["_embedded"]["workflows"]] == ids[::-1][
             2:4
         ]
         done = await w.http.get("/v0.1/dispatch?status=completed", headers=w.tenant.bearer())
         assert len(done.json()["_embedded"]["workflows"]) == 5
+        # the size asked for (the default), not how many came back
+        assert done.json()["page_size"] == 50
         sms = await w.http.get(
             "/v0.1/messages?channel=sms&status=delivered", headers=w.tenant.bearer()
         )

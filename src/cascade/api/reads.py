@@ -121,9 +121,14 @@ def parse_list_query(request: Request, states: set[str]) -> ListQuery:
 
 
 def _page(
-    request: Request, items: list[dict[str, Any]], key: str, last: tuple[float, str] | None
+    request: Request,
+    items: list[dict[str, Any]],
+    key: str,
+    last: tuple[float, str] | None,
+    page_size: int,
 ) -> Response:
-    body: dict[str, Any] = {"page_size": len(items), "_embedded": {key: items}, "_links": {}}
+    """A page of a list: ``page_size`` is the size asked for (the last page holds fewer)."""
+    body: dict[str, Any] = {"page_size": page_size, "_embedded": {key: items}, "_links": {}}
     if last is not None:
         query = {k: v for k, v in request.query_params.items() if k != "cursor"}
         query["cursor"] = encode_cursor(*last)
@@ -196,7 +201,7 @@ class ReadEndpoints:
             )
         rows = await self._store.list_workflows(principal.account.id, query)
         last = (rows[-1].created_at, rows[-1].id) if len(rows) == query.limit else None
-        return _page(request, [workflow_summary(w) for w in rows], "workflows", last)
+        return _page(request, [workflow_summary(w) for w in rows], "workflows", last, query.limit)
 
     async def messages(self, request: Request) -> Response:
         """The account's messages, newest first, filtered and paged."""
@@ -204,7 +209,7 @@ class ReadEndpoints:
         query = parse_list_query(request, {s.value for s in Status})
         rows = await self._store.list_messages(principal.account.id, query)
         last = (rows[-1].created_at, rows[-1].id) if len(rows) == query.limit else None
-        return _page(request, [message_view(m) for m in rows], "messages", last)
+        return _page(request, [message_view(m) for m in rows], "messages", last, query.limit)
 
     def routes(self) -> list[tuple[str, Callable[[Request], Awaitable[Response]]]]:
         """(path, handler) of every GET endpoint."""
