@@ -573,6 +573,10 @@ def webhooks_replay(
         raise _fail("error: give webhook ids or --all-failed (not both)")
 
     async def work(store: Store) -> int:
+        if ids:
+            unknown = sorted(set(ids) - set(await store.get_webhooks(ids)))
+            if unknown:
+                raise ConfigError(f"no webhook {', '.join(map(str, unknown))}: nothing was queued")
         return await store.replay_webhooks(None if all_failed else ids, time.time())
 
     typer.echo(f"queued {_with_store(database, work)} webhook(s) for delivery")

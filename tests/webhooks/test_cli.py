@@ -163,6 +163,18 @@ def test_replay_needs_ids_or_all_failed_but_not_both(operator: Operator) -> None
     assert operator("webhooks", "replay", "1", "--all-failed").exit_code == 1
 
 
+def test_replaying_an_id_that_does_not_exist_fails_and_queues_nothing(operator: Operator) -> None:
+    """`replay 9999` (no such webhook) exits non-zero naming it; a known id given with it is not
+    queued either."""
+    operator.queue(1)
+    operator.deliver(Respond(410))
+    (hook_id,) = operator.listed("--failed")
+    result = operator("webhooks", "replay", str(hook_id), "9999")
+    assert result.exit_code == 1
+    assert "no webhook 9999" in result.stderr
+    assert operator.listed("--failed") == {hook_id: "dead"}
+
+
 def test_account_set_refuses_a_url_that_is_not_http(operator: Operator) -> None:
     """`account set --status-url ftp://…` fails and keeps the URL that was set."""
     result = operator("account", "set", "--status-url", "ftp://127.0.0.1/hook")
