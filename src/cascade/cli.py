@@ -545,20 +545,36 @@ def show(
 
 @webhooks_app.command("list")
 def webhooks_list(
-    failed: Annotated[bool, typer.Option("--failed", help="Only dead letters")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many")] = 100,
+    pending: Annotated[
+        bool, typer.Option("--pending", help="Only those still being delivered (or retried)")
+    ] = False,
+    dead: Annotated[bool, typer.Option("--dead", "--failed", help="Only dead letters")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many", min=1)] = 100,
+    before: Annotated[
+        int | None, typer.Option(help="Only those older than this id (the next page)")
+    ] = None,
     database: DatabaseOption = None,
 ) -> None:
-    """List webhooks with their delivery state, attempts and last result."""
+    """List webhooks, newest first: delivery state, attempts, the next one, the last result."""
+    if pending and dead:
+        raise _fail("error: --pending or --dead, not both")
+    state = WebhookState.PENDING if pending else WebhookState.DEAD if dead else None
 
     async def work(store: Store) -> list[WebhookRecord]:
-        return await store.list_webhooks(state=WebhookState.DEAD if failed else None, limit=limit)
+        return await store.latest_webhooks(state=state, before_id=before, limit=limit)
 
     for hook in _with_store(database, work, existing=True):
         last = hook.last_error or (str(hook.last_status) if hook.last_status else "-")
+        about = hook.workflow_id or hook.message_id or "-"
+        upcoming = (
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hook.next_attempt_at))
+            if hook.state == WebhookState.PENDING and hook.next_attempt_at is not None
+            else "-"
+        )
         typer.echo(
-            f"{hook.id:>6}  {hook.kind:<15} {hook.state:<9} attempts={hook.attempts:<3} "
-            f"last={last}  {hook.url or '(no URL set)'}"
+            f"{hook.id:>6}  {hook.kind:<15} {hook.state:<9} {about:<36} "
+            f"attempts={hook.attempts:<3} next={upcoming:<20} last={last}  "
+            f"{hook.url or '(no URL set)'}"
         )
 
 

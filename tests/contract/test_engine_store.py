@@ -21,6 +21,7 @@ from cascade.domain.records import (
     SandboxMessage,
     StepState,
     WebhookAttempt,
+    WebhookState,
     WorkflowRecord,
     WorkflowState,
 )
@@ -482,6 +483,27 @@ class TestWebhooks:
         stored = await store.find_message(message_id)
         assert stored is not None
         assert stored.status == last_status
+
+    async def test_latest_webhooks_are_newest_first_filtered_and_paged(self, store: Store) -> None:
+        """latest_webhooks lists newest first, by state, and a page continues below the last
+        id of the page before."""
+        owner = await tenant(store)
+        await store.add_webhooks(
+            [webhook(owner, url="https://r.test/"), webhook(owner, url=None)] * 3, T0
+        )
+        every = [hook.id for hook in await store.list_webhooks()]
+        assert [hook.id for hook in await store.latest_webhooks()] == every[::-1]
+        newest = await store.latest_webhooks(limit=2)
+        assert [hook.id for hook in newest] == every[::-1][:2]
+        rest = await store.latest_webhooks(before_id=newest[-1].id, limit=10)
+        assert [hook.id for hook in rest] == every[::-1][2:]
+        first = WebhookAttempt(every[0], T0 + 1, 204, None, 0.01)
+        await store.record_webhook_attempt(
+            first, job_id=None, state=WebhookState.DELIVERED, next_attempt_at=None
+        )
+        pending = await store.latest_webhooks(state=WebhookState.PENDING)
+        assert [hook.id for hook in pending] == every[:0:-1]
+        assert await store.latest_webhooks(account_id="no-such-account") == []
 
     async def test_transitions_queue_their_webhooks(self, store: Store) -> None:
         """Webhooks returned by a decision are stored with the transition."""

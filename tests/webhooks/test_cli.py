@@ -163,6 +163,25 @@ def test_replay_needs_ids_or_all_failed_but_not_both(operator: Operator) -> None
     assert operator("webhooks", "replay", "1", "--all-failed").exit_code == 1
 
 
+def test_webhooks_list_is_newest_first_and_filters_pending_and_dead(operator: Operator) -> None:
+    """The listing starts with the newest; --pending shows those still being retried (with
+    their next attempt), --dead the dead letters, --before the next page."""
+    operator.queue(2)
+    first, second = sorted(operator.listed())
+    rows = operator.ok("webhooks", "list").splitlines()
+    assert [int(row.split()[0]) for row in rows] == [second, first]
+    assert [
+        int(row.split()[0])
+        for row in operator.ok("webhooks", "list", "--before", str(second)).splitlines()
+    ] == [first]
+    operator.deliver(Respond(500))  # both retried later: still pending, with a next attempt
+    pending = operator.ok("webhooks", "list", "--pending")
+    assert sorted(operator.listed("--pending")) == [first, second]
+    assert "next=-" not in pending
+    assert operator.ok("webhooks", "list", "--dead").strip() == ""
+    assert operator("webhooks", "list", "--pending", "--dead").exit_code == 1
+
+
 def test_replaying_an_id_that_does_not_exist_fails_and_queues_nothing(operator: Operator) -> None:
     """`replay 9999` (no such webhook) exits non-zero naming it; a known id given with it is not
     queued either."""

@@ -336,6 +336,18 @@ class Webhooks(Protocol):
         """Webhooks, oldest first, filtered."""
 
     @abc.abstractmethod
+    async def latest_webhooks(
+        self,
+        *,
+        account_id: str | None = None,
+        state: WebhookState | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[WebhookRecord]:
+        """Webhooks newest first, filtered: a page of those older than ``before_id`` (the
+        last id of the page before), or the newest when None."""
+
+    @abc.abstractmethod
     async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
         """The attempts of these webhooks, in order."""
 

@@ -805,6 +805,26 @@ class SqlStore(Store, abc.ABC):
         )
         return rows.webhook.all(found)
 
+    async def latest_webhooks(
+        self,
+        *,
+        account_id: str | None = None,
+        state: WebhookState | None = None,
+        before_id: int | None = None,
+        limit: int = 100,
+    ) -> list[WebhookRecord]:
+        found = await self._read(
+            select(
+                "webhooks_newest",
+                account_id=account_id,
+                state=state,
+                # ids are positive 64-bit integers: below the largest, every id
+                before_id=(2**63 - 1) if before_id is None else before_id,
+                limit=limit,
+            )
+        )
+        return rows.webhook.all(found)
+
     async def webhook_attempts(self, webhook_ids: Sequence[int]) -> list[WebhookAttempt]:
         if not webhook_ids:
             return []

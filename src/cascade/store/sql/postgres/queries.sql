@@ -395,6 +395,14 @@ WHERE (:account_id::text IS NULL OR account_id = :account_id)
   AND (:state::text IS NULL OR state = :state)
 ORDER BY id LIMIT :limit
 
+-- name: webhooks_newest
+-- newest first, a page of those older than :before_id (what an operator looks at)
+SELECT * FROM webhooks
+WHERE (:account_id::text IS NULL OR account_id = :account_id)
+  AND (:state::text IS NULL OR state = :state)
+  AND id < :before_id
+ORDER BY id DESC LIMIT :limit
+
 -- name: webhook_attempts
 SELECT * FROM webhook_attempts WHERE webhook_id = ANY(:ids::bigint[]) ORDER BY id
 

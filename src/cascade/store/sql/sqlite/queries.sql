@@ -387,6 +387,14 @@ WHERE (:account_id IS NULL OR account_id = :account_id)
   AND (:state IS NULL OR state = :state)
 ORDER BY id LIMIT :limit
 
+-- name: webhooks_newest
+-- newest first, a page of those older than :before_id (what an operator looks at)
+SELECT * FROM webhooks
+WHERE (:account_id IS NULL OR account_id = :account_id)
+  AND (:state IS NULL OR state = :state)
+  AND id < :before_id
+ORDER BY id DESC LIMIT :limit
+
 -- name: webhook_attempts
 SELECT * FROM webhook_attempts
 WHERE webhook_id IN (:ids*) ORDER BY id
