@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import re
 import stat
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -541,3 +543,25 @@ def test_a_read_only_command_on_a_database_without_an_account_creates_none(
     assert result.exit_code == 1
     assert "no account yet" in result.stderr
     assert not cascade.credentials_file.exists()
+
+
+def test_app_create_quiet_prints_the_id_alone_for_a_script(cascade: Cascade) -> None:
+    """``app create --quiet`` prints only the new id (what the guide captures in APP_ID), even
+    on a new database whose default account it creates (that notice goes to stderr)."""
+    result = cascade("app", "create", "demo", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    (app_id,) = result.stdout.split()
+    assert "Created the default account" in result.stderr
+    listed = json.loads(cascade.ok("app", "list", "--json"))
+    assert [(a["application_id"], a["name"]) for a in listed] == [(app_id, "demo")]
+
+
+def test_app_create_json_prints_the_application_and_its_key_file(cascade: Cascade) -> None:
+    """``app create --json`` prints one JSON object: the id, name, URLs and key file."""
+    shown = json.loads(
+        cascade.ok("app", "create", "shop", "--json", "--status-url", "https://h.test/s")
+    )
+    assert shown["name"] == "shop"
+    assert shown["status_url"] == "https://h.test/s"
+    assert shown["private_key_file"] == "shop.key"
+    assert uuid.UUID(shown["application_id"])

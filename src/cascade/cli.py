@@ -166,27 +166,34 @@ def _with_store(
         raise _fail(f"error: {exc}") from exc
 
 
-def _announcer(credentials: Path) -> Callable[[Account, str], None]:
+def _announcer(credentials: Path, *, err: bool = False) -> Callable[[Account, str], None]:
     """What tells the operator about the account a first start created: where its
     credentials file is, and the secrets themselves only when stdout is a terminal (a person
-    reads it there; anything else, e.g. a service manager's journal, is a log)."""
+    reads it there; anything else, e.g. a service manager's journal, is a log). With ``err``
+    it all goes to standard error (standard output is a command's machine-readable answer)."""
 
     def announce(account: Account, api_secret: str) -> None:
         typer.echo(
             f"Created the default account (api_key {account.api_key}). Its credentials are in "
-            f"{credentials} (mode 0600); the API secret is stored nowhere else."
+            f"{credentials} (mode 0600); the API secret is stored nowhere else.",
+            err=err,
         )
-        if sys.stdout.isatty():
-            typer.echo("The API secret is shown only this once:")
-            typer.echo(f"  api_key:          {account.api_key}")
-            typer.echo(f"  api_secret:       {api_secret}")
-            typer.echo(f"  signature_secret: {account.signature_secret}")
+        if (sys.stderr if err else sys.stdout).isatty():
+            typer.echo("The API secret is shown only this once:", err=err)
+            typer.echo(f"  api_key:          {account.api_key}", err=err)
+            typer.echo(f"  api_secret:       {api_secret}", err=err)
+            typer.echo(f"  signature_secret: {account.signature_secret}", err=err)
 
     return announce
 
 
 async def _account(
-    store: Store, api_key: str | None, database: str | None, *, create: bool = True
+    store: Store,
+    api_key: str | None,
+    database: str | None,
+    *,
+    create: bool = True,
+    quiet: bool = False,
 ) -> Account:
     """The account ``api_key`` names, else the first one; a command that writes creates the
     default account of a new database (and says where its credentials are), one that only
@@ -195,7 +202,7 @@ async def _account(
         credentials = credentials_path(_settings(database))
         created = await ensure_default_account(store, SystemClock(), credentials)
         if created is not None:
-            _announcer(credentials)(created.account, created.api_secret)
+            _announcer(credentials, err=quiet)(created.account, created.api_secret)
     if api_key is None:
         accounts = await store.list_accounts()
         if not accounts:
@@ -379,6 +386,19 @@ def _read_public_key(path: Path) -> str:
     ).decode()
 
 
+def _application_json(application: Application, key_path: Path | None = None) -> dict[str, Any]:
+    """An application as ``--json`` prints it (its private key's file when one was written)."""
+    shown: dict[str, Any] = {
+        "application_id": application.id,
+        "name": application.name,
+        "status_url": application.status_url,
+        "inbound_url": application.inbound_url,
+    }
+    if key_path is not None:
+        shown["private_key_file"] = str(key_path)
+    return shown
+
+
 @app_app.command("create")
 def app_create(
     name: Annotated[str, typer.Argument(help="A name for the application")],
@@ -394,6 +414,10 @@ def app_create(
     ] = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print the application id alone")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the application as JSON")] = False,
 ) -> None:
     """Create an application; prints its id (and writes a private key unless --public-key)."""
     status = _webhook_url(status_url) if status_url else None
@@ -408,7 +432,7 @@ def app_create(
         pem = _generate_key_pair(key_path)
 
     async def work(store: Store) -> Application:
-        account = await _account(store, api_key, database)
+        account = await _account(store, api_key, database, quiet=quiet or as_json)
         application = Application(
             id=str(uuid.uuid4()),
             account_id=account.id,
@@ -427,20 +451,33 @@ def app_create(
         if key_path is not None:  # no application holds its public key: do not leave it behind
             key_path.unlink()
         raise
-    typer.echo(f"application_id: {application.id}")
-    if key_path is not None:
-        typer.echo(f"private key:    {key_path} (mode 0600; keep it secret)")
+    if as_json:
+        typer.echo(json.dumps(_application_json(application, key_path)))
+    elif quiet:
+        typer.echo(application.id)
+    else:
+        typer.echo(f"application_id: {application.id}")
+        if key_path is not None:
+            typer.echo(f"private key:    {key_path} (mode 0600; keep it secret)")
 
 
 @app_app.command("list")
-def app_list(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> None:
+def app_list(
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array")] = False,
+) -> None:
     """List the account's applications."""
 
     async def work(store: Store) -> list[Application]:
         account = await _account(store, api_key, database, create=False)
         return await store.list_applications(account.id)
 
-    for application in _with_store(database, work, existing=True):
+    applications = _with_store(database, work, existing=True)
+    if as_json:
+        typer.echo(json.dumps([_application_json(application) for application in applications]))
+        return
+    for application in applications:
         typer.echo(
             f"{application.id}  {application.name}  status={application.status_url or '-'}  "
             f"inbound={application.inbound_url or '-'}"
