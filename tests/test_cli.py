@@ -565,3 +565,40 @@ def test_app_create_json_prints_the_application_and_its_key_file(cascade: Cascad
     assert shown["status_url"] == "https://h.test/s"
     assert shown["private_key_file"] == "shop.key"
     assert uuid.UUID(shown["application_id"])
+
+
+def test_account_create_makes_a_second_account_with_its_own_secrets(cascade: Cascade) -> None:
+    """``account create --json`` prints a new account's key and secrets once; only the API
+    secret's digest is stored, and applications made with its key are its own."""
+    cascade.ok("db", "upgrade")
+    shown = json.loads(cascade.ok("account", "create", "--json"))
+    first = cascade.credentials()["CASCADE_API_KEY"]
+    assert shown["api_key"] != first
+    stored = asyncio.run(_account_by_key(cascade.database, shown["api_key"]))
+    assert stored is not None
+    assert stored.api_secret_sha256 == hash_secret(shown["api_secret"])
+    assert shown["api_secret"] not in cascade.database.read_bytes().decode(errors="replace")
+    cascade.ok("app", "create", "theirs", "--api-key", shown["api_key"], "--quiet")
+    assert cascade.ok("app", "list", "--api-key", first, "--json").strip() == "[]"
+
+
+def test_rotate_api_secret_replaces_the_stored_digest(cascade: Cascade) -> None:
+    """``account rotate-api-secret`` shows a new secret once and stores its digest instead of
+    the old one's."""
+    cascade.ok("db", "upgrade")
+    old = cascade.credentials()["CASCADE_API_SECRET"]
+    shown = json.loads(cascade.ok("account", "rotate-api-secret", "--json"))
+    assert shown["api_secret"] != old
+    stored = asyncio.run(_account_by_key(cascade.database, shown["api_key"]))
+    assert stored is not None
+    assert stored.api_secret_sha256 == hash_secret(shown["api_secret"])
+
+
+async def _account_by_key(database: Path, api_key: str) -> Account | None:
+    """The account of this api_key in the SQLite file."""
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        return await store.get_account_by_api_key(api_key)
+    finally:
+        await store.close()

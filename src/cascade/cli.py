@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade import __version__
+from cascade.api.auth import hash_secret
 from cascade.clock import SystemClock
 from cascade.config import JOB_KINDS, Settings, engine_jobs
 from cascade.domain.records import (
@@ -30,7 +32,7 @@ from cascade.domain.records import (
     WorkflowRecord,
 )
 from cascade.errors import CascadeError, ConfigError
-from cascade.service import credentials_path, ensure_default_account, open_store
+from cascade.service import credentials_path, ensure_default_account, new_account, open_store
 from cascade.store.base import Store
 
 T = TypeVar("T")
@@ -350,6 +352,64 @@ def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None
         return await store.update_account(account.id, signature_secret=secrets.token_urlsafe(32))
 
     account = _with_store(database, work)
+    typer.echo(f"signature_secret: {account.signature_secret}")
+
+
+@account_app.command("create")
+def account_create(
+    status_url: Annotated[str | None, typer.Option(help="Status webhook URL")] = None,
+    inbound_url: Annotated[str | None, typer.Option(help="Inbound webhook URL")] = None,
+    database: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the account as JSON")] = False,
+) -> None:
+    """Create another account; prints its API key and secrets (the API secret only this once:
+    only its digest is stored)."""
+    created = new_account(SystemClock())
+    account = dataclasses.replace(
+        created.account,
+        status_url=_webhook_url(status_url) if status_url else None,
+        inbound_url=_webhook_url(inbound_url) if inbound_url else None,
+    )
+
+    async def work(store: Store) -> None:
+        await store.create_account(account)
+
+    _with_store(database, work)
+    _echo_new_secret(account, created.api_secret, as_json)
+
+
+@account_app.command("rotate-api-secret")
+def account_rotate_api_secret(
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the account as JSON")] = False,
+) -> None:
+    """Replace the account's API secret (Basic auth); prints the new one only this once. The
+    old one stops working at once here, and within seconds on a running API."""
+    api_secret = secrets.token_urlsafe(24)
+
+    async def work(store: Store) -> Account:
+        account = await _account(store, api_key, database, create=False)
+        return await store.update_account(account.id, api_secret_sha256=hash_secret(api_secret))
+
+    _echo_new_secret(_with_store(database, work, existing=True), api_secret, as_json)
+
+
+def _echo_new_secret(account: Account, api_secret: str, as_json: bool) -> None:
+    """Print an account with the API secret it was just given (shown this once)."""
+    if as_json:
+        shown = {
+            "account_id": account.id,
+            "api_key": account.api_key,
+            "api_secret": api_secret,
+            "signature_secret": account.signature_secret,
+            "status_url": account.status_url,
+            "inbound_url": account.inbound_url,
+        }
+        typer.echo(json.dumps(shown))
+        return
+    typer.echo(f"api_key:          {account.api_key}")
+    typer.echo(f"api_secret:       {api_secret}  (shown only this once)")
     typer.echo(f"signature_secret: {account.signature_secret}")
 
 

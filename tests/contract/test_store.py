@@ -89,6 +89,13 @@ class TestAccounts:
         assert updated == expected
         assert await store.get_account(stored.id) == expected
 
+    async def test_update_replaces_the_api_secret_digest_alone(self, store: Store) -> None:
+        """A rotated API secret's digest is stored; nothing else of the account changes."""
+        stored = await tenant(store)
+        updated = await store.update_account(stored.id, api_secret_sha256="f" * 64)
+        assert updated == dataclasses.replace(stored, api_secret_sha256="f" * 64)
+        assert await store.get_account_by_api_key(stored.api_key) == updated
+
     async def test_update_can_clear_urls_to_none(self, store: Store) -> None:
         """Passing None clears a webhook URL, unlike leaving the argument out."""
         stored = await tenant(store)

@@ -139,6 +139,7 @@ class Tenants(Protocol):
         status_url: str | _Unset | None = UNSET,
         inbound_url: str | _Unset | None = UNSET,
         signature_secret: str | _Unset = UNSET,
+        api_secret_sha256: str | _Unset = UNSET,
     ) -> Account:
         """Change the given fields of an account and return it (NotFound if absent)."""
 

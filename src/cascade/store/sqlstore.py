@@ -600,12 +600,14 @@ class SqlStore(Store, abc.ABC):
         status_url: str | _Unset | None = UNSET,
         inbound_url: str | _Unset | None = UNSET,
         signature_secret: str | _Unset = UNSET,
+        api_secret_sha256: str | _Unset = UNSET,
     ) -> Account:
         params: dict[str, Any] = {"id": account_id}
         for name, given in (
             ("status_url", status_url),
             ("inbound_url", inbound_url),
             ("signature_secret", signature_secret),
+            ("api_secret_sha256", api_secret_sha256),
         ):
             params[f"set_{name}"] = given is not UNSET
             params[name] = None if given is UNSET else given

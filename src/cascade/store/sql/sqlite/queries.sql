@@ -29,7 +29,9 @@ UPDATE accounts SET
     status_url = CASE WHEN :set_status_url THEN :status_url ELSE status_url END,
     inbound_url = CASE WHEN :set_inbound_url THEN :inbound_url ELSE inbound_url END,
     signature_secret = CASE WHEN :set_signature_secret THEN :signature_secret
-                       ELSE signature_secret END
+                       ELSE signature_secret END,
+    api_secret_sha256 = CASE WHEN :set_api_secret_sha256 THEN :api_secret_sha256
+                        ELSE api_secret_sha256 END
 WHERE id = :id
 RETURNING *
 
