@@ -29,7 +29,7 @@ from cascade.api.app import create_app
 from cascade.api.auth import hash_secret
 from cascade.clock import SystemClock
 from cascade.config import Settings
-from cascade.domain.records import Account
+from cascade.domain.records import Account, Application
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import public_pem, rsa_key
 
@@ -600,5 +600,69 @@ async def _account_by_key(database: Path, api_key: str) -> Account | None:
     await store.open()
     try:
         return await store.get_account_by_api_key(api_key)
+    finally:
+        await store.close()
+
+
+def test_app_update_changes_its_urls_and_refuses_another_accounts_app(cascade: Cascade) -> None:
+    """``app update`` sets and clears an application's URLs; an id the account does not own
+    is an error that changes nothing."""
+    app_id = cascade.ok(
+        "app", "create", "shop", "--quiet", "--status-url", "https://h.test/a"
+    ).strip()
+    shown = json.loads(
+        cascade.ok(
+            "app",
+            "update",
+            app_id,
+            "--status-url",
+            "",
+            "--inbound-url",
+            "https://h.test/i",
+            "--json",
+        )
+    )
+    assert (shown["status_url"], shown["inbound_url"]) == (None, "https://h.test/i")
+    other = json.loads(cascade.ok("account", "create", "--json"))
+    refused = cascade(
+        "app", "update", app_id, "--status-url", "https://x.test/", "--api-key", other["api_key"]
+    )
+    assert refused.exit_code == 1
+    assert "no application" in refused.stderr
+    (listed,) = json.loads(cascade.ok("app", "list", "--json"))
+    assert listed["status_url"] is None
+
+
+def test_app_delete_removes_it(cascade: Cascade) -> None:
+    """``app delete`` removes the application; deleting it again is an error."""
+    app_id = cascade.ok("app", "create", "shop", "--quiet").strip()
+    assert f"deleted application {app_id}" in cascade.ok("app", "delete", app_id)
+    assert json.loads(cascade.ok("app", "list", "--json")) == []
+    assert cascade("app", "delete", app_id).exit_code == 1
+
+
+def test_app_rotate_key_writes_a_new_private_key_whose_public_half_is_stored(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``app rotate-key`` writes a new private key (mode 0600) and stores its public key in
+    place of the old one."""
+    app_id = cascade.ok("app", "create", "shop", "--quiet").strip()
+    monkeypatch.setattr(cli.rsa, "generate_private_key", lambda **_: cascade.other_key)
+    shown = json.loads(
+        cascade.ok("app", "rotate-key", app_id, "--private-key-file", "new.key", "--json")
+    )
+    assert shown["private_key_file"] == "new.key"
+    assert (cascade.directory / "new.key").stat().st_mode & 0o777 == 0o600
+    stored = asyncio.run(_application(cascade.database, app_id))
+    assert stored is not None
+    assert stored.public_key_pem == public_pem(cascade.other_key)
+
+
+async def _application(database: Path, application_id: str) -> Application | None:
+    """The application of this id in the SQLite file."""
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        return await store.get_application(application_id)
     finally:
         await store.close()

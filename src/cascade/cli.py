@@ -544,6 +544,103 @@ def app_list(
         )
 
 
+async def _own_application(
+    store: Store, application_id: str, api_key: str | None, database: str | None
+) -> Application:
+    """The account's application of this id (an error when it has none of that id)."""
+    account = await _account(store, api_key, database, create=False)
+    application = await store.get_application(application_id)
+    if application is None or application.account_id != account.id:
+        raise ConfigError(f"the account has no application {application_id}")
+    return application
+
+
+@app_app.command("update")
+def app_update(
+    application_id: Annotated[str, typer.Argument(help="The application's id")],
+    status_url: Annotated[
+        str | None, typer.Option(help="Status webhook URL ('' clears: the account's is used)")
+    ] = None,
+    inbound_url: Annotated[
+        str | None, typer.Option(help="Inbound webhook URL ('' clears: the account's is used)")
+    ] = None,
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the application as JSON")] = False,
+) -> None:
+    """Change an application's webhook URLs (a running API sees it within seconds)."""
+    changes: dict[str, Any] = {}
+    if status_url is not None:
+        changes["status_url"] = _webhook_url(status_url)
+    if inbound_url is not None:
+        changes["inbound_url"] = _webhook_url(inbound_url)
+
+    async def work(store: Store) -> Application:
+        application = await _own_application(store, application_id, api_key, database)
+        return await store.update_application(application.id, **changes)
+
+    _echo_application(_with_store(database, work, existing=True), None, as_json)
+
+
+@app_app.command("delete")
+def app_delete(
+    application_id: Annotated[str, typer.Argument(help="The application's id")],
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Delete an application: its JWTs stop working (within seconds on a running API); its
+    workflows stay readable by the account."""
+
+    async def work(store: Store) -> None:
+        application = await _own_application(store, application_id, api_key, database)
+        await store.delete_application(application.id)
+
+    _with_store(database, work, existing=True)
+    typer.echo(f"deleted application {application_id}")
+
+
+@app_app.command("rotate-key")
+def app_rotate_key(
+    application_id: Annotated[str, typer.Argument(help="The application's id")],
+    private_key_file: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the new private key [default: ./ID.key]"),
+    ] = None,
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the application as JSON")] = False,
+) -> None:
+    """Give an application a new key pair: JWTs signed with the old key stop working (within
+    seconds on a running API)."""
+    key_path = private_key_file or Path(f"{application_id}.key")
+    if key_path.exists():
+        raise _fail(f"error: {key_path} exists; choose another --private-key-file")
+    pem = _generate_key_pair(key_path)
+
+    async def work(store: Store) -> Application:
+        application = await _own_application(store, application_id, api_key, database)
+        return await store.update_application(application.id, public_key_pem=pem)
+
+    try:
+        application = _with_store(database, work, existing=True)
+    except typer.Exit:
+        key_path.unlink()  # no application holds its public key: do not leave it behind
+        raise
+    _echo_application(application, key_path, as_json)
+
+
+def _echo_application(application: Application, key_path: Path | None, as_json: bool) -> None:
+    """Print an application as a person or a script reads it."""
+    if as_json:
+        typer.echo(json.dumps(_application_json(application, key_path)))
+        return
+    typer.echo(f"application_id: {application.id}")
+    typer.echo(f"status_url:     {application.status_url or '-'}")
+    typer.echo(f"inbound_url:    {application.inbound_url or '-'}")
+    if key_path is not None:
+        typer.echo(f"private key:    {key_path} (mode 0600; keep it secret)")
+
+
 # --- jwt -------------------------------------------------------------------------------------
 
 

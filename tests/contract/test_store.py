@@ -129,6 +129,32 @@ class TestApplications:
         assert await store.get_application(app.id) == app
         assert await store.get_application("no-such-application") is None
 
+    async def test_update_changes_only_the_given_fields_of_an_application(
+        self, store: Store
+    ) -> None:
+        """update_application sets the named fields (None clears a URL), keeps the others; an
+        unknown id is NotFound."""
+        owner = await tenant(store)
+        app = application(owner)
+        await store.create_application(app)
+        updated = await store.update_application(app.id, status_url=None, public_key_pem="PEM")
+        expected = dataclasses.replace(app, status_url=None, public_key_pem="PEM")
+        assert updated == expected
+        assert await store.get_application(app.id) == expected
+        with pytest.raises(NotFound):
+            await store.update_application("no-such-application", inbound_url=None)
+
+    async def test_a_deleted_application_is_gone(self, store: Store) -> None:
+        """delete_application removes it (and says so) and leaves the account's others."""
+        owner = await tenant(store)
+        gone, kept = application(owner), application(owner, created_at=T0 + 1)
+        for app in (gone, kept):
+            await store.create_application(app)
+        assert await store.delete_application(gone.id)
+        assert not await store.delete_application(gone.id)
+        assert await store.get_application(gone.id) is None
+        assert await store.list_applications(owner.id) == [kept]
+
     async def test_applications_are_listed_per_account_oldest_first(self, store: Store) -> None:
         """list_applications gives only the account's applications, oldest first."""
         owner, other = await tenant(store), await tenant(store)

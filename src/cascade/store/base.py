@@ -148,6 +148,21 @@ class Tenants(Protocol):
         """Store a new application."""
 
     @abc.abstractmethod
+    async def update_application(
+        self,
+        application_id: str,
+        *,
+        status_url: str | _Unset | None = UNSET,
+        inbound_url: str | _Unset | None = UNSET,
+        public_key_pem: str | _Unset = UNSET,
+    ) -> Application:
+        """Change the given fields of an application and return it (NotFound if absent)."""
+
+    @abc.abstractmethod
+    async def delete_application(self, application_id: str) -> bool:
+        """Delete an application (its workflows keep its id); whether there was one."""
+
+    @abc.abstractmethod
     async def get_application(self, application_id: str) -> Application | None:
         """The application with this id, whichever account owns it."""
 

@@ -619,6 +619,31 @@ class SqlStore(Store, abc.ABC):
     async def create_application(self, application: Application) -> None:
         await self._write(change("insert_application", **rows.columns(application)))
 
+    async def update_application(
+        self,
+        application_id: str,
+        *,
+        status_url: str | _Unset | None = UNSET,
+        inbound_url: str | _Unset | None = UNSET,
+        public_key_pem: str | _Unset = UNSET,
+    ) -> Application:
+        params: dict[str, Any] = {"id": application_id}
+        for name, given in (
+            ("status_url", status_url),
+            ("inbound_url", inbound_url),
+            ("public_key_pem", public_key_pem),
+        ):
+            params[f"set_{name}"] = given is not UNSET
+            params[name] = None if given is UNSET else given
+        found = await self._write(first("update_application", **params))
+        if found is None:
+            raise NotFound(f"no application {application_id}")
+        return rows.application(found)
+
+    async def delete_application(self, application_id: str) -> bool:
+        deleted: int = await self._write(change("delete_application", id=application_id))
+        return deleted > 0
+
     async def get_application(self, application_id: str) -> Application | None:
         found = await self._read(first("application", id=application_id))
         return None if found is None else rows.application(found)

@@ -40,6 +40,18 @@ INSERT INTO applications (id, account_id, name, public_key_pem, status_url, inbo
                           created_at)
 VALUES (:id, :account_id, :name, :public_key_pem, :status_url, :inbound_url, :created_at)
 
+-- name: update_application
+UPDATE applications SET
+    status_url = CASE WHEN :set_status_url THEN :status_url ELSE status_url END,
+    inbound_url = CASE WHEN :set_inbound_url THEN :inbound_url ELSE inbound_url END,
+    public_key_pem = CASE WHEN :set_public_key_pem THEN :public_key_pem
+                     ELSE public_key_pem END
+WHERE id = :id
+RETURNING *
+
+-- name: delete_application
+DELETE FROM applications WHERE id = :id
+
 -- name: application
 SELECT * FROM applications WHERE id = :id
 
