@@ -322,17 +322,23 @@ def account_set(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Set the account's default webhook URLs (applications may override them)."""
-    changes: dict[str, Any] = {}
-    if status_url is not None:
-        changes["status_url"] = _webhook_url(status_url)
-    if inbound_url is not None:
-        changes["inbound_url"] = _webhook_url(inbound_url)
+    changes = _url_changes(status_url, inbound_url)
 
     async def work(store: Store) -> Account:
         account = await _account(store, api_key, database)
         return await store.update_account(account.id, **changes)
 
     _echo_account(_with_store(database, work), False)
+
+
+def _url_changes(status_url: str | None, inbound_url: str | None) -> dict[str, Any]:
+    """The webhook URLs an ``account set`` or ``app update`` changes ('' clears one)."""
+    changes: dict[str, Any] = {}
+    if status_url is not None:
+        changes["status_url"] = _webhook_url(status_url)
+    if inbound_url is not None:
+        changes["inbound_url"] = _webhook_url(inbound_url)
+    return changes
 
 
 def _webhook_url(url: str) -> str | None:
@@ -569,11 +575,7 @@ def app_update(
     as_json: Annotated[bool, typer.Option("--json", help="Print the application as JSON")] = False,
 ) -> None:
     """Change an application's webhook URLs (a running API sees it within seconds)."""
-    changes: dict[str, Any] = {}
-    if status_url is not None:
-        changes["status_url"] = _webhook_url(status_url)
-    if inbound_url is not None:
-        changes["inbound_url"] = _webhook_url(inbound_url)
+    changes = _url_changes(status_url, inbound_url)
 
     async def work(store: Store) -> Application:
         application = await _own_application(store, application_id, api_key, database)

@@ -118,11 +118,6 @@ def each(query: str, params: Sequence[Mapping[str, Any]]) -> Run:
     return Run(query, params, Fetch.MANY)
 
 
-def one(run: Run) -> Plan[Any]:
-    """A plan of one statement."""
-    return (yield run)
-
-
 # --- plans ---------------------------------------------------------------------------------
 
 
@@ -519,6 +514,16 @@ def _take_orphans_plan(
     return rows.receipt.all(taken.sorted_by("id"))
 
 
+def _settable(**given: Any) -> dict[str, Any]:
+    """The parameters of an UPDATE that sets only the fields given: ``set_NAME`` says whether
+    NAME is set (a value of None clears it; UNSET leaves it as stored)."""
+    params: dict[str, Any] = {}
+    for name, value in given.items():
+        params[f"set_{name}"] = value is not UNSET
+        params[name] = None if value is UNSET else value
+    return params
+
+
 def _claim_jobs_run(
     worker_id: str, now: float, limit: int, lease: float, kinds: Collection[str] | None
 ) -> Run:
@@ -602,16 +607,13 @@ class SqlStore(Store, abc.ABC):
         signature_secret: str | _Unset = UNSET,
         api_secret_sha256: str | _Unset = UNSET,
     ) -> Account:
-        params: dict[str, Any] = {"id": account_id}
-        for name, given in (
-            ("status_url", status_url),
-            ("inbound_url", inbound_url),
-            ("signature_secret", signature_secret),
-            ("api_secret_sha256", api_secret_sha256),
-        ):
-            params[f"set_{name}"] = given is not UNSET
-            params[name] = None if given is UNSET else given
-        found = await self._write(first("update_account", **params))
+        params = _settable(
+            status_url=status_url,
+            inbound_url=inbound_url,
+            signature_secret=signature_secret,
+            api_secret_sha256=api_secret_sha256,
+        )
+        found = await self._write(first("update_account", id=account_id, **params))
         if found is None:
             raise NotFound(f"no account {account_id}")
         return rows.account(found)
@@ -627,15 +629,10 @@ class SqlStore(Store, abc.ABC):
         inbound_url: str | _Unset | None = UNSET,
         public_key_pem: str | _Unset = UNSET,
     ) -> Application:
-        params: dict[str, Any] = {"id": application_id}
-        for name, given in (
-            ("status_url", status_url),
-            ("inbound_url", inbound_url),
-            ("public_key_pem", public_key_pem),
-        ):
-            params[f"set_{name}"] = given is not UNSET
-            params[name] = None if given is UNSET else given
-        found = await self._write(first("update_application", **params))
+        params = _settable(
+            status_url=status_url, inbound_url=inbound_url, public_key_pem=public_key_pem
+        )
+        found = await self._write(first("update_application", id=application_id, **params))
         if found is None:
             raise NotFound(f"no application {application_id}")
         return rows.application(found)
@@ -771,7 +768,7 @@ class SqlStore(Store, abc.ABC):
                 {"provider": provider, "part_id": part, "message_id": message_id, "seq": seq}
                 for seq, part in enumerate(part_ids)
             ]
-            await self._write(partial(one, each("insert_message_part", parts)))
+            await self._write(each("insert_message_part", parts))
 
     async def record_part_receipt(self, receipt: Receipt) -> tuple[str, list[Status | None]] | None:
         return await self._write(partial(_part_receipt_plan, receipt))
