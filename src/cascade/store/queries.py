@@ -103,8 +103,8 @@ class Query:
     statements: tuple[Statement, ...]
     #: the statements that run before the one whose rows are the result, and that one (an
     #: ``executemany`` runs ``last`` alone: a query run that way has one statement)
-    before: tuple[Statement, ...] = ()
-    last: Statement = field(default=Statement("", ()))
+    before: tuple[Statement, ...]
+    last: Statement
 
     @classmethod
     def of(cls, name: str, statements: tuple[Statement, ...]) -> Query:
