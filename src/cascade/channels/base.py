@@ -37,6 +37,8 @@ class OutboundMessage:
     from_: dict[str, Any]  # the v0.1 ``from`` object
     message: dict[str, Any]  # the v0.1 ``message`` object: {"content": {...}, options...}
     client_ref: str | None = None
+    #: the account that sent it: a linked channel sends only with this account's link
+    account_id: str | None = None
 
     @property
     def recipient(self) -> str:
@@ -78,6 +80,8 @@ class InboundMessage:
     at: float
     provider_message_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # channel extras, e.g. sms.num_messages
+    #: the account it is for (a linked channel's owner); None: the first account (SMS)
+    account_id: str | None = None
 
 
 class ReceiptSink(Protocol):

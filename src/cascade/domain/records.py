@@ -92,6 +92,47 @@ class Application:
     created_at: float
 
 
+class LinkedChannel(StrEnum):
+    """A channel whose provider account (a page, a number, a bot) is linked per Cascade account."""
+
+    MESSENGER = "messenger"
+    WHATSAPP = "whatsapp"
+    VIBER = "viber_service_msg"
+
+
+#: the credentials each linked channel needs, by key; ``verify_token`` (the webhook handshake's
+#: token, Messenger and WhatsApp) and ``sender_avatar`` (Viber) are optional
+LINK_CREDENTIALS: dict[LinkedChannel, tuple[str, ...]] = {
+    LinkedChannel.MESSENGER: ("page_access_token", "app_secret"),
+    LinkedChannel.WHATSAPP: (
+        "phone_number_id",
+        "business_account_id",
+        "access_token",
+        "app_secret",
+    ),
+    LinkedChannel.VIBER: ("auth_token", "sender_name"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLink:
+    """A provider account linked to a Cascade account: what ``from`` names, and its secrets.
+
+    ``address`` is what a message's ``from`` names and what the platform's callbacks name: the
+    Messenger page id (``from.id``), the WhatsApp business number in E.164 digits
+    (``from.number``) or the Viber bot's id (``from.id``). One address is linked once across
+    the whole installation, so a callback names exactly one account. ``credentials`` are the
+    opened secrets (stored sealed; see ``cascade.sealing``).
+    """
+
+    id: str
+    account_id: str
+    channel: LinkedChannel
+    address: str
+    credentials: dict[str, str]
+    created_at: float
+
+
 @dataclass(frozen=True, slots=True)
 class NewStep:
     """One message of an accepted request, ready to store."""

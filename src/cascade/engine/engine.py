@@ -543,6 +543,7 @@ class Engine:
             from_=msgspec.json.decode(message.from_),
             message=msgspec.json.decode(message.body),
             client_ref=message.client_ref,
+            account_id=message.account_id,
         )
         try:
             result = await provider.send(outbound)
@@ -750,15 +751,18 @@ class Engine:
         return True
 
     async def inbound(self, message: InboundMessage) -> None:
-        """Store an inbound message as an inbound webhook; it goes to the first account's
-        inbound URL (numbers are not yet linked to applications)."""
-        accounts = await self.store.list_accounts()
-        if not accounts:
-            log.warning("engine.inbound_without_account", channel=message.channel)
-            return
+        """Store an inbound message as an inbound webhook to its account: the linked channel's
+        owner, or (SMS, whose numbers are not linked) the first account."""
+        account_id = message.account_id
+        if account_id is None:
+            accounts = await self.store.list_accounts()
+            if not accounts:
+                log.warning("engine.inbound_without_account", channel=message.channel)
+                return
+            account_id = accounts[0].id
         webhook = NewWebhook(
             kind=WebhookKind.INBOUND,
-            account_id=accounts[0].id,
+            account_id=account_id,
             application_id=None,
             workflow_id=None,
             message_id=None,
