@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cascade.domain.records import JobKindName
@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         description="Where the first start writes the new account's credentials (created "
         "mode 0600, never overwritten); default: beside the SQLite database "
         "(cascade.db.credentials), or cascade.credentials in the working directory",
+    )
+    channel_key: SecretStr | None = Field(
+        None,
+        description="The keys that seal linked channels' credentials in the database: a "
+        "comma-separated list of Fernet keys (`cascade channel key` makes one); the first "
+        "seals, every one opens, so a new key goes first and the old one after it. Without "
+        "it no channel can be linked",
     )
     idempotency_ttl_seconds: float = Field(
         24 * 3600.0,

@@ -12,6 +12,7 @@ sender, the HTTP layer) has to answer::
     │       └── ChannelOutcomeUnknown  the request went out but no answer came back
     └── PermanentError                 trying again gives the same answer
         ├── ConfigError                the settings or a command-line argument are wrong
+        │   └── SealError              sealed channel credentials cannot be opened with the key
         ├── StoreConflict              a uniqueness rule in the store was broken
         ├── StoreRejected              the database cannot hold a value of the write
         ├── ChannelRejected            the provider refused this message for good
@@ -87,6 +88,12 @@ class ChannelOutcomeUnknown(ChannelUnavailable):
 
 class ConfigError(PermanentError):
     """The configuration is invalid."""
+
+
+class SealError(ConfigError):
+    """Sealed channel credentials cannot be opened: none of the keys in CASCADE_CHANNEL_KEY
+    sealed them (the key was changed without keeping the old one second in the list), or the
+    stored value was altered."""
 
 
 class StoreConflict(PermanentError):

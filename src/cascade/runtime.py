@@ -22,8 +22,14 @@ from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
 from cascade.errors import ConfigError
 from cascade.log import configure_logging
-from cascade.service import credentials_path, ensure_default_account, open_store
-from cascade.store.base import Purging, Store
+from cascade.sealing import KEY_SETTING
+from cascade.service import (
+    channel_sealer,
+    credentials_path,
+    ensure_default_account,
+    open_store,
+)
+from cascade.store.base import ChannelLinks, Purging, Store
 from cascade.supervision import OnFatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
@@ -66,6 +72,11 @@ def build_app(
 
     async def start() -> None:
         await store.open()
+        try:
+            await check_channel_links(settings, store)
+        except BaseException:
+            await store.close()
+            raise
         credentials = credentials_path(settings)
         created = await ensure_default_account(store, clock, credentials)
         if created is not None:
@@ -100,6 +111,18 @@ def build_app(
         on_accepted=engine.wake if engine else None,
         engine_health=engine.health if engine else None,
     )
+
+
+async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:
+    """Refuse to start (ConfigError naming CASCADE_CHANNEL_KEY) when channel links are stored
+    but there is no key, or one of them does not open with the key: a service that cannot read
+    its links would send nothing on them. Without a key and without links, say once that
+    linking is off."""
+    links = await store.channel_links()  # opens every link: a bad key fails here, not later
+    if channel_sealer(settings) is None:
+        log.info("cascade.channel_links_off", reason=f"{KEY_SETTING} is not set")
+    else:
+        log.info("cascade.channel_links", links=len(links))
 
 
 def build_engine(
@@ -165,6 +188,11 @@ async def run_worker(settings: Settings) -> None:
     clock = SystemClock()
     store = open_store(settings.database_url, settings)
     await store.open()
+    try:
+        await check_channel_links(settings, store)
+    except BaseException:
+        await store.close()
+        raise
     fatal = FatalExit()
     engine = build_engine(settings, store, clock, fatal)
     tune_gc()

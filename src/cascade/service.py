@@ -13,6 +13,7 @@ from cascade.clock import Clock
 from cascade.config import Settings
 from cascade.domain.records import Account
 from cascade.errors import ConfigError
+from cascade.sealing import Sealer
 from cascade.store.base import Store
 
 
@@ -39,7 +40,9 @@ def _store_of(url: str, settings: Settings) -> Store:
 
         if not path or path == ":memory:":
             raise ConfigError("a SQLite URL needs a file: sqlite:///path/to/cascade.db")
-        return SqliteStore(path, synchronous=settings.sqlite_synchronous)
+        return SqliteStore(
+            path, synchronous=settings.sqlite_synchronous, sealer=channel_sealer(settings)
+        )
     if url.startswith(("postgresql:", "postgres:")):
         from cascade.store.postgres import PostgresStore
 
@@ -47,8 +50,18 @@ def _store_of(url: str, settings: Settings) -> Store:
             url,
             pool_size=settings.postgres_pool_size,
             command_timeout=settings.postgres_command_timeout,
+            sealer=channel_sealer(settings),
         )
     raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://...")
+
+
+def channel_sealer(settings: Settings) -> Sealer | None:
+    """The sealer of linked channels' credentials, from ``CASCADE_CHANNEL_KEY`` (None when it
+    is unset or empty: no channel can be linked)."""
+    if settings.channel_key is None:
+        return None
+    keys = settings.channel_key.get_secret_value()
+    return Sealer(keys) if keys.strip() else None
 
 
 def _sqlite_file(url: str) -> str | None:

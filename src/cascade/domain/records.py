@@ -68,7 +68,11 @@ class StepState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """A tenant: API credentials, the webhook signing secret and default webhook URLs."""
+    """A tenant: API credentials, the webhook signing secret and default webhook URLs.
+
+    A sandbox account's messages whose ``from`` names no linked channel go to the sandbox; a
+    live account's are rejected instead (never sent with another account's credentials).
+    """
 
     id: str
     api_key: str
@@ -77,6 +81,7 @@ class Account:
     status_url: str | None
     inbound_url: str | None
     created_at: float
+    sandbox: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,8 @@ from cascade.domain.records import (
     Accepted,
     Account,
     Application,
+    ChannelLink,
+    LinkedChannel,
     MessageRecord,
     NewWebhook,
     NewWorkflow,
@@ -140,6 +142,7 @@ class Tenants(Protocol):
         inbound_url: str | _Unset | None = UNSET,
         signature_secret: str | _Unset = UNSET,
         api_secret_sha256: str | _Unset = UNSET,
+        sandbox: bool | _Unset = UNSET,
     ) -> Account:
         """Change the given fields of an account and return it (NotFound if absent)."""
 
@@ -169,6 +172,35 @@ class Tenants(Protocol):
     @abc.abstractmethod
     async def list_applications(self, account_id: str) -> list[Application]:
         """An account's applications, oldest first."""
+
+
+class ChannelLinks(Protocol):
+    """Linked channels: the pages, numbers and bots each account sends from, their provider
+    credentials sealed at rest with the key of the settings (``cascade.sealing``).
+
+    A store without a key (``CASCADE_CHANNEL_KEY`` unset) refuses to link a channel
+    (ConfigError), reads no link as if there were none (an installation that links nothing
+    needs no key), and refuses to read links that exist (ConfigError naming the setting);
+    removing a link needs no key. A link that the key cannot open is a SealError."""
+
+    @abc.abstractmethod
+    async def add_channel_link(self, link: ChannelLink) -> None:
+        """Link a channel to ``link.account_id``, its credentials sealed (StoreConflict if
+        this channel's address is linked already, by any account)."""
+
+    @abc.abstractmethod
+    async def channel_links(self, account_id: str | None = None) -> list[ChannelLink]:
+        """An account's links (every account's when None), oldest first, credentials opened."""
+
+    @abc.abstractmethod
+    async def find_channel_link(self, channel: LinkedChannel, address: str) -> ChannelLink | None:
+        """The link of this channel's address, whichever account owns it (a send picks its
+        credentials with it, and a platform's callback its account)."""
+
+    @abc.abstractmethod
+    async def remove_channel_link(self, account_id: str, link_id: str) -> bool:
+        """Unlink the account's own link of this id; whether it had one (another account's
+        link of that id stays)."""
 
 
 class Accepting(Protocol):
@@ -431,7 +463,16 @@ class Purging(Protocol):
 
 
 class Store(
-    Lifecycle, Tenants, Accepting, Reading, JobQueue, Transitions, Webhooks, Journal, Purging
+    Lifecycle,
+    Tenants,
+    ChannelLinks,
+    Accepting,
+    Reading,
+    JobQueue,
+    Transitions,
+    Webhooks,
+    Journal,
+    Purging,
 ):
     """Durable state of a Cascade installation: every role at once. Callers that need only
     part of it take that role (an API handler ``Accepting``, the retention sweep ``Purging``)."""

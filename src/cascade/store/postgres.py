@@ -40,6 +40,7 @@ import structlog
 
 from cascade.domain.records import Accepted, NewWorkflow
 from cascade.errors import StoreConflict, StoreRejected, StoreUnavailable
+from cascade.sealing import Sealer
 from cascade.store.migrations import migrations
 from cascade.store.queries import load
 from cascade.store.rows import Rows
@@ -225,8 +226,16 @@ def _rows(records: list[Any], sql: str) -> Rows:
 class PostgresStore(SqlStore):
     """The Store on a PostgreSQL database, shared by any number of processes."""
 
-    def __init__(self, url: str, *, pool_size: int = 16, command_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 16,
+        command_timeout: float = 30.0,
+        sealer: Sealer | None = None,
+    ) -> None:
         self.url = url
+        self.sealer = sealer
         self.pool_size = pool_size
         #: seconds a statement may take: a connection that stopped answering without closing
         #: (a peer gone silent) would otherwise hold its caller, and the job it runs, for ever

@@ -141,7 +141,8 @@ def encode_receipts(receipts: Sequence[tuple[float, str]]) -> str:
     return json.dumps([[at, status] for at, status in receipts])
 
 
-account = _Mapper(Account)
+#: an accounts row: SQLite keeps ``sandbox`` as 0 or 1
+account = _Mapper(Account, convert={"sandbox": bool})
 application = _Mapper(Application)
 #: a messages row: the request's JSON objects back to bytes
 message = _Mapper(

@@ -43,6 +43,7 @@ from cascade.domain.records import (
 )
 from cascade.domain.status import Status
 from cascade.errors import StoreConflict, StoreRejected, StoreUnavailable
+from cascade.sealing import Sealer
 from cascade.store.base import IDEMPOTENCY_TTL
 from cascade.store.migrations import migrations
 from cascade.store.queries import Query, load
@@ -546,8 +547,11 @@ def sqlite_path(url: str) -> str:
 class SqliteStore(SqlStore):
     """The Store on one SQLite file."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", sealer: Sealer | None = None
+    ) -> None:
         self.path = str(path)
+        self.sealer = sealer
         self._writer = _GroupCommitWriter(self.path, synchronous)
         self._reader: sqlite3.Connection | None = None
 

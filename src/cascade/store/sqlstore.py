@@ -16,6 +16,7 @@ Every write that changes what a decision reads moves the version.
 from __future__ import annotations
 
 import abc
+import json
 import time
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +29,9 @@ from cascade.domain.records import (
     Accepted,
     Account,
     Application,
+    ChannelLink,
     JobKindName,
+    LinkedChannel,
     MessageRecord,
     NewWebhook,
     NewWorkflow,
@@ -44,7 +47,15 @@ from cascade.domain.records import (
     WorkflowRecord,
 )
 from cascade.domain.status import Status
-from cascade.errors import IdempotencyConflict, NotFound, StoreUnavailable
+from cascade.errors import (
+    ConfigError,
+    IdempotencyConflict,
+    NotFound,
+    SealError,
+    StoreConflict,
+    StoreUnavailable,
+)
+from cascade.sealing import KEY_SETTING, Sealer
 from cascade.store import rows
 from cascade.store.base import (
     UNSET,
@@ -520,6 +531,12 @@ def _take_orphans_plan(
     return rows.receipt.all(taken.sorted_by("id"))
 
 
+def _link_context(link_id: str, account_id: str, channel: LinkedChannel, address: str) -> str:
+    """What a link's sealed credentials are bound to: the link itself, so a sealed value
+    copied onto another row (another account's link) does not open there."""
+    return json.dumps([link_id, account_id, channel.value, address])
+
+
 def _settable(**given: Any) -> dict[str, Any]:
     """The parameters of an UPDATE that sets only the fields given: ``set_NAME`` says whether
     NAME is set (a value of None clears it; UNSET leaves it as stored)."""
@@ -561,6 +578,9 @@ class SqlStore(Store, abc.ABC):
     A driver implements :meth:`_read` (a plan that changes nothing, on any connection) and
     :meth:`_write` (a plan in one transaction), plus opening, closing and accepting (where each
     batches requests its own way, both through :func:`accept_plan`)."""
+
+    #: what seals and opens linked channels' credentials (None: no key is set)
+    sealer: Sealer | None = None
 
     @overload
     async def _read(self, plan: Run, *, snapshot: bool = False) -> Any: ...
@@ -612,12 +632,14 @@ class SqlStore(Store, abc.ABC):
         inbound_url: str | _Unset | None = UNSET,
         signature_secret: str | _Unset = UNSET,
         api_secret_sha256: str | _Unset = UNSET,
+        sandbox: bool | _Unset = UNSET,
     ) -> Account:
         params = _settable(
             status_url=status_url,
             inbound_url=inbound_url,
             signature_secret=signature_secret,
             api_secret_sha256=api_secret_sha256,
+            sandbox=sandbox,
         )
         found = await self._write(first("update_account", id=account_id, **params))
         if found is None:
@@ -654,6 +676,85 @@ class SqlStore(Store, abc.ABC):
     async def list_applications(self, account_id: str) -> list[Application]:
         found = await self._read(select("applications", account_id=account_id))
         return rows.application.all(found)
+
+    # --- linked channels -------------------------------------------------------------------
+
+    async def add_channel_link(self, link: ChannelLink) -> None:
+        channel = LinkedChannel(link.channel)
+        context = _link_context(link.id, link.account_id, channel, link.address)
+        sealed = self._sealer().seal(link.credentials, context=context)
+        try:
+            await self._write(
+                change(
+                    "insert_channel_link",
+                    id=link.id,
+                    account_id=link.account_id,
+                    channel=channel.value,
+                    address=link.address,
+                    credentials=sealed,
+                    created_at=link.created_at,
+                )
+            )
+        except StoreConflict as exc:
+            held = await self._read(
+                select("channel_link", channel=channel.value, address=link.address)
+            )
+            if held:
+                raise StoreConflict(f"{channel.value} {link.address} is linked already") from exc
+            raise
+
+    async def channel_links(self, account_id: str | None = None) -> list[ChannelLink]:
+        if account_id is None:
+            found = await self._read(select("channel_links"))
+        else:
+            found = await self._read(select("channel_links_of_account", account_id=account_id))
+        return self._open_links(found)
+
+    async def find_channel_link(self, channel: LinkedChannel, address: str) -> ChannelLink | None:
+        found = await self._read(
+            select("channel_link", channel=LinkedChannel(channel).value, address=address)
+        )
+        opened = self._open_links(found)
+        return opened[0] if opened else None
+
+    async def remove_channel_link(self, account_id: str, link_id: str) -> bool:
+        removed: int = await self._write(
+            change("delete_channel_link", id=link_id, account_id=account_id)
+        )
+        return removed > 0
+
+    def _sealer(self) -> Sealer:
+        """The sealer, or a ConfigError saying how to set a key."""
+        if self.sealer is None:
+            raise ConfigError(
+                f"linking channels needs {KEY_SETTING}, the key that seals their credentials: "
+                "`cascade channel key` makes one"
+            )
+        return self.sealer
+
+    def _open_links(self, found: rows.Rows) -> list[ChannelLink]:
+        """Channel links of their rows, credentials opened (an error names a link that does
+        not open, or the missing key when there are links)."""
+        if not found:
+            return []
+        if self.sealer is None:
+            raise ConfigError(
+                f"channel links are stored but {KEY_SETTING} is not set: set it to the key "
+                "they were sealed with"
+            )
+        links = []
+        for id_, account_id, channel, address, sealed, created_at in found.pick(
+            "id", "account_id", "channel", "address", "credentials", "created_at"
+        ):
+            linked = LinkedChannel(channel)
+            try:
+                credentials = self.sealer.open(
+                    bytes(sealed), context=_link_context(id_, account_id, linked, address)
+                )
+            except SealError as exc:
+                raise SealError(f"channel link {id_} ({channel} {address}): {exc}") from exc
+            links.append(ChannelLink(id_, account_id, linked, address, credentials, created_at))
+        return links
 
     # --- reading back ----------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ SELECT 1
 
 -- name: insert_account
 INSERT INTO accounts (id, api_key, api_secret_sha256, signature_secret, status_url,
-                      inbound_url, created_at)
+                      inbound_url, created_at, sandbox)
 VALUES (:id, :api_key, :api_secret_sha256, :signature_secret, :status_url, :inbound_url,
-        :created_at)
+        :created_at, :sandbox)
 
 -- name: account
 SELECT * FROM accounts WHERE id = :id
@@ -31,7 +31,8 @@ UPDATE accounts SET
     signature_secret = CASE WHEN :set_signature_secret THEN :signature_secret
                        ELSE signature_secret END,
     api_secret_sha256 = CASE WHEN :set_api_secret_sha256 THEN :api_secret_sha256
-                        ELSE api_secret_sha256 END
+                        ELSE api_secret_sha256 END,
+    sandbox = CASE WHEN :set_sandbox THEN :sandbox ELSE sandbox END
 WHERE id = :id
 RETURNING *
 
@@ -57,6 +58,23 @@ SELECT * FROM applications WHERE id = :id
 
 -- name: applications
 SELECT * FROM applications WHERE account_id = :account_id ORDER BY created_at, id COLLATE "C"
+
+-- name: insert_channel_link
+INSERT INTO channel_links (id, account_id, channel, address, credentials, created_at)
+VALUES (:id, :account_id, :channel, :address, :credentials, :created_at)
+
+-- name: channel_links
+SELECT * FROM channel_links ORDER BY created_at, id COLLATE "C"
+
+-- name: channel_links_of_account
+SELECT * FROM channel_links WHERE account_id = :account_id ORDER BY created_at, id COLLATE "C"
+
+-- name: channel_link
+SELECT * FROM channel_links WHERE channel = :channel AND address = :address
+
+-- name: delete_channel_link
+-- only the account's own link
+DELETE FROM channel_links WHERE id = :id AND account_id = :account_id
 
 -- ---- the accept path -----------------------------------------------------------------------
 

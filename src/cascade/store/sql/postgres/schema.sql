@@ -6,7 +6,9 @@ CREATE TABLE accounts (
     signature_secret  text NOT NULL,
     status_url        text,
     inbound_url       text,
-    created_at        double precision NOT NULL
+    created_at        double precision NOT NULL,
+    -- messages from no linked channel: the sandbox (true) or rejected (see migration 0009)
+    sandbox           boolean NOT NULL DEFAULT true
 );
 
 CREATE TABLE applications (
@@ -187,3 +189,15 @@ CREATE TABLE message_parts (
     PRIMARY KEY (provider, part_id)
 );
 CREATE INDEX message_parts_message ON message_parts (message_id, seq);
+
+-- A provider account (page, number, bot) linked to an account; credentials sealed.
+CREATE TABLE channel_links (
+    id          text PRIMARY KEY,
+    account_id  text NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    channel     text NOT NULL,
+    address     text NOT NULL,
+    credentials bytea NOT NULL,
+    created_at  double precision NOT NULL,
+    UNIQUE (channel, address)
+);
+CREATE INDEX channel_links_account ON channel_links (account_id, created_at);

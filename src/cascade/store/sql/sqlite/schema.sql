@@ -6,7 +6,9 @@ CREATE TABLE accounts (
     signature_secret  TEXT NOT NULL,
     status_url        TEXT,
     inbound_url       TEXT,
-    created_at        REAL NOT NULL
+    created_at        REAL NOT NULL,
+    -- messages from no linked channel: the sandbox (true) or rejected (see migration 0009)
+    sandbox           INTEGER NOT NULL DEFAULT 1
 );
 
 CREATE TABLE applications (
@@ -181,3 +183,15 @@ CREATE TABLE message_parts (
     PRIMARY KEY (provider, part_id)
 );
 CREATE INDEX message_parts_message ON message_parts (message_id, seq);
+
+-- A provider account (page, number, bot) linked to an account; credentials sealed.
+CREATE TABLE channel_links (
+    id          TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    channel     TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    credentials BLOB NOT NULL,
+    created_at  REAL NOT NULL,
+    UNIQUE (channel, address)
+);
+CREATE INDEX channel_links_account ON channel_links (account_id, created_at);
