@@ -7,17 +7,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from pydantic import ValidationError
 
 from cascade.channels.base import OutboundMessage, SendResult
 from cascade.channels.http import ChannelHttp
-from cascade.channels.linked import LinkedProvider
+from cascade.channels.linked import LinkedProvider, linked_providers
 from cascade.channels.messenger import MessengerAdapter
 from cascade.channels.sandbox import SandboxProvider
 from cascade.channels.viber import ViberAdapter
 from cascade.channels.whatsapp import WhatsAppAdapter
 from cascade.clock import FakeClock
+from cascade.config import Settings
 from cascade.domain.records import ChannelLink, LinkedChannel
-from cascade.errors import ChannelRejected
+from cascade.errors import ChannelRejected, ChannelUnavailable
 from cascade.store.sqlite import SqliteStore
 from tests.channels.support import RecordingSink
 from tests.peers.graph import FakeGraph
@@ -288,3 +290,46 @@ async def test_a_linked_page_sends_through_the_graph_api(
     ]
     assert first.provider == second.provider == "messenger"
     assert first.provider_message_id.startswith("m_")
+
+
+async def test_the_settings_build_three_providers_on_one_client(
+    sandbox: SandboxProvider, lookup: MemoryLookup, clock: FakeClock
+) -> None:
+    """linked_providers gives messenger, whatsapp and viber_service_msg providers pointed at
+    the configured Graph URL and version; they share one client, which closes with the last."""
+    lookup.add(make_link(LinkedChannel.MESSENGER, PAGE, "acct-1", page_access_token="tok-1"))
+    async with FakeGraph(version="v26.0") as graph:
+        graph.add_page(PAGE, "tok-1", "s")
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            graph_base_url=graph.url + "/",
+            graph_api_version="v26.0",
+            channel_http_timeout_seconds=2,
+        )
+        providers = linked_providers(settings, sandbox, lookup, clock)
+        assert sorted(providers) == ["messenger", "viber_service_msg", "whatsapp"]
+        for provider in providers.values():
+            await provider.start(RecordingSink())
+        await providers["whatsapp"].stop()
+        await providers["viber_service_msg"].stop()
+        result = await providers["messenger"].send(outbound("messenger", "psid", PAGE, text()))
+        assert result.provider_message_id.startswith("m_")
+        assert graph.received[-1].path == "/v26.0/me/messages"
+        await providers["messenger"].stop()
+        with pytest.raises(ChannelUnavailable):
+            await providers["messenger"].send(outbound("messenger", "psid", PAGE, text()))
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"graph_base_url": "graph.facebook.com"},
+        {"viber_base_url": "ftp://chatapi.viber.com"},
+        {"graph_api_version": "25.0"},
+        {"channel_http_max_connections": 0},
+    ],
+)
+def test_bad_channel_settings_fail_at_start(wrong: dict[str, object]) -> None:
+    """A base URL without http(s), a version not like v25.0 or no connections is refused."""
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, **wrong)  # type: ignore[call-arg, arg-type]

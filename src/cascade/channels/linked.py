@@ -21,7 +21,12 @@ import dataclasses
 from typing import Protocol, TypeVar
 
 from cascade.channels.base import ChannelProvider, OutboundMessage, ReceiptSink, SendResult
+from cascade.channels.http import ChannelHttp
+from cascade.channels.messenger import MessengerAdapter
+from cascade.channels.viber import ViberAdapter
+from cascade.channels.whatsapp import WhatsAppAdapter
 from cascade.clock import Clock, SystemClock
+from cascade.config import Settings
 from cascade.domain.records import ChannelLink, LinkedChannel
 from cascade.errors import ChannelRejected
 
@@ -148,6 +153,36 @@ class LinkedProvider(ChannelProvider):
             _forget_expired(self._accounts, now)
             self._accounts[account_id] = (now + self._ttl, sandbox)
         return bool(sandbox)
+
+
+def linked_providers(
+    settings: Settings, sandbox: ChannelProvider, lookup: LinkLookup, clock: Clock
+) -> dict[str, ChannelProvider]:
+    """The providers of the three linked channels, by channel name, on one shared HTTP client
+    with the settings' base URLs, Graph API version, timeout, connection limit and cache."""
+    http = ChannelHttp(
+        timeout=settings.channel_http_timeout_seconds,
+        max_connections=settings.channel_http_max_connections,
+    )
+    adapters: list[ChannelAdapter] = [
+        MessengerAdapter(
+            http, base_url=settings.graph_base_url, api_version=settings.graph_api_version
+        ),
+        WhatsAppAdapter(
+            http, base_url=settings.graph_base_url, api_version=settings.graph_api_version
+        ),
+        ViberAdapter(http, base_url=settings.viber_base_url),
+    ]
+    return {
+        adapter.channel.value: LinkedProvider(
+            adapter,
+            sandbox,
+            lookup,
+            clock=clock,
+            cache_seconds=settings.channel_link_cache_seconds,
+        )
+        for adapter in adapters
+    }
 
 
 def _forget_expired(cache: dict[str, tuple[float, T]], now: float) -> None:
