@@ -18,6 +18,7 @@ import httpx
 import jwt
 import pytest
 import structlog
+import typer
 from click.testing import Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -666,3 +667,32 @@ async def _application(database: Path, application_id: str) -> Application | Non
         return await store.get_application(application_id)
     finally:
         await store.close()
+
+
+def _every_command(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The path of every command under a click command (groups included)."""
+    found = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _every_command(sub, (*path, name))
+    return found
+
+
+@pytest.mark.parametrize("command", _every_command(typer.main.get_command(cli.app)), ids=" ".join)
+def test_help_names_value_types_plainly(command: tuple[str, ...]) -> None:
+    """No command's help shows Typer's ``<str>``/``<bool>``-style type labels."""
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"<[\w\[\], |]+>", result.output), result.output
+
+
+def test_serve_help_names_each_value_type() -> None:
+    """``serve --help`` names values as TEXT, INTEGER, URL and FILE; flags show none."""
+    text = " ".join(runner.invoke(cli.app, ["serve", "--help"]).output.split())
+    assert "--host TEXT" in text
+    assert "--port INTEGER" in text
+    assert "--database URL" in text
+    assert "--config FILE" in text
+    arguments = " ".join(runner.invoke(cli.app, ["jwt", "generate", "--help"]).output.split())
+    assert "{PRIVATE_KEY} [CLAIMS]..." in arguments
+    flags = " ".join(runner.invoke(cli.app, ["account", "show", "--help"]).output.split())
+    assert re.search(r"--show-secrets / --no-show-secrets Print", flags), flags

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import jwt
 import typer
+import typer.core
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -37,7 +38,53 @@ from cascade.store.base import Store
 
 T = TypeVar("T")
 
+#: Typer's type labels as help shows them instead (click's names; a flag shows none)
+_PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH", "bool": ""}
+
+
+class _PlainOption(typer.core.TyperOption):
+    """An option whose help names its value's type as click does (TEXT, INTEGER, PATH), not
+    as Typer's ``<str>``."""
+
+    def display_type(self, ctx: Any) -> str:
+        """The value's type name, without Typer's brackets (``<int range>`` is INTEGER)."""
+        label = super().display_type(ctx).strip("<>").removesuffix(" range")
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+        return _PLAIN_TYPES.get(label, label.upper())
+
+
+class _PlainArgument(typer.core.TyperArgument):
+    """An argument shown by its name in capitals, without a type label after it."""
+
+    def display_type(self, ctx: Any) -> str:
+        """Nothing: the argument's name and help say what it is."""
+        return ""
+
+
+class _PlainHelpGroup(typer.core.TyperGroup):
+    """The ``cascade`` group: every option and argument under it (subgroups too) has plain
+    type names in its help, so each command added anywhere gets them without asking."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        _plain_help(self)
+
+
+def _plain_help(command: Any) -> None:
+    """Give ``command`` and every command under it plain type names in their help."""
+    for param in command.params:
+        if type(param) is typer.core.TyperOption:
+            param.__class__ = _PlainOption
+        elif type(param) is typer.core.TyperArgument:
+            param.__class__ = _PlainArgument
+            param.metavar = param.metavar or (param.name or "").upper()
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
 app = typer.Typer(
+    cls=_PlainHelpGroup,
     rich_markup_mode=None,
     help="Cascade: self-hosted Nexmo Messages and Dispatch (failover) API.",
     no_args_is_help=True,
@@ -94,6 +141,7 @@ DatabaseOption = Annotated[
     typer.Option(
         "--database",
         "-d",
+        metavar="URL",
         help="sqlite:///FILE or postgresql://... [default: $CASCADE_DATABASE_URL or "
         "sqlite:///cascade.db]",
         show_default=False,
@@ -104,6 +152,7 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="Provider settings (TOML, e.g. [smpp]) [default: $CASCADE_CONFIG_FILE]",
         show_default=False,
     ),
@@ -114,7 +163,7 @@ ApiKeyOption = Annotated[
 ]
 UrlOption = Annotated[
     str,
-    typer.Option("--url", envvar="CASCADE_URL", help="Where the Cascade API is"),
+    typer.Option("--url", envvar="CASCADE_URL", metavar="URL", help="Where the Cascade API is"),
 ]
 AppIdOption = Annotated[
     str | None,
