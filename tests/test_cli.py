@@ -30,7 +30,7 @@ from cascade.api.app import create_app
 from cascade.api.auth import hash_secret
 from cascade.clock import SystemClock
 from cascade.config import Settings
-from cascade.domain.records import Account, Application
+from cascade.domain.records import Account, Application, NewWebhook, WebhookKind
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import public_pem, rsa_key
 
@@ -696,3 +696,172 @@ def test_serve_help_names_each_value_type() -> None:
     assert "{PRIVATE_KEY} [CLAIMS]..." in arguments
     flags = " ".join(runner.invoke(cli.app, ["account", "show", "--help"]).output.split())
     assert re.search(r"--show-secrets / --no-show-secrets Print", flags), flags
+
+
+#: the keys of an account and of an application as every command's --json prints them
+ACCOUNT_KEYS = {
+    "account_id",
+    "api_key",
+    "api_secret",
+    "signature_secret",
+    "status_url",
+    "inbound_url",
+    "created_at",
+}
+APPLICATION_KEYS = {
+    "application_id",
+    "name",
+    "status_url",
+    "inbound_url",
+    "created_at",
+    "private_key_file",
+}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["account", "show"],
+        ["account", "set"],
+        ["account", "create"],
+        ["account", "rotate-api-secret"],
+        ["account", "rotate-signature-secret"],
+        ["app", "create"],
+        ["app", "show"],
+        ["app", "list"],
+        ["app", "update"],
+        ["app", "rotate-key"],
+        ["app", "delete"],
+        ["webhooks", "list"],
+        ["webhooks", "replay"],
+        ["show"],
+    ],
+    ids=" ".join,
+)
+def test_every_command_that_prints_a_record_has_json(command: list[str]) -> None:
+    """Each command that prints a record (or a list of them) offers --json."""
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--json" in result.output
+
+
+def test_account_commands_print_one_json_shape(cascade: Cascade) -> None:
+    """Every account command's --json prints the same keys; secrets appear only where the
+    command shows them (the API secret when made, the signature secret when asked or new)."""
+    cascade.ok("db", "upgrade")
+    credentials = cascade.credentials()
+    shown = json.loads(cascade.ok("account", "show", "--json"))
+    assert set(shown) == ACCOUNT_KEYS
+    assert shown["api_key"] == credentials["CASCADE_API_KEY"]
+    assert shown["signature_secret"] is None
+    assert shown["api_secret"] is None
+    revealed = json.loads(cascade.ok("account", "show", "--json", "--show-secrets"))
+    assert revealed["signature_secret"] == credentials["CASCADE_SIGNATURE_SECRET"]
+    changed = json.loads(cascade.ok("account", "set", "--status-url", "https://h.test/s", "--json"))
+    assert set(changed) == ACCOUNT_KEYS
+    assert changed["status_url"] == "https://h.test/s"
+    rotated = json.loads(cascade.ok("account", "rotate-signature-secret", "--json"))
+    assert set(rotated) == ACCOUNT_KEYS
+    assert rotated["signature_secret"] not in (None, credentials["CASCADE_SIGNATURE_SECRET"])
+    stored = asyncio.run(_account_by_key(cascade.database, shown["api_key"]))
+    assert stored is not None
+    assert stored.signature_secret == rotated["signature_secret"]
+    for command in (["account", "create"], ["account", "rotate-api-secret"]):
+        made = json.loads(cascade.ok(*command, "--json"))
+        assert set(made) == ACCOUNT_KEYS, command
+        assert made["api_secret"]
+        assert made["created_at"].endswith("Z")
+
+
+def test_application_commands_print_one_json_shape(cascade: Cascade) -> None:
+    """create, show, list, update, rotate-key and delete print an application with the same
+    keys; private_key_file names the key a command wrote, else null."""
+    created = json.loads(cascade.ok("app", "create", "shop", "--json"))
+    app_id = created["application_id"]
+    assert set(created) == APPLICATION_KEYS
+    shown = json.loads(cascade.ok("app", "show", app_id, "--json"))
+    assert shown == {**created, "private_key_file": None}
+    (listed,) = json.loads(cascade.ok("app", "list", "--json"))
+    assert listed == shown
+    updated = json.loads(
+        cascade.ok("app", "update", app_id, "--inbound-url", "https://h.test/i", "--json")
+    )
+    assert updated == {**shown, "inbound_url": "https://h.test/i"}
+    rotated = json.loads(
+        cascade.ok("app", "rotate-key", app_id, "--private-key-file", "k2.key", "--json")
+    )
+    assert rotated == {**updated, "private_key_file": "k2.key"}
+    deleted = json.loads(cascade.ok("app", "delete", app_id, "--json"))
+    assert deleted == updated
+    missing = cascade("app", "show", app_id)
+    assert missing.exit_code == 1
+    assert f"no application {app_id}" in missing.stderr
+
+
+def test_app_show_prints_the_application_for_a_person(cascade: Cascade) -> None:
+    """``app show ID`` without --json prints the id, name and URLs as lines."""
+    app_id = cascade.ok("app", "create", "shop", "--quiet", "--status-url", "https://h.t/s")
+    text = cascade.ok("app", "show", app_id.strip())
+    assert f"application_id: {app_id.strip()}" in text
+    assert "name:           shop" in text
+    assert "status_url:     https://h.t/s" in text
+
+
+async def _add_webhooks(database: Path) -> list[int]:
+    """Queue a status webhook and an inbound one for the first account; their ids."""
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        (account,) = await store.list_accounts()
+        await store.add_webhooks(
+            [
+                NewWebhook(
+                    WebhookKind.STATUS,
+                    account.id,
+                    None,
+                    None,
+                    "0190a1b2-0000-7000-8000-00000000000a",
+                    "https://h.test/s",
+                    b"{}",
+                ),
+                NewWebhook(WebhookKind.INBOUND, account.id, None, None, None, None, b"{}"),
+            ],
+            1_700_000_000.0,
+        )
+        return sorted(hook.id for hook in await store.latest_webhooks(limit=10))
+    finally:
+        await store.close()
+
+
+def test_webhooks_list_and_replay_print_json(cascade: Cascade) -> None:
+    """``webhooks list --json`` prints each webhook, newest first, with the same keys;
+    ``replay --json`` says how many were queued."""
+    cascade.ok("db", "upgrade")
+    first, second = asyncio.run(_add_webhooks(cascade.database))
+    listed = json.loads(cascade.ok("webhooks", "list", "--json"))
+    assert [hook["id"] for hook in listed] == [second, first]
+    assert {frozenset(hook) for hook in listed} == {
+        frozenset(
+            {
+                "id",
+                "kind",
+                "state",
+                "workflow_uuid",
+                "message_uuid",
+                "url",
+                "attempt_count",
+                "created_at",
+                "last_attempt_at",
+                "next_attempt_at",
+                "delivered_at",
+                "last_status",
+                "last_error",
+            }
+        )
+    }
+    status = listed[1]
+    assert status["kind"] == "message-status"
+    assert status["state"] == "pending"
+    assert status["message_uuid"] == "0190a1b2-0000-7000-8000-00000000000a"
+    assert status["created_at"] == "2023-11-14T22:13:20.000Z"
+    assert json.loads(cascade.ok("webhooks", "replay", str(first), "--json")) == {"queued": 1}

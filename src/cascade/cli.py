@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade import __version__
 from cascade.api.auth import hash_secret
+from cascade.cli_records import account_json, application_json, webhook_json
 from cascade.clock import SystemClock
 from cascade.config import JOB_KINDS, Settings, engine_jobs
 from cascade.domain.records import (
@@ -173,6 +174,7 @@ KeyOption = Annotated[
     Path | None,
     typer.Option("--private-key", envvar="CASCADE_PRIVATE_KEY", help="The app's private key"),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print it as JSON")]
 BasicKeyOption = Annotated[
     str | None, typer.Option("--basic-key", envvar="CASCADE_API_KEY", help="Basic auth api_key")
 ]
@@ -338,7 +340,11 @@ def db_upgrade(database: DatabaseOption = None) -> None:
 # --- account ---------------------------------------------------------------------------------
 
 
-def _echo_account(account: Account, show_secrets: bool) -> None:
+def _echo_account(account: Account, show_secrets: bool, as_json: bool = False) -> None:
+    """Print an account as a person or a script reads it."""
+    if as_json:
+        typer.echo(json.dumps(account_json(account, show_signature_secret=show_secrets)))
+        return
     secret = account.signature_secret if show_secrets else "(hidden; --show-secrets shows it)"
     typer.echo(f"api_key:          {account.api_key}")
     typer.echo(f"signature_secret: {secret}")
@@ -351,12 +357,13 @@ def account_show(
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
     show_secrets: Annotated[bool, typer.Option(help="Print the signature secret")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the account's API key and webhook URLs."""
     account = _with_store(
         database, lambda store: _account(store, api_key, database, create=False), existing=True
     )
-    _echo_account(account, show_secrets)
+    _echo_account(account, show_secrets, as_json)
 
 
 @account_app.command("set")
@@ -369,6 +376,7 @@ def account_set(
     ] = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Set the account's default webhook URLs (applications may override them)."""
     changes = _url_changes(status_url, inbound_url)
@@ -377,7 +385,7 @@ def account_set(
         account = await _account(store, api_key, database)
         return await store.update_account(account.id, **changes)
 
-    _echo_account(_with_store(database, work), False)
+    _echo_account(_with_store(database, work), False, as_json)
 
 
 def _url_changes(status_url: str | None, inbound_url: str | None) -> dict[str, Any]:
@@ -399,7 +407,9 @@ def _webhook_url(url: str) -> str | None:
 
 
 @account_app.command("rotate-signature-secret")
-def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> None:
+def account_rotate(
+    database: DatabaseOption = None, api_key: ApiKeyOption = None, as_json: JsonOption = False
+) -> None:
     """Replace the secret that signs webhooks; prints the new one (update your receivers)."""
 
     async def work(store: Store) -> Account:
@@ -407,7 +417,10 @@ def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None
         return await store.update_account(account.id, signature_secret=secrets.token_urlsafe(32))
 
     account = _with_store(database, work)
-    typer.echo(f"signature_secret: {account.signature_secret}")
+    if as_json:
+        typer.echo(json.dumps(account_json(account, show_signature_secret=True)))
+    else:
+        typer.echo(f"signature_secret: {account.signature_secret}")
 
 
 @account_app.command("create")
@@ -453,14 +466,7 @@ def account_rotate_api_secret(
 def _echo_new_secret(account: Account, api_secret: str, as_json: bool) -> None:
     """Print an account with the API secret it was just given (shown this once)."""
     if as_json:
-        shown = {
-            "account_id": account.id,
-            "api_key": account.api_key,
-            "api_secret": api_secret,
-            "signature_secret": account.signature_secret,
-            "status_url": account.status_url,
-            "inbound_url": account.inbound_url,
-        }
+        shown = account_json(account, show_signature_secret=True, api_secret=api_secret)
         typer.echo(json.dumps(shown))
         return
     typer.echo(f"api_key:          {account.api_key}")
@@ -499,19 +505,6 @@ def _read_public_key(path: Path) -> str:
     return loaded.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
-
-
-def _application_json(application: Application, key_path: Path | None = None) -> dict[str, Any]:
-    """An application as ``--json`` prints it (its private key's file when one was written)."""
-    shown: dict[str, Any] = {
-        "application_id": application.id,
-        "name": application.name,
-        "status_url": application.status_url,
-        "inbound_url": application.inbound_url,
-    }
-    if key_path is not None:
-        shown["private_key_file"] = str(key_path)
-    return shown
 
 
 @app_app.command("create")
@@ -567,7 +560,7 @@ def app_create(
             key_path.unlink()
         raise
     if as_json:
-        typer.echo(json.dumps(_application_json(application, key_path)))
+        typer.echo(json.dumps(application_json(application, key_path)))
     elif quiet:
         typer.echo(application.id)
     else:
@@ -590,7 +583,7 @@ def app_list(
 
     applications = _with_store(database, work, existing=True)
     if as_json:
-        typer.echo(json.dumps([_application_json(application) for application in applications]))
+        typer.echo(json.dumps([application_json(application) for application in applications]))
         return
     for application in applications:
         typer.echo(
@@ -608,6 +601,22 @@ async def _own_application(
     if application is None or application.account_id != account.id:
         raise ConfigError(f"the account has no application {application_id}")
     return application
+
+
+@app_app.command("show")
+def app_show(
+    application_id: Annotated[str, typer.Argument(help="The application's id")],
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one of the account's applications: its name and webhook URLs."""
+    application = _with_store(
+        database,
+        lambda store: _own_application(store, application_id, api_key, database),
+        existing=True,
+    )
+    _echo_application(application, None, as_json)
 
 
 @app_app.command("update")
@@ -638,16 +647,23 @@ def app_delete(
     application_id: Annotated[str, typer.Argument(help="The application's id")],
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the deleted application as JSON")
+    ] = False,
 ) -> None:
     """Delete an application: its JWTs stop working (within seconds on a running API); its
     workflows stay readable by the account."""
 
-    async def work(store: Store) -> None:
+    async def work(store: Store) -> Application:
         application = await _own_application(store, application_id, api_key, database)
         await store.delete_application(application.id)
+        return application
 
-    _with_store(database, work, existing=True)
-    typer.echo(f"deleted application {application_id}")
+    deleted = _with_store(database, work, existing=True)
+    if as_json:
+        typer.echo(json.dumps(application_json(deleted)))
+    else:
+        typer.echo(f"deleted application {application_id}")
 
 
 @app_app.command("rotate-key")
@@ -683,9 +699,10 @@ def app_rotate_key(
 def _echo_application(application: Application, key_path: Path | None, as_json: bool) -> None:
     """Print an application as a person or a script reads it."""
     if as_json:
-        typer.echo(json.dumps(_application_json(application, key_path)))
+        typer.echo(json.dumps(application_json(application, key_path)))
         return
     typer.echo(f"application_id: {application.id}")
+    typer.echo(f"name:           {application.name}")
     typer.echo(f"status_url:     {application.status_url or '-'}")
     typer.echo(f"inbound_url:    {application.inbound_url or '-'}")
     if key_path is not None:
@@ -799,6 +816,7 @@ def webhooks_list(
         int | None, typer.Option(help="Only those older than this id (the next page)")
     ] = None,
     database: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array")] = False,
 ) -> None:
     """List webhooks, newest first: delivery state, attempts, the next one, the last result."""
     if pending and dead:
@@ -808,7 +826,11 @@ def webhooks_list(
     async def work(store: Store) -> list[WebhookRecord]:
         return await store.latest_webhooks(state=state, before_id=before, limit=limit)
 
-    for hook in _with_store(database, work, existing=True):
+    hooks = _with_store(database, work, existing=True)
+    if as_json:
+        typer.echo(json.dumps([webhook_json(hook) for hook in hooks]))
+        return
+    for hook in hooks:
         last = hook.last_error or (str(hook.last_status) if hook.last_status else "-")
         about = hook.workflow_id or hook.message_id or "-"
         upcoming = (
@@ -828,6 +850,9 @@ def webhooks_replay(
     ids: Annotated[list[int] | None, typer.Argument(help="Webhook ids to deliver again")] = None,
     all_failed: Annotated[bool, typer.Option("--all-failed", help="Every dead letter")] = False,
     database: DatabaseOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"queued": N} (how many were queued)')
+    ] = False,
 ) -> None:
     """Deliver webhooks again (after fixing a receiver); a running engine picks them up."""
     if bool(ids) == all_failed:
@@ -840,7 +865,11 @@ def webhooks_replay(
                 raise ConfigError(f"no webhook {', '.join(map(str, unknown))}: nothing was queued")
         return await store.replay_webhooks(None if all_failed else ids, time.time())
 
-    typer.echo(f"queued {_with_store(database, work)} webhook(s) for delivery")
+    queued = _with_store(database, work)
+    if as_json:
+        typer.echo(json.dumps({"queued": queued}))
+    else:
+        typer.echo(f"queued {queued} webhook(s) for delivery")
 
 
 # --- thin clients ----------------------------------------------------------------------------
