@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import stat
 import sys
 import uuid
@@ -31,6 +32,8 @@ from cascade.api.auth import hash_secret
 from cascade.clock import SystemClock
 from cascade.config import Settings
 from cascade.domain.records import Account, Application, NewWebhook, WebhookKind
+from cascade.service import redacted_url
+from cascade.store.migrations import migrations
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import public_pem, rsa_key
 
@@ -735,6 +738,7 @@ APPLICATION_KEYS = {
         ["webhooks", "list"],
         ["webhooks", "replay"],
         ["show"],
+        ["status"],
     ],
     ids=" ".join,
 )
@@ -865,3 +869,86 @@ def test_webhooks_list_and_replay_print_json(cascade: Cascade) -> None:
     assert status["message_uuid"] == "0190a1b2-0000-7000-8000-00000000000a"
     assert status["created_at"] == "2023-11-14T22:13:20.000Z"
     assert json.loads(cascade.ok("webhooks", "replay", str(first), "--json")) == {"queued": 1}
+
+
+def test_status_on_a_missing_database_names_the_file_and_creates_nothing(
+    cascade: Cascade,
+) -> None:
+    """``cascade status`` where the SQLite file is not fails naming it and creates nothing."""
+    result = cascade("status")
+    assert result.exit_code == 1
+    assert f"no database at {cascade.database}" in result.stderr
+    assert list(cascade.directory.iterdir()) == []
+
+
+def test_status_reports_the_database_schema_and_counts(cascade: Cascade) -> None:
+    """``status --json`` names the SQLite file, says the schema is up to date, counts the
+    account, jobs and webhooks, and names the configuration file; the text says the same."""
+    cascade.ok("db", "upgrade")
+    asyncio.run(_add_webhooks(cascade.database))
+    config = cascade.directory / "cascade.toml"
+    config.write_text('[smpp]\n[[smpp.connections]]\nhost = "127.0.0.1"\n')
+    report = json.loads(cascade.ok("status", "--json", "--config", str(config)))
+    assert report["database"] == {
+        "url": f"sqlite:///{cascade.database}",
+        "kind": "sqlite",
+        "file": str(cascade.database),
+    }
+    schema = report["schema"]
+    assert schema["up_to_date"] is True
+    assert schema["missing"] == []
+    assert schema["version"] == max(schema["expected"])
+    assert report["accounts"] == 1
+    # the inbound webhook has no URL to go to: it is neither queued nor pending
+    assert report["jobs"] == {"queued": 1, "due": 1}
+    assert report["webhooks"] == {"pending": 1, "dead": 0}
+    assert report["config_file"] == {"path": str(config), "tables": ["smpp"], "error": None}
+    text = cascade.ok("status", "--config", str(config))
+    assert f"database:     {cascade.database} (SQLite)" in text
+    assert f"schema:       up to date (version {schema['version']})" in text
+    assert "accounts:     1" in text
+    assert "webhooks:     1 pending, 0 dead" in text
+    assert f"config file:  {config} ([smpp])" in text
+
+
+def test_status_reports_a_schema_behind_without_migrating_it(cascade: Cascade) -> None:
+    """On a database made by an older release, status lists the missing migrations and
+    leaves the database as it was (it never migrates)."""
+    first = migrations("sqlite")[0]
+    conn = sqlite3.connect(cascade.database)
+    conn.executescript(
+        f"{first.sql}\nCREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+        f"name TEXT NOT NULL, applied_at REAL NOT NULL);\n"
+        f"INSERT INTO schema_migrations VALUES ({first.version}, '{first.name}', 0);"
+    )
+    conn.close()
+    report = json.loads(cascade.ok("status", "--json"))
+    assert report["schema"]["version"] == first.version
+    assert report["schema"]["up_to_date"] is False
+    assert report["schema"]["missing"] == [m.version for m in migrations("sqlite")[1:]]
+    assert report["accounts"] is None
+    assert "run `cascade db upgrade`" in cascade.ok("status")
+    conn = sqlite3.connect(cascade.database)
+    assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(first.version,)]
+    conn.close()
+
+
+def test_status_on_an_empty_file_says_the_schema_is_not_created(cascade: Cascade) -> None:
+    """An empty SQLite file (no tables) is reported as having no schema, and stays empty."""
+    cascade.database.touch()
+    report = json.loads(cascade.ok("status", "--json"))
+    assert report["schema"]["version"] is None
+    assert report["schema"]["applied"] == []
+    assert "not created" in cascade.ok("status")
+    conn = sqlite3.connect(cascade.database)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+    conn.close()
+
+
+def test_status_redacts_a_postgresql_password() -> None:
+    """A database URL is shown without its password, wherever it was written."""
+    assert (
+        redacted_url("postgresql://app:s3cret@db:5432/cascade?sslmode=require&password=x")
+        == "postgresql://app:***@db:5432/cascade?sslmode=require&password=***"
+    )
+    assert redacted_url("postgresql://app@db/cascade") == "postgresql://app@db/cascade"

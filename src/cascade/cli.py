@@ -323,6 +323,25 @@ def worker(
         raise _fail(f"error: {exc}") from exc
 
 
+@app.command()
+def status(
+    database: DatabaseOption = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Say which database and configuration file commands here use, and what the database
+    holds: its schema version against this release's, accounts, queued jobs and webhooks.
+    Changes nothing, and never creates a database."""
+    from cascade.overview import render_status, status_report
+
+    settings = _settings(database, config)
+    try:
+        report = status_report(settings)
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
+    typer.echo(json.dumps(report, indent=2) if as_json else render_status(report))
+
+
 # --- db --------------------------------------------------------------------------------------
 
 
