@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import re
+import socket
 import sqlite3
 import stat
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -178,27 +180,38 @@ def test_serve_first_start_writes_no_secret_to_stdout_or_the_log(
     the credentials file's path, never the API or signature secret."""
     lifespan: list[str] = []
 
-    def run_lifespan(app: Any, **_: Any) -> None:
-        async def drive() -> None:
-            messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    class LifespanOnly:
+        """A uvicorn server that runs the app's start-up and shutdown, and serves nothing."""
 
-            async def receive() -> dict[str, str]:
-                return messages.pop(0)
+        def __init__(self, config: Any) -> None:
+            self.app = config.app
+            self.started = False
 
-            async def send(message: dict[str, Any]) -> None:
-                lifespan.append(message["type"])
+        def run(self, sockets: list[socket.socket]) -> None:
+            """Start and stop the app as uvicorn would around serving ``sockets``."""
+            assert [sock.getsockname()[0] for sock in sockets] == ["127.0.0.1"]
 
-            scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-            await app(scope, receive, send)
+            async def drive() -> None:
+                messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
-        asyncio.run(drive())
+                async def receive() -> dict[str, str]:
+                    return messages.pop(0)
 
-    monkeypatch.setattr(runtime.uvicorn, "run", run_lifespan)
+                async def send(message: dict[str, Any]) -> None:
+                    lifespan.append(message["type"])
+
+                scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+                await self.app(scope, receive, send)
+
+            asyncio.run(drive())
+            self.started = True
+
+    monkeypatch.setattr(runtime.uvicorn, "Server", LifespanOnly)
     monkeypatch.setattr(runtime, "tune_gc", lambda: None)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        result = cascade("serve")
+        result = cascade("serve", "--port", "0")
     finally:
         root.handlers[:], root.level = handlers, level
         structlog.reset_defaults()
@@ -952,3 +965,30 @@ def test_status_redacts_a_postgresql_password() -> None:
         == "postgresql://app:***@db:5432/cascade?sslmode=require&password=***"
     )
     assert redacted_url("postgresql://app@db/cascade") == "postgresql://app@db/cascade"
+
+
+def test_serve_on_a_port_in_use_fails_before_opening_the_database(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the port taken, serve exits 1 at once naming the address, before it builds the
+    app: no database is created and no engine starts."""
+    built: list[object] = []
+    monkeypatch.setattr(runtime, "build_app", lambda *args, **kwargs: built.append(args))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        try:
+            result = cascade("serve", "--port", str(port))
+        finally:
+            root.handlers[:], root.level = handlers, level
+            structlog.reset_defaults()
+    assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+    assert time.monotonic() - started < 5
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "in use" in result.stderr
+    assert built == []
+    assert not cascade.database.exists()
