@@ -136,6 +136,10 @@ app.add_typer(account_app, name="account")
 app.add_typer(app_app, name="app")
 app.add_typer(jwt_app, name="jwt")
 app.add_typer(webhooks_app, name="webhooks")
+dev_app = typer.Typer(
+    rich_markup_mode=None, help="Tools for trying Cascade on one machine.", no_args_is_help=True
+)
+app.add_typer(dev_app, name="dev")
 
 DatabaseOption = Annotated[
     str | None,
@@ -964,6 +968,57 @@ def dispatch(
     headers = _auth_headers(app_id, private_key, basic_key, basic_secret)
     basic = (basic_key, basic_secret) if basic_key and basic_secret and not headers else None
     _post(url, "/v0.1/dispatch", body, headers, basic)
+
+
+# --- dev -------------------------------------------------------------------------------------
+
+
+@dev_app.command("smsc")
+def dev_smsc(
+    host: Annotated[str, typer.Option(help="Listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port", min=0, max=65535)] = 2775,
+    system_id: Annotated[str, typer.Option(help="The system_id a bind must give")] = "cascade",
+    # the local test SMSC's well-known default, as in the README's cascade.toml
+    password: Annotated[str, typer.Option(help="The password a bind must give")] = "secret",  # noqa: S107
+    receipt_delay: Annotated[
+        float, typer.Option(help="Seconds from a submit to its delivery receipt", min=0)
+    ] = 1.0,
+    receipt_stat: Annotated[
+        str,
+        typer.Option(
+            help="The receipts' stat: DELIVRD, UNDELIV, REJECTD, EXPIRED, ... (none: no receipt)"
+        ),
+    ] = "DELIVRD",
+) -> None:
+    """Run a local SMSC (SMPP 3.4) to try SMS over SMPP: it accepts binds with the given
+    system_id and password, accepts every submit_sm and sends a delivery receipt for each,
+    printing what it does. Needs the smpp34 package: pip install 'cascade[smsc]'."""
+    try:
+        from cascade.devtools.smsc import Behaviour, Smsc, run_smsc
+    except ModuleNotFoundError as exc:
+        if exc.name != "smpp34":
+            raise
+        raise _fail(
+            "error: cascade dev smsc needs the smpp34 package: pip install 'cascade[smsc]' "
+            "(or 'cascade[dev]')"
+        ) from exc
+    stat = receipt_stat.strip().upper()
+
+    def say(line: str) -> None:
+        typer.echo(f"{time.strftime('%H:%M:%S')} {line}")
+
+    smsc = Smsc(
+        host=host,
+        port=port,
+        credentials={system_id: password},
+        default=Behaviour(receipt=None if stat == "NONE" else stat, receipt_delay=receipt_delay),
+        record=False,
+        on_event=say,
+    )
+    try:
+        asyncio.run(run_smsc(smsc, say))
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
 
 
 def main() -> None:
