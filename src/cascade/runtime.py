@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import signal
+import socket
 from collections.abc import Callable
 
 import structlog
@@ -29,6 +31,7 @@ from cascade.service import (
     credentials_path,
     ensure_default_account,
     open_store,
+    redacted_url,
 )
 from cascade.store.base import ChannelLinks, Purging, Store
 from cascade.supervision import OnFatal
@@ -93,7 +96,7 @@ def build_app(
             start_retention(settings, store, engine)
         log.info(
             "cascade.started",
-            database=_redacted(settings.database_url),
+            database=redacted_url(settings.database_url),
             engine="in-process" if engine else "off",
         )
 
@@ -210,23 +213,15 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(signum, stopped.set)
     await engine.start()
     start_retention(settings, store, engine)
-    log.info("cascade.worker", database=_redacted(settings.database_url), worker=engine.worker_id)
+    log.info(
+        "cascade.worker", database=redacted_url(settings.database_url), worker=engine.worker_id
+    )
     try:
         await stopped.wait()
     finally:
         await engine.stop()
         await store.close()
     fatal.exit_if_fatal()
-
-
-def _redacted(url: str) -> str:
-    """A database URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 #: allocations (net) between two young-generation collections of the cyclic garbage collector in
@@ -244,26 +239,75 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
+#: connections the kernel queues for the API before it accepts them (uvicorn's default)
+LISTEN_BACKLOG = 2048
+#: uvicorn's exit status when the app's start-up failed
+STARTUP_FAILURE = 3
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The API's socket, bound and listening: ``serve`` makes it before anything else, so a
+    port in use (or an address this host lacks) fails at once, before the database is opened
+    or the engine started; ConfigError says which address and why."""
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
+    listener = socket.socket(family, kind, proto)
+    try:
+        # a restart binds while the last run's connections are still in TIME_WAIT
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        listener.close()
+        hint = (
+            ": the port is in use (another process listens there); stop it, or choose another "
+            "--port or CASCADE_PORT"
+            if exc.errno == errno.EADDRINUSE
+            else f": {exc.strerror}"
+        )
+        raise ConfigError(f"cannot listen on {where}{hint}") from exc
+    return listener
+
+
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
-    """Serve the API until interrupted, with the connection limits of ``settings``."""
+    """Serve the API until interrupted, with the connection limits of ``settings``. The port
+    is bound first: when it is taken, nothing else starts."""
     configure_logging(settings.log_level, settings.log_format)
+    listener = bind_listener(settings.host, settings.port)
     fatal = FatalExit()
-    app = build_app(settings, announce=announce, on_fatal=fatal)
-    tune_gc()
-    limits = connection_limits(settings, raise_file_limit())
-    log.info(
-        "cascade.listening",
-        url=f"http://{settings.host}:{settings.port}",
-        max_connections=limits.max_connections,
-    )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=limited_protocol(limits),
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-    )
+    server: uvicorn.Server | None = None
+    try:
+        app = build_app(settings, announce=announce, on_fatal=fatal)
+        tune_gc()
+        limits = connection_limits(settings, raise_file_limit())
+        host, port = listener.getsockname()[:2]
+        log.info(
+            "cascade.listening",
+            url=f"http://{f'[{host}]' if ':' in host else host}:{port}",
+            max_connections=limits.max_connections,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                loop="uvloop",
+                http=limited_protocol(limits),
+                access_log=False,
+                log_config=None,
+                lifespan="on",
+            )
+        )
+        # uvicorn's own signal handling (SIGINT, SIGTERM: a graceful stop) runs as under
+        # uvicorn.run; it serves on the socket given instead of binding one after start-up
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C during the graceful stop, as uvicorn.run allows
+    finally:
+        listener.close()
+    if server is None or not server.started:
+        raise SystemExit(STARTUP_FAILURE)
     fatal.exit_if_fatal()

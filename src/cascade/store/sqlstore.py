@@ -65,9 +65,11 @@ from cascade.store.base import (
     Job,
     ListQuery,
     Store,
+    StoreOverview,
     WorkflowKey,
     _Unset,
 )
+from cascade.store.migrations import migrations
 
 T = TypeVar("T")
 
@@ -605,8 +607,15 @@ class SqlStore(Store, abc.ABC):
         plan is given as the function that makes it: a driver may run a write again (SQLite
         does, one write at a time, after another write of its batch failed)."""
 
+    #: the query and migration files this store's database reads ("sqlite" or "postgres")
+    dialect: str
+
     async def ping(self) -> None:
         await self._read(value("ping"))
+
+    async def overview(self) -> StoreOverview:
+        expected = tuple(migration.version for migration in migrations(self.dialect))
+        return await self._read(_overview_plan(expected, time.time()))
 
     # --- tenancy ---------------------------------------------------------------------------
 
@@ -1020,3 +1029,23 @@ def _add_webhooks_plan(webhooks: Sequence[NewWebhook], now: float) -> Plan[None]
     """Queue webhooks that belong to no transition."""
     if (yield from _insert_webhooks(webhooks, now)):
         yield Signal.JOBS_QUEUED
+
+
+def _overview_plan(expected: tuple[int, ...], now: float) -> Plan[StoreOverview]:
+    """The schema versions applied and, when none is missing, the counts of a status report
+    (a schema that lacks a table has nothing to count it in)."""
+    if not (yield value("has_schema_migrations")):
+        return StoreOverview((), expected)
+    applied = tuple(sorted((yield select("schema_versions")).column("version")))
+    overview = StoreOverview(applied, expected)
+    if overview.missing:
+        return overview
+    counts = yield first("store_counts", now=now)
+    return replace(
+        overview,
+        accounts=counts["accounts"],
+        jobs=counts["jobs"],
+        jobs_due=counts["jobs_due"],
+        pending_webhooks=counts["pending_webhooks"],
+        dead_webhooks=counts["dead_webhooks"],
+    )

@@ -527,3 +527,19 @@ WHERE message_id IN (SELECT id FROM messages WHERE workflow_id = ANY(:ids::text[
 DELETE FROM events WHERE workflow_id = ANY(:ids::text[]);
 DELETE FROM messages WHERE workflow_id = ANY(:ids::text[]);
 DELETE FROM workflows WHERE id = ANY(:ids::text[])
+
+-- ---- status (cascade status) -----------------------------------------------------------------
+
+-- name: has_schema_migrations
+-- whether the database (the schema search_path selects) has been migrated at all
+SELECT to_regclass('schema_migrations') IS NOT NULL
+
+-- name: schema_versions
+SELECT version FROM schema_migrations ORDER BY version
+
+-- name: store_counts
+SELECT (SELECT count(*) FROM accounts) AS accounts,
+       (SELECT count(*) FROM jobs) AS jobs,
+       (SELECT count(*) FROM jobs WHERE run_at <= :now) AS jobs_due,
+       (SELECT count(*) FROM webhooks WHERE state = 'pending') AS pending_webhooks,
+       (SELECT count(*) FROM webhooks WHERE state = 'dead') AS dead_webhooks

@@ -515,3 +515,19 @@ WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (:ids*));
 DELETE FROM events WHERE workflow_id IN (:ids*);
 DELETE FROM messages WHERE workflow_id IN (:ids*);
 DELETE FROM workflows WHERE id IN (:ids*)
+
+-- ---- status (cascade status) -----------------------------------------------------------------
+
+-- name: has_schema_migrations
+-- whether the database has been migrated at all (its bookkeeping table exists)
+SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'
+
+-- name: schema_versions
+SELECT version FROM schema_migrations ORDER BY version
+
+-- name: store_counts
+SELECT (SELECT count(*) FROM accounts) AS accounts,
+       (SELECT count(*) FROM jobs) AS jobs,
+       (SELECT count(*) FROM jobs WHERE run_at <= :now) AS jobs_due,
+       (SELECT count(*) FROM webhooks WHERE state = 'pending') AS pending_webhooks,
+       (SELECT count(*) FROM webhooks WHERE state = 'dead') AS dead_webhooks
