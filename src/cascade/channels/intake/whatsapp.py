@@ -19,29 +19,31 @@ failed      rejected         ``errors[0]`` gives the code (below) and the reason
 ==========  ===============  ====================================================
 
 A ``failed`` status is ``rejected`` with a code from Nexmo's list, chosen by the WhatsApp
-error code; the reason keeps WhatsApp's own code, title and details:
+error code as the send adapters choose it for the same code refused at once (the table of
+docs/design.md §7); the reason keeps WhatsApp's own code, title and details:
 
 =================  ====  ===========================================================
 WhatsApp code      code  why
 =================  ====  ===========================================================
-131026             1300  Not part of the provider network: the number is not on
-                         WhatsApp, or its client cannot receive the message
 131047             1340  Outside of the allowed window: more than 24 h since the
                          user last wrote; only a template may go
-131048, 131049,    1210  Anti-spam rejection: WhatsApp held the message back (spam
-130472, 368              rate, marketing limits, an experiment, a policy block)
+131026             1300  Not part of the provider network: the number is not on
+                         WhatsApp, or its client cannot receive the message
 131050             1240  Illegal number: the user stopped marketing messages
-131056             1241  Too many send requests to this number (pair rate)
-130429             1000  Throttled: over the business number's throughput
-131021             1020  Invalid params: the recipient is the sender
-131051             1040  Invalid message: a type WhatsApp does not support
-131052             1380  Invalid resource: WhatsApp could not download the media
-131053             1382  Resource type is invalid: the media could not be used
-131042             1070  Partner quota exceeded: a payment problem
-131031             1060  Partner account barred: the business account is locked
+131048, 131049,    1210  Anti-spam rejection: WhatsApp held the message back (spam
+130472                   rate, per-user marketing limits, an experiment)
 190                1370  Expired access token
-132000..132016     1022  Invalid template or template parameters
-anything else      1330  Unknown
+368, 131031        1060  Partner account barred: the business account is restricted
+131042             1070  Partner quota exceeded: a payment problem
+131030             1160  Non white-listed destination (a test number's list)
+130429, 131056     1000  Throttled: the number's throughput, or the pair rate
+100, 131009,       1020  Invalid params
+131021
+131008             1010  Missing params
+131051             1040  Invalid message: a type WhatsApp does not support
+131052, 131053     1380  Invalid resource: the media could not be fetched or used
+132000..132099     1022  Invalid template or template parameters
+anything else      1331  Provider error (131000 "something went wrong" among them)
 =================  ====  ===========================================================
 
 Inbound messages (``value.messages[]``) become v0.1 inbound content: ``text``; ``image``,
@@ -76,26 +78,30 @@ _STATUSES = {
 
 #: WhatsApp error codes (webhook ``errors[].code``) and the Nexmo code each is reported as
 ERROR_CODES: dict[int, int] = {
-    131026: 1300,
     131047: 1340,
+    131026: 1300,
+    131050: 1240,
     131048: 1210,
     131049: 1210,
     130472: 1210,
-    368: 1210,
-    131050: 1240,
-    131056: 1241,
+    190: 1370,
+    368: 1060,
+    131031: 1060,
+    131042: 1070,
+    131030: 1160,
     130429: 1000,
+    131056: 1000,
+    100: 1020,
+    131009: 1020,
     131021: 1020,
+    131008: 1010,
     131051: 1040,
     131052: 1380,
-    131053: 1382,
-    131042: 1070,
-    131031: 1060,
-    190: 1370,
-    **{code: 1022 for code in range(132000, 132017)},
+    131053: 1380,
+    **{code: 1022 for code in range(132000, 132100)},
 }
-#: the Nexmo code of a WhatsApp error not in ERROR_CODES
-UNKNOWN_ERROR = 1330
+#: the Nexmo code of a WhatsApp error not in ERROR_CODES: Provider error
+UNKNOWN_ERROR = 1331
 
 #: inbound media types and the v0.1 content type each becomes
 _MEDIA_TYPES = {"image": "image", "audio": "audio", "video": "video", "document": "file"}
