@@ -27,12 +27,21 @@ from cascade.config import JOB_KINDS, Settings, engine_jobs
 from cascade.domain.records import (
     Account,
     Application,
+    ChannelLink,
+    LinkedChannel,
     WebhookRecord,
     WebhookState,
     WorkflowRecord,
 )
 from cascade.errors import CascadeError, ConfigError
-from cascade.service import credentials_path, ensure_default_account, new_account, open_store
+from cascade.sealing import KEY_SETTING, Sealer
+from cascade.service import (
+    channel_sealer,
+    credentials_path,
+    ensure_default_account,
+    new_account,
+    open_store,
+)
 from cascade.store.base import Store
 
 T = TypeVar("T")
@@ -83,9 +92,22 @@ webhooks_app = typer.Typer(
     help="Customer webhooks: delivery state and replay.",
     no_args_is_help=True,
 )
+channel_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Linked channels: the Messenger pages, WhatsApp numbers and Viber bots an account "
+    "sends from, their credentials sealed with CASCADE_CHANNEL_KEY.",
+    no_args_is_help=True,
+)
+channel_add_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Link a Messenger page, a WhatsApp number or a Viber bot to the account.",
+    no_args_is_help=True,
+)
+channel_app.add_typer(channel_add_app, name="add")
 app.add_typer(db_app, name="db")
 app.add_typer(account_app, name="account")
 app.add_typer(app_app, name="app")
+app.add_typer(channel_app, name="channel")
 app.add_typer(jwt_app, name="jwt")
 app.add_typer(webhooks_app, name="webhooks")
 
@@ -295,6 +317,14 @@ def _echo_account(account: Account, show_secrets: bool) -> None:
     typer.echo(f"signature_secret: {secret}")
     typer.echo(f"status_url:       {account.status_url or '-'}")
     typer.echo(f"inbound_url:      {account.inbound_url or '-'}")
+    typer.echo(f"mode:             {_mode(account)}")
+
+
+def _mode(account: Account) -> str:
+    """What happens to an account's messages from no linked channel, in a word or two."""
+    if account.sandbox:
+        return "sandbox (messages from no linked channel go to the sandbox)"
+    return "live (messages from no linked channel are rejected)"
 
 
 @account_app.command("show")
@@ -318,11 +348,23 @@ def account_set(
     inbound_url: Annotated[
         str | None, typer.Option(help="Where inbound messages go ('' clears)")
     ] = None,
+    sandbox: Annotated[
+        bool | None,
+        typer.Option(
+            "--sandbox/--live",
+            help="Sandbox: messages from no linked channel go to the sandbox; live: they are "
+            "rejected [default: unchanged]",
+            show_default=False,
+        ),
+    ] = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Set the account's default webhook URLs (applications may override them)."""
+    """Set the account's default webhook URLs (applications may override them) and whether it
+    is a sandbox or a live account."""
     changes = _url_changes(status_url, inbound_url)
+    if sandbox is not None:
+        changes["sandbox"] = sandbox
 
     async def work(store: Store) -> Account:
         account = await _account(store, api_key, database)
@@ -365,16 +407,25 @@ def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None
 def account_create(
     status_url: Annotated[str | None, typer.Option(help="Status webhook URL")] = None,
     inbound_url: Annotated[str | None, typer.Option(help="Inbound webhook URL")] = None,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="A live account: its messages from no linked channel are rejected instead "
+            "of going to the sandbox",
+        ),
+    ] = False,
     database: DatabaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the account as JSON")] = False,
 ) -> None:
     """Create another account; prints its API key and secrets (the API secret only this once:
-    only its digest is stored)."""
+    only its digest is stored). It is a sandbox account unless --live."""
     created = new_account(SystemClock())
     account = dataclasses.replace(
         created.account,
         status_url=_webhook_url(status_url) if status_url else None,
         inbound_url=_webhook_url(inbound_url) if inbound_url else None,
+        sandbox=not live,
     )
 
     async def work(store: Store) -> None:
@@ -411,12 +462,14 @@ def _echo_new_secret(account: Account, api_secret: str, as_json: bool) -> None:
             "signature_secret": account.signature_secret,
             "status_url": account.status_url,
             "inbound_url": account.inbound_url,
+            "sandbox": account.sandbox,
         }
         typer.echo(json.dumps(shown))
         return
     typer.echo(f"api_key:          {account.api_key}")
     typer.echo(f"api_secret:       {api_secret}  (shown only this once)")
     typer.echo(f"signature_secret: {account.signature_secret}")
+    typer.echo(f"mode:             {_mode(account)}")
 
 
 # --- app -------------------------------------------------------------------------------------
@@ -641,6 +694,356 @@ def _echo_application(application: Application, key_path: Path | None, as_json: 
     typer.echo(f"inbound_url:    {application.inbound_url or '-'}")
     if key_path is not None:
         typer.echo(f"private key:    {key_path} (mode 0600; keep it secret)")
+
+
+# --- channel ---------------------------------------------------------------------------------
+
+#: the credentials that are secrets (masked when listed, prompted for without echo); the others
+#: (ids, the Viber sender's name and avatar) are shown in full
+SECRET_CREDENTIALS = frozenset(
+    {"page_access_token", "app_secret", "access_token", "auth_token", "verify_token"}
+)
+#: where each platform posts its callbacks, under CASCADE_PUBLIC_URL
+CALLBACK_PATHS = {
+    LinkedChannel.MESSENGER: "/channels/messenger",
+    LinkedChannel.WHATSAPP: "/channels/whatsapp",
+    LinkedChannel.VIBER: "/channels/viber",
+}
+#: the longest sender name Viber shows
+VIBER_SENDER_NAME_CHARS = 28
+#: the most digits an E.164 number has
+E164_DIGITS = 15
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the link as JSON")]
+VerifyTokenOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The token the platform's webhook handshake sends back (hub.verify_token) "
+        "[default: a random one, printed once]",
+        show_default=False,
+    ),
+]
+AppSecretOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The Meta app's secret, which signs callbacks [default: asked for, not echoed]",
+        show_default=False,
+    ),
+]
+
+
+@channel_app.command("key")
+def channel_key() -> None:
+    """Print a new key for CASCADE_CHANNEL_KEY (and, on standard error, how to set it)."""
+    key = Sealer.generate_key()
+    typer.echo(key)
+    typer.echo(
+        "Set it wherever Cascade runs (serve, worker and these commands), e.g. in .env:\n"
+        f"  {KEY_SETTING}=<the key above>\n"
+        "Keep a copy: links sealed with it cannot be read without it. To change keys, put "
+        f"the new one first and keep the old one after it: {KEY_SETTING}=new,old",
+        err=True,
+    )
+
+
+def _require_channel_key(database: str | None) -> None:
+    """Fail before asking for anything when no key can seal the credentials."""
+    try:
+        sealer = channel_sealer(_settings(database))
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
+    if sealer is None:
+        raise _fail(
+            f"error: linking a channel needs {KEY_SETTING}, the key that seals its "
+            "credentials: `cascade channel key` makes one"
+        )
+
+
+def _secret(given: str | None, prompt: str) -> str:
+    """A secret given on the command line, else asked for without echo (so that it need not
+    sit in the shell's history)."""
+    value = given if given is not None else typer.prompt(prompt, hide_input=True)
+    return _required(value, prompt)
+
+
+def _required(value: str, what: str) -> str:
+    """A value stripped of surrounding spaces; an error naming it when nothing is left."""
+    value = value.strip()
+    if not value:
+        raise _fail(f"error: {what} is empty")
+    return value
+
+
+def _verify_token(given: str | None) -> tuple[str, bool]:
+    """The webhook handshake's token and whether it was made here (and must be shown)."""
+    if given is not None:
+        return _required(given, "--verify-token"), False
+    return secrets.token_urlsafe(24), True
+
+
+def _add_link(
+    channel: LinkedChannel,
+    address: str,
+    credentials: dict[str, str],
+    *,
+    shown_once: dict[str, str],
+    database: str | None,
+    api_key: str | None,
+    as_json: bool,
+) -> None:
+    """Link ``address`` of ``channel`` to the account and print the link, with the values in
+    ``shown_once`` (a generated verify token) that are printed only now."""
+
+    async def work(store: Store) -> tuple[ChannelLink, Account]:
+        account = await _account(store, api_key, database, quiet=as_json)
+        link = ChannelLink(
+            id=str(uuid.uuid4()),
+            account_id=account.id,
+            channel=channel,
+            address=address,
+            credentials=credentials,
+            created_at=SystemClock().now(),
+        )
+        await store.add_channel_link(link)
+        return link, account
+
+    link, account = _with_store(database, work)
+    if as_json:
+        typer.echo(json.dumps({**_link_json(link, account.api_key), **shown_once}))
+        return
+    typer.echo(f"link_id:  {link.id}")
+    typer.echo(f"channel:  {link.channel}")
+    typer.echo(f"address:  {link.address}")
+    typer.echo(f"api_key:  {account.api_key}")
+    for name, value in shown_once.items():
+        typer.echo(
+            f"{name}: {value}  (shown only this once; the platform's webhook setup asks for it)"
+        )
+    public_url = _settings(database).public_url
+    callback = f"{(public_url or '$CASCADE_PUBLIC_URL').rstrip('/')}{CALLBACK_PATHS[channel]}"
+    typer.echo(f"Register this callback URL with the platform: {callback}")
+
+
+def _masked(name: str, value: str) -> str:
+    """A credential as a listing shows it: a secret's first 4 characters (none of a short
+    one) and "…"; anything else in full."""
+    if name not in SECRET_CREDENTIALS:
+        return value
+    return value[:4] + "…" if len(value) >= 16 else "…"
+
+
+def _link_json(link: ChannelLink, api_key: str) -> dict[str, Any]:
+    """A link as ``--json`` prints it, its secrets masked."""
+    return {
+        "link_id": link.id,
+        "channel": link.channel.value,
+        "address": link.address,
+        "api_key": api_key,
+        "created_at": _utc(link.created_at),
+        "credentials": {name: _masked(name, v) for name, v in sorted(link.credentials.items())},
+    }
+
+
+def _utc(at: float) -> str:
+    """A time as ISO 8601 in UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+@channel_add_app.command("messenger")
+def channel_add_messenger(
+    page_id: Annotated[
+        str, typer.Option(help="The Facebook page's id: what from.id names", show_default=False)
+    ],
+    page_access_token: Annotated[
+        str | None,
+        typer.Option(
+            help="The page access token (Send API) [default: asked for, not echoed]",
+            show_default=False,
+        ),
+    ] = None,
+    app_secret: AppSecretOption = None,
+    verify_token: VerifyTokenOption = None,
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Link a Facebook page: messages from.id = the page id go out on Messenger with its
+    token."""
+    _require_channel_key(database)
+    address = _required(page_id, "--page-id")
+    token, generated = _verify_token(verify_token)
+    credentials = {
+        "page_access_token": _secret(page_access_token, "Page access token"),
+        "app_secret": _secret(app_secret, "App secret"),
+        "verify_token": token,
+    }
+    _add_link(
+        LinkedChannel.MESSENGER,
+        address,
+        credentials,
+        shown_once={"verify_token": token} if generated else {},
+        database=database,
+        api_key=api_key,
+        as_json=as_json,
+    )
+
+
+@channel_add_app.command("whatsapp")
+def channel_add_whatsapp(
+    number: Annotated[
+        str,
+        typer.Option(
+            help="The business number in E.164 (447700900000 or +447700900000): what "
+            "from.number names",
+            show_default=False,
+        ),
+    ],
+    phone_number_id: Annotated[
+        str, typer.Option(help="The Cloud API's id of that number", show_default=False)
+    ],
+    business_account_id: Annotated[
+        str, typer.Option(help="The WhatsApp Business Account id", show_default=False)
+    ],
+    access_token: Annotated[
+        str | None,
+        typer.Option(
+            help="A system user's access token [default: asked for, not echoed]",
+            show_default=False,
+        ),
+    ] = None,
+    app_secret: AppSecretOption = None,
+    verify_token: VerifyTokenOption = None,
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Link a WhatsApp business number: messages from.number = that number go out on the
+    Cloud API with its token."""
+    _require_channel_key(database)
+    digits = _required(number, "--number").removeprefix("+")
+    if not digits.isdecimal() or not digits.isascii() or len(digits) > E164_DIGITS:
+        raise _fail(f"error: --number must be an E.164 number: up to {E164_DIGITS} digits")
+    token, generated = _verify_token(verify_token)
+    credentials = {
+        "phone_number_id": _required(phone_number_id, "--phone-number-id"),
+        "business_account_id": _required(business_account_id, "--business-account-id"),
+        "access_token": _secret(access_token, "Access token"),
+        "app_secret": _secret(app_secret, "App secret"),
+        "verify_token": token,
+    }
+    _add_link(
+        LinkedChannel.WHATSAPP,
+        digits,
+        credentials,
+        shown_once={"verify_token": token} if generated else {},
+        database=database,
+        api_key=api_key,
+        as_json=as_json,
+    )
+
+
+@channel_add_app.command("viber")
+def channel_add_viber(
+    bot_id: Annotated[
+        str, typer.Option(help="The Viber bot's id: what from.id names", show_default=False)
+    ],
+    sender_name: Annotated[
+        str,
+        typer.Option(
+            help=f"The name messages show (up to {VIBER_SENDER_NAME_CHARS} characters)",
+            show_default=False,
+        ),
+    ],
+    auth_token: Annotated[
+        str | None,
+        typer.Option(
+            help="The bot's auth token (X-Viber-Auth-Token) [default: asked for, not echoed]",
+            show_default=False,
+        ),
+    ] = None,
+    sender_avatar: Annotated[
+        str | None, typer.Option(help="The sender's avatar (an https URL)", show_default=False)
+    ] = None,
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Link a Viber bot: messages from.id = the bot id go out on the Viber REST API with its
+    token."""
+    _require_channel_key(database)
+    address = _required(bot_id, "--bot-id")
+    name = _required(sender_name, "--sender-name")
+    if len(name) > VIBER_SENDER_NAME_CHARS:
+        raise _fail(
+            f"error: --sender-name is {len(name)} characters; Viber shows up to "
+            f"{VIBER_SENDER_NAME_CHARS}"
+        )
+    credentials = {"sender_name": name}
+    if sender_avatar is not None:
+        avatar = _required(sender_avatar, "--sender-avatar")
+        if not avatar.startswith(("http://", "https://")):
+            raise _fail(f"error: --sender-avatar {avatar!r} is not an http(s) URL")
+        credentials["sender_avatar"] = avatar
+    credentials["auth_token"] = _secret(auth_token, "Auth token")
+    _add_link(
+        LinkedChannel.VIBER,
+        address,
+        credentials,
+        shown_once={},
+        database=database,
+        api_key=api_key,
+        as_json=as_json,
+    )
+
+
+@channel_app.command("list")
+def channel_list(
+    database: DatabaseOption = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="One account's links (default: every account's)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array")] = False,
+) -> None:
+    """List linked channels, oldest first: id, channel, address, account, when, and their
+    credentials with every secret masked."""
+
+    async def work(store: Store) -> tuple[list[ChannelLink], dict[str, str]]:
+        accounts = {account.id: account.api_key for account in await store.list_accounts()}
+        if api_key is None:
+            return await store.channel_links(), accounts
+        account = await _account(store, api_key, database, create=False)
+        return await store.channel_links(account.id), accounts
+
+    links, api_keys = _with_store(database, work, existing=True)
+    shown = [_link_json(link, api_keys.get(link.account_id, "-")) for link in links]
+    if as_json:
+        typer.echo(json.dumps(shown))
+        return
+    for item in shown:
+        credentials = " ".join(f"{name}={value}" for name, value in item["credentials"].items())
+        typer.echo(
+            f"{item['link_id']}  {item['channel']:<17} {item['address']:<16} "
+            f"api_key={item['api_key']:<10} {item['created_at']}  {credentials}"
+        )
+
+
+@channel_app.command("remove")
+def channel_remove(
+    link_id: Annotated[str, typer.Argument(help="The link's id (cascade channel list)")],
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Unlink a channel of the account: its credentials are deleted, and the address is free
+    to link again (by any account). Needs no key."""
+
+    async def work(store: Store) -> bool:
+        account = await _account(store, api_key, database, create=False)
+        return await store.remove_channel_link(account.id, link_id)
+
+    if not _with_store(database, work, existing=True):
+        raise _fail(f"error: the account has no channel link {link_id}")
+    typer.echo(f"removed channel link {link_id}")
 
 
 # --- jwt -------------------------------------------------------------------------------------

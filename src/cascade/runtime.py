@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 from cascade.api.app import create_app
 from cascade.api.server import connection_limits, limited_protocol, raise_file_limit
 from cascade.channels.base import ChannelProvider
+from cascade.channels.linked import linked_providers
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
@@ -129,13 +130,20 @@ async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:
 def build_engine(
     settings: Settings, store: Store, clock: Clock, on_fatal: OnFatal | None = None
 ) -> Engine:
-    """The engine with the providers the settings name (the sandbox for every channel they do
-    not name) and the webhook sender."""
+    """The engine with its providers (Messenger, WhatsApp and Viber through each account's linked
+    page, number or bot; SMS over SMPP when the configuration file says so; the sandbox for the
+    rest) and the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
     sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return Engine(
         store,
-        Providers(sandbox, configured_providers(settings, clock)),
+        Providers(
+            sandbox,
+            {
+                **linked_providers(settings, sandbox, store, clock),
+                **configured_providers(settings, clock),
+            },
+        ),
         clock,
         EngineSettings(
             batch_size=settings.worker_batch_size,

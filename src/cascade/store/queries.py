@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -44,6 +44,8 @@ class Statement:
     #: whether its values are its parameters as they are, two or more (bound fastest)
     plain: bool = False
     _get: Any = field(default=None, repr=False, compare=False)
+    #: its values from named parameters, for a statement without list parameters (one call)
+    values: Callable[[Params], tuple[Any, ...]] = field(default=tuple, repr=False, compare=False)
     #: the SQL for each combination of list lengths met so far
     _expanded: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -105,11 +107,15 @@ class Query:
     #: ``executemany`` runs ``last`` alone: a query run that way has one statement)
     before: tuple[Statement, ...]
     last: Statement
+    #: whether it is one statement without list parameters: run as ``sql`` with ``values``
+    simple: bool = False
 
     @classmethod
     def of(cls, name: str, statements: tuple[Statement, ...]) -> Query:
         """A query of these statements, in order."""
-        return cls(name, statements, statements[:-1], statements[-1])
+        last = statements[-1]
+        simple = len(statements) == 1 and not last.lists
+        return cls(name, statements, statements[:-1], last, simple)
 
 
 def _compile(dialect: str, text: str) -> Statement:
@@ -134,7 +140,21 @@ def _compile(dialect: str, text: str) -> Statement:
         json_lists = frozenset()
     getter = itemgetter(*order) if order else None
     plain = len(order) > 1 and not lists and not json_lists
-    return Statement(sql.strip(), order, json_lists, lists, plain, getter)
+    statement = Statement(sql.strip(), order, json_lists, lists, plain, getter)
+    if not lists:
+        object.__setattr__(statement, "values", _values_of(statement))
+    return statement
+
+
+def _values_of(statement: Statement) -> Callable[[Params], tuple[Any, ...]]:
+    """The fastest function giving a statement's values from its named parameters."""
+    if statement.plain:
+        getter: Callable[[Params], tuple[Any, ...]] = statement._get
+        return getter
+    if len(statement.order) == 1 and not statement.json_lists:
+        (name,) = statement.order
+        return lambda params: (params[name],)
+    return statement.args
 
 
 def parse(dialect: str, source: str) -> dict[str, Query]:

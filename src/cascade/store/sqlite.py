@@ -469,10 +469,15 @@ def _execute(conn: sqlite3.Connection, step: Run) -> Any:
     fetch = step[2]
     if fetch is _MANY or fetch is _EACH:
         return _execute_each(conn, query, params, fetch is _EACH)
-    for statement in query.before:
-        conn.execute(*statement.bind(params))
-    sql, args = query.last.bind(params)
-    cursor = conn.execute(sql, args)
+    if query.simple:  # most statements: no binding beyond one call
+        last = query.last
+        sql = last.sql
+        cursor = conn.execute(sql, last.values(params))
+    else:
+        for statement in query.before:
+            conn.execute(*statement.bind(params))
+        sql, args = query.last.bind(params)
+        cursor = conn.execute(sql, args)
     if fetch is _ROWS:
         return _rows(cursor, sql)
     if fetch is _COUNT:

@@ -104,29 +104,35 @@ Step = Run | Signal
 Plan = Generator[Step, Any, T]
 
 
+#: a Run made without NamedTuple's Python-level ``__new__``, and the fetch modes as module
+#: constants (an Enum member read through its class costs more): plans make thousands a second
+_run = tuple.__new__
+_ROWS, _ROW, _VALUE, _COUNT, _MANY = Fetch.ROWS, Fetch.ROW, Fetch.VALUE, Fetch.COUNT, Fetch.MANY
+
+
 def select(query: str, **params: Any) -> Run:
     """Every row of a query."""
-    return Run(query, params, Fetch.ROWS)
+    return _run(Run, (query, params, _ROWS))
 
 
 def first(query: str, **params: Any) -> Run:
     """The first row of a query, or None."""
-    return Run(query, params, Fetch.ROW)
+    return _run(Run, (query, params, _ROW))
 
 
 def value(query: str, **params: Any) -> Run:
     """The first column of a query's first row, or None."""
-    return Run(query, params, Fetch.VALUE)
+    return _run(Run, (query, params, _VALUE))
 
 
 def change(query: str, **params: Any) -> Run:
     """A statement that changes rows; how many it changed."""
-    return Run(query, params, Fetch.COUNT)
+    return _run(Run, (query, params, _COUNT))
 
 
 def each(query: str, params: Sequence[Mapping[str, Any]]) -> Run:
     """A statement run once per parameter set (nothing when there is none)."""
-    return Run(query, params, Fetch.MANY)
+    return _run(Run, (query, params, _MANY))
 
 
 # --- plans ---------------------------------------------------------------------------------
