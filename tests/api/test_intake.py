@@ -10,13 +10,14 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import msgspec
 import pytest
+from starlette.types import ASGIApp
 
 from cascade.api import intake as intake_module
 from cascade.api.app import create_app
@@ -34,6 +35,9 @@ from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.sealing import Sealer
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import Tenant, make_tenant
+from tests.peers.graph import FakeGraph
+from tests.peers.server import LoopbackServer
+from tests.peers.viber import FakeViber
 
 PAGE = "104116062535871"
 PSID = "6783241905021357"
@@ -43,7 +47,8 @@ WA_NUMBER_ID = "106540352242922"
 WA_SECRET = "whatsapp-app-secret"
 BOT = "acme-bot"
 BOT_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"
-VIBER_USER = "447700900123"
+#: a Viber bot knows its users by per-bot ids
+VIBER_USER = "01234567890A="
 #: the tables a callback may write to
 TABLES = ("events", "webhooks", "orphan_receipts", "jobs")
 
@@ -75,6 +80,7 @@ class Intake:
     tenant: Tenant
     http: httpx.AsyncClient
     engine: Engine
+    app: ASGIApp
     links: dict[LinkedChannel, ChannelLink] = field(default_factory=dict)
 
     async def send(self, to: dict[str, str], from_: dict[str, str]) -> str:
@@ -89,6 +95,21 @@ class Intake:
         """A Messenger message from the page to the user: its id and its mid."""
         message_id = await self.send(
             {"type": "messenger", "id": PSID}, {"type": "messenger", "id": PAGE}
+        )
+        return message_id, await self.provider_id(message_id)
+
+    async def whatsapp_message(self) -> tuple[str, str]:
+        """A WhatsApp message from the linked number: its id and its wamid."""
+        message_id = await self.send(
+            {"type": "whatsapp", "number": "16505551234"}, {"type": "whatsapp", "number": WA_NUMBER}
+        )
+        return message_id, await self.provider_id(message_id)
+
+    async def viber_message(self) -> tuple[str, str]:
+        """A Viber message from the linked bot: its id and its message token."""
+        message_id = await self.send(
+            {"type": "viber_service_msg", "id": VIBER_USER},
+            {"type": "viber_service_msg", "id": BOT},
         )
         return message_id, await self.provider_id(message_id)
 
@@ -215,7 +236,7 @@ async def open_intake(tmp: Any, *, with_engine: bool) -> AsyncIterator[Intake]:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://cascade.test"
     ) as http:
-        yield Intake(store, clock, tenant, http, engine, links)
+        yield Intake(store, clock, tenant, http, engine, app, links)
     await engine.stop()
     await store.close()
 
@@ -453,17 +474,10 @@ class TestMessenger:
 class TestWhatsApp:
     """WhatsApp statuses and inbound messages."""
 
-    async def sent(self, intake: Intake) -> tuple[str, str]:
-        """A WhatsApp message from the linked number: its id and its wamid."""
-        message_id = await intake.send(
-            {"type": "whatsapp", "number": "16505551234"}, {"type": "whatsapp", "number": WA_NUMBER}
-        )
-        return message_id, await intake.provider_id(message_id)
-
     async def test_read_before_delivered_and_the_late_delivered(self, intake: Intake) -> None:
         """A read without delivered makes the message read; the delivered that follows
         changes nothing (one webhook per change)."""
-        message_id, wamid = await self.sent(intake)
+        message_id, wamid = await intake.whatsapp_message()
         statuses = [
             {
                 "id": wamid,
@@ -489,7 +503,7 @@ class TestWhatsApp:
     async def test_failed_is_rejected_with_its_code(self, intake: Intake) -> None:
         """A failed status with errors[] rejects the message with the mapped code and
         WhatsApp's words, in the status webhook too."""
-        message_id, wamid = await self.sent(intake)
+        message_id, wamid = await intake.whatsapp_message()
         error = {"code": 131047, "title": "Re-engagement message", "error_data": {"details": "24h"}}
         failed = {"id": wamid, "status": "failed", "timestamp": "1900000001", "errors": [error]}
         response = await intake.meta(
@@ -535,18 +549,10 @@ class TestWhatsApp:
 class TestViber:
     """Viber receipts, inbound messages and the probe."""
 
-    async def sent(self, intake: Intake) -> tuple[str, str]:
-        """A Viber message from the linked bot: its id and its message token."""
-        message_id = await intake.send(
-            {"type": "viber_service_msg", "number": VIBER_USER},
-            {"type": "viber_service_msg", "id": BOT},
-        )
-        return message_id, await intake.provider_id(message_id)
-
     async def test_delivered_then_seen_by_either_path(self, intake: Intake) -> None:
         """Delivered to /channels/viber (the bot found by its token) and seen to
         /channels/viber/{bot} move the message to delivered, then read."""
-        message_id, token = await self.sent(intake)
+        message_id, token = await intake.viber_message()
         delivered = {
             "event": "delivered",
             "timestamp": 1,
@@ -561,7 +567,7 @@ class TestViber:
 
     async def test_failed_is_rejected(self, intake: Intake) -> None:
         """Failed rejects the message with code 1260 and Viber's description."""
-        message_id, token = await self.sent(intake)
+        message_id, token = await intake.viber_message()
         failed = {
             "event": "failed",
             "timestamp": 1,
@@ -599,7 +605,7 @@ class TestViber:
         assert (await intake.viber(message)).status_code == 200
         (hook,) = await intake.webhooks(WebhookKind.INBOUND)
         body = msgspec.json.decode(hook.body)
-        assert body["from"] == {"type": "viber_service_msg", "number": "01234567890A="}
+        assert body["from"] == {"type": "viber_service_msg", "id": "01234567890A="}
         assert body["to"] == {"type": "viber_service_msg", "id": BOT}
 
 
@@ -659,6 +665,8 @@ class RecordingLog:
         self.lines: list[tuple[str, dict[str, Any]]] = []
 
     def __getattr__(self, level: str) -> Any:
+        """A recorder for any level (info, warning, debug...)."""
+
         def record(event: str, **values: Any) -> None:
             """Keep one line."""
             self.lines.append((event, values))
@@ -696,3 +704,66 @@ class TestLogging:
             sign(APP_SECRET, msgspec.json.encode(document)),
         ):
             assert secret not in text
+
+
+class TestWithTheFakePlatforms:
+    """The callbacks of the test peers (tests/peers), as the platforms send them, over real
+    HTTP on 127.0.0.1: the shapes and signatures both sides use agree."""
+
+    async def test_messenger_handshake_and_delivery_from_the_fake_graph(
+        self, intake: Intake
+    ) -> None:
+        """The fake Graph's handshake gets its challenge back; its signed delivery makes the
+        message delivered."""
+        message_id, mid = await intake.messenger_message()
+        async with served(intake) as url, FakeGraph() as graph:
+            graph.add_page(PAGE, "page-token", APP_SECRET)
+            graph.callback_url = f"{url}/channels/messenger"
+            assert await graph.subscribe("m-verify") == (200, True)
+            assert await graph.subscribe("not-the-token") == (403, False)
+            assert await graph.messenger_delivery(PAGE, PSID, [mid]) == 200
+        assert await intake.status(message_id) == "delivered"
+
+    async def test_whatsapp_failed_and_inbound_from_the_fake_graph(self, intake: Intake) -> None:
+        """The fake Graph's failed status rejects the message with 1300; its inbound text
+        reaches the account's inbound webhook."""
+        message_id, wamid = await intake.whatsapp_message()
+        async with served(intake) as url, FakeGraph() as graph:
+            graph.add_number(WA_NUMBER_ID, WA_NUMBER, "wa-token", WA_SECRET)
+            graph.callback_url = f"{url}/channels/whatsapp"
+            status = await graph.whatsapp_status(WA_NUMBER_ID, wamid, "16505551234", "failed")
+            assert status == 200
+            wamid_in = await graph.whatsapp_inbound(WA_NUMBER_ID, "16505551234", "hello")
+        message = await intake.store.find_message(message_id)
+        assert message is not None
+        assert (message.status, message.error_code) == ("rejected", 1300)
+        (hook,) = await intake.webhooks(WebhookKind.INBOUND)
+        assert msgspec.json.decode(hook.body)["message"]["content"]["text"] == "hello"
+        assert wamid_in.startswith("wamid.")
+
+    async def test_viber_probe_and_seen_from_the_fake_viber(self, intake: Intake) -> None:
+        """Setting the webhook on the fake Viber succeeds (its probe is answered 200), and its
+        signed seen makes the message read."""
+        message_id, token = await intake.viber_message()
+        async with served(intake) as url, FakeViber() as bots:
+            bots.add_bot(BOT_TOKEN, BOT, "Acme")
+            async with httpx.AsyncClient(trust_env=False) as http:
+                answer = await http.post(
+                    f"{bots.url}/pa/set_webhook",
+                    json={"url": f"{url}/channels/viber/{BOT}"},
+                    headers={"X-Viber-Auth-Token": BOT_TOKEN},
+                )
+            assert answer.json()["status"] == 0
+            assert await bots.event(BOT_TOKEN, "seen", int(token), VIBER_USER) == 200
+        assert await intake.status(message_id) == "read"
+
+
+@asynccontextmanager
+async def served(intake: Intake) -> AsyncIterator[str]:
+    """The intake's app served over HTTP on 127.0.0.1; its base URL."""
+    server = LoopbackServer(intake.app)
+    await server.start()
+    try:
+        yield server.url
+    finally:
+        await server.stop()

@@ -94,14 +94,14 @@ class TestInbound:
         return arrival
 
     def test_a_text_reaches_the_bots_account(self) -> None:
-        """A text goes to the bot's account, from the user's id (``from.number``, where the
-        bot sends back) to the bot (``to.id``), keyed by its token."""
+        """A text goes to the bot's account, from the user's id (``from.id``, which a reply
+        names as ``to.id``) to the bot (``to.id``), keyed by its token."""
         arrival = self.message({"type": "text", "text": "hi", "tracking_data": "t"})
         message = arrival.message
         assert arrival.ref == "viber_service_msg:4912661846655238145"
         assert message.account_id == "account-v"
         assert message.to == {"type": "viber_service_msg", "id": "acme-bot"}
-        assert message.from_ == {"type": "viber_service_msg", "number": "01234567890A="}
+        assert message.from_ == {"type": "viber_service_msg", "id": "01234567890A="}
         assert message.content == {"type": "text", "text": "hi"}
         assert message.at == 1457764197.627
 

@@ -126,7 +126,9 @@ class TestStatuses:
             (130429, 1000),
             (132001, 1022),
             (190, 1370),
-            (131000, UNKNOWN_ERROR),
+            (131000, 1331),
+            (130472, 1210),
+            (999999, UNKNOWN_ERROR),
         ],
     )
     def test_failed_is_rejected_with_a_mapped_code(self, code: int, nexmo: int) -> None:

@@ -12,9 +12,9 @@ delivered             the message (``message_token``, as a decimal string) is ``
 seen                  it is ``read``
 failed                it is ``rejected``, code 1260 (destination unreachable: Viber could not
                       deliver it to the user's devices), Viber's ``desc`` as the reason
-message               an inbound message from ``sender.id`` (``from.number``, the id the bot
-                      sends back to) to the bot (``to.id``): ``text``; ``picture``, ``video``,
-                      ``file`` by their ``media`` URL; ``location``; anything else
+message               an inbound message from ``sender.id`` (``from.id``: the per-bot user id a
+                      reply names as ``to.id``) to the bot (``to.id``): ``text``; ``picture``,
+                      ``video``, ``file`` by their ``media`` URL; ``location``; anything else
                       ``unsupported``
 webhook               nothing: the probe Viber sends when the webhook is set; answered 200
 subscribed,           nothing (answered 200)
@@ -114,7 +114,7 @@ def parse(callback: Callback, link: ChannelLink, now: float) -> Parsed:
             provider=PROVIDER,
             channel=LinkedChannel.VIBER.value,
             to={"type": LinkedChannel.VIBER.value, "id": link.address},
-            from_={"type": LinkedChannel.VIBER.value, "number": callback.sender.id},
+            from_={"type": LinkedChannel.VIBER.value, "id": callback.sender.id},
             content=_content(callback.message),
             at=at,
             provider_message_id=token,

@@ -18,33 +18,13 @@ played      read             a voice message was played
 failed      rejected         ``errors[0]`` gives the code (below) and the reason
 ==========  ===============  ====================================================
 
-A ``failed`` status is ``rejected`` with a code from Nexmo's list, chosen by the WhatsApp
-error code as the send adapters choose it for the same code refused at once (the table of
-docs/design.md §7); the reason keeps WhatsApp's own code, title and details:
-
-=================  ====  ===========================================================
-WhatsApp code      code  why
-=================  ====  ===========================================================
-131047             1340  Outside of the allowed window: more than 24 h since the
-                         user last wrote; only a template may go
-131026             1300  Not part of the provider network: the number is not on
-                         WhatsApp, or its client cannot receive the message
-131050             1240  Illegal number: the user stopped marketing messages
-131048, 131049,    1210  Anti-spam rejection: WhatsApp held the message back (spam
-130472                   rate, per-user marketing limits, an experiment)
-190                1370  Expired access token
-368, 131031        1060  Partner account barred: the business account is restricted
-131042             1070  Partner quota exceeded: a payment problem
-131030             1160  Non white-listed destination (a test number's list)
-130429, 131056     1000  Throttled: the number's throughput, or the pair rate
-100, 131009,       1020  Invalid params
-131021
-131008             1010  Missing params
-131051             1040  Invalid message: a type WhatsApp does not support
-131052, 131053     1380  Invalid resource: the media could not be fetched or used
-132000..132099     1022  Invalid template or template parameters
-anything else      1331  Provider error (131000 "something went wrong" among them)
-=================  ====  ===========================================================
+A ``failed`` status is ``rejected`` with the Nexmo code the send adapters give the same
+WhatsApp error code when a send is refused at once (``channels.graph.GRAPH_ERRORS``, the table
+of docs/design.md §7: 131047 is 1340, 131026 1300, 131050 1240, 131048 and 131049 1210, ...),
+plus 130472 (a marketing message held back for an experiment), 1210; any other code is 1331
+Provider error. A code that is transient at send time (a rate limit, 1000; the platform's own
+trouble, 1331) is ``rejected`` here all the same: a failed status is WhatsApp's last word on
+the message. The reason keeps WhatsApp's own code, title and details.
 
 Inbound messages (``value.messages[]``) become v0.1 inbound content: ``text``; ``image``,
 ``audio``, ``video`` and ``document`` (as ``file``) with the media's ``id`` and MIME type, a
@@ -62,6 +42,7 @@ from typing import Any
 import msgspec
 
 from cascade.channels.base import InboundMessage
+from cascade.channels.graph import CODE_ANTI_SPAM, CODE_PROVIDER_ERROR, GRAPH_ERRORS
 from cascade.channels.intake import Arrival, MalformedCallback, Parsed, clip_reason
 from cascade.domain.records import ChannelLink, LinkedChannel, Receipt
 from cascade.domain.status import Status
@@ -76,32 +57,14 @@ _STATUSES = {
     "failed": Status.REJECTED,
 }
 
-#: WhatsApp error codes (webhook ``errors[].code``) and the Nexmo code each is reported as
+#: WhatsApp error codes (webhook ``errors[].code``) and the Nexmo code each is reported as:
+#: the send adapters' codes for Graph errors of any subcode, and one only statuses carry
 ERROR_CODES: dict[int, int] = {
-    131047: 1340,
-    131026: 1300,
-    131050: 1240,
-    131048: 1210,
-    131049: 1210,
-    130472: 1210,
-    190: 1370,
-    368: 1060,
-    131031: 1060,
-    131042: 1070,
-    131030: 1160,
-    130429: 1000,
-    131056: 1000,
-    100: 1020,
-    131009: 1020,
-    131021: 1020,
-    131008: 1010,
-    131051: 1040,
-    131052: 1380,
-    131053: 1380,
-    **{code: 1022 for code in range(132000, 132100)},
+    **{code: meaning.code for (code, subcode), meaning in GRAPH_ERRORS.items() if subcode is None},
+    130472: CODE_ANTI_SPAM,
 }
-#: the Nexmo code of a WhatsApp error not in ERROR_CODES: Provider error
-UNKNOWN_ERROR = 1331
+#: the Nexmo code of a WhatsApp error not in ERROR_CODES
+UNKNOWN_ERROR = CODE_PROVIDER_ERROR
 
 #: inbound media types and the v0.1 content type each becomes
 _MEDIA_TYPES = {"image": "image", "audio": "audio", "video": "video", "document": "file"}
