@@ -376,6 +376,36 @@ class Transitions(Protocol):
         """
 
 
+class Intake(Protocol):
+    """What taking the platforms' signed callbacks needs besides the links: the messages a
+    Messenger watermark covers, and inbound messages recorded once however often a platform
+    repeats them (``cascade.api.intake``)."""
+
+    @abc.abstractmethod
+    async def messenger_thread(
+        self,
+        account_id: str,
+        page_id: str,
+        psid: str,
+        sent_until: float,
+        statuses: Collection[Status],
+        limit: int = 1000,
+    ) -> list[str]:
+        """The Messenger message ids (provider ``messenger``) of the account's messages from
+        ``page_id`` to ``psid`` (their ``from.id`` and ``to.id``) whose send began at or before
+        ``sent_until`` and whose status is one of ``statuses``, oldest first, at most
+        ``limit``: what a delivery or read watermark of that conversation covers. A send's
+        start is when Cascade began handing it to the Graph API (when that is not recorded,
+        when its step started), which is never after Meta stamped it, so every message Meta
+        sent at or before the watermark is found."""
+
+    @abc.abstractmethod
+    async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
+        """Queue an inbound message's webhook unless one was queued for ``ref`` (the platform's
+        id of the message) before; whether it was queued. The record of ``ref`` lives as long
+        as the webhook (retention deletes both)."""
+
+
 class Webhooks(Protocol):
     """Customer webhooks: queued with the transitions that report them, delivered, replayed."""
 
@@ -502,6 +532,7 @@ class Store(
     JobQueue,
     Transitions,
     Webhooks,
+    Intake,
     Journal,
     Purging,
 ):

@@ -978,6 +978,35 @@ class SqlStore(Store, abc.ABC):
             return 0
         return await self._write(partial(_replay_plan, webhook_ids, now, account_id))
 
+    # --- intake of the platforms' callbacks ------------------------------------------------
+
+    async def messenger_thread(
+        self,
+        account_id: str,
+        page_id: str,
+        psid: str,
+        sent_until: float,
+        statuses: Collection[Status],
+        limit: int = 1000,
+    ) -> list[str]:
+        if not statuses:
+            return []
+        found = await self._read(
+            select(
+                "messenger_thread",
+                account_id=account_id,
+                page_id=page_id,
+                psid=psid,
+                sent_until=sent_until,
+                statuses=[Status(status).value for status in statuses],
+                limit=limit,
+            )
+        )
+        return [str(provider_id) for provider_id in found.column("provider_message_id")]
+
+    async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
+        return await self._write(partial(_inbound_webhook_plan, webhook, ref, now))
+
     # --- the sandbox provider's journal ----------------------------------------------------
 
     async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
@@ -1023,6 +1052,35 @@ class SqlStore(Store, abc.ABC):
 
     async def purge_workflows(self, before: float, limit: int) -> int:
         return await self._write(partial(_purge_workflows_plan, before, limit))
+
+
+def _inbound_webhook_plan(webhook: NewWebhook, ref: str, now: float) -> Plan[bool]:
+    """Queue an inbound webhook recorded under ``ref``, with the job that delivers it, unless
+    ``ref`` is recorded already."""
+    queued = yield first(
+        "queue_inbound_webhook",
+        account_id=webhook.account_id,
+        application_id=webhook.application_id,
+        workflow_id=webhook.workflow_id,
+        message_id=webhook.message_id,
+        kind=webhook.kind,
+        url=webhook.url,
+        body=webhook.body.decode(),
+        created_at=now,
+        inbound_ref=ref,
+    )
+    if queued is None:
+        return False  # recorded before: a platform's repeat
+    if queued["url"] is not None:
+        yield change(
+            "insert_job",
+            kind=JobKindName.WEBHOOK,
+            ref=str(queued["id"]),
+            run_at=now,
+            created_at=now,
+        )
+        yield Signal.JOBS_QUEUED
+    return True
 
 
 def _add_webhooks_plan(webhooks: Sequence[NewWebhook], now: float) -> Plan[None]:
