@@ -333,7 +333,8 @@ def test_accounts_before_the_migration_stay_sandbox_accounts(tmp_path: Path) -> 
         conn.commit()
     finally:
         conn.close()
-    assert SqliteStore(path).migrate() == ["0009_channel_links"]
+    # later migrations apply after it; this one is the first the old file lacks
+    assert SqliteStore(path).migrate()[0] == "0009_channel_links"
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("SELECT sandbox FROM accounts").fetchall() == [(1,)]
