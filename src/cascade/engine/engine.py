@@ -45,6 +45,7 @@ from cascade.domain.records import (
     Receipt,
     StepState,
     WebhookKind,
+    WebhookVersion,
     WorkflowRecord,
 )
 from cascade.domain.reports import reports_for
@@ -760,6 +761,7 @@ class Engine:
                 log.warning("engine.inbound_without_account", channel=message.channel)
                 return
             account_id = accounts[0].id
+        version = await self.inbound_webhook_version(account_id)
         webhook = NewWebhook(
             kind=WebhookKind.INBOUND,
             account_id=account_id,
@@ -767,10 +769,21 @@ class Engine:
             workflow_id=None,
             message_id=None,
             url=None,
-            body=payloads.inbound(message, str(uuid.uuid4())),
+            body=payloads.inbound_body(message, str(uuid.uuid4()), version),
         )
         await self.store.add_webhooks([webhook], self.clock.now())
         self.wake()
+
+    async def inbound_webhook_version(self, account_id: str) -> str:
+        """The shape of an account's inbound webhooks. They go to the account, not to one of
+        its applications, so they are v1 only when every application of the account is set to
+        v1 (a receiver that still expects v0.1 never gets a shape it does not know)."""
+        applications = await self.store.list_applications(account_id)
+        if applications and all(
+            application.webhook_version == WebhookVersion.V1 for application in applications
+        ):
+            return WebhookVersion.V1.value
+        return WebhookVersion.V0_1.value
 
     async def match_orphans(self) -> int:
         """Apply kept receipts whose message is now known; returns how many."""
