@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 from collections.abc import Callable
 
 import structlog
@@ -236,16 +237,37 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
+def tls_files(settings: Settings) -> tuple[str, str] | None:
+    """The certificate and key files to serve HTTPS with, checked to load together; None for
+    plain HTTP. ConfigError names the setting that is wrong, before anything starts."""
+    certfile, keyfile = settings.ssl_certfile, settings.ssl_keyfile
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        missing = "CASCADE_SSL_CERTFILE" if certfile is None else "CASCADE_SSL_KEYFILE"
+        raise ConfigError(f"HTTPS needs a certificate and its key: {missing} is not set")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the certificate {certfile} with the key {keyfile} "
+            f"(CASCADE_SSL_CERTFILE, CASCADE_SSL_KEYFILE): {exc}"
+        ) from exc
+    return str(certfile), str(keyfile)
+
+
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
-    """Serve the API until interrupted, with the connection limits of ``settings``."""
+    """Serve the API until interrupted, with the connection limits of ``settings``, over
+    HTTPS when it names a certificate and key."""
     configure_logging(settings.log_level, settings.log_format)
+    tls = tls_files(settings)
     fatal = FatalExit()
     app = build_app(settings, announce=announce, on_fatal=fatal)
     tune_gc()
     limits = connection_limits(settings, raise_file_limit())
     log.info(
         "cascade.listening",
-        url=f"http://{settings.host}:{settings.port}",
+        url=f"{'https' if tls else 'http'}://{settings.host}:{settings.port}",
         max_connections=limits.max_connections,
     )
     uvicorn.run(
@@ -257,5 +279,7 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
         access_log=False,
         log_config=None,
         lifespan="on",
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     fatal.exit_if_fatal()
