@@ -321,3 +321,19 @@ async def test_a_v01_request_takes_its_applications_webhook_version(
     stored = await sqlite_store.get_message(tenant.account.id, response.json()["message_uuid"])
     assert stored is not None
     assert stored.webhook_version == "v1"
+
+
+@IN_MODULE_LOOP
+async def test_openapi_documents_v1_with_its_422_and_workflow_id(shared_api: SharedApi) -> None:
+    """/openapi.json describes POST /v1/messages: the v1 schema, workflow_id, 422 not 400."""
+    response, _ = await shared_api.send("GET", "/openapi.json")
+    document = response.json()
+    operation = document["paths"][V1]["post"]
+    responses = operation["responses"]
+    assert "400" not in responses
+    assert "422" in responses
+    accepted = responses["202"]["content"]["application/json"]["schema"]
+    assert set(accepted["properties"]) == {"message_uuid", "workflow_id"}
+    assert accepted["required"] == ["message_uuid"]
+    schema = document["components"]["schemas"]["MessageRequestV1"]
+    assert {"channel", "message_type", "to", "from", "failover"} <= set(schema["properties"])
