@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -92,6 +93,21 @@ async def make_tenant(store: Store, clock: FakeClock | None = None) -> Tenant:
     )
     await store.create_application(application)
     return Tenant(created.account, created.api_secret, application, key)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loggers_never_cached() -> Any:
+    """Keep structlog from caching loggers in tests (``configure_logging`` caches them for
+    speed), so a test that captures logs sees them whatever test configured logging before."""
+    configure = structlog.configure
+
+    def uncached(*args: Any, **kwargs: Any) -> None:
+        kwargs["cache_logger_on_first_use"] = False
+        configure(*args, **kwargs)
+
+    structlog.configure = uncached  # type: ignore[assignment]
+    yield
+    structlog.configure = configure
 
 
 @pytest.fixture

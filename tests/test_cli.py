@@ -8,8 +8,11 @@ import json
 import logging
 import os
 import re
+import socket
+import sqlite3
 import stat
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ import httpx
 import jwt
 import pytest
 import structlog
+import typer
 from click.testing import Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -29,7 +33,9 @@ from cascade.api.app import create_app
 from cascade.api.auth import hash_secret
 from cascade.clock import SystemClock
 from cascade.config import Settings
-from cascade.domain.records import Account, Application
+from cascade.domain.records import Account, Application, NewWebhook, WebhookKind
+from cascade.service import redacted_url
+from cascade.store.migrations import migrations
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import public_pem, rsa_key
 
@@ -174,27 +180,38 @@ def test_serve_first_start_writes_no_secret_to_stdout_or_the_log(
     the credentials file's path, never the API or signature secret."""
     lifespan: list[str] = []
 
-    def run_lifespan(app: Any, **_: Any) -> None:
-        async def drive() -> None:
-            messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    class LifespanOnly:
+        """A uvicorn server that runs the app's start-up and shutdown, and serves nothing."""
 
-            async def receive() -> dict[str, str]:
-                return messages.pop(0)
+        def __init__(self, config: Any) -> None:
+            self.app = config.app
+            self.started = False
 
-            async def send(message: dict[str, Any]) -> None:
-                lifespan.append(message["type"])
+        def run(self, sockets: list[socket.socket]) -> None:
+            """Start and stop the app as uvicorn would around serving ``sockets``."""
+            assert [sock.getsockname()[0] for sock in sockets] == ["127.0.0.1"]
 
-            scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
-            await app(scope, receive, send)
+            async def drive() -> None:
+                messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
-        asyncio.run(drive())
+                async def receive() -> dict[str, str]:
+                    return messages.pop(0)
 
-    monkeypatch.setattr(runtime.uvicorn, "run", run_lifespan)
+                async def send(message: dict[str, Any]) -> None:
+                    lifespan.append(message["type"])
+
+                scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+                await self.app(scope, receive, send)
+
+            asyncio.run(drive())
+            self.started = True
+
+    monkeypatch.setattr(runtime.uvicorn, "Server", LifespanOnly)
     monkeypatch.setattr(runtime, "tune_gc", lambda: None)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        result = cascade("serve")
+        result = cascade("serve", "--port", "0")
     finally:
         root.handlers[:], root.level = handlers, level
         structlog.reset_defaults()
@@ -666,3 +683,313 @@ async def _application(database: Path, application_id: str) -> Application | Non
         return await store.get_application(application_id)
     finally:
         await store.close()
+
+
+def _every_command(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The path of every command under a click command (groups included)."""
+    found = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _every_command(sub, (*path, name))
+    return found
+
+
+@pytest.mark.parametrize("command", _every_command(typer.main.get_command(cli.app)), ids=" ".join)
+def test_help_names_value_types_plainly(command: tuple[str, ...]) -> None:
+    """No command's help shows Typer's ``<str>``/``<bool>``-style type labels."""
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"<[\w\[\], |]+>", result.output), result.output
+
+
+def test_serve_help_names_each_value_type() -> None:
+    """``serve --help`` names values as TEXT, INTEGER, URL and FILE; flags show none."""
+    text = " ".join(runner.invoke(cli.app, ["serve", "--help"]).output.split())
+    assert "--host TEXT" in text
+    assert "--port INTEGER" in text
+    assert "--database URL" in text
+    assert "--config FILE" in text
+    arguments = " ".join(runner.invoke(cli.app, ["jwt", "generate", "--help"]).output.split())
+    assert "{PRIVATE_KEY} [CLAIMS]..." in arguments
+    flags = " ".join(runner.invoke(cli.app, ["account", "show", "--help"]).output.split())
+    assert re.search(r"--show-secrets / --no-show-secrets Print", flags), flags
+
+
+#: the keys of an account and of an application as every command's --json prints them
+ACCOUNT_KEYS = {
+    "account_id",
+    "api_key",
+    "api_secret",
+    "signature_secret",
+    "sandbox",
+    "status_url",
+    "inbound_url",
+    "created_at",
+}
+APPLICATION_KEYS = {
+    "application_id",
+    "name",
+    "status_url",
+    "inbound_url",
+    "created_at",
+    "private_key_file",
+}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["account", "show"],
+        ["account", "set"],
+        ["account", "create"],
+        ["account", "rotate-api-secret"],
+        ["account", "rotate-signature-secret"],
+        ["app", "create"],
+        ["app", "show"],
+        ["app", "list"],
+        ["app", "update"],
+        ["app", "rotate-key"],
+        ["app", "delete"],
+        ["webhooks", "list"],
+        ["webhooks", "replay"],
+        ["show"],
+        ["status"],
+    ],
+    ids=" ".join,
+)
+def test_every_command_that_prints_a_record_has_json(command: list[str]) -> None:
+    """Each command that prints a record (or a list of them) offers --json."""
+    result = runner.invoke(cli.app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--json" in result.output
+
+
+def test_account_commands_print_one_json_shape(cascade: Cascade) -> None:
+    """Every account command's --json prints the same keys; secrets appear only where the
+    command shows them (the API secret when made, the signature secret when asked or new)."""
+    cascade.ok("db", "upgrade")
+    credentials = cascade.credentials()
+    shown = json.loads(cascade.ok("account", "show", "--json"))
+    assert set(shown) == ACCOUNT_KEYS
+    assert shown["api_key"] == credentials["CASCADE_API_KEY"]
+    assert shown["signature_secret"] is None
+    assert shown["api_secret"] is None
+    revealed = json.loads(cascade.ok("account", "show", "--json", "--show-secrets"))
+    assert revealed["signature_secret"] == credentials["CASCADE_SIGNATURE_SECRET"]
+    changed = json.loads(cascade.ok("account", "set", "--status-url", "https://h.test/s", "--json"))
+    assert set(changed) == ACCOUNT_KEYS
+    assert changed["status_url"] == "https://h.test/s"
+    rotated = json.loads(cascade.ok("account", "rotate-signature-secret", "--json"))
+    assert set(rotated) == ACCOUNT_KEYS
+    assert rotated["signature_secret"] not in (None, credentials["CASCADE_SIGNATURE_SECRET"])
+    stored = asyncio.run(_account_by_key(cascade.database, shown["api_key"]))
+    assert stored is not None
+    assert stored.signature_secret == rotated["signature_secret"]
+    for command in (["account", "create"], ["account", "rotate-api-secret"]):
+        made = json.loads(cascade.ok(*command, "--json"))
+        assert set(made) == ACCOUNT_KEYS, command
+        assert made["api_secret"]
+        assert made["created_at"].endswith("Z")
+
+
+def test_application_commands_print_one_json_shape(cascade: Cascade) -> None:
+    """create, show, list, update, rotate-key and delete print an application with the same
+    keys; private_key_file names the key a command wrote, else null."""
+    created = json.loads(cascade.ok("app", "create", "shop", "--json"))
+    app_id = created["application_id"]
+    assert set(created) == APPLICATION_KEYS
+    shown = json.loads(cascade.ok("app", "show", app_id, "--json"))
+    assert shown == {**created, "private_key_file": None}
+    (listed,) = json.loads(cascade.ok("app", "list", "--json"))
+    assert listed == shown
+    updated = json.loads(
+        cascade.ok("app", "update", app_id, "--inbound-url", "https://h.test/i", "--json")
+    )
+    assert updated == {**shown, "inbound_url": "https://h.test/i"}
+    rotated = json.loads(
+        cascade.ok("app", "rotate-key", app_id, "--private-key-file", "k2.key", "--json")
+    )
+    assert rotated == {**updated, "private_key_file": "k2.key"}
+    deleted = json.loads(cascade.ok("app", "delete", app_id, "--json"))
+    assert deleted == updated
+    missing = cascade("app", "show", app_id)
+    assert missing.exit_code == 1
+    assert f"no application {app_id}" in missing.stderr
+
+
+def test_app_show_prints_the_application_for_a_person(cascade: Cascade) -> None:
+    """``app show ID`` without --json prints the id, name and URLs as lines."""
+    app_id = cascade.ok("app", "create", "shop", "--quiet", "--status-url", "https://h.t/s")
+    text = cascade.ok("app", "show", app_id.strip())
+    assert f"application_id: {app_id.strip()}" in text
+    assert "name:           shop" in text
+    assert "status_url:     https://h.t/s" in text
+
+
+async def _add_webhooks(database: Path) -> list[int]:
+    """Queue a status webhook and an inbound one for the first account; their ids."""
+    store = SqliteStore(database)
+    await store.open()
+    try:
+        (account,) = await store.list_accounts()
+        await store.add_webhooks(
+            [
+                NewWebhook(
+                    WebhookKind.STATUS,
+                    account.id,
+                    None,
+                    None,
+                    "0190a1b2-0000-7000-8000-00000000000a",
+                    "https://h.test/s",
+                    b"{}",
+                ),
+                NewWebhook(WebhookKind.INBOUND, account.id, None, None, None, None, b"{}"),
+            ],
+            1_700_000_000.0,
+        )
+        return sorted(hook.id for hook in await store.latest_webhooks(limit=10))
+    finally:
+        await store.close()
+
+
+def test_webhooks_list_and_replay_print_json(cascade: Cascade) -> None:
+    """``webhooks list --json`` prints each webhook, newest first, with the same keys;
+    ``replay --json`` says how many were queued."""
+    cascade.ok("db", "upgrade")
+    first, second = asyncio.run(_add_webhooks(cascade.database))
+    listed = json.loads(cascade.ok("webhooks", "list", "--json"))
+    assert [hook["id"] for hook in listed] == [second, first]
+    assert {frozenset(hook) for hook in listed} == {
+        frozenset(
+            {
+                "id",
+                "kind",
+                "state",
+                "workflow_uuid",
+                "message_uuid",
+                "url",
+                "attempt_count",
+                "created_at",
+                "last_attempt_at",
+                "next_attempt_at",
+                "delivered_at",
+                "last_status",
+                "last_error",
+            }
+        )
+    }
+    status = listed[1]
+    assert status["kind"] == "message-status"
+    assert status["state"] == "pending"
+    assert status["message_uuid"] == "0190a1b2-0000-7000-8000-00000000000a"
+    assert status["created_at"] == "2023-11-14T22:13:20.000Z"
+    assert json.loads(cascade.ok("webhooks", "replay", str(first), "--json")) == {"queued": 1}
+
+
+def test_status_on_a_missing_database_names_the_file_and_creates_nothing(
+    cascade: Cascade,
+) -> None:
+    """``cascade status`` where the SQLite file is not fails naming it and creates nothing."""
+    result = cascade("status")
+    assert result.exit_code == 1
+    assert f"no database at {cascade.database}" in result.stderr
+    assert list(cascade.directory.iterdir()) == []
+
+
+def test_status_reports_the_database_schema_and_counts(cascade: Cascade) -> None:
+    """``status --json`` names the SQLite file, says the schema is up to date, counts the
+    account, jobs and webhooks, and names the configuration file; the text says the same."""
+    cascade.ok("db", "upgrade")
+    asyncio.run(_add_webhooks(cascade.database))
+    config = cascade.directory / "cascade.toml"
+    config.write_text('[smpp]\n[[smpp.connections]]\nhost = "127.0.0.1"\n')
+    report = json.loads(cascade.ok("status", "--json", "--config", str(config)))
+    assert report["database"] == {
+        "url": f"sqlite:///{cascade.database}",
+        "kind": "sqlite",
+        "file": str(cascade.database),
+    }
+    schema = report["schema"]
+    assert schema["up_to_date"] is True
+    assert schema["missing"] == []
+    assert schema["version"] == max(schema["expected"])
+    assert report["accounts"] == 1
+    # the inbound webhook has no URL to go to: it is neither queued nor pending
+    assert report["jobs"] == {"queued": 1, "due": 1}
+    assert report["webhooks"] == {"pending": 1, "dead": 0}
+    assert report["config_file"] == {"path": str(config), "tables": ["smpp"], "error": None}
+    text = cascade.ok("status", "--config", str(config))
+    assert f"database:     {cascade.database} (SQLite)" in text
+    assert f"schema:       up to date (version {schema['version']})" in text
+    assert "accounts:     1" in text
+    assert "webhooks:     1 pending, 0 dead" in text
+    assert f"config file:  {config} ([smpp])" in text
+
+
+def test_status_reports_a_schema_behind_without_migrating_it(cascade: Cascade) -> None:
+    """On a database made by an older release, status lists the missing migrations and
+    leaves the database as it was (it never migrates)."""
+    first = migrations("sqlite")[0]
+    conn = sqlite3.connect(cascade.database)
+    conn.executescript(
+        f"{first.sql}\nCREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+        f"name TEXT NOT NULL, applied_at REAL NOT NULL);\n"
+        f"INSERT INTO schema_migrations VALUES ({first.version}, '{first.name}', 0);"
+    )
+    conn.close()
+    report = json.loads(cascade.ok("status", "--json"))
+    assert report["schema"]["version"] == first.version
+    assert report["schema"]["up_to_date"] is False
+    assert report["schema"]["missing"] == [m.version for m in migrations("sqlite")[1:]]
+    assert report["accounts"] is None
+    assert "run `cascade db upgrade`" in cascade.ok("status")
+    conn = sqlite3.connect(cascade.database)
+    assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(first.version,)]
+    conn.close()
+
+
+def test_status_on_an_empty_file_says_the_schema_is_not_created(cascade: Cascade) -> None:
+    """An empty SQLite file (no tables) is reported as having no schema, and stays empty."""
+    cascade.database.touch()
+    report = json.loads(cascade.ok("status", "--json"))
+    assert report["schema"]["version"] is None
+    assert report["schema"]["applied"] == []
+    assert "not created" in cascade.ok("status")
+    conn = sqlite3.connect(cascade.database)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+    conn.close()
+
+
+def test_status_redacts_a_postgresql_password() -> None:
+    """A database URL is shown without its password, wherever it was written."""
+    assert (
+        redacted_url("postgresql://app:s3cret@db:5432/cascade?sslmode=require&password=x")
+        == "postgresql://app:***@db:5432/cascade?sslmode=require&password=***"
+    )
+    assert redacted_url("postgresql://app@db/cascade") == "postgresql://app@db/cascade"
+
+
+def test_serve_on_a_port_in_use_fails_before_opening_the_database(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the port taken, serve exits 1 at once naming the address, before it builds the
+    app: no database is created and no engine starts."""
+    built: list[object] = []
+    monkeypatch.setattr(runtime, "build_app", lambda *args, **kwargs: built.append(args))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        try:
+            result = cascade("serve", "--port", str(port))
+        finally:
+            root.handlers[:], root.level = handlers, level
+            structlog.reset_defaults()
+    assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+    assert time.monotonic() - started < 5
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "in use" in result.stderr
+    assert built == []
+    assert not cascade.database.exists()

@@ -77,10 +77,21 @@ def test_a_key_that_is_not_the_certificates_is_refused(
 def test_serve_passes_the_certificate_and_key_to_uvicorn(
     certificate: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``cascade serve --ssl-certfile C --ssl-keyfile K`` runs uvicorn with them."""
+    """``cascade serve --ssl-certfile C --ssl-keyfile K`` runs uvicorn's server with them."""
     cert, key = certificate
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(runtime.uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+
+    class Recorder:
+        """A uvicorn server that records its configuration and serves nothing."""
+
+        def __init__(self, config: Any) -> None:
+            seen.update(certfile=config.ssl_certfile, keyfile=config.ssl_keyfile)
+            self.started = True
+
+        def run(self, sockets: list[Any]) -> None:
+            """Serve nothing."""
+
+    monkeypatch.setattr(runtime.uvicorn, "Server", Recorder)
     monkeypatch.setattr(runtime, "tune_gc", lambda: None)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CASCADE_DATABASE_URL", raising=False)
@@ -91,6 +102,8 @@ def test_serve_passes_the_certificate_and_key_to_uvicorn(
             cli.app,
             [
                 "serve",
+                "--port",
+                "0",
                 "--ssl-certfile",
                 str(cert),
                 "--ssl-keyfile",
@@ -103,7 +116,7 @@ def test_serve_passes_the_certificate_and_key_to_uvicorn(
         root.handlers[:], root.level = handlers, level
         structlog.reset_defaults()
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    assert (seen["ssl_certfile"], seen["ssl_keyfile"]) == (str(cert), str(key))
+    assert seen == {"certfile": str(cert), "keyfile": str(key)}
 
 
 def test_serve_with_a_certificate_but_no_key_stops_with_an_error(
@@ -111,7 +124,7 @@ def test_serve_with_a_certificate_but_no_key_stops_with_an_error(
 ) -> None:
     """A half-configured HTTPS is an error before anything listens (exit 1)."""
     cert, _ = certificate
-    monkeypatch.setattr(runtime.uvicorn, "run", lambda app, **kwargs: pytest.fail("started"))
+    monkeypatch.setattr(runtime, "bind_listener", lambda *args: pytest.fail("bound"))
     monkeypatch.delenv("CASCADE_SSL_KEYFILE", raising=False)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level

@@ -17,11 +17,13 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import jwt
 import typer
+import typer.core
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade import __version__
 from cascade.api.auth import hash_secret
+from cascade.cli_records import account_json, application_json, webhook_json
 from cascade.clock import SystemClock
 from cascade.config import JOB_KINDS, Settings, engine_jobs
 from cascade.domain.records import (
@@ -47,7 +49,53 @@ from cascade.store.base import Store
 
 T = TypeVar("T")
 
+#: Typer's type labels as help shows them instead (click's names; a flag shows none)
+_PLAIN_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH", "bool": ""}
+
+
+class _PlainOption(typer.core.TyperOption):
+    """An option whose help names its value's type as click does (TEXT, INTEGER, PATH), not
+    as Typer's ``<str>``."""
+
+    def display_type(self, ctx: Any) -> str:
+        """The value's type name, without Typer's brackets (``<int range>`` is INTEGER)."""
+        label = super().display_type(ctx).strip("<>").removesuffix(" range")
+        if label.startswith("list[") and label.endswith("]"):
+            label = label[5:-1]
+        return _PLAIN_TYPES.get(label, label.upper())
+
+
+class _PlainArgument(typer.core.TyperArgument):
+    """An argument shown by its name in capitals, without a type label after it."""
+
+    def display_type(self, ctx: Any) -> str:
+        """Nothing: the argument's name and help say what it is."""
+        return ""
+
+
+class _PlainHelpGroup(typer.core.TyperGroup):
+    """The ``cascade`` group: every option and argument under it (subgroups too) has plain
+    type names in its help, so each command added anywhere gets them without asking."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        _plain_help(self)
+
+
+def _plain_help(command: Any) -> None:
+    """Give ``command`` and every command under it plain type names in their help."""
+    for param in command.params:
+        if type(param) is typer.core.TyperOption:
+            param.__class__ = _PlainOption
+        elif type(param) is typer.core.TyperArgument:
+            param.__class__ = _PlainArgument
+            param.metavar = param.metavar or (param.name or "").upper()
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+
+
 app = typer.Typer(
+    cls=_PlainHelpGroup,
     rich_markup_mode=None,
     help="Cascade: self-hosted Nexmo Messages and Dispatch (failover) API.",
     no_args_is_help=True,
@@ -111,12 +159,17 @@ app.add_typer(app_app, name="app")
 app.add_typer(channel_app, name="channel")
 app.add_typer(jwt_app, name="jwt")
 app.add_typer(webhooks_app, name="webhooks")
+dev_app = typer.Typer(
+    rich_markup_mode=None, help="Tools for trying Cascade on one machine.", no_args_is_help=True
+)
+app.add_typer(dev_app, name="dev")
 
 DatabaseOption = Annotated[
     str | None,
     typer.Option(
         "--database",
         "-d",
+        metavar="URL",
         help="sqlite:///FILE or postgresql://... [default: $CASCADE_DATABASE_URL or "
         "sqlite:///cascade.db]",
         show_default=False,
@@ -127,6 +180,7 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         "-c",
+        metavar="FILE",
         help="Provider settings (TOML, e.g. [smpp]) [default: $CASCADE_CONFIG_FILE]",
         show_default=False,
     ),
@@ -137,7 +191,7 @@ ApiKeyOption = Annotated[
 ]
 UrlOption = Annotated[
     str,
-    typer.Option("--url", envvar="CASCADE_URL", help="Where the Cascade API is"),
+    typer.Option("--url", envvar="CASCADE_URL", metavar="URL", help="Where the Cascade API is"),
 ]
 AppIdOption = Annotated[
     str | None,
@@ -147,6 +201,7 @@ KeyOption = Annotated[
     Path | None,
     typer.Option("--private-key", envvar="CASCADE_PRIVATE_KEY", help="The app's private key"),
 ]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print it as JSON")]
 BasicKeyOption = Annotated[
     str | None, typer.Option("--basic-key", envvar="CASCADE_API_KEY", help="Basic auth api_key")
 ]
@@ -312,6 +367,25 @@ def worker(
         raise _fail(f"error: {exc}") from exc
 
 
+@app.command()
+def status(
+    database: DatabaseOption = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Say which database and configuration file commands here use, and what the database
+    holds: its schema version against this release's, accounts, queued jobs and webhooks.
+    Changes nothing, and never creates a database."""
+    from cascade.overview import render_status, status_report
+
+    settings = _settings(database, config)
+    try:
+        report = status_report(settings)
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
+    typer.echo(json.dumps(report, indent=2) if as_json else render_status(report))
+
+
 # --- db --------------------------------------------------------------------------------------
 
 
@@ -329,7 +403,11 @@ def db_upgrade(database: DatabaseOption = None) -> None:
 # --- account ---------------------------------------------------------------------------------
 
 
-def _echo_account(account: Account, show_secrets: bool) -> None:
+def _echo_account(account: Account, show_secrets: bool, as_json: bool = False) -> None:
+    """Print an account as a person or a script reads it."""
+    if as_json:
+        typer.echo(json.dumps(account_json(account, show_signature_secret=show_secrets)))
+        return
     secret = account.signature_secret if show_secrets else "(hidden; --show-secrets shows it)"
     typer.echo(f"api_key:          {account.api_key}")
     typer.echo(f"signature_secret: {secret}")
@@ -350,12 +428,13 @@ def account_show(
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
     show_secrets: Annotated[bool, typer.Option(help="Print the signature secret")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show the account's API key and webhook URLs."""
     account = _with_store(
         database, lambda store: _account(store, api_key, database, create=False), existing=True
     )
-    _echo_account(account, show_secrets)
+    _echo_account(account, show_secrets, as_json)
 
 
 @account_app.command("set")
@@ -377,6 +456,7 @@ def account_set(
     ] = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Set the account's default webhook URLs (applications may override them) and whether it
     is a sandbox or a live account."""
@@ -388,7 +468,7 @@ def account_set(
         account = await _account(store, api_key, database)
         return await store.update_account(account.id, **changes)
 
-    _echo_account(_with_store(database, work), False)
+    _echo_account(_with_store(database, work), False, as_json)
 
 
 def _url_changes(status_url: str | None, inbound_url: str | None) -> dict[str, Any]:
@@ -410,7 +490,9 @@ def _webhook_url(url: str) -> str | None:
 
 
 @account_app.command("rotate-signature-secret")
-def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None) -> None:
+def account_rotate(
+    database: DatabaseOption = None, api_key: ApiKeyOption = None, as_json: JsonOption = False
+) -> None:
     """Replace the secret that signs webhooks; prints the new one (update your receivers)."""
 
     async def work(store: Store) -> Account:
@@ -418,7 +500,10 @@ def account_rotate(database: DatabaseOption = None, api_key: ApiKeyOption = None
         return await store.update_account(account.id, signature_secret=secrets.token_urlsafe(32))
 
     account = _with_store(database, work)
-    typer.echo(f"signature_secret: {account.signature_secret}")
+    if as_json:
+        typer.echo(json.dumps(account_json(account, show_signature_secret=True)))
+    else:
+        typer.echo(f"signature_secret: {account.signature_secret}")
 
 
 @account_app.command("create")
@@ -473,15 +558,7 @@ def account_rotate_api_secret(
 def _echo_new_secret(account: Account, api_secret: str, as_json: bool) -> None:
     """Print an account with the API secret it was just given (shown this once)."""
     if as_json:
-        shown = {
-            "account_id": account.id,
-            "api_key": account.api_key,
-            "api_secret": api_secret,
-            "signature_secret": account.signature_secret,
-            "status_url": account.status_url,
-            "inbound_url": account.inbound_url,
-            "sandbox": account.sandbox,
-        }
+        shown = account_json(account, show_signature_secret=True, api_secret=api_secret)
         typer.echo(json.dumps(shown))
         return
     typer.echo(f"api_key:          {account.api_key}")
@@ -521,20 +598,6 @@ def _read_public_key(path: Path) -> str:
     return loaded.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
-
-
-def _application_json(application: Application, key_path: Path | None = None) -> dict[str, Any]:
-    """An application as ``--json`` prints it (its private key's file when one was written)."""
-    shown: dict[str, Any] = {
-        "application_id": application.id,
-        "name": application.name,
-        "status_url": application.status_url,
-        "inbound_url": application.inbound_url,
-        "webhook_version": application.webhook_version,
-    }
-    if key_path is not None:
-        shown["private_key_file"] = str(key_path)
-    return shown
 
 
 WebhookVersionOption = Annotated[
@@ -603,7 +666,7 @@ def app_create(
             key_path.unlink()
         raise
     if as_json:
-        typer.echo(json.dumps(_application_json(application, key_path)))
+        typer.echo(json.dumps(application_json(application, key_path)))
     elif quiet:
         typer.echo(application.id)
     else:
@@ -626,7 +689,7 @@ def app_list(
 
     applications = _with_store(database, work, existing=True)
     if as_json:
-        typer.echo(json.dumps([_application_json(application) for application in applications]))
+        typer.echo(json.dumps([application_json(application) for application in applications]))
         return
     for application in applications:
         typer.echo(
@@ -644,6 +707,22 @@ async def _own_application(
     if application is None or application.account_id != account.id:
         raise ConfigError(f"the account has no application {application_id}")
     return application
+
+
+@app_app.command("show")
+def app_show(
+    application_id: Annotated[str, typer.Argument(help="The application's id")],
+    database: DatabaseOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one of the account's applications: its name and webhook URLs."""
+    application = _with_store(
+        database,
+        lambda store: _own_application(store, application_id, api_key, database),
+        existing=True,
+    )
+    _echo_application(application, None, as_json)
 
 
 @app_app.command("update")
@@ -678,16 +757,23 @@ def app_delete(
     application_id: Annotated[str, typer.Argument(help="The application's id")],
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the deleted application as JSON")
+    ] = False,
 ) -> None:
     """Delete an application: its JWTs stop working (within seconds on a running API); its
     workflows stay readable by the account."""
 
-    async def work(store: Store) -> None:
+    async def work(store: Store) -> Application:
         application = await _own_application(store, application_id, api_key, database)
         await store.delete_application(application.id)
+        return application
 
-    _with_store(database, work, existing=True)
-    typer.echo(f"deleted application {application_id}")
+    deleted = _with_store(database, work, existing=True)
+    if as_json:
+        typer.echo(json.dumps(application_json(deleted)))
+    else:
+        typer.echo(f"deleted application {application_id}")
 
 
 @app_app.command("rotate-key")
@@ -723,9 +809,10 @@ def app_rotate_key(
 def _echo_application(application: Application, key_path: Path | None, as_json: bool) -> None:
     """Print an application as a person or a script reads it."""
     if as_json:
-        typer.echo(json.dumps(_application_json(application, key_path)))
+        typer.echo(json.dumps(application_json(application, key_path)))
         return
     typer.echo(f"application_id: {application.id}")
+    typer.echo(f"name:           {application.name}")
     typer.echo(f"status_url:     {application.status_url or '-'}")
     typer.echo(f"inbound_url:    {application.inbound_url or '-'}")
     typer.echo(f"webhooks:       {application.webhook_version}")
@@ -751,7 +838,7 @@ VIBER_SENDER_NAME_CHARS = 28
 #: the most digits an E.164 number has
 E164_DIGITS = 15
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the link as JSON")]
+LinkJsonOption = Annotated[bool, typer.Option("--json", help="Print the link as JSON")]
 VerifyTokenOption = Annotated[
     str | None,
     typer.Option(
@@ -902,7 +989,7 @@ def channel_add_messenger(
     verify_token: VerifyTokenOption = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
+    as_json: LinkJsonOption = False,
 ) -> None:
     """Link a Facebook page: messages from.id = the page id go out on Messenger with its
     token."""
@@ -952,7 +1039,7 @@ def channel_add_whatsapp(
     verify_token: VerifyTokenOption = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
+    as_json: LinkJsonOption = False,
 ) -> None:
     """Link a WhatsApp business number: messages from.number = that number go out on the
     Cloud API with its token."""
@@ -1003,7 +1090,7 @@ def channel_add_viber(
     ] = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
-    as_json: JsonOption = False,
+    as_json: LinkJsonOption = False,
 ) -> None:
     """Link a Viber bot: messages from.id = the bot id go out on the Viber REST API with its
     token."""
@@ -1190,6 +1277,7 @@ def webhooks_list(
         int | None, typer.Option(help="Only those older than this id (the next page)")
     ] = None,
     database: DatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array")] = False,
 ) -> None:
     """List webhooks, newest first: delivery state, attempts, the next one, the last result."""
     if pending and dead:
@@ -1199,7 +1287,11 @@ def webhooks_list(
     async def work(store: Store) -> list[WebhookRecord]:
         return await store.latest_webhooks(state=state, before_id=before, limit=limit)
 
-    for hook in _with_store(database, work, existing=True):
+    hooks = _with_store(database, work, existing=True)
+    if as_json:
+        typer.echo(json.dumps([webhook_json(hook) for hook in hooks]))
+        return
+    for hook in hooks:
         last = hook.last_error or (str(hook.last_status) if hook.last_status else "-")
         about = hook.workflow_id or hook.message_id or "-"
         upcoming = (
@@ -1219,6 +1311,9 @@ def webhooks_replay(
     ids: Annotated[list[int] | None, typer.Argument(help="Webhook ids to deliver again")] = None,
     all_failed: Annotated[bool, typer.Option("--all-failed", help="Every dead letter")] = False,
     database: DatabaseOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"queued": N} (how many were queued)')
+    ] = False,
 ) -> None:
     """Deliver webhooks again (after fixing a receiver); a running engine picks them up."""
     if bool(ids) == all_failed:
@@ -1231,7 +1326,11 @@ def webhooks_replay(
                 raise ConfigError(f"no webhook {', '.join(map(str, unknown))}: nothing was queued")
         return await store.replay_webhooks(None if all_failed else ids, time.time())
 
-    typer.echo(f"queued {_with_store(database, work)} webhook(s) for delivery")
+    queued = _with_store(database, work)
+    if as_json:
+        typer.echo(json.dumps({"queued": queued}))
+    else:
+        typer.echo(f"queued {queued} webhook(s) for delivery")
 
 
 # --- thin clients ----------------------------------------------------------------------------
@@ -1307,6 +1406,57 @@ def dispatch(
     headers = _auth_headers(app_id, private_key, basic_key, basic_secret)
     basic = (basic_key, basic_secret) if basic_key and basic_secret and not headers else None
     _post(url, "/v0.1/dispatch", body, headers, basic)
+
+
+# --- dev -------------------------------------------------------------------------------------
+
+
+@dev_app.command("smsc")
+def dev_smsc(
+    host: Annotated[str, typer.Option(help="Listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port", min=0, max=65535)] = 2775,
+    system_id: Annotated[str, typer.Option(help="The system_id a bind must give")] = "cascade",
+    # the local test SMSC's well-known default, as in the README's cascade.toml
+    password: Annotated[str, typer.Option(help="The password a bind must give")] = "secret",  # noqa: S107
+    receipt_delay: Annotated[
+        float, typer.Option(help="Seconds from a submit to its delivery receipt", min=0)
+    ] = 1.0,
+    receipt_stat: Annotated[
+        str,
+        typer.Option(
+            help="The receipts' stat: DELIVRD, UNDELIV, REJECTD, EXPIRED, ... (none: no receipt)"
+        ),
+    ] = "DELIVRD",
+) -> None:
+    """Run a local SMSC (SMPP 3.4) to try SMS over SMPP: it accepts binds with the given
+    system_id and password, accepts every submit_sm and sends a delivery receipt for each,
+    printing what it does. Needs the smpp34 package: pip install 'cascade[smsc]'."""
+    try:
+        from cascade.devtools.smsc import Behaviour, Smsc, run_smsc
+    except ModuleNotFoundError as exc:
+        if exc.name != "smpp34":
+            raise
+        raise _fail(
+            "error: cascade dev smsc needs the smpp34 package: pip install 'cascade[smsc]' "
+            "(or 'cascade[dev]')"
+        ) from exc
+    stat = receipt_stat.strip().upper()
+
+    def say(line: str) -> None:
+        typer.echo(f"{time.strftime('%H:%M:%S')} {line}")
+
+    smsc = Smsc(
+        host=host,
+        port=port,
+        credentials={system_id: password},
+        default=Behaviour(receipt=None if stat == "NONE" else stat, receipt_delay=receipt_delay),
+        record=False,
+        on_event=say,
+    )
+    try:
+        asyncio.run(run_smsc(smsc, say))
+    except CascadeError as exc:
+        raise _fail(f"error: {exc}") from exc
 
 
 def main() -> None:

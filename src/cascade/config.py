@@ -147,8 +147,49 @@ class Settings(BaseSettings):
         description="Open client connections at most (further capped by the file limit); at "
         "the cap a new connection closes the oldest one with no request in progress",
     )
+    # Linked channels: Messenger and WhatsApp over the Graph API, Viber over its Bot API
+    graph_base_url: str = Field(
+        "https://graph.facebook.com",
+        description="Where the Graph API (Messenger Send API, WhatsApp Cloud API) is reached",
+    )
+    graph_api_version: str = Field(
+        "v25.0",
+        pattern=r"^v[0-9]+\.[0-9]+$",
+        description="The Graph API version in each request's path, e.g. v25.0",
+    )
+    viber_base_url: str = Field(
+        "https://chatapi.viber.com", description="Where the Viber Bot API is reached"
+    )
+    channel_http_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="How long one request to Graph or Viber may take to connect, to send and "
+        "to be answered, each (a send not answered in time may have gone out and is not resent)",
+    )
+    channel_http_max_connections: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Connections the Messenger, WhatsApp and Viber adapters keep open at most, "
+        "together; a send that finds none free within the timeout is retried later",
+    )
+    channel_link_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a send reuses a channel link it read (a removed link stops "
+        "being used within this time); 0 reads the store on every send",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["console", "json"] = Field("console")
+
+    @field_validator("graph_base_url", "viber_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
 
     @field_validator("engine_jobs")
     @classmethod

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -15,6 +17,7 @@ from starlette.types import ASGIApp
 from cascade.api.app import create_app
 from cascade.api.server import connection_limits, limited_protocol, raise_file_limit
 from cascade.channels.base import ChannelProvider
+from cascade.channels.linked import linked_providers
 from cascade.channels.sandbox import SandboxProvider
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
@@ -29,6 +32,7 @@ from cascade.service import (
     credentials_path,
     ensure_default_account,
     open_store,
+    redacted_url,
 )
 from cascade.store.base import ChannelLinks, Purging, Store
 from cascade.supervision import OnFatal
@@ -93,7 +97,7 @@ def build_app(
             start_retention(settings, store, engine)
         log.info(
             "cascade.started",
-            database=_redacted(settings.database_url),
+            database=redacted_url(settings.database_url),
             engine="in-process" if engine else "off",
         )
 
@@ -111,6 +115,7 @@ def build_app(
         lifespan_hooks=(start, stop),
         on_accepted=engine.wake if engine else None,
         engine_health=engine.health if engine else None,
+        receipts=engine,
     )
 
 
@@ -129,13 +134,20 @@ async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:
 def build_engine(
     settings: Settings, store: Store, clock: Clock, on_fatal: OnFatal | None = None
 ) -> Engine:
-    """The engine with the providers the settings name (the sandbox for every channel they do
-    not name) and the webhook sender."""
+    """The engine with its providers (Messenger, WhatsApp and Viber through each account's linked
+    page, number or bot; SMS over SMPP when the configuration file says so; the sandbox for the
+    rest) and the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
     sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return Engine(
         store,
-        Providers(sandbox, configured_providers(settings, clock)),
+        Providers(
+            sandbox,
+            {
+                **linked_providers(settings, sandbox, store, clock),
+                **configured_providers(settings, clock),
+            },
+        ),
         clock,
         EngineSettings(
             batch_size=settings.worker_batch_size,
@@ -203,23 +215,15 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(signum, stopped.set)
     await engine.start()
     start_retention(settings, store, engine)
-    log.info("cascade.worker", database=_redacted(settings.database_url), worker=engine.worker_id)
+    log.info(
+        "cascade.worker", database=redacted_url(settings.database_url), worker=engine.worker_id
+    )
     try:
         await stopped.wait()
     finally:
         await engine.stop()
         await store.close()
     fatal.exit_if_fatal()
-
-
-def _redacted(url: str) -> str:
-    """A database URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
 
 
 #: allocations (net) between two young-generation collections of the cyclic garbage collector in
@@ -235,6 +239,41 @@ def tune_gc() -> None:
     of CPU and no full one (BENCHMARKS.md)."""
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
+#: connections the kernel queues for the API before it accepts them (uvicorn's default)
+LISTEN_BACKLOG = 2048
+#: uvicorn's exit status when the app's start-up failed
+STARTUP_FAILURE = 3
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The API's socket, bound and listening: ``serve`` makes it before anything else, so a
+    port in use (or an address this host lacks) fails at once, before the database is opened
+    or the engine started; ConfigError says which address and why."""
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
+    listener = socket.socket(family, kind, proto)
+    try:
+        # a restart binds while the last run's connections are still in TIME_WAIT
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        listener.close()
+        hint = (
+            ": the port is in use (another process listens there); stop it, or choose another "
+            "--port or CASCADE_PORT"
+            if exc.errno == errno.EADDRINUSE
+            else f": {exc.strerror}"
+        )
+        raise ConfigError(f"cannot listen on {where}{hint}") from exc
+    return listener
 
 
 def tls_files(settings: Settings) -> tuple[str, str] | None:
@@ -258,28 +297,42 @@ def tls_files(settings: Settings) -> tuple[str, str] | None:
 
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
     """Serve the API until interrupted, with the connection limits of ``settings``, over
-    HTTPS when it names a certificate and key."""
+    HTTPS when it names a certificate and key. The certificate is loaded and the port bound
+    first: when either fails, nothing else starts."""
     configure_logging(settings.log_level, settings.log_format)
     tls = tls_files(settings)
+    listener = bind_listener(settings.host, settings.port)
     fatal = FatalExit()
-    app = build_app(settings, announce=announce, on_fatal=fatal)
-    tune_gc()
-    limits = connection_limits(settings, raise_file_limit())
-    log.info(
-        "cascade.listening",
-        url=f"{'https' if tls else 'http'}://{settings.host}:{settings.port}",
-        max_connections=limits.max_connections,
-    )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=limited_protocol(limits),
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-        ssl_certfile=tls[0] if tls else None,
-        ssl_keyfile=tls[1] if tls else None,
-    )
+    server: uvicorn.Server | None = None
+    try:
+        app = build_app(settings, announce=announce, on_fatal=fatal)
+        tune_gc()
+        limits = connection_limits(settings, raise_file_limit())
+        host, port = listener.getsockname()[:2]
+        log.info(
+            "cascade.listening",
+            url=f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}",
+            max_connections=limits.max_connections,
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                loop="uvloop",
+                http=limited_protocol(limits),
+                access_log=False,
+                log_config=None,
+                lifespan="on",
+                ssl_certfile=tls[0] if tls else None,
+                ssl_keyfile=tls[1] if tls else None,
+            )
+        )
+        # uvicorn's own signal handling (SIGINT, SIGTERM: a graceful stop) runs as under
+        # uvicorn.run; it serves on the socket given instead of binding one after start-up
+        server.run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C during the graceful stop, as uvicorn.run allows
+    finally:
+        listener.close()
+    if server is None or not server.started:
+        raise SystemExit(STARTUP_FAILURE)
     fatal.exit_if_fatal()

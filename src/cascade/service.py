@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ def open_store(url: str, settings: Settings | None = None, *, existing: bool = F
     not there is an error naming it (opening would create it: a read-only command run from
     another directory must not make an empty database there)."""
     settings = settings or Settings()
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if existing and path and path != ":memory:" and not Path(path).exists():
         raise ConfigError(
             f"no database at {Path(path).resolve()}: start `cascade serve` there, run "
@@ -33,8 +35,22 @@ def open_store(url: str, settings: Settings | None = None, *, existing: bool = F
     return store
 
 
+def redacted_url(url: str) -> str:
+    """A database URL without its password (in the credentials or a ``password=``
+    parameter), to show or log."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None and not re.search(r"(?i)(^|&)password=", parts.query):
+        return url  # (unsplitting would also turn sqlite:////abs into sqlite://abs)
+    netloc = parts.netloc
+    if parts.password is not None:
+        credentials, _, host = netloc.rpartition("@")
+        netloc = f"{credentials.split(':', 1)[0]}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def _store_of(url: str, settings: Settings) -> Store:
-    path = _sqlite_file(url)
+    path = sqlite_file(url)
     if path is not None:
         from cascade.store.sqlite import SqliteStore
 
@@ -64,7 +80,7 @@ def channel_sealer(settings: Settings) -> Sealer | None:
     return Sealer(keys) if keys.strip() else None
 
 
-def _sqlite_file(url: str) -> str | None:
+def sqlite_file(url: str) -> str | None:
     """The file a SQLite URL (or a bare path) names; None for any other URL."""
     if "://" not in url:
         return url  # a bare path names a SQLite file
@@ -80,7 +96,7 @@ def credentials_path(settings: Settings) -> Path:
     beside the SQLite database, else ``cascade.credentials`` in the working directory."""
     if settings.credentials_file is not None:
         return settings.credentials_file
-    database = _sqlite_file(settings.database_url)
+    database = sqlite_file(settings.database_url)
     if database and database != ":memory:":
         return Path(f"{database}.credentials")
     return Path("cascade.credentials")

@@ -88,6 +88,10 @@ VALID: list[Any] = [
         text("viber_service_msg", "hi", options={"viber_service_msg": {"ttl": 86400}}),
         id="viber-ttl-86400",
     ),
+    pytest.param(
+        text("viber_service_msg", "hi", to={"type": "viber_service_msg", "id": "01234567890A="}),
+        id="viber-bot-user-id",
+    ),
     pytest.param(text("sms", "hi", client_ref="r" * 40), id="client_ref-40"),
     pytest.param(text("sms", "hi", from_={"type": "sms", "number": "Acme"}), id="sms-alpha-from"),
 ]
@@ -148,9 +152,13 @@ INVALID: list[Any] = [
         id="viber-from-number",
     ),
     pytest.param(
-        text("viber_service_msg", "hi", to={"type": "viber_service_msg", "id": "user"}),
-        {"to.number", "to.id"},
-        id="viber-to-id",
+        text(
+            "viber_service_msg",
+            "hi",
+            to={"type": "viber_service_msg", "id": "user", "number": "447700900000"},
+        ),
+        {"to.id"},
+        id="viber-to-id-and-number",
     ),
     pytest.param(
         text("sms", "hi", to={"type": "sms", "number": "+447700900000"}),

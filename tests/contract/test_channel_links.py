@@ -333,8 +333,8 @@ def test_accounts_before_the_migration_stay_sandbox_accounts(tmp_path: Path) -> 
         conn.commit()
     finally:
         conn.close()
-    # later migrations apply after it; this one is the first the old file lacks
-    assert SqliteStore(path).migrate()[0] == "0009_channel_links"
+    # 0009 first (later migrations follow it)
+    assert SqliteStore(path).migrate()[:1] == ["0009_channel_links"]
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("SELECT sandbox FROM accounts").fetchall() == [(1,)]

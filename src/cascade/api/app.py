@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from cascade.api.auth import Authenticator
+from cascade.api.intake import IntakeEndpoints, KeptReceipts, ReceiptTaker
 from cascade.api.messages import AcceptContext, AcceptEndpoint
 from cascade.api.messages_v1 import MessagesV1Endpoint
 from cascade.api.openapi import docs_page, openapi_document
@@ -62,9 +63,12 @@ def create_app(
     | None = None,
     on_accepted: Callable[[], None] | None = None,
     engine_health: Callable[[], dict[str, object]] | None = None,
+    receipts: ReceiptTaker | None = None,
 ) -> AcceptFastPath:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
-    it (opening the store, the engine), whose health ``engine_health`` reports for readiness."""
+    it (opening the store, the engine), whose health ``engine_health`` reports for readiness.
+    ``receipts`` takes the receipts of the platforms' callbacks: the engine of this process,
+    or (None) the store, for an engine elsewhere to apply (``api/intake.py``)."""
     authenticator = Authenticator(store, clock)
     context = AcceptContext(
         store, authenticator, clock, max_body_bytes, report_horizon, on_accepted
@@ -94,6 +98,14 @@ def create_app(
         for path, handler in reads.routes()
         for variant in (path, path + "/")
     ]
+    intake = IntakeEndpoints(
+        store,
+        receipts if receipts is not None else KeptReceipts(store, clock),
+        clock,
+        max_body_bytes=max_body_bytes,
+        on_inbound=on_accepted,
+    )
+    routes += intake.routes()
     routes += [
         Route("/health", health, methods=["GET"]),
         Route("/ready", Readiness(store, engine_health).respond, methods=["GET"]),

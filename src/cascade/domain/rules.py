@@ -48,6 +48,10 @@ PROFILES: dict[Channel, ChannelProfile] = {
     ),
 }
 
+#: channels whose ``to`` may name either field: a Viber bot (Cascade's Viber channel) knows its
+#: users by their per-bot id, a Viber Service Message by phone number
+EITHER_TO_FIELD = frozenset({Channel.VIBER})
+
 #: Dispatch documents a shorter Viber TTL ceiling than Messages v0.1 does.
 DISPATCH_VIBER_TTL_MAX = 86400
 
@@ -76,7 +80,10 @@ def message_violations(
     """Every way this message breaks its channel's rules (empty when it is valid)."""
     channel = Channel(to.type)
     profile = PROFILES[channel]
-    found = _address_violations(to, profile.to_field, channel, f"{path}to")
+    if channel in EITHER_TO_FIELD and to.id is not None and to.number is None:
+        found = _address_violations(to, "id", channel, f"{path}to")
+    else:
+        found = _address_violations(to, profile.to_field, channel, f"{path}to")
     if from_.type != to.type:
         found.append(InvalidParameter(f"{path}from.type", "must equal to.type"))
     else:

@@ -45,7 +45,6 @@ from cascade.domain.records import (
     Receipt,
     StepState,
     WebhookKind,
-    WebhookVersion,
     WorkflowRecord,
 )
 from cascade.domain.reports import reports_for
@@ -775,15 +774,8 @@ class Engine:
         self.wake()
 
     async def inbound_webhook_version(self, account_id: str) -> str:
-        """The shape of an account's inbound webhooks. They go to the account, not to one of
-        its applications, so they are v1 only when every application of the account is set to
-        v1 (a receiver that still expects v0.1 never gets a shape it does not know)."""
-        applications = await self.store.list_applications(account_id)
-        if applications and all(
-            application.webhook_version == WebhookVersion.V1 for application in applications
-        ):
-            return WebhookVersion.V1.value
-        return WebhookVersion.V0_1.value
+        """The shape of an account's inbound webhooks (``payloads.inbound_version``)."""
+        return payloads.inbound_version(await self.store.list_applications(account_id))
 
     async def match_orphans(self) -> int:
         """Apply kept receipts whose message is now known; returns how many."""

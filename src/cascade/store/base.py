@@ -88,6 +88,31 @@ class ListQuery:
     created_before: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StoreOverview:
+    """What a database holds, as ``cascade status`` reports it: the schema versions applied
+    and those this release's migrations make, and (when the schema is complete) how many
+    accounts, queued jobs and undelivered webhooks there are."""
+
+    applied: tuple[int, ...]
+    expected: tuple[int, ...]
+    accounts: int | None = None
+    jobs: int | None = None
+    jobs_due: int | None = None
+    pending_webhooks: int | None = None
+    dead_webhooks: int | None = None
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        """The migrations this database lacks (``cascade db upgrade`` applies them)."""
+        return tuple(version for version in self.expected if version not in self.applied)
+
+    @property
+    def unknown(self) -> tuple[int, ...]:
+        """Migrations applied that this release does not know (a newer release made them)."""
+        return tuple(version for version in self.applied if version not in self.expected)
+
+
 #: what a transition decides: the rule changes and the webhooks that report them
 Decision = tuple[Changes, Sequence[NewWebhook]]
 Decide = Callable[[WorkflowRecord], Decision]
@@ -101,8 +126,9 @@ class Lifecycle(Protocol):
     """Opening, closing and answering: what a process does with its store as a whole."""
 
     @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and bring the schema up to date."""
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect and bring the schema up to date (without ``migrate``, only connect: a
+        command that inspects a database changes nothing in it)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -112,6 +138,11 @@ class Lifecycle(Protocol):
     async def ping(self) -> None:
         """Answer one round trip to the database (StoreUnavailable if it does not), for
         readiness."""
+
+    @abc.abstractmethod
+    async def overview(self) -> StoreOverview:
+        """The schema's versions and the counts ``cascade status`` shows; it reads a database
+        whatever its schema (even none), and changes nothing."""
 
 
 class Tenants(Protocol):
@@ -346,6 +377,36 @@ class Transitions(Protocol):
         """
 
 
+class Intake(Protocol):
+    """What taking the platforms' signed callbacks needs besides the links: the messages a
+    Messenger watermark covers, and inbound messages recorded once however often a platform
+    repeats them (``cascade.api.intake``)."""
+
+    @abc.abstractmethod
+    async def messenger_thread(
+        self,
+        account_id: str,
+        page_id: str,
+        psid: str,
+        sent_until: float,
+        statuses: Collection[Status],
+        limit: int = 1000,
+    ) -> list[str]:
+        """The Messenger message ids (provider ``messenger``) of the account's messages from
+        ``page_id`` to ``psid`` (their ``from.id`` and ``to.id``) whose send began at or before
+        ``sent_until`` and whose status is one of ``statuses``, oldest first, at most
+        ``limit``: what a delivery or read watermark of that conversation covers. A send's
+        start is when Cascade began handing it to the Graph API (when that is not recorded,
+        when its step started), which is never after Meta stamped it, so every message Meta
+        sent at or before the watermark is found."""
+
+    @abc.abstractmethod
+    async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
+        """Queue an inbound message's webhook unless one was queued for ``ref`` (the platform's
+        id of the message) before; whether it was queued. The record of ``ref`` lives as long
+        as the webhook (retention deletes both)."""
+
+
 class Webhooks(Protocol):
     """Customer webhooks: queued with the transitions that report them, delivered, replayed."""
 
@@ -472,6 +533,7 @@ class Store(
     JobQueue,
     Transitions,
     Webhooks,
+    Intake,
     Journal,
     Purging,
 ):

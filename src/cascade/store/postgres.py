@@ -226,6 +226,8 @@ def _rows(records: list[Any], sql: str) -> Rows:
 class PostgresStore(SqlStore):
     """The Store on a PostgreSQL database, shared by any number of processes."""
 
+    dialect = "postgres"
+
     def __init__(
         self,
         url: str,
@@ -258,7 +260,7 @@ class PostgresStore(SqlStore):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
         with _driver_errors(f"cannot connect to PostgreSQL at {_redact(self.url)}"):
             self._pool = await asyncpg.create_pool(
                 self.url,
@@ -267,7 +269,8 @@ class PostgresStore(SqlStore):
                 command_timeout=self.command_timeout,
             )
         try:
-            await self.migrate()
+            if migrate:
+                await self.migrate()
         except BaseException:
             await self._pool.close()
             self._pool = None

@@ -547,6 +547,8 @@ def sqlite_path(url: str) -> str:
 class SqliteStore(SqlStore):
     """The Store on one SQLite file."""
 
+    dialect = "sqlite"
+
     def __init__(
         self, path: str | Path, *, synchronous: str = "FULL", sealer: Sealer | None = None
     ) -> None:
@@ -557,9 +559,10 @@ class SqliteStore(SqlStore):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def open(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self.migrate()
+    async def open(self, *, migrate: bool = True) -> None:
+        if migrate:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.migrate()
         self._reader = _connect(self.path)
         self._writer.start(asyncio.get_running_loop())
 

@@ -65,9 +65,11 @@ from cascade.store.base import (
     Job,
     ListQuery,
     Store,
+    StoreOverview,
     WorkflowKey,
     _Unset,
 )
+from cascade.store.migrations import migrations
 
 T = TypeVar("T")
 
@@ -607,8 +609,15 @@ class SqlStore(Store, abc.ABC):
         plan is given as the function that makes it: a driver may run a write again (SQLite
         does, one write at a time, after another write of its batch failed)."""
 
+    #: the query and migration files this store's database reads ("sqlite" or "postgres")
+    dialect: str
+
     async def ping(self) -> None:
         await self._read(value("ping"))
+
+    async def overview(self) -> StoreOverview:
+        expected = tuple(migration.version for migration in migrations(self.dialect))
+        return await self._read(_overview_plan(expected, time.time()))
 
     # --- tenancy ---------------------------------------------------------------------------
 
@@ -975,6 +984,35 @@ class SqlStore(Store, abc.ABC):
             return 0
         return await self._write(partial(_replay_plan, webhook_ids, now, account_id))
 
+    # --- intake of the platforms' callbacks ------------------------------------------------
+
+    async def messenger_thread(
+        self,
+        account_id: str,
+        page_id: str,
+        psid: str,
+        sent_until: float,
+        statuses: Collection[Status],
+        limit: int = 1000,
+    ) -> list[str]:
+        if not statuses:
+            return []
+        found = await self._read(
+            select(
+                "messenger_thread",
+                account_id=account_id,
+                page_id=page_id,
+                psid=psid,
+                sent_until=sent_until,
+                statuses=[Status(status).value for status in statuses],
+                limit=limit,
+            )
+        )
+        return [str(provider_id) for provider_id in found.column("provider_message_id")]
+
+    async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
+        return await self._write(partial(_inbound_webhook_plan, webhook, ref, now))
+
     # --- the sandbox provider's journal ----------------------------------------------------
 
     async def sandbox_receive(self, message: SandboxMessage) -> SandboxMessage:
@@ -1022,7 +1060,56 @@ class SqlStore(Store, abc.ABC):
         return await self._write(partial(_purge_workflows_plan, before, limit))
 
 
+def _inbound_webhook_plan(webhook: NewWebhook, ref: str, now: float) -> Plan[bool]:
+    """Queue an inbound webhook recorded under ``ref``, with the job that delivers it, unless
+    ``ref`` is recorded already."""
+    queued = yield first(
+        "queue_inbound_webhook",
+        account_id=webhook.account_id,
+        application_id=webhook.application_id,
+        workflow_id=webhook.workflow_id,
+        message_id=webhook.message_id,
+        kind=webhook.kind,
+        url=webhook.url,
+        body=webhook.body.decode(),
+        created_at=now,
+        inbound_ref=ref,
+    )
+    if queued is None:
+        return False  # recorded before: a platform's repeat
+    if queued["url"] is not None:
+        yield change(
+            "insert_job",
+            kind=JobKindName.WEBHOOK,
+            ref=str(queued["id"]),
+            run_at=now,
+            created_at=now,
+        )
+        yield Signal.JOBS_QUEUED
+    return True
+
+
 def _add_webhooks_plan(webhooks: Sequence[NewWebhook], now: float) -> Plan[None]:
     """Queue webhooks that belong to no transition."""
     if (yield from _insert_webhooks(webhooks, now)):
         yield Signal.JOBS_QUEUED
+
+
+def _overview_plan(expected: tuple[int, ...], now: float) -> Plan[StoreOverview]:
+    """The schema versions applied and, when none is missing, the counts of a status report
+    (a schema that lacks a table has nothing to count it in)."""
+    if not (yield value("has_schema_migrations")):
+        return StoreOverview((), expected)
+    applied = tuple(sorted((yield select("schema_versions")).column("version")))
+    overview = StoreOverview(applied, expected)
+    if overview.missing:
+        return overview
+    counts = yield first("store_counts", now=now)
+    return replace(
+        overview,
+        accounts=counts["accounts"],
+        jobs=counts["jobs"],
+        jobs_due=counts["jobs_due"],
+        pending_webhooks=counts["pending_webhooks"],
+        dead_webhooks=counts["dead_webhooks"],
+    )

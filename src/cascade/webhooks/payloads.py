@@ -40,6 +40,7 @@ import msgspec
 from cascade.channels.base import InboundMessage
 from cascade.domain.message_v1 import V1_CHANNEL_NAMES
 from cascade.domain.records import (
+    Application,
     MessageRecord,
     NewWebhook,
     Surface,
@@ -256,6 +257,15 @@ def inbound_v1(message: InboundMessage, message_uuid: str) -> bytes:
         body["sms"] = {"num_messages": str(parts)}
         body["usage"] = {"currency": "EUR", "price": "0.0000"}
     return _encoder.encode(body)
+
+
+def inbound_version(applications: Sequence[Application]) -> str:
+    """The shape of an account's inbound webhooks, from its applications. Inbound messages go
+    to the account, not to one of its applications, so they are v1 only when every one of
+    them is set to v1 (a receiver that still expects v0.1 never gets a shape it cannot read)."""
+    if applications and all(app.webhook_version == WebhookVersion.V1 for app in applications):
+        return WebhookVersion.V1.value
+    return WebhookVersion.V0_1.value
 
 
 def inbound_body(message: InboundMessage, message_uuid: str, version: str | None) -> bytes:

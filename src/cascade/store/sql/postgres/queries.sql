@@ -461,6 +461,36 @@ DELETE FROM jobs WHERE kind = :kind AND ref = ANY(:refs::text[]);
 INSERT INTO jobs (kind, ref, run_at, created_at)
 SELECT :kind, ref, :now, :now FROM unnest(:refs::text[]) AS ref
 
+-- ---- intake of the platforms' callbacks ----------------------------------------------------
+
+-- name: messenger_thread
+-- the messages a Messenger watermark covers: one conversation (page to user) of the account,
+-- sent at or before it, not yet at the watermark's status (messages_messenger_thread)
+SELECT provider_message_id FROM messages
+WHERE provider = 'messenger' AND account_id = :account_id
+  AND (recipient::jsonb ->> 'id') = :psid
+  AND (sender::jsonb ->> 'id') = :page_id
+  AND status = ANY(:statuses::text[])
+  AND coalesce(send_started_at, started_at) <= :sent_until::double precision
+  AND provider_message_id IS NOT NULL
+ORDER BY coalesce(send_started_at, started_at), id COLLATE "C" LIMIT :limit
+
+-- name: queue_inbound_webhook
+-- an inbound message's webhook, once per inbound_ref (a platform repeats a callback until it
+-- hears 200): a repeat inserts nothing and returns no row; it goes where queue_webhook sends
+-- an inbound webhook
+INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, url, body,
+                      state, created_at, next_attempt_at, inbound_ref)
+SELECT :account_id, :application_id, :workflow_id, :message_id, :kind, url, :body,
+       CASE WHEN url IS NULL THEN 'no_url' ELSE 'pending' END, :created_at::double precision,
+       CASE WHEN url IS NULL THEN NULL ELSE :created_at::double precision END, :inbound_ref
+FROM (SELECT nullif(coalesce(
+          :url::text,
+          (SELECT inbound_url FROM applications WHERE id = :application_id),
+          (SELECT inbound_url FROM accounts WHERE id = :account_id)), '') AS url) AS target
+ON CONFLICT (inbound_ref) WHERE inbound_ref IS NOT NULL DO NOTHING
+RETURNING id, url
+
 -- ---- the sandbox provider's journal ---------------------------------------------------------
 
 -- name: sandbox_receive
@@ -530,3 +560,19 @@ WHERE message_id IN (SELECT id FROM messages WHERE workflow_id = ANY(:ids::text[
 DELETE FROM events WHERE workflow_id = ANY(:ids::text[]);
 DELETE FROM messages WHERE workflow_id = ANY(:ids::text[]);
 DELETE FROM workflows WHERE id = ANY(:ids::text[])
+
+-- ---- status (cascade status) -----------------------------------------------------------------
+
+-- name: has_schema_migrations
+-- whether the database (the schema search_path selects) has been migrated at all
+SELECT to_regclass('schema_migrations') IS NOT NULL
+
+-- name: schema_versions
+SELECT version FROM schema_migrations ORDER BY version
+
+-- name: store_counts
+SELECT (SELECT count(*) FROM accounts) AS accounts,
+       (SELECT count(*) FROM jobs) AS jobs,
+       (SELECT count(*) FROM jobs WHERE run_at <= :now) AS jobs_due,
+       (SELECT count(*) FROM webhooks WHERE state = 'pending') AS pending_webhooks,
+       (SELECT count(*) FROM webhooks WHERE state = 'dead') AS dead_webhooks

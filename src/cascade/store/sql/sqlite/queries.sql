@@ -454,6 +454,37 @@ DELETE FROM jobs WHERE kind = :kind AND ref IN (:refs*);
 INSERT INTO jobs (kind, ref, run_at, created_at)
 SELECT :kind, value, :now, :now FROM json_each(:refs)
 
+-- ---- intake of the platforms' callbacks ----------------------------------------------------
+
+-- name: messenger_thread
+-- the messages a Messenger watermark covers: one conversation (page to user) of the account,
+-- sent at or before it, not yet at the watermark's status (messages_messenger_thread)
+SELECT provider_message_id FROM messages
+WHERE provider = 'messenger' AND account_id = :account_id
+  AND json_extract(recipient, '$.id') = :psid
+  AND json_extract(sender, '$.id') = :page_id
+  AND status IN (:statuses*)
+  AND coalesce(send_started_at, started_at) <= :sent_until
+  AND provider_message_id IS NOT NULL
+ORDER BY coalesce(send_started_at, started_at), id LIMIT :limit
+
+-- name: queue_inbound_webhook
+-- an inbound message's webhook, once per inbound_ref (a platform repeats a callback until it
+-- hears 200): a repeat inserts nothing and returns no row; it goes where queue_webhook sends
+-- an inbound webhook
+INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, url, body,
+                      state, created_at, next_attempt_at, inbound_ref)
+SELECT :account_id, :application_id, :workflow_id, :message_id, :kind, url, :body,
+       CASE WHEN url IS NULL THEN 'no_url' ELSE 'pending' END, :created_at,
+       CASE WHEN url IS NULL THEN NULL ELSE :created_at END, :inbound_ref
+FROM (SELECT nullif(coalesce(
+          :url,
+          (SELECT inbound_url FROM applications WHERE id = :application_id),
+          (SELECT inbound_url FROM accounts WHERE id = :account_id)), '') AS url)
+WHERE true
+ON CONFLICT (inbound_ref) WHERE inbound_ref IS NOT NULL DO NOTHING
+RETURNING id, url
+
 -- ---- the sandbox provider's journal ---------------------------------------------------------
 
 -- name: sandbox_receive
@@ -518,3 +549,19 @@ WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (:ids*));
 DELETE FROM events WHERE workflow_id IN (:ids*);
 DELETE FROM messages WHERE workflow_id IN (:ids*);
 DELETE FROM workflows WHERE id IN (:ids*)
+
+-- ---- status (cascade status) -----------------------------------------------------------------
+
+-- name: has_schema_migrations
+-- whether the database has been migrated at all (its bookkeeping table exists)
+SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'
+
+-- name: schema_versions
+SELECT version FROM schema_migrations ORDER BY version
+
+-- name: store_counts
+SELECT (SELECT count(*) FROM accounts) AS accounts,
+       (SELECT count(*) FROM jobs) AS jobs,
+       (SELECT count(*) FROM jobs WHERE run_at <= :now) AS jobs_due,
+       (SELECT count(*) FROM webhooks WHERE state = 'pending') AS pending_webhooks,
+       (SELECT count(*) FROM webhooks WHERE state = 'dead') AS dead_webhooks

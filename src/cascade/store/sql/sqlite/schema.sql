@@ -76,6 +76,9 @@ CREATE TABLE messages (
 CREATE INDEX messages_account ON messages (account_id, created_at);
 CREATE UNIQUE INDEX messages_provider_ref ON messages (provider, provider_message_id)
     WHERE provider_message_id IS NOT NULL;
+-- one Messenger conversation's messages, for a watermark (migration 0010)
+CREATE INDEX messages_messenger_thread ON messages (account_id, json_extract(recipient, '$.id'))
+    WHERE provider = 'messenger';
 
 -- The timeline: statuses with their time, source and reason, step starts, failovers, outcome.
 CREATE TABLE events (
@@ -161,11 +164,14 @@ CREATE TABLE webhooks (
     next_attempt_at  REAL,
     last_status      INTEGER,
     last_error       TEXT,
-    delivered_at     REAL
+    delivered_at     REAL,
+    -- an inbound message's id at its platform: its webhook is queued once (migration 0010)
+    inbound_ref      TEXT
 );
 CREATE INDEX webhooks_workflow ON webhooks (workflow_id, id);
 CREATE INDEX webhooks_state ON webhooks (state, id);
 CREATE INDEX webhooks_unattached ON webhooks (created_at) WHERE workflow_id IS NULL;
+CREATE UNIQUE INDEX webhooks_inbound_ref ON webhooks (inbound_ref) WHERE inbound_ref IS NOT NULL;
 
 CREATE TABLE webhook_attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
