@@ -33,6 +33,7 @@ from cascade.domain.records import (
     LinkedChannel,
     WebhookRecord,
     WebhookState,
+    WebhookVersion,
     WorkflowRecord,
 )
 from cascade.errors import CascadeError, ConfigError
@@ -302,8 +303,21 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Listen port [default: 3000]")] = None,
     database: DatabaseOption = None,
     config: ConfigOption = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve HTTPS with this PEM certificate (chain) [default: $CASCADE_SSL_CERTFILE]"
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option(
+            help="The certificate's PEM private key [default: $CASCADE_SSL_KEYFILE]",
+        ),
+    ] = None,
 ) -> None:
-    """Run the HTTP API (and the engine), creating and migrating the database on first start."""
+    """Run the HTTP API (and the engine), creating and migrating the database on first start;
+    over HTTPS with --ssl-certfile and --ssl-keyfile."""
     from cascade.runtime import run_server
 
     settings = _settings(database, config)
@@ -311,6 +325,10 @@ def serve(
         settings.host = host
     if port is not None:
         settings.port = port
+    if ssl_certfile is not None:
+        settings.ssl_certfile = ssl_certfile
+    if ssl_keyfile is not None:
+        settings.ssl_keyfile = ssl_keyfile
     try:
         run_server(settings, announce=_announcer(credentials_path(settings)))
     except CascadeError as exc:
@@ -582,6 +600,17 @@ def _read_public_key(path: Path) -> str:
     ).decode()
 
 
+WebhookVersionOption = Annotated[
+    WebhookVersion | None,
+    typer.Option(
+        help="The shape of the status webhooks of the messages it sends (and, once every "
+        "application of the account says v1, of inbound ones): v0.1 or v1 (Messages v1) "
+        "[default: v0.1]",
+        show_default=False,
+    ),
+]
+
+
 @app_app.command("create")
 def app_create(
     name: Annotated[str, typer.Argument(help="A name for the application")],
@@ -595,6 +624,7 @@ def app_create(
         Path | None,
         typer.Option(help="Where to write the generated private key [default: ./NAME.key]"),
     ] = None,
+    webhook_version: WebhookVersionOption = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
     quiet: Annotated[
@@ -624,6 +654,7 @@ def app_create(
             status_url=status,
             inbound_url=inbound,
             created_at=time.time(),
+            webhook_version=(webhook_version or WebhookVersion.V0_1).value,
         )
         await store.create_application(application)
         return application
@@ -703,12 +734,16 @@ def app_update(
     inbound_url: Annotated[
         str | None, typer.Option(help="Inbound webhook URL ('' clears: the account's is used)")
     ] = None,
+    webhook_version: WebhookVersionOption = None,
     database: DatabaseOption = None,
     api_key: ApiKeyOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the application as JSON")] = False,
 ) -> None:
-    """Change an application's webhook URLs (a running API sees it within seconds)."""
+    """Change an application's webhook URLs or webhook shape (a running API sees it within
+    seconds; messages accepted before keep the shape they were accepted with)."""
     changes = _url_changes(status_url, inbound_url)
+    if webhook_version is not None:
+        changes["webhook_version"] = webhook_version.value
 
     async def work(store: Store) -> Application:
         application = await _own_application(store, application_id, api_key, database)
@@ -780,6 +815,7 @@ def _echo_application(application: Application, key_path: Path | None, as_json: 
     typer.echo(f"name:           {application.name}")
     typer.echo(f"status_url:     {application.status_url or '-'}")
     typer.echo(f"inbound_url:    {application.inbound_url or '-'}")
+    typer.echo(f"webhooks:       {application.webhook_version}")
     if key_path is not None:
         typer.echo(f"private key:    {key_path} (mode 0600; keep it secret)")
 

@@ -36,13 +36,14 @@ def account_json(
 
 
 def application_json(application: Application, key_path: Path | None = None) -> dict[str, Any]:
-    """An application: its id, name and webhook URLs, and the private key file the command
-    wrote (null when it wrote none)."""
+    """An application: its id, name, webhook URLs and webhook shape, and the private key file
+    the command wrote (null when it wrote none)."""
     return {
         "application_id": application.id,
         "name": application.name,
         "status_url": application.status_url,
         "inbound_url": application.inbound_url,
+        "webhook_version": application.webhook_version,
         "created_at": _time(application.created_at),
         "private_key_file": None if key_path is None else str(key_path),
     }

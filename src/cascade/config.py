@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the HTTP API listens on")
     port: int = Field(3000, ge=1, le=65535, description="Port the HTTP API listens on")
+    ssl_certfile: Path | None = Field(
+        None,
+        description="A PEM certificate (with its chain) to serve HTTPS with, for clients that "
+        "only speak https (the official SDKs); needs ssl_keyfile. Without both, plain HTTP",
+    )
+    ssl_keyfile: Path | None = Field(None, description="The PEM private key of ssl_certfile")
     public_url: str | None = Field(
         None, description="Base URL clients reach this service at (for links in webhooks)"
     )

@@ -7,6 +7,7 @@ import errno
 import gc
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 
 import structlog
@@ -275,10 +276,31 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return listener
 
 
+def tls_files(settings: Settings) -> tuple[str, str] | None:
+    """The certificate and key files to serve HTTPS with, checked to load together; None for
+    plain HTTP. ConfigError names the setting that is wrong, before anything starts."""
+    certfile, keyfile = settings.ssl_certfile, settings.ssl_keyfile
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        missing = "CASCADE_SSL_CERTFILE" if certfile is None else "CASCADE_SSL_KEYFILE"
+        raise ConfigError(f"HTTPS needs a certificate and its key: {missing} is not set")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the certificate {certfile} with the key {keyfile} "
+            f"(CASCADE_SSL_CERTFILE, CASCADE_SSL_KEYFILE): {exc}"
+        ) from exc
+    return str(certfile), str(keyfile)
+
+
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
-    """Serve the API until interrupted, with the connection limits of ``settings``. The port
-    is bound first: when it is taken, nothing else starts."""
+    """Serve the API until interrupted, with the connection limits of ``settings``, over
+    HTTPS when it names a certificate and key. The certificate is loaded and the port bound
+    first: when either fails, nothing else starts."""
     configure_logging(settings.log_level, settings.log_format)
+    tls = tls_files(settings)
     listener = bind_listener(settings.host, settings.port)
     fatal = FatalExit()
     server: uvicorn.Server | None = None
@@ -289,7 +311,7 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
         host, port = listener.getsockname()[:2]
         log.info(
             "cascade.listening",
-            url=f"http://{f'[{host}]' if ':' in host else host}:{port}",
+            url=f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}",
             max_connections=limits.max_connections,
         )
         server = uvicorn.Server(
@@ -300,6 +322,8 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
                 access_log=False,
                 log_config=None,
                 lifespan="on",
+                ssl_certfile=tls[0] if tls else None,
+                ssl_keyfile=tls[1] if tls else None,
             )
         )
         # uvicorn's own signal handling (SIGINT, SIGTERM: a graceful stop) runs as under

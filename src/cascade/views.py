@@ -25,6 +25,7 @@ _ID_FIELDS = {
     Surface.DISPATCH: "dispatch_uuid",
     Surface.WORKFLOWS: "workflow_uuid",
     Surface.MESSAGES: "workflow_uuid",
+    Surface.MESSAGES_V1: "workflow_id",
 }
 
 

@@ -767,3 +767,27 @@ async def served(intake: Intake) -> AsyncIterator[str]:
         yield server.url
     finally:
         await server.stop()
+
+
+async def test_an_inbound_message_of_an_all_v1_account_is_in_the_v1_shape(intake: Intake) -> None:
+    """Once every application of the account is set to webhook_version v1, a platform's
+    inbound message becomes a flat v1 inbound webhook (channel, to/from strings, text)."""
+    await intake.store.update_application(intake.tenant.application.id, webhook_version="v1")
+    incoming = {
+        "messages": [
+            {
+                "from": "16505551234",
+                "id": "wamid.IN-V1",
+                "timestamp": "1900000000",
+                "type": "text",
+                "text": {"body": "Is my order on its way?"},
+            }
+        ],
+    }
+    response = await intake.meta("/channels/whatsapp", whatsapp_body(incoming), WA_SECRET)
+    assert response.status_code == 200
+    (hook,) = await intake.webhooks(WebhookKind.INBOUND)
+    body = msgspec.json.decode(hook.body)
+    assert (body["channel"], body["from"], body["to"]) == ("whatsapp", "16505551234", WA_NUMBER)
+    assert (body["message_type"], body["text"]) == ("text", "Is my order on its way?")
+    uuid.UUID(body["message_uuid"])

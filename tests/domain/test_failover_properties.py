@@ -92,6 +92,13 @@ def workflows(draw: st.DrawFn) -> tuple[Step, ...]:
     return tuple(steps)
 
 
+@st.composite
+def windowless_workflows(draw: st.DrawFn) -> tuple[Step, ...]:
+    """1-4 steps on any channel, none with a window: a Messages v1 message and its failover
+    messages (docs/design.md §1.11)."""
+    return tuple(Step(draw(st.sampled_from(CHANNELS))) for _ in range(draw(st.integers(1, 4))))
+
+
 @dataclass(frozen=True)
 class Action:
     """One thing to happen, chosen against whatever the simulator holds at that point."""
@@ -204,8 +211,17 @@ def check_move(
     if changes.final_report:
         assert after.finished_at == happening.at
 
-    # a job is never both scheduled and cancelled by one change
-    assert not {(j.kind, j.ref) for j in changes.jobs} & set(changes.cancel_jobs)
+    # a job is never both scheduled and cancelled by one change, save the report horizon of a
+    # step without a window, which the next step's replaces (docs/design.md §1.11)
+    replaced = {(j.kind, j.ref) for j in changes.jobs} & set(changes.cancel_jobs)
+    if replaced:
+        assert replaced == {(JobKindName.REPORT_HORIZON, "w")}
+        assert any(
+            old.state == StepState.WAITING
+            and new.state == StepState.ACTIVE
+            and before.messages[index - 1].expiry_time is None
+            for index, (old, new) in enumerate(zip(before.messages, after.messages, strict=True))
+        )
 
     for index, (old, new) in enumerate(zip(before.messages, after.messages, strict=True)):
         last = index == count - 1
@@ -218,10 +234,21 @@ def check_move(
             assert is_running
             assert before.messages[index - 1].state == StepState.ACTIVE
             assert after.messages[index - 1].state in (StepState.FAILED, StepState.EXPIRED)
+            if before.messages[index - 1].expiry_time is None:
+                # without a window, only a failure fails over (docs/design.md §1.11)
+                assert after.messages[index - 1].state == StepState.FAILED
             assert new.started_at == happening.at
         if new.state == StepState.CANCELLED and old.state != StepState.CANCELLED:
             assert was_running
-            assert after.state == WorkflowState.COMPLETED
+            # an earlier step succeeded, or the horizon passed while a step without a window
+            # still waited for news (docs/design.md §1.11)
+            assert after.state == WorkflowState.COMPLETED or (
+                isinstance(happening, HorizonReached)
+                and any(
+                    m.state == StepState.ACTIVE and m.expiry_time is None
+                    for m in before.messages[:-1]
+                )
+            )
         # statuses: monotonic, and each change reported exactly once
         reports = changes.status_reports.count(new.id)
         if old.status != new.status:
@@ -285,9 +312,10 @@ def check_state(sim: Simulator) -> None:
         assert all(s in (StepState.FAILED, StepState.EXPIRED) for s in states[:active])
         assert all(s == StepState.WAITING for s in states[active + 1 :])
         assert not any(succeeded(m, i == count - 1) for i, m in enumerate(workflow.messages))
-        # the active step's window, or the last step's horizon, is pending; nothing else
-        if active < count - 1:
-            record = workflow.messages[active]
+        # the active step's window, or the horizon of the last step or of a step without a
+        # window (docs/design.md §1.11), is pending; nothing else
+        record = workflow.messages[active]
+        if active < count - 1 and record.expiry_time is not None:
             assert timers == {record.id}
             assert not horizon
             assert record.started_at is not None
@@ -299,7 +327,7 @@ def check_state(sim: Simulator) -> None:
         else:
             assert not timers
             assert horizon == {"w"}
-            started_at = workflow.messages[-1].started_at
+            started_at = record.started_at
             assert started_at is not None
             assert sim.jobs[(JobKindName.REPORT_HORIZON, "w")] == started_at + sim.horizon
     else:
@@ -308,8 +336,10 @@ def check_state(sim: Simulator) -> None:
         assert not timers
         assert not horizon
         assert StepState.WAITING not in states
-        if workflow.state == WorkflowState.ERROR:
-            assert StepState.CANCELLED not in states
+        if workflow.state == WorkflowState.ERROR and StepState.CANCELLED in states:
+            # only the horizon ends a workflow in error before its last step started, and only
+            # while a step without a window waited (docs/design.md §1.11)
+            assert workflow.messages[states.index(StepState.CANCELLED) - 1].expiry_time is None
     # the provider's message id from a send result is kept, whatever order the receipts came in
     for seen in sim.observed:
         if seen.provider_message_id is not None:
@@ -377,3 +407,35 @@ def test_a_receipt_twice_changes_nothing_the_second_time(
         status = Status.DELIVERED
     sim.receipt(index, status)
     assert sim.receipt(index, status).empty
+
+
+@PROPERTIES
+@given(windowless_workflows(), actions)
+def test_without_windows_every_move_keeps_the_rules(
+    steps: tuple[Step, ...], script: list[Action]
+) -> None:
+    """Messages v1 failover (docs/design.md §1.11) under any order of receipts, send results
+    and horizons keeps every rule; no step ever expires or has a timer, and a step starts
+    only after the one before failed."""
+    sim = play(steps, script)
+    assert StepState.EXPIRED not in sim.states()
+    assert not sim.pending(JobKindName.STEP_TIMEOUT)
+
+
+@PROPERTIES
+@given(windowless_workflows(), actions)
+def test_without_windows_every_workflow_finishes_once(
+    steps: tuple[Step, ...], script: list[Action]
+) -> None:
+    """Without windows, the horizon still ends every workflow, with one final decision."""
+    sim = play(steps, script)
+    while True:
+        before = sim.workflow
+        changes = sim.run_next_timer()
+        if changes is None:
+            break
+        assert sim.last is not None
+        check_move(sim, sim.last, before, changes)
+        check_state(sim)
+    assert sim.state != WorkflowState.RUNNING
+    assert sim.final_reports == 1

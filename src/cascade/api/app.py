@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from cascade.api.auth import Authenticator
 from cascade.api.intake import IntakeEndpoints, KeptReceipts, ReceiptTaker
 from cascade.api.messages import AcceptContext, AcceptEndpoint
+from cascade.api.messages_v1 import MessagesV1Endpoint
 from cascade.api.openapi import docs_page, openapi_document
 from cascade.api.problems import EXCEPTION_HANDLERS, problem_response
 from cascade.api.reads import ReadEndpoints
@@ -86,6 +87,8 @@ def create_app(
         for path, surface, id_field in accept
         for variant in (path, path + "/")
     }
+    v1 = MessagesV1Endpoint(context, Surface.MESSAGES_V1, "message_uuid")
+    endpoints.update({"/v1/messages": v1, "/v1/messages/": v1})
     routes: list[BaseRoute] = [
         Route(path, endpoint.handle, methods=["POST"]) for path, endpoint in endpoints.items()
     ]

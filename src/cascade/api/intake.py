@@ -56,7 +56,7 @@ from cascade.domain.records import ChannelLink, LinkedChannel, NewWebhook, Recei
 from cascade.domain.status import Status
 from cascade.errors import RequestRejected
 from cascade.log import LogLimiter, clip
-from cascade.store.base import ChannelLinks, Intake, Transitions
+from cascade.store.base import ChannelLinks, Intake, Tenants, Transitions
 from cascade.webhooks import payloads
 
 log = structlog.get_logger(__name__)
@@ -71,8 +71,9 @@ MAX_CHALLENGE = 256
 T = TypeVar("T")
 
 
-class IntakeStore(ChannelLinks, Intake, Protocol):
-    """What intake uses of the store: the links, and its own operations."""
+class IntakeStore(ChannelLinks, Intake, Tenants, Protocol):
+    """What intake uses of the store: the links, its own operations, and an account's
+    applications (whose webhook_version shapes its inbound webhooks)."""
 
 
 class ReceiptTaker(Protocol):
@@ -371,6 +372,7 @@ class IntakeEndpoints:
         message = arrival.message
         # the parsers always name the linked account
         assert message.account_id is not None
+        version = payloads.inbound_version(await self._store.list_applications(message.account_id))
         webhook = NewWebhook(
             kind=WebhookKind.INBOUND,
             account_id=message.account_id,
@@ -378,6 +380,6 @@ class IntakeEndpoints:
             workflow_id=None,
             message_id=None,
             url=None,
-            body=payloads.inbound(message, new_id()),
+            body=payloads.inbound_body(message, new_id(), version),
         )
         return await self._store.add_inbound_webhook(webhook, arrival.ref, self._clock.now())

@@ -27,12 +27,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cascade.api.auth import Authenticator
+from cascade.api.auth import Authenticator, Principal
 from cascade.api.validation import RequestDecoder
 from cascade.clock import Clock
 from cascade.domain.failover import step_jobs
 from cascade.domain.message import MessageRequest, WorkflowRequest, WorkflowStep, encode
-from cascade.domain.records import IdempotencyClaim, NewStep, NewWorkflow, StoredResponse, Surface
+from cascade.domain.records import (
+    IdempotencyClaim,
+    NewStep,
+    NewWorkflow,
+    StoredResponse,
+    Surface,
+    WebhookVersion,
+)
 from cascade.domain.rules import request_violations, workflow_violations
 from cascade.errors import InvalidParameter, InvalidRequest
 from cascade.store.base import Accepting
@@ -137,7 +144,16 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
-def _step(step: MessageRequest | WorkflowStep) -> NewStep:
+def webhook_version(principal: Principal, asked: str | None = None) -> str | None:
+    """The shape of a message's status webhooks as stored: the one the message asks for, else
+    its application's (Basic auth has none); None for v0.1, the shape of every older row."""
+    version = asked
+    if version is None and principal.application is not None:
+        version = principal.application.webhook_version
+    return None if version in (None, WebhookVersion.V0_1) else version
+
+
+def _step(step: MessageRequest | WorkflowStep, version: str | None) -> NewStep:
     failover = step.failover if isinstance(step, WorkflowStep) else None
     return NewStep(
         message_id=new_id(),
@@ -148,6 +164,7 @@ def _step(step: MessageRequest | WorkflowStep) -> NewStep:
         client_ref=step.client_ref,
         expiry_time=failover.expiry_time if failover else None,
         condition_status=failover.condition_status if failover else None,
+        webhook_version=version,
     )
 
 
@@ -171,10 +188,9 @@ class AcceptEndpoint:
         principal = await ctx.authenticator.authenticate(request.headers.getlist("authorization"))
         key = _idempotency_key(request)
         body = await read_json_body(request, ctx.max_body_bytes)
-        steps = self._decode(body)
+        steps = self.steps(body, principal)
         workflow_id = new_id()
-        public_id = steps[0].message_id if self._surface is Surface.MESSAGES else workflow_id
-        response_body = b'{"%s":"%s"}' % (self._id_field.encode(), public_id.encode())
+        response_body = self.response_body(steps, workflow_id)
         claim = None
         if key is not None:
             claim = IdempotencyClaim(
@@ -217,12 +233,19 @@ class AcceptEndpoint:
             ctx.on_accepted()
         return Response(response_body, status_code=202, media_type="application/json")
 
-    def _decode(self, body: bytes) -> list[NewStep]:
+    def steps(self, body: bytes, principal: Principal) -> list[NewStep]:
+        """The messages a request body asks for, in order (InvalidRequest when it is bad)."""
+        version = webhook_version(principal)
         if self._surface is Surface.MESSAGES:
             message = _message_decoder.decode(body)
-            return [_step(message)]
+            return [_step(message, version)]
         workflow = _workflow_decoder.decode(body)
-        return [_step(step) for step in workflow.workflow]
+        return [_step(step, version) for step in workflow.workflow]
+
+    def response_body(self, steps: list[NewStep], workflow_id: str) -> bytes:
+        """The 202's body: the id a client of this surface knows the request by."""
+        public_id = steps[0].message_id if self._surface is Surface.MESSAGES else workflow_id
+        return b'{"%s":"%s"}' % (self._id_field.encode(), public_id.encode())
 
 
 def _request_digest(request: Request, body: bytes) -> str:

@@ -11,6 +11,7 @@ import msgspec
 from cascade import __version__
 from cascade.api.problems import ProblemDocument
 from cascade.domain.message import MessageRequest, WorkflowRequest
+from cascade.domain.message_v1 import MessageRequestV1
 
 _REF = "#/components/schemas/{name}"
 
@@ -122,11 +123,35 @@ def _read(summary: str, description: str, *, listing: bool = False) -> dict[str,
     return operation
 
 
+def _v1_operation() -> dict[str, Any]:
+    """``POST /v1/messages``: v1 answers 422 (not 400) to a body that does not validate, and
+    adds ``workflow_id`` to its 202 when the message has failover messages."""
+    operation = _operation(
+        "Send a message, with failover (Messages v1)",
+        "MessageRequestV1",
+        "message_uuid",
+        "The first message's id",
+    )
+    schema = operation["responses"]["202"]["content"]["application/json"]["schema"]
+    schema["properties"]["workflow_id"] = {
+        "type": "string",
+        "format": "uuid",
+        "description": "With failover: the workflow, readable at GET /v0.1/dispatch/{id}",
+    }
+    responses = operation["responses"]
+    del responses["400"]
+    responses["422"] = _problem(
+        "The body is not JSON or is invalid; type and title name the kind of problem, "
+        "invalid_parameters every bad field"
+    )
+    return operation
+
+
 @cache
 def openapi_document() -> bytes:
     """The whole document as JSON bytes (built once)."""
-    (_, _, _), components = msgspec.json.schema_components(
-        (MessageRequest, WorkflowRequest, ProblemDocument), ref_template=_REF
+    (_, _, _, _), components = msgspec.json.schema_components(
+        (MessageRequest, WorkflowRequest, MessageRequestV1, ProblemDocument), ref_template=_REF
     )
     message = _operation("Send a message", "MessageRequest", "message_uuid", "The message's id")
     dispatch = _operation(
@@ -147,7 +172,8 @@ def openapi_document() -> bytes:
         "info": {
             "title": "Cascade",
             "version": __version__,
-            "description": "Self-hosted Nexmo Messages v0.1 and Dispatch v0.1 (failover).",
+            "description": "Self-hosted Nexmo Messages v0.1 and Dispatch v0.1 (failover), "
+            "and Vonage Messages v1 with failover.",
         },
         "paths": {
             "/v0.1/messages": {
@@ -165,6 +191,7 @@ def openapi_document() -> bytes:
             "/v0.1/dispatch/{uuid}": {"get": workflow_read},
             "/beta/workflows": {"post": workflows},
             "/beta/workflows/{uuid}": {"get": workflow_read},
+            "/v1/messages": {"post": _v1_operation()},
             "/health": {
                 "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
             },

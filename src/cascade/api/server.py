@@ -139,11 +139,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unmetered = False
         #: the headers of the request that ended last (uvicorn makes a new list per request)
         self._finished_headers: list[tuple[bytes, bytes]] | None = None
+        #: whether the connection is TLS (cascade serve --ssl-certfile)
+        self._tls = False
 
     # --- connections ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._tls = transport.get_extra_info("ssl_object") is not None
         self.open_connections[self] = None
         if len(self.open_connections) > self.limits.max_connections:
             self._make_room()
@@ -177,8 +180,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _close(self) -> None:
         self._forget()
-        if not self.transport.is_closing():
+        self._end()
+
+    def _end(self) -> None:
+        """Close the connection. Over TLS a close waits (up to 30 s) for the client's
+        close_notify, which an idle keep-alive client never sends: with nothing left to
+        write, the connection is dropped at once instead, so it neither holds its file for
+        that long nor keeps a stopping server waiting."""
+        if self.transport.is_closing():
+            return
+        if self._tls and self.transport.get_write_buffer_size() == 0:
+            self.transport.abort()
+        else:
             self.transport.close()
+
+    def timeout_keep_alive_handler(self) -> None:
+        """An idle keep-alive connection's time is up: end it."""
+        self._end()
+
+    def shutdown(self) -> None:
+        """The server is stopping: end an idle connection now; one answering a request
+        closes once its response is sent (uvicorn's way)."""
+        if self.cycle is None or self.cycle.response_complete:
+            self._end()
+        else:
+            super().shutdown()
 
     def _forget(self) -> None:
         self.open_connections.pop(self, None)

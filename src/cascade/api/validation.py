@@ -33,7 +33,9 @@ from cascade.domain.message import (
     WorkflowRequest,
     WorkflowStep,
 )
+from cascade.domain.message_v1 import MessageRequestV1, MessageV1
 from cascade.domain.rules import failover_violations, request_violations, step_message_violations
+from cascade.domain.rules_v1 import message_violations as message_violations_v1
 from cascade.errors import InvalidParameter, InvalidRequest
 
 T = TypeVar("T")
@@ -405,6 +407,22 @@ def _workflow_step_rules(
     return found
 
 
+def _v1_rules(data: dict[str, Any], reported: list[InvalidParameter]) -> list[InvalidParameter]:
+    """Cross-field rules of a v1 message and of each of its failover messages whose schema
+    failed, on the messages that are valid enough to check."""
+    found: list[InvalidParameter] = []
+    top = _salvage(MessageV1, {k: v for k, v in data.items() if k != "failover"})
+    if top is not None:
+        found += _unreported(message_violations_v1(top), reported)
+    failover = data.get("failover")
+    if isinstance(failover, list) and len(failover) < MAX_STEPS:
+        for index, raw in enumerate(failover):
+            entry = _salvage(MessageV1, raw)
+            if entry is not None:
+                found += _unreported(message_violations_v1(entry, f"failover[{index}]."), reported)
+    return found
+
+
 def _raw_channel(raw: dict[str, Any]) -> Channel | None:
     to = raw.get("to")
     name = to.get("type") if isinstance(to, dict) else None
@@ -417,6 +435,7 @@ _PARTIAL_RULES: dict[
 ] = {
     MessageRequest: _message_rules,
     WorkflowRequest: _workflow_step_rules,
+    MessageRequestV1: _v1_rules,
 }
 
 

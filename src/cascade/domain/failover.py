@@ -97,7 +97,8 @@ class Changes:
     finished_at: float | None = None
     events: list[Event] = field(default_factory=list)
     jobs: list[NewJob] = field(default_factory=list)
-    #: (kind, ref) of jobs to delete: timers and sends that no longer matter
+    #: (kind, ref) of jobs to delete, before ``jobs`` are written: timers and sends that no
+    #: longer matter
     cancel_jobs: list[tuple[str, str]] = field(default_factory=list)
     #: messages whose new status must be reported to the customer, in order
     status_reports: list[str] = field(default_factory=list)
@@ -147,11 +148,12 @@ def step_jobs(
     horizon: float,
 ) -> list[NewJob]:
     """The jobs that start a step: its send now, and its window (docs/design.md §1.1) or, on
-    the last step, the report horizon (docs/design.md §1.7)."""
+    the last step and on a step without a window, the report horizon (docs/design.md §1.7,
+    §1.11)."""
     jobs = [NewJob(JobKindName.SEND, message_id, at)]
     if not last and expiry_time is not None:
         jobs.append(NewJob(JobKindName.STEP_TIMEOUT, message_id, at + expiry_time))
-    if last:
+    if last or expiry_time is None:
         jobs.append(NewJob(JobKindName.REPORT_HORIZON, workflow_id, at + horizon))
     return jobs
 
@@ -170,6 +172,10 @@ def start_step(
     change = changes.message(step.id)
     change.state = StepState.ACTIVE
     change.started_at = at
+    if index > 0 and workflow.messages[index - 1].expiry_time is None:
+        # the step before had no window, so it had the report horizon (docs/design.md §1.11):
+        # this step's jobs replace it, as cancelled jobs go before new ones are written
+        changes.cancel_jobs.append((JobKindName.REPORT_HORIZON, workflow.id))
     changes.jobs += step_jobs(workflow.id, step.id, step.expiry_time, last, at, horizon)
     changes.events.append(Event(at=at, kind="step_started", message_id=step.id, source="engine"))
 
@@ -295,8 +301,14 @@ def _window_closed(workflow: WorkflowRecord, closed: WindowClosed, horizon: floa
     if index is None or workflow.state != WorkflowState.RUNNING:
         return changes
     step = workflow.messages[index]
-    if step.state != StepState.ACTIVE or index == len(workflow.messages) - 1:
-        return changes  # a stale timer: the step already ended, or the last step has none
+    if (
+        step.state != StepState.ACTIVE
+        or index == len(workflow.messages) - 1
+        or step.expiry_time is None
+    ):
+        # a stale timer: the step already ended, or it has no window (the last step, and
+        # every step of a v1 request: docs/design.md §1.11)
+        return changes
     change = changes.message(step.id)
     change.state = StepState.EXPIRED
     if step.status is None:

@@ -45,6 +45,20 @@ class Surface(StrEnum):
     DISPATCH = "dispatch"  # POST /v0.1/dispatch -> dispatch_uuid
     WORKFLOWS = "workflows"  # POST /beta/workflows -> workflow_uuid
     MESSAGES = "messages"  # POST /v0.1/messages, /beta/messages -> message_uuid
+    #: POST /v1/messages -> message_uuid, and workflow_id when it has failover messages
+    MESSAGES_V1 = "messages_v1"
+
+
+#: the surfaces whose workflows end without a final report (the Messages APIs have none)
+NO_FINAL_REPORT = frozenset({Surface.MESSAGES, Surface.MESSAGES_V1})
+
+
+class WebhookVersion(StrEnum):
+    """The shape of a message's status webhooks (and of an account's inbound ones): an
+    application's setting, which a v1 message may override for itself."""
+
+    V0_1 = "v0.1"  # Messages v0.1 / Dispatch: to and from objects, error {code, reason}
+    V1 = "v1"  # Messages v1: flat to and from, channel, error {type, title, detail, instance}
 
 
 class WorkflowState(StrEnum):
@@ -95,6 +109,8 @@ class Application:
     status_url: str | None
     inbound_url: str | None
     created_at: float
+    #: the shape of the status webhooks of the messages it sends (a WebhookVersion value)
+    webhook_version: str = WebhookVersion.V0_1.value
 
 
 class LinkedChannel(StrEnum):
@@ -150,6 +166,10 @@ class NewStep:
     client_ref: str | None
     expiry_time: int | None
     condition_status: str | None
+    #: where its status webhooks go instead of its application's or account's status URL
+    webhook_url: str | None = None
+    #: the shape of its status webhooks (a WebhookVersion value); None: v0.1
+    webhook_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +265,10 @@ class MessageRecord:
     last_error_reason: str | None = None
     #: how many parts (SMS segments) the provider sent it as
     segments: int | None = None
+    #: where its status webhooks go instead of its application's or account's status URL
+    webhook_url: str | None = None
+    #: the shape of its status webhooks (a WebhookVersion value); None: v0.1
+    webhook_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from typing import ClassVar
 from cascade.domain.failover import Changes
 from cascade.domain.projection import project
 from cascade.domain.records import (
+    NO_FINAL_REPORT,
     MessageRecord,
-    Surface,
     WebhookKind,
     WorkflowRecord,
     WorkflowState,
@@ -84,7 +84,8 @@ def reported_error(message: MessageRecord) -> tuple[int, str] | None:
 def reports_for(workflow: WorkflowRecord, changes: Changes) -> list[Report]:
     """The reports a transition of ``workflow`` (as it was read) by ``changes`` produces: a
     status report for each message whose status changed, then the final report when the
-    workflow finished, unless it came in as a plain message (which has none)."""
+    workflow finished, unless it came in through a Messages API (which has none: a v1
+    message with failover reports each message's status only)."""
     if not changes.status_reports and not changes.final_report:
         return []
     after = project(workflow, changes)
@@ -94,7 +95,7 @@ def reports_for(workflow: WorkflowRecord, changes: Changes) -> list[Report]:
         StatusReport(after, by_id[message_id], seen_at.get(message_id, after.updated_at))
         for message_id in changes.status_reports
     ]
-    if changes.final_report and workflow.surface is not Surface.MESSAGES:
+    if changes.final_report and workflow.surface not in NO_FINAL_REPORT:
         at = changes.finished_at if changes.finished_at is not None else after.updated_at
         reports.append(FinalReport(after, at))
     return reports

@@ -760,6 +760,7 @@ class Engine:
                 log.warning("engine.inbound_without_account", channel=message.channel)
                 return
             account_id = accounts[0].id
+        version = await self.inbound_webhook_version(account_id)
         webhook = NewWebhook(
             kind=WebhookKind.INBOUND,
             account_id=account_id,
@@ -767,10 +768,14 @@ class Engine:
             workflow_id=None,
             message_id=None,
             url=None,
-            body=payloads.inbound(message, str(uuid.uuid4())),
+            body=payloads.inbound_body(message, str(uuid.uuid4()), version),
         )
         await self.store.add_webhooks([webhook], self.clock.now())
         self.wake()
+
+    async def inbound_webhook_version(self, account_id: str) -> str:
+        """The shape of an account's inbound webhooks (``payloads.inbound_version``)."""
+        return payloads.inbound_version(await self.store.list_applications(account_id))
 
     async def match_orphans(self) -> int:
         """Apply kept receipts whose message is now known; returns how many."""

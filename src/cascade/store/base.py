@@ -189,6 +189,7 @@ class Tenants(Protocol):
         status_url: str | _Unset | None = UNSET,
         inbound_url: str | _Unset | None = UNSET,
         public_key_pem: str | _Unset = UNSET,
+        webhook_version: str | _Unset = UNSET,
     ) -> Application:
         """Change the given fields of an application and return it (NotFound if absent)."""
 

@@ -179,6 +179,8 @@ class AcceptRows:
                     "state": (StepState.ACTIVE if index == 0 else StepState.WAITING).value,
                     "started_at": now if index == 0 else None,
                     "created_at": now,
+                    "webhook_url": step.webhook_url,
+                    "webhook_version": step.webhook_version,
                 }
                 for index, step in enumerate(workflow.steps)
             ],
@@ -665,9 +667,13 @@ class SqlStore(Store, abc.ABC):
         status_url: str | _Unset | None = UNSET,
         inbound_url: str | _Unset | None = UNSET,
         public_key_pem: str | _Unset = UNSET,
+        webhook_version: str | _Unset = UNSET,
     ) -> Application:
         params = _settable(
-            status_url=status_url, inbound_url=inbound_url, public_key_pem=public_key_pem
+            status_url=status_url,
+            inbound_url=inbound_url,
+            public_key_pem=public_key_pem,
+            webhook_version=webhook_version,
         )
         found = await self._write(first("update_application", id=application_id, **params))
         if found is None:

@@ -1,5 +1,7 @@
 """Customer webhooks on the wire: the bodies of reports, in the Messages v0.1 and Dispatch v0.1
-shapes. What a report says is decided in :mod:`cascade.domain.reports`; this module writes it.
+shapes and in the Messages v1 shape. What a report says is decided in
+:mod:`cascade.domain.reports`; this module writes it, in the shape its message asks for (its
+application's ``webhook_version``, or the v1 request's own).
 
 - message status: ``message_uuid, to, from, timestamp, status, error{code, reason},
   usage{currency, price}, client_ref`` plus, for a step of a workflow,
@@ -10,10 +12,24 @@ shapes. What a report says is decided in :mod:`cascade.domain.reports`; this mod
 
 The Dispatch spec's enum spells one channel ``viber_sevice_msg``; Cascade sends the channel
 names requests use (``viber_service_msg``), which is what a client compares against.
+
+The v1 shapes (the Messages v1 specification, 1.3.0) are flat:
+
+- message status: ``message_uuid, to, from`` (strings), ``timestamp, status, channel`` (v1's
+  names: ``viber_service``), ``error{type, title, detail, instance}`` (``title`` the error
+  code as a string, ``type`` a link naming it), ``usage{currency, price}``, ``client_ref``,
+  ``sms{count_total}`` (the parts an SMS was sent as), and for a message of a workflow of several
+  (a v1 message with failover, or a dispatch) ``workflow{id, item_number, items_number}``:
+  the workflow's id, the message's place in it and how many it has, as strings. The saved
+  specification does not define ``workflow``; these fields are the ones Vonage's failover
+  callbacks carry;
+- inbound: ``channel, message_uuid, to, from, timestamp, message_type`` and the content under
+  its type's name (``text`` a string); an SMS adds ``sms{num_messages}`` and ``usage``.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,7 +38,15 @@ from typing import Any
 import msgspec
 
 from cascade.channels.base import InboundMessage
-from cascade.domain.records import MessageRecord, NewWebhook, Surface, WorkflowRecord
+from cascade.domain.message_v1 import V1_CHANNEL_NAMES
+from cascade.domain.records import (
+    Application,
+    MessageRecord,
+    NewWebhook,
+    Surface,
+    WebhookVersion,
+    WorkflowRecord,
+)
 from cascade.domain.reports import FinalReport, Report, StatusReport
 
 _encoder = msgspec.json.Encoder()
@@ -66,9 +90,14 @@ def webhooks(reports: Sequence[Report], base: str = "") -> list[NewWebhook]:
     hooks = []
     for report in reports:
         workflow = report.workflow
+        url = None
         if isinstance(report, StatusReport):
             message_id: str | None = report.message.id
-            body = message_status(report, base)
+            url = report.message.webhook_url
+            if report.message.webhook_version == WebhookVersion.V1:
+                body = message_status_v1(report)
+            else:
+                body = message_status(report, base)
         else:
             message_id = None
             body = final_report(report, base)
@@ -79,7 +108,7 @@ def webhooks(reports: Sequence[Report], base: str = "") -> list[NewWebhook]:
                 application_id=workflow.application_id,
                 workflow_id=workflow.id,
                 message_id=message_id,
-                url=None,
+                url=url,
                 body=body,
             )
         )
@@ -160,3 +189,87 @@ def inbound(message: InboundMessage, message_uuid: str) -> bytes:
         body["message"]["sms"] = {"num_messages": str(parts)}
         body["usage"] = {"currency": "EUR", "price": "0.0000"}
     return _encoder.encode(body)
+
+
+#: where the v1 error types point: the asynchronous codes' list (1000..1382)
+V1_ERRORS = "https://developer.nexmo.com/api-errors/messages-olympus"
+
+
+def _address(stored: bytes) -> str:
+    """A v1 address (a string) of a stored v0.1 ``to``/``from`` object: its number or id."""
+    address = msgspec.json.decode(stored)
+    return str(address.get("number") or address.get("id") or "")
+
+
+def message_status_v1(report: StatusReport) -> bytes:
+    """The body of a status webhook in the Messages v1 shape."""
+    message = report.message
+    workflow = report.workflow
+    body: dict[str, Any] = {
+        "message_uuid": message.id,
+        "to": _address(message.to),
+        "from": _address(message.from_),
+        "timestamp": timestamp(report.at),
+        "status": message.status,
+        "channel": V1_CHANNEL_NAMES.get(message.channel, message.channel),
+    }
+    error = report.error
+    if error is not None:
+        code, reason = error
+        body["error"] = {
+            "type": f"{V1_ERRORS}#{code}",
+            "title": str(code),
+            "detail": reason,
+            # the same for every report of this error of this message
+            "instance": uuid.uuid5(uuid.NAMESPACE_URL, f"{message.id}#{code}").hex,
+        }
+    if message.price is not None:
+        body["usage"] = {"currency": message.currency or "EUR", "price": message.price}
+    if message.channel == "sms" and message.segments is not None:
+        body["sms"] = {"count_total": str(message.segments)}
+    if message.client_ref is not None:
+        body["client_ref"] = message.client_ref
+    if len(workflow.messages) > 1:
+        body["workflow"] = {
+            "id": workflow.id,
+            "item_number": str(message.step + 1),
+            "items_number": str(len(workflow.messages)),
+        }
+    return _encoder.encode(body)
+
+
+def inbound_v1(message: InboundMessage, message_uuid: str) -> bytes:
+    """The v1 inbound webhook of a message a customer's customer sent in."""
+    content = message.content
+    message_type = str(content.get("type", "unsupported"))
+    body: dict[str, Any] = {
+        "channel": V1_CHANNEL_NAMES.get(message.channel, message.channel),
+        "message_uuid": message_uuid,
+        "to": str(message.to.get("number") or message.to.get("id") or ""),
+        "from": str(message.from_.get("number") or message.from_.get("id") or ""),
+        "timestamp": timestamp(message.at),
+        "message_type": message_type,
+    }
+    if message_type in content:
+        body[message_type] = content[message_type]
+    if message.channel == "sms":
+        parts = message.extra.get("num_messages", 1)
+        body["sms"] = {"num_messages": str(parts)}
+        body["usage"] = {"currency": "EUR", "price": "0.0000"}
+    return _encoder.encode(body)
+
+
+def inbound_version(applications: Sequence[Application]) -> str:
+    """The shape of an account's inbound webhooks, from its applications. Inbound messages go
+    to the account, not to one of its applications, so they are v1 only when every one of
+    them is set to v1 (a receiver that still expects v0.1 never gets a shape it cannot read)."""
+    if applications and all(app.webhook_version == WebhookVersion.V1 for app in applications):
+        return WebhookVersion.V1.value
+    return WebhookVersion.V0_1.value
+
+
+def inbound_body(message: InboundMessage, message_uuid: str, version: str | None) -> bytes:
+    """The inbound webhook body in the shape ``version`` names (None: v0.1)."""
+    if version == WebhookVersion.V1:
+        return inbound_v1(message, message_uuid)
+    return inbound(message, message_uuid)

@@ -18,7 +18,9 @@ CREATE TABLE applications (
     public_key_pem text NOT NULL,
     status_url     text,
     inbound_url    text,
-    created_at     double precision NOT NULL
+    created_at     double precision NOT NULL,
+    -- the shape of its messages' status webhooks: 'v0.1' or 'v1' (migration 0012)
+    webhook_version text NOT NULL DEFAULT 'v0.1'
 );
 CREATE INDEX applications_account ON applications (account_id, created_at);
 
@@ -68,6 +70,9 @@ CREATE TABLE messages (
     last_error_code     integer,
     last_error_reason   text,
     segments            integer,
+    -- a v1 message's own status URL, and its webhooks' shape (NULL: v0.1) (migration 0012)
+    webhook_url         text,
+    webhook_version     text,
     UNIQUE (workflow_id, step)
 );
 CREATE INDEX messages_account ON messages (account_id, created_at);

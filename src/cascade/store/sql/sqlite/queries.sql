@@ -38,15 +38,18 @@ RETURNING *
 
 -- name: insert_application
 INSERT INTO applications (id, account_id, name, public_key_pem, status_url, inbound_url,
-                          created_at)
-VALUES (:id, :account_id, :name, :public_key_pem, :status_url, :inbound_url, :created_at)
+                          created_at, webhook_version)
+VALUES (:id, :account_id, :name, :public_key_pem, :status_url, :inbound_url, :created_at,
+        :webhook_version)
 
 -- name: update_application
 UPDATE applications SET
     status_url = CASE WHEN :set_status_url THEN :status_url ELSE status_url END,
     inbound_url = CASE WHEN :set_inbound_url THEN :inbound_url ELSE inbound_url END,
     public_key_pem = CASE WHEN :set_public_key_pem THEN :public_key_pem
-                     ELSE public_key_pem END
+                     ELSE public_key_pem END,
+    webhook_version = CASE WHEN :set_webhook_version THEN :webhook_version
+                      ELSE webhook_version END
 WHERE id = :id
 RETURNING *
 
@@ -102,10 +105,10 @@ VALUES (:id, :account_id, :application_id, :surface, 'running', :created_at, :cr
 -- name: insert_message
 INSERT INTO messages (id, workflow_id, step, account_id, channel, recipient, sender, body,
                       client_ref, expiry_time, condition_status, state, started_at,
-                      created_at, updated_at)
+                      created_at, updated_at, webhook_url, webhook_version)
 VALUES (:id, :workflow_id, :step, :account_id, :channel, :recipient, :sender, :body,
         :client_ref, :expiry_time, :condition_status, :state, :started_at, :created_at,
-        :created_at)
+        :created_at, :webhook_url, :webhook_version)
 
 -- name: insert_job
 INSERT INTO jobs (kind, ref, run_at, created_at) VALUES (:kind, :ref, :run_at, :created_at)

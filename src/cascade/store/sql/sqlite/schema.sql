@@ -18,7 +18,9 @@ CREATE TABLE applications (
     public_key_pem TEXT NOT NULL,
     status_url     TEXT,
     inbound_url    TEXT,
-    created_at     REAL NOT NULL
+    created_at     REAL NOT NULL,
+    -- the shape of its messages' status webhooks: 'v0.1' or 'v1' (migration 0012)
+    webhook_version TEXT NOT NULL DEFAULT 'v0.1'
 );
 CREATE INDEX applications_account ON applications (account_id, created_at);
 
@@ -66,6 +68,9 @@ CREATE TABLE messages (
     last_error_code     INTEGER,
     last_error_reason   TEXT,
     segments            INTEGER,
+    -- a v1 message's own status URL, and its webhooks' shape (NULL: v0.1) (migration 0012)
+    webhook_url         TEXT,
+    webhook_version     TEXT,
     UNIQUE (workflow_id, step)
 );
 CREATE INDEX messages_account ON messages (account_id, created_at);
