@@ -41,7 +41,8 @@ accept = lib.accept
 PAGE = "104116062535871"
 PAGE_TOKEN = "bench-page-access-token"
 APP_SECRET = "bench-app-secret"
-PSID = "6783241905021357"
+#: replaced by each message's own recipient (a PSID of 16 digits)
+PSID_MARK = "PSIDPSIDPSIDPSID"
 
 
 # --- the fake Graph API (a subprocess) ---------------------------------------------------------
@@ -52,8 +53,12 @@ async def _graph(port_file: Path, callback_url: str) -> None:
     how many sends and callbacks it saw (as JSON) and exit."""
     sys.path.insert(0, str(lib.BENCH_DIR.parent))  # the repository root: ``tests`` importable
     from tests.peers.graph import NEVER_READS, FakeGraph
+    from tests.peers.server import CallbackClient
 
-    graph = FakeGraph(callback_url=callback_url, default=NEVER_READS)
+    # Meta retries a callback for hours; three quick attempts (the tests' default) would lose
+    # the callbacks a busy Cascade answers late
+    callbacks = CallbackClient(attempts=60, delay=1.0)
+    graph = FakeGraph(callback_url=callback_url, default=NEVER_READS, callbacks=callbacks)
     graph.received = _Counted()  # type: ignore[assignment]  # keep counts, not 10,000 bodies
     graph.add_page(PAGE, PAGE_TOKEN, APP_SECRET)
     stopped = asyncio.Event()
@@ -142,9 +147,10 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         )  # fmt: skip
         server.start()
 
+        # one recipient per message: a delivery's watermark then covers only its own message
         body = json.dumps(
             {
-                "to": {"type": "messenger", "id": PSID},
+                "to": {"type": "messenger", "id": PSID_MARK},
                 "from": {"type": "messenger", "id": PAGE},
                 "message": {
                     "content": {"type": "text", "text": "Your parcel arrives today."},
@@ -157,11 +163,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         loop0 = accept.main_thread_cpu(server.pid)
         own0 = time.process_time()
         busy0, wall0 = accept.machine_busy(), time.monotonic()
-        posted = sms._run(
-            sms._drive(
-                server.port, server.token, sms.MESSAGES_PATH, body, args.n, args.connections, 0
-            )
-        )
+        posted = sms._run(_drive(server.port, server.token, body, args.n, args.connections))
         accepted: dict[str, float] = posted["accepted"]
         print(
             f"accepted {len(accepted):,} of {args.n:,} in "
@@ -222,6 +224,38 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     }
 
 
+async def _drive(
+    port: int, token: str, body: bytes, count: int, connections: int
+) -> dict[str, Any]:
+    """POST ``count`` messages, each to its own recipient; when each 202 came, by message id
+    (``sms._drive``'s loop, with the body varied)."""
+    head = (
+        f"POST {sms.MESSAGES_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    accepted: dict[str, float] = {}
+    statuses: dict[int, int] = {}
+    indexes = iter(range(count))
+    started = time.time()
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for index in indexes:
+                writer.write(head + body.replace(PSID_MARK.encode(), b"%016d" % index))
+                status, answer = await asyncio.wait_for(lib._read_response(reader), 60)
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 202:
+                    accepted[json.loads(answer)["message_uuid"]] = time.time()
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(max(1, min(connections, count)))))
+    return {"started": started, "finished": time.time(), "accepted": accepted,
+            "statuses": statuses}  # fmt: skip
+
+
 def _wait_delivered(server: lib.Server, receiver_port: int, count: int, timeout: float) -> None:
     """Wait until the receiver had ``count`` delivered webhooks."""
     deadline = time.monotonic() + timeout
@@ -261,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     graph.add_argument("--port-file", type=Path, required=True)
     graph.add_argument("--callback", required=True)
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--keep", action="store_true")
