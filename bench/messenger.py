@@ -1,0 +1,312 @@
+"""End-to-end Messenger over the Graph API: HTTP accept -> Send API -> delivery callback ->
+``delivered`` status webhook.
+
+Three processes besides this one, all on 127.0.0.1, all stopped in a ``finally``:
+
+* the fake Graph API of the test tree (``tests/peers/graph.py``, run by ``bench/messenger.py
+  graph``): checks each send's page token and body, answers with a new ``m_...`` id, and posts
+  a ``message_deliveries`` callback signed with the page's app secret (``X-Hub-Signature-256``)
+  to Cascade's ``/channels/messenger``; recipients never read;
+* a webhook receiver (``bench/sms.py receive``): answers 204, notes each status webhook;
+* ``cascade serve`` (engine in-process) over a fresh SQLite file: a live account with one
+  linked page (``cascade channel add messenger``), ``CASCADE_GRAPH_BASE_URL`` on the fake, the
+  account's status URL on the receiver.
+
+This process POSTs ``--n`` Messenger messages (``POST /v0.1/messages``) from ``--connections``
+keep-alive clients and waits for a ``delivered`` webhook for each. It reports messages/s end to
+end (first request -> last ``delivered`` webhook), the latency p50/p99 (202 -> webhook), CPU
+µs per message of each process, and the machine's other load.
+
+    .venv/bin/python bench/messenger.py                # 10,000 messages
+    .venv/bin/python bench/messenger.py --n 2000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import enginelib as lib
+import sms
+
+accept = lib.accept
+
+PAGE = "104116062535871"
+PAGE_TOKEN = "bench-page-access-token"
+APP_SECRET = "bench-app-secret"
+#: replaced by each message's own recipient (a PSID of 16 digits)
+PSID_MARK = "PSIDPSIDPSIDPSID"
+
+
+# --- the fake Graph API (a subprocess) ---------------------------------------------------------
+
+
+async def _graph(port_file: Path, callback_url: str) -> None:
+    """Serve the test tree's fake Graph API; write its port to ``port_file``; on SIGTERM, print
+    how many sends and callbacks it saw (as JSON) and exit."""
+    sys.path.insert(0, str(lib.BENCH_DIR.parent))  # the repository root: ``tests`` importable
+    from tests.peers.graph import NEVER_READS, FakeGraph
+    from tests.peers.server import CallbackClient
+
+    # Meta retries a callback for hours; three quick attempts (the tests' default) would lose
+    # the callbacks a busy Cascade answers late
+    callbacks = CallbackClient(attempts=60, delay=1.0)
+    graph = FakeGraph(callback_url=callback_url, default=NEVER_READS, callbacks=callbacks)
+    graph.received = _Counted()  # type: ignore[assignment]  # keep counts, not 10,000 bodies
+    graph.add_page(PAGE, PAGE_TOKEN, APP_SECRET)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    async with graph:
+        port_file.write_text(graph.url.rsplit(":", 1)[1])  # noqa: ASYNC240  (once, tiny)
+        print(f"fake graph on {graph.url}", flush=True)
+        await stopped.wait()
+        sent = graph.callbacks.sent
+        report = {
+            "sends": graph.received.count,  # type: ignore[attr-defined]
+            "sends_ok": graph.received.ok,  # type: ignore[attr-defined]
+            "callback_posts": len(sent),
+            "callbacks_answered_200": sum(1 for c in sent if c.status == 200),
+        }
+        print("stats " + json.dumps(report), flush=True)
+    os._exit(0)
+
+
+class _Counted(list):  # type: ignore[type-arg]
+    """A stand-in for the fake's list of requests that only counts them."""
+
+    count = 0
+    ok = 0
+
+    def append(self, item: Any) -> None:
+        self.count += 1
+        self.ok += item.status == 200
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def _stats(log: Path) -> dict[str, Any]:
+    for line in reversed(log.read_text().splitlines()):
+        if line.startswith("stats "):
+            result: dict[str, Any] = json.loads(line[6:])
+            return result
+    return {}
+
+
+def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+    from cascade.sealing import Sealer
+
+    receiver_port = accept.free_port()
+    server = lib.Server(procs, {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}, keep=args.keep)
+    graph = None
+    helpers: list[Any] = []
+    try:
+        workdir = server.workdir
+        script = str(Path(__file__).resolve())
+        graph_log, receiver_log = workdir / "graph.log", workdir / "receiver.log"
+        port_file = workdir / "graph.port"
+        cascade_url = f"http://127.0.0.1:{server.port}"
+        graph = procs.start(
+            [sys.executable, script, "graph", "--port-file", str(port_file),
+             "--callback", cascade_url + "/channels/messenger"],
+            env=dict(os.environ), cwd=workdir, log=graph_log,
+        )  # fmt: skip
+        receiver = procs.start(
+            [sys.executable, str(lib.BENCH_DIR / "sms.py"), "receive", "--port",
+             str(receiver_port)],
+            env=dict(os.environ), cwd=workdir, log=receiver_log,
+        )  # fmt: skip
+        helpers = [receiver]
+        sms._wait_port(receiver_port, receiver, receiver_log)
+        deadline = time.monotonic() + 15
+        while not port_file.exists() or not port_file.read_text():
+            if graph.poll() is not None or time.monotonic() > deadline:
+                raise lib.BenchError(f"the fake Graph did not start:\n{accept._tail(graph_log)}")
+            time.sleep(0.05)
+        graph_port = int(port_file.read_text())
+        server.env.update(
+            CASCADE_CHANNEL_KEY=Sealer.generate_key(),
+            CASCADE_GRAPH_BASE_URL=f"http://127.0.0.1:{graph_port}",
+            CASCADE_PUBLIC_URL=cascade_url,
+        )
+        status_url = f"http://127.0.0.1:{receiver_port}/status"
+        accept._cli(["account", "set", "--live", "--status-url", status_url], server.env, workdir)
+        accept._cli(
+            ["channel", "add", "messenger", "--page-id", PAGE, "--page-access-token", PAGE_TOKEN,
+             "--app-secret", APP_SECRET, "--verify-token", "bench-verify"],
+            server.env, workdir,
+        )  # fmt: skip
+        server.start()
+
+        # one recipient per message: a delivery's watermark then covers only its own message
+        body = json.dumps(
+            {
+                "to": {"type": "messenger", "id": PSID_MARK},
+                "from": {"type": "messenger", "id": PAGE},
+                "message": {
+                    "content": {"type": "text", "text": "Your parcel arrives today."},
+                    "messenger": {"category": "update"},
+                },
+            }
+        ).encode()
+        pids = {"cascade serve": server.pid, "fake graph": graph.pid, "receiver": receiver.pid}
+        cpu0 = {name: accept.process_cpu(pid) for name, pid in pids.items()}
+        loop0 = accept.main_thread_cpu(server.pid)
+        own0 = time.process_time()
+        busy0, wall0 = accept.machine_busy(), time.monotonic()
+        posted = sms._run(_drive(server.port, server.token, body, args.n, args.connections))
+        accepted: dict[str, float] = posted["accepted"]
+        print(
+            f"accepted {len(accepted):,} of {args.n:,} in "
+            f"{posted['finished'] - posted['started']:.2f} s (statuses {posted['statuses']})",
+            flush=True,
+        )
+        if not accepted:
+            raise lib.BenchError(f"nothing was accepted:\n{accept._tail(server.log)}")
+        _wait_delivered(server, receiver_port, len(accepted), args.timeout)
+        busy1, wall1 = accept.machine_busy(), time.monotonic()
+        cpu = {name: accept.process_cpu(pid) - cpu0[name] for name, pid in pids.items()}
+        loop = accept.main_thread_cpu(server.pid) - loop0
+        own = time.process_time() - own0
+        seen = sms.receiver_get(receiver_port, "/dump")
+        server.stop()
+        db = dict(server.query("SELECT coalesce(status, '-'), count(*) FROM messages GROUP BY 1"))
+        procs.stop(graph)
+        graph_stats = _stats(graph_log)
+    finally:
+        for proc in helpers + ([graph] if graph is not None else []):
+            procs.stop(proc)
+        server.cleanup()
+
+    n = len(accepted)
+    delivered: dict[str, float] = {}
+    duplicates = 0
+    for at, uuid, status in seen["seen"]:
+        if status == "delivered":
+            duplicates += uuid in delivered
+            delivered.setdefault(uuid, at)
+    latencies = sorted(delivered[u] - at for u, at in accepted.items() if u in delivered)
+    last = max(delivered.values())
+    wall = wall1 - wall0
+    cpu["cascade serve: event loop thread"] = loop
+    cpu["load generator (this process)"] = own
+    return {
+        "n": n,
+        "accepted_per_s": n / max(1e-9, posted["finished"] - posted["started"]),
+        "end_to_end_s": last - posted["started"],
+        "end_to_end_per_s": n / max(1e-9, last - posted["started"]),
+        "latency_p50": lib.percentile(latencies, 50),
+        "latency_p99": lib.percentile(latencies, 99),
+        "checks": {
+            "messages without a delivered webhook": n - len(delivered),
+            "duplicate delivered webhooks": duplicates,
+            "sends to Graph beyond one per message": graph_stats.get("sends", 0) - n,
+            "messages not delivered in the database": n - db.get("delivered", 0),
+        },
+        "graph": graph_stats,
+        "receiver_counts": seen["counts"],
+        "database": db,
+        "cpu_s": cpu,
+        "cpu_us_per_message": {name: value / n * 1e6 for name, value in cpu.items()},
+        "wall_s": wall,
+        "machine_busy_cores": (busy1 - busy0) / wall,
+        "other_load_cores": max(0.0, (busy1 - busy0 - sum(cpu[p] for p in pids) - own) / wall),
+        "commit": sms._commit(),
+    }
+
+
+async def _drive(
+    port: int, token: str, body: bytes, count: int, connections: int
+) -> dict[str, Any]:
+    """POST ``count`` messages, each to its own recipient; when each 202 came, by message id
+    (``sms._drive``'s loop, with the body varied)."""
+    head = (
+        f"POST {sms.MESSAGES_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    accepted: dict[str, float] = {}
+    statuses: dict[int, int] = {}
+    indexes = iter(range(count))
+    started = time.time()
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for index in indexes:
+                writer.write(head + body.replace(PSID_MARK.encode(), b"%016d" % index))
+                status, answer = await asyncio.wait_for(lib._read_response(reader), 60)
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 202:
+                    accepted[json.loads(answer)["message_uuid"]] = time.time()
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client() for _ in range(max(1, min(connections, count)))))
+    return {"started": started, "finished": time.time(), "accepted": accepted,
+            "statuses": statuses}  # fmt: skip
+
+
+def _wait_delivered(server: lib.Server, receiver_port: int, count: int, timeout: float) -> None:
+    """Wait until the receiver had ``count`` delivered webhooks."""
+    deadline = time.monotonic() + timeout
+    last_print = time.monotonic()
+    while (done := sms.receiver_get(receiver_port, "/stats")["counts"].get("delivered", 0)) < count:
+        if server.proc.poll() is not None:
+            raise lib.BenchError(f"the server exited:\n{accept._tail(server.log)}")
+        if time.monotonic() > deadline:
+            raise lib.BenchError(f"timed out: {done} of {count} delivered")
+        if time.monotonic() - last_print > 5:
+            last_print = time.monotonic()
+            print(f"  ... {done:,} delivered", flush=True)
+        time.sleep(0.05)
+
+
+def print_result(r: dict[str, Any]) -> None:
+    print(
+        f"\n{r['n']:,} Messenger messages: end to end {r['end_to_end_per_s']:,.0f}/s "
+        f"({r['end_to_end_s']:.2f} s), accepted {r['accepted_per_s']:,.0f}/s; "
+        f"latency p50 {r['latency_p50'] * 1000:.0f} ms, p99 {r['latency_p99'] * 1000:.0f} ms"
+    )
+    for name, value in r["cpu_us_per_message"].items():
+        print(f"  CPU {name}: {value:,.0f} µs/message")
+    print(
+        f"  machine busy {r['machine_busy_cores']:.2f} cores, other load "
+        f"{r['other_load_cores']:.2f} cores; commit {r['commit']}"
+    )
+    print(f"  graph {r['graph']}; receiver {r['receiver_counts']}; database {r['database']}")
+    failed = {name: value for name, value in r["checks"].items() if value}
+    print(f"  checks: {failed or 'all passed'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    graph = sub.add_parser("graph", help="(internal) run the fake Graph API")
+    graph.add_argument("--port-file", type=Path, required=True)
+    graph.add_argument("--callback", required=True)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--json", metavar="FILE")
+    lib.add_machine_options(parser)
+    args = parser.parse_args(argv)
+    if args.command == "graph":
+        sms._run(_graph(args.port_file, args.callback))
+        return 0
+    return lib.run_benchmark("messenger", args, run, print_result)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
