@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         description="Open client connections at most (further capped by the file limit); at "
         "the cap a new connection closes the oldest one with no request in progress",
     )
+    access_log: bool = Field(
+        True,
+        description="Log one line per HTTP request (method, path, status, duration, account, "
+        "request id); false turns it off",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["console", "json"] = Field("console")
 

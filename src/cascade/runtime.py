@@ -99,6 +99,7 @@ def build_app(
         lifespan_hooks=(start, stop),
         on_accepted=engine.wake if engine else None,
         engine_health=engine.health if engine else None,
+        access_log=settings.access_log,
     )
 
 

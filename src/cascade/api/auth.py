@@ -24,6 +24,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from cascade.api.access import note_account
 from cascade.clock import Clock
 from cascade.domain.records import Account, Application
 from cascade.errors import Unauthorized
@@ -87,7 +88,13 @@ class Authenticator:
         self._refusals = LogLimiter(REFUSAL_LINES_PER_SECOND, clock.now)
 
     async def authenticate(self, authorization: list[str]) -> Principal:
-        """The principal of a request with these Authorization header values."""
+        """The principal of a request with these Authorization header values (its account is
+        named in the request's access line)."""
+        principal = await self._principal(authorization)
+        note_account(principal.account.id)
+        return principal
+
+    async def _principal(self, authorization: list[str]) -> Principal:
         if not authorization:
             raise self._refuse("no Authorization header")
         if len(authorization) > 1:
