@@ -497,3 +497,22 @@ WHERE message_id IN (SELECT id FROM messages WHERE workflow_id IN (:ids*));
 DELETE FROM events WHERE workflow_id IN (:ids*);
 DELETE FROM messages WHERE workflow_id IN (:ids*);
 DELETE FROM workflows WHERE id IN (:ids*)
+
+-- ---- timelines and lists that tell the story (issue 12) ------------------------------------
+
+-- name: note_retry
+-- a send's transient error as a timeline entry, with when the send is tried next (written in
+-- the transaction that releases the send job for that attempt)
+INSERT INTO events (workflow_id, message_id, at, kind, code, reason, source, next_at)
+SELECT workflow_id, id, :at, 'retry', :code, :reason, :source, :next_at
+FROM messages WHERE id = :message_id
+
+-- name: dispatches
+-- as workflows, without plain messages (POST /v0.1/messages): GET /v0.1/dispatch lists these
+SELECT * FROM workflows
+WHERE account_id = :account_id
+  AND created_at <= :before_at AND (created_at < :before_at OR id < :before_id)
+  AND created_at >= :created_after AND created_at < :created_before
+  AND (:state IS NULL OR state = :state)
+  AND surface <> 'messages'
+ORDER BY created_at DESC, id DESC LIMIT :limit

@@ -70,7 +70,8 @@ CREATE INDEX messages_account ON messages (account_id, created_at);
 CREATE UNIQUE INDEX messages_provider_ref ON messages (provider, provider_message_id)
     WHERE provider_message_id IS NOT NULL;
 
--- The timeline: statuses with their time, source and reason, step starts, failovers, outcome.
+-- The timeline: statuses with their time, source and reason, step starts, send retries (with
+-- their next attempt), failovers, outcome.
 CREATE TABLE events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow_id TEXT NOT NULL,
@@ -80,7 +81,8 @@ CREATE TABLE events (
     status      TEXT,
     code        INTEGER,
     reason      TEXT,
-    source      TEXT
+    source      TEXT,
+    next_at     REAL
 );
 CREATE INDEX events_workflow ON events (workflow_id, id);
 
