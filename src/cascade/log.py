@@ -77,6 +77,8 @@ class LogLimiter:
 _NEEDS_QUOTES = re.compile("[ \t=\r\n\"']").search
 #: JSON for a line: a value msgspec cannot encode is written as its str()
 _json = msgspec.json.Encoder(enc_hook=str)
+#: the keys of each kind of console line, sorted (as the console renderer orders them)
+_SORTED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
 #: the event name's column width in a console line (structlog's ConsoleRenderer pads to it)
 _EVENT_WIDTH = 30
 
@@ -120,8 +122,12 @@ class LineWriter:
             line["timestamp"] = self._timestamp()
             text = _json.encode(line).decode()
         else:
+            keys = tuple(fields)
+            order = _SORTED_KEYS.get(keys)
+            if order is None:  # a call site's keys are the same each time: sorted once
+                order = _SORTED_KEYS[keys] = tuple(sorted(keys))
             parts = [self._timestamp(), f"[{level:<9}]", f"{event:<{_EVENT_WIDTH}}"]
-            for key in sorted(fields):
+            for key in order:
                 value = fields[key]
                 if isinstance(value, str):
                     if len(value) > MAX_LOG_VALUE_CHARS:

@@ -90,11 +90,6 @@ class Authenticator:
     async def authenticate(self, authorization: list[str]) -> Principal:
         """The principal of a request with these Authorization header values (its account is
         named in the request's access line)."""
-        principal = await self._principal(authorization)
-        note_account(principal.account.id)
-        return principal
-
-    async def _principal(self, authorization: list[str]) -> Principal:
         if not authorization:
             raise self._refuse("no Authorization header")
         if len(authorization) > 1:
@@ -103,10 +98,13 @@ class Authenticator:
         scheme = scheme.lower()
         credentials = credentials.strip()
         if scheme == "bearer" and credentials:
-            return await self._bearer(credentials)
-        if scheme == "basic" and credentials:
-            return await self._basic_auth(credentials)
-        raise self._refuse("unsupported Authorization scheme", scheme=clip(scheme))
+            principal = await self._bearer(credentials)
+        elif scheme == "basic" and credentials:
+            principal = await self._basic_auth(credentials)
+        else:
+            raise self._refuse("unsupported Authorization scheme", scheme=clip(scheme))
+        note_account(principal.account.id)
+        return principal
 
     def forget(self, application_id: str) -> None:
         """Drop what is cached about an application (its key or URLs changed)."""
