@@ -129,7 +129,9 @@ async def test_a_transition_decided_before_another_write_is_decided_again(
         changes.events.append(Event(at=T0 + 1, kind="probe"))
         return changes, []
 
-    retried = sqlite_store.retry_job(job.id, T0 + 9, message_id=message_id, error=(1000, "busy"))
+    retried = sqlite_store.retry_job(
+        job.id, T0 + 9, message_id=message_id, error=(1000, "busy"), at=T0 + 1
+    )
     await asyncio.gather(
         retried, sqlite_store.transition(WorkflowKey(message_id=message_id), decide)
     )

@@ -181,6 +181,11 @@ class Settings(BaseSettings):
         description="How long a send reuses a channel link it read (a removed link stops "
         "being used within this time); 0 reads the store on every send",
     )
+    access_log: bool = Field(
+        True,
+        description="Log one line per HTTP request (method, path, status, duration, account, "
+        "request id); false turns it off",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
     log_format: Literal["console", "json"] = Field("console")
 

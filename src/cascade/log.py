@@ -1,13 +1,22 @@
-"""Structured logging: key=value lines for people, JSON lines for machines."""
+"""Structured logging: key=value lines for people, JSON lines for machines.
+
+Most lines go through structlog's processors and renderers. Lines written once per request or
+per workflow (the access log, a workflow accepted or finished) go through a :class:`HotLogger`,
+which renders them itself in the same shape and writes them to the same stream: about 3 µs a
+line where structlog's chain takes 50 to 90 µs, more than half of what a whole accepted
+request costs (BENCHMARKS.md, "The access log").
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
-from collections.abc import Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, TextIO
 
+import msgspec
 import structlog
 
 #: how much of a value a client chose (an id, a header, a path) a log line quotes
@@ -64,13 +73,146 @@ class LogLimiter:
         return suppressed
 
 
+#: characters that make the console renderer quote a string value (structlog's rule)
+_NEEDS_QUOTES = re.compile("[ \t=\r\n\"']").search
+#: JSON for a line: a value msgspec cannot encode is written as its str()
+_json = msgspec.json.Encoder(enc_hook=str)
+#: the keys of each kind of console line, sorted (as the console renderer orders them)
+_SORTED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
+#: the event name's column width in a console line (structlog's ConsoleRenderer pads to it)
+_EVENT_WIDTH = 30
+
+
+class LineWriter:
+    """Writes log lines in the shape the configured renderer gives them, without structlog's
+    processor chain: a JSON object (the fields, then ``event``, ``level`` and ``timestamp``)
+    or a console line (time, padded level, padded event, sorted ``key=value`` pairs, values
+    quoted as structlog quotes them), values over MAX_LOG_VALUE_CHARS cut. A line that cannot
+    be written (stderr closed) goes to ``handler``'s error path, as the standard library's
+    handlers do, rather than break what is being logged."""
+
+    __slots__ = ("_handler", "_json", "_second", "_second_text", "_stream")
+
+    def __init__(self, stream: TextIO, fmt: str, handler: logging.Handler | None = None) -> None:
+        self._stream = stream
+        self._handler = handler
+        self._json = fmt == "json"
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self) -> str:
+        """Now in ISO 8601 UTC with microseconds, as structlog's TimeStamper writes it (the
+        date and time of the current second are formatted once a second)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((now - second) * 1e6):06d}Z"
+
+    def write(self, level: str, event: str, fields: Mapping[str, Any]) -> None:
+        """Write one line."""
+        if self._json:
+            line = dict(fields)
+            for key, value in line.items():
+                if isinstance(value, str) and len(value) > MAX_LOG_VALUE_CHARS:
+                    line[key] = _cut(value)
+            line["event"] = event
+            line["level"] = level
+            line["timestamp"] = self._timestamp()
+            text = _json.encode(line).decode()
+        else:
+            keys = tuple(fields)
+            order = _SORTED_KEYS.get(keys)
+            if order is None:  # a call site's keys are the same each time: sorted once
+                order = _SORTED_KEYS[keys] = tuple(sorted(keys))
+            parts = [self._timestamp(), f"[{level:<9}]", f"{event:<{_EVENT_WIDTH}}"]
+            for key in order:
+                value = fields[key]
+                if isinstance(value, str):
+                    if len(value) > MAX_LOG_VALUE_CHARS:
+                        value = _cut(value)
+                    shown = repr(value) if _NEEDS_QUOTES(value) else value
+                else:
+                    shown = repr(value)
+                parts.append(f"{key}={shown}")
+            # repr() escapes a newline in a string; a bare value has none (it would be quoted)
+            text = " ".join(parts)
+        try:
+            self._stream.write(text + "\n")
+        except Exception:
+            if self._handler is None:
+                raise
+            record = logging.makeLogRecord({"msg": text, "levelname": level.upper()})
+            self._handler.handleError(record)
+
+
+def _cut(value: str) -> str:
+    return value[:MAX_LOG_VALUE_CHARS] + f"… ({len(value)} chars)"
+
+
+class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler configure_logging installs on the root logger: a stream handler that also
+    carries the :class:`LineWriter` of hot lines on the same stream (None on a console with
+    colours, where a person reads and structlog renders everything). Hot lines follow it:
+    when the root logger's handlers are replaced, they go through structlog again."""
+
+    def __init__(self, stream: TextIO, fmt: str, *, colors: bool = False) -> None:
+        super().__init__(stream)
+        self.line_writer = None if colors else LineWriter(stream, fmt, self)
+
+
+def _line_writer() -> LineWriter | None:
+    """The writer of hot lines: the one of the root logger's LogHandler, if it has one."""
+    for handler in logging.root.handlers:
+        if type(handler) is LogHandler:
+            return handler.line_writer
+    return None
+
+
+class HotLogger:
+    """A logger for lines on hot paths, one per request or per workflow: written by the
+    :class:`LineWriter` of the handler configure_logging installed when there is one, else by
+    structlog (before configure_logging, e.g. in tests, where structlog's testing helpers
+    capture them). Level filtering is the standard library's, as for every other line."""
+
+    __slots__ = ("_levels", "_structlog")
+
+    def __init__(self, name: str) -> None:
+        self._levels = logging.getLogger(name)
+        self._structlog = structlog.get_logger(name)
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Log at info."""
+        writer = _line_writer()
+        if writer is None:
+            self._structlog.info(event, **fields)
+        elif self._levels.isEnabledFor(logging.INFO):
+            writer.write("info", event, fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        """Log at debug (a level check when debug is off)."""
+        writer = _line_writer()
+        if writer is None:
+            self._structlog.debug(event, **fields)
+        elif self._levels.isEnabledFor(logging.DEBUG):
+            writer.write("debug", event, fields)
+
+    def is_debug(self) -> bool:
+        """Whether a debug line would be written (to skip building one that would not)."""
+        return _line_writer() is None or self._levels.isEnabledFor(logging.DEBUG)
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
-    """Route structlog and the standard library (uvicorn) through one renderer on stderr."""
+    """Route structlog and the standard library (uvicorn) through one renderer on stderr, and
+    hot lines (:class:`HotLogger`) through a :class:`LineWriter` on the same stream (when the
+    console has colours, those go through structlog too: a person is reading)."""
+    colors = fmt != "json" and sys.stderr.isatty()
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty(),
+            colors=colors,
             # plain tracebacks: rich ones print local variables, which may hold credentials
             exception_formatter=structlog.dev.plain_traceback,
         )
@@ -93,7 +235,7 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LogHandler(sys.stderr, fmt, colors=colors)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -116,6 +116,7 @@ def build_app(
         on_accepted=engine.wake if engine else None,
         engine_health=engine.health if engine else None,
         receipts=engine,
+        access_log=settings.access_log,
     )
 
 

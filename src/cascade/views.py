@@ -1,7 +1,10 @@
 """Read-back views of workflows and messages: the whole timeline, as the API and CLI show it.
 
 This is what the hosted APIs never offered: the state of every step, every status with its
-time, source and reason, why each failover happened, what each message cost.
+time, source and reason, every send retried (why, and when it is tried next), why each
+failover happened, what each message cost, and each webhook with the status it carried.
+A plain message (``POST /v0.1/messages``) is a workflow of one step, but it is shown as a
+message: no template, no step numbers, no failover.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from cascade.domain.records import (
     MessageRecord,
     Surface,
     WebhookAttempt,
+    WebhookKind,
     WebhookRecord,
+    WebhookState,
     WorkflowRecord,
 )
 from cascade.domain.reports import reported_error
@@ -41,7 +46,27 @@ def _event(event: Event) -> dict[str, Any]:
         view["reason"] = event.reason
     if event.source is not None:
         view["source"] = event.source
+    if event.next_at is not None:
+        view["next_attempt_at"] = timestamp(event.next_at)
     return view
+
+
+#: how a webhook's kind reads in a timeline
+_KIND_NAMES = {
+    WebhookKind.STATUS: "status webhook",
+    WebhookKind.FINAL_REPORT: "final report",
+    WebhookKind.INBOUND: "inbound message",
+}
+
+
+def _reported_status(body: bytes) -> str | None:
+    """The status a webhook's body carried (a message's, or a final report's outcome)."""
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    status = decoded.get("status") if isinstance(decoded, dict) else None
+    return status if isinstance(status, str) else None
 
 
 def message_view(message: MessageRecord, events: tuple[Event, ...] = ()) -> dict[str, Any]:
@@ -98,45 +123,78 @@ def webhook_views(
         if attempt.error is not None:
             entry["error"] = attempt.error
         by_webhook.setdefault(attempt.webhook_id, []).append(entry)
-    return [
-        {
+    views = []
+    for hook in webhooks:
+        view: dict[str, Any] = {
             "id": hook.id,
             "kind": hook.kind,
             "message_uuid": hook.message_id,
             "url": hook.url,
             "state": hook.state,
-            "attempts": by_webhook.get(hook.id, []),
         }
-        for hook in webhooks
-    ]
+        reported = _reported_status(hook.body)
+        if reported is not None:
+            view["reported_status"] = reported
+        view["attempts"] = by_webhook.get(hook.id, [])
+        if hook.state is WebhookState.PENDING and hook.next_attempt_at is not None:
+            view["next_attempt_at"] = timestamp(hook.next_attempt_at)
+        views.append(view)
+    return views
 
 
-def workflow_view(
-    workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """A workflow with every step, the whole timeline and, when given, its webhooks."""
-    timeline = [
+def _plain(workflow: WorkflowRecord) -> bool:
+    """Whether the workflow is a plain message (one step, sent through /v0.1/messages)."""
+    return workflow.surface is Surface.MESSAGES
+
+
+def timeline(workflow: WorkflowRecord) -> list[dict[str, Any]]:
+    """Everything that happened to a workflow, in order: accepted, then its timeline."""
+    entries = [
         {"timestamp": timestamp(workflow.created_at), "event": "accepted"},
     ]
     first = workflow.messages[0] if workflow.messages else None
-    if first is not None and first.started_at is not None:
-        timeline.append(
+    if first is not None and first.started_at is not None and not _plain(workflow):
+        # the first step starts with the accept (no event of its own is stored); a plain
+        # message has no steps to start
+        entries.append(
             {
                 "timestamp": timestamp(first.started_at),
                 "event": "step_started",
                 "message_uuid": first.id,
             }
         )
-    timeline += [_event(e) for e in workflow.events]
-    view: dict[str, Any] = {
-        _ID_FIELDS[workflow.surface]: workflow.id,
-        "template": "failover",
+    entries += [_event(e) for e in workflow.events]
+    return entries
+
+
+def message_timeline(workflow: WorkflowRecord, message_id: str) -> list[dict[str, Any]]:
+    """What happened to one message: for a plain message its workflow's whole timeline,
+    for a step of a dispatch its own entries (started, retries, statuses, failover)."""
+    entries = timeline(workflow)
+    if _plain(workflow):
+        return entries
+    return [entry for entry in entries if entry.get("message_uuid") == message_id]
+
+
+def workflow_view(
+    workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A workflow with every step, the whole timeline and, when given, its webhooks. A
+    dispatch names its template; a plain message does not (it has none) and names its
+    message."""
+    view: dict[str, Any] = {_ID_FIELDS[workflow.surface]: workflow.id}
+    if _plain(workflow):
+        if workflow.messages:
+            view["message_uuid"] = workflow.messages[0].id
+    else:
+        view["template"] = "failover"
+    view |= {
         "status": workflow.state.value,
         "created_at": timestamp(workflow.created_at),
         "finished_at": timestamp(workflow.finished_at) if workflow.finished_at else None,
         "usage": total_usage(workflow),
         "steps": [message_view(m, workflow.events) for m in workflow.messages],
-        "timeline": timeline,
+        "timeline": timeline(workflow),
     }
     if webhooks is not None:
         view["webhooks"] = webhooks
@@ -165,10 +223,16 @@ def workflow_summary(workflow: WorkflowRecord) -> dict[str, Any]:
 def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | None = None) -> str:
     """The timeline as text for a person (``cascade show``)."""
     view = workflow_view(workflow, webhooks)
+    plain = _plain(workflow)
+    title = (
+        f"message {view.get('message_uuid', '-')} (workflow {workflow.id})"
+        if plain
+        else f"workflow {workflow.id} ({workflow.surface.value})"
+    )
     lines = [
-        f"workflow {workflow.id} ({workflow.surface.value}): {workflow.state.value}",
+        f"{title}: {workflow.state.value}",
         f"  cost: {view['usage']['price']} {view['usage']['currency']}",
-        "  steps:",
+        "  message:" if plain else "  steps:",
     ]
     for step in view["steps"]:
         to = step["to"].get("number") or step["to"].get("id")
@@ -187,9 +251,12 @@ def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | N
                 f"       provider {step['provider']['name']} id {step['provider']['message_id']}"
             )
     lines.append("  timeline:")
-    index = {m.id: m.step + 1 for m in workflow.messages}
+    # step numbers tell the steps of a dispatch apart; a plain message has one
+    index = {} if plain else {m.id: m.step + 1 for m in workflow.messages}
     for entry in view["timeline"]:
-        where = f"step {index[entry['message_uuid']]} " if "message_uuid" in entry else ""
+        where = (
+            f"step {index[entry['message_uuid']]} " if entry.get("message_uuid") in index else ""
+        )
         what = entry["event"]
         if "status" in entry:
             what = f"{what} {entry['status']}"
@@ -199,14 +266,20 @@ def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | N
         elif "reason" in entry:
             detail = f": {entry['reason']}"
         source = f" [{entry['source']}]" if "source" in entry else ""
-        lines.append(f"    {entry['timestamp']}  {where}{what}{detail}{source}")
+        then = f"; next attempt {entry['next_attempt_at']}" if "next_attempt_at" in entry else ""
+        lines.append(f"    {entry['timestamp']}  {where}{what}{detail}{source}{then}")
     if webhooks:
         lines.append("  webhooks:")
         for hook in webhooks:
             where = f"step {index[hook['message_uuid']]} " if hook["message_uuid"] in index else ""
-            lines.append(
-                f"    #{hook['id']} {where}{hook['kind']} -> {hook['url']}: {hook['state']}"
-            )
+            kind = _KIND_NAMES.get(hook["kind"], str(hook["kind"]))
+            carried = f" ({hook['reported_status']})" if "reported_status" in hook else ""
+            state = str(hook["state"])
+            if "next_attempt_at" in hook:
+                tried = len(hook["attempts"])
+                state += f", {tried} attempt{'s' if tried != 1 else ''} so far"
+                state += f", next attempt {hook['next_attempt_at']}"
+            lines.append(f"    #{hook['id']} {where}{kind}{carried} -> {hook['url']}: {state}")
             for attempt in hook["attempts"]:
                 result = attempt.get("status_code", attempt.get("error", "?"))
                 lines.append(

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from cascade.channels.base import OutboundMessage
 from cascade.channels.smpp import SmppProvider, SmppSubmitUnconfirmed
+from cascade.channels.smpp.config import SmppSettings
 from cascade.domain.status import Status, combine_parts
 from cascade.errors import ChannelRejected, ChannelUnavailable
 from tests.channels.conftest import ProviderFactory, connection
@@ -514,3 +516,23 @@ async def test_unanswered_enquire_link_drops_the_session(
     assert await provider.ready(3.0)
     await provider.send(sms("back"))
     assert smsc.binds == 2
+
+
+async def test_binding_and_unbinding_are_logged_at_info(
+    smsc: LoopbackSmsc, sink: RecordingSink
+) -> None:
+    """A connection that binds logs "smpp bound", and one stopped logs "smpp unbound", each
+    naming the connection and host (and never the password)."""
+    provider = SmppProvider(SmppSettings.from_mapping({"connections": [connection(smsc)]}))
+    with capture_logs() as logs:
+        await provider.start(sink)
+        assert await provider.ready(2.0)
+        await provider.stop()
+    lines = [entry for entry in logs if entry["event"] in ("smpp bound", "smpp unbound")]
+    assert [(line["event"], line["log_level"]) for line in lines] == [
+        ("smpp bound", "info"),
+        ("smpp unbound", "info"),
+    ]
+    assert all(line["connection"] == "loopback" for line in lines)
+    assert all(line["host"] == smsc.host for line in lines)
+    assert "secret" not in repr(logs)

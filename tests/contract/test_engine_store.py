@@ -20,6 +20,7 @@ from cascade.domain.records import (
     Receipt,
     SandboxMessage,
     StepState,
+    Surface,
     WebhookAttempt,
     WebhookState,
     WorkflowRecord,
@@ -28,7 +29,7 @@ from cascade.domain.records import (
 from cascade.domain.status import Status
 from cascade.errors import StoreConflict
 from cascade.store.base import Decision, ListQuery, Store, WorkflowKey
-from tests.contract.factories import HORIZON, T0, application, tenant, workflow
+from tests.contract.factories import HORIZON, T0, application, sms_step, tenant, workflow
 
 
 async def accepted(store: Store, owner: Account, *jobs: NewJob) -> NewWorkflow:
@@ -145,7 +146,9 @@ class TestJobs:
         request = await accepted(store, owner)
         message_id = request.steps[0].message_id
         send = (await store.claim_jobs("w1", T0, limit=1, lease=30))[0]
-        await store.retry_job(send.id, T0 + 5, message_id=message_id, error=(1300, "throttled"))
+        await store.retry_job(
+            send.id, T0 + 5, message_id=message_id, error=(1300, "throttled"), at=T0 + 1
+        )
         jobs = await store.pending_jobs(message_id)
         assert [(j.kind, j.run_at, j.attempts) for j in jobs] == [
             ("send", T0 + 5, 1),
@@ -156,6 +159,40 @@ class TestJobs:
         assert (message.last_error_code, message.last_error_reason) == (1300, "throttled")
         # released: claimable at once by anyone when due
         assert [j.id for j in await store.claim_jobs("w2", T0 + 5, limit=1, lease=30)] == [send.id]
+
+    async def test_a_retry_is_a_timeline_entry_with_its_next_attempt(self, store: Store) -> None:
+        """Each retry_job adds a ``retry`` event to the workflow's timeline: the error, when it
+        happened, the provider that gave it and when the send is tried next."""
+        owner = await tenant(store)
+        request = await accepted(store, owner)
+        message_id = request.steps[0].message_id
+        (send,) = await store.claim_jobs("w1", T0, limit=1, lease=30, kinds=["send"])
+        await store.retry_job(
+            send.id, T0 + 5, message_id=message_id, error=(1000, "Throttled"), at=T0 + 1
+        )
+        (send,) = await store.claim_jobs("w1", T0 + 5, limit=1, lease=30, kinds=["send"])
+        await store.retry_job(
+            send.id,
+            T0 + 15,
+            message_id=message_id,
+            error=(1100, "not bound"),
+            at=T0 + 5.5,
+            source="smpp:a@b:1",
+        )
+        stored = await store.get_workflow(owner.id, request.id)
+        assert stored is not None
+        assert stored.events == (
+            Event(T0 + 1, "retry", message_id, code=1000, reason="Throttled", next_at=T0 + 5),
+            Event(
+                T0 + 5.5,
+                "retry",
+                message_id,
+                code=1100,
+                reason="not bound",
+                source="smpp:a@b:1",
+                next_at=T0 + 15,
+            ),
+        )
 
     async def test_defer_job_releases_it_without_counting_an_attempt(self, store: Store) -> None:
         """A deferred job runs again later with its attempt count unchanged."""
@@ -209,7 +246,9 @@ class TestSends:
         first = await store.begin_send(message_id, T0 + 1)
         assert (first.attempts, first.started_at, first.last_error) == (0, None, None)
         send = (await store.claim_jobs("w1", T0, limit=1, lease=30))[0]
-        await store.retry_job(send.id, T0 + 5, message_id=message_id, error=(1100, "lost"))
+        await store.retry_job(
+            send.id, T0 + 5, message_id=message_id, error=(1100, "lost"), at=T0 + 2
+        )
         second = await store.begin_send(message_id, T0 + 6)
         assert (second.attempts, second.started_at, second.last_error) == (
             1,
@@ -828,6 +867,27 @@ class TestLists:
         window = ListQuery(created_after=T0 + 1, created_before=T0 + 2)
         assert [w.id for w in await store.list_workflows(owner.id, window)] == ["wf-01"]
         assert await store.list_workflows(owner.id, ListQuery(state="error")) == []
+
+    async def test_a_dispatch_list_leaves_out_plain_messages(self, store: Store) -> None:
+        """With dispatches_only, the list holds the workflows made through /v0.1/dispatch and
+        /beta/workflows, not plain messages; without it, all of them."""
+        owner = await tenant(store)
+        await self.stored(store, owner, 2)
+        plain = dataclasses.replace(
+            workflow(owner, sms_step(), at=T0 + 5, workflow_id="wf-plain"),
+            surface=Surface.MESSAGES,
+        )
+        preview = dataclasses.replace(
+            workflow(owner, at=T0 + 6, workflow_id="wf-preview"), surface=Surface.WORKFLOWS
+        )
+        await store.accept(plain)
+        await store.accept(preview)
+        everything = await store.list_workflows(owner.id, ListQuery())
+        assert [w.id for w in everything] == ["wf-preview", "wf-plain", "wf-01", "wf-00"]
+        dispatches = await store.list_workflows(owner.id, ListQuery(dispatches_only=True))
+        assert [w.id for w in dispatches] == ["wf-preview", "wf-01", "wf-00"]
+        page = ListQuery(dispatches_only=True, limit=1, before=(T0 + 6, "wf-preview"))
+        assert [w.id for w in await store.list_workflows(owner.id, page)] == ["wf-01"]
 
     async def test_messages_are_listed_and_filtered(self, store: Store) -> None:
         """list_messages gives the account's messages newest first, by status and channel."""

@@ -113,7 +113,9 @@ async def test_every_write_that_queues_jobs_wakes_the_listener(pair: Pair) -> No
         """Claim the send and put it back for later."""
         (send,) = await pair.writer.claim_jobs("w1", T0, limit=1, lease=30)
         message_id = request.steps[0].message_id
-        await pair.writer.retry_job(send.id, T0 + 5, message_id=message_id, error=(1, "busy"))
+        await pair.writer.retry_job(
+            send.id, T0 + 5, message_id=message_id, error=(1, "busy"), at=T0 + 1
+        )
 
     async def replay() -> None:
         """Make the webhook a dead letter, then replay it."""

@@ -11,8 +11,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cascade.api.access import AccessLog
 from cascade.api.auth import Authenticator
 from cascade.api.intake import IntakeEndpoints, KeptReceipts, ReceiptTaker
 from cascade.api.messages import AcceptContext, AcceptEndpoint
@@ -64,11 +65,13 @@ def create_app(
     on_accepted: Callable[[], None] | None = None,
     engine_health: Callable[[], dict[str, object]] | None = None,
     receipts: ReceiptTaker | None = None,
-) -> AcceptFastPath:
+    access_log: bool = True,
+) -> ASGIApp:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
     it (opening the store, the engine), whose health ``engine_health`` reports for readiness.
     ``receipts`` takes the receipts of the platforms' callbacks: the engine of this process,
-    or (None) the store, for an engine elsewhere to apply (``api/intake.py``)."""
+    or (None) the store, for an engine elsewhere to apply (``api/intake.py``). Every request
+    gets an id (``X-Request-Id``) and, with ``access_log``, a line in the log."""
     authenticator = Authenticator(store, clock)
     context = AcceptContext(
         store, authenticator, clock, max_body_bytes, report_horizon, on_accepted
@@ -130,7 +133,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False
-    return AcceptFastPath(app, endpoints)
+    return AccessLog(AcceptFastPath(app, endpoints), enabled=access_log)
 
 
 async def health(request: Request) -> Response:

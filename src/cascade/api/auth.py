@@ -24,6 +24,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from cascade.api.access import note_account
 from cascade.clock import Clock
 from cascade.domain.records import Account, Application
 from cascade.errors import Unauthorized
@@ -87,7 +88,8 @@ class Authenticator:
         self._refusals = LogLimiter(REFUSAL_LINES_PER_SECOND, clock.now)
 
     async def authenticate(self, authorization: list[str]) -> Principal:
-        """The principal of a request with these Authorization header values."""
+        """The principal of a request with these Authorization header values (its account is
+        named in the request's access line)."""
         if not authorization:
             raise self._refuse("no Authorization header")
         if len(authorization) > 1:
@@ -96,10 +98,13 @@ class Authenticator:
         scheme = scheme.lower()
         credentials = credentials.strip()
         if scheme == "bearer" and credentials:
-            return await self._bearer(credentials)
-        if scheme == "basic" and credentials:
-            return await self._basic_auth(credentials)
-        raise self._refuse("unsupported Authorization scheme", scheme=clip(scheme))
+            principal = await self._bearer(credentials)
+        elif scheme == "basic" and credentials:
+            principal = await self._basic_auth(credentials)
+        else:
+            raise self._refuse("unsupported Authorization scheme", scheme=clip(scheme))
+        note_account(principal.account.id)
+        return principal
 
     def forget(self, application_id: str) -> None:
         """Drop what is cached about an application (its key or URLs changed)."""

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cascade.api.access import current_request
 from cascade.api.auth import Authenticator, Principal
 from cascade.api.validation import RequestDecoder
 from cascade.clock import Clock
@@ -42,7 +43,11 @@ from cascade.domain.records import (
 )
 from cascade.domain.rules import request_violations, workflow_violations
 from cascade.errors import InvalidParameter, InvalidRequest
+from cascade.log import HotLogger
 from cascade.store.base import Accepting
+
+#: one line per accepted request, at info (a workflow's story starts here)
+story = HotLogger(__name__)
 
 ACCEPTED = Counter("cascade_requests_accepted", "Requests durably accepted", ["surface"])
 IDEMPOTENT_REPLAYS = Counter(
@@ -231,7 +236,32 @@ class AcceptEndpoint:
         self._accepted.inc()
         if ctx.on_accepted is not None:
             ctx.on_accepted()
+        self._tell(workflow_id, principal.account.id, steps)
         return Response(response_body, status_code=202, media_type="application/json")
+
+    def _tell(self, workflow_id: str, account_id: str, steps: list[NewStep]) -> None:
+        """Log the request accepted: its ids, account and channels, and the request id that
+        ties the line to the access log (no addresses or content)."""
+        context = current_request()
+        request_id = context.request_id if context is not None else None
+        if self._surface is Surface.MESSAGES:
+            story.info(
+                "message.accepted",
+                message=steps[0].message_id,
+                workflow=workflow_id,
+                account=account_id,
+                channel=steps[0].channel,
+                request_id=request_id,
+            )
+        else:
+            story.info(
+                "workflow.accepted",
+                workflow=workflow_id,
+                surface=self._surface.value,
+                account=account_id,
+                channels=",".join(step.channel for step in steps),
+                request_id=request_id,
+            )
 
     def steps(self, body: bytes, principal: Principal) -> list[NewStep]:
         """The messages a request body asks for, in order (InvalidRequest when it is bad)."""

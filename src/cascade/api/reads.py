@@ -2,13 +2,16 @@
 
 Everything is scoped to the caller's account: another account's id is a 404, exactly like an
 id that does not exist. Lists are newest first and paged by an opaque cursor (a keyset on
-creation time and id, so pages stay stable while new rows arrive).
+creation time and id, so pages stay stable while new rows arrive). Dispatches (made through
+``/v0.1/dispatch`` or ``/beta/workflows``) are read and listed under ``/v0.1/dispatch``; a plain
+message (``/v0.1/messages``) is read and listed under ``/v0.1/messages`` only.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -18,11 +21,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cascade.api.auth import Authenticator, Principal
-from cascade.domain.records import WorkflowState
+from cascade.domain.records import Surface, WorkflowState
 from cascade.domain.status import Status
 from cascade.errors import InvalidParameter, InvalidRequest, NotFound
 from cascade.store.base import ListQuery, Reading, Webhooks
-from cascade.views import message_view, webhook_views, workflow_summary, workflow_view
+from cascade.views import (
+    message_timeline,
+    message_view,
+    webhook_views,
+    workflow_summary,
+    workflow_view,
+)
 
 MAX_PAGE = 100
 _CHANNELS = {"sms", "mms", "whatsapp", "messenger", "viber_service_msg"}
@@ -153,7 +162,8 @@ class ReadEndpoints:
         return await self._authenticator.authenticate(request.headers.getlist("authorization"))
 
     async def workflow(self, request: Request) -> Response:
-        """One workflow with its steps and timeline."""
+        """One dispatch with its steps and timeline (a plain message is not one: it is read
+        at /v0.1/messages/{message_uuid})."""
         principal = await self._principal(request)
         workflow_id = str(request.path_params["uuid"])
         workflow = (
@@ -163,6 +173,12 @@ class ReadEndpoints:
         )
         if workflow is None:
             raise NotFound("No workflow with this id in your account.")
+        if workflow.surface is Surface.MESSAGES:
+            message_id = workflow.messages[0].id if workflow.messages else "{message_uuid}"
+            raise NotFound(
+                "This id is a plain message's, not a dispatch's: "
+                f"read it at /v0.1/messages/{message_id}."
+            )
         return JSONResponse(workflow_view(workflow, await self._webhooks(workflow.id)))
 
     async def _webhooks(
@@ -175,7 +191,7 @@ class ReadEndpoints:
         return webhook_views(hooks, attempts)
 
     async def message(self, request: Request) -> Response:
-        """One message with its statuses over time."""
+        """One message with its statuses and its timeline (retries included) and webhooks."""
         principal = await self._principal(request)
         message_id = str(request.path_params["uuid"])
         message = (
@@ -188,17 +204,20 @@ class ReadEndpoints:
         workflow = await self._store.get_workflow(principal.account.id, message.workflow_id)
         events = workflow.events if workflow is not None else ()
         view = message_view(message, events)
+        if workflow is not None:
+            view["timeline"] = message_timeline(workflow, message.id)
         view["webhooks"] = await self._webhooks(message.workflow_id, message.id)
         return JSONResponse(view)
 
     async def workflows(self, request: Request) -> Response:
-        """The account's workflows, newest first, filtered and paged."""
+        """The account's dispatches (no plain messages), newest first, filtered and paged."""
         principal = await self._principal(request)
         query = parse_list_query(request, {s.value for s in WorkflowState})
         if query.channel is not None:
             raise InvalidRequest(
                 invalid_parameters=[InvalidParameter("channel", "only filters messages")]
             )
+        query = dataclasses.replace(query, dispatches_only=True)
         rows = await self._store.list_workflows(principal.account.id, query)
         last = (rows[-1].created_at, rows[-1].id) if len(rows) == query.limit else None
         return _page(request, [workflow_summary(w) for w in rows], "workflows", last, query.limit)

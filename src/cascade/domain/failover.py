@@ -200,10 +200,17 @@ def _state(step: MessageRecord, changes: Changes) -> StepState:
 
 
 def _advance(
-    workflow: WorkflowRecord, index: int, at: float, reason: str, changes: Changes, horizon: float
+    workflow: WorkflowRecord, index: int, at: float, what: str, changes: Changes, horizon: float
 ) -> None:
-    """Move past step ``index`` after it failed or expired: start the next, or end in error."""
+    """Move past step ``index`` after it failed or expired (``what`` happened to it, e.g.
+    "rejected: 1300 ..."): start the next, or end in error. A workflow of one step (a plain
+    message) has nothing to fail over from or to: it ends in error with ``what`` as its
+    reason, and its timeline holds no failover."""
     step = workflow.messages[index]
+    if len(workflow.messages) == 1:
+        _finish(workflow, WorkflowState.ERROR, at, what, changes)
+        return
+    reason = f"step {index + 1} {what}"
     changes.events.append(Event(at=at, kind="failover", message_id=step.id, reason=reason))
     if index + 1 < len(workflow.messages):
         start_step(workflow, index + 1, at, changes, horizon=horizon)
@@ -271,11 +278,13 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
         changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
         if workflow.state == WorkflowState.RUNNING:
             late = "" if step.state == StepState.ACTIVE else " (late, after failover)"
+            # one step (a plain message): there is no other step to tell it from
+            which = f"step {index + 1} " if len(workflow.messages) > 1 else ""
             _finish(
                 workflow,
                 WorkflowState.COMPLETED,
                 seen.at,
-                f"step {index + 1} reached {new.value}{late}",
+                f"{which}reached {new.value}{late}",
                 changes,
             )
         return changes
@@ -284,14 +293,7 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
         changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
         if workflow.state == WorkflowState.RUNNING:
             detail = f"{seen.code} {seen.reason}" if seen.code is not None else new.value
-            _advance(
-                workflow,
-                index,
-                seen.at,
-                f"step {index + 1} {new.value}: {detail}",
-                changes,
-                horizon,
-            )
+            _advance(workflow, index, seen.at, f"{new.value}: {detail}", changes, horizon)
     return changes
 
 
@@ -337,7 +339,7 @@ def _window_closed(workflow: WorkflowRecord, closed: WindowClosed, horizon: floa
         workflow,
         index,
         closed.at,
-        f"step {index + 1} did not reach {condition} within {step.expiry_time} s",
+        f"did not reach {condition} within {step.expiry_time} s",
         changes,
         horizon,
     )

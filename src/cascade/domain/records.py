@@ -232,6 +232,8 @@ class Event:
     code: int | None = None
     reason: str | None = None
     source: str | None = None
+    #: when the send is tried again (a ``retry``: a transient send error)
+    next_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

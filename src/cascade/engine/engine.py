@@ -32,6 +32,7 @@ from prometheus_client import Counter, Histogram
 from cascade.channels.base import ChannelProvider, InboundMessage, OutboundMessage, SendResult
 from cascade.clock import Clock
 from cascade.domain.failover import (
+    Changes,
     Happening,
     HorizonReached,
     Observed,
@@ -44,6 +45,7 @@ from cascade.domain.records import (
     NewWebhook,
     Receipt,
     StepState,
+    Surface,
     WebhookKind,
     WorkflowRecord,
 )
@@ -57,6 +59,7 @@ from cascade.errors import (
     ChannelUndeliverable,
     TransientError,
 )
+from cascade.log import HotLogger
 from cascade.store.base import (
     Decide,
     Decision,
@@ -71,6 +74,8 @@ from cascade.supervision import OnFatal, Setbacks, Supervisor
 from cascade.webhooks import payloads
 
 log = structlog.get_logger(__name__)
+#: the lines that tell what happened to each workflow (one or two per workflow, at info)
+story = HotLogger(__name__)
 
 JOBS_RUN = Counter("cascade_jobs_run", "Jobs the engine ran", ["kind"])
 SENDS = Counter("cascade_sends", "Messages handed to providers", ["provider", "outcome"])
@@ -503,20 +508,38 @@ class Engine:
         *,
         done_job: int | None = None,
     ) -> Decision | None:
-        result = await self.store.transition(key, self._decider(happening), done_job=done_job)
-        if result is not None and (result[0].jobs or result[1]):
-            self.wake()
+        decided: list[tuple[WorkflowRecord, Changes]] = []
+        result = await self.store.transition(
+            key, self._decider(happening, decided), done_job=done_job
+        )
+        if result is not None:
+            changes = result[0]
+            if changes.jobs or result[1]:
+                self.wake()
+            if changes.events:
+                # told once it is stored, from the workflow it was decided from (a store may
+                # decide twice: the decision it stored is the one returned)
+                for workflow, made in decided:
+                    if made is changes:
+                        tell(workflow, changes)
+                        break
         return result
 
-    def _decider(self, happening: Happening | Callable[[WorkflowRecord], Happening]) -> Decide:
+    def _decider(
+        self,
+        happening: Happening | Callable[[WorkflowRecord], Happening],
+        decided: list[tuple[WorkflowRecord, Changes]],
+    ) -> Decide:
         """The pure decision of a transition: the failover rules, then the reports they call
-        for, written as webhooks."""
+        for, written as webhooks; each decision is noted in ``decided`` with the workflow it
+        was made from."""
         horizon = self.settings.report_horizon
         base = self.settings.public_url
 
         def decide(workflow: WorkflowRecord) -> Decision:
             seen = happening(workflow) if callable(happening) else happening
             changes = apply(workflow, seen, horizon=horizon)
+            decided.append((workflow, changes))
             return changes, payloads.webhooks(reports_for(workflow, changes), base)
 
         return decide
@@ -564,12 +587,13 @@ class Engine:
             return
         except ChannelUnavailable as exc:
             SENDS.labels(provider.name, "retry").inc()
-            await self._retry(job, message, exc.code, exc.message, exc.retry_after)
+            await self._retry(job, message, exc.code, exc.message, exc.retry_after, provider.name)
             return
         except Exception as exc:
             log.exception("engine.provider_failed", provider=provider.name, message=message.id)
             SENDS.labels(provider.name, "error").inc()
-            await self._retry(job, message, 1030, f"Internal error: {type(exc).__name__}", None)
+            reason = f"Internal error: {type(exc).__name__}"
+            await self._retry(job, message, 1030, reason, None, provider.name)
             return
         SENDS.labels(provider.name, "submitted").inc()
         id_space = result.provider or provider.name
@@ -658,9 +682,11 @@ class Engine:
         code: int,
         reason: str,
         retry_after: float | None,
+        provider: str,
     ) -> None:
         """Try a transient failure again later, inside the step's window; a step without a
-        window (the last) gives up after ``send_retry_window``."""
+        window (the last) gives up after ``send_retry_window``. The retry is in the timeline
+        (stored with the job's release) and, at debug, in the log."""
         now = self.clock.now()
         delay = backoff(
             job.attempts,
@@ -674,7 +700,24 @@ class Engine:
                 await self._fail(job, message, Status.UNDELIVERABLE, code, reason)
                 return
         # a step with a window keeps trying: its step_timeout abandons the send when it closes
-        await self.store.retry_job(job.id, now + delay, message_id=message.id, error=(code, reason))
+        await self.store.retry_job(
+            job.id,
+            now + delay,
+            message_id=message.id,
+            error=(code, reason),
+            at=now,
+            source=provider,
+        )
+        story.debug(
+            "engine.send_retry",
+            message=message.id,
+            workflow=message.workflow_id,
+            provider=provider,
+            attempt=job.attempts + 1,
+            code=code,
+            reason=reason,
+            next_attempt_in=round(delay, 3),
+        )
 
     async def _step_timeout(self, job: Job) -> None:
         now = self.clock.now()
@@ -783,3 +826,58 @@ class Engine:
         for receipt in receipts:
             await self.receipt(receipt)
         return len(receipts)
+
+
+def tell(workflow: WorkflowRecord, changes: Changes) -> None:
+    """Log what a stored transition did that an operator follows, at info: a failover (from
+    which step to which, and why), the workflow completed or failed (a plain message: the
+    message). Each status is a debug line. No content, address or secret: ids, steps,
+    channels and reasons."""
+    plain = workflow.surface is Surface.MESSAGES
+    events = changes.events
+    for index, event in enumerate(events):
+        kind = event.kind
+        if kind == "failover":
+            following = events[index + 1] if index + 1 < len(events) else None
+            if following is None or following.kind != "step_started":
+                continue  # nothing left to fail over to: the workflow's end says why
+            steps = {message.id: (n, message) for n, message in enumerate(workflow.messages)}
+            from_step, _ = steps[event.message_id or ""]
+            to_step, to = steps[following.message_id or ""]
+            story.info(
+                "workflow.failover",
+                workflow=workflow.id,
+                account=workflow.account_id,
+                from_step=from_step + 1,
+                to_step=to_step + 1,
+                from_message=event.message_id,
+                to_message=to.id,
+                to_channel=to.channel,
+                reason=event.reason,
+            )
+        elif kind in ("completed", "error"):
+            outcome = "completed" if kind == "completed" else "failed"
+            if plain:
+                story.info(
+                    f"message.{outcome}",
+                    message=workflow.messages[0].id,
+                    workflow=workflow.id,
+                    account=workflow.account_id,
+                    reason=event.reason,
+                )
+            else:
+                story.info(
+                    f"workflow.{outcome}",
+                    workflow=workflow.id,
+                    account=workflow.account_id,
+                    reason=event.reason,
+                )
+        elif kind == "status" and story.is_debug():
+            story.debug(
+                "message.status",
+                message=event.message_id,
+                workflow=workflow.id,
+                status=event.status,
+                code=event.code,
+                source=event.source,
+            )

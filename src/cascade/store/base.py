@@ -86,6 +86,8 @@ class ListQuery:
     channel: str | None = None  # messages only
     created_after: float | None = None
     created_before: float | None = None
+    #: workflows only: leave out plain messages (what GET /v0.1/dispatch lists)
+    dispatches_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,9 +306,19 @@ class JobQueue(Protocol):
 
     @abc.abstractmethod
     async def retry_job(
-        self, job_id: int, run_at: float, *, message_id: str, error: tuple[int, str]
+        self,
+        job_id: int,
+        run_at: float,
+        *,
+        message_id: str,
+        error: tuple[int, str],
+        at: float,
+        source: str | None = None,
     ) -> None:
-        """Release a send job to run again at ``run_at`` and remember the transient error."""
+        """Release a send job to run again at ``run_at`` and remember the transient error, in
+        one transaction with a ``retry`` entry in the workflow's timeline (the error, ``at``
+        when it happened, the provider that gave it as ``source``, ``run_at`` as its next
+        attempt)."""
 
     @abc.abstractmethod
     async def defer_job(self, job_id: int, run_at: float) -> None:

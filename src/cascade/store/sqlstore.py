@@ -422,19 +422,40 @@ def _page(account_id: str, query: ListQuery) -> dict[str, Any]:
 
 
 def _workflows_plan(account_id: str, query: ListQuery) -> Plan[list[WorkflowRecord]]:
-    """A page of an account's workflows with their messages."""
-    found = yield select("workflows", **_page(account_id, query))
+    """A page of an account's workflows (or only its dispatches) with their messages."""
+    page = _page(account_id, query)
+    if query.dispatches_only:
+        found = yield select("dispatches", **page)
+    else:
+        found = yield select("workflows", **page)
     if not found:
         return []
     messages = yield select("messages_of_workflows", workflow_ids=found.column("id"))
     return rows.workflows(found, messages)
 
 
-def _retry_plan(job_id: int, run_at: float, message_id: str, error: tuple[int, str]) -> Plan[None]:
+def _retry_plan(
+    job_id: int,
+    run_at: float,
+    message_id: str,
+    error: tuple[int, str],
+    at: float,
+    source: str | None,
+) -> Plan[None]:
     """Release a send job to run again and keep its error (a decision reads the last error,
-    so the workflow's version moves; it is taken first, in the order transitions lock)."""
+    so the workflow's version moves; it is taken first, in the order transitions lock), and
+    put the retry in the workflow's timeline with when it is tried next."""
     yield change("bump_version_of_messages", ids=[message_id])
     yield change("note_send_error", id=message_id, code=error[0], reason=error[1])
+    yield change(
+        "note_retry",
+        message_id=message_id,
+        at=at,
+        code=error[0],
+        reason=error[1],
+        source=source,
+        next_at=run_at,
+    )
     yield change("release_job", id=job_id, run_at=run_at, attempted=1)
     # released: a worker elsewhere may take it when due, sooner than its next poll
     yield Signal.JOBS_QUEUED
@@ -827,9 +848,16 @@ class SqlStore(Store, abc.ABC):
         await self._write(change("delete_job", id=job_id))
 
     async def retry_job(
-        self, job_id: int, run_at: float, *, message_id: str, error: tuple[int, str]
+        self,
+        job_id: int,
+        run_at: float,
+        *,
+        message_id: str,
+        error: tuple[int, str],
+        at: float,
+        source: str | None = None,
     ) -> None:
-        await self._write(partial(_retry_plan, job_id, run_at, message_id, error))
+        await self._write(partial(_retry_plan, job_id, run_at, message_id, error, at, source))
 
     async def defer_job(self, job_id: int, run_at: float) -> None:
         await self._write(change("release_job", id=job_id, run_at=run_at, attempted=0))

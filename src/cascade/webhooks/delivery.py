@@ -53,11 +53,14 @@ from cascade.domain.records import (
     WebhookState,
 )
 from cascade.errors import StoreUnavailable, WebhookUnreachable
+from cascade.log import HotLogger
 from cascade.store.base import Job, JobQueue, Tenants, Webhooks
 from cascade.webhooks.http import Destination, Target, WebhookClient, parse_url
 from cascade.webhooks.signing import sign
 
 log = structlog.get_logger(__name__)
+#: a line per attempt, at debug (a level check otherwise)
+story = HotLogger(__name__)
 
 DELIVERIES = Counter("cascade_webhook_attempts", "Webhook delivery attempts", ["outcome"])
 
@@ -361,11 +364,28 @@ class WebhookSender:
             state, next_at = WebhookState.DEAD, None
         DELIVERIES.labels(state).inc()
         if state is WebhookState.DEAD:
+            # what it is about, by id (never its URL: a receiver's URL may hold a token)
             log.warning(
                 "webhook.dead_letter",
                 webhook=webhook.id,
+                kind=webhook.kind.value,
+                workflow=webhook.workflow_id,
+                message=webhook.message_id,
+                account=webhook.account_id,
+                attempts=webhook.attempts + 1,
                 status=result.status_code,
                 error=result.error,
+            )
+        elif story.is_debug():
+            story.debug(
+                "webhook.attempt",
+                webhook=webhook.id,
+                kind=webhook.kind.value,
+                workflow=webhook.workflow_id,
+                state=state.value,
+                status=result.status_code,
+                error=result.error,
+                next_attempt_in=None if next_at is None else round(next_at - finished, 3),
             )
         await self._commit(attempt, job, state, next_at)
 

@@ -137,6 +137,8 @@ class SmppConnection:
         if link is not None and link.closed is None:
             await self._unbind(link)
             link.close("stopped")
+            # the counterpart of "smpp bound" (a session lost is "smpp reconnecting")
+            log.info("smpp unbound", connection=self.name, host=self.settings.host)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

@@ -565,3 +565,22 @@ SELECT (SELECT count(*) FROM accounts) AS accounts,
        (SELECT count(*) FROM jobs WHERE run_at <= :now) AS jobs_due,
        (SELECT count(*) FROM webhooks WHERE state = 'pending') AS pending_webhooks,
        (SELECT count(*) FROM webhooks WHERE state = 'dead') AS dead_webhooks
+
+-- ---- timelines and lists that tell the story (issue 12) ------------------------------------
+
+-- name: note_retry
+-- a send's transient error as a timeline entry, with when the send is tried next (written in
+-- the transaction that releases the send job for that attempt)
+INSERT INTO events (workflow_id, message_id, at, kind, code, reason, source, next_at)
+SELECT workflow_id, id, :at, 'retry', :code, :reason, :source, :next_at
+FROM messages WHERE id = :message_id
+
+-- name: dispatches
+-- as workflows, without plain messages (POST /v0.1/messages): GET /v0.1/dispatch lists these
+SELECT * FROM workflows
+WHERE account_id = :account_id
+  AND created_at <= :before_at AND (created_at < :before_at OR id < :before_id)
+  AND created_at >= :created_after AND created_at < :created_before
+  AND (:state IS NULL OR state = :state)
+  AND surface <> 'messages'
+ORDER BY created_at DESC, id DESC LIMIT :limit

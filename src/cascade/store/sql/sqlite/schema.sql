@@ -80,7 +80,8 @@ CREATE UNIQUE INDEX messages_provider_ref ON messages (provider, provider_messag
 CREATE INDEX messages_messenger_thread ON messages (account_id, json_extract(recipient, '$.id'))
     WHERE provider = 'messenger';
 
--- The timeline: statuses with their time, source and reason, step starts, failovers, outcome.
+-- The timeline: statuses with their time, source and reason, step starts, send retries (with
+-- their next attempt), failovers, outcome.
 CREATE TABLE events (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     workflow_id TEXT NOT NULL,
@@ -90,7 +91,8 @@ CREATE TABLE events (
     status      TEXT,
     code        INTEGER,
     reason      TEXT,
-    source      TEXT
+    source      TEXT,
+    next_at     REAL
 );
 CREATE INDEX events_workflow ON events (workflow_id, id);
 
