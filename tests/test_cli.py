@@ -730,6 +730,7 @@ APPLICATION_KEYS = {
     "name",
     "status_url",
     "inbound_url",
+    "webhook_version",
     "created_at",
     "private_key_file",
 }

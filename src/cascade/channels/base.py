@@ -110,6 +110,11 @@ class ChannelProvider(abc.ABC):
     #: already have reached the provider ``undeliverable`` (error 1330) instead of repeating it
     deduplicates: bool = False
 
+    async def deduplicates_send(self, message: OutboundMessage) -> bool:
+        """Whether this provider recognises ``message`` handed to it again (``deduplicates``,
+        unless the provider routes messages to places that differ in this)."""
+        return self.deduplicates
+
     async def start(self, sink: ReceiptSink) -> None:  # noqa: B027 - optional hook
         """Connect; keep ``sink`` for receipts and inbound messages."""
 

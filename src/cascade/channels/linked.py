@@ -116,6 +116,17 @@ class LinkedProvider(ChannelProvider):
         """Let go of the adapter's HTTP client."""
         await self.adapter.stop()
 
+    async def deduplicates_send(self, message: OutboundMessage) -> bool:
+        """Whether a resend of ``message`` is recognised: when it goes to the sandbox (which
+        recognises a resend), as a sandbox account's unlinked address does; never on a
+        platform's API."""
+        field, _ = _ADDRESS_FIELD[self.channel]
+        address = str(message.from_.get(field) or "")
+        link = await self._link(address) if address else None
+        if link is not None and link.account_id == message.account_id:
+            return False
+        return message.account_id is not None and await self._is_sandbox(message.account_id)
+
     async def send(self, message: OutboundMessage) -> SendResult:
         """Send with the account's link, to the sandbox, or reject (see the module doc)."""
         field, noun = _ADDRESS_FIELD[self.channel]

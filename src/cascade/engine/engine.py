@@ -553,12 +553,6 @@ class Engine:
             return
         provider = self.providers.for_channel(message.channel)
         now = self.clock.now()
-        if not provider.deduplicates:
-            attempt = await self.store.begin_send(message.id, now)
-            if attempt.attempts > job.attempts:
-                SENDS.labels(provider.name, "unknown").inc()
-                await self._fail(job, message, Status.UNDELIVERABLE, *UNKNOWN_OUTCOME)
-                return
         outbound = OutboundMessage(
             message_id=message.id,
             channel=message.channel,
@@ -568,6 +562,12 @@ class Engine:
             client_ref=message.client_ref,
             account_id=message.account_id,
         )
+        if not await provider.deduplicates_send(outbound):
+            attempt = await self.store.begin_send(message.id, now)
+            if attempt.attempts > job.attempts:
+                SENDS.labels(provider.name, "unknown").inc()
+                await self._fail(job, message, Status.UNDELIVERABLE, *UNKNOWN_OUTCOME)
+                return
         try:
             result = await provider.send(outbound)
         except ChannelUndeliverable as exc:
