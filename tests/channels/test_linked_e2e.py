@@ -299,10 +299,6 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
             await hooks.down()
 
 
-@pytest.mark.xfail(
-    reason="order of the first step's statuses seen after the merge of session 18; not yet diagnosed",
-    strict=False,
-)
 async def test_messenger_delivered_never_read_fails_over_to_sms_when_the_window_closes(
     service: Service,
 ) -> None:
@@ -320,7 +316,9 @@ async def test_messenger_delivered_never_read_fails_over_to_sms_when_the_window_
     await service.wait_for(has("sms", "delivered"))
     [sent] = service.graph.received
     assert (sent.api, sent.status) == ("messenger", 200)
-    assert statuses(service.bodies("/status"), "messenger") == ["submitted", "delivered"]
+    # webhooks are POSTed concurrently, and a delivery the platform reports before its send is
+    # recorded keeps the platform's (earlier) time: neither arrival nor timestamps give an order
+    assert sorted(statuses(service.bodies("/status"), "messenger")) == ["delivered", "submitted"]
 
 
 async def test_whatsapp_failed_sends_the_sms_at_once(service: Service) -> None:
