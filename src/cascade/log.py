@@ -78,10 +78,11 @@ class LogLimiter:
 _NEEDS_QUOTES = re.compile("[ \t=\r\n\"']").search
 #: JSON for a line: a value msgspec cannot encode is written as its str()
 _json = msgspec.json.Encoder(enc_hook=str)
-#: the keys of each kind of console line, sorted (as the console renderer orders them)
-_SORTED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
-#: the event name's column width in a console line (structlog's ConsoleRenderer pads to it)
-_EVENT_WIDTH = 30
+#: the keys of each kind of console line, sorted (as the console renderer orders them), each
+#: with its "key=" label
+_LABELS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+#: the level column of a console line (structlog's ConsoleRenderer pads it to 9, the event to 30)
+_LEVELS = {name: f"[{name:<9}]" for name in ("debug", "info", "warning", "error")}
 
 
 class LineWriter:
@@ -141,20 +142,19 @@ class LineWriter:
             text = _json.encode(line).decode()
         else:
             keys = tuple(fields)
-            order = _SORTED_KEYS.get(keys)
-            if order is None:  # a call site's keys are the same each time: sorted once
-                order = _SORTED_KEYS[keys] = tuple(sorted(keys))
-            parts = [self._timestamp(), f"[{level:<9}]", f"{event:<{_EVENT_WIDTH}}"]
-            for key in order:
+            labels = _LABELS.get(keys)
+            if labels is None:  # a call site's keys are the same each time: sorted once
+                labels = _LABELS[keys] = tuple((key, f"{key}=") for key in sorted(keys))
+            parts = [self._timestamp(), _LEVELS.get(level) or f"[{level:<9}]", f"{event:<30}"]
+            for key, label in labels:
                 value = fields[key]
                 if isinstance(value, str):
                     if len(value) > MAX_LOG_VALUE_CHARS:
                         value = _cut(value)
-                    shown = repr(value) if _NEEDS_QUOTES(value) else value
+                    # repr() escapes a newline; a bare value has none (it would be quoted)
+                    parts.append(label + (repr(value) if _NEEDS_QUOTES(value) else value))
                 else:
-                    shown = repr(value)
-                parts.append(f"{key}={shown}")
-            # repr() escapes a newline in a string; a bare value has none (it would be quoted)
+                    parts.append(label + repr(value))
             text = " ".join(parts)
         try:
             loop = asyncio.get_running_loop()
@@ -234,6 +234,10 @@ class HotLogger:
 
     def info(self, event: str, **fields: Any) -> None:
         """Log at info."""
+        self.info_fields(event, fields)
+
+    def info_fields(self, event: str, fields: dict[str, Any]) -> None:
+        """Log at info, the fields given as a dict (one copy fewer on the hottest lines)."""
         writer = _line_writer()
         if writer is None:
             self._structlog.info(event, **fields)

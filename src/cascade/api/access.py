@@ -133,4 +133,4 @@ class AccessLog:
                 if context.account_id is not None:
                     fields["account"] = context.account_id
                 fields["request_id"] = request_id
-                log.info("http.request", **fields)
+                log.info_fields("http.request", fields)
