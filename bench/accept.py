@@ -483,6 +483,8 @@ class Options:
     keep: bool
     nice: int = 0
     wait_idle: float = 0.0
+    #: settings given to `cascade serve` over the benchmark's own (``--server-env``)
+    server_env: dict[str, str] = field(default_factory=dict)
 
 
 def _cascade_argv() -> list[str]:
@@ -575,6 +577,7 @@ def run_once(
             env.update(
                 CASCADE_DATABASE_URL=url, CASCADE_LOG_LEVEL="warning", CASCADE_RUN_WORKER="false"
             )
+            env.update(opts.server_env)
             created = _cli(
                 ["app", "create", "bench", "--private-key-file", str(workdir / "bench.key")],
                 env,
@@ -901,7 +904,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run the servers and the load generator at this nice value (e.g. -10, as root, "
         "on a machine shared with other work); the output records it",
     )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a CASCADE_* setting for `cascade serve`, over the benchmark's own (which run it at "
+        "CASCADE_LOG_LEVEL=warning); repeatable, e.g. --server-env CASCADE_LOG_LEVEL=info "
+        "--server-env CASCADE_ACCESS_LOG=false",
+    )
     args = parser.parse_args(argv)
+    for item in args.server_env:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.startswith("CASCADE_"):
+            parser.error(f"--server-env takes CASCADE_NAME=VALUE, not {item!r}")
     if not 1 <= args.runs <= 20 or not 1 <= args.connections <= 1024 or args.duration <= 0:
         parser.error("--runs 1..20, --connections 1..1024 and a positive --duration")
     host = re.sub(r"^[a-z]+://([^@/]*@)?", "", args.postgres_url).split("/", 1)[0].split(":")[0]
@@ -923,6 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep=args.keep,
         nice=args.nice,
         wait_idle=args.wait_idle,
+        server_env=dict(item.split("=", 1) for item in args.server_env),
     )
     procs = Processes(args.nice)
     results: list[RunResult] = []

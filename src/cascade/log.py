@@ -9,6 +9,7 @@ request costs (BENCHMARKS.md, "The access log").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
@@ -77,21 +78,35 @@ class LogLimiter:
 _NEEDS_QUOTES = re.compile("[ \t=\r\n\"']").search
 #: JSON for a line: a value msgspec cannot encode is written as its str()
 _json = msgspec.json.Encoder(enc_hook=str)
-#: the keys of each kind of console line, sorted (as the console renderer orders them)
-_SORTED_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {}
-#: the event name's column width in a console line (structlog's ConsoleRenderer pads to it)
-_EVENT_WIDTH = 30
+#: the keys of each kind of console line, sorted (as the console renderer orders them), each
+#: with its "key=" label
+_LABELS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+#: the level column of a console line (structlog's ConsoleRenderer pads it to 9, the event to 30)
+_LEVELS = {name: f"[{name:<9}]" for name in ("debug", "info", "warning", "error")}
 
 
 class LineWriter:
     """Writes log lines in the shape the configured renderer gives them, without structlog's
     processor chain: a JSON object (the fields, then ``event``, ``level`` and ``timestamp``)
     or a console line (time, padded level, padded event, sorted ``key=value`` pairs, values
-    quoted as structlog quotes them), values over MAX_LOG_VALUE_CHARS cut. A line that cannot
-    be written (stderr closed) goes to ``handler``'s error path, as the standard library's
-    handlers do, rather than break what is being logged."""
+    quoted as structlog quotes them), values over MAX_LOG_VALUE_CHARS cut.
 
-    __slots__ = ("_handler", "_json", "_second", "_second_text", "_stream")
+    Lines written on an event loop are written out together once per turn of the loop: one
+    system call for all the lines of the requests answered in that turn, instead of one per
+    line, each of which let the SQLite commit thread take the GIL in the middle of a request
+    (BENCHMARKS.md, "The access log"). Lines written off a loop are written at once. A line
+    that cannot be written (stderr closed) goes to ``handler``'s error path, as the standard
+    library's handlers do, rather than break what is being logged."""
+
+    __slots__ = (
+        "_handler",
+        "_json",
+        "_pending",
+        "_scheduled_on",
+        "_second",
+        "_second_text",
+        "_stream",
+    )
 
     def __init__(self, stream: TextIO, fmt: str, handler: logging.Handler | None = None) -> None:
         self._stream = stream
@@ -99,6 +114,10 @@ class LineWriter:
         self._json = fmt == "json"
         self._second = -1
         self._second_text = ""
+        #: lines waiting for the end of the loop's turn
+        self._pending: list[str] = []
+        #: the loop a flush of them is scheduled on (None: none is)
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
 
     def _timestamp(self) -> str:
         """Now in ISO 8601 UTC with microseconds, as structlog's TimeStamper writes it (the
@@ -123,28 +142,46 @@ class LineWriter:
             text = _json.encode(line).decode()
         else:
             keys = tuple(fields)
-            order = _SORTED_KEYS.get(keys)
-            if order is None:  # a call site's keys are the same each time: sorted once
-                order = _SORTED_KEYS[keys] = tuple(sorted(keys))
-            parts = [self._timestamp(), f"[{level:<9}]", f"{event:<{_EVENT_WIDTH}}"]
-            for key in order:
+            labels = _LABELS.get(keys)
+            if labels is None:  # a call site's keys are the same each time: sorted once
+                labels = _LABELS[keys] = tuple((key, f"{key}=") for key in sorted(keys))
+            parts = [self._timestamp(), _LEVELS.get(level) or f"[{level:<9}]", f"{event:<30}"]
+            for key, label in labels:
                 value = fields[key]
                 if isinstance(value, str):
                     if len(value) > MAX_LOG_VALUE_CHARS:
                         value = _cut(value)
-                    shown = repr(value) if _NEEDS_QUOTES(value) else value
+                    # repr() escapes a newline; a bare value has none (it would be quoted)
+                    parts.append(label + (repr(value) if _NEEDS_QUOTES(value) else value))
                 else:
-                    shown = repr(value)
-                parts.append(f"{key}={shown}")
-            # repr() escapes a newline in a string; a bare value has none (it would be quoted)
+                    parts.append(label + repr(value))
             text = " ".join(parts)
         try:
-            self._stream.write(text + "\n")
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop: at once
+            self._pending.append(text + "\n")
+            self.flush()
+            return
+        self._pending.append(text + "\n")
+        if self._scheduled_on is not loop:
+            # the first line of this turn (or a loop that closed before its flush ran)
+            self._scheduled_on = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the lines waiting (the handler calls this before a line of its own, so that
+        lines keep their order, and at exit)."""
+        self._scheduled_on = None
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        text = "".join(pending)
+        try:
+            self._stream.write(text)
         except Exception:
             if self._handler is None:
                 raise
-            record = logging.makeLogRecord({"msg": text, "levelname": level.upper()})
-            self._handler.handleError(record)
+            self._handler.handleError(logging.makeLogRecord({"msg": text.rstrip("\n")}))
 
 
 def _cut(value: str) -> str:
@@ -160,6 +197,19 @@ class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO, fmt: str, *, colors: bool = False) -> None:
         super().__init__(stream)
         self.line_writer = None if colors else LineWriter(stream, fmt, self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write a line rendered by structlog, after the hot lines written before it."""
+        if self.line_writer is not None:
+            self.line_writer.flush()
+        super().emit(record)
+
+    def flush(self) -> None:
+        """Write the hot lines waiting, and flush the stream (also at exit: logging.shutdown
+        flushes every handler)."""
+        if self.line_writer is not None:
+            self.line_writer.flush()
+        super().flush()
 
 
 def _line_writer() -> LineWriter | None:
@@ -184,6 +234,10 @@ class HotLogger:
 
     def info(self, event: str, **fields: Any) -> None:
         """Log at info."""
+        self.info_fields(event, fields)
+
+    def info_fields(self, event: str, fields: dict[str, Any]) -> None:
+        """Log at info, the fields given as a dict (one copy fewer on the hottest lines)."""
         writer = _line_writer()
         if writer is None:
             self._structlog.info(event, **fields)

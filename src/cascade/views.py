@@ -242,8 +242,9 @@ def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | N
             if condition
             else ""
         )
+        number = "" if plain else f"{step['step']}. "  # a plain message has no steps
         lines.append(
-            f"    {step['step']}. {step['channel']:<17} to {to:<16} {step['state']:<9} "
+            f"    {number}{step['channel']:<17} to {to:<16} {step['state']:<9} "
             f"status={step['status'] or '-'}{rule}"
         )
         if "provider" in step:

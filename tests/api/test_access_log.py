@@ -4,11 +4,12 @@ in the console and the JSON format."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -131,23 +132,28 @@ def info_level() -> Iterator[None]:
 
 
 @pytest.fixture
-def written(info_level: None) -> Iterator[io.StringIO]:
-    """Hot lines written in JSON into a buffer by the root logger's LogHandler (as
-    configure_logging installs it), removed afterwards."""
+def written(info_level: None) -> Iterator[Callable[[], str]]:
+    """What the root logger's LogHandler (as configure_logging installs it, in JSON) wrote
+    so far into a buffer, flushed; the handler is removed afterwards."""
     stream = io.StringIO()
     handler = LogHandler(stream, "json")
     logging.root.addHandler(handler)
-    yield stream
+
+    def read() -> str:
+        handler.flush()
+        return stream.getvalue()
+
+    yield read
     logging.root.removeHandler(handler)
 
 
 async def test_the_line_is_written_in_the_configured_format(
-    client: httpx.AsyncClient, tenant: Tenant, written: io.StringIO
+    client: httpx.AsyncClient, tenant: Tenant, written: Callable[[], str]
 ) -> None:
     """Through the log's own writer, a request is one JSON line with every field, its event,
     level and time."""
     response = await client.get("/v0.1/dispatch", headers=tenant.basic())
-    lines = [json.loads(line) for line in written.getvalue().splitlines()]
+    lines = [json.loads(line) for line in written().splitlines()]
     [line] = [entry for entry in lines if entry["event"] == "http.request"]
     assert line["level"] == "info"
     assert line["status"] == 200
@@ -170,6 +176,34 @@ def test_console_lines_look_like_the_console_renderer() -> None:
     assert rest == (
         "[info     ] http.request                   account=None m=POST path='/a b' status=202"
     )
+
+
+async def test_lines_on_the_loop_go_out_together_at_the_end_of_its_turn_in_order() -> None:
+    """Hot lines written during one turn of the event loop reach the stream in one write once
+    the turn ends, in order; a line through structlog's handler path first writes those
+    waiting, so the log keeps the order things happened in."""
+    writes: list[str] = []
+
+    class Recording(io.StringIO):
+        """A stream that notes each write."""
+
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return super().write(text)
+
+    handler = LogHandler(Recording(), "console")
+    writer = handler.line_writer
+    assert writer is not None
+    writer.write("info", "one", {})
+    writer.write("info", "two", {})
+    assert writes == []
+    await asyncio.sleep(0)
+    assert len(writes) == 1
+    assert [line.split()[-1] for line in writes[0].splitlines()] == ["one", "two"]
+    writer.write("info", "three", {})
+    handler.emit(logging.makeLogRecord({"msg": "four"}))
+    assert "three" in writes[1]
+    assert writes[2].startswith("four")
 
 
 def test_long_values_are_cut_and_control_characters_cannot_forge_a_line() -> None:

@@ -18,7 +18,7 @@ import itertools
 import os
 import re
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,14 +37,42 @@ PATH_CHARS = 128
 
 
 class RequestContext:
-    """What the access line learns while its request runs: its id, and the account once the
-    request is authenticated."""
+    """One request being answered: its id (and the ``X-Request-Id`` header that carries it),
+    when it started, and the account once the request is authenticated."""
 
-    __slots__ = ("account_id", "request_id")
+    __slots__ = ("_token", "account_id", "header", "request_id", "started")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
+        self.header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         self.account_id: str | None = None
+        self.started = time.perf_counter()
+        self._token: Token[RequestContext | None] | None = None
+
+    @classmethod
+    def begin(cls, scope: Scope) -> RequestContext:
+        """The context of the HTTP request ``scope`` names, current until :meth:`end`."""
+        context = cls(_request_id(scope["headers"]))
+        context._token = _current.set(context)
+        return context
+
+    def end(self, scope: Scope, status: int, *, log_it: bool) -> None:
+        """The request was answered with ``status``: no longer current, and (``log_it``) its
+        access line logged."""
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        if log_it:
+            fields: dict[str, Any] = {
+                "method": scope["method"],
+                "path": clip(scope["path"], PATH_CHARS),
+                "status": status,
+                "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
+            }
+            if self.account_id is not None:
+                fields["account"] = self.account_id
+            fields["request_id"] = self.request_id
+            log.info_fields("http.request", fields)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("cascade_request", default=None)
@@ -94,7 +122,8 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
 
 class AccessLog:
     """ASGI middleware: gives each HTTP request an id (returned as ``X-Request-Id``) and, when
-    ``enabled``, logs one ``http.request`` line once it is answered."""
+    ``enabled``, logs one ``http.request`` line once it is answered. (The accept fast path,
+    ``api.app.AcceptFastPath``, does the same itself, without wrapping ``send``.)"""
 
     def __init__(self, app: ASGIApp, *, enabled: bool = True) -> None:
         self.app = app
@@ -104,11 +133,7 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        request_id = _request_id(scope["headers"])
-        context = RequestContext(request_id)
-        token = _current.set(context)
-        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        context = RequestContext.begin(scope)
         # what the client got when the app raised before answering: the server's 500
         status = 500
 
@@ -116,21 +141,10 @@ class AccessLog:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), context.header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            _current.reset(token)
-            if self.enabled:
-                fields: dict[str, Any] = {
-                    "method": scope["method"],
-                    "path": clip(scope["path"], PATH_CHARS),
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                }
-                if context.account_id is not None:
-                    fields["account"] = context.account_id
-                fields["request_id"] = request_id
-                log.info("http.request", **fields)
+            context.end(scope, status, log_it=self.enabled)

@@ -164,8 +164,10 @@ def openapi_document() -> bytes:
         "The workflow's id",
     )
     workflow_read = _read(
-        "Read a workflow",
-        "Every step, every status with its time and source, failover reasons, cost, webhooks",
+        "Read a dispatch",
+        "Every step, every status with its time and source, each send retried with its error "
+        "and next attempt, failover reasons, cost, webhooks with the status each carried "
+        "(a plain message's workflow id is a 404: it is read as a message)",
     )
     document = {
         "openapi": "3.1.0",
@@ -181,12 +183,20 @@ def openapi_document() -> bytes:
                 "get": _read("List messages", "Newest first, filtered, paged", listing=True),
             },
             "/v0.1/messages/{uuid}": {
-                "get": _read("Read a message", "Its statuses over time and its webhooks")
+                "get": _read(
+                    "Read a message",
+                    "Its statuses over time, its timeline (retries included) and its webhooks",
+                )
             },
             "/beta/messages": {"post": message},
             "/v0.1/dispatch": {
                 "post": dispatch,
-                "get": _read("List workflows", "Newest first, filtered, paged", listing=True),
+                "get": _read(
+                    "List dispatches",
+                    "Newest first, filtered, paged; dispatches only (plain messages are listed "
+                    "under /v0.1/messages)",
+                    listing=True,
+                ),
             },
             "/v0.1/dispatch/{uuid}": {"get": workflow_read},
             "/beta/workflows": {"post": workflows},
