@@ -280,7 +280,8 @@ def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | N
                 tried = len(hook["attempts"])
                 state += f", {tried} attempt{'s' if tried != 1 else ''} so far"
                 state += f", next attempt {hook['next_attempt_at']}"
-            lines.append(f"    #{hook['id']} {where}{kind}{carried} -> {hook['url']}: {state}")
+            url = hook["url"] or "(no URL set)"
+            lines.append(f"    #{hook['id']} {where}{kind}{carried} -> {url}: {state}")
             for attempt in hook["attempts"]:
                 result = attempt.get("status_code", attempt.get("error", "?"))
                 lines.append(
