@@ -321,6 +321,25 @@ async def test_messenger_delivered_never_read_fails_over_to_sms_when_the_window_
     assert sorted(statuses(service.bodies("/status"), "messenger")) == ["delivered", "submitted"]
 
 
+async def test_a_read_that_beats_the_graph_answer_still_completes_the_step(
+    service: Service,
+) -> None:
+    """Meta posts the delivery and the read watermark before it answers the send: the message
+    still reads as delivered then read, the step succeeds and no SMS goes out."""
+    tenant = service.tenants[0]
+    page = service.pages[tenant.account.id][0]
+    service.graph.callback_url = service.url + "/channels/messenger"
+    service.graph.behave(PSID, fake_graph.Behaviour(callbacks_first=True))
+    await service.dispatch(tenant, messenger(PSID, page.page_id, expiry=15), SMS)
+    await service.wait_for(has("messenger", "read"))
+    service.clock.jump(15)
+    await asyncio.sleep(0.3)
+    assert statuses(service.bodies("/status"), "sms") == []
+    assert sorted(statuses(service.bodies("/status"), "messenger")) == ["delivered", "read"]
+    [sent] = service.graph.received
+    assert (sent.api, sent.status) == ("messenger", 200)
+
+
 async def test_whatsapp_failed_sends_the_sms_at_once(service: Service) -> None:
     """WhatsApp accepts the message, then reports it failed (131026): the SMS goes out at
     once, well before the 15-second window ends."""

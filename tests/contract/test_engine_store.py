@@ -737,6 +737,21 @@ class TestOrphanReceipts:
         assert [r.provider_message_id for r in taken] == ["b"]
         assert [r.provider_message_id for r in await store.take_orphan_receipts()] == ["a"]
 
+    async def test_one_naming_its_message_by_cascades_id_is_taken_at_once(
+        self, store: Store
+    ) -> None:
+        """A receipt kept under Cascade's id of its message (it beat the send's answer) is
+        returned by the next sweep with that id; one naming no stored message waits."""
+        owner = await tenant(store)
+        request = await accepted(store, owner)
+        first = request.steps[0].message_id
+        mine = Receipt("messenger", "", Status.READ, T0, message_id=first)
+        gone = Receipt("messenger", "", Status.READ, T0, message_id="no-such-message")
+        for receipt in (mine, gone):
+            await store.add_orphan_receipt(receipt, T0)
+        assert await store.take_orphan_receipts() == [mine]
+        assert await store.take_orphan_receipts() == []
+
 
 class TestSandboxJournal:
     """The sandbox provider's record of what it received and the receipts it owes."""

@@ -131,6 +131,61 @@ class TestMessengerThread:
         assert found == ids[:2]
 
 
+async def in_flight(
+    store: Store, owner: Account, *, send_at: float, page: str = PAGE, psid: str = PSID
+) -> str:
+    """A Messenger message of ``owner`` whose send began at ``send_at`` and has no answer yet;
+    returns Cascade's id of it."""
+    step = messenger_step(page=page, psid=psid)
+    await store.accept(workflow(owner, step, at=T0))
+    await store.begin_send(step.message_id, send_at)
+    return step.message_id
+
+
+class TestMessengerUnsent:
+    """``messenger_unsent``: the sends of a conversation a watermark covers before their answer."""
+
+    async def test_finds_sends_begun_up_to_the_watermark_without_a_graph_id(
+        self, store: Store
+    ) -> None:
+        """Sends begun at or before the watermark with no Graph id are found by Cascade's id,
+        oldest first; one begun after it, one never begun and one answered are not."""
+        owner = await tenant(store)
+        first = await in_flight(store, owner, send_at=T0 + 1)
+        second = await in_flight(store, owner, send_at=T0 + 2)
+        await in_flight(store, owner, send_at=T0 + 3)
+        await store.accept(workflow(owner, messenger_step(), at=T0))
+        await sent(store, owner, send_at=T0)
+        found = await store.messenger_unsent(owner.id, PAGE, PSID, T0 + 2, READ_OR_NOT)
+        assert found == [first, second]
+
+    async def test_other_conversations_and_accounts_are_left_out(self, store: Store) -> None:
+        """Another user, another page and another account's sends are not this conversation's."""
+        owner = await tenant(store)
+        other = account()
+        await store.create_account(other)
+        mine = await in_flight(store, owner, send_at=T0)
+        await in_flight(store, owner, send_at=T0, psid="1111")
+        await in_flight(store, owner, send_at=T0, page="2222")
+        await in_flight(store, other, send_at=T0)
+        assert await store.messenger_unsent(owner.id, PAGE, PSID, T0, READ_OR_NOT) == [mine]
+
+    async def test_a_status_already_reached_is_not_found_again(self, store: Store) -> None:
+        """A send delivered by an earlier watermark is found for a read (statuses submitted
+        and delivered) but not for another delivery (statuses submitted)."""
+        owner = await tenant(store)
+        message_id = await in_flight(store, owner, send_at=T0)
+
+        def decide(loaded: WorkflowRecord) -> Decision:
+            changes = Changes()
+            changes.messages[message_id] = MessageChange(message_id, status=Status.DELIVERED)
+            return changes, []
+
+        await store.transition(WorkflowKey(message_id=message_id), decide)
+        assert await store.messenger_unsent(owner.id, PAGE, PSID, T0, READ_OR_NOT) == [message_id]
+        assert await store.messenger_unsent(owner.id, PAGE, PSID, T0, [Status.SUBMITTED]) == []
+
+
 def inbound_hook(owner: Account, text: str = "hello") -> NewWebhook:
     """An inbound webhook of ``owner``."""
     return NewWebhook(

@@ -177,6 +177,9 @@ class Behaviour:
     deliver_after: float | None = 0.0
     read_after: float | None = 0.0
     fail_code: int | None = None
+    #: Messenger: post the delivery and read callbacks, and hear their answers, before answering
+    #: the send (Meta's callbacks can overtake its answer)
+    callbacks_first: bool = False
 
 
 #: delivered and read at once (the default)
@@ -319,7 +322,7 @@ class FakeGraph:
             assert isinstance(recipient, str)
             mid = "m_" + base64.urlsafe_b64encode(secrets.token_bytes(30)).decode().rstrip("=")
             response = JSONResponse({"recipient_id": recipient, "message_id": mid})
-            self._after_messenger_send(page, recipient, mid)
+            await self._after_messenger_send(page, recipient, mid)
         self._record("messenger", request, body, response.status_code)
         return response
 
@@ -397,7 +400,7 @@ class FakeGraph:
 
     # --- behaviours after a send ---------------------------------------------------------
 
-    def _after_messenger_send(self, page: Page, psid: str, mid: str) -> None:
+    async def _after_messenger_send(self, page: Page, psid: str, mid: str) -> None:
         behaviour = self.behaviours.get(psid, self.default)
         sent_at = self._ms()
 
@@ -409,7 +412,10 @@ class FakeGraph:
                 await asyncio.sleep(max(behaviour.read_after - (behaviour.deliver_after or 0), 0))
                 await self.messenger_read(page.page_id, psid, watermark=sent_at)
 
-        self._spawn(follow())
+        if behaviour.callbacks_first and self.callback_url is not None:
+            await follow()
+        else:
+            self._spawn(follow())
 
     def _after_whatsapp_send(self, number: Number, recipient: str, wamid: str) -> None:
         behaviour = self.behaviours.get(recipient, self.default)

@@ -23,7 +23,8 @@ the platforms send a callback again until they get one (docs/design.md §7):
   each by the failover rules at once; otherwise :class:`KeptReceipts`, which keeps each in the
   store as an unmatched receipt for an engine's sweep to apply (``CASCADE_RUN_WORKER=false``);
 - a Messenger watermark becomes a receipt for each message of its conversation it covers
-  (``Intake.messenger_thread``);
+  (``Intake.messenger_thread``), and for each send it covers still waiting for the Graph API's
+  answer, named by Cascade's id (``Intake.messenger_unsent``);
 - an inbound message becomes an inbound webhook to the linked account, queued once per
   platform message id (``Intake.add_inbound_webhook``).
 
@@ -204,6 +205,15 @@ class IntakeEndpoints:
             receipts += [
                 Receipt(messenger.PROVIDER, provider_id, mark.status, mark.at)
                 for provider_id in covered
+            ]
+            # a send the watermark covers whose Graph answer is not recorded yet (the callback
+            # beat it): named by Cascade's id, so the status is not lost
+            in_flight = await self._store.messenger_unsent(
+                links[mark.page_id].account_id, mark.page_id, mark.psid, until, statuses
+            )
+            receipts += [
+                Receipt(messenger.PROVIDER, "", mark.status, mark.at, message_id=message_id)
+                for message_id in in_flight
             ]
         return await self._record(channel, receipts, parsed.inbound)
 

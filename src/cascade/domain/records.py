@@ -299,6 +299,10 @@ class Receipt:
     at: float
     code: int | None = None  # Nexmo error code when the status is a failure
     reason: str | None = None
+    #: Cascade's id of the message, for a receipt that covers a send whose answer is not
+    #: recorded yet (a Messenger watermark can beat the Graph API's answer): the provider's
+    #: id is then unknown and ``provider_message_id`` is empty
+    message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -743,6 +743,9 @@ class Engine:
     async def receipt(self, receipt: Receipt) -> None:
         """Apply a provider's receipt; one for an unknown id is kept until its send is
         recorded (an SMPP DLR can arrive before the submit response)."""
+        if receipt.message_id is not None:
+            await self._receipt_for_unsent(receipt, receipt.message_id)
+            return
 
         def observed(workflow: WorkflowRecord) -> Happening:
             # the message is known only inside the transaction that found its workflow
@@ -770,6 +773,19 @@ class Engine:
         if not matched:
             self._orphan_kept_at = self.clock.now()
             await self.store.add_orphan_receipt(receipt, self.clock.now())
+
+    async def _receipt_for_unsent(self, receipt: Receipt, message_id: str) -> None:
+        """Apply a receipt that names the message by Cascade's id because it beat the send's
+        answer: the send's result, when it comes, adds the provider's id without moving the
+        status back (docs/design.md §1.8)."""
+        seen = Observed(
+            message_id, receipt.status, receipt.at, receipt.provider, receipt.code, receipt.reason
+        )
+        result = await self._transition(WorkflowKey(message_id=message_id), seen)
+        RECEIPTS.labels(receipt.provider, "yes" if result is not None else "no").inc()
+        if result is None:
+            # the message is gone (retention) or never was: nothing to keep it for
+            log.warning("engine.receipt_unmatched", provider=receipt.provider, message=message_id)
 
     async def _part_receipt(self, receipt: Receipt) -> bool:
         """Apply a receipt for one part of a multi-part message: the message is delivered when

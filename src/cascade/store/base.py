@@ -413,6 +413,21 @@ class Intake(Protocol):
         sent at or before the watermark is found."""
 
     @abc.abstractmethod
+    async def messenger_unsent(
+        self,
+        account_id: str,
+        page_id: str,
+        psid: str,
+        sent_until: float,
+        statuses: Collection[Status],
+        limit: int = 1000,
+    ) -> list[str]:
+        """Cascade's ids of the account's Messenger messages from ``page_id`` to ``psid`` whose
+        send began at or before ``sent_until`` and has no Graph id yet, with no status or one
+        of ``statuses``, oldest first, at most ``limit``: what a watermark covers that
+        :meth:`messenger_thread` cannot find, because the watermark beat the send's answer."""
+
+    @abc.abstractmethod
     async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
         """Queue an inbound message's webhook unless one was queued for ``ref`` (the platform's
         id of the message) before; whether it was queued. The record of ``ref`` lives as long

@@ -894,6 +894,7 @@ class SqlStore(Store, abc.ABC):
                 code=receipt.code,
                 reason=receipt.reason,
                 received_at=now,
+                message_id=receipt.message_id,
             )
         )
 
@@ -1037,6 +1038,29 @@ class SqlStore(Store, abc.ABC):
             )
         )
         return [str(provider_id) for provider_id in found.column("provider_message_id")]
+
+    async def messenger_unsent(
+        self,
+        account_id: str,
+        page_id: str,
+        psid: str,
+        sent_until: float,
+        statuses: Collection[Status],
+        limit: int = 1000,
+    ) -> list[str]:
+        found = await self._read(
+            select(
+                "messenger_unsent",
+                account_id=account_id,
+                page_id=page_id,
+                psid=psid,
+                sent_until=sent_until,
+                # a status listed, or none; never empty (an empty list is not valid SQL)
+                statuses=[Status(status).value for status in statuses] or [""],
+                limit=limit,
+            )
+        )
+        return [str(message_id) for message_id in found.column("id")]
 
     async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
         return await self._write(partial(_inbound_webhook_plan, webhook, ref, now))

@@ -316,8 +316,9 @@ FROM hook WHERE url IS NOT NULL
 
 -- name: insert_orphan_receipt
 INSERT INTO orphan_receipts (provider, provider_message_id, status, at, code, reason,
-                             received_at)
-VALUES (:provider, :provider_message_id, :status, :at, :code, :reason, :received_at)
+                             received_at, message_id)
+VALUES (:provider, :provider_message_id, :status, :at, :code, :reason, :received_at,
+        :message_id)
 
 -- name: orphan_receipt_kept
 SELECT 1 FROM orphan_receipts
@@ -328,7 +329,8 @@ DELETE FROM orphan_receipts AS o
 WHERE (EXISTS (SELECT 1 FROM messages m WHERE m.provider = o.provider
                  AND m.provider_message_id = o.provider_message_id)
        OR EXISTS (SELECT 1 FROM message_parts p WHERE p.provider = o.provider
-                    AND p.part_id = o.provider_message_id))
+                    AND p.part_id = o.provider_message_id)
+       OR EXISTS (SELECT 1 FROM messages m WHERE m.id = o.message_id))
 RETURNING *
 
 -- name: take_orphan_receipts_of
@@ -597,3 +599,15 @@ WHERE account_id = :account_id
   AND (:state::text IS NULL OR state = :state)
   AND surface <> 'messages'
 ORDER BY created_at DESC, id COLLATE "C" DESC LIMIT :limit
+
+-- name: messenger_unsent
+-- the messages a Messenger watermark covers whose send is still in flight: one conversation
+-- (page to user) of the account, begun at or before it, no answer from the Graph API yet, not
+-- yet at the watermark's status (messages_messenger_unsent)
+SELECT id FROM messages
+WHERE channel = 'messenger' AND provider_message_id IS NULL AND account_id = :account_id
+  AND (recipient::jsonb ->> 'id') = :psid
+  AND (sender::jsonb ->> 'id') = :page_id
+  AND (status IS NULL OR status = ANY(:statuses::text[]))
+  AND send_started_at <= :sent_until::double precision
+ORDER BY send_started_at, id COLLATE "C" LIMIT :limit

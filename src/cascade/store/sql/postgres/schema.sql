@@ -81,6 +81,9 @@ CREATE UNIQUE INDEX messages_provider_ref ON messages (provider, provider_messag
 -- one Messenger conversation's messages, for a watermark (migration 0010)
 CREATE INDEX messages_messenger_thread ON messages (account_id, ((recipient::jsonb ->> 'id')))
     WHERE provider = 'messenger';
+-- its Messenger messages not yet answered by the Graph API, for a watermark (migration 0013)
+CREATE INDEX messages_messenger_unsent ON messages (account_id, ((recipient::jsonb ->> 'id')))
+    WHERE channel = 'messenger' AND provider_message_id IS NULL;
 
 -- The timeline: statuses with their time, source and reason, step starts, send retries (with
 -- their next attempt), failovers, outcome.
@@ -133,7 +136,9 @@ CREATE TABLE orphan_receipts (
     at                  double precision NOT NULL,
     code                integer,
     reason              text,
-    received_at         double precision NOT NULL
+    received_at         double precision NOT NULL,
+    -- Cascade's id of the message, when the provider's was not known yet (migration 0013)
+    message_id          text
 );
 CREATE INDEX orphan_receipts_ref ON orphan_receipts (provider, provider_message_id);
 CREATE INDEX orphan_receipts_received ON orphan_receipts (received_at);
