@@ -467,9 +467,9 @@ SELECT :kind, ref, :now, :now FROM unnest(:refs::text[]) AS ref
 
 -- name: messenger_thread
 -- the messages a Messenger watermark covers: one conversation (page to user) of the account,
--- sent at or before it, not yet at the watermark's status (messages_messenger_thread)
+-- sent at or before it, not yet at the watermark's status (messages_messenger)
 SELECT provider_message_id FROM messages
-WHERE provider = 'messenger' AND account_id = :account_id
+WHERE channel = 'messenger' AND provider = 'messenger' AND account_id = :account_id
   AND (recipient::jsonb ->> 'id') = :psid
   AND (sender::jsonb ->> 'id') = :page_id
   AND status = ANY(:statuses::text[])
@@ -603,7 +603,7 @@ ORDER BY created_at DESC, id COLLATE "C" DESC LIMIT :limit
 -- name: messenger_unsent
 -- the messages a Messenger watermark covers whose send is still in flight: one conversation
 -- (page to user) of the account, begun at or before it, no answer from the Graph API yet, not
--- yet at the watermark's status (messages_messenger_unsent)
+-- yet at the watermark's status (messages_messenger)
 SELECT id FROM messages
 WHERE channel = 'messenger' AND provider_message_id IS NULL AND account_id = :account_id
   AND (recipient::jsonb ->> 'id') = :psid

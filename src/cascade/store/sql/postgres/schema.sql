@@ -78,12 +78,9 @@ CREATE TABLE messages (
 CREATE INDEX messages_account ON messages (account_id, created_at);
 CREATE UNIQUE INDEX messages_provider_ref ON messages (provider, provider_message_id)
     WHERE provider_message_id IS NOT NULL;
--- one Messenger conversation's messages, for a watermark (migration 0010)
-CREATE INDEX messages_messenger_thread ON messages (account_id, ((recipient::jsonb ->> 'id')))
-    WHERE provider = 'messenger';
--- its Messenger messages not yet answered by the Graph API, for a watermark (migration 0013)
-CREATE INDEX messages_messenger_unsent ON messages (account_id, ((recipient::jsonb ->> 'id')))
-    WHERE channel = 'messenger' AND provider_message_id IS NULL;
+-- one Messenger conversation's messages, for a watermark (migration 0013)
+CREATE INDEX messages_messenger ON messages (account_id, ((recipient::jsonb ->> 'id')))
+    WHERE channel = 'messenger';
 
 -- The timeline: statuses with their time, source and reason, step starts, send retries (with
 -- their next attempt), failovers, outcome.
