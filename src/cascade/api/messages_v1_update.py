@@ -24,7 +24,7 @@ application's JWT, or Basic). Then, in order:
 
 Success is ``200 {}``: the SDKs read no body. Other methods on ``/v1/messages`` and
 ``/v1/messages/{uuid}`` are a 405 naming what the path takes; deeper paths a 404 naming the
-two Messages v1 surfaces Cascade has. None of these touch the store but the two reads.
+two Messages v1 surfaces Cascade has. Nothing here writes to the store.
 """
 
 from __future__ import annotations
