@@ -17,8 +17,10 @@ from starlette.types import ASGIApp
 from cascade.api.app import create_app
 from cascade.api.server import connection_limits, limited_protocol, raise_file_limit
 from cascade.channels.base import ChannelProvider
-from cascade.channels.linked import linked_providers
+from cascade.channels.http import ChannelHttp
+from cascade.channels.linked import channel_http, linked_providers
 from cascade.channels.sandbox import SandboxProvider
+from cascade.channels.whatsapp import WhatsAppAdapter
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
 from cascade.domain.records import Account
@@ -73,7 +75,11 @@ def build_app(
     """The ASGI app for ``settings``, opening its store on start-up and closing it on shutdown."""
     clock = clock or SystemClock()
     store = open_store(settings.database_url, settings)
-    engine = build_engine(settings, store, clock, on_fatal) if settings.run_worker else None
+    # one pool of connections to the platforms for the engine's sends and the API's read marks
+    http = channel_http(settings)
+    engine = (
+        build_engine(settings, store, clock, on_fatal, http=http) if settings.run_worker else None
+    )
 
     async def start() -> None:
         await store.open()
@@ -117,6 +123,9 @@ def build_app(
         engine_health=engine.health if engine else None,
         receipts=engine,
         access_log=settings.access_log,
+        whatsapp=WhatsAppAdapter(
+            http, base_url=settings.graph_base_url, api_version=settings.graph_api_version
+        ),
     )
 
 
@@ -133,11 +142,16 @@ async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:
 
 
 def build_engine(
-    settings: Settings, store: Store, clock: Clock, on_fatal: OnFatal | None = None
+    settings: Settings,
+    store: Store,
+    clock: Clock,
+    on_fatal: OnFatal | None = None,
+    *,
+    http: ChannelHttp | None = None,
 ) -> Engine:
     """The engine with its providers (Messenger, WhatsApp and Viber through each account's linked
-    page, number or bot; SMS over SMPP when the configuration file says so; the sandbox for the
-    rest) and the webhook sender."""
+    page, number or bot, on ``http`` or a client of their own; SMS over SMPP when the
+    configuration file says so; the sandbox for the rest) and the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
     sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return Engine(
@@ -145,7 +159,7 @@ def build_engine(
         Providers(
             sandbox,
             {
-                **linked_providers(settings, sandbox, store, clock),
+                **linked_providers(settings, sandbox, store, clock, http=http),
                 **configured_providers(settings, clock),
             },
         ),

@@ -19,6 +19,7 @@ from cascade.domain.records import (
     Account,
     Application,
     Event,
+    InboundRecord,
     MessageRecord,
     Receipt,
     SandboxMessage,
@@ -159,6 +160,7 @@ webhook_attempt = _Mapper(WebhookAttempt)
 receipt = _Mapper(Receipt, convert={"status": Status})
 sandbox = _Mapper(SandboxMessage, convert={"receipts_due": _receipts_due})
 job = _Mapper(Job)
+inbound = _Mapper(InboundRecord)
 
 
 def columns(record: object) -> dict[str, Any]:

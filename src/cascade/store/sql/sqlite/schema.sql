@@ -170,12 +170,17 @@ CREATE TABLE webhooks (
     last_error       TEXT,
     delivered_at     REAL,
     -- an inbound message's id at its platform: its webhook is queued once (migration 0010)
-    inbound_ref      TEXT
+    inbound_ref      TEXT,
+    -- an inbound message's uuid, channel and the address it was sent to (migration 0014)
+    inbound_uuid     TEXT,
+    inbound_channel  TEXT,
+    inbound_to       TEXT
 );
 CREATE INDEX webhooks_workflow ON webhooks (workflow_id, id);
 CREATE INDEX webhooks_state ON webhooks (state, id);
 CREATE INDEX webhooks_unattached ON webhooks (created_at) WHERE workflow_id IS NULL;
 CREATE UNIQUE INDEX webhooks_inbound_ref ON webhooks (inbound_ref) WHERE inbound_ref IS NOT NULL;
+CREATE UNIQUE INDEX webhooks_inbound_uuid ON webhooks (inbound_uuid) WHERE inbound_uuid IS NOT NULL;
 
 CREATE TABLE webhook_attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
