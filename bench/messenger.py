@@ -239,7 +239,11 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     from cascade.sealing import Sealer
 
     receiver_port = accept.free_port()
-    server = lib.Server(procs, {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}, keep=args.keep)
+    server = lib.Server(
+        procs,
+        {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)},
+        keep=args.keep,
+    )
     graph = None
     helpers: list[Any] = []
     try:
@@ -447,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="cascade serve --processes (0: one per core; CPU figures then sum every process, "
+        "and the event-loop figure is the parent's)",
+    )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     lib.add_machine_options(parser)

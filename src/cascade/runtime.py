@@ -148,7 +148,7 @@ def build_app(
         lifespan_hooks=(start, stop),
         on_accepted=engine.wake if engine else None,
         engine_health=engine.health if engine else None,
-        receipts=engine,
+        receipts=engine if engine is not None else receipt_engine(settings, store, clock),
         access_log=settings.access_log,
         whatsapp=WhatsAppAdapter(
             http, base_url=settings.graph_base_url, api_version=settings.graph_api_version
@@ -217,6 +217,24 @@ def start_retention(settings: Settings, store: Purging, engine: Engine) -> None:
         ),
     )
     engine.supervisor.start("retention", sweep.run())
+
+
+def receipt_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
+    """An engine that is never started, for an API process that runs none (each API process
+    of ``serve``, or ``CASCADE_RUN_WORKER=false``): it applies the platforms' receipts as the
+    intake takes them, by the same rules and in the same transaction as a running engine
+    would, so a status needs no worker's sweep (which runs every few seconds) to show. The
+    jobs those transitions queue (webhooks, the next step) are run by a worker, which sees
+    them within its poll interval."""
+    return Engine(
+        store,
+        Providers(SandboxProvider(store, clock, speed=settings.sandbox_speed), {}),
+        clock,
+        EngineSettings(
+            report_horizon=settings.report_horizon_seconds,
+            public_url=settings.public_url or "",
+        ),
+    )
 
 
 def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelProvider]:

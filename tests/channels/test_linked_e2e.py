@@ -10,6 +10,7 @@ The service's clock is real time that a test may jump forward (:class:`JumpClock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import socket
@@ -104,6 +105,7 @@ class Service:
     db: Path
     tenants: list[Tenant]
     pages: dict[str, list[Page]]  # by account id
+    settings: Settings
 
     async def dispatch(self, tenant: Tenant, *steps: dict[str, Any]) -> str:
         """POST a failover workflow; its id."""
@@ -276,27 +278,35 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
             viber_base_url=viber.url,
             sandbox_speed=100.0,
         )
-        config = uvicorn.Config(
-            build_app(settings, clock=clock),
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[listener]))
         try:
-            while not server.started:
-                if task.done():
-                    await task
-                await asyncio.sleep(0.005)
-            async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
-                yield Service(url, http, graph, viber, hooks, clock, db, tenants, pages)
+            async with (
+                serving(build_app(settings, clock=clock), listener),
+                httpx.AsyncClient(timeout=5.0, trust_env=False) as http,
+            ):
+                yield Service(url, http, graph, viber, hooks, clock, db, tenants, pages, settings)
         finally:
-            server.should_exit = True
-            await task
-            listener.close()
             await hooks.down()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, listener: socket.socket) -> AsyncIterator[None]:
+    """``app`` served by uvicorn on ``listener`` (started, its lifespan run) until the block
+    ends."""
+    config = uvicorn.Config(
+        app, lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        while not server.started:
+            if task.done():
+                await task
+            await asyncio.sleep(0.005)
+        yield
+    finally:
+        server.should_exit = True
+        await task
+        listener.close()
 
 
 async def test_messenger_delivered_never_read_fails_over_to_sms_when_the_window_closes(
@@ -338,6 +348,33 @@ async def test_a_read_that_beats_the_graph_answer_still_completes_the_step(
     assert sorted(statuses(service.bodies("/status"), "messenger")) == ["delivered", "read"]
     [sent] = service.graph.received
     assert (sent.api, sent.status) == ("messenger", 200)
+
+
+async def test_an_api_process_without_the_engine_applies_a_callback_at_once(
+    service: Service,
+) -> None:
+    """A callback taken by an API process that runs no engine (as each API process of
+    ``serve``) is applied there: the message reads delivered by the time Meta heard 200, and no
+    receipt is kept for a worker's sweep."""
+    tenant = service.tenants[0]
+    page = service.pages[tenant.account.id][0]
+    api_only = build_app(service.settings.model_copy(update={"run_worker": False}))
+    listener = free_socket()
+    async with serving(api_only, listener):
+        service.graph.callback_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        service.graph.callback_url += "/channels/messenger"
+        # the delivery comes after the send is recorded (a delivery that beats it is kept, as
+        # with an engine, until the engine of the send matches it)
+        service.graph.behave(PSID, fake_graph.Behaviour(deliver_after=0.3, read_after=None))
+        message_id = await service.send(tenant, messenger(PSID, page.page_id))
+        await service.wait_for(has("messenger", "submitted"))
+        await service.graph.settled()
+        with closing(sqlite3.connect(service.db)) as db:
+            (status,) = db.execute(
+                "SELECT status FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+            (kept,) = db.execute("SELECT count(*) FROM orphan_receipts").fetchone()
+    assert (status, kept) == ("delivered", 0)
 
 
 async def test_whatsapp_failed_sends_the_sms_at_once(service: Service) -> None:
