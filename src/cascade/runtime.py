@@ -175,10 +175,13 @@ def build_engine(
     on_fatal: OnFatal | None = None,
     *,
     http: ChannelHttp | None = None,
+    worker_only: bool = False,
 ) -> Engine:
     """The engine with its providers (Messenger, WhatsApp and Viber through each account's linked
     page, number or bot, on ``http`` or a client of their own; SMS over SMPP when the
-    configuration file says so; the sandbox for the rest) and the webhook sender."""
+    configuration file says so; the sandbox for the rest) and the webhook sender.
+    ``worker_only``: the engine of a process that serves no API, beside API processes that take
+    the platforms' callbacks (each send then looks at once for a receipt that beat it)."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
     sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return Engine(
@@ -197,6 +200,11 @@ def build_engine(
             report_horizon=settings.report_horizon_seconds,
             public_url=settings.public_url or "",
             kinds=settings.job_kinds,
+            # the engine of `cascade worker` or of serve's engine process: API processes
+            # elsewhere take the platforms' callbacks, and keep a receipt that beats its send
+            orphans_elsewhere=worker_only,
+            # and one kept just as its send was recorded (the two crossed) waits for the sweep
+            orphan_sweep_interval=1.0 if worker_only else EngineSettings().orphan_sweep_interval,
         ),
         job_kinds=[sender],
         on_fatal=on_fatal,
@@ -269,7 +277,7 @@ async def run_worker(settings: Settings, *, log_setup: bool = True) -> None:
         await store.close()
         raise
     fatal = FatalExit()
-    engine = build_engine(settings, store, clock, fatal)
+    engine = build_engine(settings, store, clock, fatal, worker_only=True)
     tune_gc()
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -160,6 +160,10 @@ class EngineSettings:
     #: for how long after this engine kept such a receipt each send looks for one of its own
     #: at once (otherwise the sweep matches it: a read per send saved while none arrive)
     orphan_recheck: float = 60.0
+    #: whether other processes (API processes without an engine) may keep such receipts: then
+    #: each send looks for its own at once whatever this engine kept (a read per send), rather
+    #: than leave them to the sweep, seconds later
+    orphans_elsewhere: bool = False
     #: the base URL of this service, for links in webhooks
     public_url: str = ""
     #: the job kinds this engine claims (None: all). An engine that does not run ``send`` jobs
@@ -615,7 +619,9 @@ class Engine:
             )
             raise
         kept_at = self._orphan_kept_at
-        if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
+        if self.settings.orphans_elsewhere or (
+            kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck
+        ):
             # a receipt that beat this submit's answer (SMPP allows it) is applied now
             for part in parts or (provider_id,):
                 for receipt in await self.store.take_orphan_receipts(id_space, part):
