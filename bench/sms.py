@@ -514,7 +514,7 @@ def _sends(jobs: str) -> bool:
 
 def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     smsc_port, control, receiver_port = (accept.free_port() for _ in range(3))
-    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
+    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)}
     if args.batch_size:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
     if args.stop_at == "accept" or (args.workers and not args.serve_jobs):
@@ -975,6 +975,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--surface", choices=["messages", "dispatch"], default="messages")
     parser.add_argument("--binds", type=int, default=2, help="[[smpp.connections]] to the SMSC")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="cascade serve --processes (0: one per core; the CPU of `cascade serve` then sums "
+        "its processes, and its event-loop figure is the parent's)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
