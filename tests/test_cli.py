@@ -211,7 +211,7 @@ def test_serve_first_start_writes_no_secret_to_stdout_or_the_log(
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        result = cascade("serve", "--port", "0")
+        result = cascade("serve", "--port", "0", "--processes", "1")  # uvicorn is this one
     finally:
         root.handlers[:], root.level = handlers, level
         structlog.reset_defaults()
