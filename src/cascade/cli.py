@@ -806,11 +806,6 @@ def _echo_application(application: Application, key_path: Path | None, as_json: 
 
 # --- channel ---------------------------------------------------------------------------------
 
-#: the credentials that are secrets (masked when listed, prompted for without echo); the others
-#: (ids, the Viber sender's name and avatar) are shown in full
-SECRET_CREDENTIALS = frozenset(
-    {"page_access_token", "app_secret", "access_token", "auth_token", "verify_token"}
-)
 #: where each platform posts its callbacks, under CASCADE_PUBLIC_URL
 CALLBACK_PATHS = {
     LinkedChannel.MESSENGER: "/channels/messenger",
@@ -935,9 +930,7 @@ def _add_link(
 def _masked(name: str, value: str) -> str:
     """A credential as a listing shows it: a secret's first 4 characters (none of a short
     one) and "…"; anything else in full."""
-    if name not in SECRET_CREDENTIALS:
-        return value
-    return value[:4] + "…" if len(value) >= 16 else "…"
+    return tenancy.masked_credential(name, value)
 
 
 def _link_json(link: ChannelLink, api_key: str) -> dict[str, Any]:

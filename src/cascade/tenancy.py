@@ -111,3 +111,18 @@ async def rotate_api_secret(store: Tenants, account_id: str) -> tuple[Account, s
     api_secret = secrets.token_urlsafe(24)
     account = await store.update_account(account_id, api_secret_sha256=hash_secret(api_secret))
     return account, api_secret
+
+
+#: the credentials of a linked channel that are secrets (masked when listed, prompted for
+#: without echo); the others (ids, the Viber sender's name and avatar) are shown in full
+SECRET_CREDENTIALS = frozenset(
+    {"page_access_token", "app_secret", "access_token", "auth_token", "verify_token"}
+)
+
+
+def masked_credential(name: str, value: str) -> str:
+    """A linked channel's credential as a listing shows it: a secret's first 4 characters
+    (none of a short one) and "…"; anything else in full."""
+    if name not in SECRET_CREDENTIALS:
+        return value
+    return value[:4] + "…" if len(value) >= 16 else "…"
