@@ -159,9 +159,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             time.sleep(0.05)
         lines = (folder / "cascade.db.credentials").read_text().splitlines()
         values = dict(line.split("=", 1) for line in lines if "=" in line)
-        yield Server(
-            url, folder, values["CASCADE_API_KEY"], values["CASCADE_API_SECRET"], env
-        )
+        yield Server(url, folder, values["CASCADE_API_KEY"], values["CASCADE_API_SECRET"], env)
     finally:
         process.terminate()
         try:

@@ -79,9 +79,7 @@ def test_first_failover_in_the_browser(
         key,
         algorithm="RS256",
     )
-    listed = httpx.get(
-        server.url + "/v0.1/messages", headers={"Authorization": f"Bearer {token}"}
-    )
+    listed = httpx.get(server.url + "/v0.1/messages", headers={"Authorization": f"Bearer {token}"})
     assert listed.status_code == 200  # the stored public key is the downloaded key's
     other.goto(server.url + "/dashboard/applications")  # the key is offered only once
     expect(other.get_by_role("heading", name="demo", exact=True)).to_have_count(1)
@@ -89,9 +87,7 @@ def test_first_failover_in_the_browser(
     other.close()
 
     failover = page.locator(".failover-note")
-    expect(failover).to_contain_text(
-        "from step 1 (messenger) to step 2 (sms)", timeout=45_000
-    )
+    expect(failover).to_contain_text("from step 1 (messenger) to step 2 (sms)", timeout=45_000)
     expect(failover).to_contain_text("did not reach read within 15 s")
     expect(page.locator(".summary")).to_contain_text("completed", timeout=20_000)
     expect(page.locator(".event-failover")).to_have_count(1)
