@@ -22,36 +22,49 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.webhooks.receiver import free_port
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright's launch options, pointed at the system Chromium; no DNS look-ups
-    of anything but loopback."""
+def _launch_options() -> dict[str, Any]:
+    """How to launch the system Chromium: its path, and no DNS look-ups of anything but
+    loopback. Skips without it, or fails under CI=true."""
     if not os.path.exists(CHROMIUM):
         message = f"{CHROMIUM} is missing (apt-get install -y chromium)"
         if os.environ.get("CI", "").strip().lower() == "true":
             pytest.fail(f"CI=true and the browser tests need Chromium: {message}", pytrace=False)
         pytest.skip(message)
     return {
-        **browser_type_launch_args,
         "executable_path": CHROMIUM,
         "args": ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"],
     }
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
-    """Every page accepts downloads (an application's private key) and is laptop-sized."""
-    return {
-        **browser_context_args,
-        "accept_downloads": True,
-        "viewport": {"width": 1280, "height": 900},
-    }
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Chromium for one test module. Playwright's sync API runs an event loop in this thread
+    while it is started, so it is stopped with the module: the asyncio tests after it need
+    the thread's loop free (pytest-playwright's session-wide browser would keep it)."""
+    options = _launch_options()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(**options)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh, laptop-sized browser context (cookies of its own) that accepts downloads."""
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @dataclass
