@@ -495,7 +495,11 @@ def _cascade_argv() -> list[str]:
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    """This environment without CASCADE_* settings, and ``cascade serve`` in one process (the
+    CPU figures read one process; a benchmark of several processes sets its own count)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    env["CASCADE_PROCESSES"] = "1"
+    return env
 
 
 def _cli(argv: list[str], env: dict[str, str], cwd: Path) -> str:

@@ -319,5 +319,7 @@ def test_the_compose_services_run_cascade_on_postgresql(
     assert _stop(api) in STOPPED
     assert _stop(worker) == 0
     started = [line for line in _events(logs["api"]) if line["event"] == "cascade.started"]
-    assert [line["engine"] for line in started] == ["off"]
+    # the API service runs one API process per core of its container, none with an engine
+    assert started
+    assert {line["engine"] for line in started} == {"off"}
     assert "engine.stopped" in [line["event"] for line in _events(logs["worker"])]

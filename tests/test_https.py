@@ -102,6 +102,8 @@ def test_serve_passes_the_certificate_and_key_to_uvicorn(
             cli.app,
             [
                 "serve",
+                "--processes",
+                "1",  # the recorder runs in this process
                 "--port",
                 "0",
                 "--ssl-certfile",

@@ -312,9 +312,19 @@ def serve(
             help="The certificate's PEM private key [default: $CASCADE_SSL_KEYFILE]",
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes to run: 1 keeps the API and the engine in one; more run the engine "
+            "in one and the API in the rest [default: $CASCADE_PROCESSES, else one per core]",
+            min=1,
+            max=64,
+        ),
+    ] = None,
 ) -> None:
-    """Run the HTTP API (and the engine), creating and migrating the database on first start;
-    over HTTPS with --ssl-certfile and --ssl-keyfile."""
+    """Run the HTTP API and the engine, creating and migrating the database on first start:
+    by default the engine in one process and the API in one per further core (restarted if
+    they die); over HTTPS with --ssl-certfile and --ssl-keyfile."""
     from cascade.runtime import run_server
 
     settings = _settings(database, config)
@@ -326,6 +336,8 @@ def serve(
         settings.ssl_certfile = ssl_certfile
     if ssl_keyfile is not None:
         settings.ssl_keyfile = ssl_keyfile
+    if processes is not None:
+        settings.processes = processes
     try:
         run_server(settings, announce=_announcer(credentials_path(settings)))
     except CascadeError as exc:

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         262_144, ge=1024, description="Largest request body accepted (413 above)"
     )
     run_worker: bool = Field(True, description="Run the engine inside `cascade serve`")
+    processes: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes `cascade serve` runs: 1 keeps the API and the engine in one; "
+        "more run the engine in one and the API in the others; 0 (the default) is one per core",
+    )
     engine_jobs: str = Field(
         "all",
         description="The jobs this process's engine runs: all, or a comma list of "

@@ -7,7 +7,7 @@ sender, the HTTP layer) has to answer::
     CascadeError
     ├── TransientError                 trying again later may succeed
     │   ├── StoreUnavailable           the database did not answer or is locked
-    │   ├── WebhookUnreachable         a webhook receiver could not be reached or broke off
+    │   ├── PeerUnreachable            an HTTP peer (receiver, platform) did not answer
     │   └── ChannelUnavailable         the provider throttled us, timed out or answered 5xx
     │       └── ChannelOutcomeUnknown  the request went out but no answer came back
     └── PermanentError                 trying again gives the same answer
@@ -24,7 +24,7 @@ sender, the HTTP layer) has to answer::
             └── IdempotencyConflict    409
 
 Library errors are wrapped where they cross a seam (``raise StoreUnavailable(...) from exc``),
-so callers never import sqlite3, asyncpg or httpx to catch them. A class's docstring is its
+so callers never import sqlite3, asyncpg or httptools to catch them. A class's docstring is its
 default message.
 """
 
@@ -63,8 +63,14 @@ class StoreUnavailable(TransientError):
     """The database is unavailable."""
 
 
-class WebhookUnreachable(TransientError):
-    """The webhook receiver could not be reached, or closed the connection before answering."""
+class PeerUnreachable(TransientError):
+    """An HTTP peer (a webhook receiver, a platform's API) could not be reached, or closed the
+    connection before answering. ``request_sent`` says whether the request had been written:
+    when not, the peer cannot have acted on it."""
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class ChannelUnavailable(TransientError):

@@ -14,13 +14,16 @@ from typing import Any
 
 import structlog
 import uvicorn
+import uvloop
 from starlette.types import ASGIApp
 
 from cascade.api.app import create_app
 from cascade.api.server import connection_limits, limited_protocol, raise_file_limit
 from cascade.channels.base import ChannelProvider
-from cascade.channels.linked import linked_providers
+from cascade.channels.http import ChannelHttp
+from cascade.channels.linked import channel_http, linked_providers
 from cascade.channels.sandbox import SandboxProvider
+from cascade.channels.whatsapp import WhatsAppAdapter
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
 from cascade.domain.records import Account
@@ -28,6 +31,7 @@ from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
 from cascade.errors import ConfigError
 from cascade.log import configure_logging
+from cascade.processes import Child, ProcessSupervisor, process_count, stop_when_orphaned
 from cascade.sealing import KEY_SETTING
 from cascade.service import (
     channel_sealer,
@@ -65,6 +69,38 @@ class FatalExit:
             raise SystemExit(f"cascade stopped: its task {self.task!r} ended (see the log)")
 
 
+async def _first_account(
+    settings: Settings, store: Store, clock: Clock, announce: Announce | None
+) -> None:
+    """Create the first account when there is none, saying its credentials once."""
+    credentials = credentials_path(settings)
+    created = await ensure_default_account(store, clock, credentials)
+    if created is not None:
+        log.warning(
+            "cascade.account_created",
+            api_key=created.account.api_key,
+            credentials_file=str(credentials),
+        )
+        if announce is not None:
+            announce(created.account, created.api_secret)
+
+
+#: the task of :func:`watch_parent` (one per process)
+_parent_watch: set[asyncio.Task[None]] = set()
+
+
+def watch_parent() -> None:
+    """In a child process of ``serve``, stop gracefully (SIGTERM to itself) once the parent is
+    gone; nothing in a process ``serve`` did not fork."""
+
+    def stop() -> None:
+        signal.raise_signal(signal.SIGTERM)
+
+    task = asyncio.ensure_future(stop_when_orphaned(stop))
+    _parent_watch.add(task)
+    task.add_done_callback(_parent_watch.discard)
+
+
 def build_app(
     settings: Settings,
     *,
@@ -75,7 +111,11 @@ def build_app(
     """The ASGI app for ``settings``, opening its store on start-up and closing it on shutdown."""
     clock = clock or SystemClock()
     store = open_store(settings.database_url, settings)
-    engine = build_engine(settings, store, clock, on_fatal) if settings.run_worker else None
+    # one pool of connections to the platforms for the engine's sends and the API's read marks
+    http = channel_http(settings)
+    engine = (
+        build_engine(settings, store, clock, on_fatal, http=http) if settings.run_worker else None
+    )
 
     async def start() -> None:
         await store.open()
@@ -84,16 +124,8 @@ def build_app(
         except BaseException:
             await store.close()
             raise
-        credentials = credentials_path(settings)
-        created = await ensure_default_account(store, clock, credentials)
-        if created is not None:
-            log.warning(
-                "cascade.account_created",
-                api_key=created.account.api_key,
-                credentials_file=str(credentials),
-            )
-            if announce is not None:
-                announce(created.account, created.api_secret)
+        await _first_account(settings, store, clock, announce)
+        watch_parent()
         if engine is not None:
             await engine.start()
             start_retention(settings, store, engine)
@@ -120,6 +152,9 @@ def build_app(
         receipts=engine,
         access_log=settings.access_log,
         smpp_status=partial(smpp_binds, engine) if engine else None,
+        whatsapp=WhatsAppAdapter(
+            http, base_url=settings.graph_base_url, api_version=settings.graph_api_version
+        ),
     )
 
 
@@ -148,11 +183,16 @@ async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:
 
 
 def build_engine(
-    settings: Settings, store: Store, clock: Clock, on_fatal: OnFatal | None = None
+    settings: Settings,
+    store: Store,
+    clock: Clock,
+    on_fatal: OnFatal | None = None,
+    *,
+    http: ChannelHttp | None = None,
 ) -> Engine:
     """The engine with its providers (Messenger, WhatsApp and Viber through each account's linked
-    page, number or bot; SMS over SMPP when the configuration file says so; the sandbox for the
-    rest) and the webhook sender."""
+    page, number or bot, on ``http`` or a client of their own; SMS over SMPP when the
+    configuration file says so; the sandbox for the rest) and the webhook sender."""
     sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
     sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return Engine(
@@ -160,7 +200,7 @@ def build_engine(
         Providers(
             sandbox,
             {
-                **linked_providers(settings, sandbox, store, clock),
+                **linked_providers(settings, sandbox, store, clock, http=http),
                 **configured_providers(settings, clock),
             },
         ),
@@ -211,9 +251,11 @@ def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelP
     return providers
 
 
-async def run_worker(settings: Settings) -> None:
-    """Run the engine alone (no HTTP API) until SIGINT or SIGTERM."""
-    configure_logging(settings.log_level, settings.log_format)
+async def run_worker(settings: Settings, *, log_setup: bool = True) -> None:
+    """Run the engine alone (no HTTP API) until SIGINT or SIGTERM (``log_setup``: configure
+    logging first, as a process of its own must)."""
+    if log_setup:
+        configure_logging(settings.log_level, settings.log_format)
     clock = SystemClock()
     store = open_store(settings.database_url, settings)
     await store.open()
@@ -231,6 +273,7 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(signum, stopped.set)
     await engine.start()
     start_retention(settings, store, engine)
+    watch_parent()
     log.info(
         "cascade.worker", database=redacted_url(settings.database_url), worker=engine.worker_id
     )
@@ -313,23 +356,93 @@ def tls_files(settings: Settings) -> tuple[str, str] | None:
 
 def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
     """Serve the API until interrupted, with the connection limits of ``settings``, over
-    HTTPS when it names a certificate and key. The certificate is loaded and the port bound
-    first: when either fails, nothing else starts."""
+    HTTPS when it names a certificate and key, in one process or, by default, in one per core
+    (:mod:`cascade.processes`). The certificate is loaded and the port bound first: when
+    either fails, nothing else starts."""
     configure_logging(settings.log_level, settings.log_format)
     tls = tls_files(settings)
     listener = bind_listener(settings.host, settings.port)
+    try:
+        count = process_count(settings)
+        if count == 1:
+            serve_api(settings, listener, tls, announce=announce)
+            return
+        asyncio.run(prepare_database(settings, announce))
+        api = settings.model_copy(update={"run_worker": False})
+        children = (
+            [Child("engine", partial(_child_worker, settings))] if settings.run_worker else []
+        )
+        children += [
+            Child(f"api-{n}", partial(_child_api, api, listener, tls))
+            for n in range(1, max(count - len(children), 1) + 1)
+        ]
+        _log_listening(listener, tls, settings, processes=[child.name for child in children])
+        status = ProcessSupervisor(children).run()
+    finally:
+        listener.close()
+    if status:
+        raise SystemExit(status)
+
+
+async def prepare_database(settings: Settings, announce: Announce | None) -> None:
+    """What the first process of ``serve`` does before the others start: create or migrate
+    the database, check the channel links' key, create the first account (saying its
+    credentials once); each fails here, once, before any child runs."""
+    store = open_store(settings.database_url, settings)
+    await store.open()
+    try:
+        await check_channel_links(settings, store)
+        await _first_account(settings, store, SystemClock(), announce)
+    finally:
+        await store.close()
+
+
+def _child_api(settings: Settings, listener: socket.socket, tls: tuple[str, str] | None) -> int:
+    """An API process of ``serve`` (forked): the API on the inherited socket."""
+    serve_api(settings, listener, tls, announce=None, log_listening=False)
+    return 0
+
+
+def _child_worker(settings: Settings) -> int:
+    """The engine process of ``serve`` (forked)."""
+    uvloop.run(run_worker(settings, log_setup=False))
+    return 0
+
+
+def _log_listening(
+    listener: socket.socket,
+    tls: tuple[str, str] | None,
+    settings: Settings,
+    processes: list[str] | None = None,
+) -> None:
+    limits = connection_limits(settings, raise_file_limit())
+    host, port = listener.getsockname()[:2]
+    log.info(
+        "cascade.listening",
+        url=f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}",
+        max_connections=limits.max_connections,
+        processes=processes or ["api+engine" if settings.run_worker else "api"],
+    )
+
+
+def serve_api(
+    settings: Settings,
+    listener: socket.socket,
+    tls: tuple[str, str] | None,
+    *,
+    announce: Announce | None,
+    log_listening: bool = True,
+) -> None:
+    """Run uvicorn with Cascade's app on ``listener`` until SIGINT or SIGTERM (a graceful
+    stop); SystemExit when the app could not start or one of its loops ended."""
     fatal = FatalExit()
     server: uvicorn.Server | None = None
     try:
         app = build_app(settings, announce=announce, on_fatal=fatal)
         tune_gc()
         limits = connection_limits(settings, raise_file_limit())
-        host, port = listener.getsockname()[:2]
-        log.info(
-            "cascade.listening",
-            url=f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}",
-            max_connections=limits.max_connections,
-        )
+        if log_listening:
+            _log_listening(listener, tls, settings)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -347,8 +460,6 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
         server.run(sockets=[listener])
     except KeyboardInterrupt:
         pass  # a second Ctrl-C during the graceful stop, as uvicorn.run allows
-    finally:
-        listener.close()
     if server is None or not server.started:
         raise SystemExit(STARTUP_FAILURE)
     fatal.exit_if_fatal()

@@ -294,6 +294,58 @@ async def test_no_answer_in_time_is_an_unknown_outcome(
         await adapter.send(link, outbound("whatsapp", "hang", BUSINESS_NUMBER, text()))
 
 
+# --- marking a received message read ----------------------------------------------------------
+
+
+async def test_mark_read_posts_the_wamid_with_the_numbers_token(
+    adapter: WhatsAppAdapter, graph: FakeGraph, link: ChannelLink
+) -> None:
+    """Marking a message the number received read POSTs status read and its wamid to the
+    number's messages endpoint with the link's token; the typing indicator is added only when
+    asked for."""
+    wamid = await graph.whatsapp_inbound(NUMBER_ID, CUSTOMER, "hello")
+    await adapter.mark_read(link, wamid)
+    await adapter.mark_read(link, wamid, typing=True)
+    plain, typing = graph.received
+    assert (plain.api, plain.status, plain.path) == (
+        "whatsapp_read",
+        200,
+        f"/v25.0/{NUMBER_ID}/messages",
+    )
+    assert plain.headers["authorization"] == f"Bearer {TOKEN}"
+    assert plain.body == {"messaging_product": "whatsapp", "status": "read", "message_id": wamid}
+    assert typing.body == {**plain.body, "typing_indicator": {"type": "text"}}
+
+
+async def test_mark_read_errors_are_graphs_as_for_a_send(
+    adapter: WhatsAppAdapter, graph: FakeGraph, link: ChannelLink
+) -> None:
+    """A wamid Graph does not know is rejected 1020 with WhatsApp's words; a refused token
+    1370 naming the link, not the token; a 5xx is transient; no answer is an unknown outcome."""
+    stale = make_link(
+        LinkedChannel.WHATSAPP,
+        BUSINESS_NUMBER,
+        phone_number_id=NUMBER_ID,
+        access_token="expired-token",
+        app_secret=SECRET,
+    )
+    wamid = await graph.whatsapp_inbound(NUMBER_ID, CUSTOMER, "hello")
+    with pytest.raises(ChannelRejected) as unknown:
+        await adapter.mark_read(link, "wamid.NOT-RECEIVED")
+    assert unknown.value.code == 1020
+    assert "WhatsApp error 100" in unknown.value.reason
+    with pytest.raises(ChannelRejected) as refused:
+        await adapter.mark_read(stale, wamid)
+    assert refused.value.code == 1370
+    assert stale.id in refused.value.reason
+    assert "expired-token" not in refused.value.reason
+    with pytest.raises(ChannelUnavailable) as down:
+        await adapter.mark_read(link, "err-131000")
+    assert not isinstance(down.value, ChannelOutcomeUnknown)
+    with pytest.raises(ChannelOutcomeUnknown):
+        await adapter.mark_read(link, "hang")
+
+
 # --- the fake's callbacks ------------------------------------------------------------------
 
 

@@ -9,6 +9,8 @@ from dataclasses import replace
 from cascade.domain.failover import Changes, MessageChange
 from cascade.domain.records import (
     Account,
+    InboundKeys,
+    InboundRecord,
     NewStep,
     NewWebhook,
     WebhookKind,
@@ -247,3 +249,65 @@ class TestInboundOnce:
         assert await store.add_inbound_webhook(inbound_hook(owner), "whatsapp:wamid.9", T0)
         assert await store.purge_webhooks(T0 + 1, 10) == 1
         assert await store.add_inbound_webhook(inbound_hook(owner), "whatsapp:wamid.9", T0 + 2)
+
+
+class TestInboundByUuid:
+    """``find_inbound_message``: an inbound message named by the uuid its webhook carried."""
+
+    async def test_found_by_its_uuid_with_its_channel_address_and_platform_id(
+        self, store: Store
+    ) -> None:
+        """The keys given with the webhook read back, with the platform's id and the time
+        the webhook was queued."""
+        owner = await tenant(store)
+        keys = InboundKeys(str(uuid.uuid4()), "whatsapp", "15550783881")
+        assert await store.add_inbound_webhook(inbound_hook(owner), "whatsapp:wamid.7", T0, keys)
+        found = await store.find_inbound_message(owner.id, keys.message_uuid)
+        assert found == InboundRecord(
+            account_id=owner.id,
+            message_uuid=keys.message_uuid,
+            channel="whatsapp",
+            to="15550783881",
+            ref="whatsapp:wamid.7",
+            received_at=T0,
+        )
+
+    async def test_another_accounts_or_an_unknown_uuid_finds_nothing(self, store: Store) -> None:
+        """The uuid is looked up within the asking account only."""
+        owner, other = await tenant(store), await tenant(store)
+        keys = InboundKeys(str(uuid.uuid4()), "whatsapp", "15550783881")
+        await store.add_inbound_webhook(inbound_hook(owner), "whatsapp:wamid.8", T0, keys)
+        assert await store.find_inbound_message(other.id, keys.message_uuid) is None
+        assert await store.find_inbound_message(owner.id, str(uuid.uuid4())) is None
+
+    async def test_a_repeat_keeps_the_first_uuid(self, store: Store) -> None:
+        """A platform's repeat of a message queues nothing: the uuid the first webhook carried
+        names it, the repeat's names nothing."""
+        owner = await tenant(store)
+        first = InboundKeys(str(uuid.uuid4()), "viber_service_msg", "acme-bot")
+        again = InboundKeys(str(uuid.uuid4()), "viber_service_msg", "acme-bot")
+        assert await store.add_inbound_webhook(inbound_hook(owner), "viber:44", T0, first)
+        assert not await store.add_inbound_webhook(inbound_hook(owner), "viber:44", T0, again)
+        assert await store.find_inbound_message(owner.id, first.message_uuid) is not None
+        assert await store.find_inbound_message(owner.id, again.message_uuid) is None
+
+    async def test_a_message_without_a_platform_id_is_queued_each_time(self, store: Store) -> None:
+        """An SMS (no ref) is queued every time it is handed over, each under its own uuid,
+        with no platform id."""
+        owner = await tenant(store)
+        keys = [InboundKeys(str(uuid.uuid4()), "sms", "447700900100") for _ in range(2)]
+        for each in keys:
+            assert await store.add_inbound_webhook(inbound_hook(owner), None, T0, each)
+        assert len(await store.list_webhooks(account_id=owner.id)) == 2
+        found = await store.find_inbound_message(owner.id, keys[1].message_uuid)
+        assert found is not None
+        assert (found.channel, found.to, found.ref) == ("sms", "447700900100", None)
+
+    async def test_the_keys_go_with_their_webhook(self, store: Store) -> None:
+        """Once retention deletes the webhook, its uuid names nothing."""
+        owner = replace(account(), inbound_url=None)
+        await store.create_account(owner)
+        keys = InboundKeys(str(uuid.uuid4()), "whatsapp", "15550783881")
+        await store.add_inbound_webhook(inbound_hook(owner), "whatsapp:wamid.10", T0, keys)
+        assert await store.purge_webhooks(T0 + 1, 10) == 1
+        assert await store.find_inbound_message(owner.id, keys.message_uuid) is None

@@ -4,6 +4,7 @@ parameters, and the store runs every one of them and no other."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,25 @@ def test_a_name_defined_twice_is_refused() -> None:
     """Two blocks of one name are a mistake in the file, not a silent override."""
     with pytest.raises(ValueError, match="defined twice"):
         parse("sqlite", "-- name: q\nSELECT 1\n-- name: q\nSELECT 2")
+
+
+def test_no_sqlite_statement_binds_a_column_a_partial_index_fixes() -> None:
+    """No SQLite statement compares a parameter with a column that a partial index's condition
+    fixes to a constant (``WHERE provider = 'messenger'``): SQLite then recompiles the
+    statement at every execution (its plan depends on the value), which made every transition
+    read cost five times what it should. A comparison inside ``(:x IS NULL OR col = :x)`` is
+    its own term and does not count."""
+    schema = (STORE / "sql" / "sqlite" / "schema.sql").read_text()
+    statements = (STORE / "sql" / "sqlite" / "queries.sql").read_text().split("-- name: ")
+    indexes = re.findall(r"CREATE (?:UNIQUE )?INDEX \w+ ON (\w+) [^;]*? WHERE ([^;]*);", schema)
+    fixed = {
+        (table, column)
+        for table, condition in indexes
+        for column in re.findall(r"(\w+) = '", condition)
+    }
+    assert fixed, "no partial index fixes a column: this test checks nothing"
+    for table, column in fixed:
+        for statement in statements:
+            if re.search(rf"\b{table}\b", statement):
+                bound = re.search(rf"(?<!OR )\b{column} (?:= :|IN \(:)", statement)
+                assert bound is None, f"{statement.split()[0]} binds {table}.{column}"

@@ -20,12 +20,20 @@ What it simulates:
   ``delivered``, ``read``, ``failed`` with ``errors[]``) and inbound ``messages``. After a send
   each recipient follows its :class:`Behaviour` (deliver, read, fail, or stay silent), set with
   :meth:`FakeGraph.behave`; the ``GET`` subscription handshake is :meth:`FakeGraph.subscribe`.
+- WhatsApp's mark-as-read, a POST to the same endpoint with ``{"messaging_product": "whatsapp",
+  "status": "read", "message_id": "<wamid>"}`` (and optionally ``"typing_indicator": {"type":
+  "text"}``): the token must be the number's, and the wamid one of a message the fake posted
+  to that number (:meth:`FakeGraph.whatsapp_inbound`); otherwise error 100, as Graph answers
+  an id it does not know. Answered ``{"success": true}``, recorded with api
+  ``"whatsapp_read"``. Errors are injected by message id as sends' are by recipient
+  (:meth:`FakeGraph.fail`, ``err-...``, ``hang``).
 - Everything it was sent is kept in :attr:`FakeGraph.received`.
 
 What it does not simulate: rate limits, the messaging windows and user opt-ins (only their
 errors, by injection), media download, template approval (any template name is taken),
 reactions, echoes, postbacks, batching, webhook retries beyond three quick attempts, mTLS,
-``appsecret_proof``, and any Graph endpoint other than the two send endpoints. Error messages
+``appsecret_proof``, how old a message may be to be marked read, and any Graph endpoint other
+than the two send endpoints (and WhatsApp's mark-as-read on the second). Error messages
 follow the documented ones but are not guaranteed word for word.
 """
 
@@ -220,6 +228,9 @@ class FakeGraph:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     injected: dict[str, tuple[int, int | None]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
+    #: the wamids of the messages posted to each number (by phone number id), which it may
+    #: mark read
+    inbound_ids: dict[str, set[str]] = field(default_factory=dict)
     callbacks: CallbackClient = field(default_factory=CallbackClient)
     _server: LoopbackServer | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -286,6 +297,7 @@ class FakeGraph:
         self.behaviours.clear()
         self.injected.clear()
         self.received.clear()
+        self.inbound_ids.clear()
         self.callbacks.sent.clear()
 
     async def settled(self, within: float = 5.0) -> None:
@@ -330,6 +342,8 @@ class FakeGraph:
         body = await _json_body(request)
         number = self.numbers.get(request.path_params["phone_number_id"])
         token_ok = number is not None and hmac.compare_digest(_token(request), number.token)
+        if isinstance(body, dict) and "status" in body:
+            return await self._whatsapp_read(request, body, number if token_ok else None)
         recipient = body.get("to") if isinstance(body, dict) else None
         response = (
             self._version_error(request)
@@ -356,6 +370,23 @@ class FakeGraph:
             )
             self._after_whatsapp_send(number, recipient, wamid)
         self._record("whatsapp", request, body, response.status_code)
+        return response
+
+    async def _whatsapp_read(
+        self, request: Request, body: dict[str, Any], number: Number | None
+    ) -> Response:
+        """A mark-as-read of a message the number received (``number`` None: the token is
+        not the number's)."""
+        wamid = body.get("message_id")
+        received = self.inbound_ids.get(number.phone_number_id, set()) if number else set()
+        response = (
+            self._version_error(request)
+            or (_graph_error(190) if number is None else None)
+            or await self._injected(wamid)
+            or _read_problem(body, received)
+            or JSONResponse({"success": True})
+        )
+        self._record("whatsapp_read", request, body, response.status_code)
         return response
 
     def _record(self, api: str, request: Request, body: Any, status: int) -> None:
@@ -619,6 +650,7 @@ class FakeGraph:
                 }
             ],
         }
+        self.inbound_ids.setdefault(phone_number_id, set()).add(wamid)
         await self._post(number.app_secret, self._whatsapp_payload(number, value))
         return wamid
 
@@ -723,6 +755,21 @@ def _messenger_problem(body: Any) -> JSONResponse | None:
         return _invalid("message.attachment.payload is required")
     if attachment["type"] != "template" and not _is_url(payload.get("url")):
         return _invalid("message.attachment.payload.url must be a URL")
+    return None
+
+
+def _read_problem(body: dict[str, Any], received: set[str]) -> JSONResponse | None:
+    """Why the Cloud API would refuse a mark-as-read of one of ``received``, or None."""
+    if body.get("messaging_product") != "whatsapp":
+        return _invalid("messaging_product must be whatsapp")
+    if body.get("status") != "read":
+        return _invalid("status must be read")
+    if body.get("message_id") not in received:
+        return _invalid("message_id is not a message this number received")
+    if "typing_indicator" in body and body["typing_indicator"] != {"type": "text"}:
+        return _invalid("typing_indicator.type must be text")
+    if body.keys() - {"messaging_product", "status", "message_id", "typing_indicator"}:
+        return _invalid("a mark-as-read takes no other field")
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import httpx
@@ -73,17 +74,19 @@ class Callback:
 @dataclass
 class CallbackClient:
     """Posts callbacks as a platform does: a 200 ends it, anything else (or no answer) is
-    tried again ``attempts`` times in all, ``delay`` seconds apart."""
+    tried again ``attempts`` times in all, ``delay`` seconds apart. ``verify`` is how an https
+    receiver's certificate is checked (a context trusting a test's own CA)."""
 
     attempts: int = 3
     delay: float = 0.05
     sent: list[Callback] = field(default_factory=list)
+    verify: ssl.SSLContext | bool = True
     _client: httpx.AsyncClient | None = None
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int | None:
         """Post ``body`` to ``url`` until answered 200 or out of attempts; the last status."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=5.0, trust_env=False)
+            self._client = httpx.AsyncClient(timeout=5.0, trust_env=False, verify=self.verify)
         status: int | None = None
         for attempt in range(self.attempts):
             if attempt:
@@ -101,7 +104,7 @@ class CallbackClient:
     async def get(self, url: str, params: dict[str, str]) -> tuple[int, str]:
         """One GET (a subscription handshake): the status and body of the answer."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=5.0, trust_env=False)
+            self._client = httpx.AsyncClient(timeout=5.0, trust_env=False, verify=self.verify)
         response = await self._client.get(url, params=params)
         return response.status_code, response.text
 

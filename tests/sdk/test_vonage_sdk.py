@@ -4,12 +4,16 @@ One real ``cascade serve`` per module, on 127.0.0.1 with a self-signed certifica
 makes (trusted through ``REQUESTS_CA_BUNDLE``, which the SDK's ``requests`` session honours),
 its engine on the sandbox (20 times faster), and a webhook receiver on 127.0.0.1. The account
 and an application whose webhooks are v1 are made with ``cascade app create --webhook-version
-v1``. The SDK's user changes only the host (``HttpClientOptions(api_host=...)``), the CA and
-the credentials; everything else is what they would write against Vonage.
+v1``; a WhatsApp business number is linked with ``cascade channel add whatsapp``, and the fake
+Graph (tests/peers/graph.py, on a thread of its own) is its Cloud API: it posts the users'
+messages to Cascade's intake over HTTPS and takes the read marks. The SDK's user changes only
+the host (``HttpClientOptions(api_host=...)``), the CA and the credentials; everything else is
+what they would write against Vonage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -18,7 +22,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,12 +35,15 @@ import jwt
 import pytest
 from typer.testing import CliRunner
 from vonage import Auth, HttpClientOptions, Vonage
-from vonage_http_client.errors import AuthenticationError, HttpRequestError
+from vonage_http_client.errors import AuthenticationError, HttpRequestError, NotFoundError
 from vonage_jwt import verify_signature
-from vonage_messages.models import RcsText, Sms, WhatsappText
+from vonage_messages.models import RcsText, ReplyingIndicatorText, Sms, WhatsappText
 
 from cascade import cli
+from cascade.sealing import Sealer
 from tests.api.test_connections import free_port
+from tests.peers.graph import FakeGraph
+from tests.peers.server import CallbackClient
 from tests.tls import make_certificate
 
 CASCADE = str(Path(sys.executable).with_name("cascade"))
@@ -43,6 +51,11 @@ CASCADE = str(Path(sys.executable).with_name("cascade"))
 PATIENCE = 10.0
 V1_STATUS_FIELDS = {"message_uuid", "to", "from", "timestamp", "status", "channel"}
 OLYMPUS = "https://developer.nexmo.com/api-errors/messages-olympus"
+#: the WhatsApp business number the account links, as the fake Graph knows it
+WA_NUMBER = "447700900200"
+WA_NUMBER_ID = "106540352242922"
+WA_TOKEN = "EAAG-sdk-system-user-token"
+WA_SECRET = "sdk-whatsapp-app-secret"
 
 
 @dataclass
@@ -105,6 +118,44 @@ def start_receiver() -> Receiver:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return Receiver(server, hooks, lock)
+
+
+@dataclass
+class Platform:
+    """The fake Graph on an event loop of its own thread (the SDK is synchronous)."""
+
+    graph: FakeGraph
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, work: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``work`` on the fake's loop; its result."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(PATIENCE)
+
+    def read_marks(self) -> list[Any]:
+        """The mark-as-read requests the fake received."""
+        return [r for r in list(self.graph.received) if r.api == "whatsapp_read"]
+
+
+@pytest.fixture(scope="module")
+def platform() -> Iterator[Platform]:
+    """The fake Graph serving on 127.0.0.1, with the business number the account links."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def up() -> FakeGraph:
+        graph = await FakeGraph().__aenter__()
+        graph.add_number(WA_NUMBER_ID, WA_NUMBER, WA_TOKEN, WA_SECRET)
+        return graph
+
+    fake = Platform(asyncio.run_coroutine_threadsafe(up(), loop).result(PATIENCE), loop)
+    try:
+        yield fake
+    finally:
+        fake.run(fake.graph.__aexit__(None, None, None))
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(PATIENCE)
+        loop.close()
 
 
 @dataclass
@@ -173,15 +224,23 @@ def _credentials(path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cascade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cascade]:
+def cascade(tmp_path_factory: pytest.TempPathFactory, platform: Platform) -> Iterator[Cascade]:
     """``cascade serve`` over HTTPS with the engine, an account and a v1 application whose
-    webhooks go to a receiver; REQUESTS_CA_BUNDLE names the certificate for the module."""
+    webhooks go to a receiver, and a WhatsApp number linked on the fake Graph, which posts its
+    callbacks to Cascade trusting the module's certificate; REQUESTS_CA_BUNDLE names the
+    certificate for the module."""
     directory = tmp_path_factory.mktemp("sdk")
     cert, key = make_certificate(directory)
     receiver = start_receiver()
     database = f"sqlite:///{directory / 'cascade.db'}"
+    channel_key = Sealer.generate_key()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CASCADE_", "REQUESTS_"))}
-    runner = CliRunner(env={k: None for k in os.environ if k.startswith("CASCADE_")})
+    runner = CliRunner(
+        env={
+            **{k: None for k in os.environ if k.startswith("CASCADE_")},
+            "CASCADE_CHANNEL_KEY": channel_key,
+        }
+    )
     created = runner.invoke(
         cli.app,
         [
@@ -203,9 +262,39 @@ def cascade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cascade]:
     application = json.loads(created.stdout)
     account_set = runner.invoke(
         cli.app,
-        ["account", "set", "--status-url", f"{receiver.url}/account-status", "-d", database],
+        [
+            "account",
+            "set",
+            "--status-url",
+            f"{receiver.url}/account-status",
+            "--inbound-url",
+            f"{receiver.url}/inbound",
+            "-d",
+            database,
+        ],
     )
     assert account_set.exit_code == 0, account_set.stderr
+    linked = runner.invoke(
+        cli.app,
+        [
+            "channel",
+            "add",
+            "whatsapp",
+            "--number",
+            WA_NUMBER,
+            "--phone-number-id",
+            WA_NUMBER_ID,
+            "--business-account-id",
+            "102290129340398",
+            "--access-token",
+            WA_TOKEN,
+            "--app-secret",
+            WA_SECRET,
+            "--database",
+            database,
+        ],
+    )
+    assert linked.exit_code == 0, (linked.stdout, linked.stderr)
     credentials = _credentials(directory / "cascade.db.credentials")
     port = free_port()
     env.update(
@@ -213,6 +302,9 @@ def cascade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cascade]:
         CASCADE_SQLITE_SYNCHRONOUS="NORMAL",
         CASCADE_SANDBOX_SPEED="20",
         CASCADE_LOG_FORMAT="json",
+        CASCADE_CHANNEL_KEY=channel_key,
+        CASCADE_GRAPH_BASE_URL=platform.graph.url,
+        CASCADE_GRAPH_API_VERSION=platform.graph.version,
     )
     trust = ssl.create_default_context(cafile=cert)
     log = directory / "serve.log"
@@ -245,6 +337,8 @@ def cascade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cascade]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("cascade serve did not start:\n" + log.read_text(errors="replace"))
             time.sleep(0.05)
+        platform.graph.callback_url = f"https://127.0.0.1:{port}/channels/whatsapp"
+        platform.graph.callbacks = CallbackClient(verify=trust)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("REQUESTS_CA_BUNDLE", str(cert))
             yield Cascade(
@@ -391,4 +485,64 @@ def test_wrong_credentials_raise_the_sdks_authentication_error(cascade: Cascade)
     problem = raised.value.response.json()
     assert raised.value.response.status_code == 401
     assert problem["title"] == "You did not provide correct credentials."
+    assert set(problem) >= {"type", "title", "detail", "instance"}
+
+
+def test_an_inbound_whatsapp_message_is_marked_read_through_the_sdk(
+    cascade: Cascade, platform: Platform
+) -> None:
+    """A user's WhatsApp message comes in through the fake Graph and reaches the inbound URL
+    (v1, signed); messages.mark_whatsapp_message_read(its uuid) returns as against Vonage, and
+    the fake Graph saw the read mark of its wamid with the number's token; with a replying
+    indicator (and Basic auth), the typing indicator too."""
+    wamid = platform.run(platform.graph.whatsapp_inbound(WA_NUMBER_ID, "447700900123", "Shipped?"))
+    assert platform.graph.callbacks.sent[-1].status == 200
+
+    def pick(hooks: list[Hook]) -> list[Hook]:
+        return [h for h in hooks if h.path == "/inbound" and h.json().get("text") == "Shipped?"]
+
+    (hook,) = cascade.receiver.wait_for(pick, 1)
+    verify(hook, cascade.signature_secret)
+    inbound = hook.json()
+    assert (inbound["channel"], inbound["to"]) == ("whatsapp", WA_NUMBER)
+    message_uuid = inbound["message_uuid"]
+    assert cascade.jwt_client().messages.mark_whatsapp_message_read(message_uuid) is None
+    cascade.basic_client().messages.mark_whatsapp_message_read(
+        message_uuid, ReplyingIndicatorText(show=True)
+    )
+    first, second = platform.read_marks()
+    for mark in (first, second):
+        assert mark.status == 200
+        assert mark.path == f"/{platform.graph.version}/{WA_NUMBER_ID}/messages"
+        assert mark.headers["authorization"] == f"Bearer {WA_TOKEN}"
+        assert (mark.body["status"], mark.body["message_id"]) == ("read", wamid)
+    assert "typing_indicator" not in first.body
+    assert second.body["typing_indicator"] == {"type": "text"}
+
+
+def test_marking_a_message_cascade_does_not_have_raises_the_sdks_not_found(
+    cascade: Cascade, platform: Platform
+) -> None:
+    """A uuid the account has no message of raises the SDK's NotFoundError with the 404
+    problem; Graph is not asked."""
+    before = len(platform.read_marks())
+    unknown = str(uuid.uuid4())
+    with pytest.raises(NotFoundError) as raised:
+        cascade.jwt_client().messages.mark_whatsapp_message_read(unknown)
+    assert unknown in raised.value.response.json()["detail"]
+    assert len(platform.read_marks()) == before
+
+
+def test_revoking_an_rcs_message_raises_the_sdks_error_saying_it_is_not_offered(
+    cascade: Cascade,
+) -> None:
+    """revoke_rcs_message raises the SDK's HttpRequestError holding v1's 422 problem: an
+    unsupported channel, saying Cascade has no RCS; never a 404."""
+    with pytest.raises(HttpRequestError) as raised:
+        cascade.jwt_client().messages.revoke_rcs_message(str(uuid.uuid4()))
+    assert type(raised.value) is HttpRequestError
+    assert raised.value.response.status_code == 422
+    problem = raised.value.response.json()
+    assert (problem["title"], problem["type"]) == ("Unsupported channel", f"{OLYMPUS}#1400")
+    assert "RCS" in problem["detail"]
     assert set(problem) >= {"type", "title", "detail", "instance"}

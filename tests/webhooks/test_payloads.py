@@ -196,7 +196,8 @@ async def test_the_dispatch_view_shows_dead_letters_and_connection_errors(
 async def test_an_inbound_sms_goes_signed_to_the_inbound_url_in_the_v01_shape(
     sqlite_store: SqliteStore, clock: FakeClock, receivers: MakeReceiver
 ) -> None:
-    """An MO SMS reaches the account's inbound URL (not the status URL) as a v0.1 inbound."""
+    """An MO SMS reaches the account's inbound URL (not the status URL) as a v0.1 inbound,
+    and is kept by the uuid it carried."""
     status = await receivers()
     inbound = await receivers()
     async with delivering(sqlite_store, clock, status_url=status.url()) as w:
@@ -230,3 +231,7 @@ async def test_an_inbound_sms_goes_signed_to_the_inbound_url_in_the_v01_shape(
             "sms": {"num_messages": "2"},
         }
         assert body["usage"] == {"currency": "EUR", "price": "0.0000"}
+        # kept by the uuid it carried, so a request naming it finds what it is
+        found = await w.store.find_inbound_message(w.tenant.account.id, body["message_uuid"])
+        assert found is not None
+        assert (found.channel, found.to, found.ref) == ("sms", "447700900500", None)

@@ -19,6 +19,7 @@ from cascade.api.auth import Authenticator
 from cascade.api.intake import IntakeEndpoints, KeptReceipts, ReceiptTaker
 from cascade.api.messages import AcceptContext, AcceptEndpoint
 from cascade.api.messages_v1 import MessagesV1Endpoint
+from cascade.api.messages_v1_update import MessageUpdateEndpoint, ReadMarker
 from cascade.api.openapi import docs_page, openapi_document
 from cascade.api.problems import EXCEPTION_HANDLERS, problem_response
 from cascade.api.reads import ReadEndpoints
@@ -80,13 +81,16 @@ def create_app(
     receipts: ReceiptTaker | None = None,
     access_log: bool = True,
     smpp_status: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    whatsapp: ReadMarker | None = None,
 ) -> ASGIApp:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
     it (opening the store, the engine), whose health ``engine_health`` reports for readiness.
     ``receipts`` takes the receipts of the platforms' callbacks: the engine of this process,
-    or (None) the store, for an engine elsewhere to apply (``api/intake.py``). Every request
-    gets an id (``X-Request-Id``) and, with ``access_log``, a line in the log. The dashboard
-    (``/dashboard``) shows ``smpp_status``, this process's SMPP binds, when it has an engine."""
+    or (None) the store, for an engine elsewhere to apply (``api/intake.py``). ``whatsapp``
+    marks inbound WhatsApp messages read (``PATCH /v1/messages/{uuid}``), started and stopped
+    with the app. Every request gets an id (``X-Request-Id``) and, with ``access_log``, a line
+    in the log. The dashboard (``/dashboard``) shows ``smpp_status``, this process's SMPP
+    binds, when it has an engine."""
     authenticator = Authenticator(store, clock)
     context = AcceptContext(
         store, authenticator, clock, max_body_bytes, report_horizon, on_accepted
@@ -124,6 +128,9 @@ def create_app(
         on_inbound=on_accepted,
     )
     routes += intake.routes()
+    routes += MessageUpdateEndpoint(
+        store, authenticator, whatsapp, max_body_bytes=max_body_bytes
+    ).routes()
     dashboard = Dashboard(
         store, clock, endpoints["/v0.1/dispatch"], wake=on_accepted, smpp_status=smpp_status
     )
@@ -141,7 +148,13 @@ def create_app(
         if lifespan_hooks is not None:
             await lifespan_hooks[0]()
         try:
-            yield
+            if whatsapp is not None:
+                await whatsapp.start()
+            try:
+                yield
+            finally:
+                if whatsapp is not None:
+                    await whatsapp.stop()
         finally:
             if lifespan_hooks is not None:
                 await lifespan_hooks[1]()

@@ -53,7 +53,13 @@ from cascade.channels.intake.signatures import (
     viber_signature_valid,
 )
 from cascade.clock import Clock
-from cascade.domain.records import ChannelLink, LinkedChannel, NewWebhook, Receipt, WebhookKind
+from cascade.domain.records import (
+    ChannelLink,
+    LinkedChannel,
+    NewWebhook,
+    Receipt,
+    WebhookKind,
+)
 from cascade.domain.status import Status
 from cascade.errors import RequestRejected
 from cascade.log import LogLimiter, clip
@@ -383,6 +389,7 @@ class IntakeEndpoints:
         # the parsers always name the linked account
         assert message.account_id is not None
         version = payloads.inbound_version(await self._store.list_applications(message.account_id))
+        keys = message.keys(new_id())
         webhook = NewWebhook(
             kind=WebhookKind.INBOUND,
             account_id=message.account_id,
@@ -390,6 +397,6 @@ class IntakeEndpoints:
             workflow_id=None,
             message_id=None,
             url=None,
-            body=payloads.inbound_body(message, new_id(), version),
+            body=payloads.inbound_body(message, keys.message_uuid, version),
         )
-        return await self._store.add_inbound_webhook(webhook, arrival.ref, self._clock.now())
+        return await self._store.add_inbound_webhook(webhook, arrival.ref, self._clock.now(), keys)

@@ -11,7 +11,7 @@ import msgspec
 from cascade import __version__
 from cascade.api.problems import ProblemDocument
 from cascade.domain.message import MessageRequest, WorkflowRequest
-from cascade.domain.message_v1 import MessageRequestV1
+from cascade.domain.message_v1 import MessageRequestV1, MessageUpdateV1
 
 _REF = "#/components/schemas/{name}"
 
@@ -147,11 +147,52 @@ def _v1_operation() -> dict[str, Any]:
     return operation
 
 
+def _v1_update_operation() -> dict[str, Any]:
+    """``PATCH /v1/messages/{message_uuid}``: marking an inbound WhatsApp message read."""
+    problem_codes = {
+        "401": "Wrong or missing credentials",
+        "404": "The account has no message of this id",
+        "422": "The body is not JSON or is invalid; the status is not offered (revoked: no "
+        "RCS); the message is not an inbound WhatsApp message, or its number is no longer "
+        "linked; WhatsApp refused the read mark (type and title carry the Nexmo code)",
+        "429": "WhatsApp is limiting requests",
+        "502": "WhatsApp refused the number's access token, or did not answer",
+        "503": "WhatsApp could not be reached or failed; nothing was marked",
+    }
+    return {
+        "summary": "Mark an inbound WhatsApp message read (Messages v1)",
+        "security": [{"bearerAuth": []}, {"basicAuth": []}],
+        "parameters": [
+            {
+                "name": "message_uuid",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "The message_uuid of the inbound webhook",
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": _REF.format(name="MessageUpdateV1")}}
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "WhatsApp marked the message read",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            **{code: _problem(text) for code, text in problem_codes.items()},
+        },
+    }
+
+
 @cache
 def openapi_document() -> bytes:
     """The whole document as JSON bytes (built once)."""
-    (_, _, _, _), components = msgspec.json.schema_components(
-        (MessageRequest, WorkflowRequest, MessageRequestV1, ProblemDocument), ref_template=_REF
+    (_, _, _, _, _), components = msgspec.json.schema_components(
+        (MessageRequest, WorkflowRequest, MessageRequestV1, MessageUpdateV1, ProblemDocument),
+        ref_template=_REF,
     )
     message = _operation("Send a message", "MessageRequest", "message_uuid", "The message's id")
     dispatch = _operation(
@@ -202,6 +243,7 @@ def openapi_document() -> bytes:
             "/beta/workflows": {"post": workflows},
             "/beta/workflows/{uuid}": {"get": workflow_read},
             "/v1/messages": {"post": _v1_operation()},
+            "/v1/messages/{message_uuid}": {"patch": _v1_update_operation()},
             "/health": {
                 "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
             },

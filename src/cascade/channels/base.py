@@ -15,7 +15,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cascade.domain.records import Receipt
+from cascade.domain.records import InboundKeys, Receipt
 
 __all__ = [
     "ChannelProvider",
@@ -82,6 +82,12 @@ class InboundMessage:
     extra: dict[str, Any] = field(default_factory=dict)  # channel extras, e.g. sms.num_messages
     #: the account it is for (a linked channel's owner); None: the first account (SMS)
     account_id: str | None = None
+
+    def keys(self, message_uuid: str) -> InboundKeys:
+        """What is kept beside its webhook so that a request can name it by ``message_uuid``
+        later: its channel and the address it was sent to (``to.number`` or ``to.id``)."""
+        address = str(self.to.get("number") or self.to.get("id") or "")
+        return InboundKeys(message_uuid, self.channel, address)
 
 
 class ReceiptSink(Protocol):

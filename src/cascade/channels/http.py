@@ -1,43 +1,45 @@
-"""The HTTP client the linked-channel adapters share, and where httpx's errors become ours.
+"""The HTTP client the linked-channel adapters share, and where its errors become ours.
 
 Messenger, WhatsApp and Viber are each one JSON POST per message, so the three adapters share
-one pooled :class:`httpx.AsyncClient` (:class:`ChannelHttp`): one connection pool with one
-limit, opened when the first linked provider starts and closed when the last one stops.
-Nothing above this module imports httpx: a request either returns a :class:`Reply` (any HTTP
-status; the adapter reads the platform's own error from it) or raises one of the seam's errors:
+one pool of keep-alive connections (:class:`ChannelHttp` over :class:`cascade.httpclient.
+HttpClient`, the lean client webhooks are delivered with): one limit, opened when the first
+linked provider starts and closed when the last one stops. A request either returns a
+:class:`Reply` (any HTTP status; the adapter reads the platform's own error from it) or raises
+one of the seam's errors:
 
 =======================================  ==========================  ===========================
 what happened                            raised                      why
 =======================================  ==========================  ===========================
-no connection (refused, DNS, TLS),       ChannelUnavailable 1100     nothing reached the
-none free in the pool in time, connect                               platform: trying again is
-timeout, the request not fully written                               safe
+no connection (refused, DNS, TLS), or    ChannelUnavailable 1100     nothing reached the
+none made within the timeout                                         platform: trying again is
+                                                                     safe
 the request was written but no answer    ChannelOutcomeUnknown 1100  the platform may have sent
 came in time, or the connection broke                                the message: the engine
 while waiting for it                                                 fails the step over rather
                                                                      than send it twice
 =======================================  ==========================  ===========================
 
-The client never follows redirects and never logs a request: httpx's own request log line is
-turned down to warnings, since at a thousand messages a second it would be the whole log.
+A request is never sent twice by this module (a kept connection the platform closed just as it
+was taken is an unknown outcome, not a resend), never follows a redirect and is never logged.
+httpx cost about 300 µs of event-loop CPU per send here, a fifth of a Messenger message's whole
+budget at 1,500 a second (BENCHMARKS.md, "Messenger").
 """
 
 from __future__ import annotations
 
 import email.utils
 import hashlib
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import msgspec
 import structlog
 
 from cascade.domain.records import ChannelLink
-from cascade.errors import ChannelOutcomeUnknown, ChannelUnavailable
+from cascade.errors import ChannelOutcomeUnknown, ChannelUnavailable, PeerUnreachable
+from cascade.httpclient import HttpClient, Target, parse_url
 
 log = structlog.get_logger(__name__)
 
@@ -88,24 +90,23 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 
 class ChannelHttp:
-    """One pooled async HTTP client for every linked-channel adapter.
+    """One pool of keep-alive connections for every linked-channel adapter.
 
     ``start`` and ``stop`` are counted: each linked provider starts it with itself and stops it
-    with itself, and the client lives from the first start to the last stop. ``transport`` is
-    for tests only (httpx's own transports)."""
+    with itself, and the client lives from the first start to the last stop. ``timeout``
+    bounds each request from taking a connection to the end of the answer."""
 
-    def __init__(
-        self,
-        *,
-        timeout: float,
-        max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    #: the most of an answer kept (the platforms answer a send in well under 1 KiB)
+    MAX_ANSWER = 64 * 1024
+    #: URLs parsed and kept (one per linked WhatsApp number; more are parsed again)
+    MAX_TARGETS = 4096
+
+    def __init__(self, *, timeout: float, max_connections: int) -> None:
         self.timeout = timeout
         self.max_connections = max_connections
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpClient | None = None
         self._users = 0
+        self._targets: dict[str, Target] = {}
 
     @property
     def running(self) -> bool:
@@ -116,17 +117,10 @@ class ChannelHttp:
         """Open the client (the first call) or count one more user of it."""
         self._users += 1
         if self._client is None:
-            # httpx logs every request at info; a line per message sent would flood the log
-            logging.getLogger("httpx").setLevel(logging.WARNING)
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout),
-                limits=httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                ),
-                follow_redirects=False,
-                transport=self._transport,
-                headers={"User-Agent": "cascade"},
+            self._client = HttpClient(
+                user_agent="cascade",
+                max_connections=self.max_connections,
+                max_body=self.MAX_ANSWER,
             )
 
     async def stop(self) -> None:
@@ -134,7 +128,7 @@ class ChannelHttp:
         self._users = max(self._users - 1, 0)
         if self._users == 0 and self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            await client.close()
 
     async def post_json(
         self, url: str, body: Mapping[str, Any], *, headers: Mapping[str, str], peer: str
@@ -146,41 +140,41 @@ class ChannelHttp:
             raise ChannelUnavailable(
                 f"the {peer} client is not running", code=CODE_COMMUNICATION_FAILED
             )
-        content = _json.encode(body)
+        target = self._target(url, peer)
+        fields = [("Content-Type", "application/json"), *headers.items()]
         try:
             response = await client.post(
-                url,
-                content=content,
-                headers={"Content-Type": "application/json", **headers},
+                target, _json.encode(body), fields, within=self.timeout, resend_on_stale=False
             )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except PeerUnreachable as exc:
+            if exc.request_sent:
+                raise ChannelOutcomeUnknown(
+                    f"{peer} did not answer: {exc.message}", code=CODE_COMMUNICATION_FAILED
+                ) from exc
             raise ChannelUnavailable(
-                f"{peer} could not be reached: {_describe(exc)}", code=CODE_COMMUNICATION_FAILED
+                f"{peer} could not be reached: {exc.message}", code=CODE_COMMUNICATION_FAILED
             ) from exc
-        except (httpx.WriteTimeout, httpx.WriteError) as exc:
-            # the request was not fully written, so the platform cannot have acted on it
+        except ValueError as exc:
+            # a header value with a line break (a credential pasted with one): no request
             raise ChannelUnavailable(
-                f"{peer} connection failed while sending: {_describe(exc)}",
-                code=CODE_COMMUNICATION_FAILED,
+                f"the {peer} request cannot be made: {exc}", code=CODE_COMMUNICATION_FAILED
             ) from exc
-        except (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError) as exc:
-            raise ChannelOutcomeUnknown(
-                f"{peer} did not answer: {_describe(exc)}", code=CODE_COMMUNICATION_FAILED
-            ) from exc
-        except httpx.HTTPError as exc:
-            # anything else httpx raises (a proxy or protocol failure) before an answer came
-            raise ChannelUnavailable(
-                f"{peer} request failed: {_describe(exc)}", code=CODE_COMMUNICATION_FAILED
-            ) from exc
-        return Reply(response.status_code, response.headers, response.content)
+        return Reply(response.status, response.headers, response.body)
 
-
-def _describe(exc: httpx.HTTPError) -> str:
-    """An httpx error in a few words: its kind, and its message when it has one (httpx's
-    messages name the failure, never a header or the body)."""
-    text = str(exc).strip()
-    kind = type(exc).__name__
-    return f"{kind}: {text}"[:300] if text else kind
+    def _target(self, url: str, peer: str) -> Target:
+        """``url`` parsed for the client, kept for the next request to it."""
+        target = self._targets.get(url)
+        if target is None:
+            try:
+                target = parse_url(url)
+            except ValueError as exc:
+                raise ChannelUnavailable(
+                    f"the {peer} URL cannot be used: {exc}", code=CODE_COMMUNICATION_FAILED
+                ) from exc
+            if len(self._targets) >= self.MAX_TARGETS:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
 
 
 def clip_reason(text: str, limit: int = 400) -> str:

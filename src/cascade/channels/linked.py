@@ -166,15 +166,26 @@ class LinkedProvider(ChannelProvider):
         return bool(sandbox)
 
 
-def linked_providers(
-    settings: Settings, sandbox: ChannelProvider, lookup: LinkLookup, clock: Clock
-) -> dict[str, ChannelProvider]:
-    """The providers of the three linked channels, by channel name, on one shared HTTP client
-    with the settings' base URLs, Graph API version, timeout, connection limit and cache."""
-    http = ChannelHttp(
+def channel_http(settings: Settings) -> ChannelHttp:
+    """The HTTP client the linked channels share, with the settings' timeout and limit."""
+    return ChannelHttp(
         timeout=settings.channel_http_timeout_seconds,
         max_connections=settings.channel_http_max_connections,
     )
+
+
+def linked_providers(
+    settings: Settings,
+    sandbox: ChannelProvider,
+    lookup: LinkLookup,
+    clock: Clock,
+    *,
+    http: ChannelHttp | None = None,
+) -> dict[str, ChannelProvider]:
+    """The providers of the three linked channels, by channel name, on one shared HTTP client
+    (``http``, else one of their own) with the settings' base URLs, Graph API version,
+    timeout, connection limit and cache."""
+    http = http or channel_http(settings)
     adapters: list[ChannelAdapter] = [
         MessengerAdapter(
             http, base_url=settings.graph_base_url, api_version=settings.graph_api_version

@@ -21,6 +21,14 @@ policy the API has (v0.1's ``fallback`` is refused when the request is accepted)
 The answer's ``messages[0].id`` (``wamid....``) is the id status callbacks name. A message to a
 user outside the 24-hour customer-service window is refused with 131047 (rejected 1340: send a
 template, or fail over). Errors: :mod:`cascade.channels.graph`.
+
+Marking a message a user sent read (blue ticks in their app; ``PATCH /v1/messages/{uuid}``) is a
+POST to the same endpoint with the number's token::
+
+    {"messaging_product": "whatsapp", "status": "read", "message_id": "<wamid>"}
+
+plus ``"typing_indicator": {"type": "text"}`` to show the user that a reply is being written.
+Graph answers ``{"success": true}``; its errors are read as a send's are.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cascade.channels.base import OutboundMessage, SendResult
-from cascade.channels.graph import CODE_INVALID_MESSAGE, raise_graph_error
+from cascade.channels.graph import CODE_INVALID_MESSAGE, CODE_PROVIDER_ERROR, raise_graph_error
 from cascade.channels.http import ChannelHttp, RevokedTokens
 from cascade.domain.records import ChannelLink, LinkedChannel
 from cascade.errors import ChannelOutcomeUnknown, ChannelRejected
@@ -139,3 +147,29 @@ class WhatsAppAdapter:
         if not isinstance(wamid, str) or not wamid:
             raise ChannelOutcomeUnknown("Graph API answered 200 without messages[0].id", code=1100)
         return SendResult(provider_message_id=wamid, provider=self.channel.value)
+
+    async def mark_read(self, link: ChannelLink, wamid: str, *, typing: bool = False) -> None:
+        """Mark the message ``wamid`` that ``link``'s number received read (with the typing
+        indicator when ``typing``); the errors of :mod:`cascade.channels.graph` and
+        :mod:`cascade.channels.http` when Graph refuses or cannot be reached (never retried
+        here: the caller hears of it)."""
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": wamid,
+        }
+        if typing:
+            body["typing_indicator"] = {"type": "text"}
+        token = link.credentials.get(CREDENTIAL, "")
+        reply = await self._http.post_json(
+            self.url(link), body, headers={"Authorization": f"Bearer {token}"}, peer="Graph API"
+        )
+        if reply.status != 200:
+            raise_graph_error(
+                reply, platform="WhatsApp", link=link, credential=CREDENTIAL, revoked=self._revoked
+            )
+        answer = reply.json()
+        if not isinstance(answer, dict) or answer.get("success") is not True:
+            raise ChannelRejected(
+                CODE_PROVIDER_ERROR, "Graph API answered 200 without success: true to a read mark"
+            )

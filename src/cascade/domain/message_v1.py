@@ -144,6 +144,31 @@ class MessageRequestV1(MessageV1, frozen=True):
         return [self, *(self.failover or ())]
 
 
+class ReplyingIndicatorV1(_Value, frozen=True):
+    """WhatsApp's typing indicator, shown to the user with a read mark until the reply comes
+    (or for about 25 seconds)."""
+
+    show: bool
+    type: Literal["text"] = "text"
+
+
+class MessageUpdateV1(_Value, frozen=True):
+    """``PATCH /v1/messages/{message_uuid}``: the status a message is to take. Cascade offers
+    ``read``, on an inbound WhatsApp message (what the official SDKs'
+    ``mark_whatsapp_message_read`` sends), with an optional replying indicator; ``revoked``
+    (an RCS feature) is taken in so that the answer names it as not offered."""
+
+    status: Annotated[str, Meta(min_length=1, max_length=50)]
+    replying_indicator: ReplyingIndicatorV1 | None = None
+
+
+#: the status a PATCH can set, and those Cascade names as not offered, with why
+UPDATE_STATUS = "read"
+UNOFFERED_STATUSES = {
+    "revoked": "Cascade does not offer revoking a message: it is an RCS feature, and Cascade "
+    "has no RCS channel.",
+}
+
 #: options Cascade does not offer, and why a request that uses one is refused
 UNSUPPORTED_OPTIONS = {
     "ttl": "is not supported by Cascade: a message is tried until its provider gives up",

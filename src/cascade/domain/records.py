@@ -319,6 +319,31 @@ class NewWebhook:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundKeys:
+    """What is kept of an inbound message beside its webhook, so that a later request can
+    name it by the uuid the customer received: that uuid, its channel (v0.1 name) and the
+    address it was sent to (the linked number, page or bot; an SMS long number)."""
+
+    message_uuid: str
+    channel: str
+    to: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """An inbound message found by its uuid (``PATCH /v1/messages/{uuid}``): its account,
+    :class:`InboundKeys`, the platform's id of it (``ref``, ``"<channel>:<id>"``; None for
+    SMS) and when its webhook was queued."""
+
+    account_id: str
+    message_uuid: str
+    channel: str
+    to: str
+    ref: str | None
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SendAttempt:
     """What the store knows about earlier tries to hand a message to its provider."""
 

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from cascade.domain.message_v1 import (
     CONTENT_FIELDS,
     OPTION_FIELDS,
+    UNOFFERED_STATUSES,
     UNSUPPORTED_OPTIONS,
+    UPDATE_STATUS,
     MessageRequestV1,
+    MessageUpdateV1,
     MessageV1,
 )
 from cascade.errors import InvalidParameter
@@ -175,3 +178,17 @@ def request_violations(request: MessageRequestV1) -> list[InvalidParameter]:
     for index, message in enumerate(request.failover or ()):
         found += message_violations(message, f"failover[{index}].")
     return found
+
+
+def update_violations(update: MessageUpdateV1) -> list[InvalidParameter]:
+    """What a ``PATCH /v1/messages/{uuid}`` body breaks: a status other than ``read`` and
+    those named as not offered (which the endpoint answers with why)."""
+    if update.status == UPDATE_STATUS or update.status in UNOFFERED_STATUSES:
+        return []
+    return [
+        InvalidParameter(
+            "status",
+            f"must be '{UPDATE_STATUS}': Cascade marks inbound WhatsApp messages read and offers "
+            "no other change of a message's status",
+        )
+    ]

@@ -63,6 +63,7 @@ from cascade.log import HotLogger
 from cascade.store.base import (
     Decide,
     Decision,
+    Intake,
     Job,
     JobQueue,
     Tenants,
@@ -121,9 +122,10 @@ async def _read_nothing(jobs: Sequence[Job]) -> None:
     """The batch read of a kind whose jobs need none."""
 
 
-class EngineStore(JobQueue, Transitions, Webhooks, Tenants, Protocol):
+class EngineStore(JobQueue, Transitions, Webhooks, Tenants, Intake, Protocol):
     """What the engine uses of the store: the job queue, transitions, the webhooks they
-    queue, and the accounts (an inbound message goes to the first one's inbound URL)."""
+    queue, the accounts (an inbound message goes to the first one's inbound URL) and inbound
+    messages recorded by their uuid, as intake records them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -820,6 +822,7 @@ class Engine:
                 return
             account_id = accounts[0].id
         version = await self.inbound_webhook_version(account_id)
+        keys = message.keys(str(uuid.uuid4()))
         webhook = NewWebhook(
             kind=WebhookKind.INBOUND,
             account_id=account_id,
@@ -827,9 +830,10 @@ class Engine:
             workflow_id=None,
             message_id=None,
             url=None,
-            body=payloads.inbound_body(message, str(uuid.uuid4()), version),
+            body=payloads.inbound_body(message, keys.message_uuid, version),
         )
-        await self.store.add_webhooks([webhook], self.clock.now())
+        # recorded with its uuid, as intake's are, so a request naming it finds what it is
+        await self.store.add_inbound_webhook(webhook, None, self.clock.now(), keys)
         self.wake()
 
     async def inbound_webhook_version(self, account_id: str) -> str:

@@ -20,6 +20,8 @@ from cascade.domain.records import (
     Account,
     Application,
     ChannelLink,
+    InboundKeys,
+    InboundRecord,
     LinkedChannel,
     MessageRecord,
     NewWebhook,
@@ -432,10 +434,25 @@ class Intake(Protocol):
         :meth:`messenger_thread` cannot find, because the watermark beat the send's answer."""
 
     @abc.abstractmethod
-    async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
+    async def add_inbound_webhook(
+        self,
+        webhook: NewWebhook,
+        ref: str | None,
+        now: float,
+        keys: InboundKeys | None = None,
+    ) -> bool:
         """Queue an inbound message's webhook unless one was queued for ``ref`` (the platform's
-        id of the message) before; whether it was queued. The record of ``ref`` lives as long
-        as the webhook (retention deletes both)."""
+        id of the message; None: the message has none, and is queued) before; whether it was
+        queued. ``keys`` are kept with it, so :meth:`find_inbound_message` finds it by its
+        uuid. The record of ``ref`` and the keys live as long as the webhook (retention
+        deletes them together)."""
+
+    @abc.abstractmethod
+    async def find_inbound_message(
+        self, account_id: str, message_uuid: str
+    ) -> InboundRecord | None:
+        """The account's inbound message whose webhook carried ``message_uuid`` (None for
+        another account's, or one retention deleted)."""
 
 
 class Webhooks(Protocol):

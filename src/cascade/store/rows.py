@@ -19,6 +19,7 @@ from cascade.domain.records import (
     Account,
     Application,
     Event,
+    InboundRecord,
     MessageRecord,
     Receipt,
     SandboxMessage,
@@ -161,6 +162,7 @@ sandbox = _Mapper(SandboxMessage, convert={"receipts_due": _receipts_due})
 job = _Mapper(Job)
 dashboard_session = _Mapper(DashboardSession)
 sign_in_failures = _Mapper(SignInFailures)
+inbound = _Mapper(InboundRecord)
 
 
 def columns(record: object) -> dict[str, Any]:

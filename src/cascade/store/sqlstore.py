@@ -30,6 +30,8 @@ from cascade.domain.records import (
     Account,
     Application,
     ChannelLink,
+    InboundKeys,
+    InboundRecord,
     JobKindName,
     LinkedChannel,
     MessageRecord,
@@ -1101,8 +1103,22 @@ class SqlStore(Store, abc.ABC):
         )
         return [str(message_id) for message_id in found.column("id")]
 
-    async def add_inbound_webhook(self, webhook: NewWebhook, ref: str, now: float) -> bool:
-        return await self._write(partial(_inbound_webhook_plan, webhook, ref, now))
+    async def add_inbound_webhook(
+        self,
+        webhook: NewWebhook,
+        ref: str | None,
+        now: float,
+        keys: InboundKeys | None = None,
+    ) -> bool:
+        return await self._write(partial(_inbound_webhook_plan, webhook, ref, now, keys))
+
+    async def find_inbound_message(
+        self, account_id: str, message_uuid: str
+    ) -> InboundRecord | None:
+        found = await self._read(
+            first("find_inbound_message", account_id=account_id, message_uuid=message_uuid)
+        )
+        return None if found is None else rows.inbound(found)
 
     # --- the sandbox provider's journal ----------------------------------------------------
 
@@ -1151,9 +1167,11 @@ class SqlStore(Store, abc.ABC):
         return await self._write(partial(_purge_workflows_plan, before, limit))
 
 
-def _inbound_webhook_plan(webhook: NewWebhook, ref: str, now: float) -> Plan[bool]:
-    """Queue an inbound webhook recorded under ``ref``, with the job that delivers it, unless
-    ``ref`` is recorded already."""
+def _inbound_webhook_plan(
+    webhook: NewWebhook, ref: str | None, now: float, keys: InboundKeys | None
+) -> Plan[bool]:
+    """Queue an inbound webhook recorded under ``ref`` (with ``keys``), with the job that
+    delivers it, unless ``ref`` is recorded already."""
     queued = yield first(
         "queue_inbound_webhook",
         account_id=webhook.account_id,
@@ -1168,6 +1186,14 @@ def _inbound_webhook_plan(webhook: NewWebhook, ref: str, now: float) -> Plan[boo
     )
     if queued is None:
         return False  # recorded before: a platform's repeat
+    if keys is not None:
+        yield change(
+            "record_inbound_message",
+            id=queued["id"],
+            inbound_uuid=keys.message_uuid,
+            inbound_channel=keys.channel,
+            inbound_to=keys.to,
+        )
     if queued["url"] is not None:
         yield change(
             "insert_job",

@@ -52,10 +52,10 @@ from cascade.domain.records import (
     WebhookRecord,
     WebhookState,
 )
-from cascade.errors import StoreUnavailable, WebhookUnreachable
+from cascade.errors import PeerUnreachable, StoreUnavailable
+from cascade.httpclient import Destination, HttpClient, Target, parse_url
 from cascade.log import HotLogger
 from cascade.store.base import Job, JobQueue, Tenants, Webhooks
-from cascade.webhooks.http import Destination, Target, WebhookClient, parse_url
 from cascade.webhooks.signing import sign
 
 log = structlog.get_logger(__name__)
@@ -217,7 +217,7 @@ class WebhookSender:
         self._store = store
         self._clock = clock
         self.settings = settings or DeliverySettings()
-        self._http: WebhookClient | None = None
+        self._http: HttpClient | None = None
         #: the webhooks of claimed jobs, read with their batch (taken by the job)
         self._prefetched: dict[int, WebhookRecord] = {}
         #: accounts as read, with when each was read (the clock's time)
@@ -226,10 +226,10 @@ class WebhookSender:
         #: places for webhooks between the start of their POST and the commit of its outcome
         self._unrecorded = asyncio.Semaphore(self.settings.max_unrecorded)
 
-    def _client(self) -> WebhookClient:
+    def _client(self) -> HttpClient:
         """The pooled HTTP client, made on first use (inside the running event loop)."""
         if self._http is None:
-            self._http = WebhookClient(
+            self._http = HttpClient(
                 user_agent=USER_AGENT,
                 max_connections=self.settings.max_connections,
                 max_body=self.settings.max_response_bytes,
@@ -439,7 +439,7 @@ class WebhookSender:
                 response = await self._client().post(target, webhook.body, headers)
         except TimeoutError as exc:
             return _Result(None, f"timed out: {type(exc).__name__}", retry=True)
-        except WebhookUnreachable as exc:
+        except PeerUnreachable as exc:
             return _Result(None, f"connection failed: {exc.message}", retry=True)
         code = response.status
         if 200 <= code <= 205:

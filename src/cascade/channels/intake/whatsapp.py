@@ -300,6 +300,15 @@ def _arrival(message: _Message, link: ChannelLink, now: float) -> Arrival:
     return Arrival(inbound, f"{PROVIDER}:{message.id}")
 
 
+def wamid_of(ref: str | None) -> str | None:
+    """The wamid in an inbound message's ref as :func:`parse` records it
+    (``whatsapp:<wamid>``); None for another platform's ref, or none."""
+    if ref is None:
+        return None
+    platform, _, wamid = ref.partition(":")
+    return wamid if platform == PROVIDER and wamid else None
+
+
 def _content(message: _Message) -> dict[str, Any]:
     """The v0.1 inbound content of a message."""
     if message.type == "text" and message.text is not None:

@@ -460,9 +460,9 @@ SELECT :kind, value, :now, :now FROM json_each(:refs)
 
 -- name: messenger_thread
 -- the messages a Messenger watermark covers: one conversation (page to user) of the account,
--- sent at or before it, not yet at the watermark's status (messages_messenger_thread)
+-- sent at or before it, not yet at the watermark's status (messages_messenger)
 SELECT provider_message_id FROM messages
-WHERE provider = 'messenger' AND account_id = :account_id
+WHERE channel = 'messenger' AND provider = 'messenger' AND account_id = :account_id
   AND json_extract(recipient, '$.id') = :psid
   AND json_extract(sender, '$.id') = :page_id
   AND status IN (:statuses*)
@@ -590,13 +590,29 @@ ORDER BY created_at DESC, id DESC LIMIT :limit
 -- name: messenger_unsent
 -- the messages a Messenger watermark covers whose send is still in flight: one conversation
 -- (page to user) of the account, begun at or before it, no answer from the Graph API yet, not
--- yet at the watermark's status (messages_messenger_unsent)
+-- yet at the watermark's status (messages_messenger)
 SELECT id FROM messages
 WHERE channel = 'messenger' AND provider_message_id IS NULL AND account_id = :account_id
   AND json_extract(recipient, '$.id') = :psid
   AND json_extract(sender, '$.id') = :page_id
   AND (status IS NULL OR status IN (:statuses*)) AND send_started_at <= :sent_until
 ORDER BY send_started_at, id LIMIT :limit
+
+-- ---- inbound messages named by their uuid (issue 13: PATCH /v1/messages/{uuid}) -------------
+
+-- name: record_inbound_message
+-- the uuid an inbound message's webhook carried, its channel and the address it was sent to,
+-- on the webhook just queued for it (queue_inbound_webhook), in the same transaction
+UPDATE webhooks
+SET inbound_uuid = :inbound_uuid, inbound_channel = :inbound_channel, inbound_to = :inbound_to
+WHERE id = :id
+
+-- name: find_inbound_message
+-- an inbound message of the account by the uuid its webhook carried (webhooks_inbound_uuid)
+SELECT account_id, inbound_uuid AS message_uuid, inbound_channel AS channel, inbound_to AS "to",
+       inbound_ref AS ref, created_at AS received_at
+FROM webhooks
+WHERE inbound_uuid = :message_uuid AND account_id = :account_id
 
 -- ---- the dashboard ---------------------------------------------------------------------------
 

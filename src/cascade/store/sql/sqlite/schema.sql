@@ -76,12 +76,9 @@ CREATE TABLE messages (
 CREATE INDEX messages_account ON messages (account_id, created_at);
 CREATE UNIQUE INDEX messages_provider_ref ON messages (provider, provider_message_id)
     WHERE provider_message_id IS NOT NULL;
--- one Messenger conversation's messages, for a watermark (migration 0010)
-CREATE INDEX messages_messenger_thread ON messages (account_id, json_extract(recipient, '$.id'))
-    WHERE provider = 'messenger';
--- its Messenger messages not yet answered by the Graph API, for a watermark (migration 0013)
-CREATE INDEX messages_messenger_unsent ON messages (account_id, json_extract(recipient, '$.id'))
-    WHERE channel = 'messenger' AND provider_message_id IS NULL;
+-- one Messenger conversation's messages, for a watermark (migration 0013)
+CREATE INDEX messages_messenger ON messages (account_id, json_extract(recipient, '$.id'))
+    WHERE channel = 'messenger';
 
 -- The timeline: statuses with their time, source and reason, step starts, send retries (with
 -- their next attempt), failovers, outcome.
@@ -173,12 +170,17 @@ CREATE TABLE webhooks (
     last_error       TEXT,
     delivered_at     REAL,
     -- an inbound message's id at its platform: its webhook is queued once (migration 0010)
-    inbound_ref      TEXT
+    inbound_ref      TEXT,
+    -- an inbound message's uuid, channel and the address it was sent to (migration 0014)
+    inbound_uuid     TEXT,
+    inbound_channel  TEXT,
+    inbound_to       TEXT
 );
 CREATE INDEX webhooks_workflow ON webhooks (workflow_id, id);
 CREATE INDEX webhooks_state ON webhooks (state, id);
 CREATE INDEX webhooks_unattached ON webhooks (created_at) WHERE workflow_id IS NULL;
 CREATE UNIQUE INDEX webhooks_inbound_ref ON webhooks (inbound_ref) WHERE inbound_ref IS NOT NULL;
+CREATE UNIQUE INDEX webhooks_inbound_uuid ON webhooks (inbound_uuid) WHERE inbound_uuid IS NOT NULL;
 
 CREATE TABLE webhook_attempts (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -1,8 +1,11 @@
--- A Messenger watermark can arrive while a send it covers is still in flight (the Graph API
--- has not answered yet, so Cascade does not know the message's id there): such a message is
--- found by its conversation among Messenger messages without a provider id, and the receipt
--- names it by Cascade's own id. One kept for an engine to apply (a process that runs none)
--- says so in message_id.
+-- Messenger intake (api/intake.py) finds one conversation's messages for a watermark: those
+-- the Graph API answered (by their Messenger id) and those whose send is still in flight (a
+-- watermark can beat the send's answer; the receipt then names the message by Cascade's id).
+-- Both are found through one index of Messenger messages by account and user, partial on the
+-- channel as on SQLite (where a partial index on the provider made every statement binding
+-- `provider = ?` recompile at each execution).
+-- One kept for an engine to apply (a process that runs none) names its message in message_id.
 ALTER TABLE orphan_receipts ADD COLUMN message_id text;
-CREATE INDEX messages_messenger_unsent ON messages (account_id, ((recipient::jsonb ->> 'id')))
-    WHERE channel = 'messenger' AND provider_message_id IS NULL;
+DROP INDEX messages_messenger_thread;
+CREATE INDEX messages_messenger ON messages (account_id, ((recipient::jsonb ->> 'id')))
+    WHERE channel = 'messenger';

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cascade.errors import WebhookUnreachable
-from cascade.webhooks.http import WebhookClient, parse_url
+from cascade.errors import PeerUnreachable
+from cascade.httpclient import HttpClient, parse_url
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 JSON = (("Content-Type", "application/json"),)
@@ -91,14 +91,14 @@ async def server() -> AsyncIterator[RawServer]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[WebhookClient]:
-    http = WebhookClient(user_agent="Cascade-Test", max_body=16)
+async def client() -> AsyncIterator[HttpClient]:
+    http = HttpClient(user_agent="Cascade-Test", max_body=16)
     yield http
     await http.close()
 
 
 async def test_requests_to_one_destination_reuse_one_connection(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """Three POSTs in a row go over one keep-alive connection, each whole and in order."""
     target = parse_url(server.url())
@@ -117,7 +117,7 @@ async def test_requests_to_one_destination_reuse_one_connection(
 
 
 async def test_connection_close_in_an_answer_retires_the_connection(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """After an answer saying Connection: close, the next request opens a new connection."""
     server.script = [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"]
@@ -129,7 +129,7 @@ async def test_connection_close_in_an_answer_retires_the_connection(
 
 
 async def test_a_chunked_answer_is_read_to_its_end_and_its_body_capped(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """A chunked body longer than max_body keeps its first bytes; the connection is reused."""
     chunks = b"".join(b"%x\r\n%s\r\n" % (10, b"0123456789") for _ in range(3))
@@ -148,7 +148,7 @@ async def test_a_chunked_answer_is_read_to_its_end_and_its_body_capped(
 
 
 async def test_an_answer_without_a_length_ends_with_the_connection(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """An HTTP/1.0-style answer whose body runs until the close is a whole answer."""
     server.script = [b"HTTP/1.0 200 OK\r\nLocation: /x\r\n\r\nbody until close"]
@@ -162,7 +162,7 @@ async def test_an_answer_without_a_length_ends_with_the_connection(
 
 
 async def test_an_interim_100_answer_is_skipped_for_the_final_one(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """A 100 Continue before the real answer is not taken for the answer."""
     server.script = [b"HTTP/1.1 100 Continue\r\n\r\n" + NO_CONTENT]
@@ -171,7 +171,7 @@ async def test_an_interim_100_answer_is_skipped_for_the_final_one(
 
 
 async def test_an_idle_connection_closed_by_the_receiver_is_replaced_unseen(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """When the receiver closed the kept connection, the request goes on a new one."""
     target = parse_url(server.url())
@@ -182,40 +182,80 @@ async def test_an_idle_connection_closed_by_the_receiver_is_replaced_unseen(
     assert server.connections == 2
 
 
+async def test_a_request_that_must_not_repeat_is_not_resent_on_a_stale_connection(
+    server: RawServer, client: HttpClient
+) -> None:
+    """With ``resend_on_stale`` false, a kept connection closed without an answer fails the
+    request as sent (the server may have read it), and it is not sent again."""
+    target = parse_url(server.url())
+    await client.post(target, b"{}", JSON)
+    server.script = [None]
+    with pytest.raises(PeerUnreachable, match="closed the connection") as caught:
+        await client.post(target, b"{}", JSON, resend_on_stale=False)
+    assert caught.value.request_sent
+    assert len(server.requests) == 2
+
+
+async def test_a_timeout_says_whether_the_request_was_sent(
+    server: RawServer, client: HttpClient
+) -> None:
+    """``timeout`` with no answer in time: PeerUnreachable with ``request_sent`` true, naming
+    the destination and the wait; the connection is not kept."""
+    server.delay = 1.0
+    with pytest.raises(
+        PeerUnreachable, match=r"no answer from http://127\.0\.0\.1:\d+ within 0\.1 s"
+    ) as caught:
+        await client.post(parse_url(server.url()), b"{}", JSON, within=0.1)
+    assert caught.value.request_sent
+    await asyncio.sleep(0.05)
+    assert client.open_connections == 0
+
+
+async def test_a_refused_connection_was_not_sent(client: HttpClient) -> None:
+    """A connection refused: ``request_sent`` is false, so trying again cannot repeat it."""
+    raw = RawServer()
+    await raw.start()
+    url = raw.url()
+    await raw.stop()
+    with pytest.raises(PeerUnreachable) as caught:
+        await client.post(parse_url(url), b"{}", JSON, within=1.0)
+    assert not caught.value.request_sent
+
+
 async def test_a_fresh_connection_closed_without_an_answer_is_unreachable(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """A receiver that closes a new connection without answering fails the request."""
     server.script = [None]
-    with pytest.raises(WebhookUnreachable, match="closed the connection"):
+    with pytest.raises(PeerUnreachable, match="closed the connection"):
         await client.post(parse_url(server.url()), b"{}", JSON)
     assert len(server.requests) == 1  # not sent twice: it may have been acted on
 
 
 async def test_an_answer_that_is_not_http_is_unreachable_and_closes_the_connection(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """Garbage instead of a status line fails the request and the connection is dropped."""
     server.script = [b"SSH-2.0-OpenSSH\r\n\r\n"]
-    with pytest.raises(WebhookUnreachable, match="not HTTP"):
+    with pytest.raises(PeerUnreachable, match="not HTTP"):
         await client.post(parse_url(server.url()), b"{}", JSON)
     await asyncio.sleep(0.05)
     assert client.open_connections == 0
 
 
-async def test_a_refused_connection_is_unreachable(client: WebhookClient) -> None:
-    """Nothing listening: WebhookUnreachable naming the destination, nothing left open."""
+async def test_a_refused_connection_is_unreachable(client: HttpClient) -> None:
+    """Nothing listening: PeerUnreachable naming the destination, nothing left open."""
     raw = RawServer()
     await raw.start()
     url = raw.url()
     await raw.stop()
-    with pytest.raises(WebhookUnreachable, match=r"connecting to http://127\.0\.0\.1"):
+    with pytest.raises(PeerUnreachable, match=r"connecting to http://127\.0\.0\.1"):
         await client.post(parse_url(url), b"{}", JSON)
     assert client.open_connections == 0
 
 
 async def test_a_request_cancelled_midway_closes_its_connection(
-    server: RawServer, client: WebhookClient
+    server: RawServer, client: HttpClient
 ) -> None:
     """A timeout while waiting for the answer leaves no half-used connection in the pool."""
     server.script = [b""]  # read, never answered
@@ -233,7 +273,7 @@ async def test_the_connection_limit_closes_an_idle_connection_to_make_room() -> 
     first, second = RawServer(), RawServer()
     await first.start()
     await second.start()
-    http = WebhookClient(user_agent="Cascade-Test", max_connections=1)
+    http = HttpClient(user_agent="Cascade-Test", max_connections=1)
     try:
         assert (await http.post(parse_url(first.url()), b"{}", JSON)).status == 204
         assert (await http.post(parse_url(second.url()), b"{}", JSON)).status == 204
@@ -286,12 +326,12 @@ async def test_https_verifies_the_receivers_certificate(tmp_path: Path) -> None:
     raw = RawServer()
     await raw.start(server_side)
     trusting = ssl.create_default_context(cafile=str(cert_path))
-    trusted = WebhookClient(user_agent="Cascade-Test", ssl_context=trusting)
-    default = WebhookClient(user_agent="Cascade-Test")
+    trusted = HttpClient(user_agent="Cascade-Test", ssl_context=trusting)
+    default = HttpClient(user_agent="Cascade-Test")
     try:
         target = parse_url(raw.url("https"))
         assert (await trusted.post(target, b"{}", JSON)).status == 204
-        with pytest.raises(WebhookUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(PeerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
             await default.post(target, b"{}", JSON)
     finally:
         await trusted.close()
@@ -341,7 +381,7 @@ async def test_at_the_connection_limit_a_finished_request_makes_room_for_a_waiti
     first, second = RawServer(delay=0.3), RawServer()
     await first.start()
     await second.start()
-    http = WebhookClient(user_agent="Cascade-Test", max_connections=1)
+    http = HttpClient(user_agent="Cascade-Test", max_connections=1)
     try:
         busy = asyncio.ensure_future(http.post(parse_url(first.url()), b"{}", JSON))
         await asyncio.sleep(0.1)

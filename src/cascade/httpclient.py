@@ -1,15 +1,20 @@
-"""A lean HTTP/1.1 client for webhook POSTs: pooled keep-alive connections, responses parsed
-by ``httptools`` (the C parser uvicorn uses).
+"""A lean HTTP/1.1 client for POSTs: pooled keep-alive connections, responses parsed by
+``httptools`` (the C parser uvicorn uses). Webhook delivery and the linked-channel adapters
+(Messenger, WhatsApp, Viber) both send through it.
 
-Why not aiohttp: on this hardware one aiohttp POST costs about 100 µs of event-loop CPU and
-this client about 15 µs (BENCHMARKS.md, "Webhook delivery"). Every SMS sends two status
-webhooks, so at 1,500 SMS/s aiohttp alone would take a third of the one core the engine runs on.
-Webhooks need only a small part of HTTP: one POST with a small body, a status code, two headers
-(``Retry-After``, ``Location``) and at most a few KiB of answer. Redirects are never followed,
-cookies never kept, proxies never used.
+Why not aiohttp or httpx: on this hardware one aiohttp POST costs about 100 µs of event-loop
+CPU, one httpx POST about 300 µs, and this client about 15 µs (BENCHMARKS.md, "Webhook
+delivery" and "Messenger"). Every SMS sends two status webhooks and every Messenger message one
+Send API call and three webhooks, at a thousand or more a second. What is needed is a small
+part of HTTP: one POST with a small body, a status code, a few headers (``Retry-After``,
+``Location``) and a bounded answer. Redirects are never followed, cookies never kept, proxies
+never used.
 
-The caller bounds each request's time (``asyncio.timeout``); a request cancelled or failed
-midway closes its connection, so a pooled connection is always between two whole exchanges.
+The caller bounds each request's time (``asyncio.timeout``, or ``post``'s own ``within``,
+which also says whether the request was written before time ran out); a request cancelled or
+failed midway closes its connection, so a pooled connection is always between two whole
+exchanges. Every failure is :class:`~cascade.errors.PeerUnreachable`, whose ``request_sent``
+says whether the peer can have acted on the request.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
-from cascade.errors import WebhookUnreachable
+from cascade.errors import PeerUnreachable
 
 #: characters sent as they are in a request target; anything else is percent-encoded
 _TARGET_SAFE = "/?&=%:@!$'()*+,;-._~[]"
-#: response headers a webhook attempt uses
+#: response headers kept: what a webhook attempt or a platform's error answer needs
 _KEPT_HEADERS = frozenset({b"retry-after", b"location"})
 
 
@@ -86,7 +91,7 @@ def parse_url(url: str) -> Target:
 
 @dataclass(slots=True)
 class Response:
-    """What a webhook attempt keeps of an answer."""
+    """What is kept of an answer."""
 
     status: int
     #: the kept headers (lower-case names): ``retry-after`` and ``location`` when present
@@ -98,7 +103,7 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection: sends a request and parses its answer."""
 
-    def __init__(self, pool: WebhookClient, destination: Destination) -> None:
+    def __init__(self, pool: HttpClient, destination: Destination) -> None:
         self._pool = pool
         self.destination = destination
         self._transport: asyncio.Transport | None = None
@@ -128,9 +133,11 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(WebhookUnreachable("the receiver switched protocols"))
+            self._fail(PeerUnreachable("the server switched protocols", request_sent=True))
         except httptools.HttpParserError as exc:
-            self._fail(WebhookUnreachable(f"the receiver's answer is not HTTP: {exc}"))
+            self._fail(
+                PeerUnreachable(f"the server's answer is not HTTP: {exc}", request_sent=True)
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -144,7 +151,9 @@ class _Connection(asyncio.Protocol):
             self._finish()
             return
         reason = f": {exc}" if exc else ""
-        waiter.set_exception(WebhookUnreachable(f"the receiver closed the connection{reason}"))
+        waiter.set_exception(
+            PeerUnreachable(f"the server closed the connection{reason}", request_sent=True)
+        )
 
     # -- httptools callbacks
 
@@ -214,7 +223,7 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-class WebhookClient:
+class HttpClient:
     """Keep-alive connections per destination, at most ``max_connections`` open in all."""
 
     def __init__(
@@ -240,10 +249,19 @@ class WebhookClient:
         return len(self._open)
 
     async def post(
-        self, target: Target, body: bytes, headers: Iterable[tuple[str, str]]
+        self,
+        target: Target,
+        body: bytes,
+        headers: Iterable[tuple[str, str]],
+        *,
+        within: float | None = None,
+        resend_on_stale: bool = True,
     ) -> Response:
         """POST ``body`` with ``headers`` (besides Host, User-Agent and Content-Length) and
-        read the answer; WebhookUnreachable when no answer could be had."""
+        read the answer; PeerUnreachable when no answer could be had (also when ``within``
+        seconds pass first). A kept connection the server closed just as it was taken is
+        tried again on a new one unless ``resend_on_stale`` is false (a request that must not
+        be repeated: the server may have read it before closing)."""
         head = [
             f"POST {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
             f"User-Agent: {self.user_agent}\r\nContent-Length: {len(body)}\r\n"
@@ -254,22 +272,46 @@ class WebhookClient:
             head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
         request = "".join(head).encode("latin-1") + body
+        if within is None:
+            return await self._exchange(target.destination, request, resend_on_stale, [])
+        sent: list[bool] = []
+        try:
+            async with asyncio.timeout(within):
+                return await self._exchange(target.destination, request, resend_on_stale, sent)
+        except TimeoutError as exc:
+            if sent:
+                raise PeerUnreachable(
+                    f"no answer from {target.destination.key} within {within:g} s",
+                    request_sent=True,
+                ) from exc
+            raise PeerUnreachable(
+                f"connecting to {target.destination.key} timed out after {within:g} s",
+                request_sent=False,
+            ) from exc
+
+    async def _exchange(
+        self, destination: Destination, request: bytes, resend_on_stale: bool, sent: list[bool]
+    ) -> Response:
+        """Send ``request`` on a pooled connection and read its answer; ``sent`` gets an entry
+        once it was written."""
         while True:
-            connection, reused = await self._connection(target.destination)
+            connection, reused = await self._connection(destination)
             try:
+                sent.append(True)
                 response = await connection.send(request)
-            except WebhookUnreachable:
+            except PeerUnreachable:
                 connection.close()
-                if reused and not connection.answered:
-                    # the receiver closed an idle connection just as it was taken: the request
+                if resend_on_stale and reused and not connection.answered:
+                    # the server closed an idle connection just as it was taken: the request
                     # never reached it, so it goes again on a new connection
+                    sent.clear()
                     continue
                 raise
             except BaseException:
-                connection.close()  # cancelled midway: out of step with the receiver
+                connection.close()  # cancelled midway: out of step with the server
                 raise
             if connection.reusable and not self._waiting_for_room:
-                self._idle.setdefault(target.destination, []).append(connection)
+                self._idle.setdefault(destination, []).append(connection)
             else:
                 connection.close()  # (and, at the limit, makes room for a waiting request)
             return response
@@ -298,8 +340,9 @@ class WebhookClient:
             )
         except OSError as exc:
             self._room.release()
-            raise WebhookUnreachable(
-                f"connecting to {destination.key} failed: {type(exc).__name__}: {exc}"
+            raise PeerUnreachable(
+                f"connecting to {destination.key} failed: {type(exc).__name__}: {exc}",
+                request_sent=False,
             ) from exc
         except BaseException:
             self._room.release()  # cancelled (the caller's deadline) while connecting

@@ -1,0 +1,185 @@
+"""``cascade serve`` on several processes (``cascade.processes``): the engine in one child and
+the API in another, a dead child started again, SIGTERM stopping all, children stopping when
+the parent is killed, on SQLite and PostgreSQL. Each test runs the installed command."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.contract.conftest import postgres_schema, postgres_schemas, postgres_url
+from tests.test_dev_smsc import free_port
+
+__all__ = ["postgres_schema", "postgres_schemas", "postgres_url"]  # fixtures used here
+
+CASCADE = str(Path(sys.executable).parent / "cascade")
+SMS = {
+    "to": {"type": "sms", "number": "447700900000"},
+    "from": {"type": "sms", "number": "447700900001"},
+    "message": {"content": {"type": "text", "text": "hello"}},
+}
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid``."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (and is not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_until(condition: object, within: float = 20.0) -> None:
+    """Poll ``condition`` (a callable) until it is true; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@dataclass
+class Serve:
+    """A running ``cascade serve --processes 2`` and how to talk to it."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    auth: tuple[str, str]
+    log: Path
+
+    def send_and_wait(self) -> dict[str, object]:
+        """POST one sandbox SMS and wait until it reads back delivered (the engine, in its
+        own process, sent it); its final read."""
+        posted = httpx.post(f"{self.url}/v0.1/messages", json=SMS, auth=self.auth, timeout=10)
+        assert posted.status_code == 202, posted.text
+        uuid = posted.json()["message_uuid"]
+        found: dict[str, object] = {}
+
+        def delivered() -> bool:
+            nonlocal found
+            found = httpx.get(f"{self.url}/v0.1/messages/{uuid}", auth=self.auth).json()
+            return found.get("status") == "delivered"
+
+        wait_until(delivered)
+        return found
+
+    def engine_and_api(self) -> list[int]:
+        """The two children, once both run."""
+        wait_until(lambda: len(children(self.process.pid)) == 2)
+        return children(self.process.pid)
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, database: str) -> Iterator[Serve]:
+    """``cascade serve --processes 2`` on ``database``, until the block ends; then stopped
+    (SIGKILL if need be), children included."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    credentials = tmp_path / "cascade.credentials"
+    env.update(
+        CASCADE_DATABASE_URL=database,
+        CASCADE_SANDBOX_SPEED="20",
+        CASCADE_CREDENTIALS_FILE=str(credentials),
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [CASCADE, "serve", "--port", str(port), "--processes", "2"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{url}/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    family: list[int] = []
+    try:
+        wait_until(healthy)
+        family = children(process.pid)
+        lines = credentials.read_text().splitlines()
+        values = dict(line.split("=", 1) for line in lines if "=" in line)
+        yield Serve(process, url, (values["CASCADE_API_KEY"], values["CASCADE_API_SECRET"]), log)
+    finally:
+        family += children(process.pid)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for pid in family:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """``cascade serve --processes 2`` on a SQLite file in ``tmp_path``."""
+    with running(tmp_path, f"sqlite:///{tmp_path / 'cascade.db'}") as serving:
+        yield serving
+
+
+def test_the_engine_runs_apart_from_the_api_and_sends(serve: Serve) -> None:
+    """Two children, engine and API; a message accepted by the API process is sent by the
+    engine process and reads back delivered; SIGTERM stops the children and the parent (0)."""
+    engine, api = serve.engine_and_api()
+    assert serve.send_and_wait()["status"] == "delivered"
+    serve.process.send_signal(signal.SIGTERM)
+    assert serve.process.wait(30) == 0
+    assert not alive(engine)
+    assert not alive(api)
+    text = serve.log.read_text()
+    assert "processes=['engine', 'api-1']" in text
+    assert text.count("cascade.account_created") == 1  # made once, by the parent
+
+
+def test_a_child_that_dies_is_started_again(serve: Serve) -> None:
+    """SIGKILL the engine process: the parent starts a new one, which sends the next message."""
+    first = serve.engine_and_api()
+    engine = first[0]
+    os.kill(engine, signal.SIGKILL)
+    wait_until(lambda: engine not in children(serve.process.pid))
+    wait_until(lambda: len(children(serve.process.pid)) == 2)
+    assert serve.send_and_wait()["status"] == "delivered"
+    assert "serve.process_exited" in serve.log.read_text()
+
+
+def test_the_children_stop_when_the_parent_is_killed(serve: Serve) -> None:
+    """SIGKILL the parent (which cannot stop its children then): both children stop on their
+    own within a few seconds."""
+    family = serve.engine_and_api()
+    serve.process.kill()
+    serve.process.wait()
+    wait_until(lambda: not any(alive(pid) for pid in family), within=30)
+    assert "serve.parent_gone" in serve.log.read_text()
+
+
+@pytest.mark.postgres
+def test_on_postgresql(tmp_path: Path, postgres_schema: str) -> None:
+    """The same on PostgreSQL: the API process accepts, the engine process sends."""
+    with running(tmp_path, postgres_schema) as serving:
+        serving.engine_and_api()
+        assert serving.send_and_wait()["status"] == "delivered"
