@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from typer.testing import CliRunner
 
 from cascade import __version__ as cascade_version
-from cascade import cli, runtime
+from cascade import cli, runtime, tenancy
 from cascade.api.app import create_app
 from cascade.api.auth import hash_secret
 from cascade.clock import SystemClock
@@ -89,7 +89,7 @@ def cascade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cascade:
     """The CLI in a fresh temporary working directory, with no CASCADE_* settings; it "generates"
     a cached RSA key, since making a new one is slow."""
     key, other_key = rsa_key(), rsa_key()
-    monkeypatch.setattr(cli.rsa, "generate_private_key", lambda **_: key)
+    monkeypatch.setattr(tenancy.rsa, "generate_private_key", lambda **_: key)
     monkeypatch.chdir(tmp_path)
     for name in (
         "CASCADE_DATABASE_URL",
@@ -664,7 +664,7 @@ def test_app_rotate_key_writes_a_new_private_key_whose_public_half_is_stored(
     """``app rotate-key`` writes a new private key (mode 0600) and stores its public key in
     place of the old one."""
     app_id = cascade.ok("app", "create", "shop", "--quiet").strip()
-    monkeypatch.setattr(cli.rsa, "generate_private_key", lambda **_: cascade.other_key)
+    monkeypatch.setattr(tenancy.rsa, "generate_private_key", lambda **_: cascade.other_key)
     shown = json.loads(
         cascade.ok("app", "rotate-key", app_id, "--private-key-file", "new.key", "--json")
     )

@@ -20,7 +20,7 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from cascade import cli, runtime
+from cascade import cli, runtime, tenancy
 from cascade.config import Settings
 from cascade.errors import ConfigError
 from tests.api.test_connections import free_port
@@ -145,7 +145,7 @@ def test_app_create_and_update_set_the_webhook_version(
     """``--webhook-version`` is v0.1 unless given, stored by create and changed by update;
     another value is refused."""
     key = rsa_key()
-    monkeypatch.setattr(cli.rsa, "generate_private_key", lambda **_: key)
+    monkeypatch.setattr(tenancy.rsa, "generate_private_key", lambda **_: key)
     monkeypatch.chdir(tmp_path)
     database = ["--database", f"sqlite:///{tmp_path / 'x.db'}"]
 

@@ -18,11 +18,8 @@ import httpx
 import jwt
 import typer
 import typer.core
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from cascade import __version__
-from cascade.api.auth import hash_secret
+from cascade import __version__, tenancy
 from cascade.cli_records import account_json, application_json, webhook_json
 from cascade.clock import SystemClock
 from cascade.config import JOB_KINDS, Settings, engine_jobs
@@ -494,11 +491,10 @@ def _url_changes(status_url: str | None, inbound_url: str | None) -> dict[str, A
 
 
 def _webhook_url(url: str) -> str | None:
-    if url == "":
-        return None
-    if not url.startswith(("http://", "https://")):
-        raise _fail(f"error: {url!r} is not an http(s) URL")
-    return url
+    try:
+        return tenancy.webhook_url(url)
+    except ValueError as exc:
+        raise _fail(f"error: {exc}") from exc
 
 
 @account_app.command("rotate-signature-secret")
@@ -509,7 +505,7 @@ def account_rotate(
 
     async def work(store: Store) -> Account:
         account = await _account(store, api_key, database)
-        return await store.update_account(account.id, signature_secret=secrets.token_urlsafe(32))
+        return await tenancy.rotate_signature_secret(store, account.id)
 
     account = _with_store(database, work)
     if as_json:
@@ -558,13 +554,12 @@ def account_rotate_api_secret(
 ) -> None:
     """Replace the account's API secret (Basic auth); prints the new one only this once. The
     old one stops working at once here, and within seconds on a running API."""
-    api_secret = secrets.token_urlsafe(24)
 
-    async def work(store: Store) -> Account:
+    async def work(store: Store) -> tuple[Account, str]:
         account = await _account(store, api_key, database, create=False)
-        return await store.update_account(account.id, api_secret_sha256=hash_secret(api_secret))
+        return await tenancy.rotate_api_secret(store, account.id)
 
-    _echo_new_secret(_with_store(database, work, existing=True), api_secret, as_json)
+    _echo_new_secret(*_with_store(database, work, existing=True), as_json)
 
 
 def _echo_new_secret(account: Account, api_secret: str, as_json: bool) -> None:
@@ -584,32 +579,22 @@ def _echo_new_secret(account: Account, api_secret: str, as_json: bool) -> None:
 
 def _generate_key_pair(private_key_file: Path) -> str:
     """Write a new RSA private key (mode 0600) and return its public key in PEM."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    pair = tenancy.generate_key_pair()
     fd = os.open(private_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(pem)
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+        out.write(pair.private_pem)
+    return pair.public_pem
 
 
 def _read_public_key(path: Path) -> str:
     try:
-        loaded = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise _fail(f"error: cannot read a PEM public key from {path}: {exc}") from exc
-    if not isinstance(loaded, rsa.RSAPublicKey):
-        raise _fail("error: the public key must be an RSA key (JWTs are RS256)")
-    return loaded.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    try:
+        return tenancy.public_key_pem(data)
+    except ValueError as exc:
+        raise _fail(f"error: cannot read a PEM public key from {path}: {exc}") from exc
 
 
 WebhookVersionOption = Annotated[
@@ -658,15 +643,14 @@ def app_create(
 
     async def work(store: Store) -> Application:
         account = await _account(store, api_key, database, quiet=quiet or as_json)
-        application = Application(
-            id=str(uuid.uuid4()),
-            account_id=account.id,
-            name=name,
-            public_key_pem=pem,
+        application = tenancy.new_application(
+            account.id,
+            name,
+            pem,
             status_url=status,
             inbound_url=inbound,
-            created_at=time.time(),
-            webhook_version=(webhook_version or WebhookVersion.V0_1).value,
+            webhook_version=webhook_version,
+            now=time.time(),
         )
         await store.create_application(application)
         return application
@@ -715,8 +699,8 @@ async def _own_application(
 ) -> Application:
     """The account's application of this id (an error when it has none of that id)."""
     account = await _account(store, api_key, database, create=False)
-    application = await store.get_application(application_id)
-    if application is None or application.account_id != account.id:
+    application = await tenancy.own_application(store, account.id, application_id)
+    if application is None:
         raise ConfigError(f"the account has no application {application_id}")
     return application
 
@@ -834,11 +818,6 @@ def _echo_application(application: Application, key_path: Path | None, as_json: 
 
 # --- channel ---------------------------------------------------------------------------------
 
-#: the credentials that are secrets (masked when listed, prompted for without echo); the others
-#: (ids, the Viber sender's name and avatar) are shown in full
-SECRET_CREDENTIALS = frozenset(
-    {"page_access_token", "app_secret", "access_token", "auth_token", "verify_token"}
-)
 #: where each platform posts its callbacks, under CASCADE_PUBLIC_URL
 CALLBACK_PATHS = {
     LinkedChannel.MESSENGER: "/channels/messenger",
@@ -963,9 +942,7 @@ def _add_link(
 def _masked(name: str, value: str) -> str:
     """A credential as a listing shows it: a secret's first 4 characters (none of a short
     one) and "…"; anything else in full."""
-    if name not in SECRET_CREDENTIALS:
-        return value
-    return value[:4] + "…" if len(value) >= 16 else "…"
+    return tenancy.masked_credential(name, value)
 
 
 def _link_json(link: ChannelLink, api_key: str) -> dict[str, Any]:

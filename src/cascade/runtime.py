@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import structlog
 import uvicorn
@@ -150,10 +151,23 @@ def build_app(
         engine_health=engine.health if engine else None,
         receipts=engine if engine is not None else receipt_engine(settings, store, clock),
         access_log=settings.access_log,
+        smpp_status=partial(smpp_binds, engine) if engine else None,
         whatsapp=WhatsAppAdapter(
             http, base_url=settings.graph_base_url, api_version=settings.graph_api_version
         ),
     )
+
+
+def smpp_binds(engine: Engine) -> dict[str, dict[str, Any]]:
+    """Each SMPP connection of the engine's providers: bound or not, its last error, its
+    submits in flight (the dashboard's Channels page)."""
+    from cascade.channels.smpp import SmppProvider
+
+    binds: dict[str, dict[str, Any]] = {}
+    for provider in engine.providers.all():
+        if isinstance(provider, SmppProvider):
+            binds.update(provider.status())
+    return binds
 
 
 async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:

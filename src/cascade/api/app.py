@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -23,6 +24,7 @@ from cascade.api.openapi import docs_page, openapi_document
 from cascade.api.problems import EXCEPTION_HANDLERS, problem_response
 from cascade.api.reads import ReadEndpoints
 from cascade.clock import Clock
+from cascade.dashboard import Dashboard
 from cascade.domain.records import Surface
 from cascade.errors import TransientError
 from cascade.store.base import Lifecycle, Store
@@ -78,6 +80,7 @@ def create_app(
     engine_health: Callable[[], dict[str, object]] | None = None,
     receipts: ReceiptTaker | None = None,
     access_log: bool = True,
+    smpp_status: Callable[[], dict[str, dict[str, Any]]] | None = None,
     whatsapp: ReadMarker | None = None,
 ) -> ASGIApp:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
@@ -86,7 +89,8 @@ def create_app(
     or (None) the store, for an engine elsewhere to apply (``api/intake.py``). ``whatsapp``
     marks inbound WhatsApp messages read (``PATCH /v1/messages/{uuid}``), started and stopped
     with the app. Every request gets an id (``X-Request-Id``) and, with ``access_log``, a line
-    in the log."""
+    in the log. The dashboard (``/dashboard``) shows ``smpp_status``, this process's SMPP
+    binds, when it has an engine."""
     authenticator = Authenticator(store, clock)
     context = AcceptContext(
         store, authenticator, clock, max_body_bytes, report_horizon, on_accepted
@@ -127,6 +131,10 @@ def create_app(
     routes += MessageUpdateEndpoint(
         store, authenticator, whatsapp, max_body_bytes=max_body_bytes
     ).routes()
+    dashboard = Dashboard(
+        store, clock, endpoints["/v0.1/dispatch"], wake=on_accepted, smpp_status=smpp_status
+    )
+    routes += dashboard.routes()
     routes += [
         Route("/health", health, methods=["GET"]),
         Route("/ready", Readiness(store, engine_health).respond, methods=["GET"]),

@@ -193,14 +193,27 @@ class AcceptEndpoint:
         principal = await ctx.authenticator.authenticate(request.headers.getlist("authorization"))
         key = _idempotency_key(request)
         body = await read_json_body(request, ctx.max_body_bytes)
+        digest = _request_digest(request, body) if key is not None else None
+        return await self.submit(principal, body, key, digest)
+
+    async def submit(
+        self,
+        principal: Principal,
+        body: bytes,
+        key: str | None = None,
+        digest: str | None = None,
+    ) -> Response:
+        """Accept one request body for ``principal`` (with an Idempotency-Key, the key and
+        the request's digest): what the endpoint and the dashboard's "Try it" both do."""
+        ctx = self._context
         steps = self.steps(body, principal)
         workflow_id = new_id()
         response_body = self.response_body(steps, workflow_id)
         claim = None
-        if key is not None:
+        if key is not None and digest is not None:
             claim = IdempotencyClaim(
                 key=key,
-                request_sha256=_request_digest(request, body),
+                request_sha256=digest,
                 response=StoredResponse(202, response_body),
             )
         now = ctx.clock.now()

@@ -90,6 +90,10 @@ class ListQuery:
     created_before: float | None = None
     #: workflows only: leave out plain messages (what GET /v0.1/dispatch lists)
     dispatches_only: bool = False
+    #: messages only: sent to this number or id (the dashboard's search)
+    recipient: str | None = None
+    #: messages only: with this client_ref (the dashboard's search)
+    client_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +572,59 @@ class Purging(Protocol):
         a message; how many went."""
 
 
+@dataclass(frozen=True, slots=True)
+class DashboardSession:
+    """A browser signed in to the dashboard: found by the SHA-256 of its cookie (the cookie
+    is stored nowhere), with the token every form it posts must carry."""
+
+    token_sha256: str
+    account_id: str
+    csrf_token: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SignInFailures:
+    """An account's failed dashboard sign-ins in a row: how many, and when the last was."""
+
+    failures: int
+    last_at: float
+
+
+class DashboardSessions(Protocol):
+    """The dashboard's sessions and failed sign-ins, kept in the database so that every node
+    behind a load balancer sees the same (``cascade.dashboard``)."""
+
+    @abc.abstractmethod
+    async def create_dashboard_session(self, session: DashboardSession, now: float) -> None:
+        """Store a new session (and delete the sessions that expired by ``now``)."""
+
+    @abc.abstractmethod
+    async def get_dashboard_session(self, token_sha256: str, now: float) -> DashboardSession | None:
+        """The session of this cookie digest, unless it expired by ``now``."""
+
+    @abc.abstractmethod
+    async def delete_dashboard_session(self, token_sha256: str) -> None:
+        """End a session (signing out)."""
+
+    @abc.abstractmethod
+    async def note_sign_in_failure(
+        self, account_id: str, now: float, since: float
+    ) -> SignInFailures:
+        """Count one more failed sign-in of the account at ``now`` (the count starts again
+        when the last failure was before ``since``) and return the count; atomic, so that
+        nodes failing at once each count."""
+
+    @abc.abstractmethod
+    async def sign_in_failures(self, account_id: str) -> SignInFailures | None:
+        """The account's failed sign-ins in a row (None when there are none)."""
+
+    @abc.abstractmethod
+    async def clear_sign_in_failures(self, account_id: str) -> None:
+        """Forget the account's failed sign-ins (it signed in)."""
+
+
 class Store(
     Lifecycle,
     Tenants,
@@ -580,6 +637,7 @@ class Store(
     Intake,
     Journal,
     Purging,
+    DashboardSessions,
 ):
     """Durable state of a Cascade installation: every role at once. Callers that need only
     part of it take that role (an API handler ``Accepting``, the retention sweep ``Purging``)."""

@@ -33,7 +33,7 @@ from cascade.domain.records import (
     WorkflowState,
 )
 from cascade.domain.status import Status
-from cascade.store.base import Job
+from cascade.store.base import DashboardSession, Job, SignInFailures
 
 #: a row as either driver returns it, read by column name
 Row = Mapping[str, Any]
@@ -160,6 +160,8 @@ webhook_attempt = _Mapper(WebhookAttempt)
 receipt = _Mapper(Receipt, convert={"status": Status})
 sandbox = _Mapper(SandboxMessage, convert={"receipts_due": _receipts_due})
 job = _Mapper(Job)
+dashboard_session = _Mapper(DashboardSession)
+sign_in_failures = _Mapper(SignInFailures)
 inbound = _Mapper(InboundRecord)
 
 

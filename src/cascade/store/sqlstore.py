@@ -62,10 +62,12 @@ from cascade.store import rows
 from cascade.store.base import (
     UNSET,
     ClaimedIds,
+    DashboardSession,
     Decide,
     Decision,
     Job,
     ListQuery,
+    SignInFailures,
     Store,
     StoreOverview,
     WorkflowKey,
@@ -807,7 +809,17 @@ class SqlStore(Store, abc.ABC):
         return await self._read(_workflows_plan(account_id, query), snapshot=True)
 
     async def list_messages(self, account_id: str, query: ListQuery) -> list[MessageRecord]:
-        found = await self._read(select("messages", **_page(account_id, query)))
+        if query.recipient is None and query.client_ref is None:
+            found = await self._read(select("messages", **_page(account_id, query)))
+        else:
+            found = await self._read(
+                select(
+                    "messages_searched",
+                    **_page(account_id, query),
+                    recipient=query.recipient,
+                    client_ref=query.client_ref,
+                )
+            )
         return rows.message.all(found)
 
     async def pending_jobs(self, ref: str) -> list[Job]:
@@ -1014,6 +1026,33 @@ class SqlStore(Store, abc.ABC):
         if webhook_ids is not None and not webhook_ids:
             return 0
         return await self._write(partial(_replay_plan, webhook_ids, now, account_id))
+
+    # --- the dashboard's sessions ----------------------------------------------------------
+
+    async def create_dashboard_session(self, session: DashboardSession, now: float) -> None:
+        await self._write(change("insert_dashboard_session", now=now, **rows.columns(session)))
+
+    async def get_dashboard_session(self, token_sha256: str, now: float) -> DashboardSession | None:
+        found = await self._read(first("dashboard_session", token_sha256=token_sha256, now=now))
+        return None if found is None else rows.dashboard_session(found)
+
+    async def delete_dashboard_session(self, token_sha256: str) -> None:
+        await self._write(change("delete_dashboard_session", token_sha256=token_sha256))
+
+    async def note_sign_in_failure(
+        self, account_id: str, now: float, since: float
+    ) -> SignInFailures:
+        found = await self._write(
+            first("note_sign_in_failure", account_id=account_id, now=now, since=since)
+        )
+        return rows.sign_in_failures(found)
+
+    async def sign_in_failures(self, account_id: str) -> SignInFailures | None:
+        found = await self._read(first("sign_in_failures", account_id=account_id))
+        return None if found is None else rows.sign_in_failures(found)
+
+    async def clear_sign_in_failures(self, account_id: str) -> None:
+        await self._write(change("clear_sign_in_failures", account_id=account_id))
 
     # --- intake of the platforms' callbacks ------------------------------------------------
 

@@ -221,3 +221,18 @@ CREATE TABLE channel_links (
     UNIQUE (channel, address)
 );
 CREATE INDEX channel_links_account ON channel_links (account_id, created_at);
+
+-- A signed-in dashboard browser, by its cookie's SHA-256; failed sign-ins per account.
+CREATE TABLE dashboard_sessions (
+    token_sha256 text PRIMARY KEY,
+    account_id   text NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    csrf_token   text NOT NULL,
+    created_at   double precision NOT NULL,
+    expires_at   double precision NOT NULL
+);
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
+CREATE TABLE dashboard_sign_in_failures (
+    account_id text PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+    failures   integer NOT NULL,
+    last_at    double precision NOT NULL
+);

@@ -613,3 +613,46 @@ SELECT account_id, inbound_uuid AS message_uuid, inbound_channel AS channel, inb
        inbound_ref AS ref, created_at AS received_at
 FROM webhooks
 WHERE inbound_uuid = :message_uuid AND account_id = :account_id
+
+-- ---- the dashboard ---------------------------------------------------------------------------
+
+-- name: messages_searched
+-- as messages, also by recipient (its number or id) and client_ref, for the dashboard's search
+SELECT * FROM messages
+WHERE account_id = :account_id
+  AND created_at <= :before_at AND (created_at < :before_at OR id < :before_id)
+  AND created_at >= :created_after AND created_at < :created_before
+  AND (:state IS NULL OR status = :state)
+  AND (:channel IS NULL OR channel = :channel)
+  AND (:recipient IS NULL OR json_extract(recipient, '$.number') = :recipient
+       OR json_extract(recipient, '$.id') = :recipient)
+  AND (:client_ref IS NULL OR client_ref = :client_ref)
+ORDER BY created_at DESC, id DESC LIMIT :limit
+
+-- name: insert_dashboard_session
+-- a signed-in browser; sessions that expired are deleted first (one statement each)
+DELETE FROM dashboard_sessions WHERE expires_at <= :now;
+INSERT INTO dashboard_sessions (token_sha256, account_id, csrf_token, created_at, expires_at)
+VALUES (:token_sha256, :account_id, :csrf_token, :created_at, :expires_at)
+
+-- name: dashboard_session
+SELECT * FROM dashboard_sessions WHERE token_sha256 = :token_sha256 AND expires_at > :now
+
+-- name: delete_dashboard_session
+DELETE FROM dashboard_sessions WHERE token_sha256 = :token_sha256
+
+-- name: note_sign_in_failure
+-- one more failed sign-in; a count whose last failure is older than :since starts again at 1
+INSERT INTO dashboard_sign_in_failures (account_id, failures, last_at)
+VALUES (:account_id, 1, :now)
+ON CONFLICT (account_id) DO UPDATE SET
+    failures = CASE WHEN dashboard_sign_in_failures.last_at < :since THEN 1
+                    ELSE dashboard_sign_in_failures.failures + 1 END,
+    last_at = excluded.last_at
+RETURNING failures, last_at
+
+-- name: sign_in_failures
+SELECT failures, last_at FROM dashboard_sign_in_failures WHERE account_id = :account_id
+
+-- name: clear_sign_in_failures
+DELETE FROM dashboard_sign_in_failures WHERE account_id = :account_id

@@ -215,3 +215,18 @@ CREATE TABLE channel_links (
     UNIQUE (channel, address)
 );
 CREATE INDEX channel_links_account ON channel_links (account_id, created_at);
+
+-- A signed-in dashboard browser, by its cookie's SHA-256; failed sign-ins per account.
+CREATE TABLE dashboard_sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    account_id   TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    csrf_token   TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL
+);
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
+CREATE TABLE dashboard_sign_in_failures (
+    account_id TEXT PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+    failures   INTEGER NOT NULL,
+    last_at    REAL NOT NULL
+);
