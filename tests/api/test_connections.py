@@ -77,6 +77,8 @@ def start_server(directory: Path, **settings: str) -> Iterator[Server]:
         CASCADE_DATABASE_URL=f"sqlite:///{directory / 'cascade.db'}",
         CASCADE_SQLITE_SYNCHRONOUS="NORMAL",
         CASCADE_RUN_WORKER="false",
+        # the limits are each process's: one API process, so one process meets them all
+        CASCADE_PROCESSES="1",
         CASCADE_LOG_FORMAT="json",
         **{f"CASCADE_{name.upper()}": value for name, value in settings.items()},
     )
