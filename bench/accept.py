@@ -419,12 +419,21 @@ class Counts:
     ids: set[str]
 
 
+#: every id ``preload_sqlite`` makes sorts at or below this
+PRELOADED = "00000000-0000-7000-ffff"
+
+
 def count_sqlite(path: Path) -> Counts:
     """Rows in the SQLite file (opened afresh, after the server was killed)."""
     conn = sqlite3.connect(path)
     try:
-        ids = {row[0] for row in conn.execute("SELECT id FROM workflows")}
-        messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        # (not the rows --preload stored, whose ids sort before any a run makes)
+        ids = {
+            row[0] for row in conn.execute("SELECT id FROM workflows WHERE id > ?", (PRELOADED,))
+        }
+        messages = conn.execute(
+            "SELECT count(*) FROM messages WHERE id > ?", (PRELOADED,)
+        ).fetchone()[0]
         jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
     finally:
         conn.close()
@@ -494,6 +503,70 @@ class Options:
     wait_idle: float = 0.0
     #: settings given to `cascade serve` over the benchmark's own (``--server-env``)
     server_env: dict[str, str] = field(default_factory=dict)
+    #: finished workflows stored before the run (SQLite; ``--preload``)
+    preload: int = 0
+
+
+def preload_sqlite(db_path: Path, count: int, chunk: int = 500_000) -> None:
+    """Store ``count`` finished SMS workflows of the account, as a service that ran for a while
+    holds them: each with its message (delivered, with a provider id), three timeline events
+    and two delivered status webhooks, created over the 30 days before now, ids ordered by time
+    as Cascade's UUIDv7 ids are (older than any id a run makes)."""
+    started = time.monotonic()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    (account,) = conn.execute("SELECT id FROM accounts LIMIT 1").fetchone()
+    now = time.time()
+    span = 30 * 86400.0
+    to = '{"type":"sms","number":"447700900000"}'
+    sender = '{"type":"sms","number":"447700900001"}'
+    content = '{"content":{"type":"text","text":"Your parcel arrives today."}}'
+    hook = '{"message_uuid":"%s","status":"delivered","usage":{"price":"0.0333","currency":"EUR"}}'
+    for first in range(0, count, chunk):
+        last = min(first + chunk, count)
+        conn.execute("BEGIN")
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS n (i INTEGER PRIMARY KEY, at REAL, w TEXT, m TEXT)"
+        )
+        conn.execute("DELETE FROM n")
+        conn.execute(
+            "WITH RECURSIVE r(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM r WHERE i + 1 < ?) "
+            "INSERT INTO n SELECT i, ? + ? * i / ?, printf('00000000-0000-7000-8000-%012x', i), "
+            "printf('00000000-0000-7000-9000-%012x', i) FROM r",
+            (first, last, now - span, span, count),
+        )
+        conn.execute(
+            "INSERT INTO workflows (id, account_id, surface, state, created_at, updated_at, "
+            "finished_at) SELECT w, ?, 'messages', 'completed', at, at + 2, at + 2 FROM n",
+            (account,),
+        )
+        conn.execute(
+            "INSERT INTO messages (id, workflow_id, step, account_id, channel, recipient, sender,"
+            " body, state, status, provider, provider_message_id, started_at, created_at, "
+            "updated_at, send_attempts, send_started_at, segments) SELECT m, w, 0, ?, 'sms', ?, "
+            "?, ?, 'succeeded', 'delivered', 'smpp:bench', printf('%x', i), at, at, at + 2, 1, "
+            "at, 1 FROM n",
+            (account, to, sender, content),
+        )
+        for kind, status, offset in (("accepted", None, 0), ("step_started", None, 0),
+                                     ("status", "delivered", 2)):  # fmt: skip
+            conn.execute(
+                "INSERT INTO events (workflow_id, message_id, at, kind, status, source) "
+                "SELECT w, m, at + ?, ?, ?, 'smpp' FROM n",
+                (offset, kind, status),
+            )
+        for status, offset in (("submitted", 0.1), ("delivered", 2.0)):
+            conn.execute(
+                "INSERT INTO webhooks (account_id, workflow_id, message_id, kind, url, body, "
+                "state, attempts, created_at, first_attempt_at, last_attempt_at, last_status, "
+                "delivered_at) SELECT ?, w, m, 'message-status', 'http://127.0.0.1:9/status', "
+                "printf(?, m), 'delivered', 1, at + ?, at + ?, at + ?, 204, at + ? FROM n",
+                (account, hook.replace("delivered", status), *(offset,) * 4),
+            )
+        conn.execute("COMMIT")
+        print(f"  preloaded {last:,} workflows ({time.monotonic() - started:.0f} s)", flush=True)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
 
 
 def _cascade_argv() -> list[str]:
@@ -602,6 +675,8 @@ def run_once(
             tokens_file = _tokens(
                 workdir, env, match.group(1), workdir / "bench.key", max(1, opts.tokens)
             )
+            if opts.preload and config.database == "sqlite":
+                preload_sqlite(db_path, opts.preload)
             argv = [*_cascade_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)]
         log = workdir / "server.log"
         server = procs.start(argv, env=env, cwd=workdir, log=log)
@@ -918,6 +993,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "on a machine shared with other work); the output records it",
     )
     parser.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        metavar="N",
+        help="store N finished SMS workflows (with their events and webhooks) before each "
+        "SQLite run, to see how the accept rate holds as the database grows",
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -953,6 +1036,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nice=args.nice,
         wait_idle=args.wait_idle,
         server_env=dict(item.split("=", 1) for item in args.server_env),
+        preload=args.preload,
     )
     procs = Processes(args.nice)
     results: list[RunResult] = []

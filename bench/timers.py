@@ -62,12 +62,33 @@ WHERE m0.step = 0
 SMS_SUBMITTED_SQL = "SELECT count(*) FROM messages WHERE step = 1 AND status IS NOT NULL"
 
 
+def pend(db_path: Path, count: int) -> None:
+    """Store ``count`` step timers due a day from now (the windows of workflows still
+    waiting), so that the run's timers come due among them."""
+    import sqlite3
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        due = time.time() + 86400
+        conn.execute(
+            "WITH RECURSIVE r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i + 1 < ?) "
+            "INSERT INTO jobs (kind, ref, run_at, created_at) "
+            "SELECT 'step_timeout', printf('pending-%d', i), ? + i * 0.001, ? FROM r",
+            (count, due, time.time()),
+        )
+    finally:
+        conn.close()
+    print(f"  {count:,} step timers pending, due in a day", flush=True)
+
+
 def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
     if args.batch_size:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
     server = lib.Server(procs, env, keep=args.keep)
     try:
+        if args.pending:
+            pend(server.db_path, args.pending)
         server.start()
         body = lib.dispatch(
             lib.messenger_step("1234567890120003", expiry_time=EXPIRY, condition="delivered"),
@@ -203,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument(
+        "--pending",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first store N step timers due a day from now (timers waiting beside the run's)",
+    )
     lib.add_machine_options(parser)
     parser.add_argument(
         "--profile", metavar="PATH", help="sample the timer phase with py-spy (collapsed stacks)"
