@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cascade import processes
+from cascade.processes import MAX_QUICK_FAILURES, Child, ProcessSupervisor
 from tests.contract.conftest import postgres_schema, postgres_schemas, postgres_url
 from tests.test_dev_smsc import free_port
 
@@ -183,3 +186,48 @@ def test_on_postgresql(tmp_path: Path, postgres_schema: str) -> None:
     with running(tmp_path, postgres_schema) as serving:
         serving.engine_and_api()
         assert serving.send_and_wait()["status"] == "delivered"
+
+
+def test_a_child_that_never_starts_stops_the_service() -> None:
+    """A child whose first five starts each end at once (a broken setting) stops the
+    supervisor with status 1, after five starts; its sibling is stopped with it."""
+    starts: list[int] = []
+    sibling = Child("api-1", lambda: (time.sleep(60), 0)[1])
+
+    def broken() -> int:
+        return 3
+
+    child = Child("engine", broken)
+    supervisor = ProcessSupervisor([child, sibling], first_delay=0.01)
+    assert supervisor.run() == 1
+    starts.extend(child.exits)
+    assert starts == [3] * MAX_QUICK_FAILURES
+    assert sibling.pid is None  # stopped (SIGTERM) with the service
+    assert sibling.exits
+
+
+def test_a_child_that_once_ran_is_restarted_however_often_it_dies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child that ran a steady spell before is started again past five quick deaths in a
+    row (a database outage must not end the service); SIGTERM then stops all with status 0."""
+    monkeypatch.setattr(processes, "STEADY_AFTER", 0.3)
+    marker = Path(f"/tmp/cascade-test-steady-{os.getpid()}")  # noqa: S108 (a per-run name)
+    marker.unlink(missing_ok=True)
+
+    def once_steady() -> int:
+        if not marker.exists():
+            marker.touch()
+            time.sleep(0.5)  # the first start runs past STEADY_AFTER
+        return 1
+
+    child = Child("engine", once_steady)
+    supervisor = ProcessSupervisor([child], first_delay=0.01)
+    stopper = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stopper.start()
+    try:
+        assert supervisor.run() == 0
+    finally:
+        stopper.cancel()
+        marker.unlink(missing_ok=True)
+    assert child.quick_failures >= MAX_QUICK_FAILURES  # and it was still restarted

@@ -9,8 +9,9 @@ once, plainly, with nothing started. Then it forks the children (each API proces
 inherited socket; the kernel spreads connections over them) and watches them:
 
 - a child that dies is started again, after a delay that doubles from 1 s to 30 s while it
-  keeps dying within a minute of its start; a child that cannot start at all (its first five
-  starts each end within a minute) stops the service with a failure status;
+  keeps dying within a minute of its start, for as long as it takes once it has run a minute
+  (a database outage must not need an operator); a child that never could (its first five
+  starts each ended within a minute: a broken setting) stops the service with status 1;
 - SIGTERM or SIGINT stops every child (SIGTERM, each stops gracefully as ``serve`` does), waits
   up to ``STOP_GRACE`` seconds for them, then kills what remains;
 - a child whose parent is gone (killed with SIGKILL) stops itself within a second.
@@ -66,6 +67,8 @@ class Child:
     pid: int | None = None
     started_at: float = 0.0
     quick_failures: int = 0
+    #: whether it ever ran STEADY_AFTER seconds
+    was_steady: bool = False
     restart_at: float | None = None
     exits: list[int] = field(default_factory=list)
 
@@ -73,8 +76,10 @@ class Child:
 class ProcessSupervisor:
     """Forks the children, restarts those that die, and stops them all on SIGTERM/SIGINT."""
 
-    def __init__(self, children: list[Child]) -> None:
+    def __init__(self, children: list[Child], *, first_delay: float = 1.0) -> None:
         self.children = children
+        #: the wait before the second start of a child that died quickly (then doubling)
+        self.first_delay = first_delay
         self._stopping = False
         self._failed: str | None = None
 
@@ -143,9 +148,10 @@ class ProcessSupervisor:
             child.exits.append(code)
             ran = time.monotonic() - child.started_at
             child.quick_failures = child.quick_failures + 1 if ran < STEADY_AFTER else 0
+            child.was_steady |= ran >= STEADY_AFTER
             if self._stopping:
                 continue
-            if child.quick_failures >= MAX_QUICK_FAILURES:
+            if child.quick_failures >= MAX_QUICK_FAILURES and not child.was_steady:
                 self._failed = (
                     f"the {child.name} process ended {child.quick_failures} times in a row "
                     f"within {STEADY_AFTER:g} s of starting (last exit status {code})"
@@ -154,7 +160,7 @@ class ProcessSupervisor:
                 continue
             delay = 0.0
             if child.quick_failures:
-                delay = min(2.0 ** (child.quick_failures - 1), MAX_RESTART_DELAY)
+                delay = min(self.first_delay * 2.0 ** (child.quick_failures - 1), MAX_RESTART_DELAY)
             child.restart_at = time.monotonic() + delay
             log.warning(
                 "serve.process_exited",
