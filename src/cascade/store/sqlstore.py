@@ -68,6 +68,7 @@ from cascade.store.base import (
     Job,
     ListQuery,
     SignInFailures,
+    SmppBind,
     Store,
     StoreOverview,
     WorkflowKey,
@@ -1053,6 +1054,14 @@ class SqlStore(Store, abc.ABC):
 
     async def clear_sign_in_failures(self, account_id: str) -> None:
         await self._write(change("clear_sign_in_failures", account_id=account_id))
+
+    # --- SMPP bind states ------------------------------------------------------------------
+
+    async def put_smpp_bind(self, bind: SmppBind) -> None:
+        await self._write(change("put_smpp_bind", **rows.columns(bind)))
+
+    async def smpp_binds(self) -> list[SmppBind]:
+        return rows.smpp_bind.all(await self._read(select("smpp_binds")))
 
     # --- intake of the platforms' callbacks ------------------------------------------------
 
