@@ -30,6 +30,12 @@ CALLBACK_PATHS = {
     LinkedChannel.WHATSAPP: "/channels/whatsapp",
     LinkedChannel.VIBER: "/channels/viber",
 }
+#: each linked channel by the short name ``cascade channel add`` and the dashboard's forms use
+BY_NAME = {
+    "messenger": LinkedChannel.MESSENGER,
+    "whatsapp": LinkedChannel.WHATSAPP,
+    "viber": LinkedChannel.VIBER,
+}
 
 
 @dataclass(frozen=True, slots=True)

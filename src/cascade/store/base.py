@@ -224,6 +224,11 @@ class ChannelLinks(Protocol):
     removing a link needs no key. A link that the key cannot open is a SealError."""
 
     @abc.abstractmethod
+    def can_seal(self) -> bool:
+        """Whether a key is set to seal credentials with (without one, add_channel_link
+        refuses)."""
+
+    @abc.abstractmethod
     async def add_channel_link(self, link: ChannelLink) -> None:
         """Link a channel to ``link.account_id``, its credentials sealed (StoreConflict if
         this channel's address is linked already, by any account)."""

@@ -720,6 +720,9 @@ class SqlStore(Store, abc.ABC):
 
     # --- linked channels -------------------------------------------------------------------
 
+    def can_seal(self) -> bool:
+        return self.sealer is not None
+
     async def add_channel_link(self, link: ChannelLink) -> None:
         channel = LinkedChannel(link.channel)
         context = _link_context(link.id, link.account_id, channel, link.address)
