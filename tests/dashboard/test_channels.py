@@ -5,6 +5,7 @@ engine process published to the store."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,7 +93,8 @@ async def test_a_whatsapp_number_is_stored_as_digits_and_a_viber_avatar_is_optio
             f"/dashboard/channels/add/{channel}", data={"csrf_token": csrf, **fields}
         )
         assert answer.status_code == 200, answer.text
-    number, bot = await keyed_store.channel_links(tenant.account.id)
+    links = {link.channel: link for link in await keyed_store.channel_links(tenant.account.id)}
+    number, bot = links[LinkedChannel.WHATSAPP], links[LinkedChannel.VIBER]
     assert number.address == "447700900123"
     assert number.credentials["verify_token"] == "my-verify-token"
     assert bot.credentials == {"sender_name": "Acme", "auth_token": "vt"}
@@ -223,7 +225,7 @@ async def test_bind_states_published_by_the_engine_process_are_shown(
         SmppBind("smsc-b", False, "bind failed: invalid password", 1_700_000_060.0)
     )
     page = (await web.get("/dashboard/channels")).text
-    assert "smsc-a" in page and "state-bound" in page
-    assert "smsc-b" in page and "state-unbound" in page
+    rows = re.findall(r"<tr><td>(smsc-\w)</td><td><span class=\"state state-(\w+)\">", page)
+    assert rows == [("smsc-a", "bound"), ("smsc-b", "unbound")]
     assert "bind failed: invalid password" in page
     assert "2023-11-14 22:14:20" in page
