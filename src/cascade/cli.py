@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import secrets
 import sys
 import time
 import uuid
@@ -19,7 +18,7 @@ import jwt
 import typer
 import typer.core
 
-from cascade import __version__, tenancy
+from cascade import __version__, linking, tenancy
 from cascade.cli_records import account_json, application_json, webhook_json
 from cascade.clock import SystemClock
 from cascade.config import JOB_KINDS, Settings, engine_jobs
@@ -818,17 +817,6 @@ def _echo_application(application: Application, key_path: Path | None, as_json: 
 
 # --- channel ---------------------------------------------------------------------------------
 
-#: where each platform posts its callbacks, under CASCADE_PUBLIC_URL
-CALLBACK_PATHS = {
-    LinkedChannel.MESSENGER: "/channels/messenger",
-    LinkedChannel.WHATSAPP: "/channels/whatsapp",
-    LinkedChannel.VIBER: "/channels/viber",
-}
-#: the longest sender name Viber shows
-VIBER_SENDER_NAME_CHARS = 28
-#: the most digits an E.164 number has
-E164_DIGITS = 15
-
 LinkJsonOption = Annotated[bool, typer.Option("--json", help="Print the link as JSON")]
 VerifyTokenOption = Annotated[
     str | None,
@@ -868,74 +856,69 @@ def _require_channel_key(database: str | None) -> None:
     except CascadeError as exc:
         raise _fail(f"error: {exc}") from exc
     if sealer is None:
-        raise _fail(
-            f"error: linking a channel needs {KEY_SETTING}, the key that seals its "
-            "credentials: `cascade channel key` makes one"
-        )
+        raise _fail(f"error: {linking.NO_KEY}")
 
 
-def _secret(given: str | None, prompt: str) -> str:
-    """A secret given on the command line, else asked for without echo (so that it need not
-    sit in the shell's history)."""
-    value = given if given is not None else typer.prompt(prompt, hide_input=True)
-    return _required(value, prompt)
+def _link_fields(
+    channel: LinkedChannel, given: dict[str, str | None], prompts: dict[str, str]
+) -> dict[str, str | None]:
+    """The fields of a link: the options given, checked (by the shared rules) before the
+    secrets left off the command line are asked for without echo (so that they need not
+    sit in the shell's history) and checked in turn. An error names the option (or the
+    prompt) refused."""
 
+    def refused(exc: linking.LinkFieldError, asked: set[str]) -> typer.Exit:
+        label = prompts[exc.field] if exc.field in asked else "--" + exc.field.replace("_", "-")
+        return _fail(f"error: {label} {exc.problem}")
 
-def _required(value: str, what: str) -> str:
-    """A value stripped of surrounding spaces; an error naming it when nothing is left."""
-    value = value.strip()
-    if not value:
-        raise _fail(f"error: {what} is empty")
-    return value
-
-
-def _verify_token(given: str | None) -> tuple[str, bool]:
-    """The webhook handshake's token and whether it was made here (and must be shown)."""
-    if given is not None:
-        return _required(given, "--verify-token"), False
-    return secrets.token_urlsafe(24), True
+    try:
+        linking.check_fields(channel, given, complete=False)
+    except linking.LinkFieldError as exc:
+        raise refused(exc, set()) from exc
+    fields = dict(given)
+    for name, prompt in prompts.items():
+        if fields.get(name) is None:
+            fields[name] = typer.prompt(prompt, hide_input=True)
+    try:
+        linking.check_fields(channel, fields)
+    except linking.LinkFieldError as exc:
+        raise refused(exc, {name for name in prompts if given.get(name) is None}) from exc
+    return fields
 
 
 def _add_link(
     channel: LinkedChannel,
-    address: str,
-    credentials: dict[str, str],
+    fields: dict[str, str | None],
     *,
-    shown_once: dict[str, str],
     database: str | None,
     api_key: str | None,
     as_json: bool,
 ) -> None:
-    """Link ``address`` of ``channel`` to the account and print the link, with the values in
-    ``shown_once`` (a generated verify token) that are printed only now."""
+    """Link the channel of ``fields`` (checked already) to the account and print the link,
+    with the values made for it (a generated verify token) that are printed only now."""
 
-    async def work(store: Store) -> tuple[ChannelLink, Account]:
+    async def work(store: Store) -> tuple[linking.NewLink, Account]:
         account = await _account(store, api_key, database, quiet=as_json)
-        link = ChannelLink(
-            id=str(uuid.uuid4()),
-            account_id=account.id,
-            channel=channel,
-            address=address,
-            credentials=credentials,
-            created_at=SystemClock().now(),
-        )
-        await store.add_channel_link(link)
-        return link, account
+        new = linking.new_channel_link(channel, account.id, fields, now=SystemClock().now())
+        await store.add_channel_link(new.link)
+        return new, account
 
-    link, account = _with_store(database, work)
+    new, account = _with_store(database, work)
+    link = new.link
     if as_json:
-        typer.echo(json.dumps({**_link_json(link, account.api_key), **shown_once}))
+        typer.echo(json.dumps({**_link_json(link, account.api_key), **new.shown_once}))
         return
     typer.echo(f"link_id:  {link.id}")
     typer.echo(f"channel:  {link.channel}")
     typer.echo(f"address:  {link.address}")
     typer.echo(f"api_key:  {account.api_key}")
-    for name, value in shown_once.items():
+    for name, value in new.shown_once.items():
         typer.echo(
             f"{name}: {value}  (shown only this once; the platform's webhook setup asks for it)"
         )
     public_url = _settings(database).public_url
-    callback = f"{(public_url or '$CASCADE_PUBLIC_URL').rstrip('/')}{CALLBACK_PATHS[channel]}"
+    path = linking.CALLBACK_PATHS[channel]
+    callback = f"{(public_url or '$CASCADE_PUBLIC_URL').rstrip('/')}{path}"
     typer.echo(f"Register this callback URL with the platform: {callback}")
 
 
@@ -983,22 +966,15 @@ def channel_add_messenger(
     """Link a Facebook page: messages from.id = the page id go out on Messenger with its
     token."""
     _require_channel_key(database)
-    address = _required(page_id, "--page-id")
-    token, generated = _verify_token(verify_token)
-    credentials = {
-        "page_access_token": _secret(page_access_token, "Page access token"),
-        "app_secret": _secret(app_secret, "App secret"),
-        "verify_token": token,
+    channel = LinkedChannel.MESSENGER
+    given = {
+        "page_id": page_id,
+        "page_access_token": page_access_token,
+        "app_secret": app_secret,
+        "verify_token": verify_token,
     }
-    _add_link(
-        LinkedChannel.MESSENGER,
-        address,
-        credentials,
-        shown_once={"verify_token": token} if generated else {},
-        database=database,
-        api_key=api_key,
-        as_json=as_json,
-    )
+    fields = _link_fields(channel, given, _prompts(channel, "page_access_token", "app_secret"))
+    _add_link(channel, fields, database=database, api_key=api_key, as_json=as_json)
 
 
 @channel_add_app.command("whatsapp")
@@ -1033,26 +1009,17 @@ def channel_add_whatsapp(
     """Link a WhatsApp business number: messages from.number = that number go out on the
     Cloud API with its token."""
     _require_channel_key(database)
-    digits = _required(number, "--number").removeprefix("+")
-    if not digits.isdecimal() or not digits.isascii() or len(digits) > E164_DIGITS:
-        raise _fail(f"error: --number must be an E.164 number: up to {E164_DIGITS} digits")
-    token, generated = _verify_token(verify_token)
-    credentials = {
-        "phone_number_id": _required(phone_number_id, "--phone-number-id"),
-        "business_account_id": _required(business_account_id, "--business-account-id"),
-        "access_token": _secret(access_token, "Access token"),
-        "app_secret": _secret(app_secret, "App secret"),
-        "verify_token": token,
+    channel = LinkedChannel.WHATSAPP
+    given = {
+        "number": number,
+        "phone_number_id": phone_number_id,
+        "business_account_id": business_account_id,
+        "access_token": access_token,
+        "app_secret": app_secret,
+        "verify_token": verify_token,
     }
-    _add_link(
-        LinkedChannel.WHATSAPP,
-        digits,
-        credentials,
-        shown_once={"verify_token": token} if generated else {},
-        database=database,
-        api_key=api_key,
-        as_json=as_json,
-    )
+    fields = _link_fields(channel, given, _prompts(channel, "access_token", "app_secret"))
+    _add_link(channel, fields, database=database, api_key=api_key, as_json=as_json)
 
 
 @channel_add_app.command("viber")
@@ -1063,7 +1030,7 @@ def channel_add_viber(
     sender_name: Annotated[
         str,
         typer.Option(
-            help=f"The name messages show (up to {VIBER_SENDER_NAME_CHARS} characters)",
+            help=f"The name messages show (up to {linking.VIBER_SENDER_NAME_CHARS} characters)",
             show_default=False,
         ),
     ],
@@ -1084,29 +1051,21 @@ def channel_add_viber(
     """Link a Viber bot: messages from.id = the bot id go out on the Viber REST API with its
     token."""
     _require_channel_key(database)
-    address = _required(bot_id, "--bot-id")
-    name = _required(sender_name, "--sender-name")
-    if len(name) > VIBER_SENDER_NAME_CHARS:
-        raise _fail(
-            f"error: --sender-name is {len(name)} characters; Viber shows up to "
-            f"{VIBER_SENDER_NAME_CHARS}"
-        )
-    credentials = {"sender_name": name}
-    if sender_avatar is not None:
-        avatar = _required(sender_avatar, "--sender-avatar")
-        if not avatar.startswith(("http://", "https://")):
-            raise _fail(f"error: --sender-avatar {avatar!r} is not an http(s) URL")
-        credentials["sender_avatar"] = avatar
-    credentials["auth_token"] = _secret(auth_token, "Auth token")
-    _add_link(
-        LinkedChannel.VIBER,
-        address,
-        credentials,
-        shown_once={},
-        database=database,
-        api_key=api_key,
-        as_json=as_json,
-    )
+    channel = LinkedChannel.VIBER
+    given = {
+        "bot_id": bot_id,
+        "sender_name": sender_name,
+        "sender_avatar": sender_avatar,
+        "auth_token": auth_token,
+    }
+    fields = _link_fields(channel, given, _prompts(channel, "auth_token"))
+    _add_link(channel, fields, database=database, api_key=api_key, as_json=as_json)
+
+
+def _prompts(channel: LinkedChannel, *names: str) -> dict[str, str]:
+    """What the CLI asks for each of ``names`` when it is left off the command line: the
+    field's label."""
+    return {field.name: field.label for field in linking.FIELDS[channel] if field.name in names}
 
 
 @channel_app.command("list")

@@ -27,6 +27,7 @@ from cascade.channels.whatsapp import WhatsAppAdapter
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
 from cascade.domain.records import Account
+from cascade.engine.binds import BindPublisher
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
 from cascade.errors import ConfigError
@@ -40,7 +41,7 @@ from cascade.service import (
     open_store,
     redacted_url,
 )
-from cascade.store.base import ChannelLinks, Purging, Store
+from cascade.store.base import ChannelLinks, Purging, SmppBinds, Store
 from cascade.supervision import OnFatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
@@ -129,6 +130,7 @@ def build_app(
         if engine is not None:
             await engine.start()
             start_retention(settings, store, engine)
+            start_bind_publisher(store, engine)
         log.info(
             "cascade.started",
             database=redacted_url(settings.database_url),
@@ -241,6 +243,16 @@ def start_retention(settings: Settings, store: Purging, engine: Engine) -> None:
     engine.supervisor.start("retention", sweep.run())
 
 
+def start_bind_publisher(store: SmppBinds, engine: Engine) -> None:
+    """Publish the engine's SMPP bind states to the store when they change, under its
+    supervisor, for the dashboards of processes without an engine (nothing to do without
+    SMPP connections)."""
+    if not smpp_binds(engine):
+        return
+    publisher = BindPublisher(store, partial(smpp_binds, engine), engine.clock)
+    engine.supervisor.start("smpp-binds", publisher.run())
+
+
 def receipt_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
     """An engine that is never started, for an API process that runs none (each API process
     of ``serve``, or ``CASCADE_RUN_WORKER=false``): it applies the platforms' receipts as the
@@ -299,6 +311,7 @@ async def run_worker(settings: Settings, *, log_setup: bool = True) -> None:
         loop.add_signal_handler(signum, stopped.set)
     await engine.start()
     start_retention(settings, store, engine)
+    start_bind_publisher(store, engine)
     watch_parent()
     log.info(
         "cascade.worker", database=redacted_url(settings.database_url), worker=engine.worker_id

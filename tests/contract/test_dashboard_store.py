@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from cascade.store.base import DashboardSession, ListQuery, Store
+from cascade.store.base import DashboardSession, ListQuery, SmppBind, Store
 from tests.contract.factories import T0, messenger_step, sms_step, tenant, workflow
 
 
@@ -115,3 +115,20 @@ class TestMessageSearch:
         owner, other = await tenant(store), await tenant(store)
         await store.accept(workflow(other, messenger_step(), sms_step()))
         assert await store.list_messages(owner.id, ListQuery(recipient="447700900000")) == []
+
+
+class TestSmppBinds:
+    """The engine's SMPP bind states, published for processes that hold no connection."""
+
+    async def test_a_bind_state_reads_back_and_a_change_replaces_it(self, store: Store) -> None:
+        """A published state reads back as written; a later one of the same connection
+        replaces it, and connections are listed by name."""
+        assert await store.smpp_binds() == []
+        await store.put_smpp_bind(SmppBind("smsc-b", True, None, T0))
+        await store.put_smpp_bind(SmppBind("smsc-a", True, None, T0))
+        down = SmppBind("smsc-a", False, "connection lost: reset by peer", T0 + 5)
+        await store.put_smpp_bind(down)
+        assert await store.smpp_binds() == [down, SmppBind("smsc-b", True, None, T0)]
+        back = SmppBind("smsc-a", True, None, T0 + 9)
+        await store.put_smpp_bind(back)
+        assert (await store.smpp_binds())[0] == back

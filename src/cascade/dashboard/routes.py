@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cascade import tenancy
+from cascade import linking, tenancy
 from cascade.api.auth import Principal
 from cascade.api.messages import AcceptEndpoint
 from cascade.api.reads import decode_cursor, encode_cursor
@@ -37,14 +37,15 @@ from cascade.clock import Clock
 from cascade.dashboard import timeline
 from cascade.dashboard.forms import FormRefused, check_origin, read_form
 from cascade.dashboard.sessions import Sessions, SignedIn, SignInRefused, same_token
-from cascade.domain.records import Account, WebhookState, WebhookVersion
+from cascade.domain.records import Account, LinkedChannel, WebhookState, WebhookVersion
 from cascade.domain.status import Status
-from cascade.errors import CascadeError, InvalidRequest
+from cascade.errors import CascadeError, InvalidRequest, StoreConflict
 from cascade.store.base import (
     ChannelLinks,
     DashboardSessions,
     ListQuery,
     Reading,
+    SmppBinds,
     Tenants,
     Webhooks,
 )
@@ -85,7 +86,9 @@ HEADERS = {
 }
 
 
-class DashboardStore(Tenants, ChannelLinks, Reading, Webhooks, DashboardSessions, Protocol):
+class DashboardStore(
+    Tenants, ChannelLinks, Reading, Webhooks, DashboardSessions, SmppBinds, Protocol
+):
     """What the dashboard uses of the store: the roles the API and the CLI use for the same
     things, and the dashboard's sessions."""
 
@@ -168,6 +171,7 @@ class Dashboard:
             ("/applications/{application_id}/delete", self.application_delete, ["POST"]),
             ("/channels", self.channels, ["GET"]),
             ("/channels/{link_id}/remove", self.channel_remove, ["POST"]),
+            ("/channels/add/{channel}", self.channel_add, ["POST"]),
             ("/webhooks", self.webhooks, ["GET"]),
             ("/webhooks/{webhook_id:int}/replay", self.webhook_replay, ["POST"]),
         ]
@@ -677,7 +681,14 @@ class Dashboard:
     # --- channels --------------------------------------------------------------------------
 
     async def _channels_page(
-        self, request: Request, signed_in: SignedIn, notice: str = ""
+        self,
+        request: Request,
+        signed_in: SignedIn,
+        notice: str = "",
+        *,
+        form: tuple[LinkedChannel, dict[str, str], str] | None = None,
+        shown_once: dict[str, str] | None = None,
+        status: int = 200,
     ) -> Response:
         error = ""
         links = []
@@ -699,18 +710,122 @@ class Dashboard:
                     },
                 }
             )
-        binds = self._smpp_status() if self._smpp_status is not None else None
+        # a form sent back with its problem keeps what was typed, but never a secret
+        failed, typed, problem = form if form is not None else (None, {}, "")
+        forms = [
+            {
+                "name": name,
+                "channel": channel.value,
+                "open": channel is failed,
+                "problem": problem if channel is failed else "",
+                "fields": [
+                    {
+                        "name": field.name,
+                        "label": field.label,
+                        "help": field.help,
+                        "secret": field.secret,
+                        "optional": field.optional,
+                        "value": ""
+                        if field.secret or channel is not failed
+                        else typed.get(field.name, ""),
+                    }
+                    for field in linking.FIELDS[channel]
+                ],
+            }
+            for name, channel in linking.BY_NAME.items()
+        ]
         return self._render(
             request,
             "channels.html",
-            {"links": links, "binds": binds, "error": error, "notice": notice},
+            {
+                "links": links,
+                "binds": await self._binds(),
+                "error": error,
+                "notice": notice,
+                "can_link": self._store.can_seal(),
+                "no_key": linking.NO_KEY,
+                "forms": forms,
+                "shown_once": shown_once or {},
+            },
+            status,
             signed_in=signed_in,
         )
+
+    async def _binds(self) -> list[dict[str, Any]]:
+        """The SMPP connections' states: this process's own when it runs the engine (with
+        submits in flight), else as the engine process last published them to the store."""
+        if self._smpp_status is not None:
+            return [
+                {
+                    "name": name,
+                    "bound": state["bound"],
+                    "last_error": state["last_error"],
+                    "in_flight": state["in_flight"],
+                    "changed": None,
+                }
+                for name, state in sorted(self._smpp_status().items())
+            ]
+        return [
+            {
+                "name": bind.name,
+                "bound": bind.bound,
+                "last_error": bind.last_error,
+                "in_flight": None,
+                "changed": _clock_time(bind.changed_at),
+            }
+            for bind in await self._store.smpp_binds()
+        ]
 
     async def channels(self, request: Request) -> Response:
         """The account's linked pages, numbers and bots, and this process's SMPP binds."""
         signed_in = await self._signed_in(request)
         return await self._channels_page(request, signed_in)
+
+    async def channel_add(self, request: Request) -> Response:
+        """Link a page, number or bot to the account (as ``cascade channel add``, by the same
+        rules): a refused field, a server without a key or an address linked already is
+        said on the page, and nothing is stored."""
+        signed_in, form = await self._form(request)
+        channel = linking.BY_NAME.get(str(request.path_params["channel"]))
+        if channel is None:
+            raise Refused(404, "No such channel to link.")
+        labels = {field.name: field.label for field in linking.FIELDS[channel]}
+        # an optional field left empty is not given (a verify token is then made here)
+        given: dict[str, str | None] = {
+            field.name: (form.get(field.name, "").strip() or None)
+            if field.optional
+            else form.get(field.name, "")
+            for field in linking.FIELDS[channel]
+        }
+
+        async def refused(problem: str, status: int) -> Response:
+            return await self._channels_page(
+                request, signed_in, form=(channel, form, problem), status=status
+            )
+
+        if not self._store.can_seal():
+            return await refused(f"This server cannot link channels: {linking.NO_KEY}.", 409)
+        try:
+            new = linking.new_channel_link(
+                channel, signed_in.account.id, given, now=self._clock.now()
+            )
+        except linking.LinkFieldError as exc:
+            return await refused(f"{labels[exc.field]} {exc.problem}.", 400)
+        try:
+            await self._store.add_channel_link(new.link)
+        except StoreConflict:
+            return await refused(
+                f"{channel.value} {new.link.address} is linked already (to this or another "
+                "account): unlink it there first.",
+                409,
+            )
+        return await self._channels_page(
+            request,
+            signed_in,
+            f"Linked {channel.value} {new.link.address}. Register this callback URL with the "
+            f"platform: {linking.CALLBACK_PATHS[channel]} under this server's public URL.",
+            shown_once=new.shown_once,
+        )
 
     async def channel_remove(self, request: Request) -> Response:
         """Unlink one of the account's channels (as ``cascade channel remove``)."""

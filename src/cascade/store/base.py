@@ -224,6 +224,11 @@ class ChannelLinks(Protocol):
     removing a link needs no key. A link that the key cannot open is a SealError."""
 
     @abc.abstractmethod
+    def can_seal(self) -> bool:
+        """Whether a key is set to seal credentials with (without one, add_channel_link
+        refuses)."""
+
+    @abc.abstractmethod
     async def add_channel_link(self, link: ChannelLink) -> None:
         """Link a channel to ``link.account_id``, its credentials sealed (StoreConflict if
         this channel's address is linked already, by any account)."""
@@ -625,6 +630,31 @@ class DashboardSessions(Protocol):
         """Forget the account's failed sign-ins (it signed in)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SmppBind:
+    """An SMPP connection's state as the engine holding it last saw it change: bound or not,
+    the error that unbound it (or failed its bind), and when."""
+
+    name: str
+    bound: bool
+    last_error: str | None
+    changed_at: float
+
+
+class SmppBinds(Protocol):
+    """The engine's SMPP bind states, published for processes that hold no SMPP connection
+    (the API processes of ``serve``, whose dashboard shows them)."""
+
+    @abc.abstractmethod
+    async def put_smpp_bind(self, bind: SmppBind) -> None:
+        """Record a connection's new state (replacing the one before); called when the
+        state changes, never per message."""
+
+    @abc.abstractmethod
+    async def smpp_binds(self) -> list[SmppBind]:
+        """Every connection's last published state, by name."""
+
+
 class Store(
     Lifecycle,
     Tenants,
@@ -638,6 +668,7 @@ class Store(
     Journal,
     Purging,
     DashboardSessions,
+    SmppBinds,
 ):
     """Durable state of a Cascade installation: every role at once. Callers that need only
     part of it take that role (an API handler ``Accepting``, the retention sweep ``Purging``)."""

@@ -33,7 +33,7 @@ from cascade.domain.records import (
     WorkflowState,
 )
 from cascade.domain.status import Status
-from cascade.store.base import DashboardSession, Job, SignInFailures
+from cascade.store.base import DashboardSession, Job, SignInFailures, SmppBind
 
 #: a row as either driver returns it, read by column name
 Row = Mapping[str, Any]
@@ -163,6 +163,8 @@ job = _Mapper(Job)
 dashboard_session = _Mapper(DashboardSession)
 sign_in_failures = _Mapper(SignInFailures)
 inbound = _Mapper(InboundRecord)
+#: an smpp_binds row: SQLite keeps ``bound`` as 0 or 1
+smpp_bind = _Mapper(SmppBind, convert={"bound": bool})
 
 
 def columns(record: object) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from cascade.store.base import (
     Job,
     ListQuery,
     SignInFailures,
+    SmppBind,
     Store,
     StoreOverview,
     WorkflowKey,
@@ -719,6 +720,9 @@ class SqlStore(Store, abc.ABC):
 
     # --- linked channels -------------------------------------------------------------------
 
+    def can_seal(self) -> bool:
+        return self.sealer is not None
+
     async def add_channel_link(self, link: ChannelLink) -> None:
         channel = LinkedChannel(link.channel)
         context = _link_context(link.id, link.account_id, channel, link.address)
@@ -1053,6 +1057,14 @@ class SqlStore(Store, abc.ABC):
 
     async def clear_sign_in_failures(self, account_id: str) -> None:
         await self._write(change("clear_sign_in_failures", account_id=account_id))
+
+    # --- SMPP bind states ------------------------------------------------------------------
+
+    async def put_smpp_bind(self, bind: SmppBind) -> None:
+        await self._write(change("put_smpp_bind", **rows.columns(bind)))
+
+    async def smpp_binds(self) -> list[SmppBind]:
+        return rows.smpp_bind.all(await self._read(select("smpp_binds")))
 
     # --- intake of the platforms' callbacks ------------------------------------------------
 

@@ -236,3 +236,9 @@ CREATE TABLE dashboard_sign_in_failures (
     failures   integer NOT NULL,
     last_at    double precision NOT NULL
 );
+CREATE TABLE smpp_binds (
+    name       text PRIMARY KEY,
+    bound      boolean NOT NULL,
+    last_error text,
+    changed_at double precision NOT NULL
+);

@@ -656,3 +656,13 @@ SELECT failures, last_at FROM dashboard_sign_in_failures WHERE account_id = :acc
 
 -- name: clear_sign_in_failures
 DELETE FROM dashboard_sign_in_failures WHERE account_id = :account_id
+
+-- name: put_smpp_bind
+-- an SMPP connection's state changed (the engine writes only then, never per message)
+INSERT INTO smpp_binds (name, bound, last_error, changed_at)
+VALUES (:name, :bound, :last_error, :changed_at)
+ON CONFLICT (name) DO UPDATE SET
+    bound = excluded.bound, last_error = excluded.last_error, changed_at = excluded.changed_at
+
+-- name: smpp_binds
+SELECT name, bound, last_error, changed_at FROM smpp_binds ORDER BY name

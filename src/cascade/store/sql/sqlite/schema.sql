@@ -230,3 +230,9 @@ CREATE TABLE dashboard_sign_in_failures (
     failures   INTEGER NOT NULL,
     last_at    REAL NOT NULL
 );
+CREATE TABLE smpp_binds (
+    name       TEXT PRIMARY KEY,
+    bound      INTEGER NOT NULL,
+    last_error TEXT,
+    changed_at REAL NOT NULL
+);

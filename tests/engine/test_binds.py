@@ -1,0 +1,33 @@
+"""The engine publishes its SMPP bind states to the store only when they change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cascade.clock import FakeClock
+from cascade.engine.binds import BindPublisher
+from cascade.store.base import SmppBind
+from cascade.store.sqlite import SqliteStore
+
+
+async def test_a_state_is_written_when_it_changes_and_not_otherwise(
+    sqlite_store: SqliteStore, clock: FakeClock
+) -> None:
+    """The first look writes every connection; looks with nothing changed (submits in flight
+    moving) write nothing; a lost bind and a new bind are each written once, with their time."""
+    states: dict[str, dict[str, Any]] = {
+        "a": {"bound": True, "last_error": None, "in_flight": 0},
+        "b": {"bound": False, "last_error": "bind failed: refused", "in_flight": 0},
+    }
+    publisher = BindPublisher(sqlite_store, lambda: states, clock)
+    assert await publisher.publish_changes() == 2
+    states["a"]["in_flight"] = 7
+    assert await publisher.publish_changes() == 0
+    clock.advance(30)
+    states["a"] = {"bound": False, "last_error": "connection lost: reset", "in_flight": 0}
+    assert await publisher.publish_changes() == 1
+    assert await publisher.publish_changes() == 0
+    assert await sqlite_store.smpp_binds() == [
+        SmppBind("a", False, "connection lost: reset", clock.now()),
+        SmppBind("b", False, "bind failed: refused", clock.now() - 30),
+    ]
