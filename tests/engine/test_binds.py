@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from cascade.clock import FakeClock
-from cascade.engine.binds import BindPublisher
+from cascade.engine.binds import STOPPED, BindPublisher
 from cascade.store.base import SmppBind
 from cascade.store.sqlite import SqliteStore
 
@@ -31,3 +33,22 @@ async def test_a_state_is_written_when_it_changes_and_not_otherwise(
         SmppBind("a", False, "connection lost: reset", clock.now()),
         SmppBind("b", False, "bind failed: refused", clock.now() - 30),
     ]
+
+
+async def test_when_the_engine_stops_its_connections_read_as_stopped(
+    sqlite_store: SqliteStore, clock: FakeClock
+) -> None:
+    """Cancelling the publisher (the engine stopping) writes each connection it published as
+    unbound with "the engine stopped", so no row keeps saying "bound" for a gone engine."""
+    states = {"a": {"bound": True, "last_error": None}}
+    publisher = BindPublisher(sqlite_store, lambda: states, clock)
+    task = asyncio.ensure_future(publisher.run())
+    for _ in range(100):
+        if await sqlite_store.smpp_binds():
+            break
+        await asyncio.sleep(0.01)
+    assert [b.bound for b in await sqlite_store.smpp_binds()] == [True]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await sqlite_store.smpp_binds() == [SmppBind("a", False, STOPPED, clock.now())]

@@ -9,6 +9,7 @@ message.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ log = structlog.get_logger(__name__)
 INTERVAL = 1.0
 #: the first wait after a failed write, doubled up to INTERVAL * 30
 RETRY_FIRST = 1.0
+#: the last error a connection is written with when its engine stops
+STOPPED = "the engine stopped"
 
 
 class BindPublisher:
@@ -55,9 +58,28 @@ class BindPublisher:
             written += 1
         return written
 
+    async def publish_stopped(self) -> None:
+        """Write every connection this publisher wrote as unbound ("the engine stopped"): the
+        engine is going, and a row left "bound" would say what no longer is."""
+        for name in sorted(self._published):
+            stopped = (False, STOPPED)
+            await self.store.put_smpp_bind(SmppBind(name, *stopped, changed_at=self.clock.now()))
+            self._published[name] = stopped
+
     async def run(self) -> None:
-        """Publish changes every ``interval`` seconds until cancelled. A failed write is
-        logged and tried again after a backoff, so the task never ends on an error."""
+        """Publish changes every ``interval`` seconds until cancelled (the engine stops), then
+        the connections as stopped. A failed write is logged and tried again after a backoff,
+        so the task never ends on an error."""
+        try:
+            await self._publish_forever()
+        except asyncio.CancelledError:
+            try:
+                await self.publish_stopped()
+            except Exception:  # the store may be going too: the rows then say their last state
+                log.exception("smpp_binds.publish_stopped_failed")
+            raise
+
+    async def _publish_forever(self) -> None:
         retry = RETRY_FIRST
         while True:
             try:
