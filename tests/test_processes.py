@@ -223,7 +223,7 @@ def test_a_child_that_once_ran_is_restarted_however_often_it_dies(
 
     child = Child("engine", once_steady)
     supervisor = ProcessSupervisor([child], first_delay=0.01)
-    stopper = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    stopper = threading.Timer(6.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
     stopper.start()
     try:
         assert supervisor.run() == 0

@@ -365,7 +365,7 @@ async def test_an_api_process_without_the_engine_applies_a_callback_at_once(
         service.graph.callback_url += "/channels/messenger"
         # the delivery comes after the send is recorded (a delivery that beats it is kept, as
         # with an engine, until the engine of the send matches it)
-        service.graph.behave(PSID, fake_graph.Behaviour(deliver_after=0.3, read_after=None))
+        service.graph.behave(PSID, fake_graph.Behaviour(deliver_after=1.0, read_after=None))
         message_id = await service.send(tenant, messenger(PSID, page.page_id))
         await service.wait_for(has("messenger", "submitted"))
         await service.graph.settled()
