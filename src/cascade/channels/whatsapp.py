@@ -131,7 +131,17 @@ class WhatsAppAdapter:
     async def send(self, link: ChannelLink, message: OutboundMessage) -> SendResult:
         """Send one message from ``link``'s number; its ``wamid``, or the errors of
         :mod:`cascade.channels.graph` and :mod:`cascade.channels.http`."""
-        body = cloud_api_body(message)
+        answer = await self._post(link, cloud_api_body(message))
+        messages = answer.get("messages") if isinstance(answer, dict) else None
+        first = messages[0] if isinstance(messages, list) and messages else None
+        wamid = first.get("id") if isinstance(first, dict) else None
+        if not isinstance(wamid, str) or not wamid:
+            raise ChannelOutcomeUnknown("Graph API answered 200 without messages[0].id", code=1100)
+        return SendResult(provider_message_id=wamid, provider=self.channel.value)
+
+    async def _post(self, link: ChannelLink, body: dict[str, Any]) -> Any:
+        """POST ``body`` to ``link``'s number with its token; the answer's JSON, or the errors
+        of :mod:`cascade.channels.graph` when Graph says no."""
         token = link.credentials.get(CREDENTIAL, "")
         reply = await self._http.post_json(
             self.url(link), body, headers={"Authorization": f"Bearer {token}"}, peer="Graph API"
@@ -140,13 +150,7 @@ class WhatsAppAdapter:
             raise_graph_error(
                 reply, platform="WhatsApp", link=link, credential=CREDENTIAL, revoked=self._revoked
             )
-        answer = reply.json()
-        messages = answer.get("messages") if isinstance(answer, dict) else None
-        first = messages[0] if isinstance(messages, list) and messages else None
-        wamid = first.get("id") if isinstance(first, dict) else None
-        if not isinstance(wamid, str) or not wamid:
-            raise ChannelOutcomeUnknown("Graph API answered 200 without messages[0].id", code=1100)
-        return SendResult(provider_message_id=wamid, provider=self.channel.value)
+        return reply.json()
 
     async def mark_read(self, link: ChannelLink, wamid: str, *, typing: bool = False) -> None:
         """Mark the message ``wamid`` that ``link``'s number received read (with the typing
@@ -160,15 +164,7 @@ class WhatsAppAdapter:
         }
         if typing:
             body["typing_indicator"] = {"type": "text"}
-        token = link.credentials.get(CREDENTIAL, "")
-        reply = await self._http.post_json(
-            self.url(link), body, headers={"Authorization": f"Bearer {token}"}, peer="Graph API"
-        )
-        if reply.status != 200:
-            raise_graph_error(
-                reply, platform="WhatsApp", link=link, credential=CREDENTIAL, revoked=self._revoked
-            )
-        answer = reply.json()
+        answer = await self._post(link, body)
         if not isinstance(answer, dict) or answer.get("success") is not True:
             raise ChannelRejected(
                 CODE_PROVIDER_ERROR, "Graph API answered 200 without success: true to a read mark"
