@@ -42,7 +42,7 @@ from cascade.service import (
     redacted_url,
 )
 from cascade.store.base import ChannelLinks, Purging, SmppBinds, Store
-from cascade.supervision import OnFatal
+from cascade.supervision import OnFatal, log_fatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
 log = structlog.get_logger(__name__)
@@ -97,9 +97,15 @@ def watch_parent() -> None:
     def stop() -> None:
         signal.raise_signal(signal.SIGTERM)
 
+    def ended(task: asyncio.Task[None]) -> None:
+        _parent_watch.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the watch is gone: the process would outlive a killed parent, so say so loudly
+            log_fatal("parent-watch", task.exception())
+
     task = asyncio.ensure_future(stop_when_orphaned(stop))
     _parent_watch.add(task)
-    task.add_done_callback(_parent_watch.discard)
+    task.add_done_callback(ended)
 
 
 def build_app(
