@@ -562,26 +562,23 @@ def _take_orphans_plan(
 
 
 def _conversation(
-    query: str,
     account_id: str,
     page_id: str,
     psid: str,
     sent_until: float,
     statuses: Collection[Status],
     limit: int,
-) -> Run:
-    """A read of one Messenger conversation's messages up to a watermark (``query`` says
-    which: those the Graph API answered, or those whose send is still in flight)."""
-    return select(
-        query,
-        account_id=account_id,
-        page_id=page_id,
-        psid=psid,
-        sent_until=sent_until,
+) -> dict[str, Any]:
+    """The parameters of a read of one Messenger conversation's messages up to a watermark."""
+    return {
+        "account_id": account_id,
+        "page_id": page_id,
+        "psid": psid,
+        "sent_until": sent_until,
         # a status listed, or none; never empty (an empty list is not valid SQL)
-        statuses=[Status(status).value for status in statuses] or [""],
-        limit=limit,
-    )
+        "statuses": [Status(status).value for status in statuses] or [""],
+        "limit": limit,
+    }
 
 
 def _link_context(link_id: str, account_id: str, channel: LinkedChannel, address: str) -> str:
@@ -1103,8 +1100,9 @@ class SqlStore(Store, abc.ABC):
         if not statuses:
             return []
         found = await self._read(
-            _conversation(
-                "messenger_thread", account_id, page_id, psid, sent_until, statuses, limit
+            select(
+                "messenger_thread",
+                **_conversation(account_id, page_id, psid, sent_until, statuses, limit),
             )
         )
         return [str(provider_id) for provider_id in found.column("provider_message_id")]
@@ -1119,8 +1117,9 @@ class SqlStore(Store, abc.ABC):
         limit: int = 1000,
     ) -> list[str]:
         found = await self._read(
-            _conversation(
-                "messenger_unsent", account_id, page_id, psid, sent_until, statuses, limit
+            select(
+                "messenger_unsent",
+                **_conversation(account_id, page_id, psid, sent_until, statuses, limit),
             )
         )
         return [str(message_id) for message_id in found.column("id")]
