@@ -525,6 +525,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         env["CASCADE_ENGINE_JOBS"] = worker_jobs = "send,step_timeout,report_horizon"
     if args.serve_jobs:
         env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
+    env.update(item.split("=", 1) for item in args.server_env)
     # the data directory goes in a folder of this benchmark's own, out of the way of whatever
     # cleans up after the other benchmarks' cascade-engine-bench-* folders in /tmp
     base = tempfile.mkdtemp(prefix="cascade-sms-bench-")
@@ -1031,7 +1032,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=0, help="run everything at this nice")
     parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a CASCADE_* setting for every Cascade process, over the benchmark's own; "
+        "repeatable, e.g. --server-env CASCADE_ACCESS_LOG=false",
+    )
     args = parser.parse_args(argv)
+    for item in args.server_env:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.startswith("CASCADE_"):
+            parser.error(f"--server-env takes CASCADE_NAME=VALUE, not {item!r}")
     if args.command == "smsc":
         _run(_smsc(args.port, args.control, args.receipt_delay, args.smsc))
         return 0
