@@ -233,18 +233,25 @@ def transition_workflow(found: Rows) -> tuple[WorkflowRecord, int] | None:
     row a message) and its version; None when there are no rows."""
     if not found:
         return None
-    first = found[0]
-    values = tuple(
-        found.value(first, column)
-        for column in (
-            "workflow_id",
-            "account_id",
-            "application_id",
-            "surface",
-            "workflow_state",
-            "workflow_created_at",
-            "workflow_updated_at",
-            "workflow_finished_at",
-        )
-    )
-    return _workflow_of(values, message.all(found)), int(found.value(first, "workflow_version"))
+    get = _TRANSITION_GETTERS.get(found.key)
+    if get is None:
+        positions = [found.columns[column] for column in _TRANSITION_COLUMNS]
+        get = _TRANSITION_GETTERS[found.key] = itemgetter(*positions)
+    *values, version = get(found[0])
+    return _workflow_of(tuple(values), message.all(found)), int(version)
+
+
+#: the workflow's columns in a transition's read (in _WORKFLOW_COLUMNS order), then its version
+_TRANSITION_COLUMNS = (
+    "workflow_id",
+    "account_id",
+    "application_id",
+    "surface",
+    "workflow_state",
+    "workflow_created_at",
+    "workflow_updated_at",
+    "workflow_finished_at",
+    "workflow_version",
+)
+#: for each statement's rows (by Rows.key), the getter of the columns above
+_TRANSITION_GETTERS: dict[str, Callable[[Any], tuple[Any, ...]]] = {}

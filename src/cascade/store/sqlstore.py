@@ -335,14 +335,20 @@ def _persist(workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook])
     has rows (a transition often has no jobs to cancel)."""
     now = max((event.at for event in changes.events), default=None)
     updates = []
+    statuses = []  # changes that set no provider id: a statement that leaves their indexes be
     for message_change in changes.messages.values():
         update = rows.columns(message_change)  # None keeps the stored value
         update["id"] = update.pop("message_id")
         if now is not None or any(v is not None for k, v in update.items() if k != "id"):
             update["updated_at"] = now
-            updates.append(update)
+            if update["provider"] is None and update["provider_message_id"] is None:
+                statuses.append(update)
+            else:
+                updates.append(update)
     if updates:
         yield each("change_message", updates)
+    if statuses:
+        yield each("change_message_status", statuses)
     if changes.workflow_state is not None:
         yield change(
             "finish_workflow",
