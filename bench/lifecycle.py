@@ -34,7 +34,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
 from tests.engine.harness import step, workflow
 from tests.webhooks.conftest import FAST, delivering
 from tests.webhooks.receiver import Receiver, Respond
