@@ -109,13 +109,17 @@ class Query:
     last: Statement
     #: whether it is one statement without list parameters: run as ``sql`` with ``values``
     simple: bool = False
+    #: whether none of its statements has list parameters: each runs as ``sql`` with
+    #: ``values`` (no SQL to expand)
+    listless: bool = False
 
     @classmethod
     def of(cls, name: str, statements: tuple[Statement, ...]) -> Query:
         """A query of these statements, in order."""
         last = statements[-1]
-        simple = len(statements) == 1 and not last.lists
-        return cls(name, statements, statements[:-1], last, simple)
+        listless = not any(statement.lists for statement in statements)
+        simple = len(statements) == 1 and listless
+        return cls(name, statements, statements[:-1], last, simple, listless)
 
 
 def _compile(dialect: str, text: str) -> Statement:

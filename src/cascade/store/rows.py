@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
-from operator import itemgetter
+from enum import Enum
+from operator import attrgetter, itemgetter
 from typing import Any, Generic, TypeVar
 
 from cascade.domain.records import (
@@ -127,9 +128,29 @@ class _Mapper(Generic[R]):
         return self._record(*converted)
 
 
-def _encode(text: str) -> bytes:
-    """JSON stored as text, back to the bytes it was received as."""
-    return text.encode()
+E = TypeVar("E", bound=Enum)
+
+
+def _member(enum: type[E]) -> Callable[[Any], E]:
+    """The member of ``enum`` a stored value names, found in a dict (calling the class runs
+    Enum's lookup in Python, a microsecond a value, and rows hold several); an unknown value
+    fails as the class's own call does."""
+    members: dict[Any, E] = {member.value: member for member in enum}
+
+    def of(value: Any) -> E:
+        member = members.get(value)
+        return member if member is not None else enum(value)
+
+    return of
+
+
+_step_state = _member(StepState)
+_surface = _member(Surface)
+_workflow_state = _member(WorkflowState)
+
+
+#: JSON stored as text, back to the bytes it was received as (UTF-8; a C call per value)
+_encode = str.encode
 
 
 def _receipts_due(stored: str) -> tuple[tuple[float, str], ...]:
@@ -149,15 +170,16 @@ application = _Mapper(Application)
 message = _Mapper(
     MessageRecord,
     columns={"to": "recipient", "from_": "sender"},
-    convert={"to": _encode, "from_": _encode, "body": _encode, "state": StepState},
+    convert={"to": _encode, "from_": _encode, "body": _encode, "state": _step_state},
 )
 event = _Mapper(Event)
 webhook = _Mapper(
-    WebhookRecord, convert={"body": _encode, "kind": WebhookKind, "state": WebhookState}
+    WebhookRecord,
+    convert={"body": _encode, "kind": _member(WebhookKind), "state": _member(WebhookState)},
 )
 webhook_attempt = _Mapper(WebhookAttempt)
 #: an orphan_receipts row as the receipt it keeps
-receipt = _Mapper(Receipt, convert={"status": Status})
+receipt = _Mapper(Receipt, convert={"status": _member(Status)})
 sandbox = _Mapper(SandboxMessage, convert={"receipts_due": _receipts_due})
 job = _Mapper(Job)
 dashboard_session = _Mapper(DashboardSession)
@@ -170,19 +192,25 @@ smpp_bind = _Mapper(SmppBind, convert={"bound": bool})
 def columns(record: object) -> dict[str, Any]:
     """A record's fields by name, as the parameters of the statement that stores it (not
     ``dataclasses.asdict``, which deep-copies every value and costs ten times more)."""
-    return {name: getattr(record, name) for name in _fields(type(record))}
+    reader = _READERS.get(type(record))
+    if reader is None:
+        reader = _READERS[type(record)] = _reader(type(record))
+    names, get = reader
+    return dict(zip(names, get(record), strict=True))
 
 
-#: the field names of each record class, found once
-_FIELDS: dict[type, tuple[str, ...]] = {}
+#: the field names of each record class and the getter of their values, found once (one C
+#: call reads them all)
+_READERS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
-def _fields(record: type) -> tuple[str, ...]:
-    """The field names of a record class."""
-    names = _FIELDS.get(record)
-    if names is None:
-        names = _FIELDS[record] = tuple(field.name for field in fields(record))
-    return names
+def _reader(record: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """The field names of a record class and a getter of their values as a tuple."""
+    names = tuple(field.name for field in fields(record))
+    getter = attrgetter(*names)
+    if len(names) == 1:
+        return names, lambda value: (getter(value),)
+    return names, getter
 
 
 def workflow(row: Row, messages: Iterable[MessageRecord] = ()) -> WorkflowRecord:
@@ -219,8 +247,8 @@ def _workflow_of(values: tuple[Any, ...], messages: Iterable[MessageRecord]) -> 
         id_,
         account_id,
         application_id,
-        Surface(surface),
-        WorkflowState(state),
+        _surface(surface),
+        _workflow_state(state),
         created_at,
         updated_at,
         finished_at,

@@ -473,6 +473,12 @@ def _execute(conn: sqlite3.Connection, step: Run) -> Any:
         last = query.last
         sql = last.sql
         cursor = conn.execute(sql, last.values(params))
+    elif query.listless:  # a block: each statement bound in one call
+        for statement in query.before:
+            conn.execute(statement.sql, statement.values(params))
+        last = query.last
+        sql = last.sql
+        cursor = conn.execute(sql, last.values(params))
     else:
         for statement in query.before:
             conn.execute(*statement.bind(params))
@@ -510,9 +516,14 @@ def _execute_each(
     if query.before or len(param_sets) == 1:
         # a block runs statement by statement; and executemany costs a few µs more than
         # execute for one parameter set (a transition's usual event or message change)
-        for params in param_sets:
-            for statement in query.statements:
-                conn.execute(*statement.bind(params))
+        if query.listless:
+            for params in param_sets:
+                for statement in query.statements:
+                    conn.execute(statement.sql, statement.values(params))
+        else:
+            for params in param_sets:
+                for statement in query.statements:
+                    conn.execute(*statement.bind(params))
     else:
         statement = query.last
         conn.executemany(statement.sql, statement.many(param_sets))
