@@ -307,12 +307,12 @@ def _write_all(
     start = 0
     try:
         while start < len(batch):
-            end = _accepts_from(batch, start)
-            if end > start:
+            fn, future = batch[start]
+            if type(fn) is _Accept:
+                end = _accepts_from(batch, start)
                 outcomes += _accept_run(conn, batch[start:end])
                 start = end
                 continue
-            fn, future = batch[start]
             outcomes.append((future, fn(conn), None))
             start += 1
     except Exception:  # the slow path finds which write failed, and hands it its error

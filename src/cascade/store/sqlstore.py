@@ -22,6 +22,7 @@ from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import partial
+from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, overload
 
 from cascade.domain.failover import Changes
@@ -330,10 +331,13 @@ def transition_plan(
     return changes, webhooks
 
 
+_at = attrgetter("at")
+
+
 def _persist(workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]) -> Plan[None]:
     """Store what a transition decided (inside its transaction); a statement runs only when it
     has rows (a transition often has no jobs to cancel)."""
-    now = max((event.at for event in changes.events), default=None)
+    now = max(map(_at, changes.events), default=None)
     updates = []
     statuses = []  # changes that set no provider id: a statement that leaves their indexes be
     for message_change in changes.messages.values():
@@ -1005,9 +1009,9 @@ class SqlStore(Store, abc.ABC):
         params = rows.columns(attempt)
         params.update(state=state, next_attempt_at=next_attempt_at, job_id=job_id)
         if next_attempt_at is None:
-            await self._write(Run("record_last_webhook_attempt", params, Fetch.COUNT))
+            await self._write(_run(Run, ("record_last_webhook_attempt", params, _COUNT)))
         else:
-            await self._write(Run("record_webhook_attempt", params, Fetch.COUNT))
+            await self._write(_run(Run, ("record_webhook_attempt", params, _COUNT)))
 
     async def list_webhooks(
         self,
