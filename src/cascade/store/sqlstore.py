@@ -1009,9 +1009,9 @@ class SqlStore(Store, abc.ABC):
         params = rows.columns(attempt)
         params.update(state=state, next_attempt_at=next_attempt_at, job_id=job_id)
         if next_attempt_at is None:
-            await self._write(_run(Run, ("record_last_webhook_attempt", params, _COUNT)))
+            await self._write(Run("record_last_webhook_attempt", params, Fetch.COUNT))
         else:
-            await self._write(_run(Run, ("record_webhook_attempt", params, _COUNT)))
+            await self._write(Run("record_webhook_attempt", params, Fetch.COUNT))
 
     async def list_webhooks(
         self,
