@@ -27,7 +27,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 
@@ -442,6 +442,16 @@ for _enum in (
     WorkflowState,
 ):
     sqlite3.register_adapter(_enum, str.__str__)
+
+# sqlite3 binds only exact ints, floats and strs at once: any other value, None and bools
+# included, is first looked up in the adapters and, when none is registered, probed for
+# ``__adapt__`` and ``__conform__``, two failed attribute lookups that each format an
+# AttributeError's message (0.2 µs a value, about 3,000 instructions; an SMS binds 34
+# Nones, the unset columns of its rows and the coalesce() parameters of its changes, and 6
+# bools). Registered, each is one dict lookup and one C call: None stays None (``{}.get``
+# returns None for any key, without a Python frame) and a bool becomes the int it is.
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
+sqlite3.register_adapter(bool, int)
 
 
 def run(conn: sqlite3.Connection, plan: Plan[T]) -> T:
