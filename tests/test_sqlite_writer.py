@@ -139,8 +139,8 @@ async def test_a_transition_decided_before_another_write_is_decided_again(
 
 
 def test_none_and_bools_bind_as_null_and_integers() -> None:
-    """With the store's adapters registered (importing it, for speed), None still binds as NULL and a bool as
-    the integer 0 or 1, as sqlite3 binds them without adapters."""
+    """With the store's adapters registered (importing it does, for speed), None still binds as
+    NULL and a bool as the integer 0 or 1, as sqlite3 binds them without adapters."""
     conn = sqlite3.connect(":memory:")
     try:
         found = conn.execute(
