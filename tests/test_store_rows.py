@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
+from cascade.domain.makers import constructor
 from cascade.domain.records import Event, MessageRecord, StepState, WorkflowRecord
 from cascade.store import rows
-from cascade.store.rows import constructor
 
 
 def _values(record: type[object]) -> tuple[object, ...]:

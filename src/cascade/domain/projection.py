@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields
 from operator import attrgetter
 from typing import Any
 
 from cascade.domain.failover import Changes
+from cascade.domain.makers import constructor
 from cascade.domain.records import MessageRecord, WorkflowRecord
 
 #: a message's fields in order, a getter of all their values, and where each one is: a changed
@@ -15,6 +16,16 @@ from cascade.domain.records import MessageRecord, WorkflowRecord
 _MESSAGE_FIELDS = tuple(field.name for field in fields(MessageRecord))
 _message_values = attrgetter(*_MESSAGE_FIELDS)
 _MESSAGE_INDEX = {name: index for index, name in enumerate(_MESSAGE_FIELDS)}
+_message = constructor(MessageRecord)
+#: a workflow likewise, its messages, state and finished time replaced
+_workflow_values = attrgetter(*(field.name for field in fields(WorkflowRecord)))
+_WORKFLOW_INDEX = {field.name: index for index, field in enumerate(fields(WorkflowRecord))}
+_STATE, _FINISHED_AT, _MESSAGES = (
+    _WORKFLOW_INDEX["state"],
+    _WORKFLOW_INDEX["finished_at"],
+    _WORKFLOW_INDEX["messages"],
+)
+_workflow = constructor(WorkflowRecord)
 
 
 def project(workflow: WorkflowRecord, changes: Changes) -> WorkflowRecord:
@@ -26,9 +37,12 @@ def project(workflow: WorkflowRecord, changes: Changes) -> WorkflowRecord:
             messages.append(message)
             continue
         messages.append(_changed(message, change.values()))
-    state = changes.workflow_state or workflow.state
-    finished_at = changes.finished_at if changes.workflow_state else workflow.finished_at
-    return replace(workflow, messages=tuple(messages), state=state, finished_at=finished_at)
+    values = list(_workflow_values(workflow))
+    values[_MESSAGES] = tuple(messages)
+    if changes.workflow_state:
+        values[_STATE] = changes.workflow_state
+        values[_FINISHED_AT] = changes.finished_at
+    return _workflow(*values)
 
 
 def _changed(message: MessageRecord, updates: dict[str, Any]) -> MessageRecord:
@@ -36,4 +50,4 @@ def _changed(message: MessageRecord, updates: dict[str, Any]) -> MessageRecord:
     values = list(_message_values(message))
     for name, value in updates.items():
         values[_MESSAGE_INDEX[name]] = value
-    return MessageRecord(*values)
+    return _message(*values)
