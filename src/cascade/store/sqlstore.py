@@ -19,13 +19,13 @@ import abc
 import json
 import time
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from functools import partial
 from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, overload
 
-from cascade.domain.failover import Changes
+from cascade.domain.failover import Changes, MessageChange
 from cascade.domain.records import (
     Accepted,
     Account,
@@ -332,6 +332,14 @@ def transition_plan(
 
 
 _at = attrgetter("at")
+#: a message change's fields read by one getter, named as change_message's parameters (its
+#: message_id is the row's id); one that sets none has every value but the id None
+_CHANGE_FIELDS = tuple(field.name for field in fields(MessageChange))
+_change_values = attrgetter(*_CHANGE_FIELDS)
+_CHANGE_PARAMS = tuple("id" if name == "message_id" else name for name in _CHANGE_FIELDS)
+_CHANGE_UNSET = len(_CHANGE_FIELDS) - 1
+_PROVIDER = _CHANGE_FIELDS.index("provider")
+_PROVIDER_MESSAGE_ID = _CHANGE_FIELDS.index("provider_message_id")
 
 
 def _persist(workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]) -> Plan[None]:
@@ -341,14 +349,15 @@ def _persist(workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook])
     updates = []
     statuses = []  # changes that set no provider id: a statement that leaves their indexes be
     for message_change in changes.messages.values():
-        update = rows.columns(message_change)  # None keeps the stored value
-        update["id"] = update.pop("message_id")
-        if now is not None or any(v is not None for k, v in update.items() if k != "id"):
-            update["updated_at"] = now
-            if update["provider"] is None and update["provider_message_id"] is None:
-                statuses.append(update)
-            else:
-                updates.append(update)
+        values = _change_values(message_change)  # None keeps the stored value
+        if now is None and values.count(None) == _CHANGE_UNSET:
+            continue  # it sets nothing, and no event moves updated_at
+        update = dict(zip(_CHANGE_PARAMS, values))  # noqa: B905 (one value per field)
+        update["updated_at"] = now
+        if values[_PROVIDER] is None and values[_PROVIDER_MESSAGE_ID] is None:
+            statuses.append(update)
+        else:
+            updates.append(update)
     if updates:
         yield each("change_message", updates)
     if statuses:
