@@ -190,6 +190,17 @@ async def _execute(conn: Any, step: Run) -> Any:
         statement = query.last
         await conn.executemany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
         return None
+    if step.fetch is Fetch.ROWS_OF:
+        rows_of: Any = step.params
+        names, values = rows_of
+        if query.before:  # a block runs statement by statement, for one row after another
+            for row in values:
+                for statement in query.statements:
+                    await conn.execute(statement.sql, *statement.arranged(names)(row))
+            return None
+        statement = query.last
+        await conn.executemany(statement.sql, list(map(statement.arranged(names), values)))
+        return None
     if step.fetch is Fetch.EACH:
         statement = query.last
         records = await conn.fetchmany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]

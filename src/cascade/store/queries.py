@@ -48,6 +48,10 @@ class Statement:
     values: Callable[[Params], tuple[Any, ...]] = field(default=tuple, repr=False, compare=False)
     #: the SQL for each combination of list lengths met so far
     _expanded: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False, compare=False)
+    #: for each order of parameter names met so far, the getter of its values from a tuple
+    _arranged: dict[tuple[str, ...], Callable[[Sequence[Any]], tuple[Any, ...]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def bind(self, params: Params) -> tuple[str, tuple[Any, ...]]:
         """The SQL and the values to run it with, lists expanded where the SQL takes them."""
@@ -88,6 +92,21 @@ class Statement:
                 for name, value in zip(self.order, values, strict=True)
             )
         return values
+
+    def arranged(self, names: tuple[str, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """The getter of its values from a row of the parameters ``names`` names, in that
+        order (one C call a row, no dict; found once per order). Not for list parameters."""
+        getter = self._arranged.get(names)
+        if getter is None:
+            if self.lists or self.json_lists or not self.order:
+                raise ValueError(f"{self.sql[:40]!r}: only plain parameters come in a row")
+            positions = [names.index(name) for name in self.order]
+            if len(positions) == 1:
+                (position,) = positions
+                getter = self._arranged[names] = lambda row: (row[position],)
+            else:
+                getter = self._arranged[names] = itemgetter(*positions)
+        return getter
 
     def many(self, rows: Sequence[Params]) -> list[tuple[Any, ...]]:
         """The values of an ``executemany``, one tuple a row."""

@@ -469,7 +469,7 @@ def run(conn: sqlite3.Connection, plan: Plan[T]) -> T:
 #: the fetch modes, as module constants (an Enum member read through its class costs more, and
 #: this runs for every statement)
 _ROWS, _ROW, _VALUE, _COUNT = Fetch.ROWS, Fetch.ROW, Fetch.VALUE, Fetch.COUNT
-_MANY, _EACH = Fetch.MANY, Fetch.EACH
+_MANY, _EACH, _ROWS_OF = Fetch.MANY, Fetch.EACH, Fetch.ROWS_OF
 
 
 def _execute(conn: sqlite3.Connection, step: Run) -> Any:
@@ -479,6 +479,20 @@ def _execute(conn: sqlite3.Connection, step: Run) -> Any:
     fetch = step[2]
     if fetch is _MANY or fetch is _EACH:
         return _execute_each(conn, query, params, fetch is _EACH)
+    if fetch is _ROWS_OF:
+        names, values = params
+        if query.before:  # a block runs statement by statement, for one row after another
+            for row in values:
+                for statement in query.statements:
+                    conn.execute(statement.sql, statement.arranged(names)(row))
+            return None
+        statement = query.last
+        arrange = statement.arranged(names)
+        if len(values) == 1:  # (executemany costs a few µs more for one row)
+            conn.execute(statement.sql, arrange(values[0]))
+        else:
+            conn.executemany(statement.sql, map(arrange, values))
+        return None
     if query.simple:  # most statements: no binding beyond one call
         last = query.last
         sql = last.sql
