@@ -30,6 +30,7 @@ from cascade.domain.records import Account
 from cascade.engine.binds import BindPublisher
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
+from cascade.engine.shares import ThroughputShares
 from cascade.errors import ConfigError
 from cascade.log import configure_logging
 from cascade.processes import Child, ProcessSupervisor, process_count, stop_when_orphaned
@@ -41,7 +42,7 @@ from cascade.service import (
     open_store,
     redacted_url,
 )
-from cascade.store.base import ChannelLinks, Purging, SmppBinds, Store
+from cascade.store.base import ChannelLinks, Purging, SmppBinds, SmppNodes, Store
 from cascade.supervision import OnFatal, log_fatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookSender
 
@@ -134,6 +135,7 @@ def build_app(
         await _first_account(settings, store, clock, announce)
         watch_parent()
         if engine is not None:
+            start_throughput_shares(settings, store, engine)
             await engine.start()
             start_retention(settings, store, engine)
             start_bind_publisher(store, engine)
@@ -259,6 +261,28 @@ def start_bind_publisher(store: SmppBinds, engine: Engine) -> None:
     engine.supervisor.start("smpp-binds", publisher.run())
 
 
+def start_throughput_shares(settings: Settings, store: SmppNodes, engine: Engine) -> None:
+    """Share each SMPP connection's throughput with the other nodes holding it (see
+    ``engine/shares.py``), under the engine's supervisor; nothing to do without a connection
+    that has a throughput limit. Called before the engine starts, so that no submit goes out
+    before this node knows its share."""
+    from cascade.channels.smpp import SmppProvider
+
+    limited = [
+        connection
+        for provider in engine.providers.all()
+        if isinstance(provider, SmppProvider)
+        for connection in provider.connections
+        if connection.settings.throughput > 0
+    ]
+    if not limited:
+        return
+    shares = ThroughputShares(
+        store, limited, engine.worker_id, engine.clock, lease=settings.job_lease_seconds
+    )
+    engine.supervisor.start("smpp-shares", shares.run())
+
+
 def receipt_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
     """An engine that is never started, for an API process that runs none (each API process
     of ``serve``, or ``CASCADE_RUN_WORKER=false``): it applies the platforms' receipts as the
@@ -315,6 +339,7 @@ async def run_worker(settings: Settings, *, log_setup: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
+    start_throughput_shares(settings, store, engine)
     await engine.start()
     start_retention(settings, store, engine)
     start_bind_publisher(store, engine)

@@ -655,6 +655,25 @@ class SmppBinds(Protocol):
         """Every connection's last published state, by name."""
 
 
+class SmppNodes(Protocol):
+    """Which engine nodes hold each SMPP connection now, so that they share its throughput
+    (the SMSC counts the account, not the bind): a row per node and connection, renewed by
+    the node, that runs out when the node stops renewing it."""
+
+    @abc.abstractmethod
+    async def renew_smpp_node(
+        self, connection: str, node: str, expires_at: float, now: float
+    ) -> int:
+        """Record that ``node`` holds ``connection`` until ``expires_at``, forget the rows of
+        the connection that ran out by ``now``, and return how many nodes hold it now (this
+        one included)."""
+
+    @abc.abstractmethod
+    async def drop_smpp_node(self, connection: str, node: str) -> None:
+        """Forget that ``node`` holds ``connection`` (it unbound or is stopping), so the
+        others take its share at their next renewal rather than after its row runs out."""
+
+
 class Store(
     Lifecycle,
     Tenants,
@@ -669,6 +688,7 @@ class Store(
     Purging,
     DashboardSessions,
     SmppBinds,
+    SmppNodes,
 ):
     """Durable state of a Cascade installation: every role at once. Callers that need only
     part of it take that role (an API handler ``Accepting``, the retention sweep ``Purging``)."""

@@ -506,6 +506,14 @@ def _claim_ids_plan(params: dict[str, Any]) -> Plan[ClaimedIds]:
     return ClaimedIds(tuple(taken), stale)
 
 
+def _renew_smpp_node_plan(connection: str, node: str, expires_at: float, now: float) -> Plan[int]:
+    """Renew a node's hold on an SMPP connection; how many nodes hold it now."""
+    yield change("renew_smpp_node", connection=connection, node=node, expires_at=expires_at)
+    yield change("forget_expired_smpp_nodes", connection=connection, now=now)
+    live = yield value("live_smpp_nodes", connection=connection, now=now)
+    return int(live)
+
+
 def _replay_plan(
     webhook_ids: Sequence[int] | None, now: float, account_id: str | None
 ) -> Plan[int]:
@@ -1085,6 +1093,14 @@ class SqlStore(Store, abc.ABC):
 
     async def smpp_binds(self) -> list[SmppBind]:
         return rows.smpp_bind.all(await self._read(select("smpp_binds")))
+
+    async def renew_smpp_node(
+        self, connection: str, node: str, expires_at: float, now: float
+    ) -> int:
+        return await self._write(partial(_renew_smpp_node_plan, connection, node, expires_at, now))
+
+    async def drop_smpp_node(self, connection: str, node: str) -> None:
+        await self._write(change("drop_smpp_node", connection=connection, node=node))
 
     # --- intake of the platforms' callbacks ------------------------------------------------
 

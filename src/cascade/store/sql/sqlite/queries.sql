@@ -666,3 +666,18 @@ ON CONFLICT (name) DO UPDATE SET
 
 -- name: smpp_binds
 SELECT name, bound, last_error, changed_at FROM smpp_binds ORDER BY name
+
+-- name: renew_smpp_node
+-- a node holding an SMPP connection says it is alive until :expires_at
+INSERT INTO smpp_nodes (connection, node, expires_at)
+VALUES (:connection, :node, :expires_at)
+ON CONFLICT (connection, node) DO UPDATE SET expires_at = excluded.expires_at
+
+-- name: forget_expired_smpp_nodes
+DELETE FROM smpp_nodes WHERE connection = :connection AND expires_at <= :now
+
+-- name: live_smpp_nodes
+SELECT count(*) FROM smpp_nodes WHERE connection = :connection AND expires_at > :now
+
+-- name: drop_smpp_node
+DELETE FROM smpp_nodes WHERE connection = :connection AND node = :node
