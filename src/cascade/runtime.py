@@ -192,6 +192,11 @@ async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:
         log.info("cascade.channel_links", links=len(links))
 
 
+#: the least time a receipt the sandbox journal owes must be overdue before a worker takes it
+#: over from another (seconds)
+TAKEOVER_AT_LEAST = 10.0
+
+
 def build_engine(
     settings: Settings,
     store: Store,
@@ -206,7 +211,14 @@ def build_engine(
     configuration file says so; the sandbox for the rest) and the webhook sender.
     ``worker_only``: the engine of a process that serves no API, beside API processes that take
     the platforms' callbacks (each send then looks at once for a receipt that beat it)."""
-    sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
+    sandbox = SandboxProvider(
+        store,
+        clock,
+        speed=settings.sandbox_speed,
+        # a killed worker's receipts, once overdue by a lease (10 s at least, so that a
+        # loaded worker's own receipts are rarely taken)
+        takeover_after=max(settings.job_lease_seconds, TAKEOVER_AT_LEAST),
+    )
     sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
     return Engine(
         store,
