@@ -271,7 +271,6 @@ async def run(
             await _kill_one(db, started[0], outcome, workflows, lease, until)
         ids, outcome.answers, *times = await posting
         outcome.posting = (times[0], times[1])
-        outcome.kinds = {ids[i]: MIX[i % len(MIX)].name for i in ids}
 
         async def count(sql: str) -> int:
             return int(await db.fetchval(sql))
@@ -280,6 +279,11 @@ async def run(
         await wait_for(lambda: _is_zero(count(running)), until, "every workflow to finish")
         pending = "SELECT count(*) FROM webhooks WHERE state != 'delivered'"
         await wait_for(lambda: _is_zero(count(pending)), until, "every webhook delivered")
+        # a message's 202 names the message; a dispatch's, the workflow
+        workflow_of = {
+            row[0]: row[1] for row in await db.fetch("SELECT id, workflow_id FROM messages")
+        }
+        outcome.kinds = {workflow_of.get(ids[i], ids[i]): MIX[i % len(MIX)].name for i in ids}
         for row in await db.fetch("SELECT id, state, finished_at FROM workflows"):
             outcome.workflows[row["id"]] = (row["state"], row["finished_at"])
         for row in await db.fetch(

@@ -108,14 +108,14 @@ def test_the_survivor_finishes_the_killed_workers_jobs_after_their_lease(
 def test_the_timers_fired_and_the_killed_workers_were_late_by_at_most_a_lease(
     outcome: Outcome,
 ) -> None:
-    """Every step window that closed failed over, none earlier than due, and none later than
-    a lease and a few seconds of a loaded machine (a killed worker's timer waits for its
-    lease)."""
+    """Every step window that closed failed over, none earlier than due (to the millisecond)
+    and none later than a lease and a few seconds of a loaded machine (a killed worker's timer
+    waits for its lease)."""
     timers = [kind for kind in outcome.kinds.values() if kind == "dispatch-timer"]
     three = [kind for kind in outcome.kinds.values() if kind == "dispatch-3-error"]
     assert len(outcome.timers) == len(timers) + len(three)
     lateness = outcome.lateness()
-    assert lateness[0] >= 0
+    assert lateness[0] > -0.005  # uvloop's timers, at millisecond grain, may wake 1 ms early
     assert lateness[-1] < LEASE + 10
 
 
