@@ -261,10 +261,10 @@ async def run(
         await wait_for(lambda port=port: up(port), until, f"the API on {port} to listen")
     db = await asyncpg.connect(url)
     try:
+        kinds = [MIX[index % len(MIX)] for index in range(workflows)]
         requests = [
             (index, kind.path, json.dumps(kind.body(index)).encode())
-            for index in range(workflows)
-            for kind in (MIX[index % len(MIX)],)
+            for index, kind in enumerate(kinds)
         ]
         posting = asyncio.ensure_future(_post_all(ports, token, requests, connections))
         if kill_worker:
@@ -275,15 +275,16 @@ async def run(
         async def count(sql: str) -> int:
             return int(await db.fetchval(sql))
 
+        # twice a second: each count reads every workflow, work beside the run's own
         running = "SELECT count(*) FROM workflows WHERE state = 'running'"
-        await wait_for(lambda: _is_zero(count(running)), until, "every workflow to finish")
+        await wait_for(lambda: _is_zero(count(running)), until, "every workflow to finish", 0.5)
         pending = "SELECT count(*) FROM webhooks WHERE state != 'delivered'"
-        await wait_for(lambda: _is_zero(count(pending)), until, "every webhook delivered")
+        await wait_for(lambda: _is_zero(count(pending)), until, "every webhook delivered", 0.5)
         # a message's 202 names the message; a dispatch's, the workflow
         workflow_of = {
             row[0]: row[1] for row in await db.fetch("SELECT id, workflow_id FROM messages")
         }
-        outcome.kinds = {workflow_of.get(ids[i], ids[i]): MIX[i % len(MIX)].name for i in ids}
+        outcome.kinds = {workflow_of.get(ids[i], ids[i]): kinds[i].name for i in ids}
         for row in await db.fetch("SELECT id, state, finished_at FROM workflows"):
             outcome.workflows[row["id"]] = (row["state"], row["finished_at"])
         for row in await db.fetch(

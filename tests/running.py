@@ -78,9 +78,13 @@ def kill(process: subprocess.Popen[bytes]) -> None:
 
 
 async def wait_for(
-    check: Callable[[], bool] | Callable[[], Awaitable[bool]], until: float, what: str
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    until: float,
+    what: str,
+    every: float = 0.02,
 ) -> None:
-    """Poll ``check`` every 20 ms until it holds; fail once the monotonic ``until`` passes."""
+    """Poll ``check`` every ``every`` seconds until it holds; fail once the monotonic
+    ``until`` passes."""
     while True:
         result = check()
         if not isinstance(result, bool):
@@ -89,7 +93,7 @@ async def wait_for(
             return
         if time.monotonic() > until:
             pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
 
 
 def create_application(processes: Processes, url: str) -> tuple[str, bytes]:

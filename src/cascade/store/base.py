@@ -370,11 +370,17 @@ class Transitions(Protocol):
         """Keep a receipt whose provider id matches no message yet."""
 
     @abc.abstractmethod
-    async def take_orphan_receipts(
+    async def matched_orphan_receipts(
         self, provider: str | None = None, provider_message_id: str | None = None
     ) -> list[Receipt]:
-        """Remove and return kept receipts that now match a message (those of one provider id,
-        or all that match when none is given)."""
+        """The kept receipts that now match a message (those of one provider id, or all that
+        match when none is given), oldest first, each with its ``kept_id``. They stay kept
+        until :meth:`drop_orphan_receipt`, so that a worker killed before it applied them
+        loses none (another applies them again, which changes nothing twice)."""
+
+    @abc.abstractmethod
+    async def drop_orphan_receipt(self, kept_id: int) -> None:
+        """Forget a kept receipt that has been applied (nothing when it is gone already)."""
 
     @abc.abstractmethod
     async def add_message_parts(

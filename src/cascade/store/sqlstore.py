@@ -556,17 +556,17 @@ def _purge_workflows_plan(before: float, limit: int) -> Plan[int]:
     return len(ids)
 
 
-def _take_orphans_plan(
+def _matched_orphans_plan(
     provider: str | None, provider_message_id: str | None
 ) -> Plan[list[Receipt]]:
-    """Remove and return kept receipts that now match a message."""
+    """Kept receipts that now match a message, oldest first."""
     if provider is None:
-        taken = yield select("take_matched_orphan_receipts")
+        found = yield select("matched_orphan_receipts")
     else:
-        taken = yield select(
-            "take_orphan_receipts_of", provider=provider, provider_message_id=provider_message_id
+        found = yield select(
+            "orphan_receipts_of", provider=provider, provider_message_id=provider_message_id
         )
-    return rows.receipt.all(taken.sorted_by("id"))
+    return rows.receipt.all(found.sorted_by("id"))
 
 
 def _conversation(
@@ -944,17 +944,19 @@ class SqlStore(Store, abc.ABC):
             )
         )
 
-    async def take_orphan_receipts(
+    async def matched_orphan_receipts(
         self, provider: str | None = None, provider_message_id: str | None = None
     ) -> list[Receipt]:
         if provider is not None and not await self._read(
             value("orphan_receipt_kept", provider=provider, provider_message_id=provider_message_id)
         ):
-            # none kept for it (the usual case, after every send): no write transaction. One
-            # stored after this read is matched by the engine's periodic sweep, as one stored
-            # after the write would be
+            # none kept for it (the usual case, after every send): one read. One stored after
+            # this read is matched by the engine's periodic sweep
             return []
-        return await self._write(partial(_take_orphans_plan, provider, provider_message_id))
+        return await self._read(_matched_orphans_plan(provider, provider_message_id))
+
+    async def drop_orphan_receipt(self, kept_id: int) -> None:
+        await self._write(change("drop_orphan_receipt", id=kept_id))
 
     async def add_message_parts(
         self, provider: str, message_id: str, part_ids: Sequence[str]
