@@ -239,11 +239,10 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     from cascade.sealing import Sealer
 
     receiver_port = accept.free_port()
-    server = lib.Server(
-        procs,
-        {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)},
-        keep=args.keep,
-    )
+    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)}
+    if args.serve_jobs:
+        env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
+    server = lib.Server(procs, env, keep=args.keep)
     graph = None
     helpers: list[Any] = []
     try:
@@ -284,6 +283,15 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             server.env, workdir,
         )  # fmt: skip
         server.start()
+        pids_extra: dict[str, int] = {}
+        if args.worker_jobs:
+            worker_env = {k: v for k, v in server.env.items() if k != "CASCADE_ENGINE_JOBS"}
+            worker = procs.start(
+                [*accept._cascade_argv(), "worker", "--jobs", args.worker_jobs], env=worker_env,
+                cwd=workdir, log=workdir / "worker.log",
+            )  # fmt: skip
+            helpers.append(worker)
+            pids_extra[f"cascade worker ({args.worker_jobs})"] = worker.pid
 
         # one recipient per message: a delivery's watermark then covers only its own message
         body = json.dumps(
@@ -296,7 +304,8 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
                 },
             }
         ).encode()
-        pids = {"cascade serve": server.pid, "fake graph": graph.pid, "receiver": receiver.pid}
+        pids = {"cascade serve": server.pid, **pids_extra, "fake graph": graph.pid,
+                "receiver": receiver.pid}  # fmt: skip
         cpu0 = {name: accept.process_cpu(pid) for name, pid in pids.items()}
         loop0 = accept.main_thread_cpu(server.pid)
         own0 = time.process_time()
@@ -336,6 +345,9 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     last = max(delivered.values())
     wall = wall1 - wall0
     cpu["cascade serve: event loop thread"] = loop
+    cascade = sum(
+        value for name, value in cpu.items() if name.startswith("cascade") and ":" not in name
+    )
     cpu["load generator (this process)"] = own
     return {
         "n": n,
@@ -355,6 +367,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         "database": db,
         "cpu_s": cpu,
         "cpu_us_per_message": {name: value / n * 1e6 for name, value in cpu.items()},
+        "cascade_cpu_us_per_message": cascade / n * 1e6,
         "wall_s": wall,
         "machine_busy_cores": (busy1 - busy0) / wall,
         "other_load_cores": max(0.0, (busy1 - busy0 - sum(cpu[p] for p in pids) - own) / wall),
@@ -415,6 +428,7 @@ def print_result(r: dict[str, Any]) -> None:
         f"({r['end_to_end_s']:.2f} s), accepted {r['accepted_per_s']:,.0f}/s; "
         f"latency p50 {r['latency_p50'] * 1000:.0f} ms, p99 {r['latency_p99'] * 1000:.0f} ms"
     )
+    print(f"  CPU Cascade, every process: {r['cascade_cpu_us_per_message']:,.0f} µs/message")
     for name, value in r["cpu_us_per_message"].items():
         print(f"  CPU {name}: {value:,.0f} µs/message")
     print(
@@ -457,6 +471,16 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="cascade serve --processes (0: one per core; CPU figures then sum every process, "
         "and the event-loop figure is the parent's)",
+    )
+    parser.add_argument(
+        "--serve-jobs",
+        metavar="KINDS",
+        help="CASCADE_ENGINE_JOBS of serve's engine, e.g. webhook (default: every kind)",
+    )
+    parser.add_argument(
+        "--worker-jobs",
+        metavar="KINDS",
+        help="also run a `cascade worker --jobs KINDS`, e.g. send,step_timeout,report_horizon",
     )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", metavar="FILE")
