@@ -128,15 +128,16 @@ class LeanGraph:
     send's page token and recipient, answers ``{"recipient_id", "message_id"}``, and posts the
     ``message_deliveries`` callbacks signed with the app secret (``X-Hub-Signature-256``) on
     Cascade's own lean HTTP client, ``batch`` events to a callback at most (Meta batches
-    events in one callback too), each within 5 ms of its send. It checks nothing else of the
-    body (the test tree's fake Graph does, in the tests)."""
+    events in one callback too), each ``delay`` seconds after its send or within 5 ms after
+    that. It checks nothing else of the body (the test tree's fake Graph does, in the tests)."""
 
-    def __init__(self, callback_url: str, batch: int) -> None:
+    def __init__(self, callback_url: str, batch: int, delay: float = 0.005) -> None:
         from cascade.httpclient import HttpClient, parse_url
 
         self.target = parse_url(callback_url)
         self.client = HttpClient(user_agent="lean-graph", max_connections=32)
         self.batch = batch
+        self.delay = delay
         self.pending: list[tuple[bytes, str, int]] = []
         self.flushing: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
@@ -158,13 +159,25 @@ class LeanGraph:
         return b'{"recipient_id":"%s","message_id":"%s"}' % (psid, mid.encode())
 
     async def run(self) -> None:
-        """Post the pending deliveries, ``batch`` to a callback, every 5 ms at most."""
+        """Post the pending deliveries, ``batch`` to a callback, every 5 ms at most, each once
+        ``delay`` has passed since its send."""
         while True:
             await self.wake.wait()
             self.wake.clear()
             await asyncio.sleep(0.005)
             while self.pending:
-                events, self.pending = self.pending[: self.batch], self.pending[self.batch :]
+                take = self.batch
+                if self.delay > 0.005:  # (else every pending one goes: its 5 ms have passed)
+                    # the first is due; those due within 5 ms more go with it
+                    wait = self.pending[0][2] / 1000 + self.delay - time.time()
+                    await asyncio.sleep(max(0.0, wait) + 0.005)
+                    due_until = time.time() * 1000 - self.delay * 1000
+                    take = 1
+                    while take < min(self.batch, len(self.pending)) and (
+                        self.pending[take][2] <= due_until
+                    ):
+                        take += 1
+                events, self.pending = self.pending[:take], self.pending[take:]
                 task = asyncio.ensure_future(self._post(events))
                 self.flushing.add(task)
                 task.add_done_callback(self.flushing.discard)
@@ -196,10 +209,10 @@ class LeanGraph:
             await asyncio.sleep(1.0)
 
 
-async def _lean_graph(port_file: Path, callback_url: str, batch: int) -> None:
+async def _lean_graph(port_file: Path, callback_url: str, batch: int, delay: float) -> None:
     """Serve :class:`LeanGraph`; write its port to ``port_file``; on SIGTERM, print its counts
     (as JSON) and exit."""
-    graph = LeanGraph(callback_url, batch)
+    graph = LeanGraph(callback_url, batch, delay)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _LeanGraph(graph), "127.0.0.1", 0)
     runner = asyncio.ensure_future(graph.run())
@@ -254,7 +267,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         graph = procs.start(
             [sys.executable, script, "graph", "--port-file", str(port_file),
              "--callback", cascade_url + "/channels/messenger", "--kind", args.graph,
-             "--batch", str(args.callback_batch)],
+             "--batch", str(args.callback_batch), "--delay", str(args.callback_delay)],
             env=dict(os.environ), cwd=workdir, log=graph_log,
         )  # fmt: skip
         receiver = procs.start(
@@ -441,13 +454,14 @@ def print_result(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command")
     graph = sub.add_parser("graph", help="(internal) run the fake Graph API")
     graph.add_argument("--port-file", type=Path, required=True)
     graph.add_argument("--callback", required=True)
     graph.add_argument("--kind", choices=("lean", "fake"), default="lean")
     graph.add_argument("--batch", type=int, default=1)
+    graph.add_argument("--delay", type=float, default=0.005)
     parser.add_argument(
         "--graph",
         choices=("lean", "fake"),
@@ -460,6 +474,14 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="deliveries per callback the lean Graph posts at most (Meta batches; default 1)",
+    )
+    parser.add_argument(
+        "--callback-delay",
+        type=float,
+        default=0.005,
+        metavar="SECONDS",
+        help="seconds from a send to its delivery callback, at least (the lean Graph; default "
+        "0.005: a delivery then often beats the recording of its send)",
     )
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=8)
@@ -488,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "graph":
         if args.kind == "lean":
-            sms._run(_lean_graph(args.port_file, args.callback, args.batch))
+            sms._run(_lean_graph(args.port_file, args.callback, args.batch, args.delay))
         else:
             sms._run(_graph(args.port_file, args.callback))
         return 0

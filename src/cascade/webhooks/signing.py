@@ -14,8 +14,7 @@ is three base64url parts and one HMAC, and PyJWT's generality (header merging, k
 message. The tests verify every token with PyJWT and ``vonage_jwt``. For the same reason the
 ``jti`` is a version 4 UUID made from a buffer of ``os.urandom`` bytes (refilled every 256
 tokens, and dropped in a forked child so that two processes never share it) rather than by
-``uuid.uuid4()``, which reads the kernel's random source and builds a ``UUID`` object per call,
-and the HMAC is ``hmac.digest``'s one call rather than an ``hmac.HMAC`` object.
+``uuid.uuid4()``, which reads the kernel's random source and builds a ``UUID`` object per call.
 """
 
 from __future__ import annotations
@@ -101,5 +100,5 @@ def sign(
     if delivery_id is not None:
         claims["delivery_id"] = delivery_id
     signing_input = _HEADER + b"." + _base64url(_encode(claims))
-    signature = hmac.digest(secret.encode(), signing_input, "sha256")
+    signature = hmac.new(secret.encode(), signing_input, hashlib.sha256).digest()
     return (signing_input + b"." + _base64url(signature)).decode("ascii")
