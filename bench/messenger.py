@@ -319,7 +319,15 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         ).encode()
         pids = {"cascade serve": server.pid, **pids_extra, "fake graph": graph.pid,
                 "receiver": receiver.pid}  # fmt: skip
-        cpu0 = {name: accept.process_cpu(pid) for name, pid in pids.items()}
+        # serve --processes N: each child's share too (forked in order: the engine first)
+        children = sorted(
+            int(child)
+            for task in Path(f"/proc/{server.pid}/task").glob("*/children")
+            for child in task.read_text().split()
+        )
+        names = ["engine" if args.processes > 1 else "child"] + ["api"] * len(children)
+        parts = {f"serve: {names[n]} process {pid}": pid for n, pid in enumerate(children)}
+        cpu0 = {name: accept.process_cpu(pid) for name, pid in {**pids, **parts}.items()}
         loop0 = accept.main_thread_cpu(server.pid)
         own0 = time.process_time()
         busy0, wall0 = accept.machine_busy(), time.monotonic()
@@ -334,7 +342,9 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             raise lib.BenchError(f"nothing was accepted:\n{accept._tail(server.log)}")
         _wait_delivered(server, receiver_port, len(accepted), args.timeout)
         busy1, wall1 = accept.machine_busy(), time.monotonic()
-        cpu = {name: accept.process_cpu(pid) - cpu0[name] for name, pid in pids.items()}
+        cpu = {
+            name: accept.process_cpu(pid) - cpu0[name] for name, pid in {**pids, **parts}.items()
+        }
         loop = accept.main_thread_cpu(server.pid) - loop0
         own = time.process_time() - own0
         seen = sms.receiver_get(receiver_port, "/dump")
