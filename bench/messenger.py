@@ -19,6 +19,11 @@ end (first request -> last ``delivered`` webhook), the latency p50/p99 (202 -> w
 
     .venv/bin/python bench/messenger.py                # 10,000 messages
     .venv/bin/python bench/messenger.py --n 2000 --json out.json
+
+``--processes``, ``--serve-jobs`` and ``--worker-jobs`` choose the layout (each process's CPU is
+reported); ``--callback-delay`` holds each delivery callback back that long after its send (by
+default 5 ms, so a delivery often reaches an API process before the engine process recorded its
+send).
 """
 
 from __future__ import annotations
