@@ -19,6 +19,11 @@ end (first request -> last ``delivered`` webhook), the latency p50/p99 (202 -> w
 
     .venv/bin/python bench/messenger.py                # 10,000 messages
     .venv/bin/python bench/messenger.py --n 2000 --json out.json
+
+``--processes``, ``--serve-jobs`` and ``--worker-jobs`` choose the layout (each process's CPU is
+reported); ``--callback-delay`` holds each delivery callback back that long after its send (by
+default 5 ms, so a delivery often reaches an API process before the engine process recorded its
+send).
 """
 
 from __future__ import annotations
@@ -128,15 +133,16 @@ class LeanGraph:
     send's page token and recipient, answers ``{"recipient_id", "message_id"}``, and posts the
     ``message_deliveries`` callbacks signed with the app secret (``X-Hub-Signature-256``) on
     Cascade's own lean HTTP client, ``batch`` events to a callback at most (Meta batches
-    events in one callback too), each within 5 ms of its send. It checks nothing else of the
-    body (the test tree's fake Graph does, in the tests)."""
+    events in one callback too), each ``delay`` seconds after its send or within 5 ms after
+    that. It checks nothing else of the body (the test tree's fake Graph does, in the tests)."""
 
-    def __init__(self, callback_url: str, batch: int) -> None:
+    def __init__(self, callback_url: str, batch: int, delay: float = 0.005) -> None:
         from cascade.httpclient import HttpClient, parse_url
 
         self.target = parse_url(callback_url)
         self.client = HttpClient(user_agent="lean-graph", max_connections=32)
         self.batch = batch
+        self.delay = delay
         self.pending: list[tuple[bytes, str, int]] = []
         self.flushing: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
@@ -158,13 +164,25 @@ class LeanGraph:
         return b'{"recipient_id":"%s","message_id":"%s"}' % (psid, mid.encode())
 
     async def run(self) -> None:
-        """Post the pending deliveries, ``batch`` to a callback, every 5 ms at most."""
+        """Post the pending deliveries, ``batch`` to a callback, every 5 ms at most, each once
+        ``delay`` has passed since its send."""
         while True:
             await self.wake.wait()
             self.wake.clear()
             await asyncio.sleep(0.005)
             while self.pending:
-                events, self.pending = self.pending[: self.batch], self.pending[self.batch :]
+                take = self.batch
+                if self.delay > 0.005:  # (else every pending one goes: its 5 ms have passed)
+                    # the first is due; those due within 5 ms more go with it
+                    wait = self.pending[0][2] / 1000 + self.delay - time.time()
+                    await asyncio.sleep(max(0.0, wait) + 0.005)
+                    due_until = time.time() * 1000 - self.delay * 1000
+                    take = 1
+                    while take < min(self.batch, len(self.pending)) and (
+                        self.pending[take][2] <= due_until
+                    ):
+                        take += 1
+                events, self.pending = self.pending[:take], self.pending[take:]
                 task = asyncio.ensure_future(self._post(events))
                 self.flushing.add(task)
                 task.add_done_callback(self.flushing.discard)
@@ -196,10 +214,10 @@ class LeanGraph:
             await asyncio.sleep(1.0)
 
 
-async def _lean_graph(port_file: Path, callback_url: str, batch: int) -> None:
+async def _lean_graph(port_file: Path, callback_url: str, batch: int, delay: float) -> None:
     """Serve :class:`LeanGraph`; write its port to ``port_file``; on SIGTERM, print its counts
     (as JSON) and exit."""
-    graph = LeanGraph(callback_url, batch)
+    graph = LeanGraph(callback_url, batch, delay)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _LeanGraph(graph), "127.0.0.1", 0)
     runner = asyncio.ensure_future(graph.run())
@@ -239,11 +257,10 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     from cascade.sealing import Sealer
 
     receiver_port = accept.free_port()
-    server = lib.Server(
-        procs,
-        {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)},
-        keep=args.keep,
-    )
+    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)}
+    if args.serve_jobs:
+        env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
+    server = lib.Server(procs, env, keep=args.keep)
     graph = None
     helpers: list[Any] = []
     try:
@@ -255,7 +272,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         graph = procs.start(
             [sys.executable, script, "graph", "--port-file", str(port_file),
              "--callback", cascade_url + "/channels/messenger", "--kind", args.graph,
-             "--batch", str(args.callback_batch)],
+             "--batch", str(args.callback_batch), "--delay", str(args.callback_delay)],
             env=dict(os.environ), cwd=workdir, log=graph_log,
         )  # fmt: skip
         receiver = procs.start(
@@ -284,6 +301,15 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             server.env, workdir,
         )  # fmt: skip
         server.start()
+        pids_extra: dict[str, int] = {}
+        if args.worker_jobs:
+            worker_env = {k: v for k, v in server.env.items() if k != "CASCADE_ENGINE_JOBS"}
+            worker = procs.start(
+                [*accept._cascade_argv(), "worker", "--jobs", args.worker_jobs], env=worker_env,
+                cwd=workdir, log=workdir / "worker.log",
+            )  # fmt: skip
+            helpers.append(worker)
+            pids_extra[f"cascade worker ({args.worker_jobs})"] = worker.pid
 
         # one recipient per message: a delivery's watermark then covers only its own message
         body = json.dumps(
@@ -296,8 +322,17 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
                 },
             }
         ).encode()
-        pids = {"cascade serve": server.pid, "fake graph": graph.pid, "receiver": receiver.pid}
-        cpu0 = {name: accept.process_cpu(pid) for name, pid in pids.items()}
+        pids = {"cascade serve": server.pid, **pids_extra, "fake graph": graph.pid,
+                "receiver": receiver.pid}  # fmt: skip
+        # serve --processes N: each child's share too (forked in order: the engine first)
+        children = sorted(
+            int(child)
+            for task in Path(f"/proc/{server.pid}/task").glob("*/children")
+            for child in task.read_text().split()
+        )
+        names = ["engine" if args.processes > 1 else "child"] + ["api"] * len(children)
+        parts = {f"serve: {names[n]} process {pid}": pid for n, pid in enumerate(children)}
+        cpu0 = {name: accept.process_cpu(pid) for name, pid in {**pids, **parts}.items()}
         loop0 = accept.main_thread_cpu(server.pid)
         own0 = time.process_time()
         busy0, wall0 = accept.machine_busy(), time.monotonic()
@@ -312,7 +347,9 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             raise lib.BenchError(f"nothing was accepted:\n{accept._tail(server.log)}")
         _wait_delivered(server, receiver_port, len(accepted), args.timeout)
         busy1, wall1 = accept.machine_busy(), time.monotonic()
-        cpu = {name: accept.process_cpu(pid) - cpu0[name] for name, pid in pids.items()}
+        cpu = {
+            name: accept.process_cpu(pid) - cpu0[name] for name, pid in {**pids, **parts}.items()
+        }
         loop = accept.main_thread_cpu(server.pid) - loop0
         own = time.process_time() - own0
         seen = sms.receiver_get(receiver_port, "/dump")
@@ -336,6 +373,9 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     last = max(delivered.values())
     wall = wall1 - wall0
     cpu["cascade serve: event loop thread"] = loop
+    cascade = sum(
+        value for name, value in cpu.items() if name.startswith("cascade") and ":" not in name
+    )
     cpu["load generator (this process)"] = own
     return {
         "n": n,
@@ -355,6 +395,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         "database": db,
         "cpu_s": cpu,
         "cpu_us_per_message": {name: value / n * 1e6 for name, value in cpu.items()},
+        "cascade_cpu_us_per_message": cascade / n * 1e6,
         "wall_s": wall,
         "machine_busy_cores": (busy1 - busy0) / wall,
         "other_load_cores": max(0.0, (busy1 - busy0 - sum(cpu[p] for p in pids) - own) / wall),
@@ -415,6 +456,7 @@ def print_result(r: dict[str, Any]) -> None:
         f"({r['end_to_end_s']:.2f} s), accepted {r['accepted_per_s']:,.0f}/s; "
         f"latency p50 {r['latency_p50'] * 1000:.0f} ms, p99 {r['latency_p99'] * 1000:.0f} ms"
     )
+    print(f"  CPU Cascade, every process: {r['cascade_cpu_us_per_message']:,.0f} µs/message")
     for name, value in r["cpu_us_per_message"].items():
         print(f"  CPU {name}: {value:,.0f} µs/message")
     print(
@@ -427,13 +469,14 @@ def print_result(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command")
     graph = sub.add_parser("graph", help="(internal) run the fake Graph API")
     graph.add_argument("--port-file", type=Path, required=True)
     graph.add_argument("--callback", required=True)
     graph.add_argument("--kind", choices=("lean", "fake"), default="lean")
     graph.add_argument("--batch", type=int, default=1)
+    graph.add_argument("--delay", type=float, default=0.005)
     parser.add_argument(
         "--graph",
         choices=("lean", "fake"),
@@ -447,6 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="deliveries per callback the lean Graph posts at most (Meta batches; default 1)",
     )
+    parser.add_argument(
+        "--callback-delay",
+        type=float,
+        default=0.005,
+        metavar="SECONDS",
+        help="seconds from a send to its delivery callback, at least (the lean Graph; default "
+        "0.005: a delivery then often beats the recording of its send)",
+    )
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
@@ -458,13 +509,23 @@ def main(argv: list[str] | None = None) -> int:
         help="cascade serve --processes (0: one per core; CPU figures then sum every process, "
         "and the event-loop figure is the parent's)",
     )
+    parser.add_argument(
+        "--serve-jobs",
+        metavar="KINDS",
+        help="CASCADE_ENGINE_JOBS of serve's engine, e.g. webhook (default: every kind)",
+    )
+    parser.add_argument(
+        "--worker-jobs",
+        metavar="KINDS",
+        help="also run a `cascade worker --jobs KINDS`, e.g. send,step_timeout,report_horizon",
+    )
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", metavar="FILE")
     lib.add_machine_options(parser)
     args = parser.parse_args(argv)
     if args.command == "graph":
         if args.kind == "lean":
-            sms._run(_lean_graph(args.port_file, args.callback, args.batch))
+            sms._run(_lean_graph(args.port_file, args.callback, args.batch, args.delay))
         else:
             sms._run(_graph(args.port_file, args.callback))
         return 0
