@@ -3,7 +3,7 @@
 ``sql/<dialect>/queries.sql`` holds ``-- name: <name>`` blocks. Parameters are written
 ``:name`` in both dialects; loading turns them into the driver's positional placeholders
 (``?`` for SQLite, ``$1`` for PostgreSQL) and remembers their order, so callers pass values by
-name and never build SQL. The two files define the same names (a test checks it), so code that
+name (or, for many rows, tuples in an order of names they give) and never build SQL. The two files define the same names (a test checks it), so code that
 runs a statement does not know which database it speaks to.
 """
 
