@@ -3,8 +3,9 @@
 ``sql/<dialect>/queries.sql`` holds ``-- name: <name>`` blocks. Parameters are written
 ``:name`` in both dialects; loading turns them into the driver's positional placeholders
 (``?`` for SQLite, ``$1`` for PostgreSQL) and remembers their order, so callers pass values by
-name (or, for many rows, tuples in an order of names they give) and never build SQL. The two files define the same names (a test checks it), so code that
-runs a statement does not know which database it speaks to.
+name (or, for many rows, tuples in an order of names they give) and never build SQL. The two
+files define the same names (a test checks it), so code that runs a statement does not know
+which database it speaks to.
 """
 
 from __future__ import annotations
