@@ -220,47 +220,6 @@ class _Postgres:
         return int(attempts), {row[0]: int(row[1]) for row in rows}
 
 
-def _outcome(path: Path) -> tuple[int, dict[str, int]]:
-    """How many attempt rows there are, and how many webhooks in each state (SQLite)."""
-    conn = sqlite3.connect(path)
-    try:
-        attempts = conn.execute("SELECT count(*) FROM webhook_attempts").fetchone()[0]
-        states = dict(conn.execute("SELECT state, count(*) FROM webhooks GROUP BY state"))
-    finally:
-        conn.close()
-    return int(attempts), states
-
-
-def _delivered(path: Path) -> tuple[int, float | None]:
-    """How many webhooks are delivered, and when the last one was."""
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        row = conn.execute(
-            "SELECT count(*), max(delivered_at) FROM webhooks WHERE state = 'delivered'"
-        ).fetchone()
-        return int(row[0]), row[1]
-    finally:
-        conn.close()
-
-
-class _Postgres:
-    """Reads of the benchmark's PostgreSQL database, on a connection of its own."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    async def delivered(self) -> tuple[int, float | None]:
-        row = await self.conn.fetchrow(
-            "SELECT count(*), max(delivered_at) FROM webhooks WHERE state = 'delivered'"
-        )
-        return int(row[0]), row[1]
-
-    async def outcome(self) -> tuple[int, dict[str, int]]:
-        attempts = await self.conn.fetchval("SELECT count(*) FROM webhook_attempts")
-        rows = await self.conn.fetch("SELECT state, count(*) FROM webhooks GROUP BY state")
-        return int(attempts), {row[0]: int(row[1]) for row in rows}
-
-
 class _Sqlite:
     """Reads of the benchmark's SQLite file, each on a connection of its own."""
 
