@@ -115,7 +115,7 @@ def run_kannel(procs: harness.Processes, duration: float, connections: int) -> d
     workdir = Path(tempfile.mkdtemp(prefix="cascade-peer-kannel-"))
     try:
         smsc = Smsc.start(procs, workdir, receipt_delay=0.1)
-        receiver, receiver_port = lib.start_receiver(procs, workdir)
+        _, receiver_port = lib.start_receiver(procs, workdir)
         admin, box, http = (harness.free_port() for _ in range(3))
         conf = workdir / "kannel.conf"
         conf.write_text(kannel_conf(workdir, smsc.port, admin, box, http))
