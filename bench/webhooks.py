@@ -251,6 +251,27 @@ class _Measured:
     states: dict[str, int]
 
 
+async def _open_store(
+    args: argparse.Namespace, database_url: str
+) -> tuple[Any, _Postgres | _Sqlite]:
+    """The store the engine uses, opened, and the benchmark's own reads of its database."""
+    from cascade.store.sqlite import SqliteStore
+
+    if args.database == "postgres":
+        import asyncpg  # type: ignore[import-untyped]
+
+        from cascade.store.postgres import PostgresStore
+
+        store: Any = PostgresStore(database_url)
+        reads: _Postgres | _Sqlite = _Postgres(await asyncpg.connect(database_url))
+    else:
+        path = Path(database_url.removeprefix("sqlite:///"))
+        store = SqliteStore(path, synchronous=args.synchronous)
+        reads = _Sqlite(path)
+    await store.open()
+    return store, reads
+
+
 async def _measure(
     database_url: str,
     url: str,
@@ -264,25 +285,10 @@ async def _measure(
     from cascade.log import configure_logging
     from cascade.runtime import build_engine
     from cascade.service import new_account
-    from cascade.store.base import Store
-    from cascade.store.sqlite import SqliteStore
 
     configure_logging("warning")  # as the other benchmarks run cascade serve
     clock = SystemClock()
-    store: Store
-    reads: _Postgres | _Sqlite
-    if args.database == "postgres":
-        import asyncpg  # type: ignore[import-untyped]
-
-        from cascade.store.postgres import PostgresStore
-
-        store = PostgresStore(database_url)
-        reads = _Postgres(await asyncpg.connect(database_url))
-    else:
-        path = Path(database_url.removeprefix("sqlite:///"))
-        store = SqliteStore(path, synchronous=args.synchronous)
-        reads = _Sqlite(path)
-    await store.open()
+    store, reads = await _open_store(args, database_url)
     http = http_client(client)
     try:
         created = new_account(clock)
