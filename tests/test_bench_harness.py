@@ -156,8 +156,7 @@ def _driver(script: str, *args: str, out: Path) -> dict[str, Any]:
 def test_the_webhook_and_sms_drivers_run_and_the_suite_writes_their_tables(
     tmp_path: Path,
 ) -> None:
-    """webhooks.py (with its ceiling) and sms.py pass their own checks at a tiny size, and the
-    suite's tables are written from their records."""
+    """webhooks.py and sms.py pass their own checks at a tiny size; the suite tabulates them."""
     webhooks = _driver(
         "webhooks.py", "--count", "40", "--client", "sender,raw", out=tmp_path / "webhooks.json"
     )
