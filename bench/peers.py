@@ -43,8 +43,12 @@ def kannel_installed() -> bool:
     return all(shutil.which(tool) for tool in ("bearerbox", "smsbox", "wrk"))
 
 
-def kannel_conf(workdir: Path, smsc_port: int, admin: int, box: int, http: int) -> str:
-    """bearerbox and smsbox on 127.0.0.1, two binds to the SMSC, one sendsms user."""
+def kannel_conf(
+    workdir: Path, smsc_port: int, admin: int, box: int, http: int, store: bool = True
+) -> str:
+    """bearerbox and smsbox on 127.0.0.1, two binds to the SMSC, one sendsms user; the queue in
+    Kannel's file store, or (``store`` false) in memory only."""
+    kept = f'store-type = file\nstore-location = "{workdir}/kannel.store"\n' if store else ""
     smsc = "".join(
         f"""
 group = smsc
@@ -71,9 +75,7 @@ smsbox-port = {box}
 box-allow-ip = "127.0.0.1"
 log-file = "{workdir}/bearerbox.log"
 log-level = 2
-store-type = file
-store-location = "{workdir}/kannel.store"
-dlr-storage = internal
+{kept}dlr-storage = internal
 {smsc}
 group = smsbox
 bearerbox-host = 127.0.0.1
@@ -110,7 +112,9 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
-def run_kannel(procs: harness.Processes, duration: float, connections: int) -> dict[str, Any]:
+def run_kannel(
+    procs: harness.Processes, duration: float, connections: int, store: bool = True
+) -> dict[str, Any]:
     """One Kannel run: accepts/s under wrk, then every DLR reported; the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="cascade-peer-kannel-"))
     try:
@@ -118,7 +122,7 @@ def run_kannel(procs: harness.Processes, duration: float, connections: int) -> d
         _, receiver_port = lib.start_receiver(procs, workdir)
         admin, box, http = (harness.free_port() for _ in range(3))
         conf = workdir / "kannel.conf"
-        conf.write_text(kannel_conf(workdir, smsc.port, admin, box, http))
+        conf.write_text(kannel_conf(workdir, smsc.port, admin, box, http, store))
         bearerbox = procs.start(["bearerbox", str(conf)], log=workdir / "bearerbox.out")
         harness.wait_port(box, bearerbox, workdir / "bearerbox.out")
         smsbox = procs.start(["smsbox", str(conf)], log=workdir / "smsbox.out")
@@ -159,7 +163,7 @@ def run_kannel(procs: harness.Processes, duration: float, connections: int) -> d
         shutil.rmtree(workdir, ignore_errors=True)
     cpu = measured["cpu_s"]["bearerbox"] + measured["cpu_s"]["smsbox"]
     return {
-        "name": f"Kannel {kannel_version()} (`sendsms`, file store)",
+        "name": f"Kannel {kannel_version()} (`sendsms`, {'file store' if store else 'no store'})",
         **load,
         "accepted": accepted,
         "submits": submits,
@@ -217,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--no-store", action="store_true", help="Kannel's queue in memory only (no store file)"
+    )
     harness.add_machine_options(parser)
     args = parser.parse_args(argv)
     if not kannel_installed():
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     return harness.run_benchmark(
         "peers",
         args,
-        lambda a, procs: run_kannel(procs, a.duration, a.connections),
+        lambda a, procs: run_kannel(procs, a.duration, a.connections, not a.no_store),
         lambda r: print({k: v for k, v in r.items()}),
     )
 
