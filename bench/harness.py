@@ -430,6 +430,20 @@ def commit() -> str:
     return head + ("+changes" if head and git("status", "--porcelain", "--", "src") else "")
 
 
+def command_line() -> str:
+    """This driver's command line, less ``--json PATH`` (where the record went)."""
+    shown: list[str] = []
+    args = iter(sys.argv[1:])
+    for arg in args:
+        if arg == "--json":
+            following = next(args, "")
+            if following.startswith("-"):
+                shown.append(following)
+        elif not arg.startswith("--json="):
+            shown.append(arg)
+    return " ".join([f"bench/{Path(sys.argv[0]).name}", *shown])
+
+
 def write_json(name: str, record: dict[str, Any], path: str | None) -> Path | None:
     """Write ``record`` with the command, machine and commit to ``path`` (``auto``:
     bench/results/NAME-TIME.json; None: nowhere); the file written."""
@@ -443,7 +457,7 @@ def write_json(name: str, record: dict[str, Any], path: str | None) -> Path | No
     target.parent.mkdir(parents=True, exist_ok=True)
     full = {
         "benchmark": name,
-        "command": " ".join([f"bench/{name}.py", *sys.argv[1:]]),
+        "command": command_line(),
         "machine": machine(),
         "commit": commit(),
         **record,

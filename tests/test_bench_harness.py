@@ -93,8 +93,11 @@ def test_usage_counts_a_busy_child_and_this_process(
     assert "load generator (this process)" in measured["cpu_s"]
 
 
-def test_the_json_record_names_command_machine_and_commit(tmp_path: Path) -> None:
+def test_the_json_record_names_command_machine_and_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """write_json keeps the result with what reproduces it: command, machine, commit."""
+    monkeypatch.setattr(sys, "argv", ["bench/smoke.py", "--n", "5", "--json", "x.json", "--keep"])
     path = harness.write_json("smoke", {"result": {"x": 1}}, str(tmp_path / "out.json"))
     assert path is not None
     record = json.loads(path.read_text())
@@ -102,7 +105,7 @@ def test_the_json_record_names_command_machine_and_commit(tmp_path: Path) -> Non
     assert record["result"] == {"x": 1}
     assert record["machine"]["nproc"] == os.cpu_count()
     assert {"cpu", "python", "sqlite", "packages", "load_average_1m"} <= set(record["machine"])
-    assert "command" in record
+    assert record["command"] == "bench/smoke.py --n 5 --keep"
     assert "commit" in record
     assert str(record["machine"]["nproc"]) in harness.describe_machine(record["machine"])
 
