@@ -368,7 +368,7 @@ def update_benchmarks(text: str) -> None:
     start, end = doc.find(BEGIN), doc.find(END)
     if start < 0 or end < start:
         raise harness.BenchError(f"{BENCHMARKS_MD.name} has no {BEGIN!r} ... {END!r} block")
-    BENCHMARKS_MD.write_text(doc[: start + len(BEGIN)] + "\n" + text + doc[end:])
+    BENCHMARKS_MD.write_text(doc[: start + len(BEGIN)] + "\n" + text + "\n" + doc[end:])
     print(f"written into {BENCHMARKS_MD}", flush=True)
 
 
