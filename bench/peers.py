@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,47 +114,71 @@ def parse_wrk(output: str) -> dict[str, float]:
     }
 
 
-def run_kannel(
-    procs: harness.Processes, duration: float, connections: int, store: bool = True
+@dataclass
+class Started:
+    """A peer running: its processes by name, the URL that accepts one SMS, and its log."""
+
+    pids: dict[str, int]
+    url: str
+    log: Path
+
+
+def start_kannel(
+    procs: harness.Processes, workdir: Path, smsc: Smsc, receiver_port: int, store: bool
+) -> Started:
+    """bearerbox and smsbox, bound twice to the SMSC; the ``sendsms`` URL with its DLR
+    callback to the receiver."""
+    admin, box, http = (harness.free_port() for _ in range(3))
+    conf = workdir / "kannel.conf"
+    conf.write_text(kannel_conf(workdir, smsc.port, admin, box, http, store))
+    bearerbox = procs.start(["bearerbox", str(conf)], log=workdir / "bearerbox.out")
+    harness.wait_port(box, bearerbox, workdir / "bearerbox.out")
+    smsbox = procs.start(["smsbox", str(conf)], log=workdir / "smsbox.out")
+    harness.wait_port(http, smsbox, workdir / "smsbox.out")
+    smsc.wait_binds(2, workdir / "bearerbox.log", within=20)
+    query = urllib.parse.urlencode(
+        {
+            "username": "bench", "password": "bench", "from": "447700900001",
+            "to": "447700900000", "text": "Your parcel arrives today.", "dlr-mask": "1",
+            "dlr-url": f"http://127.0.0.1:{receiver_port}/status?id=%I&status=%d",
+        }
+    )  # fmt: skip
+    return Started(
+        {"bearerbox": bearerbox.pid, "smsbox": smsbox.pid},
+        f"http://127.0.0.1:{http}/cgi-bin/sendsms?{query}",
+        workdir / "bearerbox.log",
+    )
+
+
+def relay(
+    name: str,
+    start: Callable[[harness.Processes, Path, Smsc, int], Started],
+    procs: harness.Processes,
+    duration: float,
+    connections: int,
 ) -> dict[str, Any]:
-    """One Kannel run: accepts/s under wrk, then every DLR reported; the figures."""
-    workdir = Path(tempfile.mkdtemp(prefix="cascade-peer-kannel-"))
+    """One peer run: the SMSC and the receiver, the peer, ``wrk`` on its URL for ``duration``,
+    then every DLR callback waited for; accepts/s, SMS/s end to end and CPU per SMS."""
+    workdir = Path(tempfile.mkdtemp(prefix="cascade-peer-"))
     try:
         smsc = Smsc.start(procs, workdir, receipt_delay=0.1)
         _, receiver_port = lib.start_receiver(procs, workdir)
-        admin, box, http = (harness.free_port() for _ in range(3))
-        conf = workdir / "kannel.conf"
-        conf.write_text(kannel_conf(workdir, smsc.port, admin, box, http, store))
-        bearerbox = procs.start(["bearerbox", str(conf)], log=workdir / "bearerbox.out")
-        harness.wait_port(box, bearerbox, workdir / "bearerbox.out")
-        smsbox = procs.start(["smsbox", str(conf)], log=workdir / "smsbox.out")
-        harness.wait_port(http, smsbox, workdir / "smsbox.out")
-        smsc.wait_binds(2, workdir / "bearerbox.log", within=20)
-        query = urllib.parse.urlencode(
-            {
-                "username": "bench", "password": "bench", "from": "447700900001",
-                "to": "447700900000", "text": "Your parcel arrives today.", "dlr-mask": "1",
-                "dlr-url": f"http://127.0.0.1:{receiver_port}/status?id=%I&status=%d",
-            }
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{http}/cgi-bin/sendsms?{query}"
-        usage = harness.Usage({"bearerbox": bearerbox.pid, "smsbox": smsbox.pid})
+        peer = start(procs, workdir, smsc, receiver_port)
+        usage = harness.Usage(peer.pids)
         started = time.time()
         done = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url],
-            capture_output=True,
-            text=True,
-            timeout=duration + 60,
-            check=False,
-        )
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+             peer.url],
+            capture_output=True, text=True, timeout=duration + 60, check=False,
+        )  # fmt: skip
         load = parse_wrk(done.stdout)
         accepted = load["requests"] - load["non_2xx"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while (seen := harness.get_json(receiver_port, "/stats"))["requests"] < accepted:
             if time.monotonic() > deadline:
                 raise harness.BenchError(
-                    f"Kannel reported {seen['requests']} of {accepted} DLRs in 120 s:\n"
-                    f"{harness.tail(workdir / 'bearerbox.log')}"
+                    f"{name} reported {seen['requests']} of {accepted} DLRs in 180 s:\n"
+                    f"{harness.tail(peer.log)}"
                 )
             time.sleep(0.1)
         measured = usage.stop(own="wrk and this process")
@@ -161,9 +187,9 @@ def run_kannel(
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    cpu = measured["cpu_s"]["bearerbox"] + measured["cpu_s"]["smsbox"]
+    cpu = sum(measured["cpu_s"][process] for process in peer.pids)
     return {
-        "name": f"Kannel {kannel_version()} (`sendsms`, {'file store' if store else 'no store'})",
+        "name": name,
         **load,
         "accepted": accepted,
         "submits": submits,
@@ -173,6 +199,18 @@ def run_kannel(
         "server_cpu_us_per_req": cpu / max(1, accepted) * 1e6,
         "other_load_cores": measured["other_load_cores"],
     }
+
+
+def run_kannel(
+    procs: harness.Processes, duration: float, connections: int, store: bool = True
+) -> dict[str, Any]:
+    """Kannel relaying to the SMSC (its queue in its file store unless ``store`` is false)."""
+    name = f"Kannel {kannel_version()} (`sendsms`, {'file store' if store else 'no store'})"
+
+    def start(procs: harness.Processes, workdir: Path, smsc: Smsc, port: int) -> Started:
+        return start_kannel(procs, workdir, smsc, port, store)
+
+    return relay(name, start, procs, duration, connections)
 
 
 def kannel_version() -> str:
