@@ -18,8 +18,12 @@ keeps the figures measured for it by hand.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -156,6 +160,7 @@ def relay(
     procs: harness.Processes,
     duration: float,
     connections: int,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """One peer run: the SMSC and the receiver, the peer, ``wrk`` on its URL for ``duration``,
     then every DLR callback waited for; accepts/s, SMS/s end to end and CPU per SMS."""
@@ -186,7 +191,10 @@ def relay(
         submits = smsc.stats()["submits"]
     finally:
         procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if keep:
+            print(f"  kept {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     cpu = sum(measured["cpu_s"][process] for process in peer.pids)
     return {
         "name": name,
@@ -202,7 +210,11 @@ def relay(
 
 
 def run_kannel(
-    procs: harness.Processes, duration: float, connections: int, store: bool = True
+    procs: harness.Processes,
+    duration: float,
+    connections: int,
+    store: bool = True,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """Kannel relaying to the SMSC (its queue in its file store unless ``store`` is false)."""
     name = f"Kannel {kannel_version()} (`sendsms`, {'file store' if store else 'no store'})"
@@ -210,7 +222,119 @@ def run_kannel(
     def start(procs: harness.Processes, workdir: Path, smsc: Smsc, port: int) -> Started:
         return start_kannel(procs, workdir, smsc, port, store)
 
-    return relay(name, start, procs, duration, connections)
+    return relay(name, start, procs, duration, connections, keep)
+
+
+JASMIN_HOME = Path(os.environ.get("JASMIN_HOME", "/opt/jasmin"))
+
+
+def jasmin_installed() -> bool:
+    """Whether Jasmin (a virtualenv at ``$JASMIN_HOME``, default /opt/jasmin), wrk, and the
+    RabbitMQ and Redis it needs (on their default ports) are all here."""
+    if not (JASMIN_HOME / "bin" / "jasmind.py").exists() or not shutil.which("wrk"):
+        return False
+    for port in (5672, 6379):
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+        except OSError:
+            return False
+    return True
+
+
+def jasmin_conf(workdir: Path, ports: dict[str, int]) -> str:
+    """jasmind on 127.0.0.1 with its stores in ``workdir``, Redis database 9, the AMQP 0-9-1
+    spec shipped with txAMQP, logs at WARNING."""
+    spec = next(JASMIN_HOME.glob("lib/python3*/site-packages/txamqp/specs/standard/amqp0-9-1*"))
+    sections = {
+        "smpp-server": {"port": ports["smpp"]},
+        "smpp-server-pb": {"port": ports["smpp-pb"]},
+        "client-management": {"port": ports["cm"], "store_path": workdir},
+        "router": {"port": ports["router"], "store_path": workdir},
+        "http-api": {"port": ports["http"]},
+        "jcli": {"port": ports["jcli"], "authentication": "False"},
+        "redis-client": {"host": "127.0.0.1", "port": 6379, "dbid": 9},
+        "amqp-broker": {"host": "127.0.0.1", "port": 5672, "spec": spec},
+    }
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += ["bind = 127.0.0.1", "log_level = WARNING"] if "port" in values else []
+        lines += [f"{key} = {value}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def jcli(port: int, commands: list[str]) -> str:
+    """Run ``commands`` on jasmind's console, one at a time; everything it answered."""
+    answers = []
+    with socket.create_connection(("127.0.0.1", port), 10) as conn:
+        conn.settimeout(10)
+
+        def read(done: Callable[[bytes], bool]) -> str:
+            buffer = b""
+            try:
+                while not done(buffer):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    buffer += chunk
+            except TimeoutError as exc:
+                raise harness.BenchError(f"Jasmin's console went quiet after {buffer!r}") from exc
+            return buffer.decode(errors="replace")
+
+        # the greeting ends with its session's number; each answer with a prompt
+        answers.append(read(lambda b: b"Session ref:" in b and b.endswith(b"\n")))
+        for command in commands:
+            conn.sendall(command.encode() + b"\r\n")
+            answers.append(read(lambda b: b.rstrip().endswith((b"jcli :", b">"))))
+    return "".join(answers)
+
+
+def start_jasmin(
+    procs: harness.Processes, workdir: Path, smsc: Smsc, receiver_port: int
+) -> Started:
+    """jasmind (with its DLR lookup and thrower) bound once to the SMSC, a user and a default
+    route made through its console; the HTTP API's ``/send`` URL with its DLR callback."""
+    names = ("smpp", "smpp-pb", "cm", "router", "http", "jcli")
+    ports = {name: harness.free_port() for name in names}
+    (workdir / "var" / "log" / "jasmin").mkdir(parents=True)
+    conf = workdir / "jasmin.cfg"
+    conf.write_text(jasmin_conf(workdir, ports))
+    log = workdir / "jasmind.out"
+    jasmind = procs.start(
+        [str(JASMIN_HOME / "bin" / "python"), str(JASMIN_HOME / "bin" / "jasmind.py"),
+         "-c", str(conf), "--enable-dlr-thrower", "--enable-dlr-lookup"],
+        env={**os.environ, "ROOT_PATH": str(workdir)}, log=log,
+    )  # fmt: skip
+    harness.wait_port(ports["jcli"], jasmind, log, within=60)
+    connector = f"bench{os.getpid()}"  # RabbitMQ's queues are named by it: one of our own
+    said = jcli(
+        ports["jcli"],
+        ["group -a", "gid bench", "ok",
+         "user -a", "username bench", "password bench", "gid bench", "uid bench", "ok",
+         "smppccm -a", f"cid {connector}", "host 127.0.0.1", f"port {smsc.port}",
+         "username cascade", "password secret", "submit_throughput 0", "ok",
+         f"smppccm -1 {connector}",
+         "mtrouter -a", "type defaultroute", f"connector smppc({connector})", "rate 0.00", "ok"],
+    )  # fmt: skip
+    if "Successfully added MTRoute" not in said:
+        raise harness.BenchError(f"Jasmin's console said:\n{said[-2000:]}")
+    smsc.wait_binds(1, log, within=30)
+    query = urllib.parse.urlencode(
+        {
+            "username": "bench", "password": "bench", "from": "447700900001",
+            "to": "447700900000", "content": "Your parcel arrives today.", "dlr": "yes",
+            "dlr-url": f"http://127.0.0.1:{receiver_port}/status", "dlr-level": "2",
+            "dlr-method": "GET",
+        }
+    )  # fmt: skip
+    return Started({"jasmind": jasmind.pid}, f"http://127.0.0.1:{ports['http']}/send?{query}", log)
+
+
+def run_jasmin(
+    procs: harness.Processes, duration: float, connections: int, keep: bool = False
+) -> dict[str, Any]:
+    """Jasmin relaying to the SMSC (one bind, its queues in RabbitMQ, DLR maps in Redis)."""
+    return relay("Jasmin 0.11 (HTTP `/send`)", start_jasmin, procs, duration, connections, keep)
 
 
 def kannel_version() -> str:
@@ -221,42 +345,55 @@ def kannel_version() -> str:
     return done.stdout.split("-")[0].strip()
 
 
+PEERS: dict[str, tuple[Callable[[], bool], Callable[..., dict[str, Any]], str]] = {
+    "kannel": (kannel_installed, run_kannel, "apt-get install -y kannel wrk"),
+    "jasmin": (
+        jasmin_installed,
+        run_jasmin,
+        "python3 -m venv /opt/jasmin && /opt/jasmin/bin/pip install jasmin==0.11.1, with "
+        "RabbitMQ and Redis running (apt-get install -y rabbitmq-server redis-server wrk)",
+    ),
+}
+
+
 def measure_all(size: str, out: Path) -> dict[str, Any]:
     """Every installed peer at the suite's ``size``: rows for the accept and SMS tables (the
     ceiling ratio filled in from the accept benchmark's ceiling of the same suite run)."""
     peers: dict[str, Any] = {"accept": [], "sms": [], "notes": []}
-    if not kannel_installed():
-        peers["notes"].append("Kannel not measured: apt-get install -y kannel wrk")
-        return peers
-    procs = harness.Processes()
-    print("== peers: Kannel", flush=True)
-    try:
-        result = run_kannel(procs, **SIZES[size])
-    except harness.BenchError as exc:
-        print(f"   failed: {exc}", flush=True)
-        return {**peers, "error": str(exc), "log": str(exc)[-2000:]}
-    finally:
-        procs.stop_all()
     trivial = _ceiling(out)
-    result["ratio_to_trivial"] = result["requests_per_s"] / trivial if trivial else float("nan")
-    peers["accept"].append(result)
-    peers["sms"].append(result)
+    for name, (installed, run, install) in PEERS.items():
+        if not installed():
+            peers["notes"].append(f"{name} not measured, not installed: {install}")
+            continue
+        print(f"== peers: {name}", flush=True)
+        procs = harness.Processes()
+        try:
+            result = run(procs, **SIZES[size])
+        except harness.BenchError as exc:
+            print(f"   failed: {exc}", flush=True)
+            peers["notes"].append(f"{name} failed: {str(exc)[-500:]}")
+            continue
+        finally:
+            procs.stop_all()
+        result["ratio_to_trivial"] = result["requests_per_s"] / trivial if trivial else math.nan
+        peers["accept"].append(result)
+        peers["sms"].append(result)
     return peers
 
 
 def _ceiling(out: Path) -> float | None:
     """The trivial app's rate in the suite's accept record, if there is one."""
-    import json
-
     record = out / "accept.json"
     if not record.exists():
         return None
     rows = {row["config"]: row for row in json.loads(record.read_text())["summary"]}
-    return rows.get("trivial", {}).get("requests_per_s")
+    rate: float | None = rows.get("trivial", {}).get("requests_per_s")
+    return rate
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peer", choices=sorted(PEERS), default="kannel")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
@@ -264,15 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     harness.add_machine_options(parser)
     args = parser.parse_args(argv)
-    if not kannel_installed():
-        print("Kannel and wrk are not installed: apt-get install -y kannel wrk", file=sys.stderr)
+    installed, run, install = PEERS[args.peer]
+    if not installed():
+        print(f"{args.peer} is not installed: {install}", file=sys.stderr)
         return 1
-    return harness.run_benchmark(
-        "peers",
-        args,
-        lambda a, procs: run_kannel(procs, a.duration, a.connections, not a.no_store),
-        lambda r: print({k: v for k, v in r.items()}),
-    )
+
+    def measure(a: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
+        if a.peer == "kannel":
+            return run_kannel(procs, a.duration, a.connections, not a.no_store, a.keep)
+        return run(procs, a.duration, a.connections, keep=a.keep)
+
+    return harness.run_benchmark("peers", args, measure, lambda r: print(json.dumps(r, indent=2)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmarks' webhook receiver, a process of its own: ``python bench/receiver.py --port P``.
 
-It answers ``204`` to every POST over keep-alive HTTP/1.1 and notes, per request, when it came,
+It answers ``204`` to every POST (``200 ACK/Jasmin`` to a GET callback: the peers' DLR URLs)
+over keep-alive HTTP/1.1 and notes, per request, when it came,
 the ``message_uuid`` and ``status`` of its JSON body and its ``X-Cascade-Delivery-Id``; it keeps
 the token and body of every 997th request (20 at most) for a signature check. ``GET /stats``
 answers ``{"counts": {status: n}, "requests": n, "delivery_ids": distinct}`` and ``GET /dump``
@@ -29,6 +30,9 @@ _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 _TOKEN = re.compile(rb"(?i)\r\nauthorization:\s*Bearer\s+(\S+)")
 _DELIVERY = re.compile(rb"(?i)\r\nx-cascade-delivery-id:\s*(\S+)")
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+#: the answer to a GET callback (the peers' DLR URLs): Jasmin counts a DLR thrown only when
+#: its URL answers this body, and throws it again otherwise
+ACK = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nACK/Jasmin"
 
 
 class Seen:
@@ -104,7 +108,7 @@ class Receiver(asyncio.Protocol):
                 answers.append(_json_answer(self.seen.stats(dump=True)))
             else:
                 self.seen.note(head, body)
-                answers.append(NO_CONTENT)
+                answers.append(ACK if head.startswith(b"GET ") else NO_CONTENT)
         self.buffer = buffer
         if answers:
             self.transport.write(b"".join(answers))
