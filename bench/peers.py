@@ -1,18 +1,21 @@
-"""The peers, measured beside Cascade when installed: Kannel (Debian's ``kannel``: ``bearerbox``
-and ``smsbox``) relaying to the benchmarks' own SMSC, loaded by ``wrk`` on its HTTP
-``sendsms`` interface.
+"""The peers, measured beside Cascade when installed, each relaying SMS to the benchmarks' own
+SMSC (``bench/smsc_sink.py``) and loaded by ``wrk`` on its HTTP interface:
 
-One run gives both figures the suite compares: Kannel's accepted requests per second (``wrk``'s
-rate, answers ``202 Accepted for delivery``) while it relays them, and SMS end to end: every
-accepted SMS submitted over SMPP to ``bench/smsc_sink.py`` (2 binds, window 200, as Cascade's
-run), its DLR received and reported to ``dlr-url`` on ``bench/receiver.py`` (Kannel's status
-callback, as Cascade's delivered webhook). Kannel keeps its queue in its file store
-(``store-type = file``). CPU is bearerbox's and smsbox's together, per SMS.
+* Kannel (Debian's ``kannel``: ``bearerbox`` and ``smsbox``), ``/cgi-bin/sendsms``, two binds
+  (window 200, as Cascade's run), its queue in its file store (``--no-store``: in memory);
+* Jasmin (PyPI ``jasmin`` 0.11.0 in a virtualenv at ``$JASMIN_HOME``, default /opt/jasmin;
+  0.11.1 loses every SMSC receipt, jookies/jasmin#1236), ``/send``, one bind, with the RabbitMQ
+  and Redis it needs on their default ports (Redis database 9; its queues named by a connector
+  id of the run's own).
 
-Jasmin (PyPI ``jasmin``) needs RabbitMQ and Redis beside it; it is not run here: BENCHMARKS.md
-keeps the figures measured for it by hand.
+One run gives both figures the suite compares: the peer's accepted requests per second
+(``wrk``'s rate) while it relays them, and SMS end to end: every accepted SMS submitted over
+SMPP, its DLR received and reported to the peer's ``dlr-url`` on ``bench/receiver.py`` (the
+peer's status callback, as Cascade's delivered webhook), timed from the first request to the
+last callback. CPU is the peer's processes' together, per SMS (not RabbitMQ's or Redis's).
 
-    .venv/bin/python bench/peers.py --duration 10      # needs kannel and wrk (apt-get install)
+    .venv/bin/python bench/peers.py --duration 10               # apt-get install -y kannel wrk
+    .venv/bin/python bench/peers.py --peer jasmin --duration 10
 """
 
 from __future__ import annotations
@@ -334,7 +337,18 @@ def run_jasmin(
     procs: harness.Processes, duration: float, connections: int, keep: bool = False
 ) -> dict[str, Any]:
     """Jasmin relaying to the SMSC (one bind, its queues in RabbitMQ, DLR maps in Redis)."""
-    return relay("Jasmin 0.11 (HTTP `/send`)", start_jasmin, procs, duration, connections, keep)
+    name = f"Jasmin {jasmin_version()} (HTTP `/send`, 1 bind)"
+    return relay(name, start_jasmin, procs, duration, connections, keep)
+
+
+def jasmin_version() -> str:
+    """The version of Jasmin in ``$JASMIN_HOME``."""
+    done = subprocess.run(
+        [str(JASMIN_HOME / "bin" / "python"), "-c",
+         "import importlib.metadata as m; print(m.version('jasmin'))"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return done.stdout.strip()
 
 
 def kannel_version() -> str:
@@ -350,7 +364,7 @@ PEERS: dict[str, tuple[Callable[[], bool], Callable[..., dict[str, Any]], str]] 
     "jasmin": (
         jasmin_installed,
         run_jasmin,
-        "python3 -m venv /opt/jasmin && /opt/jasmin/bin/pip install jasmin==0.11.1, with "
+        "python3 -m venv /opt/jasmin && /opt/jasmin/bin/pip install jasmin==0.11.0, with "
         "RabbitMQ and Redis running (apt-get install -y rabbitmq-server redis-server wrk)",
     ),
 }

@@ -16,10 +16,10 @@ The benchmarks, each with what it is compared with in the same run:
 
 * ``accept``: durable accepts/s of ``cascade serve`` (the accept path alone, and with its engine
   as the README starts it); ceiling: the trivial ASGI app on the same server stack; peers:
-  Kannel's ``sendsms`` and Jasmin's HTTP API (``bench/peers.py``) when installed;
+  Kannel's ``sendsms`` and Jasmin's ``/send`` (``bench/peers.py``) when installed;
 * ``sms``: SMS end to end over SMPP (accept -> submit -> DLR -> delivered webhook); ceiling:
-  ``SmppProvider.send`` alone against the same SMSC (``--provider-only``); peer: Kannel's
-  ``sendsms`` relayed to the same SMSC, when installed;
+  ``SmppProvider.send`` alone against the same SMSC (``--provider-only``); peers: Kannel and
+  Jasmin relaying to the same SMSC, their DLR callbacks to the same receiver, when installed;
 * ``messenger``: Messenger end to end through a lean Graph API peer;
 * ``webhooks``: webhooks delivered/s; ceiling: a minimal asyncio HTTP client given to the sender;
 * ``timers``: lateness of failover timers (target p99 <= 100 ms);
@@ -179,6 +179,8 @@ def table_accept(records: dict[str, Any]) -> list[str]:
             f"| {_n(peer['server_cpu_us_per_req'])} | {_n(peer['ratio_to_trivial'], 2)} |"
         )
     others = [row["other_cpu_cores"] for row in rows.values()]
+    notes = records.get("peers", {}).get("notes", [])
+    lines += ["", *(f"- {note}" for note in notes)] if notes else []
     lines += [
         "",
         f"{_command(rec)}; load generator: {rec['generator']['description']}; "
