@@ -315,6 +315,8 @@ class Config:
     synchronous: str = "FULL"
     #: the engine runs in cascade serve too (as the README starts it), not the accept path alone
     engine: bool = False
+    #: finished workflows stored before the run (SQLite; ``--preload``)
+    preload: int = 0
 
 
 @dataclass
@@ -330,8 +332,6 @@ class Options:
     wait_idle: float = 0.0
     #: settings given to `cascade serve` over the benchmark's own (``--server-env``)
     server_env: dict[str, str] = field(default_factory=dict)
-    #: finished workflows stored before the run (SQLite; ``--preload``)
-    preload: int = 0
 
 
 def preload_sqlite(db_path: Path, count: int, chunk: int = 500_000) -> None:
@@ -466,8 +466,8 @@ def prepare(
     if match is None:
         raise harness.BenchError(f"no application_id in:\n{created}")
     _tokens(workdir, env, match.group(1), key, max(1, opts.tokens))
-    if opts.preload and isinstance(database, Path):
-        preload_sqlite(database, opts.preload)
+    if config.preload and isinstance(database, Path):
+        preload_sqlite(database, config.preload)
     argv = [*harness.cascade_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     return Target(argv, env, tokens_file, database)
 
@@ -707,22 +707,38 @@ def print_table(rows: list[dict[str, Any]], gen: Generator, opts: Options, round
 # --- main ----------------------------------------------------------------------------------
 
 
-def _configs(databases: list[str], synchronous: list[str], engine: str) -> list[Config]:
+def _configs(
+    databases: list[str], synchronous: list[str], engine: str, preloads: list[int]
+) -> list[Config]:
     """The ceiling first, then Cascade on each database: accept path alone (``engine`` off or
-    both), with its engine (``engine`` on or both)."""
+    both), with its engine (``engine`` on or both); on SQLite, over each ``preloads`` count of
+    stored workflows."""
     configs = [Config("trivial", "trivial")]
     modes = {"off": [False], "on": [True], "both": [False, True]}[engine]
     for database in databases:
         for with_engine in modes:
             suffix = " + engine" if with_engine else ""
-            if database == "sqlite":
-                configs += [
-                    Config(f"sqlite {mode}{suffix}", "sqlite", mode, with_engine)
-                    for mode in synchronous
-                ]
-            else:
+            if database == "postgres":
                 configs.append(Config(f"postgres{suffix}", "postgres", engine=with_engine))
+                continue
+            for mode in synchronous:
+                for count in preloads:
+                    stored = f", {count:,} stored" if count else ""
+                    configs.append(
+                        Config(f"sqlite {mode}{suffix}{stored}", "sqlite", mode, with_engine, count)
+                    )
     return configs
+
+
+def _counts(value: str) -> list[int]:
+    """Comma-separated counts of workflows."""
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("counts: N or N,N,...") from exc
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError("counts: N or N,N,... (not negative)")
+    return counts
 
 
 def _csv(allowed: set[str]) -> Any:
@@ -782,11 +798,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--preload",
-        type=int,
-        default=0,
-        metavar="N",
+        type=_counts,
+        default=[0],
+        metavar="N[,N...]",
         help="store N finished SMS workflows (with their events and webhooks) before each "
-        "SQLite run, to see how the accept rate holds as the database grows",
+        "SQLite run, to see how the accept rate holds as the database grows; several counts "
+        "(0,1000000) are configurations of their own, measured in the same rounds",
     )
     parser.add_argument(
         "--server-env",
@@ -824,14 +841,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         nice=args.nice,
         wait_idle=args.wait_idle,
         server_env=dict(item.split("=", 1) for item in args.server_env),
-        preload=args.preload,
     )
     print(f"machine: {harness.describe_machine()}", flush=True)
     procs = harness.Processes(args.nice)
     results: list[RunResult] = []
     try:
         gen = pick_generator(args.generator, args.connections, args.threads)
-        configs = _configs(args.database, args.synchronous, args.engine)
+        configs = _configs(args.database, args.synchronous, args.engine, args.preload)
         print(f"load generator: {gen.describe()}", flush=True)
         for rnd in range(1, args.runs + 1):
             for config in configs:
@@ -850,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(rows, gen, opts, args.runs)
     record = {
         "generator": asdict(gen) | {"description": gen.describe()},
-        "options": asdict(opts) | {"connections": args.connections},
+        "options": asdict(opts) | {"connections": args.connections, "preload": args.preload},
         "summary": rows,
         "runs": [asdict(r) for r in results],
     }
