@@ -24,8 +24,8 @@ The benchmarks, each with what it is compared with in the same run:
 * ``webhooks``: webhooks delivered/s; ceiling: a minimal asyncio HTTP client given to the sender;
 * ``timers``: lateness of failover timers (target p99 <= 100 ms);
 * ``throughput``: sandbox workflows completed/s (engine and API in one process);
-* ``growth``: accepts/s with finished messages already stored (``--preload``), against the
-  empty database in the same run, and timer lateness with pending timers (``--pending``);
+* ``growth``: accepts/s with finished messages already stored (``--preload 0,N``), against the
+  empty database in the same rounds, and timer lateness with pending timers (``--pending``);
 * ``memory``: resident memory with pending workflows.
 """
 
