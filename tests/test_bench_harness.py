@@ -60,6 +60,9 @@ def test_stop_ends_the_whole_process_group_and_stop_all_what_is_left(
     grandchild = int((tmp_path / "first.log").read_text())
     procs.stop(first)
     assert first.poll() is not None
+    deadline = time.monotonic() + 5  # a signal is delivered, not waited for
+    while not _gone(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert _gone(grandchild)
     procs.stop_all()
     assert second.poll() is not None
