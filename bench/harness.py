@@ -292,10 +292,18 @@ class Usage:
     process (the load generator) and of the whole machine, between ``__init__`` and
     :meth:`stop`; what the machine spent beyond them is the *other load*."""
 
-    def __init__(self, pids: Mapping[str, int], loops: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        pids: Mapping[str, int],
+        loops: Iterable[str] = (),
+        parts: Mapping[str, int] | None = None,
+    ) -> None:
+        """``parts``: processes inside the named ones (a server's children), each reported
+        on its own but not added again to the total."""
         self.pids = dict(pids)
+        self.parts = dict(parts or {})
         self.loops = [name for name in loops if name in self.pids]
-        self._cpu = {name: process_cpu(pid) for name, pid in self.pids.items()}
+        self._cpu = {name: process_cpu(pid) for name, pid in (self.pids | self.parts).items()}
         self._loop = {name: main_thread_cpu(self.pids[name]) for name in self.loops}
         self._own = time.process_time()
         self._busy, self._wall = machine_busy(), time.monotonic()
@@ -307,6 +315,7 @@ class Usage:
         busy, wall = machine_busy() - self._busy, max(1e-9, time.monotonic() - self._wall)
         cpu = {name: process_cpu(pid) - self._cpu[name] for name, pid in self.pids.items()}
         ours = sum(cpu.values())
+        cpu.update({name: process_cpu(pid) - self._cpu[name] for name, pid in self.parts.items()})
         for name in self.loops:
             loop = main_thread_cpu(self.pids[name]) - self._loop[name]
             cpu[f"{name}: event loop thread"] = loop

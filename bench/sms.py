@@ -544,7 +544,7 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
 #: SQLite writer stages, by the write function on the stack
 WRITER_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("accept", ("_insert_workflows", "_Accept", "idempotency", "accept_plan", "_accept_run")),
-    ("send job", ("begin_send", "claim_jobs", "take_orphan_receipts", "add_message_parts")),
+    ("send job", ("begin_send", "claim_jobs", "matched_orphan_receipts", "add_message_parts")),
     ("transitions (submitted, delivered)", ("transition.<locals>", "transition_plan")),
     ("webhook delivery", ("record_webhook_attempt", "defer_job")),
     # a store of plans (since issue 10) runs every statement through one `run`/`_execute`, so

@@ -30,6 +30,7 @@ from cascade.domain.records import Account
 from cascade.engine.binds import BindPublisher
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
+from cascade.engine.shares import ThroughputShares
 from cascade.errors import ConfigError
 from cascade.log import configure_logging
 from cascade.processes import Child, ProcessSupervisor, process_count, stop_when_orphaned
@@ -41,7 +42,7 @@ from cascade.service import (
     open_store,
     redacted_url,
 )
-from cascade.store.base import ChannelLinks, Purging, SmppBinds, Store
+from cascade.store.base import ChannelLinks, Purging, SmppBinds, SmppNodes, Store
 from cascade.supervision import OnFatal, log_fatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookHttp, WebhookSender
 
@@ -134,6 +135,7 @@ def build_app(
         await _first_account(settings, store, clock, announce)
         watch_parent()
         if engine is not None:
+            start_throughput_shares(settings, store, engine)
             await engine.start()
             start_retention(settings, store, engine)
             start_bind_publisher(store, engine)
@@ -190,6 +192,11 @@ async def check_channel_links(settings: Settings, store: ChannelLinks) -> None:
         log.info("cascade.channel_links", links=len(links))
 
 
+#: the least time a receipt the sandbox journal owes must be overdue before a worker takes it
+#: over from another (seconds)
+TAKEOVER_AT_LEAST = 10.0
+
+
 def build_engine(
     settings: Settings,
     store: Store,
@@ -206,7 +213,14 @@ def build_engine(
     ``webhook_http``: the client the webhook sender POSTs with (by default a pooled one of its
     own). ``worker_only``: the engine of a process that serves no API, beside API processes that
     take the platforms' callbacks (each send then looks at once for a receipt that beat it)."""
-    sandbox = SandboxProvider(store, clock, speed=settings.sandbox_speed)
+    sandbox = SandboxProvider(
+        store,
+        clock,
+        speed=settings.sandbox_speed,
+        # a killed worker's receipts, once overdue by a lease (10 s at least, so that a
+        # loaded worker's own receipts are rarely taken)
+        takeover_after=max(settings.job_lease_seconds, TAKEOVER_AT_LEAST),
+    )
     sender = WebhookSender(
         store,
         clock,
@@ -266,6 +280,28 @@ def start_bind_publisher(store: SmppBinds, engine: Engine) -> None:
     engine.supervisor.start("smpp-binds", publisher.run())
 
 
+def start_throughput_shares(settings: Settings, store: SmppNodes, engine: Engine) -> None:
+    """Share each SMPP connection's throughput with the other nodes holding it (see
+    ``engine/shares.py``), under the engine's supervisor; nothing to do without a connection
+    that has a throughput limit. Called before the engine starts, so that no submit goes out
+    before this node knows its share."""
+    from cascade.channels.smpp import SmppProvider
+
+    limited = [
+        connection
+        for provider in engine.providers.all()
+        if isinstance(provider, SmppProvider)
+        for connection in provider.connections
+        if connection.settings.throughput > 0
+    ]
+    if not limited:
+        return
+    shares = ThroughputShares(
+        store, limited, engine.worker_id, engine.clock, lease=settings.job_lease_seconds
+    )
+    engine.supervisor.start("smpp-shares", shares.run())
+
+
 def receipt_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
     """An engine that is never started, for an API process that runs none (each API process
     of ``serve``, or ``CASCADE_RUN_WORKER=false``): it applies the platforms' receipts as the
@@ -322,6 +358,7 @@ async def run_worker(settings: Settings, *, log_setup: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopped.set)
+    start_throughput_shares(settings, store, engine)
     await engine.start()
     start_retention(settings, store, engine)
     start_bind_publisher(store, engine)

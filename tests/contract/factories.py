@@ -12,6 +12,7 @@ from cascade.domain.records import (
     IdempotencyClaim,
     NewStep,
     NewWorkflow,
+    Receipt,
     StoredResponse,
     Surface,
 )
@@ -111,3 +112,14 @@ async def tenant(store: Store) -> Account:
     owner = account()
     await store.create_account(owner)
     return owner
+
+
+async def take_orphans(
+    store: Store, provider: str | None = None, provider_message_id: str | None = None
+) -> list[Receipt]:
+    """The kept receipts that match a message, dropped as an engine drops them once applied."""
+    found = await store.matched_orphan_receipts(provider, provider_message_id)
+    for receipt in found:
+        assert receipt.kept_id is not None
+        await store.drop_orphan_receipt(receipt.kept_id)
+    return found

@@ -132,3 +132,32 @@ class TestSmppBinds:
         back = SmppBind("smsc-a", True, None, T0 + 9)
         await store.put_smpp_bind(back)
         assert (await store.smpp_binds())[0] == back
+
+
+class TestSmppNodes:
+    """The engine nodes holding each SMPP connection, which share its throughput."""
+
+    async def test_live_nodes_are_counted_per_connection(self, store: Store) -> None:
+        """Each renewal counts the nodes whose rows have not run out, itself included, and
+        only those of its own connection; renewing again does not count a node twice."""
+        assert await store.renew_smpp_node("smsc", "node-a", T0 + 30, T0) == 1
+        assert await store.renew_smpp_node("smsc", "node-b", T0 + 30, T0) == 2
+        assert await store.renew_smpp_node("other", "node-a", T0 + 30, T0) == 1
+        assert await store.renew_smpp_node("smsc", "node-a", T0 + 40, T0 + 10) == 2
+
+    async def test_a_node_that_stops_renewing_runs_out(self, store: Store) -> None:
+        """A node's row counts until its expiry and not from then on, so a killed node's
+        share goes back to the others after its lease."""
+        await store.renew_smpp_node("smsc", "killed", T0 + 30, T0)
+        assert await store.renew_smpp_node("smsc", "alive", T0 + 59, T0 + 29) == 2
+        assert await store.renew_smpp_node("smsc", "alive", T0 + 60, T0 + 30) == 1
+        # the row that ran out is gone, not merely ignored: it comes back only if renewed
+        assert await store.renew_smpp_node("smsc", "alive", T0 + 61, T0 + 29) == 1
+
+    async def test_a_dropped_node_is_no_longer_counted(self, store: Store) -> None:
+        """A node that unbinds or stops drops its row at once; dropping twice is harmless."""
+        await store.renew_smpp_node("smsc", "leaving", T0 + 30, T0)
+        assert await store.renew_smpp_node("smsc", "staying", T0 + 30, T0) == 2
+        await store.drop_smpp_node("smsc", "leaving")
+        await store.drop_smpp_node("smsc", "leaving")
+        assert await store.renew_smpp_node("smsc", "staying", T0 + 31, T0 + 1) == 1

@@ -29,7 +29,15 @@ from cascade.domain.records import (
 from cascade.domain.status import Status
 from cascade.errors import StoreConflict
 from cascade.store.base import Decision, ListQuery, Store, WorkflowKey
-from tests.contract.factories import HORIZON, T0, application, sms_step, tenant, workflow
+from tests.contract.factories import (
+    HORIZON,
+    T0,
+    application,
+    sms_step,
+    take_orphans,
+    tenant,
+    workflow,
+)
 
 
 async def accepted(store: Store, owner: Account, *jobs: NewJob) -> NewWorkflow:
@@ -702,7 +710,7 @@ class TestOrphanReceipts:
         stranger = Receipt("smpp", "m-2", Status.DELIVERED, T0 + 3)
         for receipt in (early, later, stranger):
             await store.add_orphan_receipt(receipt, T0 + 5)
-        assert await store.take_orphan_receipts() == []
+        assert await take_orphans(store) == []
 
         def set_provider_id(loaded: WorkflowRecord) -> Decision:
             """Give the first message the orphans' provider id."""
@@ -713,8 +721,36 @@ class TestOrphanReceipts:
             return changes, []
 
         await store.transition(WorkflowKey(message_id=first), set_provider_id)
-        assert await store.take_orphan_receipts() == [early, later]
-        assert await store.take_orphan_receipts() == []
+        assert await take_orphans(store) == [early, later]
+        assert await take_orphans(store) == []
+
+    async def test_matched_receipts_stay_kept_until_dropped(self, store: Store) -> None:
+        """Reading the matched receipts removes none: a worker killed before it applied them
+        leaves them for the next sweep (dropping them on the read lost them); each is gone
+        once dropped by its kept id, and dropping it again does nothing."""
+        owner = await tenant(store)
+        request = await accepted(store, owner)
+        first = request.steps[0].message_id
+        kept = Receipt("sandbox", "s-1", Status.DELIVERED, T0 + 1)
+        await store.add_orphan_receipt(kept, T0 + 2)
+        await store.transition(
+            WorkflowKey(message_id=first),
+            lambda loaded: (
+                Changes(
+                    messages={
+                        first: MessageChange(first, provider="sandbox", provider_message_id="s-1")
+                    }
+                ),
+                [],
+            ),
+        )
+        read = await store.matched_orphan_receipts()
+        assert read == [kept]
+        assert await store.matched_orphan_receipts("sandbox", "s-1") == [kept]
+        assert read[0].kept_id is not None
+        await store.drop_orphan_receipt(read[0].kept_id)
+        await store.drop_orphan_receipt(read[0].kept_id)
+        assert await store.matched_orphan_receipts() == []
 
     async def test_taking_one_provider_id_leaves_the_others(self, store: Store) -> None:
         """Taking the receipts of one provider id returns only those that match it."""
@@ -733,9 +769,9 @@ class TestOrphanReceipts:
         await store.transition(WorkflowKey(workflow_id=request.id), set_provider_ids)
         for ref in ("a", "b"):
             await store.add_orphan_receipt(Receipt("smpp", ref, Status.DELIVERED, T0), T0)
-        taken = await store.take_orphan_receipts("smpp", "b")
+        taken = await take_orphans(store, "smpp", "b")
         assert [r.provider_message_id for r in taken] == ["b"]
-        assert [r.provider_message_id for r in await store.take_orphan_receipts()] == ["a"]
+        assert [r.provider_message_id for r in await take_orphans(store)] == ["a"]
 
     async def test_one_naming_its_message_by_cascades_id_is_taken_at_once(
         self, store: Store
@@ -749,8 +785,8 @@ class TestOrphanReceipts:
         gone = Receipt("messenger", "", Status.READ, T0, message_id="no-such-message")
         for receipt in (mine, gone):
             await store.add_orphan_receipt(receipt, T0)
-        assert await store.take_orphan_receipts() == [mine]
-        assert await store.take_orphan_receipts() == []
+        assert await take_orphans(store) == [mine]
+        assert await take_orphans(store) == []
 
 
 class TestSandboxJournal:

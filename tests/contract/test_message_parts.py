@@ -13,7 +13,7 @@ from cascade.domain.status import Status
 from cascade.errors import StoreConflict
 from cascade.store.base import Decide, Decision, ListQuery, Store, WorkflowKey
 from tests.contract.conftest import Backend
-from tests.contract.factories import T0, tenant, workflow
+from tests.contract.factories import T0, take_orphans, tenant, workflow
 
 
 async def sms_message(store: Store) -> tuple[str, str]:
@@ -195,14 +195,14 @@ class TestOrphanReceiptsOfParts:
         stranger = Receipt("smpp", "p-9", Status.DELIVERED, T0 + 4)
         for receipt in (early, later, again, stranger):
             await store.add_orphan_receipt(receipt, T0 + 5)
-        assert await store.take_orphan_receipts() == []
-        assert await store.take_orphan_receipts("smpp", "p-1") == []
+        assert await take_orphans(store) == []
+        assert await take_orphans(store, "smpp", "p-1") == []
 
         await store.add_message_parts("smpp", message_id, ["p-1", "p-2"])
-        assert await store.take_orphan_receipts("smpp", "p-1") == [early, again]
-        assert await store.take_orphan_receipts("smpp", "p-1") == []
-        assert await store.take_orphan_receipts() == [later]
-        assert await store.take_orphan_receipts() == []
+        assert await take_orphans(store, "smpp", "p-1") == [early, again]
+        assert await take_orphans(store, "smpp", "p-1") == []
+        assert await take_orphans(store) == [later]
+        assert await take_orphans(store) == []
 
     async def test_parts_and_messages_are_matched_together(self, store: Store) -> None:
         """Taking every kept receipt returns those of messages and of parts, oldest first."""
@@ -219,5 +219,5 @@ class TestOrphanReceiptsOfParts:
         ]
         for receipt in receipts:
             await store.add_orphan_receipt(receipt, T0 + 5)
-        assert await store.take_orphan_receipts() == [receipts[0], receipts[1], receipts[3]]
-        assert await store.take_orphan_receipts("sandbox", "p-1") == []
+        assert await take_orphans(store) == [receipts[0], receipts[1], receipts[3]]
+        assert await take_orphans(store, "sandbox", "p-1") == []

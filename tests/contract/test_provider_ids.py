@@ -7,7 +7,7 @@ from cascade.domain.failover import Changes, MessageChange
 from cascade.domain.records import Receipt, WorkflowRecord
 from cascade.domain.status import Status
 from cascade.store.base import ClaimedIds, Decide, Decision, Store, WorkflowKey
-from tests.contract.factories import T0, tenant, workflow
+from tests.contract.factories import T0, take_orphans, tenant, workflow
 
 
 async def sms_message(store: Store) -> str:
@@ -111,7 +111,7 @@ class TestClaimProviderIds:
         await store.transition(WorkflowKey(message_id=newer), submitted(newer, "smpp:a", "1000"))
 
         assert claimed == ClaimedIds(stale_receipts=1)
-        assert await store.take_orphan_receipts("smpp:a", "1000") == [early]
+        assert await take_orphans(store, "smpp:a", "1000") == [early]
 
     async def test_ids_the_message_holds_itself_change_nothing(self, store: Store) -> None:
         """Claiming ids the message already holds (a part id equal to its own id) is a no-op."""

@@ -552,3 +552,23 @@ def test_receipt_on_an_expired_step_is_recorded_without_failover() -> None:
     assert sim.message(0).status == "undeliverable"
     assert sim.states() == [StepState.EXPIRED, StepState.ACTIVE, StepState.WAITING]
     assert kinds(changes.events) == ["status"]
+
+
+def test_a_job_is_cancelled_once_and_a_step_without_a_window_has_no_timer_to_cancel() -> None:
+    """A plain message delivered cancels its report horizon alone (a step without a window
+    was given no step_timeout job, so none is cancelled); a first step with a window that
+    succeeds cancels its step_timeout once, though two rules call for it."""
+    plain = Simulator((SMS,))
+    assert (JobKindName.REPORT_HORIZON, "w") in plain.jobs
+    plain.send(0, S)
+    done = plain.receipt(0, D)
+    assert plain.state == WorkflowState.COMPLETED
+    assert done.cancel_jobs == [(JobKindName.REPORT_HORIZON, "w")]
+
+    sim = Simulator((MESSENGER_READ, SMS))
+    assert (JobKindName.STEP_TIMEOUT, "m0") in sim.jobs
+    sim.send(0, S)
+    read = sim.receipt(0, R)
+    assert sim.state == WorkflowState.COMPLETED
+    assert read.cancel_jobs.count((JobKindName.STEP_TIMEOUT, "m0")) == 1
+    assert len(read.cancel_jobs) == len(set(read.cancel_jobs))

@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,24 +33,24 @@ from cryptography.hazmat.primitives import serialization
 from cascade.clock import SystemClock
 from cascade.webhooks.delivery import DeliverySettings, delivery_id
 from tests.engine.harness import step, workflow
+from tests.running import (
+    Processes,
+    create_application,
+    free_port,
+    kill,
+    set_status_url,
+    wait_for,
+)
 from tests.webhooks.receiver import Receiver, Request, Respond
 
 pytestmark = pytest.mark.slow
 
-CASCADE = str(Path(sys.executable).with_name("cascade"))
 WORKFLOWS = 200
 LEASE = 2.0
 SPEED = 20.0
 EXPIRY = 15
 #: the whole test, start to finish, must stay well under this
 DEADLINE = 45.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -68,100 +62,6 @@ def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
 def count(db: Path, sql: str) -> int:
     """The single integer a counting query returns."""
     return int(query(db, sql)[0][0])
-
-
-class Processes:
-    """The processes a test started, each stopped (killed if it lingers) at the end."""
-
-    def __init__(self, directory: Path, env: dict[str, str]) -> None:
-        self.directory = directory
-        self.env = env
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        """Start ``cascade ARGS`` with its output in DIR/NAME-N.log."""
-        log = self.directory / f"{name}-{len(self.started)}.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [CASCADE, *args],
-                env={**self.env, **env},
-                cwd=self.directory,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.started.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        """SIGTERM each process still running, then SIGKILL any that has not exited in 5 s."""
-        for process in self.started:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.started:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-    def logs(self) -> str:
-        """The tail of every log, for a failure message."""
-        parts = []
-        for log in sorted(self.directory.glob("*.log")):
-            lines = log.read_text(errors="replace").splitlines()
-            parts.append(f"--- {log.name}\n" + "\n".join(lines[-30:]))
-        return "\n".join(parts)
-
-
-def kill(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL one process and reap it."""
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=5)
-    assert process.returncode == -signal.SIGKILL
-
-
-async def wait_for(
-    check: Callable[[], bool] | Callable[[], Awaitable[bool]], until: float, what: str
-) -> None:
-    """Poll ``check`` every 20 ms until it holds; fail once the monotonic ``until`` passes."""
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > until:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def create_application(processes: Processes, url: str) -> tuple[str, bytes]:
-    """``cascade app create`` on the database; returns the application id and private key."""
-    key_file = processes.directory / "crash.key"
-    result = subprocess.run(
-        [CASCADE, "app", "create", "crash", "--database", url, "--private-key-file", str(key_file)],
-        env=processes.env,
-        cwd=processes.directory,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    match = re.search(r"application_id:\s*(\S+)", result.stdout)
-    assert match, result.stdout
-    return match.group(1), key_file.read_bytes()
-
-
-def set_status_url(processes: Processes, url: str, status_url: str) -> None:
-    """``cascade account set --status-url``: where the account's webhooks go."""
-    subprocess.run(
-        [CASCADE, "account", "set", "--status-url", status_url, "--database", url],
-        env=processes.env,
-        cwd=processes.directory,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
 
 
 def bodies() -> list[tuple[str, dict[str, Any]]]:

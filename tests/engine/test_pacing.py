@@ -207,6 +207,44 @@ async def test_the_sandbox_keeps_nothing_in_memory_for_a_silent_recipient(
     assert sandbox.next_due() is None
 
 
+async def test_a_killed_workers_overdue_receipts_are_taken_over_by_a_running_one(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A worker killed after the sandbox accepted a message owes its receipts in the journal
+    only; another worker already running (not restarted, so it re-armed nothing) takes them
+    over once they are overdue by ``after``, not before, and not those it holds itself."""
+    clock = FakeClock(1_800_000_000.0)
+    killed = SandboxProvider(sqlite_store, clock)
+    survivor = SandboxProvider(sqlite_store, clock)
+    sink = _Sink(failing="")
+    await survivor.start(sink, run_timer=False)
+    await killed.start(_Sink(failing=""), run_timer=False)
+
+    def message(i: int) -> OutboundMessage:
+        return OutboundMessage(
+            message_id=f"m{i}",
+            channel="whatsapp",
+            to={"type": "whatsapp", "number": "447700900000"},
+            from_={"type": "whatsapp", "number": "447700900001"},
+            message={"content": {"type": "text", "text": "hi"}},
+            client_ref=None,
+        )
+
+    lost = await killed.send(message(1))  # its receipts now live in the journal alone
+    await survivor.send(message(2))
+    clock.advance(1 + 5)  # delivered was due 5 s ago
+    assert await survivor.take_over_overdue(10.0) == 0
+    clock.advance(5)
+    assert await survivor.take_over_overdue(10.0) == 1
+    assert await survivor.take_over_overdue(10.0) == 0  # held now: taken once
+    await survivor.emit_due()
+    statuses = [
+        r.status.value for r in sink.received if r.provider_message_id == lost.provider_message_id
+    ]
+    assert statuses == ["delivered", "read"]
+    assert [m for m in await sqlite_store.sandbox_owed() if m.receipts_due] == []
+
+
 async def test_an_engine_limited_to_some_kinds_runs_only_those(sqlite_store: SqliteStore) -> None:
     """An engine for webhook jobs alone leaves send jobs to others and opens no channel."""
     clock = SystemClock()

@@ -103,10 +103,22 @@ class SandboxProvider(ChannelProvider):
     deduplicates = True
     ids_can_repeat = False  # uuid4 ids
 
-    def __init__(self, journal: SandboxJournal, clock: Clock, *, speed: float = 1.0) -> None:
+    def __init__(
+        self,
+        journal: SandboxJournal,
+        clock: Clock,
+        *,
+        speed: float = 1.0,
+        takeover_after: float | None = None,
+    ) -> None:
         self._journal = journal
         self._clock = clock
         self._speed = speed
+        #: receipts the journal owes this long past their time belong to a process that is
+        #: gone (a killed worker beside others that keep running): this one emits them
+        #: (None: only what this process sent, and what the journal owes at start)
+        self.takeover_after = takeover_after
+        self._sweep_task: asyncio.Task[None] | None = None
         self._sink: ReceiptSink | None = None
         self._due: list[tuple[float, str, str]] = []  # (at, status, provider_message_id)
         self._owed: dict[str, list[tuple[float, str]]] = {}
@@ -120,12 +132,49 @@ class SandboxProvider(ChannelProvider):
             self._owe(message.provider_message_id, list(message.receipts_due))
         if run_timer:
             self._loop_task = asyncio.create_task(self._run(), name="sandbox-receipts")
+            if self.takeover_after is not None:
+                self._sweep_task = asyncio.create_task(
+                    self._sweep(self.takeover_after), name="sandbox-takeover"
+                )
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-            self._loop_task = None
+        for task in (self._loop_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._loop_task = self._sweep_task = None
+
+    async def take_over_overdue(self, after: float) -> int:
+        """Owe here the receipts of every message whose first owed receipt is more than
+        ``after`` seconds overdue and that this process does not hold; how many messages.
+
+        Each process emits the receipts of what it sent, and a restart re-arms what the
+        journal owes; a worker killed while others run is never restarted, so its receipts
+        would wait for ever. One owed past ``after`` is taken for one whose process is gone.
+        Should that process only be slow, the receipt goes twice, which changes nothing
+        (docs/design.md §1.8)."""
+        limit = self._clock.now() - after
+        taken = 0
+        for message in await self._journal.sandbox_owed():
+            due = message.receipts_due
+            if message.provider_message_id in self._owed or not due:
+                continue
+            if min(at for at, _ in due) <= limit:
+                self._owe(message.provider_message_id, list(due))
+                taken += 1
+        return taken
+
+    async def _sweep(self, after: float) -> None:
+        """Take over overdue receipts every ``after / 2`` seconds, until stopped."""
+        setbacks = Setbacks("sandbox-takeover")
+        while True:
+            try:
+                await self.take_over_overdue(after)
+            except Exception as exc:  # Setbacks logs it; the journal keeps what is owed
+                await self._clock.sleep(setbacks.failed(exc))
+            else:
+                setbacks.succeeded()
+                await self._clock.sleep(after / 2)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         script = behaviour(message.recipient)

@@ -158,6 +158,20 @@ def step_jobs(
     return jobs
 
 
+def has_window_job(workflow: WorkflowRecord, index: int) -> bool:
+    """Whether step ``index`` was given a ``step_timeout`` job when it started (as
+    :func:`step_jobs` gives one): only a step with a window that is not the last. Cancelling
+    the job of a step without one would be a statement that finds nothing (a plain message's
+    ``delivered`` made two of them)."""
+    return index < len(workflow.messages) - 1 and workflow.messages[index].expiry_time is not None
+
+
+def _cancel(changes: Changes, kind: JobKindName, ref: str) -> None:
+    """Cancel the job ``kind``/``ref`` once, however many rules call for it."""
+    if (kind, ref) not in changes.cancel_jobs:
+        changes.cancel_jobs.append((kind, ref))
+
+
 def start_step(
     workflow: WorkflowRecord,
     index: int,
@@ -186,11 +200,12 @@ def _finish(
     changes.workflow_state = state
     changes.finished_at = at
     changes.final_report = True
-    for step in workflow.messages:
+    for index, step in enumerate(workflow.messages):
         if _state(step, changes) == StepState.WAITING:
             changes.message(step.id).state = StepState.CANCELLED
-        changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
-    changes.cancel_jobs.append((JobKindName.REPORT_HORIZON, workflow.id))
+        if has_window_job(workflow, index):
+            _cancel(changes, JobKindName.STEP_TIMEOUT, step.id)
+    _cancel(changes, JobKindName.REPORT_HORIZON, workflow.id)
     changes.events.append(Event(at=at, kind=state.value, reason=reason, source="engine"))
 
 
@@ -275,7 +290,8 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
     if reaches(new, success_condition(step, last)):
         if step.state in (StepState.ACTIVE, StepState.EXPIRED, StepState.FAILED):
             change.state = StepState.SUCCEEDED
-        changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
+        if has_window_job(workflow, index):
+            _cancel(changes, JobKindName.STEP_TIMEOUT, step.id)
         if workflow.state == WorkflowState.RUNNING:
             late = "" if step.state == StepState.ACTIVE else " (late, after failover)"
             # one step (a plain message): there is no other step to tell it from
@@ -290,7 +306,8 @@ def _observe(workflow: WorkflowRecord, seen: Observed, horizon: float) -> Change
         return changes
     if new.is_failure and step.state == StepState.ACTIVE:
         change.state = StepState.FAILED
-        changes.cancel_jobs.append((JobKindName.STEP_TIMEOUT, step.id))
+        if has_window_job(workflow, index):
+            _cancel(changes, JobKindName.STEP_TIMEOUT, step.id)
         if workflow.state == WorkflowState.RUNNING:
             detail = f"{seen.code} {seen.reason}" if seen.code is not None else new.value
             _advance(workflow, index, seen.at, f"{new.value}: {detail}", changes, horizon)

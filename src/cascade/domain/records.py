@@ -303,6 +303,9 @@ class Receipt:
     #: recorded yet (a Messenger watermark can beat the Graph API's answer): the provider's
     #: id is then unknown and ``provider_message_id`` is empty
     message_id: str | None = None
+    #: the id of the row it was kept in while its message was unknown (an orphan receipt),
+    #: for the store to drop once it has been applied; None for a receipt as it arrives
+    kept_id: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -624,8 +624,8 @@ class Engine:
         ):
             # a receipt that beat this submit's answer (SMPP allows it) is applied now
             for part in parts or (provider_id,):
-                for receipt in await self.store.take_orphan_receipts(id_space, part):
-                    await self.receipt(receipt)
+                for receipt in await self.store.matched_orphan_receipts(id_space, part):
+                    await self.apply_kept(receipt)
 
     async def _record_submit(
         self,
@@ -848,10 +848,18 @@ class Engine:
 
     async def match_orphans(self) -> int:
         """Apply kept receipts whose message is now known; returns how many."""
-        receipts = await self.store.take_orphan_receipts()
+        receipts = await self.store.matched_orphan_receipts()
         for receipt in receipts:
-            await self.receipt(receipt)
+            await self.apply_kept(receipt)
         return len(receipts)
+
+    async def apply_kept(self, receipt: Receipt) -> None:
+        """Apply a kept receipt, then drop it: killed in between, it is applied again by
+        another engine, which changes nothing twice (docs/design.md §1.8), where dropping it
+        first would lose it."""
+        await self.receipt(receipt)
+        if receipt.kept_id is not None:
+            await self.store.drop_orphan_receipt(receipt.kept_id)
 
 
 def tell(workflow: WorkflowRecord, changes: Changes) -> None:

@@ -370,11 +370,17 @@ class Transitions(Protocol):
         """Keep a receipt whose provider id matches no message yet."""
 
     @abc.abstractmethod
-    async def take_orphan_receipts(
+    async def matched_orphan_receipts(
         self, provider: str | None = None, provider_message_id: str | None = None
     ) -> list[Receipt]:
-        """Remove and return kept receipts that now match a message (those of one provider id,
-        or all that match when none is given)."""
+        """The kept receipts that now match a message (those of one provider id, or all that
+        match when none is given), oldest first, each with its ``kept_id``. They stay kept
+        until :meth:`drop_orphan_receipt`, so that a worker killed before it applied them
+        loses none (another applies them again, which changes nothing twice)."""
+
+    @abc.abstractmethod
+    async def drop_orphan_receipt(self, kept_id: int) -> None:
+        """Forget a kept receipt that has been applied (nothing when it is gone already)."""
 
     @abc.abstractmethod
     async def add_message_parts(
@@ -655,6 +661,25 @@ class SmppBinds(Protocol):
         """Every connection's last published state, by name."""
 
 
+class SmppNodes(Protocol):
+    """Which engine nodes hold each SMPP connection now, so that they share its throughput
+    (the SMSC counts the account, not the bind): a row per node and connection, renewed by
+    the node, that runs out when the node stops renewing it."""
+
+    @abc.abstractmethod
+    async def renew_smpp_node(
+        self, connection: str, node: str, expires_at: float, now: float
+    ) -> int:
+        """Record that ``node`` holds ``connection`` until ``expires_at``, forget the rows of
+        the connection that ran out by ``now``, and return how many nodes hold it now (this
+        one included)."""
+
+    @abc.abstractmethod
+    async def drop_smpp_node(self, connection: str, node: str) -> None:
+        """Forget that ``node`` holds ``connection`` (it unbound or is stopping), so the
+        others take its share at their next renewal rather than after its row runs out."""
+
+
 class Store(
     Lifecycle,
     Tenants,
@@ -669,6 +694,7 @@ class Store(
     Purging,
     DashboardSessions,
     SmppBinds,
+    SmppNodes,
 ):
     """Durable state of a Cascade installation: every role at once. Callers that need only
     part of it take that role (an API handler ``Accepting``, the retention sweep ``Purging``)."""

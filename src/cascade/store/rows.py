@@ -157,7 +157,7 @@ webhook = _Mapper(
 )
 webhook_attempt = _Mapper(WebhookAttempt)
 #: an orphan_receipts row as the receipt it keeps
-receipt = _Mapper(Receipt, convert={"status": Status})
+receipt = _Mapper(Receipt, columns={"kept_id": "id"}, convert={"status": Status})
 sandbox = _Mapper(SandboxMessage, convert={"receipts_due": _receipts_due})
 job = _Mapper(Job)
 dashboard_session = _Mapper(DashboardSession)

@@ -506,6 +506,14 @@ def _claim_ids_plan(params: dict[str, Any]) -> Plan[ClaimedIds]:
     return ClaimedIds(tuple(taken), stale)
 
 
+def _renew_smpp_node_plan(connection: str, node: str, expires_at: float, now: float) -> Plan[int]:
+    """Renew a node's hold on an SMPP connection; how many nodes hold it now."""
+    yield change("renew_smpp_node", connection=connection, node=node, expires_at=expires_at)
+    yield change("forget_expired_smpp_nodes", connection=connection, now=now)
+    live = yield value("live_smpp_nodes", connection=connection, now=now)
+    return int(live)
+
+
 def _replay_plan(
     webhook_ids: Sequence[int] | None, now: float, account_id: str | None
 ) -> Plan[int]:
@@ -548,17 +556,17 @@ def _purge_workflows_plan(before: float, limit: int) -> Plan[int]:
     return len(ids)
 
 
-def _take_orphans_plan(
+def _matched_orphans_plan(
     provider: str | None, provider_message_id: str | None
 ) -> Plan[list[Receipt]]:
-    """Remove and return kept receipts that now match a message."""
+    """Kept receipts that now match a message, oldest first."""
     if provider is None:
-        taken = yield select("take_matched_orphan_receipts")
+        found = yield select("matched_orphan_receipts")
     else:
-        taken = yield select(
-            "take_orphan_receipts_of", provider=provider, provider_message_id=provider_message_id
+        found = yield select(
+            "orphan_receipts_of", provider=provider, provider_message_id=provider_message_id
         )
-    return rows.receipt.all(taken.sorted_by("id"))
+    return rows.receipt.all(found.sorted_by("id"))
 
 
 def _conversation(
@@ -936,17 +944,19 @@ class SqlStore(Store, abc.ABC):
             )
         )
 
-    async def take_orphan_receipts(
+    async def matched_orphan_receipts(
         self, provider: str | None = None, provider_message_id: str | None = None
     ) -> list[Receipt]:
         if provider is not None and not await self._read(
             value("orphan_receipt_kept", provider=provider, provider_message_id=provider_message_id)
         ):
-            # none kept for it (the usual case, after every send): no write transaction. One
-            # stored after this read is matched by the engine's periodic sweep, as one stored
-            # after the write would be
+            # none kept for it (the usual case, after every send): one read. One stored after
+            # this read is matched by the engine's periodic sweep
             return []
-        return await self._write(partial(_take_orphans_plan, provider, provider_message_id))
+        return await self._read(_matched_orphans_plan(provider, provider_message_id))
+
+    async def drop_orphan_receipt(self, kept_id: int) -> None:
+        await self._write(change("drop_orphan_receipt", id=kept_id))
 
     async def add_message_parts(
         self, provider: str, message_id: str, part_ids: Sequence[str]
@@ -1085,6 +1095,14 @@ class SqlStore(Store, abc.ABC):
 
     async def smpp_binds(self) -> list[SmppBind]:
         return rows.smpp_bind.all(await self._read(select("smpp_binds")))
+
+    async def renew_smpp_node(
+        self, connection: str, node: str, expires_at: float, now: float
+    ) -> int:
+        return await self._write(partial(_renew_smpp_node_plan, connection, node, expires_at, now))
+
+    async def drop_smpp_node(self, connection: str, node: str) -> None:
+        await self._write(change("drop_smpp_node", connection=connection, node=node))
 
     # --- intake of the platforms' callbacks ------------------------------------------------
 

@@ -56,7 +56,7 @@ from cascade.errors import PeerUnreachable, StoreUnavailable
 from cascade.httpclient import Destination, HttpClient, Response, Target, parse_url
 from cascade.log import HotLogger
 from cascade.store.base import Job, JobQueue, Tenants, Webhooks
-from cascade.webhooks.signing import sign
+from cascade.webhooks.signing import format_uuid, sign
 
 log = structlog.get_logger(__name__)
 #: a line per attempt, at debug (a level check otherwise)
@@ -73,16 +73,27 @@ USER_AGENT = "Cascade-Webhooks/1"
 DELIVERY_ID_HEADER = "X-Cascade-Delivery-Id"
 #: the namespace of delivery ids (a fixed, random UUID: the ids are Cascade's alone)
 _DELIVERY_NAMESPACE = uuid.UUID("5f0c7c1e-3c8a-4d55-9a53-0e6b2b1d7a42")
+_DELIVERY_NAMESPACE_BYTES = _DELIVERY_NAMESPACE.bytes
 
 
-def delivery_id(webhook_id: int, body: bytes) -> str:
+def delivery_id(webhook_id: int, body: bytes, digest: str | None = None) -> str:
     """The id a receiver deduplicates a webhook by: the same on every attempt and replay of
     one webhook, and different for any other. It is derived from what never changes once the
-    webhook is stored, its row id and its body, so it needs no column: the id tells webhooks of
-    one database apart, and the body (which names a message or workflow by its random UUID)
-    those of different databases."""
-    digest = hashlib.sha256(body).hexdigest()
-    return str(uuid.uuid5(_DELIVERY_NAMESPACE, f"{webhook_id}:{digest}"))
+    webhook is stored, its row id and its body (``digest``: its SHA-256 hex digest, when the
+    caller has it), so it needs no column: the id tells webhooks of one database apart, and the
+    body (which names a message or workflow by its random UUID) those of different databases.
+
+    It is ``uuid.uuid5(namespace, f"{webhook_id}:{digest}")``, computed without the ``UUID``
+    objects (a sixth of the cost, at two webhooks per message)."""
+    if digest is None:
+        digest = hashlib.sha256(body).hexdigest()
+    name = f"{webhook_id}:{digest}".encode()
+    # SHA-1 is what a version 5 UUID is made with; it is an id, not a signature
+    sha1 = hashlib.sha1(_DELIVERY_NAMESPACE_BYTES + name, usedforsecurity=False)
+    raw = bytearray(sha1.digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return format_uuid(raw.hex())
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,7 +452,8 @@ class WebhookSender:
     async def _post(
         self, webhook: WebhookRecord, target: Target, account: Account, now: float
     ) -> _Result:
-        delivery = delivery_id(webhook.id, webhook.body)
+        digest = hashlib.sha256(webhook.body).hexdigest()
+        delivery = delivery_id(webhook.id, webhook.body, digest)
         token = sign(
             webhook.body,
             secret=account.signature_secret,
@@ -449,6 +461,7 @@ class WebhookSender:
             application_id=webhook.application_id,
             now=now,
             delivery_id=delivery,
+            payload_hash=digest,
         )
         headers = (
             ("Content-Type", "application/json"),

@@ -23,7 +23,8 @@ on its own, and drops the whole session on input that real SMSCs send (a receipt
 dates fails its ``parse_receipt``; a vendor ``command_status`` of 0x400 and above fails its
 header parser). Here: ``submit_sm`` responses are matched to their caller by sequence number;
 at most ``window_size`` submits await a response; a token bucket holds submits to
-``throughput`` per second, evenly spaced unless ``throughput_burst`` allows bursts;
+``throughput`` per second, evenly spaced unless ``throughput_burst`` allows bursts (this
+engine's share of them when several hold the connection: :mod:`cascade.engine.shares`);
 ``enquire_link`` runs every ``enquire_link_interval`` and an unanswered one drops the link; a
 lost or refused bind is retried with exponential backoff.
 

@@ -76,6 +76,19 @@ class TokenBucket:
         self.tokens -= 1
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def set_rate(self, rate: float, burst: float) -> None:
+        """From now on ``rate`` tokens a second and at most ``burst`` back to back; tokens
+        already taken keep their place in the line."""
+        self._refill()
+        self.rate = rate
+        self.capacity = max(1.0, burst)
+        self.tokens = min(self.tokens, self.capacity)
+
+    def hold(self, seconds: float) -> None:
+        """Give no token for the next ``seconds`` (those already owed stay owed)."""
+        self._refill()
+        self.tokens = min(self.tokens, 1 - seconds * self.rate)
+
 
 class SubmitFlow:
     """When a connection may write its next submit: the window, the throughput, the throttle.
@@ -94,6 +107,10 @@ class SubmitFlow:
             else None
         )
         self._throttle = Backoff(settings.throttle_min_delay, settings.throttle_max_delay)
+        #: set while this node may use its share of ``throughput``; cleared while it waits
+        #: for its share among the nodes holding the connection (see :meth:`await_share`)
+        self._shared = asyncio.Event()
+        self._shared.set()
         #: the current throttle episode: when its hold began and ends, and how many new
         #: messages it has turned away (each is told a later time, so they resume spread out)
         self._hold_started = 0.0
@@ -167,10 +184,30 @@ class SubmitFlow:
         finally:
             self._window.release()
 
+    def await_share(self) -> None:
+        """Hold submits until :meth:`share` says this node's part of ``throughput`` (the
+        connection's limit is the account's across every node holding it; see
+        :mod:`cascade.engine.shares`)."""
+        if self._bucket is not None:
+            self._shared.clear()
+
+    def share(self, nodes: int, hold: float = 0.0) -> None:
+        """Send at ``1 / nodes`` of ``throughput`` (and of ``throughput_burst``) from now on,
+        after holding submits for ``hold`` seconds."""
+        if self._bucket is None:
+            return
+        rate, burst = share_of(self.settings.throughput, self.settings.throughput_burst, nodes)
+        self._bucket.set_rate(rate, burst)
+        if hold > 0:
+            self._bucket.hold(hold)
+        self._shared.set()
+
     async def take_token(self, first: bool) -> None:
         """Keep to ``throughput``; a new message that would wait too long is refused instead."""
         if self._bucket is None:
             return
+        if not self._shared.is_set():
+            await self._wait_for_share()
         wait = self._bucket.wait_time()
         if first and wait > self.settings.response_timeout:
             raise ChannelUnavailable(
@@ -181,3 +218,24 @@ class SubmitFlow:
         delay = self._bucket.take()
         if delay > 0:
             await asyncio.sleep(delay)
+
+    async def _wait_for_share(self) -> None:
+        """Wait (up to ``response_timeout``) until this node knows its share of throughput."""
+        timeout = self.settings.response_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._shared.wait()
+        except TimeoutError as exc:
+            raise ChannelUnavailable(
+                f"SMSC {self.name}: this node's share of the throughput is not known yet",
+                retry_after=timeout,
+                code=CODE_THROTTLED,
+            ) from exc
+
+
+def share_of(throughput: float, burst: int, nodes: int) -> tuple[float, float]:
+    """One node's rate and burst when ``nodes`` hold a connection of ``throughput`` per second
+    and ``burst``: an equal part of each (the burst at least one submit), so that together
+    they never exceed what the account allows."""
+    nodes = max(1, nodes)
+    return throughput / nodes, max(1.0, burst / nodes)

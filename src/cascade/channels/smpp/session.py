@@ -302,6 +302,15 @@ class SmppConnection:
         self._sequence = self._sequence % MAX_SEQUENCE + 1
         return self._sequence
 
+    def await_share(self) -> None:
+        """Hold submits until :meth:`share` gives this node's part of the throughput."""
+        self._flow.await_share()
+
+    def share(self, nodes: int, hold: float = 0.0) -> None:
+        """Send at ``1 / nodes`` of the throughput, after ``hold`` seconds (see
+        :meth:`SubmitFlow.share`)."""
+        self._flow.share(nodes, hold)
+
     def next_reference(self) -> int:
         """A concatenation reference for the next multi-part message (8 bits, rotating)."""
         self._reference = (self._reference + 1) % 256

@@ -324,23 +324,22 @@ VALUES (:provider, :provider_message_id, :status, :at, :code, :reason, :received
 SELECT 1 FROM orphan_receipts
 WHERE provider = :provider AND provider_message_id = :provider_message_id LIMIT 1
 
--- name: take_matched_orphan_receipts
-DELETE FROM orphan_receipts AS o
+-- name: matched_orphan_receipts
+-- read, not deleted: each is dropped once applied, so a worker killed in between loses none
+SELECT * FROM orphan_receipts AS o
 WHERE (EXISTS (SELECT 1 FROM messages m WHERE m.provider = o.provider
                  AND m.provider_message_id = o.provider_message_id)
        OR EXISTS (SELECT 1 FROM message_parts p WHERE p.provider = o.provider
                     AND p.part_id = o.provider_message_id)
        OR EXISTS (SELECT 1 FROM messages m WHERE m.id = o.message_id))
-RETURNING *
 
--- name: take_orphan_receipts_of
-DELETE FROM orphan_receipts AS o
+-- name: orphan_receipts_of
+SELECT * FROM orphan_receipts AS o
 WHERE o.provider = :provider AND o.provider_message_id = :provider_message_id
   AND (EXISTS (SELECT 1 FROM messages m WHERE m.provider = o.provider
                  AND m.provider_message_id = o.provider_message_id)
        OR EXISTS (SELECT 1 FROM message_parts p WHERE p.provider = o.provider
                     AND p.part_id = o.provider_message_id))
-RETURNING *
 
 -- name: insert_message_part
 INSERT INTO message_parts (provider, part_id, message_id, seq)
@@ -682,3 +681,22 @@ ON CONFLICT (name) DO UPDATE SET
 
 -- name: smpp_binds
 SELECT name, bound, last_error, changed_at FROM smpp_binds ORDER BY name
+
+-- name: renew_smpp_node
+-- a node holding an SMPP connection says it is alive until :expires_at
+INSERT INTO smpp_nodes (connection, node, expires_at)
+VALUES (:connection, :node, :expires_at::double precision)
+ON CONFLICT (connection, node) DO UPDATE SET expires_at = excluded.expires_at
+
+-- name: forget_expired_smpp_nodes
+DELETE FROM smpp_nodes WHERE connection = :connection AND expires_at <= :now::double precision
+
+-- name: live_smpp_nodes
+SELECT count(*) FROM smpp_nodes
+WHERE connection = :connection AND expires_at > :now::double precision
+
+-- name: drop_smpp_node
+DELETE FROM smpp_nodes WHERE connection = :connection AND node = :node
+
+-- name: drop_orphan_receipt
+DELETE FROM orphan_receipts WHERE id = :id

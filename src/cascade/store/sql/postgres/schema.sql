@@ -242,3 +242,9 @@ CREATE TABLE smpp_binds (
     last_error text,
     changed_at double precision NOT NULL
 );
+CREATE TABLE smpp_nodes (
+    connection text NOT NULL,
+    node       text NOT NULL,
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (connection, node)
+);

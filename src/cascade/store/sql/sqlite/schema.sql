@@ -236,3 +236,9 @@ CREATE TABLE smpp_binds (
     last_error TEXT,
     changed_at REAL NOT NULL
 );
+CREATE TABLE smpp_nodes (
+    connection TEXT NOT NULL,
+    node       TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (connection, node)
+);
