@@ -136,3 +136,17 @@ async def test_a_transition_decided_before_another_write_is_decided_again(
         retried, sqlite_store.transition(WorkflowKey(message_id=message_id), decide)
     )
     assert seen == [None, 1000]  # decided early from the old read, then again in the lock
+
+
+def test_none_and_bools_bind_as_null_and_integers() -> None:
+    """With the store's adapters registered (importing it does, for speed), None still binds as
+    NULL and a bool as the integer 0 or 1, as sqlite3 binds them without adapters."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        found = conn.execute(
+            "SELECT typeof(?), ?, typeof(?), ?, ?, coalesce(?, 'kept')",
+            (None, None, True, True, False, None),
+        ).fetchone()
+    finally:
+        conn.close()
+    assert found == ("null", None, "integer", 1, 0, "kept")

@@ -256,6 +256,11 @@ class HotLogger:
         """Whether a debug line would be written (to skip building one that would not)."""
         return _line_writer() is None or self._levels.isEnabledFor(logging.DEBUG)
 
+    def is_info(self) -> bool:
+        """Whether an info line would be written (a service run at ``warning`` then builds no
+        line per request)."""
+        return _line_writer() is None or self._levels.isEnabledFor(logging.INFO)
+
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """Route structlog and the standard library (uvicorn) through one renderer on stderr, and

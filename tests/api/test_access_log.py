@@ -253,3 +253,21 @@ def test_a_line_that_cannot_be_written_does_not_break_the_caller(
     assert handler.line_writer is not None
     handler.line_writer.write("info", "lost", {"n": 1})
     assert "Logging error" in capsys.readouterr().err
+
+
+async def test_at_warning_an_accept_writes_no_line(
+    client: httpx.AsyncClient, tenant: Tenant, written: Callable[[], str]
+) -> None:
+    """With the ``cascade`` loggers at warning (as the benchmarks run), an accepted request
+    writes neither its access line nor its accepted line, and info lines are known to be off."""
+    logging.getLogger("cascade").setLevel(logging.WARNING)
+    assert not HotLogger("cascade.api.access").is_info()
+    response = await client.post("/v0.1/messages", json=message("sms"), headers=tenant.bearer())
+    assert response.status_code == 202
+    assert response.headers["x-request-id"]
+    assert written() == ""
+    logging.getLogger("cascade").setLevel(logging.INFO)
+    assert HotLogger("cascade.api.access").is_info()
+    await client.post("/v0.1/messages", json=message("sms"), headers=tenant.bearer())
+    events = {json.loads(line)["event"] for line in written().splitlines()}
+    assert {"http.request", "message.accepted"} <= events

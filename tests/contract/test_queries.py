@@ -14,7 +14,7 @@ from cascade.store.queries import load, parse
 
 STORE = Path(cascade.store.__file__).parent
 #: the functions of sqlstore.py that name a query as their first argument
-_NAMING = {"select", "first", "value", "change", "each", "Run"}
+_NAMING = {"select", "first", "value", "change", "each", "each_row", "Run"}
 
 
 def _named_in_code() -> set[str]:
@@ -126,3 +126,19 @@ def test_no_sqlite_statement_binds_a_column_a_partial_index_fixes() -> None:
             if re.search(rf"\b{table}\b", statement):
                 bound = re.search(rf"(?<!OR )\b{column} (?:= :|IN \(:)", statement)
                 assert bound is None, f"{statement.split()[0]} binds {table}.{column}"
+
+
+def test_a_row_of_values_is_arranged_in_each_dialects_order() -> None:
+    """A row of values in a named order gives each driver its values: SQLite one per use
+    of a parameter, PostgreSQL one per name; list parameters cannot come in a row."""
+    source = "-- name: q\nINSERT INTO t (a, b, c, d) VALUES (:a, :b, :c, :b)"
+    (sqlite,) = parse("sqlite", source)["q"].statements
+    (postgres,) = parse("postgres", source)["q"].statements
+    names = ("c", "b", "a")
+    assert sqlite.arranged(names)((3, 2, 1)) == (1, 2, 3, 2)
+    assert postgres.arranged(names)((3, 2, 1)) == (1, 2, 3)
+    (one,) = parse("sqlite", "-- name: q\nDELETE FROM t WHERE a = :a")["q"].statements
+    assert one.arranged(("b", "a"))(("x", "y")) == ("y",)
+    (listed,) = parse("sqlite", "-- name: q\nSELECT 1 WHERE id IN (:ids*)")["q"].statements
+    with pytest.raises(ValueError, match="row"):
+        listed.arranged(("ids",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cascade.domain.failover import Changes
+from cascade.domain.projection import project
 from cascade.domain.records import StepState, Surface, WebhookKind, WorkflowState
 from cascade.domain.reports import FinalReport, StatusReport, reported_error, reports_for
 from cascade.domain.status import Status
@@ -106,3 +107,14 @@ def test_the_error_a_report_states_applies_only_to_a_failure() -> None:
     assert reported_error(delivered) is None
     assert reported_error(replace(failed, error_reason=None)) == (1300, "")
     assert reported_error(replace(failed, error_code=None)) is None
+
+
+def test_a_projection_changes_only_the_fields_a_change_names() -> None:
+    """A projected message is the stored one with exactly the changed fields replaced."""
+    sim = Simulator((MESSENGER, SMS))
+    before = sim.workflow
+    changes = sim.send(0, Status.SUBMITTED, T0 + 2)
+    after = project(before, changes)
+    for old, new in zip(before.messages, after.messages, strict=True):
+        change = changes.messages.get(old.id)
+        assert new == (old if change is None else replace(old, **change.values()))

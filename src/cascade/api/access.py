@@ -62,7 +62,7 @@ class RequestContext:
         if self._token is not None:
             _current.reset(self._token)
             self._token = None
-        if log_it:
+        if log_it and log.is_info():
             fields: dict[str, Any] = {
                 "method": scope["method"],
                 "path": clip(scope["path"], PATH_CHARS),

@@ -255,6 +255,8 @@ class AcceptEndpoint:
     def _tell(self, workflow_id: str, account_id: str, steps: list[NewStep]) -> None:
         """Log the request accepted: its ids, account and channels, and the request id that
         ties the line to the access log (no addresses or content)."""
+        if not story.is_info():
+            return  # (at warning, the level the benchmarks run at: no fields to build)
         context = current_request()
         request_id = context.request_id if context is not None else None
         if self._surface is Surface.MESSAGES:

@@ -60,6 +60,7 @@ from cascade.errors import (
     TransientError,
 )
 from cascade.log import HotLogger
+from cascade.metrics import Children
 from cascade.store.base import (
     Decide,
     Decision,
@@ -81,6 +82,8 @@ story = HotLogger(__name__)
 JOBS_RUN = Counter("cascade_jobs_run", "Jobs the engine ran", ["kind"])
 SENDS = Counter("cascade_sends", "Messages handed to providers", ["provider", "outcome"])
 RECEIPTS = Counter("cascade_receipts", "Provider receipts received", ["provider", "matched"])
+#: their children by label values, found once (cascade.metrics)
+_jobs_run, _sends, _receipts = Children(JOBS_RUN), Children(SENDS), Children(RECEIPTS)
 TIMER_LATENESS = Histogram(
     "cascade_timer_lateness_seconds",
     "How late a job ran after it was due",
@@ -462,7 +465,7 @@ class Engine:
                 log.error("engine.unknown_job_kind", kind=job.kind, job=job.id)
                 return  # left locked: its lease ends and it waits for a worker that knows it
             await kind.run(job)
-            JOBS_RUN.labels(job.kind).inc()
+            _jobs_run(job.kind).inc()
         except TransientError as exc:
             # the job stays in the table; its lease runs out and it is claimed again. While the
             # store is down every job fails this way: one line per streak, not one per job
@@ -571,37 +574,37 @@ class Engine:
         if not await provider.deduplicates_send(outbound):
             attempt = await self.store.begin_send(message.id, now)
             if attempt.attempts > job.attempts:
-                SENDS.labels(provider.name, "unknown").inc()
+                _sends(provider.name, "unknown").inc()
                 await self._fail(job, message, Status.UNDELIVERABLE, *UNKNOWN_OUTCOME)
                 return
         try:
             result = await provider.send(outbound)
         except ChannelUndeliverable as exc:
-            SENDS.labels(provider.name, "undeliverable").inc()
+            _sends(provider.name, "undeliverable").inc()
             await self._fail(job, message, Status.UNDELIVERABLE, exc.code, exc.reason)
             return
         except ChannelRejected as exc:
-            SENDS.labels(provider.name, "rejected").inc()
+            _sends(provider.name, "rejected").inc()
             await self._fail(job, message, Status.REJECTED, exc.code, exc.reason)
             return
         except ChannelOutcomeUnknown as exc:
             # it may have gone out: resending could duplicate it, so the step fails over
-            SENDS.labels(provider.name, "unknown").inc()
+            _sends(provider.name, "unknown").inc()
             log.warning("engine.send_outcome_unknown", provider=provider.name, error=exc.message)
             reason = f"Unknown: {exc.message}; not resent"
             await self._fail(job, message, Status.UNDELIVERABLE, UNKNOWN_OUTCOME[0], reason)
             return
         except ChannelUnavailable as exc:
-            SENDS.labels(provider.name, "retry").inc()
+            _sends(provider.name, "retry").inc()
             await self._retry(job, message, exc.code, exc.message, exc.retry_after, provider.name)
             return
         except Exception as exc:
             log.exception("engine.provider_failed", provider=provider.name, message=message.id)
-            SENDS.labels(provider.name, "error").inc()
+            _sends(provider.name, "error").inc()
             reason = f"Internal error: {type(exc).__name__}"
             await self._retry(job, message, 1030, reason, None, provider.name)
             return
-        SENDS.labels(provider.name, "submitted").inc()
+        _sends(provider.name, "submitted").inc()
         id_space = result.provider or provider.name
         parts = result.segment_ids
         provider_id = ",".join(parts) if len(parts) > 1 else result.provider_message_id
@@ -777,7 +780,7 @@ class Engine:
             observed,
         )
         matched = result is not None or await self._part_receipt(receipt)
-        RECEIPTS.labels(receipt.provider, "yes" if matched else "no").inc()
+        _receipts(receipt.provider, "yes" if matched else "no").inc()
         if not matched:
             self._orphan_kept_at = self.clock.now()
             await self.store.add_orphan_receipt(receipt, self.clock.now())
@@ -790,7 +793,7 @@ class Engine:
             message_id, receipt.status, receipt.at, receipt.provider, receipt.code, receipt.reason
         )
         result = await self._transition(WorkflowKey(message_id=message_id), seen)
-        RECEIPTS.labels(receipt.provider, "yes" if result is not None else "no").inc()
+        _receipts(receipt.provider, "yes" if result is not None else "no").inc()
         if result is None:
             # the message is gone (retention) or never was: nothing to keep it for
             log.warning("engine.receipt_unmatched", provider=receipt.provider, message=message_id)

@@ -185,10 +185,21 @@ async def _execute(conn: Any, step: Run) -> Any:
         if query.before:  # a block runs statement by statement, for one set after another
             for one_set in step.params:
                 for statement in query.statements:
-                    await conn.execute(statement.sql, *statement.args(one_set))  # type: ignore[arg-type]
+                    await conn.execute(statement.sql, *statement.values(one_set))  # type: ignore[arg-type]
             return None
         statement = query.last
         await conn.executemany(statement.sql, statement.many(step.params))  # type: ignore[arg-type]
+        return None
+    if step.fetch is Fetch.ROWS_OF:
+        rows_of: Any = step.params
+        names, values = rows_of
+        if query.before:  # a block runs statement by statement, for one row after another
+            for row in values:
+                for statement in query.statements:
+                    await conn.execute(statement.sql, *statement.arranged(names)(row))
+            return None
+        statement = query.last
+        await conn.executemany(statement.sql, list(map(statement.arranged(names), values)))
         return None
     if step.fetch is Fetch.EACH:
         statement = query.last
@@ -197,13 +208,13 @@ async def _execute(conn: Any, step: Run) -> Any:
     params: Any = step.params
     last = query.last
     for statement in query.before:
-        await conn.execute(statement.sql, *statement.args(params))
+        await conn.execute(statement.sql, *statement.values(params))
     if step.fetch is Fetch.COUNT:
-        status: str = await conn.execute(last.sql, *last.args(params))
+        status: str = await conn.execute(last.sql, *last.values(params))
         return int(status.rpartition(" ")[2])
     if step.fetch is Fetch.VALUE:
-        return await conn.fetchval(last.sql, *last.args(params))
-    found = await conn.fetch(last.sql, *last.args(params))
+        return await conn.fetchval(last.sql, *last.values(params))
+    found = await conn.fetch(last.sql, *last.values(params))
     if step.fetch is Fetch.ROWS:
         return _rows(found, last.sql)
     return found[0] if found else None

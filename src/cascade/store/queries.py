@@ -3,8 +3,9 @@
 ``sql/<dialect>/queries.sql`` holds ``-- name: <name>`` blocks. Parameters are written
 ``:name`` in both dialects; loading turns them into the driver's positional placeholders
 (``?`` for SQLite, ``$1`` for PostgreSQL) and remembers their order, so callers pass values by
-name and never build SQL. The two files define the same names (a test checks it), so code that
-runs a statement does not know which database it speaks to.
+name (or, for many rows, tuples in an order of names they give) and never build SQL. The two
+files define the same names (a test checks it), so code that runs a statement does not know
+which database it speaks to.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class Statement:
     values: Callable[[Params], tuple[Any, ...]] = field(default=tuple, repr=False, compare=False)
     #: the SQL for each combination of list lengths met so far
     _expanded: dict[tuple[int, ...], str] = field(default_factory=dict, repr=False, compare=False)
+    #: for each order of parameter names met so far, the getter of its values from a tuple
+    _arranged: dict[tuple[str, ...], Callable[[Sequence[Any]], tuple[Any, ...]]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def bind(self, params: Params) -> tuple[str, tuple[Any, ...]]:
         """The SQL and the values to run it with, lists expanded where the SQL takes them."""
@@ -89,6 +94,21 @@ class Statement:
             )
         return values
 
+    def arranged(self, names: tuple[str, ...]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+        """The getter of its values from a row of the parameters ``names`` names, in that
+        order (one C call a row, no dict; found once per order). Not for list parameters."""
+        getter = self._arranged.get(names)
+        if getter is None:
+            if self.lists or self.json_lists or not self.order:
+                raise ValueError(f"{self.sql[:40]!r}: only plain parameters come in a row")
+            positions = [names.index(name) for name in self.order]
+            if len(positions) == 1:
+                (position,) = positions
+                getter = self._arranged[names] = lambda row: (row[position],)
+            else:
+                getter = self._arranged[names] = itemgetter(*positions)
+        return getter
+
     def many(self, rows: Sequence[Params]) -> list[tuple[Any, ...]]:
         """The values of an ``executemany``, one tuple a row."""
         if self.plain:
@@ -109,13 +129,17 @@ class Query:
     last: Statement
     #: whether it is one statement without list parameters: run as ``sql`` with ``values``
     simple: bool = False
+    #: whether none of its statements has list parameters: each runs as ``sql`` with
+    #: ``values`` (no SQL to expand)
+    listless: bool = False
 
     @classmethod
     def of(cls, name: str, statements: tuple[Statement, ...]) -> Query:
         """A query of these statements, in order."""
         last = statements[-1]
-        simple = len(statements) == 1 and not last.lists
-        return cls(name, statements, statements[:-1], last, simple)
+        listless = not any(statement.lists for statement in statements)
+        simple = len(statements) == 1 and listless
+        return cls(name, statements, statements[:-1], last, simple, listless)
 
 
 def _compile(dialect: str, text: str) -> Statement:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
-from operator import itemgetter
+from enum import Enum
+from operator import attrgetter, itemgetter
 from typing import Any, Generic, TypeVar
 
+from cascade.domain.makers import constructor
 from cascade.domain.records import (
     Account,
     Application,
@@ -93,7 +95,7 @@ class _Mapper(Generic[R]):
     ) -> None:
         names = [field.name for field in fields(record)]  # type: ignore[arg-type]
         columns = columns or {}
-        self._record = record
+        self._record = constructor(record)
         self._columns = [columns.get(name, name) for name in names]
         self._get = itemgetter(*self._columns)
         self._convert = [(names.index(name), fn) for name, fn in (convert or {}).items()]
@@ -127,9 +129,29 @@ class _Mapper(Generic[R]):
         return self._record(*converted)
 
 
-def _encode(text: str) -> bytes:
-    """JSON stored as text, back to the bytes it was received as."""
-    return text.encode()
+E = TypeVar("E", bound=Enum)
+
+
+def _member(enum: type[E]) -> Callable[[Any], E]:
+    """The member of ``enum`` a stored value names, found in a dict (calling the class runs
+    Enum's lookup in Python, a microsecond a value, and rows hold several); an unknown value
+    fails as the class's own call does."""
+    members: dict[Any, E] = {member.value: member for member in enum}
+
+    def of(value: Any) -> E:
+        member = members.get(value)
+        return member if member is not None else enum(value)
+
+    return of
+
+
+_step_state = _member(StepState)
+_surface = _member(Surface)
+_workflow_state = _member(WorkflowState)
+
+
+#: JSON stored as text, back to the bytes it was received as (UTF-8; a C call per value)
+_encode = str.encode
 
 
 def _receipts_due(stored: str) -> tuple[tuple[float, str], ...]:
@@ -149,15 +171,16 @@ application = _Mapper(Application)
 message = _Mapper(
     MessageRecord,
     columns={"to": "recipient", "from_": "sender"},
-    convert={"to": _encode, "from_": _encode, "body": _encode, "state": StepState},
+    convert={"to": _encode, "from_": _encode, "body": _encode, "state": _step_state},
 )
 event = _Mapper(Event)
 webhook = _Mapper(
-    WebhookRecord, convert={"body": _encode, "kind": WebhookKind, "state": WebhookState}
+    WebhookRecord,
+    convert={"body": _encode, "kind": _member(WebhookKind), "state": _member(WebhookState)},
 )
 webhook_attempt = _Mapper(WebhookAttempt)
 #: an orphan_receipts row as the receipt it keeps
-receipt = _Mapper(Receipt, columns={"kept_id": "id"}, convert={"status": Status})
+receipt = _Mapper(Receipt, columns={"kept_id": "id"}, convert={"status": _member(Status)})
 sandbox = _Mapper(SandboxMessage, convert={"receipts_due": _receipts_due})
 job = _Mapper(Job)
 dashboard_session = _Mapper(DashboardSession)
@@ -170,19 +193,25 @@ smpp_bind = _Mapper(SmppBind, convert={"bound": bool})
 def columns(record: object) -> dict[str, Any]:
     """A record's fields by name, as the parameters of the statement that stores it (not
     ``dataclasses.asdict``, which deep-copies every value and costs ten times more)."""
-    return {name: getattr(record, name) for name in _fields(type(record))}
+    reader = _READERS.get(type(record))
+    if reader is None:
+        reader = _READERS[type(record)] = _reader(type(record))
+    names, get = reader
+    return dict(zip(names, get(record), strict=True))
 
 
-#: the field names of each record class, found once
-_FIELDS: dict[type, tuple[str, ...]] = {}
+#: the field names of each record class and the getter of their values, found once (one C
+#: call reads them all)
+_READERS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
-def _fields(record: type) -> tuple[str, ...]:
-    """The field names of a record class."""
-    names = _FIELDS.get(record)
-    if names is None:
-        names = _FIELDS[record] = tuple(field.name for field in fields(record))
-    return names
+def _reader(record: type) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """The field names of a record class and a getter of their values as a tuple."""
+    names = tuple(field.name for field in fields(record))
+    getter = attrgetter(*names)
+    if len(names) == 1:
+        return names, lambda value: (getter(value),)
+    return names, getter
 
 
 def workflow(row: Row, messages: Iterable[MessageRecord] = ()) -> WorkflowRecord:
@@ -212,15 +241,18 @@ _WORKFLOW_COLUMNS = (
 )
 
 
+_workflow_record = constructor(WorkflowRecord)
+
+
 def _workflow_of(values: tuple[Any, ...], messages: Iterable[MessageRecord]) -> WorkflowRecord:
     """A workflow of its columns' values (in _WORKFLOW_COLUMNS order) and its messages."""
     id_, account_id, application_id, surface, state, created_at, updated_at, finished_at = values
-    return WorkflowRecord(
+    return _workflow_record(
         id_,
         account_id,
         application_id,
-        Surface(surface),
-        WorkflowState(state),
+        _surface(surface),
+        _workflow_state(state),
         created_at,
         updated_at,
         finished_at,
@@ -233,18 +265,25 @@ def transition_workflow(found: Rows) -> tuple[WorkflowRecord, int] | None:
     row a message) and its version; None when there are no rows."""
     if not found:
         return None
-    first = found[0]
-    values = tuple(
-        found.value(first, column)
-        for column in (
-            "workflow_id",
-            "account_id",
-            "application_id",
-            "surface",
-            "workflow_state",
-            "workflow_created_at",
-            "workflow_updated_at",
-            "workflow_finished_at",
-        )
-    )
-    return _workflow_of(values, message.all(found)), int(found.value(first, "workflow_version"))
+    get = _TRANSITION_GETTERS.get(found.key)
+    if get is None:
+        positions = [found.columns[column] for column in _TRANSITION_COLUMNS]
+        get = _TRANSITION_GETTERS[found.key] = itemgetter(*positions)
+    *values, version = get(found[0])
+    return _workflow_of(tuple(values), message.all(found)), int(version)
+
+
+#: the workflow's columns in a transition's read (in _WORKFLOW_COLUMNS order), then its version
+_TRANSITION_COLUMNS = (
+    "workflow_id",
+    "account_id",
+    "application_id",
+    "surface",
+    "workflow_state",
+    "workflow_created_at",
+    "workflow_updated_at",
+    "workflow_finished_at",
+    "workflow_version",
+)
+#: for each statement's rows (by Rows.key), the getter of the columns above
+_TRANSITION_GETTERS: dict[str, Callable[[Any], tuple[Any, ...]]] = {}

@@ -19,12 +19,13 @@ import abc
 import json
 import time
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from enum import Enum
 from functools import partial
+from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, overload
 
-from cascade.domain.failover import Changes
+from cascade.domain.failover import Changes, MessageChange
 from cascade.domain.records import (
     Accepted,
     Account,
@@ -87,6 +88,7 @@ class Fetch(Enum):
     VALUE = "value"  # the first column of the first row, or None
     COUNT = "count"  # how many rows it changed
     MANY = "many"  # run once per parameter set (executemany); nothing
+    ROWS_OF = "rows_of"  # run once per row of values in a named order (executemany); nothing
     EACH = "each"  # run once per parameter set; the rows of all runs
 
 
@@ -95,7 +97,12 @@ class Run(NamedTuple):
     make thousands a second)."""
 
     query: str
-    params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    #: by name; a sequence of those; or (ROWS_OF) the names and rows of values in their order
+    params: (
+        Mapping[str, Any]
+        | Sequence[Mapping[str, Any]]
+        | tuple[tuple[str, ...], Sequence[Sequence[Any]]]
+    )
     fetch: Fetch
 
 
@@ -115,6 +122,7 @@ Plan = Generator[Step, Any, T]
 #: constants (an Enum member read through its class costs more): plans make thousands a second
 _run = tuple.__new__
 _ROWS, _ROW, _VALUE, _COUNT, _MANY = Fetch.ROWS, Fetch.ROW, Fetch.VALUE, Fetch.COUNT, Fetch.MANY
+_ROWS_OF = Fetch.ROWS_OF
 
 
 def select(query: str, **params: Any) -> Run:
@@ -142,57 +150,80 @@ def each(query: str, params: Sequence[Mapping[str, Any]]) -> Run:
     return _run(Run, (query, params, _MANY))
 
 
+def each_row(query: str, names: tuple[str, ...], values: Sequence[Sequence[Any]]) -> Run:
+    """A statement run once per row of ``values``, each the parameters ``names`` names in
+    that order: no dict a row, for the rows of an accept (a message's are 16 values)."""
+    return _run(Run, (query, (names, values), _ROWS_OF))
+
+
 # --- plans ---------------------------------------------------------------------------------
+
+
+#: the parameters of an accept's rows, in the order its tuples hold them
+WORKFLOW_ROW = ("id", "account_id", "application_id", "surface", "created_at")
+MESSAGE_ROW = (
+    "id",
+    "workflow_id",
+    "step",
+    "account_id",
+    "channel",
+    "recipient",
+    "sender",
+    "body",
+    "client_ref",
+    "expiry_time",
+    "condition_status",
+    "state",
+    "started_at",
+    "created_at",
+    "webhook_url",
+    "webhook_version",
+)
+JOB_ROW = ("kind", "ref", "run_at", "created_at")
+_ACTIVE, _WAITING = StepState.ACTIVE.value, StepState.WAITING.value
 
 
 @dataclass(frozen=True, slots=True)
 class AcceptRows:
     """The rows one accepted request adds, encoded before its transaction starts (a request
-    that cannot be encoded fails alone, before it can break a batch)."""
+    that cannot be encoded fails alone, before it can break a batch): tuples of the values
+    WORKFLOW_ROW, MESSAGE_ROW and JOB_ROW name, in that order."""
 
     workflow: NewWorkflow
-    workflow_row: dict[str, Any]
-    message_rows: list[dict[str, Any]]
-    job_rows: list[dict[str, Any]]
+    workflow_row: tuple[Any, ...]
+    message_rows: list[tuple[Any, ...]]
+    job_rows: list[tuple[Any, ...]]
 
     @classmethod
     def of(cls, workflow: NewWorkflow) -> AcceptRows:
         """The rows of ``workflow``."""
         now = workflow.accepted_at
+        workflow_id, account_id = workflow.id, workflow.account_id
         return cls(
             workflow,
-            {
-                "id": workflow.id,
-                "account_id": workflow.account_id,
-                "application_id": workflow.application_id,
-                "surface": workflow.surface.value,
-                "created_at": now,
-            },
+            (workflow_id, account_id, workflow.application_id, workflow.surface.value, now),
             [
-                {
-                    "id": step.message_id,
-                    "workflow_id": workflow.id,
-                    "step": index,
-                    "account_id": workflow.account_id,
-                    "channel": step.channel,
-                    "recipient": step.to.decode(),
-                    "sender": step.from_.decode(),
-                    "body": step.body.decode(),
-                    "client_ref": step.client_ref,
-                    "expiry_time": step.expiry_time,
-                    "condition_status": step.condition_status,
-                    "state": (StepState.ACTIVE if index == 0 else StepState.WAITING).value,
-                    "started_at": now if index == 0 else None,
-                    "created_at": now,
-                    "webhook_url": step.webhook_url,
-                    "webhook_version": step.webhook_version,
-                }
+                (
+                    step.message_id,
+                    workflow_id,
+                    index,
+                    account_id,
+                    step.channel,
+                    step.to.decode(),
+                    step.from_.decode(),
+                    step.body.decode(),
+                    step.client_ref,
+                    step.expiry_time,
+                    step.condition_status,
+                    _ACTIVE if index == 0 else _WAITING,
+                    now if index == 0 else None,
+                    now,
+                    step.webhook_url,
+                    step.webhook_version,
+                )
                 for index, step in enumerate(workflow.steps)
             ],
-            [
-                {"kind": job.kind, "ref": job.ref, "run_at": job.run_at, "created_at": now}
-                for job in workflow.jobs
-            ],
+            [(job.kind, job.ref, job.run_at, now) for job in workflow.jobs],
         )
 
 
@@ -262,11 +293,15 @@ def accept_plan(batch: Sequence[AcceptRows], idempotency_ttl: float) -> Plan[lis
                 outcomes[index] = Accepted(created=False, response=known[name][1])
     fresh = [request for request, outcome in zip(batch, outcomes, strict=True) if outcome is None]
     if fresh:
-        yield each("insert_workflow", [request.workflow_row for request in fresh])
-        yield each("insert_message", [row for request in fresh for row in request.message_rows])
+        yield each_row("insert_workflow", WORKFLOW_ROW, [request.workflow_row for request in fresh])
+        yield each_row(
+            "insert_message",
+            MESSAGE_ROW,
+            [row for request in fresh for row in request.message_rows],
+        )
         jobs = [row for request in fresh for row in request.job_rows]
         if jobs:
-            yield each("insert_job", jobs)
+            yield each_row("insert_job", JOB_ROW, jobs)
             yield Signal.JOBS_QUEUED
     created = Accepted(created=True)
     return [created if outcome is None else outcome for outcome in outcomes]
@@ -330,19 +365,37 @@ def transition_plan(
     return changes, webhooks
 
 
+_at = attrgetter("at")
+#: a message change's fields read by one getter, named as change_message's parameters (its
+#: message_id is the row's id); one that sets none has every value but the id None
+_CHANGE_FIELDS = tuple(field.name for field in fields(MessageChange))
+_change_values = attrgetter(*_CHANGE_FIELDS)
+_CHANGE_PARAMS = tuple("id" if name == "message_id" else name for name in _CHANGE_FIELDS)
+_CHANGE_UNSET = len(_CHANGE_FIELDS) - 1
+_PROVIDER = _CHANGE_FIELDS.index("provider")
+_PROVIDER_MESSAGE_ID = _CHANGE_FIELDS.index("provider_message_id")
+
+
 def _persist(workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]) -> Plan[None]:
     """Store what a transition decided (inside its transaction); a statement runs only when it
     has rows (a transition often has no jobs to cancel)."""
-    now = max((event.at for event in changes.events), default=None)
+    now = max(map(_at, changes.events), default=None)
     updates = []
+    statuses = []  # changes that set no provider id: a statement that leaves their indexes be
     for message_change in changes.messages.values():
-        update = rows.columns(message_change)  # None keeps the stored value
-        update["id"] = update.pop("message_id")
-        if now is not None or any(v is not None for k, v in update.items() if k != "id"):
-            update["updated_at"] = now
+        values = _change_values(message_change)  # None keeps the stored value
+        if now is None and values.count(None) == _CHANGE_UNSET:
+            continue  # it sets nothing, and no event moves updated_at
+        update = dict(zip(_CHANGE_PARAMS, values))  # noqa: B905 (one value per field)
+        update["updated_at"] = now
+        if values[_PROVIDER] is None and values[_PROVIDER_MESSAGE_ID] is None:
+            statuses.append(update)
+        else:
             updates.append(update)
     if updates:
         yield each("change_message", updates)
+    if statuses:
+        yield each("change_message_status", statuses)
     if changes.workflow_state is not None:
         yield change(
             "finish_workflow",

@@ -28,7 +28,7 @@ from cascade.channels.receipts import (
 )
 from cascade.channels.smpp.config import SmppConnectionSettings
 from cascade.channels.smpp.framing import ESME_ROK, ESME_RX_T_APPN
-from cascade.channels.smpp.metrics import DELIVERIES
+from cascade.channels.smpp.metrics import deliveries
 from cascade.channels.smpp.reassembly import InboundParts, PartsKey, sar_concat
 from cascade.clock import Clock
 
@@ -57,7 +57,7 @@ class DeliverSmHandler:
         try:
             pdu = decode_deliver_sm(body)
         except MalformedPdu as exc:
-            DELIVERIES.labels(self.name, "unknown", "malformed").inc()
+            deliveries(self.name, "unknown", "malformed").inc()
             log.warning(
                 "smpp deliver_sm malformed", connection=self.name, error=str(exc), body=body.hex()
             )
@@ -77,7 +77,7 @@ class DeliverSmHandler:
                 receipt_id_format=self.settings.receipt_id_format,
             )
         except MalformedReceipt as exc:
-            DELIVERIES.labels(self.name, "receipt", "malformed").inc()
+            deliveries(self.name, "receipt", "malformed").inc()
             log.warning(
                 "smpp receipt malformed",
                 connection=self.name,
@@ -95,7 +95,7 @@ class DeliverSmHandler:
             )
         outcome = outcome_of(parsed)
         if outcome is None:
-            DELIVERIES.labels(self.name, "receipt", "no_change").inc()
+            deliveries(self.name, "receipt", "no_change").inc()
             return ESME_ROK
         receipt = Receipt(
             provider=self.settings.id_space,
@@ -112,7 +112,7 @@ class DeliverSmHandler:
         """An MO message: reassemble when concatenated, decode, store."""
         now = time.monotonic()
         for expired in self._parts.expire(now):
-            DELIVERIES.labels(self.name, "inbound", "expired").inc()
+            deliveries(self.name, "inbound", "expired").inc()
             log.warning("smpp inbound parts expired", connection=self.name, key=expired)
         try:
             if pdu.udhi:
@@ -122,7 +122,7 @@ class DeliverSmHandler:
             if concat is not None and not 1 <= concat.seq <= concat.total:
                 raise ValueError(f"part {concat.seq} of {concat.total}")
         except ValueError as exc:
-            DELIVERIES.labels(self.name, "inbound", "malformed").inc()
+            deliveries(self.name, "inbound", "malformed").inc()
             log.warning(
                 "smpp inbound message malformed",
                 connection=self.name,
@@ -136,7 +136,7 @@ class DeliverSmHandler:
             key = (pdu.source_addr, pdu.destination_addr, concat.ref, concat.total)
             complete = self._parts.add(key, concat.seq, body, now)
             if complete is None:
-                DELIVERIES.labels(self.name, "inbound", "part").inc()
+                deliveries(self.name, "inbound", "part").inc()
                 return ESME_ROK
             bodies = complete
         message = InboundMessage(
@@ -164,7 +164,7 @@ class DeliverSmHandler:
         try:
             await stored
         except Exception:
-            DELIVERIES.labels(self.name, kind, "sink_error").inc()
+            deliveries(self.name, kind, "sink_error").inc()
             log.exception(
                 "smpp sink failed; answering ESME_RX_T_APPN so the SMSC resends",
                 connection=self.name,
@@ -172,5 +172,5 @@ class DeliverSmHandler:
                 subject=subject,
             )
             return ESME_RX_T_APPN
-        DELIVERIES.labels(self.name, kind, "stored").inc()
+        deliveries(self.name, kind, "stored").inc()
         return ESME_ROK

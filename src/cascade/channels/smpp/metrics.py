@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+from cascade.metrics import Children
+
 SUBMITS = Counter(
     "cascade_smpp_submits",
     "submit_sm PDUs by connection and result (accepted, throttled, rejected, unconfirmed)",
@@ -24,3 +26,6 @@ BINDS = Counter(
     "Bind attempts and lost sessions by connection and result (bound, failed, lost)",
     ["connection", "result"],
 )
+#: the children of the two counted once per message, found once (cascade.metrics)
+submits = Children(SUBMITS)
+deliveries = Children(DELIVERIES)

@@ -53,7 +53,7 @@ from cascade.channels.smpp.framing import (
     status_name,
 )
 from cascade.channels.smpp.link import Link, LinkClosed
-from cascade.channels.smpp.metrics import BINDS, SUBMITS
+from cascade.channels.smpp.metrics import BINDS, submits
 from cascade.clock import Clock
 from cascade.errors import ChannelRejected, ChannelUnavailable
 
@@ -357,7 +357,7 @@ class SmppConnection:
             status = answer.status
             if answer.command_id == SmppCommand.SUBMIT_SM_RESP and status == 0:
                 self._flow.accepted(written_at)
-                SUBMITS.labels(self.name, "accepted").inc()
+                submits(self.name, "accepted").inc()
                 message_id = normalise_message_id(
                     cstring(answer.body), self.settings.submit_id_format
                 )
@@ -365,7 +365,7 @@ class SmppConnection:
                     log.warning("smpp submit accepted without an id", connection=self.name)
                 return message_id
             if status in THROTTLE_STATUSES:
-                SUBMITS.labels(self.name, "throttled").inc()
+                submits(self.name, "throttled").inc()
                 remaining = self._flow.throttled(written_at)
                 retries += 1
                 if accepted == 0 or retries > PART_RETRIES:
@@ -375,7 +375,7 @@ class SmppConnection:
                         code=CODE_THROTTLED,
                     )
                 continue
-            SUBMITS.labels(self.name, "rejected").inc()
+            submits(self.name, "rejected").inc()
             reason = f"SMSC {self.name} refused the {label}: {status_name(status)}"
             if accepted:
                 reason += f" ({accepted} earlier part(s) were accepted)"
@@ -404,7 +404,7 @@ class SmppConnection:
                 await link.flush()
                 return await future
         except TimeoutError as exc:
-            SUBMITS.labels(self.name, "unconfirmed").inc()
+            submits(self.name, "unconfirmed").inc()
             raise SmppSubmitUnconfirmed(
                 f"SMSC {self.name} did not answer the {label} within "
                 f"{self.settings.response_timeout}s; it may have been accepted",
@@ -412,7 +412,7 @@ class SmppConnection:
                 code=CODE_COMMUNICATION_FAILED,
             ) from exc
         except (LinkClosed, OSError) as exc:
-            SUBMITS.labels(self.name, "unconfirmed").inc()
+            submits(self.name, "unconfirmed").inc()
             raise SmppSubmitUnconfirmed(
                 f"connection to SMSC {self.name} was lost after the {label} was written "
                 f"({exc}); it may have been accepted",

@@ -666,6 +666,19 @@ ON CONFLICT (name) DO UPDATE SET
 -- name: smpp_binds
 SELECT name, bound, last_error, changed_at FROM smpp_binds ORDER BY name
 
+-- name: change_message_status
+-- change_message for a change that sets no provider id (most: a receipt's status, a step's
+-- state): the provider columns are left out of the SET list, so the indexes over them (and
+-- their expressions) are not written again
+UPDATE messages SET
+    state = coalesce(:state, state), status = coalesce(:status, status),
+    error_code = coalesce(:error_code, error_code),
+    error_reason = coalesce(:error_reason, error_reason),
+    price = coalesce(:price, price), currency = coalesce(:currency, currency),
+    started_at = coalesce(:started_at, started_at), segments = coalesce(:segments, segments),
+    updated_at = coalesce(:updated_at, updated_at)
+WHERE id = :id
+
 -- name: renew_smpp_node
 -- a node holding an SMPP connection says it is alive until :expires_at
 INSERT INTO smpp_nodes (connection, node, expires_at)
