@@ -319,8 +319,9 @@ def table_memory(records: dict[str, Any]) -> list[str]:
     return [
         *lines,
         "",
-        f"{_command(rec)}; {r['pending_workflows']:,} pending workflows; "
-        f"target < 50 MB growth: {'met' if r['target_met'] else 'MISSED'}.",
+        f"{_command(rec)}; {r['pending_workflows']:,} pending workflows; SQLite page cache "
+        f"{r.get('cache_mb', 64)} MiB a connection; target < 50 MB growth: "
+        f"{'met' if r['target_met'] else 'MISSED'}.",
     ]
 
 

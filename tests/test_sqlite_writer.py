@@ -9,12 +9,15 @@ import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from cascade.config import Settings
 from cascade.domain.failover import Changes
 from cascade.domain.records import Event, NewJob, WorkflowRecord
 from cascade.errors import StoreUnavailable
+from cascade.service import open_store
 from cascade.store.base import Decision, WorkflowKey
 from cascade.store.sqlite import SqliteStore
 from tests.contract.factories import T0, tenant, workflow
@@ -150,3 +153,21 @@ def test_none_and_bools_bind_as_null_and_integers() -> None:
     finally:
         conn.close()
     assert found == ("null", None, "integer", 1, 0, "kept")
+
+
+async def test_the_page_cache_of_both_connections_follows_the_setting(tmp_path: Path) -> None:
+    """CASCADE_SQLITE_CACHE_MB sizes the page cache of the reader and the writer alike."""
+    settings = Settings(sqlite_cache_mb=8)
+    store = open_store(f"sqlite:///{tmp_path / 'cache.db'}", settings)
+    assert isinstance(store, SqliteStore)
+    await store.open()
+    try:
+        reader = store._reader
+        assert reader is not None
+        assert reader.execute("PRAGMA cache_size").fetchone() == (-8 * 1024,)
+        sizes = await store._writer.submit(
+            lambda conn: conn.execute("PRAGMA cache_size").fetchone()
+        )
+        assert sizes == (-8 * 1024,)
+    finally:
+        await store.close()

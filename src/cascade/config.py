@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         description="FULL survives power loss; NORMAL survives a killed process but may lose "
         "the last commits on power loss",
     )
+    sqlite_cache_mb: int = Field(
+        64,
+        ge=1,
+        le=65_536,
+        description="SQLite page cache per connection, in MiB (each process holds two: the "
+        "writer's and the reader's); it fills as the database grows and is not given back",
+    )
     postgres_pool_size: int = Field(16, ge=1, le=200, description="PostgreSQL connections")
     postgres_command_timeout: float = Field(
         30.0,

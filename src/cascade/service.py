@@ -57,7 +57,10 @@ def _store_of(url: str, settings: Settings) -> Store:
         if not path or path == ":memory:":
             raise ConfigError("a SQLite URL needs a file: sqlite:///path/to/cascade.db")
         return SqliteStore(
-            path, synchronous=settings.sqlite_synchronous, sealer=channel_sealer(settings)
+            path,
+            synchronous=settings.sqlite_synchronous,
+            cache_mb=settings.sqlite_cache_mb,
+            sealer=channel_sealer(settings),
         )
     if url.startswith(("postgresql:", "postgres:")):
         from cascade.store.postgres import PostgresStore

@@ -56,7 +56,13 @@ T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
 
 
-def _connect(path: str) -> sqlite3.Connection:
+#: the page cache of each connection, in MiB, unless the settings say otherwise
+CACHE_MB = 64
+
+
+def _connect(path: str, cache_mb: int = CACHE_MB) -> sqlite3.Connection:
+    """A connection in WAL mode whose page cache may grow to ``cache_mb`` MiB: the cache fills
+    as the database grows (it holds the indexes' hot pages) and never shrinks."""
     try:
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=512
@@ -66,7 +72,7 @@ def _connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute(f"PRAGMA cache_size={-cache_mb * 1024}")  # negative: in KiB, not pages
     return conn
 
 
@@ -124,9 +130,10 @@ class _GroupCommitWriter:
     LOCK_RETRY_FIRST = 0.00025
     LOCK_RETRY_MAX = 0.004
 
-    def __init__(self, path: str, synchronous: str) -> None:
+    def __init__(self, path: str, synchronous: str, cache_mb: int = CACHE_MB) -> None:
         self._path = path
         self._synchronous = synchronous
+        self._cache_mb = cache_mb
         self._pending: list[tuple[WriteFn, asyncio.Future[Any]]] = []
         self._scheduled = False
         self._busy = False  # a transaction is open or committing
@@ -145,7 +152,7 @@ class _GroupCommitWriter:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._conn = _connect(self._path)
+        self._conn = _connect(self._path, self._cache_mb)
         self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
         self._conn.execute("PRAGMA busy_timeout=0")
 
@@ -585,11 +592,17 @@ class SqliteStore(SqlStore):
     dialect = "sqlite"
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", sealer: Sealer | None = None
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        cache_mb: int = CACHE_MB,
+        sealer: Sealer | None = None,
     ) -> None:
         self.path = str(path)
         self.sealer = sealer
-        self._writer = _GroupCommitWriter(self.path, synchronous)
+        self._cache_mb = cache_mb
+        self._writer = _GroupCommitWriter(self.path, synchronous, cache_mb)
         self._reader: sqlite3.Connection | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -598,7 +611,7 @@ class SqliteStore(SqlStore):
         if migrate:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.migrate()
-        self._reader = _connect(self.path)
+        self._reader = _connect(self.path, self._cache_mb)
         self._writer.start(asyncio.get_running_loop())
 
     def migrate(self) -> list[str]:
