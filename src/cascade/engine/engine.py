@@ -885,7 +885,9 @@ class Engine:
             now = self.clock.now()
             due = [(key, wait) for key, (at, wait) in kept.items() if at <= now]
             if not due:
-                await self.clock.sleep(min(at for at, _ in kept.values()) - now)
+                # no longer than the first wait: one kept meanwhile is looked for on time
+                soonest = min(at for at, _ in kept.values())
+                await self.clock.sleep(min(soonest - now, self.settings.kept_recheck_first))
                 continue
             for key, wait in due:
                 if wait * 2 >= self.settings.kept_recheck_for:
