@@ -37,8 +37,8 @@ types: $(READY)
 
 check: lint types
 
-bench: $(READY)  ## the accept benchmark (see BENCHMARKS.md)
-	$(BIN)/python bench/accept.py
+bench: $(READY)  ## the benchmark suite, its tables in bench/results/latest.md (see BENCHMARKS.md)
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

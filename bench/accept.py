@@ -31,27 +31,25 @@ import argparse
 import asyncio
 import contextlib
 import http.client
-import importlib.util
 import json
 import math
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import harness
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -96,111 +94,6 @@ BODY: dict[str, Any] = {
 MESSAGES_PER_WORKFLOW = 2
 JOBS_PER_WORKFLOW = 2
 
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
-CLI_TIMEOUT = 60.0
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-class BenchError(RuntimeError):
-    """A run could not be carried out (a process failed to start, a check failed)."""
-
-
-# --- processes -----------------------------------------------------------------------------
-
-
-def _niced(nice: int) -> Any:
-    """A preexec_fn that changes a child's scheduling priority (None when 0)."""
-    if nice == 0:
-        return None
-
-    def apply() -> None:
-        os.nice(nice)
-
-    return apply
-
-
-class Processes:
-    """Every subprocess this benchmark started, each in its own session; all stopped at exit."""
-
-    def __init__(self, nice: int = 0) -> None:
-        self._running: list[subprocess.Popen[bytes]] = []
-        self.nice = nice
-
-    def start(self, argv: Sequence[str], *, env: dict[str, str], cwd: Path, log: Path) -> Any:
-        """Start ``argv`` with stdout and stderr to ``log``."""
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                list(argv),
-                env=env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_niced(self.nice),
-            )
-        self._running.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        """Signal ``proc``'s process group, wait, and SIGKILL it if it outlives the timeout."""
-        if proc in self._running:
-            self._running.remove(proc)
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(STOP_TIMEOUT)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # anything the process left in its group
-
-    def stop_all(self) -> None:
-        """Stop whatever is still running (the ``finally`` of the whole benchmark)."""
-        for proc in list(self._running):
-            self.stop(proc)
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally, which stops the processes
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Poll ``GET /health`` until it answers 200; fail if the process exits or time runs out."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"the server exited with {proc.returncode}:\n{_tail(log)}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    return
-            finally:
-                conn.close()
-        time.sleep(0.1)
-    raise BenchError(f"the server did not answer /health in {STARTUP_TIMEOUT:.0f} s:\n{_tail(log)}")
-
 
 def post_once(port: int, body: bytes, token: str) -> tuple[int, bytes]:
     """One POST of the benchmark's request, to check the set-up before loading it."""
@@ -216,60 +109,6 @@ def post_once(port: int, body: bytes, token: str) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-# --- CPU accounting ------------------------------------------------------------------------
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far, with its child
-    processes' (``cascade serve`` on several processes), the running and the ended ones."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    ticks = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    own = ticks / _TICK
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in task.read_text().split():
-            own += process_cpu(int(child))
-    return own
-
-
-def main_thread_cpu(pid: int) -> float:
-    """CPU seconds of a process's main thread (for a server: the event loop)."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def machine_busy() -> float:
-    """CPU seconds all cores have spent busy (not idle or waiting for I/O) since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    values += [0] * 8
-    idle_or_waiting = values[3] + values[4]  # user nice system idle iowait irq softirq steal
-    return (sum(values[:8]) - idle_or_waiting) / _TICK
-
-
-def wait_for_quiet(limit: float, threshold: float = 0.3) -> float:
-    """Wait up to ``limit`` seconds for the machine to be nearly idle (under ``threshold``
-    cores busy over one second), between runs, when nothing of ours runs; the busy cores
-    seen last."""
-    deadline = time.monotonic() + limit
-    while True:
-        busy0, wall0 = machine_busy(), time.monotonic()
-        time.sleep(1.0)
-        busy = (machine_busy() - busy0) / (time.monotonic() - wall0)
-        if busy < threshold or time.monotonic() >= deadline:
-            return busy
-        time.sleep(2.0)
-
-
-def children_cpu() -> float:
-    """CPU seconds of every child process waited for so far."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- load generators -----------------------------------------------------------------------
@@ -301,7 +140,9 @@ def pick_generator(choice: str, connections: int, threads: int) -> Generator:
     """wrk if asked for or found, else the Python generator."""
     wrk = shutil.which("wrk")
     if choice == "wrk" and wrk is None:
-        raise BenchError("wrk is not installed: apt-get install -y wrk (or --generator python)")
+        raise harness.BenchError(
+            "wrk is not installed: apt-get install -y wrk (or --generator python)"
+        )
     if choice != "python" and wrk is not None:
         out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
         first = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else ""
@@ -318,7 +159,7 @@ def pick_generator(choice: str, connections: int, threads: int) -> Generator:
 
 
 def drive(
-    procs: Processes,
+    procs: harness.Processes,
     gen: Generator,
     port: int,
     seconds: float,
@@ -365,7 +206,7 @@ def drive(
             f"--out={out}",
             f"--ids={ids}",
         ]
-    before = children_cpu()
+    before = harness.children_cpu()
     log = workdir / f"{tag}.log"
     with log.open("wb") as sink:
         try:
@@ -377,36 +218,20 @@ def drive(
                 stderr=subprocess.STDOUT,
                 timeout=seconds + 60,
                 check=False,
-                preexec_fn=_niced(procs.nice),
+                preexec_fn=harness._niced(procs.nice),
             )
         except subprocess.TimeoutExpired as exc:  # run() has killed it
-            raise BenchError(f"the load generator hung:\n{_tail(log)}") from exc
+            raise harness.BenchError(f"the load generator hung:\n{harness.tail(log)}") from exc
     if done.returncode != 0 or not out.exists():
-        raise BenchError(f"the load generator failed ({done.returncode}):\n{_tail(log)}")
+        raise harness.BenchError(
+            f"the load generator failed ({done.returncode}):\n{harness.tail(log)}"
+        )
     summary: dict[str, Any] = json.loads(out.read_text())
     received = [line for line in ids.read_text().splitlines() if line]
-    return summary, received, children_cpu() - before
+    return summary, received, harness.children_cpu() - before
 
 
 # --- databases -----------------------------------------------------------------------------
-
-
-def _postgres_admin(url: str, statement: str) -> None:
-    import asyncpg
-
-    async def run() -> None:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-def _with_dbname(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{name}"
 
 
 @dataclass
@@ -488,6 +313,10 @@ class Config:
     name: str
     database: str  # "trivial", "sqlite" or "postgres"
     synchronous: str = "FULL"
+    #: the engine runs in cascade serve too (as the README starts it), not the accept path alone
+    engine: bool = False
+    #: finished workflows stored before the run (SQLite; ``--preload``)
+    preload: int = 0
 
 
 @dataclass
@@ -503,8 +332,6 @@ class Options:
     wait_idle: float = 0.0
     #: settings given to `cascade serve` over the benchmark's own (``--server-env``)
     server_env: dict[str, str] = field(default_factory=dict)
-    #: finished workflows stored before the run (SQLite; ``--preload``)
-    preload: int = 0
 
 
 def preload_sqlite(db_path: Path, count: int, chunk: int = 500_000) -> None:
@@ -569,40 +396,10 @@ def preload_sqlite(db_path: Path, count: int, chunk: int = 500_000) -> None:
     conn.close()
 
 
-def _cascade_argv() -> list[str]:
-    script = Path(sys.executable).parent / "cascade"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from cascade.cli import main; main()"]
-
-
-def _clean_env() -> dict[str, str]:
-    """This environment without CASCADE_* settings, and ``cascade serve`` in one process (the
-    CPU figures read one process; a benchmark of several processes sets its own count)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-    env["CASCADE_PROCESSES"] = "1"
-    return env
-
-
-def _cli(argv: list[str], env: dict[str, str], cwd: Path) -> str:
-    done = subprocess.run(
-        _cascade_argv() + argv,
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"cascade {' '.join(argv[:2])} failed:\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
 def _tokens(workdir: Path, env: dict[str, str], app_id: str, key: Path, count: int) -> Path:
     """A file of ``count`` valid tokens: the first from ``cascade jwt generate``."""
     claims = [f"application_id={app_id}", "exp=7200"]
-    first = _cli(["jwt", "generate", str(key), *claims], env, workdir)
+    first = harness.cli(["jwt", "generate", str(key), *claims], env, workdir)
     tokens = [first.strip()]
     if count > 1:
         from cascade.cli import make_jwt
@@ -618,138 +415,164 @@ def _tokens(workdir: Path, env: dict[str, str], app_id: str, key: Path, count: i
     return path
 
 
+def trivial_argv(port: int) -> list[str]:
+    """The ceiling: the raw ASGI app on uvicorn with cascade serve's server stack."""
+    return [
+        sys.executable, "-m", "uvicorn", "trivial_app:app", "--app-dir", str(BENCH_DIR),
+        "--host", "127.0.0.1", f"--port={port}", "--loop=uvloop", "--http=httptools",
+        "--no-access-log", "--log-level=warning",
+    ]  # fmt: skip
+
+
+@dataclass
+class Target:
+    """What one run loads: its command, settings, tokens and where its rows go."""
+
+    argv: list[str]
+    env: dict[str, str]
+    tokens_file: Path
+    #: the SQLite file or the PostgreSQL URL the durability check reads (None: the ceiling)
+    database: Path | str | None
+
+
+def prepare(
+    config: Config, opts: Options, workdir: Path, port: int, postgres_url: str | None
+) -> Target:
+    """The command, environment and tokens of ``config``, its database made and its account
+    created."""
+    env = harness.clean_env()
+    tokens_file = workdir / "tokens.txt"
+    if config.database == "trivial":
+        tokens_file.write_text("not-checked\n")
+        return Target(trivial_argv(port), env, tokens_file, None)
+    database: Path | str
+    if config.database == "sqlite":
+        database = workdir / "cascade.db"
+        url = f"sqlite:///{database}"
+        env["CASCADE_SQLITE_SYNCHRONOUS"] = config.synchronous
+    else:
+        assert postgres_url is not None
+        database = url = postgres_url
+    # the accept path alone unless the configuration runs the engine beside it
+    env.update(
+        CASCADE_DATABASE_URL=url,
+        CASCADE_LOG_LEVEL="warning",
+        CASCADE_RUN_WORKER="true" if config.engine else "false",
+    )
+    env.update(opts.server_env)
+    key = workdir / "bench.key"
+    created = harness.cli(["app", "create", "bench", "--private-key-file", str(key)], env, workdir)
+    match = re.search(r"application_id:\s*(\S+)", created)
+    if match is None:
+        raise harness.BenchError(f"no application_id in:\n{created}")
+    _tokens(workdir, env, match.group(1), key, max(1, opts.tokens))
+    if config.preload and isinstance(database, Path):
+        preload_sqlite(database, config.preload)
+    argv = [*harness.cascade_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return Target(argv, env, tokens_file, database)
+
+
 def run_once(
-    config: Config, rnd: int, gen: Generator, opts: Options, procs: Processes
+    config: Config, rnd: int, gen: Generator, opts: Options, procs: harness.Processes
 ) -> RunResult:
     """Set up ``config`` from nothing, measure it, check durability, tear it down."""
     workdir = Path(tempfile.mkdtemp(prefix=f"cascade-bench-{config.database}-"))
-    body_file = workdir / "body.json"
-    body = json.dumps(BODY, separators=(",", ":")).encode()
-    body_file.write_bytes(body)
-    port = free_port()
-    env = _clean_env()
-    pg_admin = opts.postgres_url
-    pg_name = ""
-    db_path = workdir / "cascade.db"
-    server = None
     try:
-        if config.database == "trivial":
-            tokens_file = workdir / "tokens.txt"
-            tokens_file.write_text("not-checked\n")
-            argv = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "trivial_app:app",
-                "--app-dir",
-                str(BENCH_DIR),
-                "--host",
-                "127.0.0.1",
-                f"--port={port}",
-                "--loop=uvloop",
-                "--http=httptools",
-                "--no-access-log",
-                "--log-level=warning",
-            ]
-        else:
-            if config.database == "sqlite":
-                url = f"sqlite:///{db_path}"
-                env["CASCADE_SQLITE_SYNCHRONOUS"] = config.synchronous
-            else:
-                pg_name = f"cascade_bench_{uuid.uuid4().hex[:12]}"
-                _postgres_admin(pg_admin, f'CREATE DATABASE "{pg_name}"')
-                url = _with_dbname(pg_admin, pg_name)
-            # the accept path alone: no engine consuming the jobs while we count them
-            env.update(
-                CASCADE_DATABASE_URL=url, CASCADE_LOG_LEVEL="warning", CASCADE_RUN_WORKER="false"
-            )
-            env.update(opts.server_env)
-            created = _cli(
-                ["app", "create", "bench", "--private-key-file", str(workdir / "bench.key")],
-                env,
-                workdir,
-            )
-            match = re.search(r"application_id:\s*(\S+)", created)
-            if match is None:
-                raise BenchError(f"no application_id in:\n{created}")
-            tokens_file = _tokens(
-                workdir, env, match.group(1), workdir / "bench.key", max(1, opts.tokens)
-            )
-            if opts.preload and config.database == "sqlite":
-                preload_sqlite(db_path, opts.preload)
-            argv = [*_cascade_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-        log = workdir / "server.log"
-        server = procs.start(argv, env=env, cwd=workdir, log=log)
-        wait_healthy(port, server, log)
-        received: list[str] = []
-        if config.database != "trivial":
-            token = tokens_file.read_text().split("\n", 1)[0]
-            status, answer = post_once(port, body, token)
-            if status != 202:
-                raise BenchError(f"the check POST got {status}: {answer.decode(errors='replace')}")
-            received.append(json.loads(answer)["dispatch_uuid"])
-        lost_in_flight = False
-        if opts.warmup > 0:
-            warm, warm_ids, _ = drive(
-                procs, gen, port, opts.warmup, workdir, "warmup", body_file, tokens_file
-            )
-            received += warm_ids
-            lost_in_flight |= not warm["drained"]
-        load_before = os.getloadavg()[0]
-        cpu0, busy0, wall0 = process_cpu(server.pid), machine_busy(), time.monotonic()
-        loop0 = main_thread_cpu(server.pid)
-        summary, ids, gen_cpu = drive(
-            procs, gen, port, opts.duration, workdir, "measure", body_file, tokens_file
-        )
-        cpu1, busy1, wall1 = process_cpu(server.pid), machine_busy(), time.monotonic()
-        loop1 = main_thread_cpu(server.pid)
-        received += ids
-        lost_in_flight |= not summary["drained"]
-        durability: dict[str, Any] = {}
-        if config.database != "trivial":
-            procs.stop(server, signal.SIGKILL)  # a crash, not a shutdown: nothing flushed
-            counts = (
-                count_sqlite(db_path)
-                if config.database == "sqlite"
-                else count_postgres(_with_dbname(pg_admin, pg_name))
-            )
-            durability = verify(received, counts, lost_in_flight)
-        statuses = {int(k): v for k, v in summary["statuses"].items()}
-        answered = max(1, summary["answered"])
-        server_cpu = cpu1 - cpu0
-        elapsed = wall1 - wall0
-        latency = summary["latency_us"]
-        return RunResult(
-            config=config.name,
-            round=rnd,
-            requests_per_s=summary["in_window"] / summary["window_s"],
-            p50_ms=latency["p50"] / 1000,
-            p90_ms=latency["p90"] / 1000,
-            p99_ms=latency["p99"] / 1000,
-            non_2xx=sum(v for k, v in statuses.items() if not 200 <= k < 300),
-            accepted=statuses.get(202, 0),
-            server_cpu_us_per_req=server_cpu / answered * 1e6,
-            loop_cpu_us_per_req=(loop1 - loop0) / answered * 1e6,
-            generator_cpu_cores=gen_cpu / elapsed,
-            other_cpu_cores=max(0.0, (busy1 - busy0) - server_cpu - gen_cpu) / elapsed,
-            load_average_1m=load_before,
-            socket_errors=sum(summary["socket_errors"].values()),
-            durability=durability,
-        )
+        with contextlib.ExitStack() as stack:
+            postgres_url = None
+            if config.database == "postgres":
+                postgres_url = stack.enter_context(harness.postgres_database(opts.postgres_url))
+            port = harness.free_port()
+            target = prepare(config, opts, workdir, port, postgres_url)
+            log = workdir / "server.log"
+            server = procs.start(target.argv, env=target.env, cwd=workdir, log=log)
+            stack.callback(procs.stop, server)
+            harness.wait_healthy(port, server, log)
+            return measure(config, rnd, gen, opts, procs, server, port, target, workdir)
     finally:
-        if server is not None:
-            procs.stop(server)
-        if pg_name:
-            with contextlib.suppress(Exception):
-                _postgres_admin(pg_admin, f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
         if opts.keep:
             print(f"  kept {workdir}", flush=True)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def verify(received: list[str], counts: Counts, lost_in_flight: bool) -> dict[str, Any]:
-    """Compare the 202s received with the rows stored; raise if a 202 was not durable."""
+def measure(
+    config: Config,
+    rnd: int,
+    gen: Generator,
+    opts: Options,
+    procs: harness.Processes,
+    server: Any,
+    port: int,
+    target: Target,
+    workdir: Path,
+) -> RunResult:
+    """Check one POST, warm up, load for the window, then (Cascade) kill the server and check
+    that every 202 is durable."""
+    body_file = workdir / "body.json"
+    body = json.dumps(BODY, separators=(",", ":")).encode()
+    body_file.write_bytes(body)
+    received: list[str] = []
+    if target.database is not None:
+        token = target.tokens_file.read_text().split("\n", 1)[0]
+        status, answer = post_once(port, body, token)
+        if status != 202:
+            raise harness.BenchError(
+                f"the check POST got {status}: {answer.decode('utf-8', 'replace')}"
+            )
+        received.append(json.loads(answer)["dispatch_uuid"])
+    lost_in_flight = False
+    if opts.warmup > 0:
+        warm, warm_ids, _ = drive(
+            procs, gen, port, opts.warmup, workdir, "warmup", body_file, target.tokens_file
+        )
+        received += warm_ids
+        lost_in_flight |= not warm["drained"]
+    load_before = os.getloadavg()[0]
+    usage = harness.Usage({"server": server.pid}, loops=["server"])
+    summary, ids, gen_cpu = drive(
+        procs, gen, port, opts.duration, workdir, "measure", body_file, target.tokens_file
+    )
+    measured = usage.stop(own="benchmark")
+    received += ids
+    lost_in_flight |= not summary["drained"]
+    durability: dict[str, Any] = {}
+    if target.database is not None:
+        procs.stop(server, signal.SIGKILL)  # a crash, not a shutdown: nothing flushed
+        counts = (
+            count_sqlite(target.database)
+            if isinstance(target.database, Path)
+            else count_postgres(target.database)
+        )
+        durability = verify(received, counts, lost_in_flight, jobs_consumed=config.engine)
+    statuses = {int(k): v for k, v in summary["statuses"].items()}
+    answered = max(1, summary["answered"])
+    cpu, elapsed = measured["cpu_s"], measured["wall_s"]
+    latency = summary["latency_us"]
+    return RunResult(
+        config=config.name,
+        round=rnd,
+        requests_per_s=summary["in_window"] / summary["window_s"],
+        p50_ms=latency["p50"] / 1000,
+        p90_ms=latency["p90"] / 1000,
+        p99_ms=latency["p99"] / 1000,
+        non_2xx=sum(v for k, v in statuses.items() if not 200 <= k < 300),
+        accepted=statuses.get(202, 0),
+        server_cpu_us_per_req=cpu["server"] / answered * 1e6,
+        loop_cpu_us_per_req=cpu["server: event loop thread"] / answered * 1e6,
+        generator_cpu_cores=gen_cpu / elapsed,
+        other_cpu_cores=max(0.0, measured["other_load_cores"] - gen_cpu / elapsed),
+        load_average_1m=load_before,
+        socket_errors=sum(summary["socket_errors"].values()),
+        durability=durability,
+    )
+
+
+def verify(
+    received: list[str], counts: Counts, lost_in_flight: bool, jobs_consumed: bool = False
+) -> dict[str, Any]:
+    """Compare the 202s received with the rows stored; raise if a 202 was not durable
+    (``jobs_consumed``: an engine ran, so the jobs are not all still there to count)."""
     missing = [i for i in received if i not in counts.ids]
     result = {
         "received_202": len(received),
@@ -772,10 +595,10 @@ def verify(received: list[str], counts: Counts, lost_in_flight: bool) -> dict[st
         problems.append(f"{counts.workflows} workflows stored, {len(received)} 202s received")
     if counts.messages != MESSAGES_PER_WORKFLOW * counts.workflows:
         problems.append(f"{counts.messages} messages for {counts.workflows} workflows")
-    if counts.jobs != JOBS_PER_WORKFLOW * counts.workflows:
+    if counts.jobs != JOBS_PER_WORKFLOW * counts.workflows and not jobs_consumed:
         problems.append(f"{counts.jobs} jobs for {counts.workflows} workflows")
     if problems:
-        raise BenchError("durability check failed: " + "; ".join(problems))
+        raise harness.BenchError("durability check failed: " + "; ".join(problems))
     return result
 
 
@@ -881,43 +704,41 @@ def print_table(rows: list[dict[str, Any]], gen: Generator, opts: Options, round
         )
 
 
-def environment() -> dict[str, Any]:
-    """The machine and versions, for the JSON record."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    packages = {}
-    for name in ("cascade", "starlette", "uvicorn", "uvloop", "httptools", "msgspec", "PyJWT"):
-        with contextlib.suppress(PackageNotFoundError):
-            packages[name] = version(name)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "kernel": platform.release(),
-        "packages": packages,
-    }
-
-
 # --- main ----------------------------------------------------------------------------------
 
 
-def _configs(databases: list[str], synchronous: list[str]) -> list[Config]:
+def _configs(
+    databases: list[str], synchronous: list[str], engine: str, preloads: list[int]
+) -> list[Config]:
+    """The ceiling first, then Cascade on each database: accept path alone (``engine`` off or
+    both), with its engine (``engine`` on or both); on SQLite, over each ``preloads`` count of
+    stored workflows."""
     configs = [Config("trivial", "trivial")]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[engine]
     for database in databases:
-        if database == "sqlite":
-            configs += [Config(f"sqlite {mode}", "sqlite", mode) for mode in synchronous]
-        elif importlib.util.find_spec("cascade.store.postgres") is None:
-            print("note: skipping postgres: cascade.store.postgres does not exist yet", flush=True)
-        else:
-            configs.append(Config("postgres", "postgres"))
+        for with_engine in modes:
+            suffix = " + engine" if with_engine else ""
+            if database == "postgres":
+                configs.append(Config(f"postgres{suffix}", "postgres", engine=with_engine))
+                continue
+            for mode in synchronous:
+                for count in preloads:
+                    stored = f", {count:,} stored" if count else ""
+                    configs.append(
+                        Config(f"sqlite {mode}{suffix}{stored}", "sqlite", mode, with_engine, count)
+                    )
     return configs
+
+
+def _counts(value: str) -> list[int]:
+    """Comma-separated counts of workflows."""
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("counts: N or N,N,...") from exc
+    if not counts or min(counts) < 0:
+        raise argparse.ArgumentTypeError("counts: N or N,N,... (not negative)")
+    return counts
 
 
 def _csv(allowed: set[str]) -> Any:
@@ -951,6 +772,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=["FULL"],
         help="CASCADE_SQLITE_SYNCHRONOUS for the SQLite runs: FULL, NORMAL or FULL,NORMAL",
     )
+    parser.add_argument(
+        "--engine",
+        choices=["off", "on", "both"],
+        default="off",
+        help="off: the accept path alone (CASCADE_RUN_WORKER=false); on: cascade serve with its "
+        "engine, as the README starts it (jobs are consumed, so they are not counted); both",
+    )
     parser.add_argument("--runs", type=int, default=1, help="rounds (the table shows medians)")
     parser.add_argument(
         "--generator", choices=["auto", "wrk", "python"], default="auto", help="load generator"
@@ -965,40 +793,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--postgres-url",
-        default=os.environ.get("CASCADE_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        default=os.environ.get("CASCADE_BENCH_POSTGRES_URL", harness.DEFAULT_POSTGRES_URL),
         help="an admin connection on 127.0.0.1; each run creates and drops its own database",
     )
     parser.add_argument(
-        "--json",
-        nargs="?",
-        const="auto",
-        default=None,
-        metavar="PATH",
-        help="also write the results as JSON (default path: bench/results/accept-TIME.json)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep each run's data directory")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before each run, wait up to this long for the machine to be nearly idle "
-        "(on a machine shared with other work)",
-    )
-    parser.add_argument(
-        "--nice",
-        type=int,
-        default=0,
-        help="run the servers and the load generator at this nice value (e.g. -10, as root, "
-        "on a machine shared with other work); the output records it",
-    )
-    parser.add_argument(
         "--preload",
-        type=int,
-        default=0,
-        metavar="N",
+        type=_counts,
+        default=[0],
+        metavar="N[,N...]",
         help="store N finished SMS workflows (with their events and webhooks) before each "
-        "SQLite run, to see how the accept rate holds as the database grows",
+        "SQLite run, to see how the accept rate holds as the database grows; several counts "
+        "(0,1000000) are configurations of their own, measured in the same rounds",
     )
     parser.add_argument(
         "--server-env",
@@ -1009,6 +814,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "CASCADE_LOG_LEVEL=warning); repeatable, e.g. --server-env CASCADE_LOG_LEVEL=info "
         "--server-env CASCADE_ACCESS_LOG=false",
     )
+    harness.add_machine_options(parser)
     args = parser.parse_args(argv)
     for item in args.server_env:
         name, sep, _ = item.partition("=")
@@ -1025,8 +831,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every configuration ``--runs`` times, round-robin, and report."""
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    harness.install_signal_handlers()
     opts = Options(
         duration=args.duration,
         warmup=args.warmup,
@@ -1036,47 +841,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         nice=args.nice,
         wait_idle=args.wait_idle,
         server_env=dict(item.split("=", 1) for item in args.server_env),
-        preload=args.preload,
     )
-    procs = Processes(args.nice)
+    print(f"machine: {harness.describe_machine()}", flush=True)
+    procs = harness.Processes(args.nice)
     results: list[RunResult] = []
     try:
         gen = pick_generator(args.generator, args.connections, args.threads)
-        configs = _configs(args.database, args.synchronous)
+        configs = _configs(args.database, args.synchronous, args.engine, args.preload)
         print(f"load generator: {gen.describe()}", flush=True)
         for rnd in range(1, args.runs + 1):
             for config in configs:
                 if opts.wait_idle > 0:
-                    busy = wait_for_quiet(opts.wait_idle)
+                    busy = harness.wait_for_quiet(opts.wait_idle)
                     print(f"  (machine busy {busy:.2f} cores before the run)", flush=True)
                 result = run_once(config, rnd, gen, opts, procs)
                 results.append(result)
                 print_run(result)
-    except BenchError as exc:
+    except harness.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         procs.stop_all()
     rows = summarize(results, configs)
     print_table(rows, gen, opts, args.runs)
-    if args.json:
-        path = (
-            Path(args.json)
-            if args.json != "auto"
-            else RESULTS_DIR / f"accept-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-            "generator": asdict(gen) | {"description": gen.describe()},
-            "options": asdict(opts) | {"connections": args.connections},
-            "environment": environment(),
-            "summary": rows,
-            "runs": [asdict(r) for r in results],
-        }
-        record["options"].pop("postgres_url", None)
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"results written to {path}")
+    record = {
+        "generator": asdict(gen) | {"description": gen.describe()},
+        "options": asdict(opts) | {"connections": args.connections, "preload": args.preload},
+        "summary": rows,
+        "runs": [asdict(r) for r in results],
+    }
+    record["options"].pop("postgres_url", None)
+    harness.write_json("accept", record, args.json)
     return 0
 
 

@@ -45,7 +45,8 @@ class Tally:
     )
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer with a Content-Length: its status and body."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -83,7 +84,7 @@ async def _connection(
                 index += 1
                 tally.sent += 1
                 writer.write(request)
-                status, body = await asyncio.wait_for(_read_response(reader), REQUEST_TIMEOUT)
+                status, body = await asyncio.wait_for(read_response(reader), REQUEST_TIMEOUT)
                 done = time.monotonic()
                 tally.answered += 1
                 if done < deadline:

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 import enginelib as lib
+import harness
 
 TARGET_MB = 50.0
 SENT_SQL = "SELECT count(*) FROM sandbox_messages"
@@ -60,7 +61,7 @@ def snapshot(server: lib.Server, label: str, settle: float) -> dict[str, Any]:
     return point
 
 
-def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
     server = lib.Server(procs, {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}, keep=args.keep)
     points = []
     try:
@@ -69,16 +70,16 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         body = pending_body()
         warm = lib.post_many(server.port, server.token, body, args.warmup, args.connections)
         server.wait_for(
-            "the warm-up sends", lambda: server.query(SENT_SQL)[0][0] >= warm.accepted, 60
+            "the warm-up sends", lambda: server.query(SENT_SQL)[0][0] >= len(warm.accepted), 60
         )
         points.append(snapshot(server, "warm", args.settle))
         posted = lib.post_many(server.port, server.token, body, args.n, args.connections)
         print(
-            f"  accepted {posted.accepted:,} in {posted.finished - posted.started:.1f} s "
+            f"  accepted {len(posted.accepted):,} in {posted.finished - posted.started:.1f} s "
             f"({posted.rate:,.0f}/s; statuses {posted.statuses})",
             flush=True,
         )
-        total = warm.accepted + posted.accepted
+        total = len(warm.accepted) + len(posted.accepted)
         server.wait_for(
             "every first step to be sent",
             lambda: server.query(SENT_SQL)[0][0] >= total,
@@ -133,11 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before each reading")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for sends")
-    parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory")
-    lib.add_machine_options(parser)
+    harness.add_machine_options(parser)
     args = parser.parse_args(argv)
-    return lib.run_benchmark("memory", args, run, print_result)
+    return harness.run_benchmark("memory", args, run, print_result)
 
 
 if __name__ == "__main__":

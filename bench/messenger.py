@@ -7,7 +7,7 @@ Three processes besides this one, all on 127.0.0.1, all stopped in a ``finally``
   graph``): checks each send's page token and body, answers with a new ``m_...`` id, and posts
   a ``message_deliveries`` callback signed with the page's app secret (``X-Hub-Signature-256``)
   to Cascade's ``/channels/messenger``; recipients never read;
-* a webhook receiver (``bench/sms.py receive``): answers 204, notes each status webhook;
+* a webhook receiver (``bench/receiver.py``): answers 204, notes each status webhook;
 * ``cascade serve`` (engine in-process) over a fresh SQLite file: a live account with one
   linked page (``cascade channel add messenger``), ``CASCADE_GRAPH_BASE_URL`` on the fake, the
   account's status URL on the receiver.
@@ -35,17 +35,14 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import enginelib as lib
+import harness
 import httptools
-import sms
-
-accept = lib.accept
 
 PAGE = "104116062535871"
 PAGE_TOKEN = "bench-page-access-token"
@@ -71,9 +68,7 @@ async def _graph(port_file: Path, callback_url: str) -> None:
     graph.received = _Counted()  # type: ignore[assignment]  # keep counts, not 10,000 bodies
     graph.add_page(PAGE, PAGE_TOKEN, APP_SECRET)
     stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopped.set)
+    harness.exit_on_signals(stopped)
     async with graph:
         port_file.write_text(graph.url.rsplit(":", 1)[1])  # noqa: ASYNC240  (once, tiny)
         print(f"fake graph on {graph.url}", flush=True)
@@ -223,8 +218,7 @@ async def _lean_graph(port_file: Path, callback_url: str, batch: int, delay: flo
     server = await loop.create_server(lambda: _LeanGraph(graph), "127.0.0.1", 0)
     runner = asyncio.ensure_future(graph.run())
     stopped = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopped.set)
+    harness.exit_on_signals(stopped)
     port_file.write_text(str(server.sockets[0].getsockname()[1]))  # noqa: ASYNC240  (once, tiny)
     await stopped.wait()
     runner.cancel()
@@ -254,115 +248,130 @@ def _stats(log: Path) -> dict[str, Any]:
     return {}
 
 
-def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+def start_graph(
+    procs: harness.Processes, server: lib.Server, args: argparse.Namespace
+) -> tuple[Any, int]:
+    """The Graph peer, posting its callbacks to the server; it and its port."""
+    port_file = server.workdir / "graph.port"
+    log = server.workdir / "graph.log"
+    callback = f"http://127.0.0.1:{server.port}/channels/messenger"
+    graph = procs.helper(
+        Path(__file__).resolve(), "graph", "--port-file", str(port_file), "--callback", callback,
+        "--kind", args.graph, "--batch", str(args.callback_batch),
+        "--delay", str(args.callback_delay), log=log,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while not port_file.exists() or not port_file.read_text():
+        if graph.poll() is not None or time.monotonic() > deadline:
+            raise harness.BenchError(f"the fake Graph did not start:\n{harness.tail(log)}")
+        time.sleep(0.05)
+    return graph, int(port_file.read_text())
+
+
+def link_page(server: lib.Server, graph_port: int, receiver_port: int) -> None:
+    """A live account with the page linked, Graph on the peer, status webhooks to the receiver."""
     from cascade.sealing import Sealer
 
-    receiver_port = accept.free_port()
+    server.env.update(
+        CASCADE_CHANNEL_KEY=Sealer.generate_key(),
+        CASCADE_GRAPH_BASE_URL=f"http://127.0.0.1:{graph_port}",
+        CASCADE_PUBLIC_URL=f"http://127.0.0.1:{server.port}",
+    )
+    status_url = f"http://127.0.0.1:{receiver_port}/status"
+    server.cli("account", "set", "--live", "--status-url", status_url)
+    server.cli(
+        "channel", "add", "messenger", "--page-id", PAGE, "--page-access-token", PAGE_TOKEN,
+        "--app-secret", APP_SECRET, "--verify-token", "bench-verify",
+    )  # fmt: skip
+
+
+#: one recipient per message: a delivery's watermark then covers only its own message
+BODY = json.dumps(
+    {
+        "to": {"type": "messenger", "id": PSID_MARK},
+        "from": {"type": "messenger", "id": PAGE},
+        "message": {
+            "content": {"type": "text", "text": "Your parcel arrives today."},
+            "messenger": {"category": "update"},
+        },
+    }
+).encode()
+
+
+def body(index: int) -> bytes:
+    """Request ``index``'s body: to a recipient of its own."""
+    return BODY.replace(PSID_MARK.encode(), b"%016d" % index)
+
+
+def serve_children(server: lib.Server, processes: int) -> dict[str, int]:
+    """``serve --processes N``'s children by name (forked in order: the engine first), so each
+    one's CPU is reported beside the total."""
+    children = sorted(
+        int(child)
+        for task in Path(f"/proc/{server.pid}/task").glob("*/children")
+        for child in task.read_text().split()
+    )
+    names = ["engine" if processes > 1 else "child"] + ["api"] * len(children)
+    return {f"serve: {names[n]} process {pid}": pid for n, pid in enumerate(children)}
+
+
+def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
     env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)}
     if args.serve_jobs:
         env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
     server = lib.Server(procs, env, keep=args.keep)
     graph = None
-    helpers: list[Any] = []
     try:
-        workdir = server.workdir
-        script = str(Path(__file__).resolve())
-        graph_log, receiver_log = workdir / "graph.log", workdir / "receiver.log"
-        port_file = workdir / "graph.port"
-        cascade_url = f"http://127.0.0.1:{server.port}"
-        graph = procs.start(
-            [sys.executable, script, "graph", "--port-file", str(port_file),
-             "--callback", cascade_url + "/channels/messenger", "--kind", args.graph,
-             "--batch", str(args.callback_batch), "--delay", str(args.callback_delay)],
-            env=dict(os.environ), cwd=workdir, log=graph_log,
-        )  # fmt: skip
-        receiver = procs.start(
-            [sys.executable, str(lib.BENCH_DIR / "sms.py"), "receive", "--port",
-             str(receiver_port)],
-            env=dict(os.environ), cwd=workdir, log=receiver_log,
-        )  # fmt: skip
-        helpers = [receiver]
-        sms._wait_port(receiver_port, receiver, receiver_log)
-        deadline = time.monotonic() + 15
-        while not port_file.exists() or not port_file.read_text():
-            if graph.poll() is not None or time.monotonic() > deadline:
-                raise lib.BenchError(f"the fake Graph did not start:\n{accept._tail(graph_log)}")
-            time.sleep(0.05)
-        graph_port = int(port_file.read_text())
-        server.env.update(
-            CASCADE_CHANNEL_KEY=Sealer.generate_key(),
-            CASCADE_GRAPH_BASE_URL=f"http://127.0.0.1:{graph_port}",
-            CASCADE_PUBLIC_URL=cascade_url,
-        )
-        status_url = f"http://127.0.0.1:{receiver_port}/status"
-        accept._cli(["account", "set", "--live", "--status-url", status_url], server.env, workdir)
-        accept._cli(
-            ["channel", "add", "messenger", "--page-id", PAGE, "--page-access-token", PAGE_TOKEN,
-             "--app-secret", APP_SECRET, "--verify-token", "bench-verify"],
-            server.env, workdir,
-        )  # fmt: skip
+        graph, graph_port = start_graph(procs, server, args)
+        receiver, receiver_port = lib.start_receiver(procs, server.workdir)
+        link_page(server, graph_port, receiver_port)
         server.start()
-        pids_extra: dict[str, int] = {}
+        pids = {"cascade serve": server.pid}
         if args.worker_jobs:
             worker_env = {k: v for k, v in server.env.items() if k != "CASCADE_ENGINE_JOBS"}
-            worker = procs.start(
-                [*accept._cascade_argv(), "worker", "--jobs", args.worker_jobs], env=worker_env,
-                cwd=workdir, log=workdir / "worker.log",
-            )  # fmt: skip
-            helpers.append(worker)
-            pids_extra[f"cascade worker ({args.worker_jobs})"] = worker.pid
+            worker = server.worker("worker", args.worker_jobs, env=worker_env)
+            pids[f"cascade worker ({args.worker_jobs})"] = worker.pid
+        pids.update({"fake graph": graph.pid, "receiver": receiver.pid})
+        usage = harness.Usage(
+            pids, loops=["cascade serve"], parts=serve_children(server, args.processes)
+        )
+        posted = lib.post_many(
+            server.port, server.token, body, args.n, args.connections, path=lib.MESSAGES_PATH
+        )
+        lib.accept_or_fail(posted, args.n, server)
 
-        # one recipient per message: a delivery's watermark then covers only its own message
-        body = json.dumps(
-            {
-                "to": {"type": "messenger", "id": PSID_MARK},
-                "from": {"type": "messenger", "id": PAGE},
-                "message": {
-                    "content": {"type": "text", "text": "Your parcel arrives today."},
-                    "messenger": {"category": "update"},
-                },
-            }
-        ).encode()
-        pids = {"cascade serve": server.pid, **pids_extra, "fake graph": graph.pid,
-                "receiver": receiver.pid}  # fmt: skip
-        # serve --processes N: each child's share too (forked in order: the engine first)
-        children = sorted(
-            int(child)
-            for task in Path(f"/proc/{server.pid}/task").glob("*/children")
-            for child in task.read_text().split()
+        def delivered() -> int:
+            counts = harness.get_json(receiver_port, "/stats")["counts"]
+            return int(counts.get("delivered", 0))
+
+        server.wait_for(
+            "every delivered webhook",
+            lambda: delivered() >= len(posted.accepted),
+            timeout=args.timeout,
+            interval=0.05,
+            progress=lambda: f"{delivered():,} delivered",
         )
-        names = ["engine" if args.processes > 1 else "child"] + ["api"] * len(children)
-        parts = {f"serve: {names[n]} process {pid}": pid for n, pid in enumerate(children)}
-        cpu0 = {name: accept.process_cpu(pid) for name, pid in {**pids, **parts}.items()}
-        loop0 = accept.main_thread_cpu(server.pid)
-        own0 = time.process_time()
-        busy0, wall0 = accept.machine_busy(), time.monotonic()
-        posted = sms._run(_drive(server.port, server.token, body, args.n, args.connections))
-        accepted: dict[str, float] = posted["accepted"]
-        print(
-            f"accepted {len(accepted):,} of {args.n:,} in "
-            f"{posted['finished'] - posted['started']:.2f} s (statuses {posted['statuses']})",
-            flush=True,
-        )
-        if not accepted:
-            raise lib.BenchError(f"nothing was accepted:\n{accept._tail(server.log)}")
-        _wait_delivered(server, receiver_port, len(accepted), args.timeout)
-        busy1, wall1 = accept.machine_busy(), time.monotonic()
-        cpu = {
-            name: accept.process_cpu(pid) - cpu0[name] for name, pid in {**pids, **parts}.items()
-        }
-        loop = accept.main_thread_cpu(server.pid) - loop0
-        own = time.process_time() - own0
-        seen = sms.receiver_get(receiver_port, "/dump")
+        measured = usage.stop()
+        seen = harness.get_json(receiver_port, "/dump")
         server.stop()
         db = dict(server.query("SELECT coalesce(status, '-'), count(*) FROM messages GROUP BY 1"))
         procs.stop(graph)
-        graph_stats = _stats(graph_log)
+        graph_stats = _stats(server.workdir / "graph.log")
     finally:
-        for proc in helpers + ([graph] if graph is not None else []):
-            procs.stop(proc)
+        procs.stop_all()
         server.cleanup()
+    return summarize(posted, measured, seen, db, graph_stats)
 
+
+def summarize(
+    posted: lib.PostResult,
+    measured: dict[str, Any],
+    seen: dict[str, Any],
+    db: dict[str, int],
+    graph_stats: dict[str, Any],
+) -> dict[str, Any]:
+    """The figures and checks of one run."""
+    accepted = posted.accepted
     n = len(accepted)
     delivered: dict[str, float] = {}
     duplicates = 0
@@ -371,20 +380,15 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             duplicates += uuid in delivered
             delivered.setdefault(uuid, at)
     latencies = sorted(delivered[u] - at for u, at in accepted.items() if u in delivered)
-    last = max(delivered.values())
-    wall = wall1 - wall0
-    cpu["cascade serve: event loop thread"] = loop
-    cascade = sum(
-        value for name, value in cpu.items() if name.startswith("cascade") and ":" not in name
-    )
-    cpu["load generator (this process)"] = own
+    last = max(delivered.values(), default=posted.finished)
+    cpu = measured["cpu_s"]
     return {
         "n": n,
-        "accepted_per_s": n / max(1e-9, posted["finished"] - posted["started"]),
-        "end_to_end_s": last - posted["started"],
-        "end_to_end_per_s": n / max(1e-9, last - posted["started"]),
-        "latency_p50": lib.percentile(latencies, 50),
-        "latency_p99": lib.percentile(latencies, 99),
+        "accepted_per_s": posted.rate,
+        "end_to_end_s": last - posted.started,
+        "end_to_end_per_s": n / max(1e-9, last - posted.started),
+        "latency_p50": harness.percentile(latencies, 50),
+        "latency_p99": harness.percentile(latencies, 99),
         "checks": {
             "messages without a delivered webhook": n - len(delivered),
             "duplicate delivered webhooks": duplicates,
@@ -394,61 +398,15 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         "graph": graph_stats,
         "receiver_counts": seen["counts"],
         "database": db,
-        "cpu_s": cpu,
-        "cpu_us_per_message": {name: value / n * 1e6 for name, value in cpu.items()},
-        "cascade_cpu_us_per_message": cascade / n * 1e6,
-        "wall_s": wall,
-        "machine_busy_cores": (busy1 - busy0) / wall,
-        "other_load_cores": max(0.0, (busy1 - busy0 - sum(cpu[p] for p in pids) - own) / wall),
-        "commit": sms._commit(),
+        **measured,
+        "cpu_us_per_message": {name: value / max(1, n) * 1e6 for name, value in cpu.items()},
+        "cascade_cpu_us_per_message": sum(
+            value for name, value in cpu.items() if name.startswith("cascade") and ":" not in name
+        )
+        / max(1, n)
+        * 1e6,
+        "commit": harness.commit(),
     }
-
-
-async def _drive(
-    port: int, token: str, body: bytes, count: int, connections: int
-) -> dict[str, Any]:
-    """POST ``count`` messages, each to its own recipient; when each 202 came, by message id
-    (``sms._drive``'s loop, with the body varied)."""
-    head = (
-        f"POST {sms.MESSAGES_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    accepted: dict[str, float] = {}
-    statuses: dict[int, int] = {}
-    indexes = iter(range(count))
-    started = time.time()
-
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            for index in indexes:
-                writer.write(head + body.replace(PSID_MARK.encode(), b"%016d" % index))
-                status, answer = await asyncio.wait_for(lib._read_response(reader), 60)
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == 202:
-                    accepted[json.loads(answer)["message_uuid"]] = time.time()
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client() for _ in range(max(1, min(connections, count)))))
-    return {"started": started, "finished": time.time(), "accepted": accepted,
-            "statuses": statuses}  # fmt: skip
-
-
-def _wait_delivered(server: lib.Server, receiver_port: int, count: int, timeout: float) -> None:
-    """Wait until the receiver had ``count`` delivered webhooks."""
-    deadline = time.monotonic() + timeout
-    last_print = time.monotonic()
-    while (done := sms.receiver_get(receiver_port, "/stats")["counts"].get("delivered", 0)) < count:
-        if server.proc.poll() is not None:
-            raise lib.BenchError(f"the server exited:\n{accept._tail(server.log)}")
-        if time.monotonic() > deadline:
-            raise lib.BenchError(f"timed out: {done} of {count} delivered")
-        if time.monotonic() - last_print > 5:
-            last_print = time.monotonic()
-            print(f"  ... {done:,} delivered", flush=True)
-        time.sleep(0.05)
 
 
 def print_result(r: dict[str, Any]) -> None:
@@ -521,18 +479,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KINDS",
         help="also run a `cascade worker --jobs KINDS`, e.g. send,step_timeout,report_horizon",
     )
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--json", metavar="FILE")
-    lib.add_machine_options(parser)
+    harness.add_machine_options(parser)
     args = parser.parse_args(argv)
     if args.command == "graph":
         if args.kind == "lean":
-            sms._run(_lean_graph(args.port_file, args.callback, args.batch, args.delay))
+            harness.run_loop(_lean_graph(args.port_file, args.callback, args.batch, args.delay))
         else:
-            sms._run(_graph(args.port_file, args.callback))
+            harness.run_loop(_graph(args.port_file, args.callback))
         return 0
-    return lib.run_benchmark("messenger", args, run, print_result)
+    return harness.run_benchmark(
+        "messenger", args, run, print_result, failed=lambda r: any(r["checks"].values())
+    )
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

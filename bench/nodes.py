@@ -38,18 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import enginelib as lib
+import harness
 from tests import cluster
 from tests.running import Processes
 
 LAYOUTS = {"one": (1, 1, False), "two": (2, 2, True)}
-
-
-def busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy since boot."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def own_seconds() -> float:
@@ -104,7 +97,7 @@ def run_layout(name: str, args: argparse.Namespace) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix=f"bench-nodes-{name}-"))
     processes = Processes(directory, cluster.child_env(args.lease, args.speed, args.batch))
     load = os.getloadavg()[0]
-    busy, own, began = busy_seconds(), own_seconds(), time.time()
+    busy, own, began = harness.machine_busy(), own_seconds(), time.time()
     try:
         outcome = asyncio.run(
             cluster.run(
@@ -126,7 +119,7 @@ def run_layout(name: str, args: argparse.Namespace) -> dict[str, Any]:
         processes.stop_all()
         asyncio.run(fresh_schema(args.database, drop=schema))
     wall = time.time() - began
-    busy, own = busy_seconds() - busy, own_seconds() - own
+    busy, own = harness.machine_busy() - busy, own_seconds() - own
     first, last_answer = outcome.posting
     lateness = outcome.lateness()
     return {
@@ -138,8 +131,8 @@ def run_layout(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "last_final_after_last_accept_s": round(outcome.finished - last_answer, 1),
         "timer_lateness_ms": {
             "n": len(lateness),
-            "p50": round(lib.percentile(lateness, 50) * 1000, 1),
-            "p99": round(lib.percentile(lateness, 99) * 1000, 1),
+            "p50": round(harness.percentile(lateness, 50) * 1000, 1),
+            "p99": round(harness.percentile(lateness, 99) * 1000, 1),
             "max": round(lateness[-1] * 1000, 1),
         },
         "final_once_violations": final_once(outcome),
@@ -161,7 +154,7 @@ def main() -> None:
     parser.add_argument("--database", default="postgresql://root@127.0.0.1:5432/test")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
-    results = {"machine": lib.describe_machine(), "command": vars(args), "runs": []}
+    results = {"machine": harness.describe_machine(), "command": vars(args), "runs": []}
     for name in args.layouts.split(","):
         result = run_layout(name, args)
         results["runs"].append(result)

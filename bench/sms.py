@@ -2,17 +2,14 @@
 
 Three processes besides this one, all on 127.0.0.1, all stopped in a ``finally``:
 
-* an SMSC (``bench/sms.py smsc``): the ``smpp34`` server (Rust core) accepting every
-  ``submit_sm`` with a new id and sending a ``DELIVRD`` receipt (Appendix B text plus the
-  ``receipted_message_id``/``message_state`` TLVs) ``--receipt-delay`` seconds later on the
-  session the submit came on; a receipt answered with an error is sent again after 0.5 s, as
-  an SMSC would;
-* a webhook receiver (``bench/sms.py receive``): raw asyncio HTTP/1.1 with keep-alive, answering
-  ``204`` to every POST and noting when each status webhook arrived, its ``message_uuid`` and
-  ``status``;
+* an SMSC (``bench/smsc_sink.py``): accepts every ``submit_sm`` and sends a ``DELIVRD`` receipt
+  ``--receipt-delay`` seconds later (``--smsc raw``, lean, or ``smpp34``, the tests' server);
+* a webhook receiver (``bench/receiver.py``): answers ``204`` to every POST and notes when each
+  status webhook arrived, its ``message_uuid`` and ``status``;
 * ``cascade serve`` (engine in-process) over a fresh SQLite file, with a TOML config whose
   ``[smpp]`` table has ``--binds`` connections to the SMSC (``throughput = 0``: no limit,
-  ``window_size = --window``) and the account's status URL on the receiver.
+  ``window_size = --window``) and the account's status URL on the receiver; with ``--workers``
+  or ``--webhook-worker``, ``cascade worker`` processes beside it.
 
 This process POSTs ``--n`` single SMS (``POST /v0.1/messages``, or with ``--surface dispatch``
 one-step dispatches) from ``--connections`` keep-alive clients, as fast as they are answered or
@@ -31,7 +28,7 @@ submit per message, and the database holds every message as ``delivered``.
 
 ``--profile`` samples ``cascade serve`` with py-spy (``pip install py-spy``) over the whole run
 and prints its CPU by pipeline stage (accept, send job, SMPP submit, receipt, webhook,
-SQLite writer, ...).
+SQLite writer, ...). ``--provider-only`` measures ``SmppProvider.send`` alone, in this process.
 
     .venv/bin/python bench/sms.py                            # 20,000 SMS, 2 binds, window 200
     .venv/bin/python bench/sms.py --n 10000 --rate 1000      # a paced load: latency at 1,000/s
@@ -45,260 +42,28 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
-import re
 import shutil
-import signal
-import socket
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import enginelib as lib
-import rawsmsc
+import harness
+from smsc_sink import Smsc
 
-accept = lib.accept
-
-MESSAGES_PATH = "/v0.1/messages"
-DISPATCH_PATH = "/v0.1/dispatch"
-
-#: the receiver's and the SMSC's control lines
-_UUID = re.compile(rb'"message_uuid":"([^"]+)"')
-_STATUS = re.compile(rb'"status":"([a-z_]+)"')
-_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
-
-
-def _run(coroutine: Any) -> Any:
-    try:
-        import uvloop
-
-        return uvloop.run(coroutine)
-    except ImportError:  # pragma: no cover
-        return asyncio.run(coroutine)
-
-
-def _exit_on_signals() -> None:
-    """SIGTERM/SIGINT end a helper process at once (smpp34's server may not stop promptly)."""
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: (sys.stdout.flush(), os._exit(0)))
-
-
-# --- the SMSC (a subprocess) -------------------------------------------------------------------
-
-
-async def _smsc(port: int, control: int, receipt_delay: float, kind: str) -> None:
-    """Accept every submit_sm and send a DELIVRD receipt; serve stats on ``control``."""
-    _exit_on_signals()
-    stats = rawsmsc.Stats()
-    if kind == "raw":
-        await rawsmsc.start(port, receipt_delay, stats)
-    else:
-        await _smpp34_smsc(port, receipt_delay, stats)
-
-    async def serve_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).strip()
-        report: dict[str, Any] = {
-            "submits": len(stats.submits),
-            "receipts": len(stats.receipts),
-            "counts": dict(stats.counts),
-        }
-        if line == b"dump":
-            report["submit_times"] = stats.submits
-            report["receipt_times"] = stats.receipts
-        writer.write(json.dumps(report).encode())
-        await writer.drain()
-        writer.close()
-
-    await asyncio.start_server(serve_control, "127.0.0.1", control)
-    print(f"smsc ({kind}) listening on {port}, control {control}", flush=True)
-    await asyncio.Event().wait()
-
-
-async def _smpp34_smsc(port: int, receipt_delay: float, stats: rawsmsc.Stats) -> None:
-    """The same sink on the ``smpp34`` server the tests use (its Rust core, Python events)."""
-    import smpp34
-
-    server = smpp34.Server("127.0.0.1", port, system_id="sink")
-    await server.start()
-    sessions: dict[str, Any] = {}
-    counts = stats.counts
-    ids = itertools.count(1)
-    tasks: set[asyncio.Task[None]] = set()
-    loop = asyncio.get_running_loop()
-    state = {"date": "", "second": 0}
-
-    def date() -> str:
-        second = int(time.time())
-        if second != state["second"]:
-            state["second"] = second
-            state["date"] = time.strftime("%y%m%d%H%M", time.localtime(second))
-        return str(state["date"])
-
-    async def receipt(session_id: str, message_id: str, source: str, destination: str) -> None:
-        stamp = date()
-        text = (
-            f"id:{message_id} sub:001 dlvrd:001 submit date:{stamp} done date:{stamp} "
-            f"stat:DELIVRD err:000 text:"
-        ).encode()
-        tlvs = [
-            smpp34.Tlv(smpp34.TLV_RECEIPTED_MESSAGE_ID, message_id.encode() + b"\0"),
-            smpp34.Tlv(smpp34.TLV_MESSAGE_STATE, b"\x02"),
-        ]
-        for attempt in range(20):
-            esme = sessions.get(session_id)
-            if esme is None or not esme.can_receive:
-                live = [s for s in sessions.values() if s.can_receive]
-                esme = live[-1] if live else None
-            if esme is not None:
-                try:
-                    answer = await esme.deliver_sm(
-                        source,
-                        text,
-                        source_addr=destination,
-                        source_addr_ton=1,
-                        source_addr_npi=1,
-                        esm_class=0x04,
-                        data_coding=0,
-                        tlvs=tlvs,
-                    )
-                    if answer.command_status == 0:
-                        stats.receipts.append(time.time())
-                        return
-                    counts[f"receipt answered {answer.command_status:#x}"] += 1
-                except (smpp34.SmppError, OSError) as exc:
-                    counts[f"receipt failed: {type(exc).__name__}"] += 1
-            await asyncio.sleep(0.5 if attempt else 0.1)
-        counts["receipt given up"] += 1
-
-    def spawn(coroutine: Any) -> None:
-        task = asyncio.ensure_future(coroutine)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    def later(session_id: str, message_id: str, source: str, destination: str) -> None:
-        spawn(receipt(session_id, message_id, source, destination))
-
-    async def events() -> None:
-        while True:
-            event = await server.next()
-            if isinstance(event, smpp34.SubmitSmEvent):
-                stats.submits.append(time.time())
-                message_id = str(next(ids))
-                event.accept(message_id)
-                args = (event.session_id, message_id, event.source_addr, event.destination_addr)
-                if receipt_delay > 0:
-                    loop.call_later(receipt_delay, later, *args)
-                else:
-                    later(*args)
-            elif isinstance(event, smpp34.Esme):
-                counts["binds"] += 1
-                sessions[event.session_id] = event
-            elif isinstance(event, smpp34.Unbound):
-                counts["unbinds"] += 1
-                sessions.pop(event.session_id, None)
-
-    spawn(events())
-
-
-# --- the webhook receiver (a subprocess) ---------------------------------------------------------
-
-
-async def _receive(port: int) -> None:
-    """Answer 204 to every POST, noting (time, message_uuid, status); ``GET /stats`` and
-    ``GET /dump`` answer with what was seen. A bare protocol (no streams, no task per
-    connection): it shares the two cores with what it measures."""
-    _exit_on_signals()
-    seen: list[tuple[float, str, str]] = []
-    counts: Counter[str] = Counter()
-    no_content = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
-
-    def json_answer(value: Any) -> bytes:
-        body = json.dumps(value).encode()
-        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + (
-            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
-        )
-
-    class Receiver(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.buffer = b""
-
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport  # uvloop's is no asyncio.Transport subclass
-
-        def data_received(self, data: bytes) -> None:
-            buffer = self.buffer + data
-            answers = []
-            while (end := buffer.find(b"\r\n\r\n")) >= 0:
-                head = buffer[:end]
-                match = _LENGTH.search(head)
-                length = int(match.group(1)) if match else 0
-                if len(buffer) < end + 4 + length:
-                    break
-                body = buffer[end + 4 : end + 4 + length]
-                buffer = buffer[end + 4 + length :]
-                if head.startswith(b"GET /stats"):
-                    answers.append(json_answer({"counts": dict(counts), "webhooks": len(seen)}))
-                elif head.startswith(b"GET /dump"):
-                    answers.append(json_answer({"counts": dict(counts), "seen": seen}))
-                else:
-                    uuid = _UUID.search(body)
-                    status = _STATUS.search(body)
-                    state = status.group(1).decode() if status else "?"
-                    counts[state] += 1
-                    seen.append((time.time(), uuid.group(1).decode() if uuid else "?", state))
-                    answers.append(no_content)
-            self.buffer = buffer
-            if answers:
-                self.transport.write(b"".join(answers))
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Receiver, "127.0.0.1", port, backlog=512)
-    print(f"receiver listening on {port}", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
-# --- talking to the helpers --------------------------------------------------------------------
-
-
-def _wait_port(port: int, proc: Any, log: Path, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise lib.BenchError(f"a helper exited:\n{accept._tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return
-        time.sleep(0.05)
-    raise lib.BenchError(f"nothing listens on {port}:\n{accept._tail(log)}")
-
-
-def smsc_stats(control: int, dump: bool = False) -> dict[str, Any]:
-    with socket.create_connection(("127.0.0.1", control), 30) as conn:
-        conn.sendall(b"dump\n" if dump else b"count\n")
-        chunks = []
-        while chunk := conn.recv(1 << 20):
-            chunks.append(chunk)
-    result: dict[str, Any] = json.loads(b"".join(chunks))
-    return result
-
-
-def receiver_get(port: int, path: str) -> dict[str, Any]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        result: dict[str, Any] = json.loads(conn.getresponse().read())
-        return result
-    finally:
-        conn.close()
-
-
-# --- the load --------------------------------------------------------------------------------
+MESSAGES_PATH = lib.MESSAGES_PATH
+DISPATCH_PATH = lib.PATH
+METRICS = (
+    "cascade_jobs_run_total",
+    "cascade_webhook_attempts_total",
+    "cascade_smpp_",
+    "cascade_receipts_total",
+    "cascade_sends_total",
+)
 
 
 def sms_body(surface: str) -> tuple[str, bytes]:
@@ -313,55 +78,25 @@ def sms_body(surface: str) -> tuple[str, bytes]:
     return MESSAGES_PATH, json.dumps(body).encode()
 
 
-async def _drive(
-    port: int, token: str, path: str, body: bytes, count: int, connections: int, rate: float
-) -> dict[str, Any]:
-    """POST ``count`` times; the time each 202 came, by the id it returned."""
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    accepted: dict[str, float] = {}
-    statuses: Counter[int] = Counter()
-    errors = [0]
-    sent = itertools.count()
-    started = time.time()
-    t0 = time.monotonic()
-    id_pattern = re.compile(rb'_uuid":"([^"]+)"')
-
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while (index := next(sent)) < count:
-                if rate > 0:
-                    delay = t0 + index / rate - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                writer.write(request)
-                try:
-                    status, answer = await asyncio.wait_for(lib._read_response(reader), 60)
-                except (OSError, asyncio.IncompleteReadError, TimeoutError):
-                    errors[0] += 1
-                    writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                    continue
-                statuses[status] += 1
-                if status == 202:
-                    match = id_pattern.search(answer)
-                    if match:
-                        accepted[match.group(1).decode()] = time.time()
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(client() for _ in range(max(1, min(connections, count)))))
-    return {
-        "started": started,
-        "finished": time.time(),
-        "accepted": accepted,
-        "statuses": dict(statuses),
-        "errors": errors[0],
-    }
+def config_toml(port: int, binds: int, window: int) -> str:
+    """The ``[smpp]`` table: ``binds`` connections to the SMSC, no throughput limit."""
+    tables = ["[smpp]\n"]
+    for number in range(binds):
+        tables.append(
+            f"""
+[[smpp.connections]]
+name = "sink{number + 1}"
+host = "127.0.0.1"
+port = {port}
+system_id = "cascade"
+password = "secret"
+window_size = {window}
+throughput = 0
+enquire_link_interval = 30
+response_timeout = 30
+"""
+        )
+    return "".join(tables)
 
 
 # --- the SMPP provider alone ----------------------------------------------------------------------
@@ -398,7 +133,7 @@ async def _provider_only(
     provider = SmppProvider(settings)
     await provider.start(Sink())
     if not await provider.ready(10):
-        raise lib.BenchError(f"the provider did not bind: {provider.status()}")
+        raise harness.BenchError(f"the provider did not bind: {provider.status()}")
     to = {"type": "sms", "number": "447700900000"}
     from_ = {"type": "sms", "number": "447700900001"}
     content = {"content": {"type": "text", "text": "Your parcel arrives today."}}
@@ -436,75 +171,36 @@ async def _provider_only(
         "submitted": len(submitted),
         "receipts": len(receipts),
         "errors": dict(errors),
-        "submitted_per_s": _rate(submitted),
-        "receipts_per_s": _rate(receipts),
+        "submitted_per_s": harness.rate(submitted),
+        "receipts_per_s": harness.rate(receipts),
         "end_to_end_per_s": len(receipts) / max(1e-9, finished - started),
         "cpu_us_per_message": cpu / count * 1e6,
     }
 
 
-def run_provider_only(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+def run_provider_only(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
     """The SMSC in its own process, the provider in this one."""
-    smsc_port, control = accept.free_port(), accept.free_port()
     workdir = Path(tempfile.mkdtemp(prefix="cascade-sms-bench-"))
     try:
-        log = workdir / "smsc.log"
-        smsc = procs.start(
-            [sys.executable, str(Path(__file__).resolve()), "smsc", "--port", str(smsc_port),
-             "--control", str(control), "--receipt-delay", str(args.receipt_delay),
-             "--smsc", args.smsc],
-            env=dict(os.environ), cwd=workdir, log=log,
-        )  # fmt: skip
+        smsc = Smsc.start(procs, workdir, args.receipt_delay, args.smsc)
         try:
-            _wait_port(smsc_port, smsc, log)
-            _wait_port(control, smsc, log)
-            cpu0 = accept.process_cpu(smsc.pid)
-            result: dict[str, Any] = _run(
+            cpu0 = harness.process_cpu(smsc.proc.pid)
+            result: dict[str, Any] = harness.run_loop(
                 _provider_only(
-                    smsc_port, args.n, args.concurrency, args.binds, args.window,
+                    smsc.port, args.n, args.concurrency, args.binds, args.window,
                     args.provider_profile,
                 )
             )  # fmt: skip
-            result["smsc_cpu_us_per_message"] = (accept.process_cpu(smsc.pid) - cpu0) / args.n * 1e6
+            smsc_cpu = harness.process_cpu(smsc.proc.pid) - cpu0
+            result["smsc_cpu_us_per_message"] = smsc_cpu / args.n * 1e6
         finally:
-            procs.stop(smsc)
+            procs.stop(smsc.proc)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
 
 
-# --- the run ---------------------------------------------------------------------------------
-
-
-def config_toml(port: int, binds: int, window: int) -> str:
-    tables = ["[smpp]\n"]
-    for number in range(binds):
-        tables.append(
-            f"""
-[[smpp.connections]]
-name = "sink{number + 1}"
-host = "127.0.0.1"
-port = {port}
-system_id = "cascade"
-password = "secret"
-window_size = {window}
-throughput = 0
-enquire_link_interval = 30
-response_timeout = 30
-"""
-        )
-    return "".join(tables)
-
-
-def _span(times: list[float]) -> tuple[float, float]:
-    return (min(times), max(times)) if times else (float("nan"), float("nan"))
-
-
-def _rate(times: list[float]) -> float:
-    if len(times) < 2:
-        return float("nan")
-    first, last = _span(times)
-    return len(times) / max(1e-9, last - first)
+# --- the pipeline ----------------------------------------------------------------------------
 
 
 def _sends(jobs: str) -> bool:
@@ -512,279 +208,285 @@ def _sends(jobs: str) -> bool:
     return jobs == "all" or "send" in jobs.split(",")
 
 
-def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
-    smsc_port, control, receiver_port = (accept.free_port() for _ in range(3))
-    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)}
-    if args.batch_size:
-        env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
-    if args.stop_at == "accept" or (args.workers and not args.serve_jobs):
-        env["CASCADE_RUN_WORKER"] = "false"
-    worker_jobs = args.worker_jobs or "all"
-    if args.webhook_worker:
-        # serve's engine, or the workers', run everything but webhooks
-        env["CASCADE_ENGINE_JOBS"] = worker_jobs = "send,step_timeout,report_horizon"
-    if args.serve_jobs:
-        env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
-    # the data directory goes in a folder of this benchmark's own, out of the way of whatever
-    # cleans up after the other benchmarks' cascade-engine-bench-* folders in /tmp
-    base = tempfile.mkdtemp(prefix="cascade-sms-bench-")
-    tempfile.tempdir, previous = base, tempfile.tempdir
-    try:
-        server = lib.Server(procs, env, keep=args.keep)
-    finally:
-        tempfile.tempdir = previous
-    helpers: list[Any] = []
-    spy = None
+@dataclass
+class Layout:
+    """Which process runs which jobs, from the command line."""
+
+    serve_env: dict[str, str]
+    worker_jobs: str
+    workers: int
+    webhook_worker: bool
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Layout:
+        env = {
+            "CASCADE_SQLITE_SYNCHRONOUS": args.synchronous,
+            "CASCADE_PROCESSES": str(args.processes),
+        }
+        if args.batch_size:
+            env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
+        if args.stop_at == "accept" or (args.workers and not args.serve_jobs):
+            env["CASCADE_RUN_WORKER"] = "false"
+        worker_jobs = args.worker_jobs or "all"
+        if args.webhook_worker:
+            # serve's engine, or the workers', run everything but webhooks
+            env["CASCADE_ENGINE_JOBS"] = worker_jobs = "send,step_timeout,report_horizon"
+        if args.serve_jobs:
+            env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
+        engines = args.stop_at != "accept"
+        return cls(
+            env, worker_jobs, args.workers if engines else 0, engines and args.webhook_worker
+        )
+
+    def binds(self, per_engine: int) -> int:
+        """The binds the SMSC should see: every engine that runs send jobs binds."""
+        senders = self.workers if _sends(self.worker_jobs) else 0
+        if self.serve_env.get("CASCADE_RUN_WORKER") != "false":
+            senders += _sends(self.serve_env.get("CASCADE_ENGINE_JOBS", "all"))
+        return per_engine * senders
+
+
+@dataclass
+class Pipeline:
+    """The processes of one run."""
+
+    server: lib.Server
+    smsc: Smsc
+    receiver: Any
+    receiver_port: int
+    workers: dict[str, Any] = field(default_factory=dict)
+
+    def pids(self) -> dict[str, int]:
+        """Every process whose CPU counts, by name."""
+        pids = {"cascade serve": self.server.pid}
+        pids.update({name: proc.pid for name, proc in self.workers.items()})
+        pids.update({"smsc": self.smsc.proc.pid, "receiver": self.receiver.pid})
+        return pids
+
+    def cascades(self) -> list[str]:
+        return [name for name in self.pids() if name.startswith("cascade")]
+
+
+def start_pipeline(args: argparse.Namespace, procs: harness.Processes) -> Pipeline:
+    """The SMSC, the receiver, ``cascade serve`` and its workers, bound and ready."""
+    layout = Layout.of(args)
+    server = lib.Server(procs, layout.serve_env, keep=args.keep, prefix="cascade-sms-bench-")
     try:
         workdir = server.workdir
-        script = str(Path(__file__).resolve())
-        smsc_log, receiver_log = workdir / "smsc.log", workdir / "receiver.log"
-        smsc = procs.start(
-            [sys.executable, script, "smsc", "--port", str(smsc_port), "--control", str(control),
-             "--receipt-delay", str(args.receipt_delay), "--smsc", args.smsc],
-            env=dict(os.environ), cwd=workdir, log=smsc_log,
-        )  # fmt: skip
-        receiver = procs.start(
-            [sys.executable, script, "receive", "--port", str(receiver_port)],
-            env=dict(os.environ), cwd=workdir, log=receiver_log,
-        )  # fmt: skip
-        helpers = [smsc, receiver]
-        _wait_port(smsc_port, smsc, smsc_log)
-        _wait_port(control, smsc, smsc_log)
-        _wait_port(receiver_port, receiver, receiver_log)
-
+        smsc = Smsc.start(procs, workdir, args.receipt_delay, args.smsc)
+        receiver, receiver_port = lib.start_receiver(procs, workdir)
+        pipe = Pipeline(server, smsc, receiver, receiver_port)
         config = workdir / "cascade.toml"
-        config.write_text(config_toml(smsc_port, args.binds, args.window))
+        config.write_text(config_toml(smsc.port, args.binds, args.window))
         server.env["CASCADE_CONFIG_FILE"] = str(config)
         if args.stop_at == "webhook":
-            status_url = f"http://127.0.0.1:{receiver_port}/status"
-            accept._cli(["account", "set", "--status-url", status_url], server.env, workdir)
+            server.cli("account", "set", "--status-url", f"http://127.0.0.1:{receiver_port}/status")
         server.start()
-        workers = []
-        pids_extra: dict[str, int] = {}
-        if args.stop_at != "accept":
-            for number in range(args.workers):
-                workers.append(procs.start(
-                    [*accept._cascade_argv(), "worker", "--jobs", worker_jobs],
-                    env=dict(server.env), cwd=workdir, log=workdir / f"worker{number + 1}.log",
-                ))  # fmt: skip
-                helpers.append(workers[-1])
-            if args.webhook_worker:
-                worker_env = {k: v for k, v in server.env.items() if k != "CASCADE_ENGINE_JOBS"}
-                webhook_worker = procs.start(
-                    [*accept._cascade_argv(), "worker", "--jobs", "webhook"], env=worker_env,
-                    cwd=workdir, log=workdir / "webhook-worker.log",
-                )  # fmt: skip
-                helpers.append(webhook_worker)
-                pids_extra["cascade webhook worker"] = webhook_worker.pid
-        # every engine that runs send jobs binds to the SMSC
-        senders = len(workers) if _sends(worker_jobs) else 0
-        if env.get("CASCADE_RUN_WORKER") != "false":
-            senders += _sends(env.get("CASCADE_ENGINE_JOBS", "all"))
-        binds = 0 if args.stop_at == "accept" else args.binds * senders
-        binds_deadline = time.monotonic() + 10
-        while smsc_stats(control)["counts"].get("binds", 0) < binds:
-            if time.monotonic() > binds_deadline:
-                raise lib.BenchError(f"cascade did not bind {binds} times:\n"
-                                     f"{accept._tail(server.log)}")  # fmt: skip
-            time.sleep(0.05)
-
-        path, body = sms_body(args.surface)
-        if args.profile:
-            target = workers[0].pid if workers else server.pid
-            spy = lib.start_py_spy(
-                procs, target, args.profile_seconds, workdir / "profile.txt", workdir / "py-spy.log"
+        for number in range(layout.workers):
+            name = f"cascade worker {number + 1}"
+            pipe.workers[name] = server.worker(f"worker{number + 1}", layout.worker_jobs)
+        if layout.webhook_worker:
+            env = {k: v for k, v in server.env.items() if k != "CASCADE_ENGINE_JOBS"}
+            pipe.workers["cascade webhook worker"] = server.worker(
+                "webhook-worker", "webhook", env=env
             )
-        pids = {"cascade serve": server.pid}
-        pids.update({f"cascade worker {i + 1}": w.pid for i, w in enumerate(workers)})
-        pids.update(pids_extra)
-        pids.update({"smsc": smsc.pid, "receiver": receiver.pid})
-        cascades = [name for name in pids if name.startswith("cascade")]
-        cpu0 = {name: accept.process_cpu(pid) for name, pid in pids.items()}
-        loop0 = {name: accept.main_thread_cpu(pids[name]) for name in cascades}
-        own0 = time.process_time()
-        busy0, wall0 = accept.machine_busy(), time.monotonic()
-
-        posted = _run(
-            _drive(server.port, server.token, path, body, args.n, args.connections, args.rate)
-        )
-        own_load = time.process_time() - own0
-        accepted: dict[str, float] = posted["accepted"]
-        print(
-            f"accepted {len(accepted):,} of {args.n:,} in "
-            f"{posted['finished'] - posted['started']:.2f} s (statuses {posted['statuses']}, "
-            f"errors {posted['errors']})",
-            flush=True,
-        )
-        if not accepted:
-            raise lib.BenchError("nothing was accepted")
-        _wait_done(args, server, control, receiver_port, len(accepted))
-        busy1, wall1 = accept.machine_busy(), time.monotonic()
-        cpu1 = {name: accept.process_cpu(pid) for name, pid in pids.items()}
-        loop1 = {name: accept.main_thread_cpu(pids[name]) for name in cascades}
-        time.sleep(max(0.0, args.settle))  # late duplicates, if any, would show up now
-        seen = receiver_get(receiver_port, "/dump")
-        smsc_dump = smsc_stats(control, dump=True)
-        metrics = server.metrics()
-        if spy is not None:
-            spy.wait(args.profile_seconds + 60)
-        server.stop()
-        db = dict(server.query("SELECT coalesce(status, '-'), count(*) FROM messages GROUP BY 1"))
-        hooks = dict(server.query("SELECT state, count(*) FROM webhooks GROUP BY 1"))
-        delivered_rows = server.query(
-            "SELECT id, updated_at FROM messages WHERE status = 'delivered'"
-        )
-        profile = None
-        if args.profile and (workdir / "profile.txt").exists():
-            profile = classify_profile(workdir / "profile.txt")
-            if args.profile_out:
-                shutil.copyfile(workdir / "profile.txt", args.profile_out)
-    finally:
-        for proc in helpers:
-            procs.stop(proc)
+        binds = 0 if args.stop_at == "accept" else layout.binds(args.binds)
+        smsc.wait_binds(binds, server.log)
+    except BaseException:
         server.cleanup()
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
-
-    n = len(accepted)
-    delivered_times: dict[str, list[float]] = {}
-    if args.stop_at == "webhook":
-        for at, uuid, status in seen["seen"]:
-            if status == "delivered":
-                delivered_times.setdefault(uuid, []).append(at)
-    elif args.stop_at == "dlr" and args.surface == "messages":
-        # no webhooks: when the delivered status was stored instead
-        delivered_times = {uuid: [at] for uuid, at in delivered_rows}
-    duplicates = sum(len(v) - 1 for v in delivered_times.values())
-    missing = [uuid for uuid in accepted if uuid not in delivered_times]
-    latencies = sorted(
-        min(delivered_times[u]) - at for u, at in accepted.items() if u not in missing
-    )
-    done_times = sorted(min(v) for v in delivered_times.values())
-    submit_times, receipt_times = smsc_dump["submit_times"], smsc_dump["receipt_times"]
-    checks: dict[str, int] = {}
-    if args.stop_at != "accept":
-        checks = {
-            "submits beyond one per message": len(submit_times) - n,
-            "messages not delivered in the database": n - db.get("delivered", 0),
-        }
-    if delivered_times:
-        checks["messages without a delivered status"] = len(missing)
-    if args.stop_at == "webhook":
-        checks["duplicate delivered webhooks"] = duplicates
-    wall = wall1 - wall0
-    cpu = {name: cpu1[name] - cpu0[name] for name in pids}
-    for name in cascades:
-        loop = loop1[name] - loop0[name]
-        cpu[f"{name}: event loop thread"] = loop
-        cpu[f"{name}: other threads (SQLite COMMIT)"] = cpu[name] - loop
-    cpu["load generator (this process)"] = own_load
-    profiled = "cascade worker 1" if "cascade worker 1" in cascades else "cascade serve"
-    accept_times = sorted(accepted.values())
-    last = max(done_times) if done_times else posted["finished"]
-    if profile is not None:
-        loop = cpu[f"{profiled}: event loop thread"]
-        profile["process"] = profiled
-        profile["us_per_message"] = _profile_cost(profile, loop, cpu[profiled] - loop, n)
-    return {
-        "n": n,
-        "surface": args.surface,
-        "stop_at": args.stop_at,
-        "statuses": posted["statuses"],
-        "accepted_per_s": n / max(1e-9, posted["finished"] - posted["started"]),
-        "submitted_per_s": _rate(submit_times),
-        "dlrs_per_s": _rate(receipt_times),
-        "done_per_s": _rate(done_times),
-        "end_to_end_s": last - posted["started"],
-        "end_to_end_per_s": n / max(1e-9, last - posted["started"]),
-        "latency_p50": lib.percentile(latencies, 50),
-        "latency_p99": lib.percentile(latencies, 99),
-        "latency_max": latencies[-1] if latencies else float("nan"),
-        "spans": {
-            "accepts": _span(accept_times),
-            "submits": _span(submit_times),
-            "receipts": _span(receipt_times),
-            "done": _span(done_times),
-            "origin": posted["started"],
-        },
-        "timeline": timeline(
-            posted["started"], accept_times, submit_times, receipt_times, done_times
-        ),
-        "checks": checks,
-        "smsc_counts": smsc_dump["counts"],
-        "receiver_counts": seen["counts"],
-        "database": {"messages": db, "webhooks": hooks},
-        # receipts are labelled by SMSC account (smpp:<system_id>@<host>:<port>)
-        "orphan_receipts": sum(
-            value
-            for name, value in metrics.items()
-            if name.startswith('cascade_receipts_total{matched="no",provider="smpp')
-        ),
-        "metrics": {
-            name: value
-            for name, value in metrics.items()
-            if name.startswith(METRICS) and "_created" not in name and "smpp_binds" not in name
-        },
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "cpu_us_per_message": {name: value / n * 1e6 for name, value in cpu.items()},
-        "machine_busy_cores": (busy1 - busy0) / wall,
-        "other_load_cores": max(0.0, (busy1 - busy0 - sum(cpu[name] for name in pids)) / wall),
-        "commit": _commit(),
-        "profile": profile,
-    }
+        raise
+    return pipe
 
 
-METRICS = (
-    "cascade_jobs_run_total",
-    "cascade_webhook_attempts_total",
-    "cascade_smpp_",
-    "cascade_receipts_total",
-    "cascade_sends_total",
-)
-
-
-def _commit() -> str:
-    """The commit measured, with ``+changes`` when src/ differs from it."""
-    import subprocess
-
-    def git(*argv: str) -> str:
-        done = subprocess.run(
-            ["git", *argv], cwd=lib.BENCH_DIR.parent, capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "src")
-    return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
-
-
-def _wait_done(
-    args: argparse.Namespace, server: lib.Server, control: int, receiver_port: int, count: int
-) -> None:
+def wait_done(args: argparse.Namespace, pipe: Pipeline, count: int) -> None:
     """Wait until every accepted message reached the stage the run stops at."""
     if args.stop_at == "accept":
         return
 
     def progress() -> int:
         if args.stop_at == "webhook":
-            counts = receiver_get(receiver_port, "/stats")["counts"]
+            counts = harness.get_json(pipe.receiver_port, "/stats")["counts"]
             return int(counts.get("delivered", 0))
-        rows = server.query("SELECT count(*) FROM messages WHERE status = 'delivered'")
+        rows = pipe.server.query("SELECT count(*) FROM messages WHERE status = 'delivered'")
         return int(rows[0][0])
 
-    deadline = time.monotonic() + args.timeout
-    last_print = time.monotonic()
-    while (done := progress()) < count:
-        if server.proc.poll() is not None:
-            raise lib.BenchError(f"the server exited:\n{accept._tail(server.log)}")
-        if time.monotonic() > deadline:
-            raise lib.BenchError(
-                f"timed out: {done} of {count} delivered; SMSC {smsc_stats(control)}"
-            )
-        if time.monotonic() - last_print > 5:
-            last_print = time.monotonic()
-            print(f"  ... {done:,} delivered", flush=True)
-        time.sleep(0.05 if args.stop_at == "webhook" else 0.2)
+    pipe.server.wait_for(
+        f"{count:,} delivered",
+        lambda: progress() >= count,
+        timeout=args.timeout,
+        interval=0.05 if args.stop_at == "webhook" else 0.2,
+        progress=lambda: f"{progress():,} delivered; SMSC {pipe.smsc.stats()['counts']}",
+    )
+
+
+@dataclass
+class Collected:
+    """What the run left: the receiver's and the SMSC's records, the server's counters and the
+    database (read after the server stopped)."""
+
+    seen: dict[str, Any]
+    smsc: dict[str, Any]
+    metrics: dict[str, float]
+    messages: dict[str, int]
+    webhooks: dict[str, int]
+    delivered_rows: list[tuple[Any, ...]]
+
+
+def collect(pipe: Pipeline) -> Collected:
+    """Read what each process saw; stops the server (so the database is complete)."""
+    seen = harness.get_json(pipe.receiver_port, "/dump")
+    smsc = pipe.smsc.stats(dump=True)
+    metrics = pipe.server.metrics()
+    pipe.server.stop()
+    query = pipe.server.query
+    return Collected(
+        seen,
+        smsc,
+        metrics,
+        dict(query("SELECT coalesce(status, '-'), count(*) FROM messages GROUP BY 1")),
+        dict(query("SELECT state, count(*) FROM webhooks GROUP BY 1")),
+        query("SELECT id, updated_at FROM messages WHERE status = 'delivered'"),
+    )
+
+
+def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
+    """Start the pipeline, load it, wait for the end, read and check what happened."""
+    pipe = start_pipeline(args, procs)
+    try:
+        path, body = sms_body(args.surface)
+        profiled = next(
+            (n for n in pipe.workers if n.startswith("cascade worker")), "cascade serve"
+        )
+        profile_file = pipe.server.workdir / "profile.txt"
+        spy = None
+        if args.profile:
+            spy = harness.start_py_spy(
+                procs, pipe.pids()[profiled], args.profile_seconds, profile_file,
+                pipe.server.workdir / "py-spy.log",
+            )  # fmt: skip
+        usage = harness.Usage(pipe.pids(), loops=pipe.cascades())
+        posted = lib.post_many(
+            pipe.server.port, pipe.server.token, body, args.n, args.connections, args.rate, path
+        )
+        lib.accept_or_fail(posted, args.n, pipe.server)
+        wait_done(args, pipe, len(posted.accepted))
+        measured = usage.stop()
+        time.sleep(max(0.0, args.settle))  # late duplicates, if any, would show up now
+        if spy is not None:
+            spy.wait(args.profile_seconds + 60)
+        collected = collect(pipe)
+        profile = None
+        if spy is not None and profile_file.exists():
+            profile = classify_profile(profile_file)
+            if args.profile_out:
+                shutil.copyfile(profile_file, args.profile_out)
+            loop = measured["cpu_s"][f"{profiled}: event loop thread"]
+            other = measured["cpu_s"][profiled] - loop
+            profile["process"] = profiled
+            profile["us_per_message"] = _profile_cost(profile, loop, other, len(posted.accepted))
+    finally:
+        for proc in [pipe.smsc.proc, pipe.receiver, *pipe.workers.values()]:
+            procs.stop(proc)
+        pipe.server.cleanup()
+    return summarize(args, posted, measured, collected, profile)
+
+
+def _done_times(args: argparse.Namespace, collected: Collected) -> dict[str, list[float]]:
+    """When each message reached the end: its delivered webhooks, or (no webhooks) when its
+    delivered status was stored."""
+    if args.stop_at == "webhook":
+        times: dict[str, list[float]] = {}
+        for at, uuid, status in collected.seen["seen"]:
+            if status == "delivered":
+                times.setdefault(uuid, []).append(at)
+        return times
+    if args.stop_at == "dlr" and args.surface == "messages":
+        return {uuid: [at] for uuid, at in collected.delivered_rows}
+    return {}
+
+
+def _checks(
+    args: argparse.Namespace, n: int, done: dict[str, list[float]], missing: int, c: Collected
+) -> dict[str, int]:
+    """Each check's count of failures (all 0: passed)."""
+    checks: dict[str, int] = {}
+    if args.stop_at != "accept":
+        checks = {
+            "submits beyond one per message": len(c.smsc["submit_times"]) - n,
+            "messages not delivered in the database": n - c.messages.get("delivered", 0),
+        }
+    if done:
+        checks["messages without a delivered status"] = missing
+    if args.stop_at == "webhook":
+        checks["duplicate delivered webhooks"] = sum(len(v) - 1 for v in done.values())
+    return checks
+
+
+def summarize(
+    args: argparse.Namespace,
+    posted: lib.PostResult,
+    measured: dict[str, Any],
+    c: Collected,
+    profile: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The figures and checks of one run."""
+    accepted = posted.accepted
+    n = len(accepted)
+    done = _done_times(args, c)
+    missing = [uuid for uuid in accepted if uuid not in done]
+    latencies = sorted(min(done[u]) - at for u, at in accepted.items() if u in done)
+    done_times = sorted(min(v) for v in done.values())
+    submit_times, receipt_times = c.smsc["submit_times"], c.smsc["receipt_times"]
+    accept_times = sorted(accepted.values())
+    last = max(done_times) if done_times else posted.finished
+    cpu = measured["cpu_s"]
+    return {
+        "n": n,
+        "surface": args.surface,
+        "stop_at": args.stop_at,
+        "statuses": posted.statuses,
+        "accepted_per_s": posted.rate,
+        "submitted_per_s": harness.rate(submit_times),
+        "dlrs_per_s": harness.rate(receipt_times),
+        "done_per_s": harness.rate(done_times),
+        "end_to_end_s": last - posted.started,
+        "end_to_end_per_s": n / max(1e-9, last - posted.started),
+        "latency_p50": harness.percentile(latencies, 50),
+        "latency_p99": harness.percentile(latencies, 99),
+        "latency_max": latencies[-1] if latencies else float("nan"),
+        "spans": {
+            "accepts": harness.span(accept_times),
+            "submits": harness.span(submit_times),
+            "receipts": harness.span(receipt_times),
+            "done": harness.span(done_times),
+            "origin": posted.started,
+        },
+        "timeline": timeline(posted.started, accept_times, submit_times, receipt_times, done_times),
+        "checks": _checks(args, n, done, len(missing), c),
+        "smsc_counts": c.smsc["counts"],
+        "receiver_counts": c.seen["counts"],
+        "database": {"messages": c.messages, "webhooks": c.webhooks},
+        # receipts are labelled by SMSC account (smpp:<system_id>@<host>:<port>)
+        "orphan_receipts": sum(
+            value
+            for name, value in c.metrics.items()
+            if name.startswith('cascade_receipts_total{matched="no",provider="smpp')
+        ),
+        "metrics": {
+            name: value
+            for name, value in c.metrics.items()
+            if name.startswith(METRICS) and "_created" not in name and "smpp_binds" not in name
+        },
+        **measured,
+        "cascade_cpu_us_per_message": sum(
+            cpu[name] for name in cpu if name.startswith("cascade") and ":" not in name
+        )
+        / max(1, n)
+        * 1e6,
+        "cpu_us_per_message": {name: value / max(1, n) * 1e6 for name, value in cpu.items()},
+        "commit": harness.commit(),
+        "profile": profile,
+    }
 
 
 def timeline(origin: float, *series: list[float]) -> list[list[int]]:
@@ -900,6 +602,7 @@ def _profile_cost(
 
 
 def print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
+    """The figures, the CPU by process, the timeline and the checks."""
     print()
     rate = f"{args.rate:g}/s" if args.rate else "max"
     print(
@@ -953,16 +656,9 @@ def print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
                 print(f"    {stage:<46} {us:>8,.0f} µs")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    smsc = sub.add_parser("smsc", help="(internal) the SMSC sink")
-    smsc.add_argument("--port", type=int, required=True)
-    smsc.add_argument("--control", type=int, required=True)
-    smsc.add_argument("--receipt-delay", type=float, default=0.1)
-    smsc.add_argument("--smsc", choices=["raw", "smpp34"], default="raw")
-    receive = sub.add_parser("receive", help="(internal) the webhook receiver")
-    receive.add_argument("--port", type=int, required=True)
     parser.add_argument("--n", type=int, default=20_000, help="SMS to send")
     parser.add_argument("--connections", type=int, default=32, help="concurrent HTTP clients")
     parser.add_argument("--rate", type=float, default=0.0, help="POSTs per second (0: max)")
@@ -1021,46 +717,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the server")
     parser.add_argument("--profile-seconds", type=float, default=30.0)
     parser.add_argument("--profile-out", metavar="PATH", help="keep py-spy's raw samples here")
-    parser.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="wait up to S seconds for a nearly idle machine first",
+    harness.add_machine_options(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.provider_only:
+        return harness.run_benchmark(
+            "sms", args, run_provider_only, lambda r: print(json.dumps(r, indent=2))
+        )
+    return harness.run_benchmark(
+        "sms",
+        args,
+        run,
+        lambda r: print_result(r, args),
+        failed=lambda r: any(r["checks"].values()),
     )
-    parser.add_argument("--nice", type=int, default=0, help="run everything at this nice")
-    parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory")
-    args = parser.parse_args(argv)
-    if args.command == "smsc":
-        _run(_smsc(args.port, args.control, args.receipt_delay, args.smsc))
-        return 0
-    if args.command == "receive":
-        _run(_receive(args.port))
-        return 0
-    lib.install_signal_handlers()
-    procs = lib.Processes()
-    if args.nice:
-        os.nice(args.nice)  # this process (the load generator) and every child inherit it
-    print(f"machine: {lib.describe_machine()}", flush=True)
-    try:
-        if args.wait_idle:
-            busy = accept.wait_for_quiet(args.wait_idle)
-            print(f"other load before the run: {busy:.2f} cores busy", flush=True)
-        if args.provider_only:
-            only = run_provider_only(args, procs)
-            print(json.dumps(only, indent=2))
-            lib.write_json("sms", {"options": vars(args), "provider_only": only}, args.json)
-            return 0
-        result = run(args, procs)
-    except lib.BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        procs.stop_all()
-    print_result(result, args)
-    lib.write_json("sms", {"options": vars(args), "result": result}, args.json)
-    return 1 if any(result["checks"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 import enginelib as lib
+import harness
 
 FINISHED_SQL = "SELECT count(*) FROM workflows WHERE state != 'running'"
 COUNT_SQL = "SELECT count(*), sum(state = 'completed') FROM workflows"
@@ -52,17 +53,11 @@ def body(shape: str) -> bytes:
 
 def accept_all(server: lib.Server, args: argparse.Namespace) -> lib.PostResult:
     posted = lib.post_many(server.port, server.token, body(args.shape), args.n, args.connections)
-    print(
-        f"accepted {posted.accepted} of {args.n} in {posted.finished - posted.started:.2f} s "
-        f"({posted.rate:,.0f}/s; statuses {posted.statuses}, errors {posted.errors})",
-        flush=True,
-    )
-    if posted.accepted == 0:
-        raise lib.BenchError("nothing was accepted")
+    lib.accept_or_fail(posted, args.n, server)
     return posted
 
 
-def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
     env = {"CASCADE_SANDBOX_SPEED": str(args.speed), "CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
     if args.batch_size:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
@@ -72,7 +67,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
     server = lib.Server(procs, env, keep=args.keep)
     try:
         server.start()
-        startup_cpu = lib.process_cpu(server.pid)  # imports and start-up, no engine work yet
+        startup_cpu = harness.process_cpu(server.pid)  # imports and start-up, no engine work yet
         if not live:
             posted = accept_all(server, args)
             server.stop()
@@ -82,19 +77,19 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
         # backlog: a fresh process, whose counters start at zero (its engine is already busy)
         before = server.metrics() if live else {}
         # (the restarted process's own start-up is taken to cost what the first one's did)
-        cpu0 = lib.process_cpu(server.pid) if live else startup_cpu
-        busy0, wall0 = lib.machine_busy(), time.monotonic()
+        cpu0 = harness.process_cpu(server.pid) if live else startup_cpu
+        busy0, wall0 = harness.machine_busy(), time.monotonic()
         if live:
             posted = accept_all(server, args)
         server.wait_for(
             "every workflow to finish",
-            lambda: server.query(FINISHED_SQL)[0][0] >= posted.accepted,
+            lambda: server.query(FINISHED_SQL)[0][0] >= len(posted.accepted),
             timeout=args.timeout,
             interval=0.1,
         )
         all_finished = time.time()  # the wall clock (finished_at is when a receipt was due)
-        cpu1 = lib.process_cpu(server.pid)
-        busy1, wall1 = lib.machine_busy(), time.monotonic()
+        cpu1 = harness.process_cpu(server.pid)
+        busy1, wall1 = harness.machine_busy(), time.monotonic()
         after = server.metrics()
         server.stop()
         workflows, completed = server.query(COUNT_SQL)[0]
@@ -173,11 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--batch-size", type=int, default=0, help="CASCADE_WORKER_BATCH_SIZE")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait in all")
-    parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory")
-    lib.add_machine_options(parser)
+    harness.add_machine_options(parser)
     args = parser.parse_args(argv)
-    return lib.run_benchmark("throughput", args, run, print_result)
+    return harness.run_benchmark("throughput", args, run, print_result)
 
 
 if __name__ == "__main__":

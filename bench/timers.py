@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import enginelib as lib
+import harness
 
 EXPIRY = 15
 TARGET_P99_MS = 100.0
@@ -81,7 +82,7 @@ def pend(db_path: Path, count: int) -> None:
     print(f"  {count:,} step timers pending, due in a day", flush=True)
 
 
-def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
+def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
     env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
     if args.batch_size:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
@@ -94,25 +95,19 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             lib.messenger_step("1234567890120003", expiry_time=EXPIRY, condition="delivered"),
             lib.sms_step(args.sms_number),
         )
-        cpu0 = lib.process_cpu(server.pid)
+        cpu0 = harness.process_cpu(server.pid)
         posted = lib.post_many(server.port, server.token, body, args.n, args.connections, args.rate)
-        accepted = posted.accepted
-        print(
-            f"accepted {accepted} of {args.n} in {posted.finished - posted.started:.2f} s "
-            f"({posted.rate:,.0f}/s; statuses {posted.statuses}, errors {posted.errors})",
-            flush=True,
-        )
-        if accepted == 0:
-            raise lib.BenchError("nothing was accepted")
+        lib.accept_or_fail(posted, args.n, server)
+        accepted = len(posted.accepted)
         # every SMS submitted: the last timer is due EXPIRY s after the last accept
         remaining = posted.finished + EXPIRY - time.time()
         spy = None
         # the timer phase: from the first timer due to a little after the last
         time.sleep(max(0.0, posted.started + EXPIRY - time.time()))
-        sampler = lib.CpuSampler(server.pid)
+        sampler = harness.ThreadSampler(server.pid)
         if args.profile:
             spy_seconds = posted.finished - posted.started + 2.0
-            spy = lib.start_py_spy(
+            spy = harness.start_py_spy(
                 procs, server.pid, spy_seconds, Path(args.profile).resolve(),
                 server.workdir / "py-spy.log",
             )  # fmt: skip
@@ -122,7 +117,7 @@ def run(args: argparse.Namespace, procs: lib.Processes) -> dict[str, Any]:
             timeout=max(0.0, remaining) + args.timeout,
         )
         phase_cpu = sampler.stop()
-        cpu1 = lib.process_cpu(server.pid)
+        cpu1 = harness.process_cpu(server.pid)
         samples = server.metrics()
         if args.profile and spy is not None:
             spy.wait(60)
@@ -151,8 +146,8 @@ def summarize(
     stats = {
         name: {
             "n": len(values),
-            "p50_ms": lib.percentile(values, 50),
-            "p99_ms": lib.percentile(values, 99),
+            "p50_ms": harness.percentile(values, 50),
+            "p99_ms": harness.percentile(values, 99),
             "max_ms": values[-1] if values else float("nan"),
         }
         for name, values in {**series, "step 1 accept->submit": first_send}.items()
@@ -160,7 +155,7 @@ def summarize(
     buckets = lib.histogram(samples, "cascade_timer_lateness_seconds")
     return {
         "workflows": len(rows),
-        "accepted": posted.accepted,
+        "accepted": len(posted.accepted),
         "accept_seconds": posted.finished - posted.started,
         "accept_rate": posted.rate,
         "missing_sms_submit": missing,
@@ -222,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait past the last timer"
     )
-    parser.add_argument("--json", nargs="?", const="auto", default=None, metavar="PATH")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory")
     parser.add_argument(
         "--pending",
         type=int,
@@ -231,12 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="first store N step timers due a day from now (timers waiting beside the run's)",
     )
-    lib.add_machine_options(parser)
+    harness.add_machine_options(parser)
     parser.add_argument(
         "--profile", metavar="PATH", help="sample the timer phase with py-spy (collapsed stacks)"
     )
     args = parser.parse_args(argv)
-    return lib.run_benchmark("timers", args, run, print_result)
+    return harness.run_benchmark("timers", args, run, print_result)
 
 
 if __name__ == "__main__":

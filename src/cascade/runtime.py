@@ -44,7 +44,7 @@ from cascade.service import (
 )
 from cascade.store.base import ChannelLinks, Purging, SmppBinds, SmppNodes, Store
 from cascade.supervision import OnFatal, log_fatal
-from cascade.webhooks.delivery import DeliverySettings, WebhookSender
+from cascade.webhooks.delivery import DeliverySettings, WebhookHttp, WebhookSender
 
 log = structlog.get_logger(__name__)
 
@@ -209,13 +209,15 @@ def build_engine(
     on_fatal: OnFatal | None = None,
     *,
     http: ChannelHttp | None = None,
+    webhook_http: WebhookHttp | None = None,
     worker_only: bool = False,
 ) -> Engine:
     """The engine with its providers (Messenger, WhatsApp and Viber through each account's linked
     page, number or bot, on ``http`` or a client of their own; SMS over SMPP when the
     configuration file says so; the sandbox for the rest) and the webhook sender.
-    ``worker_only``: the engine of a process that serves no API, beside API processes that take
-    the platforms' callbacks."""
+    ``webhook_http``: the client the webhook sender POSTs with (by default a pooled one of its
+    own). ``worker_only``: the engine of a process that serves no API, beside API processes that
+    take the platforms' callbacks."""
     sandbox = SandboxProvider(
         store,
         clock,
@@ -224,7 +226,12 @@ def build_engine(
         # loaded worker's own receipts are rarely taken)
         takeover_after=max(settings.job_lease_seconds, TAKEOVER_AT_LEAST),
     )
-    sender = WebhookSender(store, clock, DeliverySettings(timeout=settings.webhook_timeout_seconds))
+    sender = WebhookSender(
+        store,
+        clock,
+        DeliverySettings(timeout=settings.webhook_timeout_seconds),
+        http=webhook_http,
+    )
     return Engine(
         store,
         Providers(

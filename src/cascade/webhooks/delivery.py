@@ -36,7 +36,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Protocol
@@ -53,7 +53,7 @@ from cascade.domain.records import (
     WebhookState,
 )
 from cascade.errors import PeerUnreachable, StoreUnavailable
-from cascade.httpclient import Destination, HttpClient, Target, parse_url
+from cascade.httpclient import Destination, HttpClient, Response, Target, parse_url
 from cascade.log import HotLogger
 from cascade.store.base import Job, JobQueue, Tenants, Webhooks
 from cascade.webhooks.signing import format_uuid, sign
@@ -207,6 +207,21 @@ class _Result:
         return self.status_code is not None and 200 <= self.status_code <= 205
 
 
+class WebhookHttp(Protocol):
+    """What the sender POSTs webhooks with: :class:`~cascade.httpclient.HttpClient` by
+    default; another client (a test's, a benchmark's) can be given to the sender instead."""
+
+    async def post(
+        self, target: Target, body: bytes, headers: Iterable[tuple[str, str]]
+    ) -> Response:
+        """POST ``body`` to ``target`` and read the answer; PeerUnreachable when none came."""
+        ...
+
+    async def close(self) -> None:
+        """Close whatever connections it keeps."""
+        ...
+
+
 class DeliveryStore(JobQueue, Webhooks, Tenants, Protocol):
     """What delivery uses of the store: the webhooks and their jobs, and the accounts whose
     signature secrets sign them."""
@@ -224,10 +239,15 @@ class WebhookSender:
         store: DeliveryStore,
         clock: Clock,
         settings: DeliverySettings | None = None,
+        *,
+        http: WebhookHttp | None = None,
     ) -> None:
+        """``http``: the client to POST with (the caller's: the sender does not close it);
+        by default a pooled :class:`~cascade.httpclient.HttpClient` of the sender's own."""
         self._store = store
         self._clock = clock
         self.settings = settings or DeliverySettings()
+        self._given_http = http
         self._http: HttpClient | None = None
         #: the webhooks of claimed jobs, read with their batch (taken by the job)
         self._prefetched: dict[int, WebhookRecord] = {}
@@ -237,8 +257,11 @@ class WebhookSender:
         #: places for webhooks between the start of their POST and the commit of its outcome
         self._unrecorded = asyncio.Semaphore(self.settings.max_unrecorded)
 
-    def _client(self) -> HttpClient:
-        """The pooled HTTP client, made on first use (inside the running event loop)."""
+    def _client(self) -> WebhookHttp:
+        """The given HTTP client, or the pooled one made on first use (inside the running
+        event loop)."""
+        if self._given_http is not None:
+            return self._given_http
         if self._http is None:
             self._http = HttpClient(
                 user_agent=USER_AGENT,
@@ -248,7 +271,7 @@ class WebhookSender:
         return self._http
 
     async def close(self) -> None:
-        """Close pooled connections."""
+        """Close the pooled connections of the sender's own client."""
         if self._http is not None:
             await self._http.close()
             self._http = None

@@ -1,0 +1,418 @@
+"""The benchmark suite: every driver in turn, each with its ceiling and (when installed) its peer
+measured in the same run, and the tables written.
+
+    make bench                                   # = .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py --size quick   # small sizes: checks every driver still works
+    .venv/bin/python bench/run.py --only accept,sms --update-benchmarks
+
+Each benchmark runs as its own process (``bench/NAME.py ... --json``); its output goes to
+``bench/results/NAME.log`` and its record to ``bench/results/NAME.json``. Then the tables are
+written to ``bench/results/latest.md`` (and ``latest.json``, all the records), and with
+``--update-benchmarks`` into BENCHMARKS.md between its ``suite:begin``/``suite:end`` markers. A
+benchmark that fails is reported as failed in the tables and makes the exit status 1; the others
+still run.
+
+The benchmarks, each with what it is compared with in the same run:
+
+* ``accept``: durable accepts/s of ``cascade serve`` (the accept path alone, and with its engine
+  as the README starts it); ceiling: the trivial ASGI app on the same server stack; peers:
+  Kannel's ``sendsms`` and Jasmin's ``/send`` (``bench/peers.py``) when installed;
+* ``sms``: SMS end to end over SMPP (accept -> submit -> DLR -> delivered webhook); ceiling:
+  ``SmppProvider.send`` alone against the same SMSC (``--provider-only``); peers: Kannel and
+  Jasmin relaying to the same SMSC, their DLR callbacks to the same receiver, when installed;
+* ``messenger``: Messenger end to end through a lean Graph API peer;
+* ``webhooks``: webhooks delivered/s; ceiling: a minimal asyncio HTTP client given to the sender;
+* ``timers``: lateness of failover timers (target p99 <= 100 ms);
+* ``throughput``: sandbox workflows completed/s (engine and API in one process);
+* ``growth``: accepts/s with finished messages already stored (``--preload 0,N``), against the
+  empty database in the same rounds, and timer lateness with pending timers (``--pending``);
+* ``memory``: resident memory with pending workflows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import harness
+
+import peers
+
+BENCHMARKS_MD = harness.REPO / "BENCHMARKS.md"
+BEGIN = "<!-- suite:begin (written by bench/run.py --update-benchmarks) -->"
+END = "<!-- suite:end -->"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One benchmark process of the suite."""
+
+    name: str
+    script: str
+    #: its arguments at each size
+    sizes: dict[str, list[str]]
+
+
+STEPS: list[Step] = [
+    Step(
+        "accept",
+        "accept.py",
+        {
+            "quick": ["--duration", "2", "--warmup", "1", "--engine", "both"],
+            "full": ["--duration", "10", "--warmup", "3", "--engine", "both", "--runs", "2"],
+        },
+    ),
+    Step("sms", "sms.py", {"quick": ["--n", "500"], "full": ["--n", "10000"]}),
+    Step(
+        "sms-provider",
+        "sms.py",
+        {
+            "quick": ["--provider-only", "--n", "500"],
+            "full": ["--provider-only", "--n", "10000"],
+        },
+    ),
+    Step("messenger", "messenger.py", {"quick": ["--n", "300"], "full": ["--n", "5000"]}),
+    Step(
+        "webhooks",
+        "webhooks.py",
+        {
+            "quick": ["--count", "500", "--client", "sender,raw"],
+            "full": ["--count", "10000", "--client", "sender,raw", "--runs", "2"],
+        },
+    ),
+    Step(
+        "timers",
+        "timers.py",
+        {"quick": ["--n", "300"], "full": ["--n", "10000", "--rate", "1500"]},
+    ),
+    Step("throughput", "throughput.py", {"quick": ["--n", "500"], "full": ["--n", "10000"]}),
+    Step(
+        "growth-accept",
+        "accept.py",
+        {
+            "quick": ["--duration", "2", "--warmup", "1", "--preload", "0,20000"],
+            "full": ["--duration", "10", "--warmup", "3", "--preload", "0,1000000", "--runs", "2"],
+        },
+    ),
+    Step(
+        "growth-timers",
+        "timers.py",
+        {
+            "quick": ["--n", "300", "--pending", "20000"],
+            "full": ["--n", "10000", "--rate", "1500", "--pending", "100000"],
+        },
+    ),
+    Step(
+        "memory",
+        "memory.py",
+        {
+            "quick": ["--n", "500", "--warmup", "50", "--settle", "0.5"],
+            "full": ["--n", "100000"],
+        },
+    ),
+]
+
+
+def run_step(step: Step, size: str, out: Path) -> dict[str, Any]:
+    """Run one benchmark; its JSON record, or ``{"error": ...}`` with its log's tail."""
+    record = out / f"{step.name}.json"
+    log = out / f"{step.name}.log"
+    record.unlink(missing_ok=True)
+    argv = [sys.executable, str(harness.BENCH_DIR / step.script), *step.sizes[size]]
+    argv += ["--json", str(record)]
+    print(f"== {step.name}: {' '.join(argv[1:])}", flush=True)
+    started = time.monotonic()
+    with log.open("wb") as sink:
+        done = subprocess.run(argv, stdout=sink, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - started
+    if done.returncode != 0 or not record.exists():
+        print(f"   failed ({done.returncode}) after {seconds:.0f} s; see {log}", flush=True)
+        return {"error": f"exit {done.returncode}", "log": harness.tail(log, 15)}
+    print(f"   done in {seconds:.0f} s", flush=True)
+    result: dict[str, Any] = json.loads(record.read_text())
+    return result
+
+
+# --- the tables --------------------------------------------------------------------------------
+
+
+def _n(value: Any, digits: int = 0) -> str:
+    """A figure for a table ("-" for none)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _command(record: dict[str, Any]) -> str:
+    return f"`{record.get('command', '?')}`"
+
+
+def _other(record: dict[str, Any], value: float | None) -> str:
+    return f"other load {_n(value, 2)} cores" if value is not None else ""
+
+
+def table_accept(records: dict[str, Any]) -> list[str]:
+    rec = records["accept"]
+    rows = {row["config"]: row for row in rec["summary"]}
+    lines = [
+        "| configuration | req/s | p99 ms | server µs/req | vs ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        label = "ceiling: trivial ASGI app" if name == "trivial" else f"Cascade, {name}"
+        lines.append(
+            f"| {label} | {_n(row['requests_per_s'])} | {_n(row['p99_ms'], 1)} "
+            f"| {_n(row['server_cpu_us_per_req'])} | {_n(row['ratio_to_trivial'], 2)} |"
+        )
+    for peer in records.get("peers", {}).get("accept", []):
+        lines.append(
+            f"| peer: {peer['name']} | {_n(peer['requests_per_s'])} | {_n(peer['p99_ms'], 1)} "
+            f"| {_n(peer['server_cpu_us_per_req'])} | {_n(peer['ratio_to_trivial'], 2)} |"
+        )
+    others = [row["other_cpu_cores"] for row in rows.values()]
+    notes = records.get("peers", {}).get("notes", [])
+    lines += ["", *(f"- {note}" for note in notes)] if notes else []
+    lines += [
+        "",
+        f"{_command(rec)}; load generator: {rec['generator']['description']}; "
+        f"other load {min(others):.2f}-{max(others):.2f} cores.",
+    ]
+    return lines
+
+
+def table_sms(records: dict[str, Any]) -> list[str]:
+    r = records["sms"]["result"]
+    lines = [
+        "| | SMS/s end to end | accepted/s | p50 / p99 ms (202 -> webhook) | CPU µs/SMS |",
+        "|---|---|---|---|---|",
+        f"| Cascade (1 `serve`, 2 binds) | {_n(r['end_to_end_per_s'])} "
+        f"| {_n(r['accepted_per_s'])} | {_n(r['latency_p50'] * 1000)} / "
+        f"{_n(r['latency_p99'] * 1000)} | {_n(r['cascade_cpu_us_per_message'])} |",
+    ]
+    provider = records.get("sms-provider", {}).get("result")
+    if provider:
+        lines.append(
+            f"| ceiling: `SmppProvider.send` alone | {_n(provider['end_to_end_per_s'])} | - | - "
+            f"| {_n(provider['cpu_us_per_message'])} |"
+        )
+    for peer in records.get("peers", {}).get("sms", []):
+        lines.append(
+            f"| peer: {peer['name']} | {_n(peer['end_to_end_per_s'])} "
+            f"| {_n(peer['accepted_per_s'])} | - | {_n(peer['cpu_us_per_message'])} |"
+        )
+    failed = {k: v for k, v in r["checks"].items() if v}
+    lines += [
+        "",
+        f"{_command(records['sms'])}; {r['n']:,} SMS; checks "
+        f"{failed or 'all passed'}; {_other(r, r['other_load_cores'])}.",
+    ]
+    return lines
+
+
+def table_messenger(records: dict[str, Any]) -> list[str]:
+    r = records["messenger"]["result"]
+    failed = {k: v for k, v in r["checks"].items() if v}
+    return [
+        "| messages/s end to end | accepted/s | p50 / p99 ms (202 -> webhook) "
+        "| `cascade serve` CPU µs/message |",
+        "|---|---|---|---|",
+        f"| {_n(r['end_to_end_per_s'])} | {_n(r['accepted_per_s'])} "
+        f"| {_n(r['latency_p50'] * 1000)} / {_n(r['latency_p99'] * 1000)} "
+        f"| {_n(r['cpu_us_per_message']['cascade serve'])} |",
+        "",
+        f"{_command(records['messenger'])}; {r['n']:,} messages; no ceiling or peer measured; "
+        f"checks {failed or 'all passed'}; "
+        f"{_other(r, r['other_load_cores'])}.",
+    ]
+
+
+def table_webhooks(records: dict[str, Any]) -> list[str]:
+    rec = records["webhooks"]
+    names = {"sender": "WebhookSender (its own client)", "raw": "ceiling: minimal asyncio client"}
+    lines = [
+        "| HTTP client | deliveries/s (median) | min-max | unrecorded at most |",
+        "|---|---|---|---|",
+    ]
+    for row in rec["result"]["summary"]:
+        lines.append(
+            f"| {names[row['client']]} | {_n(row['per_second'])} "
+            f"| {_n(row['min'])}-{_n(row['max'])} | {row['unrecorded_max']} |"
+        )
+    return [*lines, "", f"{_command(rec)}; load average {rec['machine']['load_average_1m']}."]
+
+
+def _timers_row(label: str, rec: dict[str, Any]) -> str:
+    r = rec["result"]
+    s = r["lateness"]["SMS submitted"]
+    return (
+        f"| {label} | {r['workflows']:,} | {_n(r['accept_rate'])} | {_n(s['p50_ms'], 1)} "
+        f"| {_n(s['p99_ms'], 1)} | {_n(s['max_ms'], 1)} "
+        f"| {'met' if r['target_met'] else 'MISSED'} |"
+    )
+
+
+def table_timers(records: dict[str, Any]) -> list[str]:
+    lines = [
+        "| | workflows | accepted/s | p50 ms | p99 ms | max ms | p99 <= 100 ms |",
+        "|---|---|---|---|---|---|---|",
+        _timers_row("due -> SMS submitted", records["timers"]),
+    ]
+    return [*lines, "", f"{_command(records['timers'])}."]
+
+
+def table_throughput(records: dict[str, Any]) -> list[str]:
+    rec = records["throughput"]
+    r = rec["result"]
+    return [
+        "| workflows/s | jobs/s | accepted/s | server CPU µs/workflow | machine busy cores |",
+        "|---|---|---|---|---|",
+        f"| {_n(r['workflows_per_s'])} | {_n(r['jobs_per_s'])} | {_n(r['accept_rate'])} "
+        f"| {_n(r['server_cpu_us_per_workflow'])} | {_n(r['machine_busy_cores'], 2)} |",
+        "",
+        f"{_command(rec)}.",
+    ]
+
+
+def table_growth(records: dict[str, Any]) -> list[str]:
+    lines = []
+    accept = records.get("growth-accept")
+    if accept and "summary" in accept:
+        rows = [row for row in accept["summary"] if row["config"].startswith("sqlite")]
+        base = rows[0]["requests_per_s"]
+        lines += ["| stored before the run | accepts/s | server µs/req | of the empty rate |"]
+        lines += ["|---|---|---|---|"]
+        for row, count in zip(rows, accept["options"]["preload"], strict=True):
+            lines.append(
+                f"| {f'{count:,} finished SMS' if count else 'nothing'} "
+                f"| {_n(row['requests_per_s'])} | {_n(row['server_cpu_us_per_req'])} "
+                f"| {row['requests_per_s'] / base:.2f} |"
+            )
+        lines += ["", f"{_command(accept)} (the rounds alternate the databases).", ""]
+    timers = records.get("growth-timers")
+    if timers and "result" in timers:
+        pending = timers["options"]["pending"]
+        lines += [
+            "| | workflows | accepted/s | p50 ms | p99 ms | max ms | p99 <= 100 ms |",
+            "|---|---|---|---|---|---|---|",
+            _timers_row(f"with {pending:,} timers pending", timers),
+            "",
+            f"{_command(timers)}.",
+        ]
+    return lines
+
+
+def table_memory(records: dict[str, Any]) -> list[str]:
+    rec = records["memory"]
+    r = rec["result"]
+    lines = ["| point | VmRSS MB | growth MB |", "|---|---|---|"]
+    for point in r["points"]:
+        lines.append(f"| {point['point']} | {point['rss_mb']:.1f} | {point['growth_mb']:+.1f} |")
+    return [
+        *lines,
+        "",
+        f"{_command(rec)}; {r['pending_workflows']:,} pending workflows; "
+        f"target < 50 MB growth: {'met' if r['target_met'] else 'MISSED'}.",
+    ]
+
+
+TABLES: list[tuple[str, str, Callable[[dict[str, Any]], list[str]]]] = [
+    ("Durable accepts (`POST /v0.1/dispatch`)", "accept", table_accept),
+    ("SMS end to end over SMPP", "sms", table_sms),
+    ("Messenger end to end", "messenger", table_messenger),
+    ("Webhook delivery", "webhooks", table_webhooks),
+    ("Timer lateness", "timers", table_timers),
+    ("Sandbox throughput", "throughput", table_throughput),
+    ("How cost grows with what is stored", "growth-accept", table_growth),
+    ("Memory", "memory", table_memory),
+]
+
+
+def render(records: dict[str, Any], size: str) -> str:
+    """The tables of one suite run, as Markdown."""
+    facts = next((r["machine"] for r in records.values() if "machine" in r), harness.machine())
+    commit = next((r["commit"] for r in records.values() if r.get("commit")), harness.commit())
+    lines = [
+        f"Suite run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at `{commit}`, "
+        f"`python bench/run.py --size {size}`, on {harness.describe_machine(facts)}. "
+        "Each figure's ceiling and peer were measured in the same run; the machine is "
+        "shared, so compare ratios and CPU per message rather than rates across runs.",
+    ]
+    for title, key, table in TABLES:
+        lines += ["", f"### {title}", ""]
+        record = records.get(key)
+        if record is None:
+            lines.append("(not run)")
+        elif "error" in record:
+            lines += [f"**failed** ({record['error']}):", "", "```", record["log"], "```"]
+        else:
+            try:
+                lines += table(records)
+            except (KeyError, TypeError, ZeroDivisionError) as exc:
+                lines.append(f"**table not written**: {type(exc).__name__}: {exc}")
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks(text: str) -> None:
+    """Put ``text`` between the suite markers of BENCHMARKS.md."""
+    doc = BENCHMARKS_MD.read_text()
+    start, end = doc.find(BEGIN), doc.find(END)
+    if start < 0 or end < start:
+        raise harness.BenchError(f"{BENCHMARKS_MD.name} has no {BEGIN!r} ... {END!r} block")
+    BENCHMARKS_MD.write_text(doc[: start + len(BEGIN)] + "\n" + text + "\n" + doc[end:])
+    print(f"written into {BENCHMARKS_MD}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["quick", "full"], default="full")
+    parser.add_argument("--only", help="comma-separated benchmarks (default: all)")
+    parser.add_argument(
+        "--peers",
+        choices=["auto", "off"],
+        default="auto",
+        help="auto: measure Kannel and Jasmin when installed; off: never",
+    )
+    parser.add_argument("--out", type=Path, default=harness.RESULTS_DIR, help="where to write")
+    parser.add_argument(
+        "--update-benchmarks",
+        action="store_true",
+        help="also write the tables into BENCHMARKS.md (between its suite markers)",
+    )
+    args = parser.parse_args(argv)
+    harness.install_signal_handlers()
+    known = {step.name for step in STEPS} | {s.name.split("-")[0] for s in STEPS} | {"peers"}
+    only = set(args.only.split(",")) if args.only else known
+    if only - known:
+        parser.error(f"unknown: {', '.join(sorted(only - known))}; choose from {sorted(known)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {harness.describe_machine()}", flush=True)
+    records: dict[str, Any] = {}
+    for step in STEPS:
+        if step.name in only or step.name.split("-")[0] in only:
+            records[step.name] = run_step(step, args.size, args.out)
+    if args.peers == "auto" and only & {"accept", "sms", "peers"}:
+        records["peers"] = peers.measure_all(args.size, args.out)
+    markdown = render(records, args.size)
+    (args.out / "latest.md").write_text(markdown)
+    (args.out / "latest.json").write_text(json.dumps(records, indent=2, default=str) + "\n")
+    print(f"\n{markdown}\ntables written to {args.out / 'latest.md'}", flush=True)
+    if args.update_benchmarks:
+        update_benchmarks(markdown)
+    failed = [name for name, record in records.items() if "error" in record]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
