@@ -124,6 +124,7 @@ def build_app(
     engine = (
         build_engine(settings, store, clock, on_fatal, http=http) if settings.run_worker else None
     )
+    receipts = engine if engine is not None else receipt_engine(settings, store, clock, on_fatal)
 
     async def start() -> None:
         await store.open()
@@ -139,6 +140,8 @@ def build_app(
             await engine.start()
             start_retention(settings, store, engine)
             start_bind_publisher(store, engine)
+        else:
+            receipts.start_rechecks()
         log.info(
             "cascade.started",
             database=redacted_url(settings.database_url),
@@ -148,6 +151,8 @@ def build_app(
     async def stop() -> None:
         if engine is not None:
             await engine.stop()
+        else:
+            await receipts.supervisor.stop()
         await store.close()
         log.info("cascade.stopped")
 
@@ -159,7 +164,7 @@ def build_app(
         lifespan_hooks=(start, stop),
         on_accepted=engine.wake if engine else None,
         engine_health=engine.health if engine else None,
-        receipts=engine if engine is not None else receipt_engine(settings, store, clock),
+        receipts=receipts,
         access_log=settings.access_log,
         smpp_status=partial(smpp_binds, engine) if engine else None,
         whatsapp=WhatsAppAdapter(
@@ -212,7 +217,7 @@ def build_engine(
     configuration file says so; the sandbox for the rest) and the webhook sender.
     ``webhook_http``: the client the webhook sender POSTs with (by default a pooled one of its
     own). ``worker_only``: the engine of a process that serves no API, beside API processes that
-    take the platforms' callbacks (each send then looks at once for a receipt that beat it)."""
+    take the platforms' callbacks."""
     sandbox = SandboxProvider(
         store,
         clock,
@@ -244,9 +249,9 @@ def build_engine(
             public_url=settings.public_url or "",
             kinds=settings.job_kinds,
             # the engine of `cascade worker` or of serve's engine process: API processes
-            # elsewhere take the platforms' callbacks, and keep a receipt that beats its send
-            orphans_elsewhere=worker_only,
-            # and one kept just as its send was recorded (the two crossed) waits for the sweep
+            # elsewhere take the platforms' callbacks and apply a receipt that beat its send
+            # themselves once the send is recorded (Engine.recheck_kept); one they gave up on,
+            # or kept as they were killed, waits for this sweep
             orphan_sweep_interval=1.0 if worker_only else EngineSettings().orphan_sweep_interval,
         ),
         job_kinds=[sender],
@@ -302,13 +307,17 @@ def start_throughput_shares(settings: Settings, store: SmppNodes, engine: Engine
     engine.supervisor.start("smpp-shares", shares.run())
 
 
-def receipt_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
+def receipt_engine(
+    settings: Settings, store: Store, clock: Clock, on_fatal: OnFatal | None = None
+) -> Engine:
     """An engine that is never started, for an API process that runs none (each API process
     of ``serve``, or ``CASCADE_RUN_WORKER=false``): it applies the platforms' receipts as the
     intake takes them, by the same rules and in the same transaction as a running engine
     would, so a status needs no worker's sweep (which runs every few seconds) to show. The
     jobs those transitions queue (webhooks, the next step) are run by a worker, which sees
-    them within its poll interval."""
+    them within its poll interval. A receipt that beat its send's answer is kept, and applied
+    by this engine once the send is recorded (``Engine.start_rechecks``, which the caller
+    runs; ``on_fatal`` if that loop ends)."""
     return Engine(
         store,
         Providers(SandboxProvider(store, clock, speed=settings.sandbox_speed), {}),
@@ -317,6 +326,7 @@ def receipt_engine(settings: Settings, store: Store, clock: Clock) -> Engine:
             report_horizon=settings.report_horizon_seconds,
             public_url=settings.public_url or "",
         ),
+        on_fatal=on_fatal,
     )
 
 

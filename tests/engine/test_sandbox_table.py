@@ -8,6 +8,7 @@ step whose window closes, duplicate receipts and receipts that arrive before the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import types
@@ -701,6 +702,49 @@ async def test_receipt_before_its_submit_is_applied_when_the_submit_is_stored(
         assert orphan_count(sqlite_store) == 0
         assert await w.engine.match_orphans() == 0
         assert len(final_reports(webhook_rows(sqlite_store, workflow_id))) == 1
+
+
+async def test_a_receipt_engine_applies_what_it_kept_once_the_send_is_recorded(
+    sqlite_store: SqliteStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API process's receipt engine keeps a receipt that beat its send and applies it itself
+    once the send is recorded (the sending engine does not look after its sends); one whose
+    send never comes stays stored, for a running engine's sweep."""
+    async with world(sqlite_store, clock) as w:
+        api = Engine(sqlite_store, Providers(w.sandbox), clock, worker_id="api")
+        api.start_rechecks()
+        try:
+            never = Receipt("sandbox", "sandbox-never", Status.DELIVERED, clock.now())
+            await api.receipt(never)
+
+            async def receipt_first(result: SendResult) -> None:
+                receipt = Receipt(
+                    "sandbox", result.provider_message_id, Status.DELIVERED, clock.now()
+                )
+                await api.receipt(receipt)
+                assert orphan_count(sqlite_store) == 2
+
+            wrap_send(monkeypatch, w.sandbox, after=receipt_first)
+            workflow_id = await post(w, workflow(*messenger_sms("1000003")))
+            assert (await w.workflow(workflow_id)).messages[0].status == "submitted"
+            assert orphan_count(sqlite_store) == 2
+
+            clock.advance(0.05)
+            for _ in range(200):
+                if orphan_count(sqlite_store) == 1:
+                    break
+                await asyncio.sleep(0.005)
+            done = await w.workflow(workflow_id)
+            assert done.state is WorkflowState.COMPLETED
+            assert statuses_of(done, 0) == SD
+            assert orphan_count(sqlite_store) == 1
+
+            for _ in range(10):
+                clock.advance(1)
+                await asyncio.sleep(0.01)
+            assert orphan_count(sqlite_store) == 1
+        finally:
+            await api.supervisor.stop()
 
 
 async def test_window_closing_while_the_send_is_in_flight_keeps_the_message(

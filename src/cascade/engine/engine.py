@@ -163,10 +163,12 @@ class EngineSettings:
     #: for how long after this engine kept such a receipt each send looks for one of its own
     #: at once (otherwise the sweep matches it: a read per send saved while none arrive)
     orphan_recheck: float = 60.0
-    #: whether other processes (API processes without an engine) may keep such receipts: then
-    #: each send looks for its own at once whatever this engine kept (a read per send), rather
-    #: than leave them to the sweep, seconds later
-    orphans_elsewhere: bool = False
+    #: an engine that only takes receipts (an API process's, :meth:`Engine.recheck_kept`) looks
+    #: for the send of each receipt it kept this long after keeping it, then twice as long
+    #: after each miss...
+    kept_recheck_first: float = 0.05
+    #: ...until this long has passed; then the sweep of a running engine matches it
+    kept_recheck_for: float = 3.0
     #: the base URL of this service, for links in webhooks
     public_url: str = ""
     #: the job kinds this engine claims (None: all). An engine that does not run ``send`` jobs
@@ -252,6 +254,10 @@ class Engine:
         self._prefetched: dict[str, MessageRecord] = {}
         #: when this engine last kept a receipt for a provider id it did not know yet
         self._orphan_kept_at: float | None = None
+        #: with :meth:`recheck_kept` running: the receipts this engine kept, by provider id,
+        #: with when to look next and the wait after that; and the event that wakes the loop
+        self._kept_here: dict[tuple[str, str], tuple[float, float]] | None = None
+        self._kept_event = asyncio.Event()
         self._wakeup = asyncio.Event()
         #: jobs claimed and not yet finished (their leases are extended), and of them those
         #: claimed ahead of their time and still waiting for it
@@ -622,9 +628,7 @@ class Engine:
             )
             raise
         kept_at = self._orphan_kept_at
-        if self.settings.orphans_elsewhere or (
-            kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck
-        ):
+        if kept_at is not None and self.clock.now() - kept_at < self.settings.orphan_recheck:
             # a receipt that beat this submit's answer (SMPP allows it) is applied now
             for part in parts or (provider_id,):
                 for receipt in await self.store.matched_orphan_receipts(id_space, part):
@@ -782,8 +786,16 @@ class Engine:
         matched = result is not None or await self._part_receipt(receipt)
         _receipts(receipt.provider, "yes" if matched else "no").inc()
         if not matched:
-            self._orphan_kept_at = self.clock.now()
-            await self.store.add_orphan_receipt(receipt, self.clock.now())
+            now = self.clock.now()
+            self._orphan_kept_at = now
+            await self.store.add_orphan_receipt(receipt, now)
+            if self._kept_here is not None:
+                first = self.settings.kept_recheck_first
+                self._kept_here[(receipt.provider, receipt.provider_message_id)] = (
+                    now + first,
+                    first,
+                )
+                self._kept_event.set()
 
     async def _receipt_for_unsent(self, receipt: Receipt, message_id: str) -> None:
         """Apply a receipt that names the message by Cascade's id because it beat the send's
@@ -848,6 +860,65 @@ class Engine:
     async def inbound_webhook_version(self, account_id: str) -> str:
         """The shape of an account's inbound webhooks (``payloads.inbound_version``)."""
         return payloads.inbound_version(await self.store.list_applications(account_id))
+
+    def start_rechecks(self) -> None:
+        """Run :meth:`recheck_kept` under this engine's supervisor: for the engine of a process
+        that only takes receipts (an API process), never started."""
+        self._kept_here = {}
+        self.supervisor.start("engine-kept", self.recheck_kept())
+
+    async def recheck_kept(self) -> None:
+        """Apply the receipts this engine kept once their sends are recorded, looking for each
+        soon after keeping it and less often after each miss (``kept_recheck_first``, doubling,
+        for ``kept_recheck_for``).
+
+        With ``serve`` on several processes a delivery callback often reaches an API process
+        before the engine process has recorded the send's answer. Applied here, such a receipt
+        costs the API process a read or two; the engine process (the busier one) no longer
+        looks for kept receipts after every send. A receipt given up on, or kept by a process
+        killed before it looked, stays stored for a running engine's sweep."""
+        kept = self._kept_here
+        if kept is None:
+            raise RuntimeError("recheck_kept runs through start_rechecks")
+        setbacks = Setbacks("engine-kept", worker=self.worker_id)
+        while True:
+            if not kept:
+                self._kept_event.clear()
+                await self._kept_event.wait()
+            now = self.clock.now()
+            due = [(key, wait) for key, (at, wait) in kept.items() if at <= now]
+            if not due:
+                # no longer than the first wait: one kept meanwhile is looked for on time
+                soonest = min(at for at, _ in kept.values())
+                await self.clock.sleep(min(soonest - now, self.settings.kept_recheck_first))
+                continue
+            for key, wait in due:
+                if wait * 2 >= self.settings.kept_recheck_for:
+                    del kept[key]
+                else:
+                    kept[key] = (now + wait * 2, wait * 2)
+            # together, so that their reads and writes share commits
+            found = await asyncio.gather(
+                *(self._apply_kept_of(*key) for key, _ in due), return_exceptions=True
+            )
+            for (key, _), result in zip(due, found, strict=True):
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result
+                if isinstance(result, BaseException):
+                    # still stored: looked for again, or left to a running engine's sweep
+                    setbacks.failed(result)
+                elif result:
+                    kept.pop(key, None)
+            if not any(isinstance(result, BaseException) for result in found):
+                setbacks.succeeded()
+
+    async def _apply_kept_of(self, provider: str, provider_message_id: str) -> bool:
+        """Apply the kept receipts of one provider id whose send is now recorded; False when
+        there are none (not recorded yet, or another engine applied them)."""
+        receipts = await self.store.matched_orphan_receipts(provider, provider_message_id)
+        for receipt in receipts:
+            await self.apply_kept(receipt)
+        return bool(receipts)
 
     async def match_orphans(self) -> int:
         """Apply kept receipts whose message is now known; returns how many."""
