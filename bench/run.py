@@ -80,7 +80,24 @@ STEPS: list[Step] = [
             "full": ["--provider-only", "--n", "10000"],
         },
     ),
-    Step("messenger", "messenger.py", {"quick": ["--n", "300"], "full": ["--n", "5000"]}),
+    Step(
+        "messenger",
+        "messenger.py",
+        {
+            "quick": ["--n", "300"],
+            # the layout of issue 11's figure: two processes, Meta's batched callbacks
+            "full": [
+                "--n",
+                "8000",
+                "--connections",
+                "16",
+                "--callback-batch",
+                "50",
+                "--processes",
+                "2",
+            ],
+        },
+    ),
     Step(
         "webhooks",
         "webhooks.py",
