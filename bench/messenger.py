@@ -171,7 +171,8 @@ class LeanGraph:
                 if self.delay > 0.005:  # (else every pending one goes: its 5 ms have passed)
                     # the first is due; those due within 5 ms more go with it
                     wait = self.pending[0][2] / 1000 + self.delay - time.time()
-                    await asyncio.sleep(max(0.0, wait) + 0.005)
+                    if wait > 0:  # (one already due goes at once: a pause per callback
+                        await asyncio.sleep(wait + 0.005)  # would cap them at 200/s)
                     due_until = time.time() * 1000 - self.delay * 1000
                     take = 1
                     while take < min(self.batch, len(self.pending)) and (
