@@ -385,7 +385,8 @@ def measure_all(size: str, out: Path) -> dict[str, Any]:
             result = run(procs, **SIZES[size])
         except harness.BenchError as exc:
             print(f"   failed: {exc}", flush=True)
-            peers["notes"].append(f"{name} failed: {str(exc)[-500:]}")
+            # its first line says what went wrong; the peer's own output stays in the log
+            peers["notes"].append(f"{name} failed: {str(exc).splitlines()[0][:300]}")
             continue
         finally:
             procs.stop_all()
