@@ -12,6 +12,7 @@ import structlog
 
 from cascade.api.app import create_app
 from cascade.clock import FakeClock
+from cascade.dashboard.routes import SESSION_COOKIE
 from cascade.dashboard.sessions import LOCKOUT_SECONDS, MAX_FAILURES
 from cascade.domain.records import NewWebhook, WebhookKind, WebhookState
 from cascade.store.sqlite import SqliteStore
@@ -108,27 +109,46 @@ async def test_the_cookie_is_secure_over_tls(
 async def test_repeated_failures_lock_the_sign_in_until_the_lockout_passes(
     web: httpx.AsyncClient, tenant: Tenant, clock: FakeClock, sqlite_store: SqliteStore
 ) -> None:
-    """After MAX_FAILURES wrong secrets even the right one is refused (429) until
-    LOCKOUT_SECONDS after the last failure; then it works and the count is cleared."""
-    for _ in range(MAX_FAILURES - 1):
+    """After MAX_FAILURES wrong secrets even the right one is refused until LOCKOUT_SECONDS
+    after the last failure; then it works and the count is cleared."""
+    for _ in range(MAX_FAILURES):
         answer = await post_sign_in(web, tenant.account.api_key, "wrong")
         assert answer.status_code == 401
-    locked = await post_sign_in(web, tenant.account.api_key, "wrong")
-    assert locked.status_code == 429
-    assert "locked until" in locked.text
+    assert await sqlite_store.sign_in_failures(tenant.account.id) is not None
     refused = await post_sign_in(web, tenant.account.api_key, tenant.api_secret)
-    assert refused.status_code == 429
+    assert refused.status_code == 401
+    assert SESSION_COOKIE not in refused.headers.get("set-cookie", "")
     clock.advance(LOCKOUT_SECONDS + 1)
     admitted = await post_sign_in(web, tenant.account.api_key, tenant.api_secret)
     assert admitted.status_code == 303
     assert await sqlite_store.sign_in_failures(tenant.account.id) is None
 
 
+def _alert(page: str) -> str:
+    """The error paragraph of a sign-in page."""
+    found = re.search(r'<p class="error" role="alert">(.*?)</p>', page, re.S)
+    assert found is not None
+    return found.group(1)
+
+
 async def test_an_unknown_api_key_reads_like_a_wrong_secret(web: httpx.AsyncClient) -> None:
     """A key no account has gets the same answer as a wrong secret."""
     answer = await post_sign_in(web, "nosuchkey", "whatever")
     assert answer.status_code == 401
-    assert "Wrong API key or API secret." in answer.text
+    assert "Wrong API key or API secret" in _alert(answer.text)
+
+
+async def test_a_locked_sign_in_reads_like_an_unknown_key(
+    web: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """A locked account's sign-in gets the answer an unknown key gets, so that trying a key
+    MAX_FAILURES times does not tell whether it exists."""
+    for _ in range(MAX_FAILURES + 1):
+        locked = await post_sign_in(web, tenant.account.api_key, "wrong")
+    for _ in range(MAX_FAILURES + 1):
+        unknown = await post_sign_in(web, "nosuchkey", "wrong")
+    assert locked.status_code == unknown.status_code == 401
+    assert _alert(locked.text) == _alert(unknown.text)
 
 
 async def test_the_sign_in_form_needs_its_token(web: httpx.AsyncClient, tenant: Tenant) -> None:

@@ -36,7 +36,14 @@ from cascade.api.reads import decode_cursor, encode_cursor
 from cascade.clock import Clock
 from cascade.dashboard import timeline
 from cascade.dashboard.forms import FormRefused, check_origin, read_form
-from cascade.dashboard.sessions import Sessions, SignedIn, SignInRefused, same_token
+from cascade.dashboard.sessions import (
+    LOCKOUT_SECONDS,
+    MAX_FAILURES,
+    Sessions,
+    SignedIn,
+    SignInRefused,
+    same_token,
+)
 from cascade.domain.records import Account, LinkedChannel, WebhookState, WebhookVersion
 from cascade.domain.status import Status
 from cascade.errors import CascadeError, InvalidRequest, StoreConflict
@@ -52,6 +59,12 @@ from cascade.store.base import (
 from cascade.views import webhook_views
 
 log = structlog.get_logger(__name__)
+
+#: the answer to every refused sign-in, wrong credentials and a locked sign-in alike
+SIGN_IN_REFUSED = (
+    f"Wrong API key or API secret, or sign-in locked: after {MAX_FAILURES} failed tries in a "
+    f"row an account's sign-in is locked for {LOCKOUT_SECONDS // 60} minutes."
+)
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "cascade_session"
@@ -298,8 +311,8 @@ class Dashboard:
 
     async def sign_in(self, request: Request) -> Response:
         """Sign in with the account's API key and secret: a session cookie, then the page the
-        person wanted. Wrong credentials are 401, a locked sign-in 429, and nothing tells
-        whether the key exists."""
+        person wanted. Wrong credentials and a locked sign-in are the same 401, so that
+        nothing tells whether the key exists."""
         check_origin(request)
         form = await read_form(request)
         if not same_token(request.cookies.get(SIGN_IN_COOKIE, ""), form.get("sign_in_token")) or (
@@ -311,20 +324,10 @@ class Dashboard:
         try:
             token, signed_in = await self._sessions.sign_in(api_key, form.get("api_secret", ""))
         except SignInRefused as refused:
+            # the operator's log tells a locked sign-in apart; the answer does not, or it would
+            # tell which API keys exist (only an existing key can be locked)
             log.info("dashboard.sign_in_refused", locked=refused.locked_until is not None)
-            if refused.locked_until is not None:
-                until = _clock_time(refused.locked_until)
-                return self._sign_in_form(
-                    request,
-                    f"Too many failed sign-ins: signing in to this account is locked until "
-                    f"{until} UTC.",
-                    429,
-                    api_key,
-                    following,
-                )
-            return self._sign_in_form(
-                request, "Wrong API key or API secret.", 401, api_key, following
-            )
+            return self._sign_in_form(request, SIGN_IN_REFUSED, 401, api_key, following)
         log.info("dashboard.signed_in", account=signed_in.account.id)
         response = RedirectResponse(following or f"{PREFIX}/messages", status_code=303)
         response.set_cookie(
