@@ -15,6 +15,7 @@ import httpx
 import jwt
 from playwright.sync_api import Page, expect
 
+from cascade.dashboard.routes import SIGN_IN_REFUSED
 from tests.dashboard.conftest import Hooks, Server
 
 #: where the README's screenshot of the timeline page is kept (written when
@@ -122,7 +123,7 @@ def test_refusals(page: Page, server: Server) -> None:
     with page.expect_response(lambda r: r.request.method == "POST") as answer:
         page.get_by_role("button", name="Sign in").click()
     assert answer.value.status == 401
-    expect(page.get_by_role("alert")).to_have_text("Wrong API key or API secret.")
+    expect(page.get_by_role("alert")).to_have_text(SIGN_IN_REFUSED)
 
     page.get_by_label("API secret").fill(server.api_secret)
     page.get_by_role("button", name="Sign in").click()
