@@ -256,7 +256,7 @@ class PostResult:
 _ID = re.compile(rb'_uuid":"([^"]+)"')
 
 
-async def _post_many(
+async def post_many_async(
     port: int,
     token: str,
     body: bytes | Callable[[int], bytes],
@@ -265,6 +265,9 @@ async def _post_many(
     rate: float,
     path: str,
 ) -> PostResult:
+    """:func:`post_many` on the running event loop (for a driver that runs the service in
+    the same loop)."""
+
     def request(index: int) -> bytes:
         payload = body(index) if callable(body) else body
         return (
@@ -321,7 +324,7 @@ def post_many(
     """POST ``body`` (or ``body(i)`` for request i) ``count`` times from ``connections``
     concurrent keep-alive clients, as fast as they are answered or, with ``rate``, at that many
     requests per second at most."""
-    return harness.run_loop(_post_many(port, token, body, count, connections, rate, path))
+    return harness.run_loop(post_many_async(port, token, body, count, connections, rate, path))
 
 
 def accept_or_fail(posted: PostResult, asked: int, server: Server | None = None) -> None:

@@ -24,20 +24,18 @@ Without valgrind it prints the CPU per message of the whole process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
+import enginelib as lib
 import httptools
 import messenger
-import uvicorn
 import uvloop
+from tests.channels.test_linked_e2e import serving
 from tests.conftest import make_tenant
 
 from cascade.config import Settings
@@ -84,29 +82,6 @@ def _listener() -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     return sock
-
-
-@contextlib.asynccontextmanager
-async def _serving(app: Any, listener: socket.socket) -> AsyncIterator[None]:
-    config = uvicorn.Config(
-        app,
-        loop="none",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    try:
-        while not server.started:
-            if task.done():
-                await task
-            await asyncio.sleep(0.005)
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def main(count: int) -> None:
@@ -168,7 +143,7 @@ async def main(count: int) -> None:
     configure_logging(settings.log_level, "json")  # as serve does
     tune_gc()
     try:
-        async with _serving(build_app(settings), listener):
+        async with serving(build_app(settings), listener):
             await _round(port, token, body, WARM_UP, counts)
             started = time.process_time()
             await _round(port, token, body, count, counts)
@@ -183,9 +158,11 @@ async def main(count: int) -> None:
 async def _round(port: int, token: str, body: bytes, count: int, counts: dict[str, int]) -> None:
     """Accept ``count`` messages and wait for their ``delivered`` webhooks."""
     target = counts["delivered"] + count
-    posted = await messenger._drive(port, token, body, count, CONNECTIONS)
-    if len(posted["accepted"]) != count:
-        raise SystemExit(f"accepted {len(posted['accepted'])} of {count}: {posted['statuses']}")
+    posted = await lib.post_many_async(
+        port, token, body, count, CONNECTIONS, 0.0, lib.MESSAGES_PATH
+    )
+    if len(posted.accepted) != count:
+        raise SystemExit(posted.line(count))
     deadline = time.monotonic() + 600
     while counts["delivered"] < target:
         if time.monotonic() > deadline:

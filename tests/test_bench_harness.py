@@ -176,3 +176,20 @@ def test_the_webhook_and_sms_drivers_run_and_the_suite_writes_their_tables(
     assert "| ceiling: minimal asyncio client |" in markdown
     assert "| Cascade (1 `serve`, 2 binds) |" in markdown
     assert "### Timer lateness\n\n(not run)" in markdown
+
+
+def test_the_in_process_messenger_lifecycle_runs(tmp_path: Path) -> None:
+    """messenger_lifecycle.py (the callgrind driver) delivers its messages through the lean
+    Graph and prints its CPU per message."""
+    root = BENCH.parent
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "messenger_lifecycle.py"), "20"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "20 messages:" in done.stdout
