@@ -1,10 +1,13 @@
-"""``cascade serve`` on several processes (``cascade.processes``): the engine in one child and
-the API in another, a dead child started again, SIGTERM stopping all, children stopping when
-the parent is killed, on SQLite and PostgreSQL. Each test runs the installed command."""
+"""``cascade serve`` on several processes (``cascade.processes``): the engine in one child, its
+webhook deliveries in another and the API in a third, a dead child started again, SIGTERM
+stopping all, children stopping when the parent is killed, on SQLite and PostgreSQL. Each test
+runs the installed command."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +22,9 @@ import httpx
 import pytest
 
 from cascade import processes
+from cascade.config import Settings
 from cascade.processes import MAX_QUICK_FAILURES, Child, ProcessSupervisor
+from cascade.runtime import engine_children
 from tests.contract.conftest import postgres_schema, postgres_schemas, postgres_url
 from tests.test_dev_smsc import free_port
 
@@ -81,9 +86,9 @@ class Serve:
         wait_until(delivered)
         return found
 
-    def engine_and_api(self) -> list[int]:
-        """The two children, once both run."""
-        wait_until(lambda: len(children(self.process.pid)) == 2)
+    def family(self) -> list[int]:
+        """The three children (engine, webhooks, API), once all run."""
+        wait_until(lambda: len(children(self.process.pid)) == 3)
         return children(self.process.pid)
 
 
@@ -145,35 +150,87 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         yield serving
 
 
-def test_the_engine_runs_apart_from_the_api_and_sends(serve: Serve) -> None:
-    """Two children, engine and API; a message accepted by the API process is sent by the
-    engine process and reads back delivered; SIGTERM stops the children and the parent (0)."""
-    engine, api = serve.engine_and_api()
-    assert serve.send_and_wait()["status"] == "delivered"
+class Hooks(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver: records each POST's JSON body, answers 200."""
+
+    received: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+def test_the_engine_runs_apart_from_the_api_and_sends(serve: Serve, tmp_path: Path) -> None:
+    """Three children: the engine (sends, receipts, timers), the webhooks and the API; a
+    message accepted by the API process is sent by the engine process, reads back delivered,
+    and its two status webhooks arrive, delivered by the webhooks process (the engine's runs
+    no webhook job); SIGTERM stops the children and the parent (0)."""
+    family = serve.family()
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        database = f"sqlite:///{tmp_path / 'cascade.db'}"
+        status_url = f"http://127.0.0.1:{receiver.server_address[1]}/status"
+        subprocess.run(
+            [CASCADE, "account", "set", "--status-url", status_url, "--database", database],
+            check=True,
+            capture_output=True,
+        )
+        found = serve.send_and_wait()
+        assert found["status"] == "delivered"
+        wait_until(lambda: {hook.get("status") for hook in Hooks.received} >= {"delivered"})
+    finally:
+        receiver.shutdown()
+    assert [hook["message_uuid"] for hook in Hooks.received] == [found["message_uuid"]] * 2
     serve.process.send_signal(signal.SIGTERM)
     assert serve.process.wait(30) == 0
-    assert not alive(engine)
-    assert not alive(api)
+    assert not any(alive(pid) for pid in family)
     text = serve.log.read_text()
-    assert "processes=['engine', 'api-1']" in text
+    assert "processes=['engine', 'webhooks', 'api-1']" in text
+    assert "jobs=send,step_timeout,report_horizon" in text
+    assert "jobs=webhook" in text
     assert text.count("cascade.account_created") == 1  # made once, by the parent
+
+
+def test_the_engine_jobs_setting_shapes_the_engine_processes() -> None:
+    """The engine's processes run the job kinds CASCADE_ENGINE_JOBS gives it: all of them,
+    webhooks apart; without webhook jobs no webhooks process; only webhooks, no engine."""
+
+    def layout(jobs: str) -> list[tuple[str, str]]:
+        settings = Settings(engine_jobs=jobs)
+        return [
+            (child.name, child.run.args[0].engine_jobs)  # type: ignore[attr-defined]
+            for child in engine_children(settings)
+        ]
+
+    assert layout("all") == [
+        ("engine", "send,step_timeout,report_horizon"),
+        ("webhooks", "webhook"),
+    ]
+    assert layout("send,step_timeout") == [("engine", "send,step_timeout")]
+    assert layout("webhook") == [("webhooks", "webhook")]
 
 
 def test_a_child_that_dies_is_started_again(serve: Serve) -> None:
     """SIGKILL the engine process: the parent starts a new one, which sends the next message."""
-    first = serve.engine_and_api()
-    engine = first[0]
+    engine = serve.family()[0]
     os.kill(engine, signal.SIGKILL)
     wait_until(lambda: engine not in children(serve.process.pid))
-    wait_until(lambda: len(children(serve.process.pid)) == 2)
+    wait_until(lambda: len(children(serve.process.pid)) == 3)
     assert serve.send_and_wait()["status"] == "delivered"
     assert "serve.process_exited" in serve.log.read_text()
 
 
 def test_the_children_stop_when_the_parent_is_killed(serve: Serve) -> None:
-    """SIGKILL the parent (which cannot stop its children then): both children stop on their
+    """SIGKILL the parent (which cannot stop its children then): the children stop on their
     own within a few seconds."""
-    family = serve.engine_and_api()
+    family = serve.family()
     serve.process.kill()
     serve.process.wait()
     wait_until(lambda: not any(alive(pid) for pid in family), within=30)
@@ -184,7 +241,7 @@ def test_the_children_stop_when_the_parent_is_killed(serve: Serve) -> None:
 def test_on_postgresql(tmp_path: Path, postgres_schema: str) -> None:
     """The same on PostgreSQL: the API process accepts, the engine process sends."""
     with running(tmp_path, postgres_schema) as serving:
-        serving.engine_and_api()
+        serving.family()
         assert serving.send_and_wait()["status"] == "delivered"
 
 

@@ -1,8 +1,9 @@
 """``cascade serve`` on every core: the API and the engine in supervised child processes.
 
-One Python process runs on one core at a time, and the API's accepts and the engine's sends,
-receipts and webhooks each take about half of a message's CPU (BENCHMARKS.md), so ``serve``
-runs them apart by default: one engine process and, for every further core, one API process.
+One Python process runs on one core at a time, and the API's accepts, the engine's sends and
+receipts, and its webhook deliveries each take a good part of a message's CPU (BENCHMARKS.md),
+so ``serve`` runs them apart by default: one engine process, one that delivers the webhooks,
+and, for every further core, one API process (``runtime.engine_children``).
 The parent binds the API's port and prepares the database (migrations, the first account and
 its credentials, the channel links' key check) before any child starts, so each of those fails
 once, plainly, with nothing started. Then it forks the children (each API process serves on the

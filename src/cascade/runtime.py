@@ -26,7 +26,7 @@ from cascade.channels.sandbox import SandboxProvider
 from cascade.channels.whatsapp import WhatsAppAdapter
 from cascade.clock import Clock, SystemClock
 from cascade.config import Settings, read_config_file
-from cascade.domain.records import Account
+from cascade.domain.records import Account, JobKindName
 from cascade.engine.binds import BindPublisher
 from cascade.engine.engine import Engine, EngineSettings, Providers
 from cascade.engine.retention import Retention, RetentionSettings
@@ -374,7 +374,10 @@ async def run_worker(settings: Settings, *, log_setup: bool = True) -> None:
     start_bind_publisher(store, engine)
     watch_parent()
     log.info(
-        "cascade.worker", database=redacted_url(settings.database_url), worker=engine.worker_id
+        "cascade.worker",
+        database=redacted_url(settings.database_url),
+        worker=engine.worker_id,
+        jobs=settings.engine_jobs,
     )
     try:
         await stopped.wait()
@@ -468,12 +471,10 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
             return
         asyncio.run(prepare_database(settings, announce))
         api = settings.model_copy(update={"run_worker": False})
-        children = (
-            [Child("engine", partial(_child_worker, settings))] if settings.run_worker else []
-        )
+        children = engine_children(settings) if settings.run_worker else []
         children += [
             Child(f"api-{n}", partial(_child_api, api, listener, tls))
-            for n in range(1, max(count - len(children), 1) + 1)
+            for n in range(1, max(count - 1 if children else count, 1) + 1)
         ]
         _log_listening(listener, tls, settings, processes=[child.name for child in children])
         status = ProcessSupervisor(children).run()
@@ -494,6 +495,28 @@ async def prepare_database(settings: Settings, announce: Announce | None) -> Non
         await _first_account(settings, store, SystemClock(), announce)
     finally:
         await store.close()
+
+
+def engine_children(settings: Settings) -> list[Child]:
+    """The engine's processes in a ``serve`` of several: webhook deliveries in one of their own
+    (``webhooks``) and the rest of its jobs (sends, receipts, timers) in another (``engine``),
+    each for the job kinds ``settings`` gives the engine.
+
+    Delivering a message's two status webhooks (claim, sign, POST, record) costs about half
+    of what the engine spends on it; in the engine's process they made it the one busy core
+    while the API's idled (1,249-1,273 SMS/s end to end over SMPP on two cores), and in a
+    process of their own 1,709-1,719/s (BENCHMARKS.md). Several workers taking jobs of one
+    database is what ``cascade worker`` always did."""
+    kinds = settings.job_kinds or frozenset(JobKindName)
+    rest = [kind.value for kind in JobKindName if kind in kinds and kind is not JobKindName.WEBHOOK]
+    children = []
+    if rest:
+        engine = settings.model_copy(update={"engine_jobs": ",".join(rest)})
+        children.append(Child("engine", partial(_child_worker, engine)))
+    if JobKindName.WEBHOOK in kinds:
+        webhooks = settings.model_copy(update={"engine_jobs": JobKindName.WEBHOOK.value})
+        children.append(Child("webhooks", partial(_child_worker, webhooks)))
+    return children
 
 
 def _child_api(settings: Settings, listener: socket.socket, tls: tuple[str, str] | None) -> int:
