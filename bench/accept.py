@@ -265,6 +265,18 @@ def count_sqlite(path: Path) -> Counts:
     return Counts(len(ids), messages, jobs, ids)
 
 
+def sent_sqlite(path: Path) -> int:
+    """Messages the engine has sent so far (those with a status), read while it runs."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        sent: int = conn.execute(
+            "SELECT count(*) FROM messages WHERE status IS NOT NULL"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    return sent
+
+
 def count_postgres(url: str) -> Counts:
     """Rows in the PostgreSQL database (a new connection, after the server was killed)."""
     import asyncpg
@@ -304,6 +316,8 @@ class RunResult:
     load_average_1m: float
     socket_errors: int
     durability: dict[str, Any] = field(default_factory=dict)
+    #: messages the engine sent per second during the window (an engine on SQLite; else NaN)
+    engine_sent_per_s: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -459,6 +473,8 @@ def prepare(
         CASCADE_LOG_LEVEL="warning",
         CASCADE_RUN_WORKER="true" if config.engine else "false",
     )
+    if config.engine:  # as the README starts it: the API and the engine apart, one per core
+        del env["CASCADE_PROCESSES"]
     env.update(opts.server_env)
     key = workdir / "bench.key"
     created = harness.cli(["app", "create", "bench", "--private-key-file", str(key)], env, workdir)
@@ -529,11 +545,17 @@ def measure(
         received += warm_ids
         lost_in_flight |= not warm["drained"]
     load_before = os.getloadavg()[0]
+    # how fast the engine moves what is accepted meanwhile (a peer's relay rate, for Cascade)
+    engine_db = target.database if config.engine and isinstance(target.database, Path) else None
+    sent_before = sent_sqlite(engine_db) if engine_db else 0
     usage = harness.Usage({"server": server.pid}, loops=["server"])
     summary, ids, gen_cpu = drive(
         procs, gen, port, opts.duration, workdir, "measure", body_file, target.tokens_file
     )
     measured = usage.stop(own="benchmark")
+    engine_sent_per_s = (
+        (sent_sqlite(engine_db) - sent_before) / measured["wall_s"] if engine_db else math.nan
+    )
     received += ids
     lost_in_flight |= not summary["drained"]
     durability: dict[str, Any] = {}
@@ -565,6 +587,7 @@ def measure(
         load_average_1m=load_before,
         socket_errors=sum(summary["socket_errors"].values()),
         durability=durability,
+        engine_sent_per_s=engine_sent_per_s,
     )
 
 
@@ -636,6 +659,7 @@ def summarize(results: list[RunResult], configs: list[Config]) -> list[dict[str,
                 "other_cpu_cores": _median([r.other_cpu_cores for r in runs]),
                 "ratio_to_trivial": _median(ratios) if ratios else float("nan"),
                 "durable": all(r.durability.get("missing", 0) == 0 for r in runs),
+                "engine_sent_per_s": _median([r.engine_sent_per_s for r in runs]),
             }
         )
     return rows
@@ -650,6 +674,8 @@ def print_run(result: RunResult) -> None:
         f"(loop {result.loop_cpu_us_per_req:.0f})  "
         f"generator {result.generator_cpu_cores:.2f} cores  other {result.other_cpu_cores:.2f}"
     )
+    if not math.isnan(result.engine_sent_per_s):
+        line += f"\n      engine: {result.engine_sent_per_s:,.0f} messages sent/s meanwhile"
     d = result.durability
     if d:
         line += (
@@ -777,7 +803,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=["off", "on", "both"],
         default="off",
         help="off: the accept path alone (CASCADE_RUN_WORKER=false); on: cascade serve with its "
-        "engine, as the README starts it (jobs are consumed, so they are not counted); both",
+        "engine, as the README starts it (its processes, one per core; jobs are consumed, so "
+        "they are not counted, and the messages sent meanwhile are); both",
     )
     parser.add_argument("--runs", type=int, default=1, help="rounds (the table shows medians)")
     parser.add_argument(

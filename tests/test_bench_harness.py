@@ -174,7 +174,7 @@ def test_the_webhook_and_sms_drivers_run_and_the_suite_writes_their_tables(
     assert result["receiver_counts"]["delivered"] == 30
     markdown = suite.render({"webhooks": webhooks, "sms": sms}, "quick")
     assert "| ceiling: minimal asyncio client |" in markdown
-    assert "| Cascade (1 `serve`, 2 binds) |" in markdown
+    assert "| Cascade (`serve` in one process, 2 binds) |" in markdown
     assert "### Timer lateness\n\n(not run)" in markdown
 
 
