@@ -278,8 +278,9 @@ def start_retention(settings: Settings, store: Purging, engine: Engine) -> None:
 def start_bind_publisher(store: SmppBinds, engine: Engine) -> None:
     """Publish the engine's SMPP bind states to the store when they change, under its
     supervisor, for the dashboards of processes without an engine (nothing to do without
-    SMPP connections)."""
-    if not smpp_binds(engine):
+    SMPP connections, or in an engine that does not send: its connections never bind, and
+    writing them unbound would hide the sending engine's binds)."""
+    if not engine.settings.sends or not smpp_binds(engine):
         return
     publisher = BindPublisher(store, partial(smpp_binds, engine), engine.clock)
     engine.supervisor.start("smpp-binds", publisher.run())
@@ -288,10 +289,12 @@ def start_bind_publisher(store: SmppBinds, engine: Engine) -> None:
 def start_throughput_shares(settings: Settings, store: SmppNodes, engine: Engine) -> None:
     """Share each SMPP connection's throughput with the other nodes holding it (see
     ``engine/shares.py``), under the engine's supervisor; nothing to do without a connection
-    that has a throughput limit. Called before the engine starts, so that no submit goes out
-    before this node knows its share."""
+    that has a throughput limit, or in an engine that does not send. Called before the engine
+    starts, so that no submit goes out before this node knows its share."""
     from cascade.channels.smpp import SmppProvider
 
+    if not engine.settings.sends:
+        return
     limited = [
         connection
         for provider in engine.providers.all()

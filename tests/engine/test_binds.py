@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any
 
 from cascade.clock import FakeClock
+from cascade.config import Settings
 from cascade.engine.binds import STOPPED, BindPublisher
+from cascade.runtime import build_engine, start_bind_publisher, start_throughput_shares
 from cascade.store.base import SmppBind
 from cascade.store.sqlite import SqliteStore
 
@@ -52,3 +55,25 @@ async def test_when_the_engine_stops_its_connections_read_as_stopped(
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert await sqlite_store.smpp_binds() == [SmppBind("a", False, STOPPED, clock.now())]
+
+
+async def test_an_engine_that_does_not_send_publishes_no_binds_and_takes_no_share(
+    sqlite_store: SqliteStore, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Serve's webhooks process (an engine without send jobs) holds the configured SMPP
+    connections unbound: it neither publishes them (which would write "unbound" over the
+    sending engine's binds) nor shares their throughput; an engine that sends does both."""
+    config = tmp_path / "cascade.toml"
+    config.write_text(
+        '[smpp]\n[[smpp.connections]]\nname = "sink"\nhost = "127.0.0.1"\n'
+        'system_id = "cascade"\npassword = "secret"\nthroughput = 10\n'
+    )
+    for jobs, tasks in (("webhook", set()), ("all", {"smpp-binds", "smpp-shares"})):
+        settings = Settings(
+            database_url=f"sqlite:///{sqlite_store.path}", config_file=config, engine_jobs=jobs
+        )
+        engine = build_engine(settings, sqlite_store, clock)
+        start_throughput_shares(settings, sqlite_store, engine)
+        start_bind_publisher(sqlite_store, engine)
+        assert set(engine.supervisor.alive()) == tasks
+        await engine.supervisor.stop()
