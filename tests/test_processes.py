@@ -1,7 +1,7 @@
-"""``cascade serve`` on several processes (``cascade.processes``): the engine in one child, its
-webhook deliveries in another and the API in a third, a dead child started again, SIGTERM
-stopping all, children stopping when the parent is killed, on SQLite and PostgreSQL. Each test
-runs the installed command."""
+"""``cascade serve`` on several processes (``cascade.processes``): the engine in one child (its
+webhook deliveries in another when it holds SMPP connections) and the API in another, a dead
+child started again, SIGTERM stopping all, children stopping when the parent is killed, on
+SQLite and PostgreSQL. Each test runs the installed command."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ class Serve:
         return found
 
     def family(self) -> list[int]:
-        """The three children (engine, webhooks, API), once all run."""
-        wait_until(lambda: len(children(self.process.pid)) == 3)
+        """The two children (engine, API; the sandbox, no SMPP), once both run."""
+        wait_until(lambda: len(children(self.process.pid)) == 2)
         return children(self.process.pid)
 
 
@@ -167,10 +167,10 @@ class Hooks(http.server.BaseHTTPRequestHandler):
 
 
 def test_the_engine_runs_apart_from_the_api_and_sends(serve: Serve, tmp_path: Path) -> None:
-    """Three children: the engine (sends, receipts, timers), the webhooks and the API; a
-    message accepted by the API process is sent by the engine process, reads back delivered,
-    and its two status webhooks arrive, delivered by the webhooks process (the engine's runs
-    no webhook job); SIGTERM stops the children and the parent (0)."""
+    """Two children, engine and API (no SMPP connection: the webhooks stay in the engine's
+    process); a message accepted by the API process is sent by the engine process, reads back
+    delivered, and its two status webhooks arrive; SIGTERM stops the children and the parent
+    (0)."""
     family = serve.family()
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
@@ -192,18 +192,24 @@ def test_the_engine_runs_apart_from_the_api_and_sends(serve: Serve, tmp_path: Pa
     assert serve.process.wait(30) == 0
     assert not any(alive(pid) for pid in family)
     text = serve.log.read_text()
-    assert "processes=['engine', 'webhooks', 'api-1']" in text
-    assert "jobs=send,step_timeout,report_horizon" in text
-    assert "jobs=webhook" in text
+    assert "processes=['engine', 'api-1']" in text
+    assert "jobs=all" in text
     assert text.count("cascade.account_created") == 1  # made once, by the parent
 
 
-def test_the_engine_jobs_setting_shapes_the_engine_processes() -> None:
-    """The engine's processes run the job kinds CASCADE_ENGINE_JOBS gives it: all of them,
-    webhooks apart; without webhook jobs no webhooks process; only webhooks, no engine."""
+def test_webhooks_go_apart_from_an_engine_holding_smpp_connections(tmp_path: Path) -> None:
+    """With SMPP connections configured the webhook deliveries run in a process of their own
+    and the engine's process runs the rest of its jobs (as CASCADE_ENGINE_JOBS narrows them);
+    without SMPP, or without webhook jobs, or with only webhook jobs, the engine is one
+    process."""
+    smpp = tmp_path / "cascade.toml"
+    smpp.write_text(
+        '[smpp]\n[[smpp.connections]]\nname = "sink"\nhost = "127.0.0.1"\n'
+        'system_id = "cascade"\npassword = "secret"\n'
+    )
 
-    def layout(jobs: str) -> list[tuple[str, str]]:
-        settings = Settings(engine_jobs=jobs)
+    def layout(jobs: str, config: Path | None = smpp) -> list[tuple[str, str]]:
+        settings = Settings(engine_jobs=jobs, config_file=config)
         return [
             (child.name, child.run.args[0].engine_jobs)  # type: ignore[attr-defined]
             for child in engine_children(settings)
@@ -213,8 +219,10 @@ def test_the_engine_jobs_setting_shapes_the_engine_processes() -> None:
         ("engine", "send,step_timeout,report_horizon"),
         ("webhooks", "webhook"),
     ]
+    assert layout("send,webhook") == [("engine", "send"), ("webhooks", "webhook")]
+    assert layout("all", config=None) == [("engine", "all")]
     assert layout("send,step_timeout") == [("engine", "send,step_timeout")]
-    assert layout("webhook") == [("webhooks", "webhook")]
+    assert layout("webhook") == [("engine", "webhook")]
 
 
 def test_a_child_that_dies_is_started_again(serve: Serve) -> None:
@@ -222,7 +230,7 @@ def test_a_child_that_dies_is_started_again(serve: Serve) -> None:
     engine = serve.family()[0]
     os.kill(engine, signal.SIGKILL)
     wait_until(lambda: engine not in children(serve.process.pid))
-    wait_until(lambda: len(children(serve.process.pid)) == 3)
+    wait_until(lambda: len(children(serve.process.pid)) == 2)
     assert serve.send_and_wait()["status"] == "delivered"
     assert "serve.process_exited" in serve.log.read_text()
 

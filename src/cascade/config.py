@@ -78,8 +78,8 @@ class Settings(BaseSettings):
         ge=0,
         le=64,
         description="Processes `cascade serve` runs: 1 keeps the API and the engine in one; "
-        "N > 1 runs the engine in one (its webhook deliveries in one more of their own) and the "
-        "API in the other N - 1; 0 (the default) is one per core",
+        "N > 1 runs the engine in one (with SMPP connections, its webhook deliveries in one more) "
+        "and the API in the other N - 1; 0 (the default) is one per core",
     )
     engine_jobs: str = Field(
         "all",

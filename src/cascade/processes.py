@@ -2,8 +2,9 @@
 
 One Python process runs on one core at a time, and the API's accepts, the engine's sends and
 receipts, and its webhook deliveries each take a good part of a message's CPU (BENCHMARKS.md),
-so ``serve`` runs them apart by default: one engine process, one that delivers the webhooks,
-and, for every further core, one API process (``runtime.engine_children``).
+so ``serve`` runs them apart by default: one engine process (and, when it holds SMPP
+connections, one more that delivers the webhooks) and, for every further core, one API process
+(``runtime.engine_children``).
 The parent binds the API's port and prepares the database (migrations, the first account and
 its credentials, the channel links' key check) before any child starts, so each of those fails
 once, plainly, with nothing started. Then it forks the children (each API process serves on the

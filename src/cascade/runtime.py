@@ -501,25 +501,42 @@ async def prepare_database(settings: Settings, announce: Announce | None) -> Non
 
 
 def engine_children(settings: Settings) -> list[Child]:
-    """The engine's processes in a ``serve`` of several: webhook deliveries in one of their own
-    (``webhooks``) and the rest of its jobs (sends, receipts, timers) in another (``engine``),
-    each for the job kinds ``settings`` gives the engine.
+    """The engine's processes in a ``serve`` of several: one (``engine``) for the job kinds
+    ``settings`` gives the engine or, when it holds SMPP connections, two: the webhook
+    deliveries in one of their own (``webhooks``) and the rest (sends, receipts, timers) in
+    ``engine``.
 
-    Delivering a message's two status webhooks (claim, sign, POST, record) costs about half
-    of what the engine spends on it; in the engine's process they made it the one busy core
-    while the API's idled (1,249-1,273 SMS/s end to end over SMPP on two cores), and in a
-    process of their own 1,709-1,719/s (BENCHMARKS.md). Several workers taking jobs of one
-    database is what ``cascade worker`` always did."""
+    Over SMPP the receipts arrive on the engine's binds, and with a message's two status
+    webhooks (claim, sign, POST, record) the engine's process was the one busy core while the
+    API's idled: 1,249-1,273 SMS/s end to end on two cores, 1,543-1,597/s with the webhooks
+    apart. The platforms' receipts (Messenger, WhatsApp, Viber, the sandbox) arrive on the API
+    instead, and there a third process writing the database cost more than it freed: Messenger
+    end to end 1,526-1,594/s, 1,373-1,462/s with the webhooks apart (BENCHMARKS.md, "Where an
+    SMS's CPU goes"). Several workers taking jobs of one database is what ``cascade worker``
+    always did."""
     kinds = settings.job_kinds or frozenset(JobKindName)
     rest = [kind.value for kind in JobKindName if kind in kinds and kind is not JobKindName.WEBHOOK]
-    children = []
-    if rest:
-        engine = settings.model_copy(update={"engine_jobs": ",".join(rest)})
-        children.append(Child("engine", partial(_child_worker, engine)))
-    if JobKindName.WEBHOOK in kinds:
-        webhooks = settings.model_copy(update={"engine_jobs": JobKindName.WEBHOOK.value})
-        children.append(Child("webhooks", partial(_child_worker, webhooks)))
-    return children
+    webhooks = JobKindName.WEBHOOK in kinds
+    if not (rest and webhooks and holds_smpp(settings)):
+        return [Child("engine", partial(_child_worker, settings))]
+    return [
+        Child(
+            "engine",
+            partial(_child_worker, settings.model_copy(update={"engine_jobs": ",".join(rest)})),
+        ),
+        Child(
+            "webhooks",
+            partial(
+                _child_worker,
+                settings.model_copy(update={"engine_jobs": JobKindName.WEBHOOK.value}),
+            ),
+        ),
+    ]
+
+
+def holds_smpp(settings: Settings) -> bool:
+    """Whether the configuration file gives the engine SMPP connections."""
+    return settings.config_file is not None and "smpp" in read_config_file(settings.config_file)
 
 
 def _child_api(settings: Settings, listener: socket.socket, tls: tuple[str, str] | None) -> int:
