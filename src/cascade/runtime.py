@@ -509,7 +509,7 @@ def engine_children(settings: Settings) -> list[Child]:
     Over SMPP the receipts arrive on the engine's binds, and with a message's two status
     webhooks (claim, sign, POST, record) the engine's process was the one busy core while the
     API's idled: 1,249-1,273 SMS/s end to end on two cores, 1,543-1,597/s with the webhooks
-    apart. The platforms' receipts (Messenger, WhatsApp, Viber, the sandbox) arrive on the API
+    apart. The platforms' receipts (Messenger, WhatsApp, Viber) arrive on the API
     instead, and there a third process writing the database cost more than it freed: Messenger
     end to end 1,526-1,594/s, 1,373-1,462/s with the webhooks apart (BENCHMARKS.md, "Where an
     SMS's CPU goes"). Several workers taking jobs of one database is what ``cascade worker``
