@@ -145,6 +145,16 @@ class TestSmppNodes:
         assert await store.renew_smpp_node("other", "node-a", T0 + 30, T0) == 1
         assert await store.renew_smpp_node("smsc", "node-a", T0 + 40, T0 + 10) == 2
 
+    async def test_nodes_joining_at_once_count_each_other(self, store: Store) -> None:
+        """Nodes that register at the same moment count one another: one sees itself alone,
+        the next two, the last three, never two alone (each then took the whole throughput)."""
+        for attempt in range(10):
+            connection = f"smsc-{attempt}"
+            counts = await asyncio.gather(
+                *(store.renew_smpp_node(connection, f"node-{n}", T0 + 30, T0) for n in range(3))
+            )
+            assert sorted(counts) == [1, 2, 3]
+
     async def test_a_node_that_stops_renewing_runs_out(self, store: Store) -> None:
         """A node's row counts until its expiry and not from then on, so a killed node's
         share goes back to the others after its lease."""

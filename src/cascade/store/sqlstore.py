@@ -561,6 +561,7 @@ def _claim_ids_plan(params: dict[str, Any]) -> Plan[ClaimedIds]:
 
 def _renew_smpp_node_plan(connection: str, node: str, expires_at: float, now: float) -> Plan[int]:
     """Renew a node's hold on an SMPP connection; how many nodes hold it now."""
+    yield value("serialize_smpp_nodes", connection=connection)
     yield change("renew_smpp_node", connection=connection, node=node, expires_at=expires_at)
     yield change("forget_expired_smpp_nodes", connection=connection, now=now)
     live = yield value("live_smpp_nodes", connection=connection, now=now)

@@ -713,3 +713,8 @@ DELETE FROM smpp_nodes WHERE connection = :connection AND node = :node
 
 -- name: drop_orphan_receipt
 DELETE FROM orphan_receipts WHERE id = :id
+
+-- name: serialize_smpp_nodes
+-- renewals of one connection's nodes one after another: two nodes joining at once each saw
+-- only its own uncommitted row and both took the whole throughput
+SELECT pg_advisory_xact_lock(hashtext('cascade_smpp_nodes:' || :connection::text))

@@ -696,3 +696,7 @@ DELETE FROM smpp_nodes WHERE connection = :connection AND node = :node
 
 -- name: drop_orphan_receipt
 DELETE FROM orphan_receipts WHERE id = :id
+
+-- name: serialize_smpp_nodes
+-- (SQLite's one writer already runs renewals one after another)
+SELECT :connection
