@@ -55,97 +55,38 @@ END = "<!-- suite:end -->"
 
 @dataclass(frozen=True)
 class Step:
-    """One benchmark process of the suite."""
+    """One benchmark process of the suite: its script and its arguments at each size."""
 
     name: str
     script: str
-    #: its arguments at each size
-    sizes: dict[str, list[str]]
+    quick: str
+    full: str
+
+    def argv(self, size: str) -> list[str]:
+        """The script's arguments at ``size`` (quick or full)."""
+        return (self.quick if size == "quick" else self.full).split()
 
 
 STEPS: list[Step] = [
-    Step(
-        "accept",
-        "accept.py",
-        {
-            "quick": ["--duration", "2", "--warmup", "1", "--engine", "both"],
-            "full": ["--duration", "10", "--warmup", "3", "--engine", "both", "--runs", "2"],
-        },
-    ),
-    # `cascade serve` as the README starts it: one process per core (engine, webhooks, API)
-    Step(
-        "sms",
-        "sms.py",
-        {
-            "quick": ["--n", "500", "--processes", "0"],
-            "full": ["--n", "10000", "--processes", "0"],
-        },
-    ),
-    Step(
-        "sms-provider",
-        "sms.py",
-        {
-            "quick": ["--provider-only", "--n", "500"],
-            "full": ["--provider-only", "--n", "10000"],
-        },
-    ),
-    Step(
-        "messenger",
-        "messenger.py",
-        {
-            "quick": ["--n", "300"],
-            # the layout of issue 11's figure: two processes, Meta's batched callbacks
-            "full": [
-                "--n",
-                "8000",
-                "--connections",
-                "16",
-                "--callback-batch",
-                "50",
-                "--processes",
-                "2",
-            ],
-        },
-    ),
-    Step(
-        "webhooks",
-        "webhooks.py",
-        {
-            "quick": ["--count", "500", "--client", "sender,raw"],
-            "full": ["--count", "10000", "--client", "sender,raw", "--runs", "2"],
-        },
-    ),
-    Step(
-        "timers",
-        "timers.py",
-        {"quick": ["--n", "300"], "full": ["--n", "10000", "--rate", "1500"]},
-    ),
-    Step("throughput", "throughput.py", {"quick": ["--n", "500"], "full": ["--n", "10000"]}),
-    Step(
-        "growth-accept",
-        "accept.py",
-        {
-            "quick": ["--duration", "2", "--warmup", "1", "--preload", "0,20000"],
-            "full": ["--duration", "10", "--warmup", "3", "--preload", "0,1000000", "--runs", "2"],
-        },
-    ),
-    Step(
-        "growth-timers",
-        "timers.py",
-        {
-            "quick": ["--n", "300", "--pending", "20000"],
-            "full": ["--n", "10000", "--rate", "1500", "--pending", "100000"],
-        },
-    ),
-    Step(
-        "memory",
-        "memory.py",
-        {
-            "quick": ["--n", "500", "--warmup", "50", "--settle", "0.5"],
-            "full": ["--n", "100000"],
-        },
-    ),
-]
+    Step("accept", "accept.py", "--duration 2 --warmup 1 --engine both",
+         "--duration 10 --warmup 3 --engine both --runs 2"),
+    # `cascade serve` as the README starts it: one process per core (with SMPP: engine,
+    # webhooks, API)
+    Step("sms", "sms.py", "--n 500 --processes 0", "--n 10000 --processes 0"),
+    Step("sms-provider", "sms.py", "--provider-only --n 500", "--provider-only --n 10000"),
+    # full: the layout of issue 11's figure, two processes, Meta's batched callbacks
+    Step("messenger", "messenger.py", "--n 300",
+         "--n 8000 --connections 16 --callback-batch 50 --processes 2"),
+    Step("webhooks", "webhooks.py", "--count 500 --client sender,raw",
+         "--count 10000 --client sender,raw --runs 2"),
+    Step("timers", "timers.py", "--n 300", "--n 10000 --rate 1500"),
+    Step("throughput", "throughput.py", "--n 500", "--n 10000"),
+    Step("growth-accept", "accept.py", "--duration 2 --warmup 1 --preload 0,20000",
+         "--duration 10 --warmup 3 --preload 0,1000000 --runs 2"),
+    Step("growth-timers", "timers.py", "--n 300 --pending 20000",
+         "--n 10000 --rate 1500 --pending 100000"),
+    Step("memory", "memory.py", "--n 500 --warmup 50 --settle 0.5", "--n 100000"),
+]  # fmt: skip
 
 
 def run_step(step: Step, size: str, out: Path) -> dict[str, Any]:
@@ -153,7 +94,7 @@ def run_step(step: Step, size: str, out: Path) -> dict[str, Any]:
     record = out / f"{step.name}.json"
     log = out / f"{step.name}.log"
     record.unlink(missing_ok=True)
-    argv = [sys.executable, str(harness.BENCH_DIR / step.script), *step.sizes[size]]
+    argv = [sys.executable, str(harness.BENCH_DIR / step.script), *step.argv(size)]
     argv += ["--json", str(record)]
     print(f"== {step.name}: {' '.join(argv[1:])}", flush=True)
     started = time.monotonic()
