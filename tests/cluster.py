@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 import uuid
@@ -30,6 +29,7 @@ from cascade.clock import SystemClock
 from tests.engine.harness import step, workflow
 from tests.running import (
     Processes,
+    cascade_env,
     create_application,
     free_port,
     kill,
@@ -158,7 +158,7 @@ class Outcome:
 def child_env(lease: float, speed: float, batch: int) -> dict[str, str]:
     """The processes' environment: the lease, sandbox speed and claim batch of the run, and
     nothing CASCADE_* from the developer's shell."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env = cascade_env()
     env.update(
         CASCADE_LOG_FORMAT="console",
         CASCADE_LOG_LEVEL="warning",

@@ -5,6 +5,7 @@ killing one, waiting for a condition, and the CLI steps that set a database up."
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -18,6 +19,14 @@ from pathlib import Path
 import pytest
 
 CASCADE = str(Path(sys.executable).with_name("cascade"))
+
+
+def cascade_env(**settings: str) -> dict[str, str]:
+    """This process's environment without the developer's CASCADE_* settings, with
+    ``settings`` (CASCADE_* names) set: what a command started by a test runs with."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env.update(settings)
+    return env
 
 
 def free_port() -> int:

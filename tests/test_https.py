@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from cascade.config import Settings
 from cascade.errors import ConfigError
 from tests.api.test_connections import free_port
 from tests.conftest import rsa_key
+from tests.running import cascade_env
 from tests.tls import make_certificate
 
 runner = CliRunner()
@@ -174,7 +174,7 @@ def test_a_tls_server_stops_at_once_while_a_client_keeps_an_idle_connection(
     keep-alive pool) holds an idle connection and never sends TLS's close_notify."""
     cert, key = certificate
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    env = cascade_env()
     env.update(
         CASCADE_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}",
         CASCADE_RUN_WORKER="false",

@@ -26,6 +26,7 @@ from cascade.config import Settings
 from cascade.processes import MAX_QUICK_FAILURES, Child, ProcessSupervisor
 from cascade.runtime import engine_children
 from tests.contract.conftest import postgres_schema, postgres_schemas, postgres_url
+from tests.running import cascade_env
 from tests.test_dev_smsc import free_port
 
 __all__ = ["postgres_schema", "postgres_schemas", "postgres_url"]  # fixtures used here
@@ -97,7 +98,7 @@ def running(tmp_path: Path, database: str) -> Iterator[Serve]:
     """``cascade serve --processes 2`` on ``database``, until the block ends; then stopped
     (SIGKILL if need be), children included."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    env = cascade_env()
     credentials = tmp_path / "cascade.credentials"
     env.update(
         CASCADE_DATABASE_URL=database,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import resource
 import socket
 import subprocess
@@ -27,6 +26,7 @@ import pytest
 
 from cascade.api.server import REFUSAL_LINES_PER_SECOND, RESERVED_FILES, connection_limits
 from cascade.config import Settings
+from tests.running import cascade_env
 
 CASCADE = str(Path(sys.executable).with_name("cascade"))
 #: the server's file limit (soft and hard): the cap must keep idle sockets below it
@@ -72,7 +72,7 @@ def start_server(directory: Path, **settings: str) -> Iterator[Server]:
     """Run `cascade serve` (API only, SQLite) with ``settings`` as CASCADE_* variables until
     the generator is closed."""
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env = cascade_env()
     env.update(
         CASCADE_DATABASE_URL=f"sqlite:///{directory / 'cascade.db'}",
         CASCADE_SQLITE_SYNCHRONOUS="NORMAL",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.channels.conftest import connection
 from tests.contract.conftest import _admin, postgres_url
-from tests.running import Processes, create_application, free_port, wait_for
+from tests.running import Processes, cascade_env, create_application, free_port, wait_for
 from tests.smsc import LoopbackSmsc
 
 __all__ = ["postgres_url"]  # the fixture used here
@@ -79,7 +78,7 @@ async def test_two_workers_share_the_throughput_of_one_smsc_connection(
         "[[smpp.connections]]\n"
         + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
     )
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env = cascade_env()
     env.update(
         CASCADE_LOG_FORMAT="console",
         CASCADE_JOB_LEASE_SECONDS=str(LEASE),

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.running import cascade_env
 from tests.webhooks.receiver import free_port
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -144,7 +145,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`cascade serve` on a fresh SQLite file, with the engine; stopped after the session."""
     folder = tmp_path_factory.mktemp("dashboard")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    env = cascade_env()
     env.update(
         CASCADE_DATABASE_URL=f"sqlite:///{folder / 'cascade.db'}",
         CASCADE_SQLITE_SYNCHRONOUS="NORMAL",

@@ -15,7 +15,6 @@ workflows, one that the sandbox was handed each message only once, one the webho
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 import uuid
@@ -35,6 +34,7 @@ from cascade.webhooks.delivery import DeliverySettings, delivery_id
 from tests.engine.harness import step, workflow
 from tests.running import (
     Processes,
+    cascade_env,
     create_application,
     free_port,
     kill,
@@ -102,7 +102,7 @@ class Run:
 def child_env() -> dict[str, str]:
     """The environment of the processes: the lease and sandbox speed of the test, and nothing
     CASCADE_* from the developer's shell."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("CASCADE_")}
+    env = cascade_env()
     env.update(
         CASCADE_LOG_FORMAT="console",
         CASCADE_JOB_LEASE_SECONDS=str(LEASE),
