@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,7 +113,7 @@ async def test_a_lock_held_too_long_fails_the_waiting_writes(
 
 
 async def test_a_transition_decided_before_another_write_is_decided_again(
-    sqlite_store: SqliteStore,
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A transition decides before it takes the write lock; when a write queued before it
     changed the workflow (here a retry's last error, which a closing window reports), its
@@ -132,12 +133,22 @@ async def test_a_transition_decided_before_another_write_is_decided_again(
         changes.events.append(Event(at=T0 + 1, kind="probe"))
         return changes, []
 
-    retried = sqlite_store.retry_job(
-        job.id, T0 + 9, message_id=message_id, error=(1000, "busy"), at=T0 + 1
-    )
-    await asyncio.gather(
-        retried, sqlite_store.transition(WorkflowKey(message_id=message_id), decide)
-    )
+    read = sqlite_store._read
+    retried = False
+
+    async def read_then_retry(plan: Any, *, snapshot: bool = False) -> Any:
+        """The transition's read, then the retry's write stored before its transaction."""
+        nonlocal retried
+        found = await read(plan, snapshot=snapshot)
+        if not retried:
+            retried = True
+            await sqlite_store.retry_job(
+                job.id, T0 + 9, message_id=message_id, error=(1000, "busy"), at=T0 + 1
+            )
+        return found
+
+    monkeypatch.setattr(sqlite_store, "_read", read_then_retry)
+    await sqlite_store.transition(WorkflowKey(message_id=message_id), decide)
     assert seen == [None, 1000]  # decided early from the old read, then again in the lock
 
 

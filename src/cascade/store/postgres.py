@@ -247,6 +247,7 @@ class PostgresStore(SqlStore):
         command_timeout: float = 30.0,
         sealer: Sealer | None = None,
     ) -> None:
+        super().__init__()
         self.url = url
         self.sealer = sealer
         self.pool_size = pool_size
@@ -318,6 +319,7 @@ class PostgresStore(SqlStore):
         return applied
 
     async def close(self) -> None:
+        await self.transitions.wait()
         self._closing = True
         self._wakeup.set()
         if self._listener is not None:

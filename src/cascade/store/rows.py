@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
 from enum import Enum
+from itertools import groupby
 from operator import attrgetter, itemgetter
 from typing import Any, Generic, TypeVar
 
@@ -271,6 +272,20 @@ def transition_workflow(found: Rows) -> tuple[WorkflowRecord, int] | None:
         get = _TRANSITION_GETTERS[found.key] = itemgetter(*positions)
     *values, version = get(found[0])
     return _workflow_of(tuple(values), message.all(found)), int(version)
+
+
+def transition_workflows(found: Rows) -> list[tuple[WorkflowRecord, int]]:
+    """The workflows a batch of transitions reads, each with its version: the rows of several
+    workflows, ordered by workflow, read as :func:`transition_workflow` reads one."""
+    if not found:
+        return []
+    by_workflow = itemgetter(found.columns["workflow_id"])
+    loaded = []
+    for _, group in groupby(found, by_workflow):
+        workflow = transition_workflow(Rows(group, found.columns, found.key))
+        if workflow is not None:
+            loaded.append(workflow)
+    return loaded
 
 
 #: the workflow's columns in a transition's read (in _WORKFLOW_COLUMNS order), then its version

@@ -599,6 +599,7 @@ class SqliteStore(SqlStore):
         cache_mb: int = CACHE_MB,
         sealer: Sealer | None = None,
     ) -> None:
+        super().__init__()
         self.path = str(path)
         self.sealer = sealer
         self._cache_mb = cache_mb
@@ -643,6 +644,7 @@ class SqliteStore(SqlStore):
             conn.close()
 
     async def close(self) -> None:
+        await self.transitions.wait()
         await self._writer.close()
         if self._reader is not None:
             self._reader.close()

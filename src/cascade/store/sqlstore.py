@@ -16,6 +16,7 @@ Every write that changes what a decision reads moves the version.
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import time
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
@@ -25,7 +26,7 @@ from functools import partial
 from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, overload
 
-from cascade.domain.failover import Changes, MessageChange
+from cascade.domain.failover import MessageChange
 from cascade.domain.records import (
     Accepted,
     Account,
@@ -307,17 +308,67 @@ def accept_plan(batch: Sequence[AcceptRows], idempotency_ttl: float) -> Plan[lis
     return [created if outcome is None else outcome for outcome in outcomes]
 
 
-def _transition_read(key: WorkflowKey) -> Run:
-    """The statement reading the workflow ``key`` names, with its messages and version."""
-    if key.workflow_id is not None:
-        return select("transition_read_by_workflow", workflow_id=key.workflow_id)
-    if key.message_id is not None:
-        return select("transition_read_by_message", message_id=key.message_id)
-    return select(
-        "transition_read_by_provider",
-        provider=key.provider,
-        provider_message_id=key.provider_message_id,
-    )
+class WorkflowsRead:
+    """The workflows a batch of transitions names, each with its version, found by any of
+    the three kinds of key a transition may give."""
+
+    __slots__ = ("by_message", "by_provider_id", "by_workflow")
+
+    def __init__(self) -> None:
+        self.by_workflow: dict[str, tuple[WorkflowRecord, int]] = {}
+        self.by_message: dict[str, str] = {}
+        self.by_provider_id: dict[tuple[str | None, str | None], str] = {}
+
+    def add(self, found: rows.Rows) -> None:
+        """Take in the rows of one of the reads (a workflow read twice is the same)."""
+        for loaded in rows.transition_workflows(found):
+            workflow = loaded[0]
+            self.by_workflow[workflow.id] = loaded
+            for message in workflow.messages:
+                self.by_message[message.id] = workflow.id
+                if message.provider_message_id is not None:
+                    self.by_provider_id[(message.provider, message.provider_message_id)] = (
+                        workflow.id
+                    )
+
+    def get(self, key: WorkflowKey) -> tuple[WorkflowRecord, int] | None:
+        """The workflow ``key`` names and the version read, or None when none was found."""
+        if key.workflow_id is not None:
+            workflow_id: str | None = key.workflow_id
+        elif key.message_id is not None:
+            workflow_id = self.by_message.get(key.message_id)
+        else:
+            workflow_id = self.by_provider_id.get((key.provider, key.provider_message_id))
+        return None if workflow_id is None else self.by_workflow.get(workflow_id)
+
+
+def transitions_read_plan(keys: Sequence[WorkflowKey]) -> Plan[WorkflowsRead]:
+    """Read the workflows some transitions name: one statement for those named by id, one
+    for those named by a message, one per provider for those named by a provider's id."""
+    workflow_ids: set[str] = set()
+    message_ids: set[str] = set()
+    provider_ids: dict[str | None, set[str | None]] = {}
+    for key in keys:
+        if key.workflow_id is not None:
+            workflow_ids.add(key.workflow_id)
+        elif key.message_id is not None:
+            message_ids.add(key.message_id)
+        else:
+            provider_ids.setdefault(key.provider, set()).add(key.provider_message_id)
+    found = WorkflowsRead()
+    if workflow_ids:
+        found.add((yield select("transition_read_by_workflows", ids=sorted(workflow_ids))))
+    if message_ids:
+        found.add((yield select("transition_read_by_messages", ids=sorted(message_ids))))
+    for provider, ids in provider_ids.items():
+        found.add(
+            (
+                yield select(
+                    "transition_read_by_provider_ids", provider=provider, ids=sorted(map(str, ids))
+                )
+            )
+        )
+    return found
 
 
 def _lock_workflow(key: WorkflowKey) -> Run:
@@ -333,36 +384,75 @@ def _lock_workflow(key: WorkflowKey) -> Run:
     )
 
 
-def transition_plan(
-    key: WorkflowKey,
-    decide: Decide,
-    early: tuple[str, int, Decision] | None,
-    done_job: int | None,
-) -> Plan[Decision | None]:
-    """Store a decision made from a read (``early``: the workflow id, the version read and
-    the decision) if the workflow did not move since; else read it again and decide again.
-    Delete ``done_job`` either way."""
-    decided: tuple[str, Decision] | None = None
-    if early is not None:
-        workflow_id, version, decision = early
-        if (yield change("claim_version", id=workflow_id, version=version)):
-            decided = (workflow_id, decision)
-    if decided is None:
-        workflow_id = yield _lock_workflow(key)
-        if workflow_id is not None:
-            loaded = rows.transition_workflow(
-                (yield select("transition_read_by_workflow", workflow_id=workflow_id))
-            )
-            if loaded is not None:
-                yield change("bump_version", id=workflow_id)
-                decided = (workflow_id, decide(loaded[0]))
-    if done_job is not None:
-        yield change("delete_job", id=done_job)
-    if decided is None:
-        return None
-    workflow_id, (changes, webhooks) = decided
-    yield from _persist(workflow_id, changes, webhooks)
-    return changes, webhooks
+class TransitionToStore(NamedTuple):
+    """One transition of a batch as its write sees it: what names the workflow, how to decide,
+    the decision made from the read before the transaction (the workflow's id, the version read
+    and the decision; None when the read found no workflow) and a job to delete."""
+
+    key: WorkflowKey
+    decide: Decide
+    early: tuple[str, int, Decision] | None
+    done_job: int | None
+
+
+#: what each transition of a batch came to: the decision stored, None when no workflow
+#: matched, or the error its decision raised (that transition's alone)
+TransitionOutcome = Decision | None | Exception
+
+
+def transitions_plan(batch: Sequence[TransitionToStore]) -> Plan[list[TransitionOutcome]]:
+    """Store a batch of transitions in one transaction: each decision made from a read is
+    stored if its workflow did not move since; else the workflow is read again and decided
+    again (after the decisions before it are written, so that two transitions of one workflow
+    each decide from the one before). What the decisions change is written with one statement
+    a kind of row for the whole batch; each ``done_job`` is deleted either way.
+
+    Workflows are claimed in the order of their ids, so that two batches on PostgreSQL take
+    their row locks in one order and never wait for each other in a circle."""
+    outcomes: list[TransitionOutcome] = [None] * len(batch)
+    decided: list[tuple[str, Decision]] = []
+    done_jobs: list[dict[str, Any]] = []
+    order = sorted(range(len(batch)), key=lambda i: _claim_order(batch[i]))
+    for index in order:
+        transition = batch[index]
+        if transition.done_job is not None:
+            done_jobs.append({"id": transition.done_job})
+        if transition.early is not None:
+            workflow_id, version, decision = transition.early
+            if (yield change("claim_version", id=workflow_id, version=version)):
+                decided.append((workflow_id, decision))
+                outcomes[index] = decision
+                continue
+        if decided:  # what this one reads again must hold the decisions before it
+            yield from _persist(decided)
+            decided = []
+        workflow_id = yield _lock_workflow(transition.key)
+        if workflow_id is None:
+            continue
+        loaded = rows.transition_workflow(
+            (yield select("transition_read_by_workflow", workflow_id=workflow_id))
+        )
+        if loaded is None:
+            continue
+        try:
+            decision = transition.decide(loaded[0])
+        except Exception as exc:  # (a bug in one decision): that caller's error alone
+            outcomes[index] = exc
+            continue
+        yield change("bump_version", id=workflow_id)
+        decided.append((workflow_id, decision))
+        outcomes[index] = decision
+    if done_jobs:
+        yield each("delete_job", done_jobs)
+    if decided:
+        yield from _persist(decided)
+    return outcomes
+
+
+def _claim_order(transition: TransitionToStore) -> tuple[int, str]:
+    """Those decided from a read first, by workflow id; those read again in the write after."""
+    early = transition.early
+    return (0, early[0]) if early is not None else (1, "")
 
 
 _at = attrgetter("at")
@@ -376,77 +466,81 @@ _PROVIDER = _CHANGE_FIELDS.index("provider")
 _PROVIDER_MESSAGE_ID = _CHANGE_FIELDS.index("provider_message_id")
 
 
-def _persist(workflow_id: str, changes: Changes, webhooks: Sequence[NewWebhook]) -> Plan[None]:
-    """Store what a transition decided (inside its transaction); a statement runs only when it
-    has rows (a transition often has no jobs to cancel)."""
-    now = max(map(_at, changes.events), default=None)
-    updates = []
-    statuses = []  # changes that set no provider id: a statement that leaves their indexes be
-    for message_change in changes.messages.values():
-        values = _change_values(message_change)  # None keeps the stored value
-        if now is None and values.count(None) == _CHANGE_UNSET:
-            continue  # it sets nothing, and no event moves updated_at
-        update = dict(zip(_CHANGE_PARAMS, values))  # noqa: B905 (one value per field)
-        update["updated_at"] = now
-        if values[_PROVIDER] is None and values[_PROVIDER_MESSAGE_ID] is None:
-            statuses.append(update)
-        else:
-            updates.append(update)
+def _persist(decided: Sequence[tuple[str, Decision]]) -> Plan[None]:
+    """Store what transitions decided (inside their transaction), one statement a kind of row
+    for all of them; a statement runs only when it has rows (a transition often has no jobs
+    to cancel)."""
+    updates: list[dict[str, Any]] = []
+    statuses: list[dict[str, Any]] = []  # set no provider id: a statement leaving its indexes be
+    finished: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    cancels: list[dict[str, Any]] = []
+    jobs: list[dict[str, Any]] = []
+    webhooks: list[dict[str, Any]] = []
+    for workflow_id, (changes, decided_webhooks) in decided:
+        now = max(map(_at, changes.events), default=None)
+        for message_change in changes.messages.values():
+            values = _change_values(message_change)  # None keeps the stored value
+            if now is None and values.count(None) == _CHANGE_UNSET:
+                continue  # it sets nothing, and no event moves updated_at
+            update = dict(zip(_CHANGE_PARAMS, values))  # noqa: B905 (one value per field)
+            update["updated_at"] = now
+            if values[_PROVIDER] is None and values[_PROVIDER_MESSAGE_ID] is None:
+                statuses.append(update)
+            else:
+                updates.append(update)
+        if changes.workflow_state is not None:
+            finished.append(
+                {
+                    "id": workflow_id,
+                    "state": changes.workflow_state.value,
+                    "finished_at": changes.finished_at,
+                }
+            )
+        events += [{**rows.columns(event), "workflow_id": workflow_id} for event in changes.events]
+        cancels += [{"kind": kind, "ref": ref} for kind, ref in changes.cancel_jobs]
+        created = now if now is not None else time.time()
+        jobs += [
+            {"kind": job.kind, "ref": job.ref, "run_at": job.run_at, "created_at": created}
+            for job in changes.jobs
+        ]
+        webhooks += _webhook_rows(decided_webhooks, created)
     if updates:
         yield each("change_message", updates)
     if statuses:
         yield each("change_message_status", statuses)
-    if changes.workflow_state is not None:
-        yield change(
-            "finish_workflow",
-            id=workflow_id,
-            state=changes.workflow_state.value,
-            finished_at=changes.finished_at,
-        )
-    if changes.events:
-        yield each(
-            "insert_event",
-            [{**rows.columns(event), "workflow_id": workflow_id} for event in changes.events],
-        )
-    if changes.cancel_jobs:
-        yield each("cancel_jobs", [{"kind": kind, "ref": ref} for kind, ref in changes.cancel_jobs])
-    created = now if now is not None else time.time()
-    if changes.jobs:
-        yield each(
-            "insert_job",
-            [
-                {"kind": job.kind, "ref": job.ref, "run_at": job.run_at, "created_at": created}
-                for job in changes.jobs
-            ],
-        )
-    queued = yield from _insert_webhooks(webhooks, created)
-    if changes.jobs or queued:
+    if finished:
+        yield each("finish_workflow", finished)
+    if events:
+        yield each("insert_event", events)
+    if cancels:
+        yield each("cancel_jobs", cancels)
+    if jobs:
+        yield each("insert_job", jobs)
+    if webhooks:
+        yield each("queue_webhook", webhooks)
+    if jobs or webhooks:
         yield Signal.JOBS_QUEUED
 
 
-def _insert_webhooks(webhooks: Sequence[NewWebhook], created: float) -> Plan[int]:
-    """Queue webhooks, each to the URL of its kind unless it names one, with the job that
-    delivers it; returns how many were queued."""
-    if webhooks:
-        yield each(
-            "queue_webhook",
-            [
-                {
-                    "account_id": webhook.account_id,
-                    "application_id": webhook.application_id,
-                    "workflow_id": webhook.workflow_id,
-                    "message_id": webhook.message_id,
-                    "kind": webhook.kind,
-                    "url": webhook.url,
-                    "inbound": webhook.kind == WebhookKind.INBOUND,
-                    "body": webhook.body.decode(),
-                    "created_at": created,
-                    "job_kind": JobKindName.WEBHOOK,
-                }
-                for webhook in webhooks
-            ],
-        )
-    return len(webhooks)
+def _webhook_rows(webhooks: Sequence[NewWebhook], created: float) -> list[dict[str, Any]]:
+    """The parameters that queue webhooks, each to the URL of its kind unless it names one,
+    with the job that delivers it."""
+    return [
+        {
+            "account_id": webhook.account_id,
+            "application_id": webhook.application_id,
+            "workflow_id": webhook.workflow_id,
+            "message_id": webhook.message_id,
+            "kind": webhook.kind,
+            "url": webhook.url,
+            "inbound": webhook.kind == WebhookKind.INBOUND,
+            "body": webhook.body.decode(),
+            "created_at": created,
+            "job_kind": JobKindName.WEBHOOK,
+        }
+        for webhook in webhooks
+    ]
 
 
 def _workflow_plan(account_id: str, workflow_id: str) -> Plan[WorkflowRecord | None]:
@@ -684,6 +778,115 @@ def _next_job_run(kinds: Collection[str] | None) -> Run:
 # --- the store -----------------------------------------------------------------------------
 
 
+class _Asked(NamedTuple):
+    """A transition asked for, waiting for its batch."""
+
+    key: WorkflowKey
+    decide: Decide
+    done_job: int | None
+    outcome: asyncio.Future[Decision | None]
+
+
+class TransitionBatches:
+    """Transitions asked for while a batch is being stored, stored together as the next batch:
+    one read for all their workflows, the decisions made outside the transaction, then one
+    write (:func:`transitions_plan`). An SMPP bind's receipts come dozens to a read, and the
+    engine's submits as fast; one at a time, each cost a read, a write of five or six
+    statements and the steps between (BENCHMARKS.md, issue 15).
+
+    One batch is stored at a time: those asked for meanwhile wait for it (a commit, a few
+    milliseconds), and make the next batch larger. A batch whose write fails is stored again
+    one transition at a time, so that one transition the database refuses fails alone."""
+
+    #: transitions in one batch at most: a larger backlog is stored in several
+    MAX_BATCH = 200
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._waiting: list[_Asked] = []
+        self._running: asyncio.Task[None] | None = None
+        #: batches stored so far
+        self.batches = 0
+
+    async def transition(
+        self, key: WorkflowKey, decide: Decide, done_job: int | None
+    ) -> Decision | None:
+        """Ask for a transition (:meth:`Store.transition`); returns once it is stored."""
+        outcome: asyncio.Future[Decision | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Asked(key, decide, done_job, outcome))
+        if self._running is None:
+            self._running = asyncio.create_task(self._store_waiting(), name="store.transitions")
+        return await outcome
+
+    async def wait(self) -> None:
+        """Return once every transition asked for is stored (before the store closes)."""
+        while self._running is not None:
+            await asyncio.shield(self._running)
+
+    async def _store_waiting(self) -> None:
+        """Store batches until none waits; whatever happens, every caller is answered."""
+        batch: list[_Asked] = []
+        try:
+            while self._waiting:
+                batch = self._waiting[: self.MAX_BATCH]
+                del self._waiting[: self.MAX_BATCH]
+                await self._store_batch(batch)
+        except BaseException as exc:  # (cancelled: the loop is closing) every caller is told
+            unanswered = batch + self._waiting
+            self._waiting = []
+            for asked in unanswered:
+                if not asked.outcome.done():
+                    failure = StoreUnavailable("the transition was not stored: the store stopped")
+                    failure.__cause__ = exc
+                    asked.outcome.set_exception(failure)
+            raise
+        finally:
+            self._running = None
+
+    async def _store_batch(self, batch: list[_Asked]) -> None:
+        """Read, decide and write one batch; each caller gets its outcome."""
+        store = self._store
+        try:
+            found = await store._read(transitions_read_plan([asked.key for asked in batch]))
+            asking: list[_Asked] = []
+            to_store: list[TransitionToStore] = []
+            for asked in batch:
+                seen = found.get(asked.key)
+                early = None
+                if seen is not None:
+                    try:
+                        early = (seen[0].id, seen[1], asked.decide(seen[0]))
+                    except Exception as exc:  # (a bug in one decision): its caller's alone
+                        _answer(asked, exc)
+                        continue
+                asking.append(asked)
+                to_store.append(TransitionToStore(asked.key, asked.decide, early, asked.done_job))
+            if not to_store:
+                return
+            outcomes = await store._write(partial(transitions_plan, to_store))
+        except Exception as exc:
+            if len(batch) == 1:
+                _answer(batch[0], exc)
+                return
+            for asked in batch:  # so that what fails, fails alone
+                if not asked.outcome.done():
+                    await self._store_batch([asked])
+            return
+        self.batches += 1
+        for asked, outcome in zip(asking, outcomes, strict=True):
+            _answer(asked, outcome)
+
+
+def _answer(asked: _Asked, outcome: TransitionOutcome) -> None:
+    """Give a caller its transition's outcome, unless it stopped waiting."""
+    if asked.outcome.done():
+        return
+    if isinstance(outcome, Exception):
+        asked.outcome.set_exception(outcome)
+    else:
+        asked.outcome.set_result(outcome)
+
+
 class SqlStore(Store, abc.ABC):
     """The Store on a SQL database: every operation as a plan its driver runs.
 
@@ -693,6 +896,10 @@ class SqlStore(Store, abc.ABC):
 
     #: what seals and opens linked channels' credentials (None: no key is set)
     sealer: Sealer | None = None
+
+    def __init__(self) -> None:
+        #: the transitions asked for and not yet stored, stored in batches
+        self.transitions = TransitionBatches(self)
 
     @overload
     async def _read(self, plan: Run, *, snapshot: bool = False) -> Any: ...
@@ -973,12 +1180,7 @@ class SqlStore(Store, abc.ABC):
     async def transition(
         self, key: WorkflowKey, decide: Decide, *, done_job: int | None = None
     ) -> Decision | None:
-        # decided before the write transaction: it then only checks that the workflow's
-        # version is still the one read, and writes; writers queue for that transaction
-        # (SQLite's one writer), so it is held for writes, not for decisions (BENCHMARKS.md)
-        seen = rows.transition_workflow(await self._read(_transition_read(key)))
-        early = None if seen is None else (seen[0].id, seen[1], decide(seen[0]))
-        return await self._write(partial(transition_plan, key, decide, early, done_job))
+        return await self.transitions.transition(key, decide, done_job)
 
     async def add_webhooks(self, webhooks: Sequence[NewWebhook], now: float) -> None:
         await self._write(partial(_add_webhooks_plan, webhooks, now))
@@ -1301,7 +1503,8 @@ def _inbound_webhook_plan(
 
 def _add_webhooks_plan(webhooks: Sequence[NewWebhook], now: float) -> Plan[None]:
     """Queue webhooks that belong to no transition."""
-    if (yield from _insert_webhooks(webhooks, now)):
+    if webhooks:
+        yield each("queue_webhook", _webhook_rows(webhooks, now))
         yield Signal.JOBS_QUEUED
 
 

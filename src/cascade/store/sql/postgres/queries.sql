@@ -225,23 +225,6 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
 WHERE m.workflow_id = :workflow_id ORDER BY m.step
 
--- name: transition_read_by_message
-SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
-       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
-FROM messages m JOIN workflows w ON w.id = m.workflow_id
-WHERE m.workflow_id = (SELECT workflow_id FROM messages WHERE id = :message_id)
-ORDER BY m.step
-
--- name: transition_read_by_provider
-SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
-       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
-FROM messages m JOIN workflows w ON w.id = m.workflow_id
-WHERE m.workflow_id = (SELECT workflow_id FROM messages
-                       WHERE provider = :provider AND provider_message_id = :provider_message_id)
-ORDER BY m.step
-
 -- name: lock_workflow
 -- the row lock makes a transition that must decide again wait for any other one in flight
 SELECT id FROM workflows WHERE id = :workflow_id FOR UPDATE
@@ -718,3 +701,28 @@ DELETE FROM orphan_receipts WHERE id = :id
 -- renewals of one connection's nodes one after another: two nodes joining at once each saw
 -- only its own uncommitted row and both took the whole throughput
 SELECT pg_advisory_xact_lock(hashtext('cascade_smpp_nodes:' || :connection::text))
+
+-- name: transition_read_by_workflows
+-- the workflows of a batch of transitions, each with its messages (docs/design.md §4)
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id = ANY(:ids::text[]) ORDER BY m.workflow_id, m.step
+
+-- name: transition_read_by_messages
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id IN (SELECT workflow_id FROM messages WHERE id = ANY(:ids::text[]))
+ORDER BY m.workflow_id, m.step
+
+-- name: transition_read_by_provider_ids
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id IN (SELECT workflow_id FROM messages
+                        WHERE provider = :provider AND provider_message_id = ANY(:ids::text[]))
+ORDER BY m.workflow_id, m.step

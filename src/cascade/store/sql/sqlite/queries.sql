@@ -230,23 +230,6 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
 WHERE m.workflow_id = :workflow_id ORDER BY m.step
 
--- name: transition_read_by_message
-SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
-       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
-FROM messages m JOIN workflows w ON w.id = m.workflow_id
-WHERE m.workflow_id = (SELECT workflow_id FROM messages WHERE id = :message_id)
-ORDER BY m.step
-
--- name: transition_read_by_provider
-SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
-       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
-FROM messages m JOIN workflows w ON w.id = m.workflow_id
-WHERE m.workflow_id = (SELECT workflow_id FROM messages
-                       WHERE provider = :provider AND provider_message_id = :provider_message_id)
-ORDER BY m.step
-
 -- name: lock_workflow
 -- (inside the write transaction: SQLite's one writer already holds every row)
 SELECT id FROM workflows WHERE id = :workflow_id
@@ -700,3 +683,28 @@ DELETE FROM orphan_receipts WHERE id = :id
 -- name: serialize_smpp_nodes
 -- (SQLite's one writer already runs renewals one after another)
 SELECT :connection
+
+-- name: transition_read_by_workflows
+-- the workflows of a batch of transitions, each with its messages (docs/design.md §4)
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id IN (:ids*) ORDER BY m.workflow_id, m.step
+
+-- name: transition_read_by_messages
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id IN (SELECT workflow_id FROM messages WHERE id IN (:ids*))
+ORDER BY m.workflow_id, m.step
+
+-- name: transition_read_by_provider_ids
+SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
+       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+FROM messages m JOIN workflows w ON w.id = m.workflow_id
+WHERE m.workflow_id IN (SELECT workflow_id FROM messages
+                        WHERE provider = :provider AND provider_message_id IN (:ids*))
+ORDER BY m.workflow_id, m.step
