@@ -546,7 +546,10 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
 WRITER_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("accept", ("_insert_workflows", "_Accept", "idempotency", "accept_plan", "_accept_run")),
     ("send job", ("begin_send", "claim_jobs", "matched_orphan_receipts", "add_message_parts")),
-    ("transitions (submitted, delivered)", ("transitions_plan", "transitions_read_plan", "TransitionBatches")),
+    (
+        "transitions (submitted, delivered)",
+        ("transitions_plan", "transitions_read_plan", "TransitionBatches"),
+    ),
     ("webhook delivery", ("record_webhook_attempt", "defer_job")),
     # a store of plans (since issue 10) runs every statement through one `run`/`_execute`, so
     # a statement's caller is not on the stack: these are the writes the markers above miss
