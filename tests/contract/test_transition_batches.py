@@ -144,3 +144,45 @@ async def test_a_value_the_database_refuses_fails_only_its_transition(
         stored = await store.get_workflow(request.account_id, request.id)
         assert stored is not None
         assert len(stored.events) == (0 if index == 7 else 1)
+
+
+async def test_transitions_of_one_workflow_in_a_batch_each_decide_from_the_one_before(
+    store: Store,
+) -> None:
+    """Three transitions of one workflow in one batch, beside others, are all stored, and each
+    decides from the workflow as the one before it left it, not from the batch's read."""
+    requests = await accepted(store, 6)
+    request = requests[0]
+    message_id = request.steps[0].message_id
+    seen: list[str | None] = []
+
+    def noting(status: Status) -> Callable[[WorkflowRecord], Decision]:
+        """Note the message's status when decided, then set ``status``."""
+        add = setting(message_id, status, event_reason=status.value)
+
+        def decide(loaded: WorkflowRecord) -> Decision:
+            """Note, then decide."""
+            seen.append(next(m.status for m in loaded.messages if m.id == message_id))
+            return add(loaded)
+
+        return decide
+
+    statuses = [Status.SUBMITTED, Status.DELIVERED, Status.READ]
+    others = [
+        store.transition(
+            WorkflowKey(workflow_id=other.id),
+            setting(other.steps[0].message_id, Status.SUBMITTED),
+        )
+        for other in requests[1:]
+    ]
+    before = batches(store)
+    outcomes = await asyncio.gather(
+        *(store.transition(WorkflowKey(workflow_id=request.id), noting(s)) for s in statuses),
+        *others,
+    )
+    assert batches(store) == before + 1
+    assert all(outcome is not None for outcome in outcomes)
+    stored = await store.get_workflow(request.account_id, request.id)
+    assert stored is not None
+    assert [event.reason for event in stored.events] == ["submitted", "delivered", "read"]
+    assert seen[-2:] == ["submitted", "delivered"]
