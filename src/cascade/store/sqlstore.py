@@ -407,23 +407,19 @@ def transitions_plan(batch: Sequence[TransitionToStore]) -> Plan[list[Transition
     each decide from the one before). What the decisions change is written with one statement
     a kind of row for the whole batch; each ``done_job`` is deleted either way.
 
-    The workflows decided from the read are claimed with one statement; then the others, one
-    at a time, in the order of their ids, so that two batches on PostgreSQL take their row
-    locks in one order and never wait for each other in a circle."""
+    Workflows are claimed in the order of their ids, so that two batches on PostgreSQL take
+    their row locks in one order and never wait for each other in a circle."""
     outcomes: list[TransitionOutcome] = [None] * len(batch)
     decided: list[tuple[str, Decision]] = []
     done_jobs: list[dict[str, Any]] = []
     order = sorted(range(len(batch)), key=lambda i: _claim_order(batch[i]))
-    claimed = yield from _claim_versions(batch)
     for index in order:
         transition = batch[index]
         if transition.done_job is not None:
             done_jobs.append({"id": transition.done_job})
         if transition.early is not None:
-            workflow_id, _, decision = transition.early
-            if workflow_id in claimed:
-                # a second transition of the workflow, decided from the same read, reads again
-                claimed.discard(workflow_id)
+            workflow_id, version, decision = transition.early
+            if (yield change("claim_version", id=workflow_id, version=version)):
                 decided.append((workflow_id, decision))
                 outcomes[index] = decision
                 continue
@@ -451,23 +447,6 @@ def transitions_plan(batch: Sequence[TransitionToStore]) -> Plan[list[Transition
     if decided:
         yield from _persist(decided)
     return outcomes
-
-
-def _claim_versions(batch: Sequence[TransitionToStore]) -> Plan[set[str]]:
-    """Claim the workflows a batch decided from its read: those nothing moved since the read,
-    whose decisions may be stored as they are."""
-    read: dict[str, int] = {}
-    for transition in batch:
-        if transition.early is not None:
-            read.setdefault(transition.early[0], transition.early[1])
-    if not read:
-        return set()
-    found = yield select("claim_versions", ids=list(read))
-    return {
-        workflow_id
-        for workflow_id, version in found.pick("id", "version")
-        if version == read[workflow_id] + 1
-    }
 
 
 def _claim_order(transition: TransitionToStore) -> tuple[int, str]:

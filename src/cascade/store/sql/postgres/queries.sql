@@ -239,6 +239,10 @@ WHERE id = (SELECT workflow_id FROM messages
             WHERE provider = :provider AND provider_message_id = :provider_message_id)
 FOR UPDATE
 
+-- name: claim_version
+-- a decision made from this version of the workflow may be stored: nothing moved it since
+UPDATE workflows SET version = version + 1 WHERE id = :id AND version = :version
+
 -- name: bump_version
 UPDATE workflows SET version = version + 1 WHERE id = :id
 
@@ -722,14 +726,3 @@ FROM messages m JOIN workflows w ON w.id = m.workflow_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages
                         WHERE provider = :provider AND provider_message_id = ANY(:ids::text[]))
 ORDER BY m.workflow_id, m.step
-
--- name: claim_versions
--- the workflows a batch of transitions decided from its read, each bumped once: a decision may
--- be stored when the version returned is one past the version it was decided from (a workflow
--- something moved since is bumped too, and read again: docs/design.md §4); locked in the
--- order of their ids, as every transition takes its workflows
-WITH locked AS (
-    SELECT id FROM workflows WHERE id = ANY(:ids::text[]) ORDER BY id FOR UPDATE
-)
-UPDATE workflows w SET version = w.version + 1 FROM locked WHERE w.id = locked.id
-RETURNING w.id, w.version
