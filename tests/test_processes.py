@@ -226,6 +226,42 @@ def test_webhooks_go_apart_from_an_engine_holding_smpp_connections(tmp_path: Pat
     assert layout("webhook") == [("engine", "webhook")]
 
 
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ("smpp = 1\n", "[smpp] must be a table"),
+        ('[smpp]\nhost = "127.0.0.1"\n', "invalid SMPP settings: smpp.connections"),
+    ],
+)
+def test_a_bad_smpp_table_stops_serve_before_any_child_starts(
+    tmp_path: Path, table: str, said: str
+) -> None:
+    """``serve`` on several processes with a configuration file whose SMPP table is wrong
+    says what is wrong and exits with status 1 at once, rather than serve the API while the
+    engine's children fail and are restarted over and over."""
+    config = tmp_path / "cascade.toml"
+    config.write_text(table)
+    env = cascade_env()
+    env.update(
+        CASCADE_DATABASE_URL=f"sqlite:///{tmp_path / 'cascade.db'}",
+        CASCADE_CONFIG_FILE=str(config),
+        CASCADE_CREDENTIALS_FILE=str(tmp_path / "cascade.credentials"),
+    )
+    done = subprocess.run(
+        [CASCADE, "serve", "--port", str(free_port()), "--processes", "2"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert said in output
+    assert "process_exited" not in output
+    assert "Traceback" not in output
+
+
 def test_a_child_that_dies_is_started_again(serve: Serve) -> None:
     """SIGKILL the engine process: the parent starts a new one, which sends the next message."""
     engine = serve.family()[0]

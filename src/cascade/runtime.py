@@ -10,7 +10,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
@@ -45,6 +45,9 @@ from cascade.service import (
 from cascade.store.base import ChannelLinks, Purging, SmppBinds, SmppNodes, Store
 from cascade.supervision import OnFatal, log_fatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookHttp, WebhookSender
+
+if TYPE_CHECKING:
+    from cascade.channels.smpp.config import SmppSettings
 
 log = structlog.get_logger(__name__)
 
@@ -333,22 +336,31 @@ def receipt_engine(
     )
 
 
+def configured_smpp(settings: Settings) -> SmppSettings | None:
+    """The SMPP settings of the configuration file's ``[smpp]`` table (None without one);
+    ConfigError naming what is wrong in it."""
+    if settings.config_file is None:
+        return None
+    tables = read_config_file(settings.config_file)
+    if "smpp" not in tables:
+        return None
+    from cascade.channels.smpp.config import SmppSettings
+
+    smpp = tables["smpp"]
+    if not isinstance(smpp, dict):
+        raise ConfigError(f"{settings.config_file}: [smpp] must be a table")
+    return SmppSettings.from_mapping(smpp)
+
+
 def configured_providers(settings: Settings, clock: Clock) -> dict[str, ChannelProvider]:
     """The real providers the configuration file names, by channel (SMS over SMPP when it
     has an ``[smpp]`` table); channels it does not name stay on the sandbox."""
-    if settings.config_file is None:
+    smpp = configured_smpp(settings)
+    if smpp is None:
         return {}
-    tables = read_config_file(settings.config_file)
-    providers: dict[str, ChannelProvider] = {}
-    if "smpp" in tables:
-        from cascade.channels.smpp import SmppProvider
-        from cascade.channels.smpp.config import SmppSettings
+    from cascade.channels.smpp import SmppProvider
 
-        smpp = tables["smpp"]
-        if not isinstance(smpp, dict):
-            raise ConfigError(f"{settings.config_file}: [smpp] must be a table")
-        providers["sms"] = SmppProvider(SmppSettings.from_mapping(smpp), clock=clock)
-    return providers
+    return {"sms": SmppProvider(smpp, clock=clock)}
 
 
 async def run_worker(settings: Settings, *, log_setup: bool = True) -> None:
@@ -472,6 +484,10 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
         if count == 1:
             serve_api(settings, listener, tls, announce=announce)
             return
+        if settings.run_worker:
+            # the engine's children read it: a mistake in it is said once, here, rather than
+            # by each child as it is restarted, while the API answers and nothing is sent
+            configured_smpp(settings)
         asyncio.run(prepare_database(settings, announce))
         api = settings.model_copy(update={"run_worker": False})
         children = engine_children(settings) if settings.run_worker else []
