@@ -484,13 +484,11 @@ def run_server(settings: Settings, *, announce: Announce | None = None) -> None:
         if count == 1:
             serve_api(settings, listener, tls, announce=announce)
             return
-        if settings.run_worker:
-            # the engine's children read it: a mistake in it is said once, here, rather than
-            # by each child as it is restarted, while the API answers and nothing is sent
-            configured_smpp(settings)
+        # (reads the channels' configuration: a mistake in it is said once, here, before the
+        # database is touched, rather than by each child as it is restarted)
+        children = engine_children(settings) if settings.run_worker else []
         asyncio.run(prepare_database(settings, announce))
         api = settings.model_copy(update={"run_worker": False})
-        children = engine_children(settings) if settings.run_worker else []
         children += [
             Child(f"api-{n}", partial(_child_api, api, listener, tls))
             for n in range(1, max(count - 1 if children else count, 1) + 1)
@@ -530,10 +528,11 @@ def engine_children(settings: Settings) -> list[Child]:
     end to end 1,526-1,594/s, 1,373-1,462/s with the webhooks apart (BENCHMARKS.md, "Where an
     SMS's CPU goes"). Several workers taking jobs of one database is what ``cascade worker``
     always did."""
+    holds_smpp = configured_smpp(settings) is not None  # ConfigError when it is wrong
     kinds = settings.job_kinds or frozenset(JobKindName)
     rest = [kind.value for kind in JobKindName if kind in kinds and kind is not JobKindName.WEBHOOK]
     webhooks = JobKindName.WEBHOOK in kinds
-    if not (rest and webhooks and holds_smpp(settings)):
+    if not (rest and webhooks and holds_smpp):
         return [Child("engine", partial(_child_worker, settings))]
     return [
         Child(
@@ -548,11 +547,6 @@ def engine_children(settings: Settings) -> list[Child]:
             ),
         ),
     ]
-
-
-def holds_smpp(settings: Settings) -> bool:
-    """Whether the configuration file gives the engine SMPP connections."""
-    return settings.config_file is not None and "smpp" in read_config_file(settings.config_file)
 
 
 def _child_api(settings: Settings, listener: socket.socket, tls: tuple[str, str] | None) -> int:
