@@ -2,7 +2,11 @@
 SMSC (``bench/smsc_sink.py``) and loaded by ``wrk`` on its HTTP interface:
 
 * Kannel (Debian's ``kannel``: ``bearerbox`` and ``smsbox``), ``/cgi-bin/sendsms``, two binds
-  (window 200, as Cascade's run), its queue in its file store (``--no-store``: in memory);
+  (window 200, as Cascade's run), its queue in its file store (``--no-store``: in memory). The
+  store file is written for each message and never fsynced (``strace -f -c -e
+  trace=fsync,fdatasync -p <bearerbox>`` counts none in a run): a killed ``bearerbox`` loses
+  nothing, a power cut may. That is Cascade's ``CASCADE_SQLITE_SYNCHRONOUS=NORMAL``; its default,
+  ``FULL``, fsyncs every commit;
 * Jasmin (PyPI ``jasmin`` 0.11.0 in a virtualenv at ``$JASMIN_HOME``, default /opt/jasmin;
   0.11.1 loses every SMSC receipt, jookies/jasmin#1236), ``/send``, one bind, with the RabbitMQ
   and Redis it needs on their default ports (Redis database 9; its queues named by a connector
@@ -220,7 +224,8 @@ def run_kannel(
     keep: bool = False,
 ) -> dict[str, Any]:
     """Kannel relaying to the SMSC (its queue in its file store unless ``store`` is false)."""
-    name = f"Kannel {kannel_version()} (`sendsms`, {'file store' if store else 'no store'})"
+    kept = "file store, not fsynced" if store else "no store"
+    name = f"Kannel {kannel_version()} (`sendsms`, {kept})"
 
     def start(procs: harness.Processes, workdir: Path, smsc: Smsc, port: int) -> Started:
         return start_kannel(procs, workdir, smsc, port, store)
