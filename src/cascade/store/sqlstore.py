@@ -27,6 +27,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, overload
 
 from cascade.domain.failover import MessageChange
+from cascade.domain.projection import project
 from cascade.domain.records import (
     Accepted,
     Account,
@@ -340,6 +341,59 @@ class WorkflowsRead:
         else:
             workflow_id = self.by_provider_id.get((key.provider, key.provider_message_id))
         return None if workflow_id is None else self.by_workflow.get(workflow_id)
+
+
+class KnownWorkflows:
+    """The workflows whose last transition this process stored, as they stand after it, so that
+    the next transition of each decides without reading it again (docs/design.md §4).
+
+    Each is kept with the version its transition claimed, and a decision made from it is
+    stored only if the workflow is still at that version (``claim_version``), as one made from
+    a read is: a workflow moved since, by anything that bumps its version (a transition
+    elsewhere, a send retried, a provider id taken back by a newer message), is read again
+    inside the write. A kept workflow is the one read with the transition's changes applied
+    (:func:`~cascade.domain.projection.project`); what else changes a workflow's rows without
+    bumping its version (the attempts ``begin_send`` counts, a message's ``updated_at``) no
+    decision reads. Finished workflows are not kept (their transitions are late receipts), and
+    at most ``MAX`` are, the least recently stored dropped first."""
+
+    #: workflows kept at most (a few kilobytes each)
+    MAX = 20_000
+
+    def __init__(self) -> None:
+        self._kept = WorkflowsRead()
+
+    def __len__(self) -> int:
+        return len(self._kept.by_workflow)
+
+    def find(self, key: WorkflowKey) -> tuple[WorkflowRecord, int] | None:
+        """The kept workflow ``key`` names, with its version, or None."""
+        return self._kept.get(key)
+
+    def remember(self, workflow: WorkflowRecord, version: int) -> None:
+        """Keep ``workflow`` as it stands at ``version``."""
+        kept = self._kept
+        self.forget(workflow.id)
+        kept.by_workflow[workflow.id] = (workflow, version)
+        for message in workflow.messages:
+            kept.by_message[message.id] = workflow.id
+            if message.provider_message_id is not None:
+                kept.by_provider_id[(message.provider, message.provider_message_id)] = workflow.id
+        if len(kept.by_workflow) > self.MAX:
+            self.forget(next(iter(kept.by_workflow)))
+
+    def forget(self, workflow_id: str) -> None:
+        """Keep ``workflow_id`` no longer (its next transition reads it)."""
+        kept = self._kept
+        found = kept.by_workflow.pop(workflow_id, None)
+        if found is None:
+            return
+        for message in found[0].messages:
+            if kept.by_message.get(message.id) == workflow_id:
+                del kept.by_message[message.id]
+            provider_key = (message.provider, message.provider_message_id)
+            if kept.by_provider_id.get(provider_key) == workflow_id:
+                del kept.by_provider_id[provider_key]
 
 
 def transitions_read_plan(keys: Sequence[WorkflowKey]) -> Plan[WorkflowsRead]:
@@ -805,6 +859,8 @@ class TransitionBatches:
         self._store = store
         self._waiting: list[_Asked] = []
         self._running: asyncio.Task[None] | None = None
+        #: the workflows as this process's transitions left them (not read again)
+        self.known = KnownWorkflows()
         #: batches stored so far
         self.batches = 0
 
@@ -845,13 +901,17 @@ class TransitionBatches:
 
     async def _store_batch(self, batch: list[_Asked]) -> None:
         """Read, decide and write one batch; each caller gets its outcome."""
-        store = self._store
+        store, known = self._store, self.known
         try:
-            found = await store._read(transitions_read_plan([asked.key for asked in batch]))
+            unknown = [asked.key for asked in batch if known.find(asked.key) is None]
+            found = await store._read(transitions_read_plan(unknown)) if unknown else None
             asking: list[_Asked] = []
             to_store: list[TransitionToStore] = []
+            decided_from: list[WorkflowRecord | None] = []
             for asked in batch:
-                seen = found.get(asked.key)
+                seen = known.find(asked.key)
+                if seen is None and found is not None:
+                    seen = found.get(asked.key)
                 early = None
                 if seen is not None:
                     try:
@@ -861,6 +921,7 @@ class TransitionBatches:
                         continue
                 asking.append(asked)
                 to_store.append(TransitionToStore(asked.key, asked.decide, early, asked.done_job))
+                decided_from.append(None if seen is None else seen[0])
             if not to_store:
                 return
             outcomes = await store._write(partial(transitions_plan, to_store))
@@ -873,8 +934,27 @@ class TransitionBatches:
                     await self._store_batch([asked])
             return
         self.batches += 1
+        self._keep(to_store, decided_from, outcomes)
         for asked, outcome in zip(asking, outcomes, strict=True):
             _answer(asked, outcome)
+
+    def _keep(
+        self,
+        stored: Sequence[TransitionToStore],
+        decided_from: Sequence[WorkflowRecord | None],
+        outcomes: Sequence[TransitionOutcome],
+    ) -> None:
+        """Keep each workflow as the batch left it when the batch stored the decision made
+        before the write; forget it when the write decided again (it moved meanwhile)."""
+        for transition, workflow, outcome in zip(stored, decided_from, outcomes, strict=True):
+            if transition.early is None or workflow is None:
+                continue
+            workflow_id, version, decision = transition.early
+            changes = decision[0]
+            if outcome is not decision or changes.workflow_state is not None:
+                self.known.forget(workflow_id)
+            else:
+                self.known.remember(project(workflow, changes), version + 1)
 
 
 def _answer(asked: _Asked, outcome: TransitionOutcome) -> None:
