@@ -13,10 +13,17 @@ from typing import Any
 import pytest
 
 from cascade.domain.failover import Changes, MessageChange
-from cascade.domain.records import Event, WorkflowRecord, WorkflowState
+from cascade.domain.records import (
+    Event,
+    MessageRecord,
+    StepState,
+    Surface,
+    WorkflowRecord,
+    WorkflowState,
+)
 from cascade.domain.status import Status
 from cascade.store.base import Decision, Store, WorkflowKey
-from cascade.store.sqlstore import KnownWorkflows, SqlStore, transitions_read_plan
+from cascade.store.sqlstore import KnownWorkflows, SqlStore, _footprint, transitions_read_plan
 from tests.contract.conftest import Backend
 from tests.contract.factories import T0
 from tests.contract.test_transition_batches import accepted
@@ -184,17 +191,38 @@ async def test_a_finished_workflow_is_not_kept(store: Store) -> None:
     assert known.find(key) is None
 
 
-def test_at_most_max_workflows_are_kept_the_least_recent_dropped() -> None:
-    """Past ``MAX`` workflows, the one stored least recently is dropped, with its keys."""
-    known = KnownWorkflows()
-    known.MAX = 2
+def test_past_the_byte_budget_the_least_recently_stored_are_dropped() -> None:
+    """Past ``MAX_BYTES``, the workflow stored least recently is dropped, with its keys; one
+    larger than the whole budget (a tenant's bodies are theirs to size) is not kept."""
+    message = MessageRecord(
+        "m", "w", 0, "a", "sms", b"1", b"2", b"x" * 100, None, None, None,
+        StepState.ACTIVE, None, None, None, None, None, None, None, None, T0, T0,
+    )  # fmt: skip
     workflows = [
-        WorkflowRecord(f"w{n}", "a", None, "messages", WorkflowState.RUNNING, T0, T0, None)  # type: ignore[arg-type]
+        WorkflowRecord(
+            f"w{n}",
+            "a",
+            None,
+            Surface.MESSAGES,
+            WorkflowState.RUNNING,
+            T0,
+            T0,
+            None,
+            (replace(message, id=f"m{n}", workflow_id=f"w{n}"),),
+        )
         for n in range(3)
     ]
+    known = KnownWorkflows()
+    known.MAX_BYTES = 2 * _footprint(workflows[0])
     for workflow in workflows:
         known.remember(workflow, 1)
     known.remember(workflows[1], 2)  # stored again: the most recent
     assert len(known) == 2
+    assert known.size <= known.MAX_BYTES
     assert known.find(WorkflowKey(workflow_id="w0")) is None
-    assert known.find(WorkflowKey(workflow_id="w1")) == (workflows[1], 2)
+    assert known.find(WorkflowKey(message_id="m0")) is None
+    assert known.find(WorkflowKey(message_id="m1")) == (workflows[1], 2)
+    huge = replace(workflows[0], messages=(replace(message, body=b"x" * known.MAX_BYTES),))
+    known.remember(huge, 1)
+    assert known.find(WorkflowKey(workflow_id="w0")) is None
+    assert len(known) == 2
