@@ -477,9 +477,9 @@ INSERT INTO sandbox_messages (message_id, provider_message_id, channel, recipien
                               attempts, received_at, receipts_due)
 VALUES (:message_id, :provider_message_id, :channel, :recipient, :text, :attempts,
         :received_at, :receipts_due)
-ON CONFLICT (message_id) DO UPDATE SET attempts = attempts + 1
-WHERE sandbox_messages.received_at IS NULL;
-SELECT * FROM sandbox_messages WHERE message_id = :message_id
+ON CONFLICT (message_id) DO UPDATE SET attempts = attempts
+    + CASE WHEN received_at IS NULL THEN 1 ELSE 0 END
+RETURNING *
 
 -- name: sandbox_set_receipts
 UPDATE sandbox_messages SET receipts_due = :receipts_due,
