@@ -27,7 +27,6 @@ from operator import attrgetter
 from typing import Any, NamedTuple, TypeVar, overload
 
 from cascade.domain.failover import MessageChange
-from cascade.domain.projection import project
 from cascade.domain.records import (
     Accepted,
     Account,
@@ -341,90 +340,6 @@ class WorkflowsRead:
         else:
             workflow_id = self.by_provider_id.get((key.provider, key.provider_message_id))
         return None if workflow_id is None else self.by_workflow.get(workflow_id)
-
-
-class KnownWorkflows:
-    """The workflows whose last transition this process stored, as they stand after it, so that
-    the next transition of each decides without reading it again (docs/design.md §4).
-
-    Each is kept with the version its transition claimed, and a decision made from it is
-    stored only if the workflow is still at that version (``claim_version``), as one made from
-    a read is: a workflow moved since, by anything that bumps its version (a transition
-    elsewhere, a send retried, a provider id taken back by a newer message), is read again
-    inside the write. A kept workflow is the one read with the transition's changes applied
-    (:func:`~cascade.domain.projection.project`); what else changes a workflow's rows without
-    bumping its version (the attempts ``begin_send`` counts, a message's ``updated_at``) no
-    decision reads. Finished workflows are not kept (their transitions are late receipts), and
-    those kept take ``MAX_BYTES`` at most, the least recently stored dropped first: a budget of
-    bytes, not of workflows, since one workflow's bodies may be as large as a request (256 KiB
-    by default) and a tenant chooses them."""
-
-    #: about how much memory the kept workflows may take (a workflow of two short messages
-    #: takes about 3 KB: some 5,000 of them)
-    MAX_BYTES = 16 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self._kept = WorkflowsRead()
-        self._sizes: dict[str, int] = {}
-        #: about how much memory the kept workflows take now
-        self.size = 0
-
-    def __len__(self) -> int:
-        return len(self._kept.by_workflow)
-
-    def find(self, key: WorkflowKey) -> tuple[WorkflowRecord, int] | None:
-        """The kept workflow ``key`` names, with its version, or None."""
-        return self._kept.get(key)
-
-    def remember(self, workflow: WorkflowRecord, version: int) -> None:
-        """Keep ``workflow`` as it stands at ``version``."""
-        kept = self._kept
-        self.forget(workflow.id)
-        size = _footprint(workflow)
-        if size > self.MAX_BYTES:
-            return
-        kept.by_workflow[workflow.id] = (workflow, version)
-        self._sizes[workflow.id] = size
-        self.size += size
-        for message in workflow.messages:
-            kept.by_message[message.id] = workflow.id
-            if message.provider_message_id is not None:
-                kept.by_provider_id[(message.provider, message.provider_message_id)] = workflow.id
-        while self.size > self.MAX_BYTES:
-            self.forget(next(iter(kept.by_workflow)))
-
-    def forget(self, workflow_id: str) -> None:
-        """Keep ``workflow_id`` no longer (its next transition reads it)."""
-        kept = self._kept
-        found = kept.by_workflow.pop(workflow_id, None)
-        if found is None:
-            return
-        self.size -= self._sizes.pop(workflow_id)
-        for message in found[0].messages:
-            if kept.by_message.get(message.id) == workflow_id:
-                del kept.by_message[message.id]
-            provider_key = (message.provider, message.provider_message_id)
-            if kept.by_provider_id.get(provider_key) == workflow_id:
-                del kept.by_provider_id[provider_key]
-
-
-#: about what a kept message takes besides its variable fields: the record, its ids and the
-#: entries that find it (tracemalloc: 1.1 KB retained a message, bodies included, for 2,000
-#: workflows of the contract tests' short messages; the estimate errs high)
-_MESSAGE_OVERHEAD = 1_500
-
-
-def _footprint(workflow: WorkflowRecord) -> int:
-    """About how many bytes a kept workflow takes."""
-    return sum(
-        _MESSAGE_OVERHEAD
-        + len(message.body)
-        + len(message.to)
-        + len(message.from_)
-        + len(message.client_ref or "")
-        + len(message.webhook_url or "")
-        for message in workflow.messages
-    )
 
 
 def transitions_read_plan(keys: Sequence[WorkflowKey]) -> Plan[WorkflowsRead]:
@@ -890,8 +805,6 @@ class TransitionBatches:
         self._store = store
         self._waiting: list[_Asked] = []
         self._running: asyncio.Task[None] | None = None
-        #: the workflows as this process's transitions left them (not read again)
-        self.known = KnownWorkflows()
         #: batches stored so far
         self.batches = 0
 
@@ -932,17 +845,13 @@ class TransitionBatches:
 
     async def _store_batch(self, batch: list[_Asked]) -> None:
         """Read, decide and write one batch; each caller gets its outcome."""
-        store, known = self._store, self.known
+        store = self._store
         try:
-            unknown = [asked.key for asked in batch if known.find(asked.key) is None]
-            found = await store._read(transitions_read_plan(unknown)) if unknown else None
+            found = await store._read(transitions_read_plan([asked.key for asked in batch]))
             asking: list[_Asked] = []
             to_store: list[TransitionToStore] = []
-            decided_from: list[WorkflowRecord | None] = []
             for asked in batch:
-                seen = known.find(asked.key)
-                if seen is None and found is not None:
-                    seen = found.get(asked.key)
+                seen = found.get(asked.key)
                 early = None
                 if seen is not None:
                     try:
@@ -952,7 +861,6 @@ class TransitionBatches:
                         continue
                 asking.append(asked)
                 to_store.append(TransitionToStore(asked.key, asked.decide, early, asked.done_job))
-                decided_from.append(None if seen is None else seen[0])
             if not to_store:
                 return
             outcomes = await store._write(partial(transitions_plan, to_store))
@@ -965,27 +873,8 @@ class TransitionBatches:
                     await self._store_batch([asked])
             return
         self.batches += 1
-        self._keep(to_store, decided_from, outcomes)
         for asked, outcome in zip(asking, outcomes, strict=True):
             _answer(asked, outcome)
-
-    def _keep(
-        self,
-        stored: Sequence[TransitionToStore],
-        decided_from: Sequence[WorkflowRecord | None],
-        outcomes: Sequence[TransitionOutcome],
-    ) -> None:
-        """Keep each workflow as the batch left it when the batch stored the decision made
-        before the write; forget it when the write decided again (it moved meanwhile)."""
-        for transition, workflow, outcome in zip(stored, decided_from, outcomes, strict=True):
-            if transition.early is None or workflow is None:
-                continue
-            workflow_id, version, decision = transition.early
-            changes = decision[0]
-            if outcome is not decision or changes.workflow_state is not None:
-                self.known.forget(workflow_id)
-            else:
-                self.known.remember(project(workflow, changes), version + 1)
 
 
 def _answer(asked: _Asked, outcome: TransitionOutcome) -> None:
