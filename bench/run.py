@@ -139,10 +139,10 @@ def table_accept(records: dict[str, Any]) -> list[str]:
     ]
     for name, row in rows.items():
         label = "ceiling: trivial ASGI app" if name == "trivial" else f"Cascade, {name}"
-        if name.endswith("+ engine"):
+        if "NORMAL" in name:  # the default is FULL
+            label += " (`CASCADE_SQLITE_SYNCHRONOUS=NORMAL`: durable as Kannel's file store)"
+        elif name.endswith("+ engine"):
             label += " (`serve` as the README starts it)"
-        if "NORMAL" in name:
-            label += " (durable as Kannel's file store)"
         lines.append(
             f"| {label} | {_n(row['requests_per_s'])} | {_n(row.get('engine_sent_per_s'))} "
             f"| {_n(row['p99_ms'], 1)} | {_n(row['server_cpu_us_per_req'])} "
