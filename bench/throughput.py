@@ -22,8 +22,7 @@ Shapes (``--shape``), default recipients only (every message is delivered):
 * ``failover``: Messenger with ``condition_status: read`` and ``expiry_time: 600`` then SMS; it
   completes when the Messenger message is read (2 s / speed), so the SMS step is cancelled.
 
-No webhook URL is configured, so the status and final-report webhooks are stored (as
-``no_url``) but not delivered.
+No webhook URL is configured, so no status or final-report webhook is stored or delivered.
 
     .venv/bin/python bench/throughput.py                      # 10,000 sms, speed 100
     .venv/bin/python bench/throughput.py --shape failover --n 5000 --json

@@ -220,6 +220,13 @@ def workflow_summary(workflow: WorkflowRecord) -> dict[str, Any]:
     }
 
 
+#: why a workflow may have no webhooks, said where they are listed
+NO_WEBHOOKS = (
+    " (a status webhook is stored only where the request, its application or its account"
+    " names a status URL)"
+)
+
+
 def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | None = None) -> str:
     """The timeline as text for a person (``cascade show``)."""
     view = workflow_view(workflow, webhooks)
@@ -287,4 +294,6 @@ def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | N
                 lines.append(
                     f"      {attempt['timestamp']}  {result} ({attempt['duration_ms']} ms)"
                 )
+    elif webhooks is not None:
+        lines.append(f"  webhooks: none{NO_WEBHOOKS}")
     return "\n".join(lines)

@@ -461,8 +461,9 @@ class TestWebhooks:
     async def test_webhooks_go_to_the_given_then_application_then_account_url(
         self, store: Store
     ) -> None:
-        """A webhook without a URL takes its application's, else its account's; with none
-        anywhere it is stored as ``no_url`` and gets no delivery job."""
+        """A webhook without a URL takes its application's, else its account's. With none
+        anywhere a status webhook is not stored, and an inbound message is stored as
+        ``no_url``; neither gets a delivery job."""
         owner = await tenant(store)
         app = application(owner)
         await store.create_application(app)
@@ -474,14 +475,15 @@ class TestWebhooks:
         )
         of_account = webhook(owner, url=None)
         nowhere = webhook(bare, url=None)
-        await store.add_webhooks([given, of_app, of_account, nowhere], T0)
+        inbound_nowhere = webhook(bare, url=None, kind="inbound")
+        await store.add_webhooks([given, of_app, of_account, nowhere, inbound_nowhere], T0)
 
         stored = await store.list_webhooks()
-        assert [(w.url, w.state) for w in stored] == [
-            ("https://given.test/hook", "pending"),
-            (app.inbound_url, "pending"),
-            (owner.status_url, "pending"),
-            (None, "no_url"),
+        assert [(w.url, w.state, w.kind) for w in stored] == [
+            ("https://given.test/hook", "pending", "message-status"),
+            (app.inbound_url, "pending", "inbound"),
+            (owner.status_url, "pending", "message-status"),
+            (None, "no_url", "inbound"),
         ]
         assert [w.body for w in stored] == [given.body] * 4
         assert [(w.attempts, w.created_at) for w in stored] == [(0, T0)] * 4
@@ -628,10 +630,10 @@ class TestWebhooks:
     async def test_lists_filter_and_limit(self, store: Store) -> None:
         """list_webhooks filters by account, workflow and state, oldest first, up to a limit."""
         owner, other = await tenant(store), await tenant(store)
-        await store.update_account(other.id, status_url=None)
+        await store.update_account(other.id, status_url=None, inbound_url=None)
         mine = [dataclasses.replace(webhook(owner, url="https://a.test/"), workflow_id="wf")]
         mine.append(webhook(owner, url="https://a.test/"))
-        await store.add_webhooks([*mine, webhook(other, url=None)], T0)
+        await store.add_webhooks([*mine, webhook(other, url=None, kind="inbound")], T0)
         everything = await store.list_webhooks()
         assert [w.account_id for w in everything] == [owner.id, owner.id, other.id]
         assert [w.id for w in await store.list_webhooks(account_id=owner.id)] == [
@@ -685,9 +687,9 @@ class TestWebhooks:
         """Replaying named webhooks requeues those with a URL and replaces their pending job."""
         owner = await tenant(store)
         bare = await tenant(store)
-        await store.update_account(bare.id, status_url=None)
+        await store.update_account(bare.id, status_url=None, inbound_url=None)
         await store.add_webhooks(
-            [webhook(owner, url="https://a.test/"), webhook(bare, url=None)], T0
+            [webhook(owner, url="https://a.test/"), webhook(bare, url=None, kind="inbound")], T0
         )
         with_url, without = await store.list_webhooks()
         assert await store.replay_webhooks([with_url.id, without.id, 10_000], T0 + 9) == 1

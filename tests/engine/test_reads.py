@@ -110,6 +110,6 @@ def test_cascade_show_prints_the_timeline(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "did not reach delivered within 15 s" in result.output
     assert "succeeded status=delivered" in result.output
-    # no status URL is set: the webhook lines say so in words, not as a Python None
-    assert "-> (no URL set): no_url" in result.output
-    assert "-> None" not in result.output
+    # no status URL is set: no webhook was stored, and the listing says why in words
+    assert "webhooks: none (a status webhook is stored only where" in result.output
+    assert "None" not in result.output

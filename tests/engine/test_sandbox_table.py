@@ -14,8 +14,8 @@ import sqlite3
 import types
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from contextlib import closing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from cascade.store.sqlite import SqliteStore
 from tests.engine.harness import World, step, workflow, world
 
 MESSAGES = "/v0.1/messages"
+HOOKS = "https://hooks.test/s"
 DISPATCH = "/v0.1/dispatch"
 
 SUB = ("submitted",)
@@ -55,6 +56,15 @@ ACTIVE = StepState.ACTIVE
 
 REJECTED_1300 = "1300 Not part of the provider network"
 UNDELIVERABLE_1100 = "1100 Communication failed"
+
+
+@asynccontextmanager
+async def hooked(store: SqliteStore, clock: FakeClock, **settings: Any) -> AsyncIterator[World]:
+    """A World whose tenant has a status URL, so that every webhook is stored (and, as this
+    engine runs no webhook jobs, stays pending for the test to read)."""
+    async with world(store, clock, **settings) as w:
+        await store.update_account(w.tenant.account.id, status_url=HOOKS)
+        yield w
 
 
 # --- reading the world back ------------------------------------------------------------------
@@ -325,7 +335,7 @@ async def test_sandbox_recipient_in_workflow(
     c: Case, sqlite_store: SqliteStore, clock: FakeClock
 ) -> None:
     """A sandbox recipient script inside a workflow leaves the documented trail everywhere."""
-    async with world(sqlite_store, clock) as w:
+    async with hooked(sqlite_store, clock) as w:
         workflow_id = await post(w, c.body, c.path)
         await w.advance(60)
         done = await w.workflow(workflow_id)
@@ -373,7 +383,7 @@ async def test_sandbox_recipient_in_workflow(
 
         # the webhooks: one per status change, one final report per finished dispatch
         rows = webhook_rows(sqlite_store, workflow_id)
-        assert {r["state"] for r in rows} == {"no_url"}  # the tenant has no URL configured
+        assert {r["state"] for r in rows} == {"pending"}  # the engine here delivers none
         for m, s in zip(messages, c.steps, strict=True):
             assert reported(rows, m.id) == s.statuses
         reports = final_reports(rows)
@@ -385,26 +395,41 @@ async def test_sandbox_recipient_in_workflow(
             assert reports[0]["status"] == c.state.value
             assert [link["message_uuid"] for link in reports[0]["_links"]["messages"]] == started
 
-        # nothing is left to run for a finished workflow (no URL: no webhook jobs either)
+        # nothing is left to run for a finished workflow but its webhooks' deliveries
         if c.finish is not None:
-            assert jobs_of(sqlite_store) == []
+            assert {kind for kind, _, _ in jobs_of(sqlite_store)} <= {"webhook"}
 
 
 # --- the corners of docs/design.md §1 --------------------------------------------------------
+
+
+async def test_no_webhook_is_stored_without_a_status_url(
+    sqlite_store: SqliteStore, clock: FakeClock
+) -> None:
+    """With no status URL anywhere, a workflow's statuses are in its timeline and nothing else:
+    no webhook row, no delivery job."""
+    async with world(sqlite_store, clock) as w:
+        await sqlite_store.update_account(w.tenant.account.id, status_url=None)
+        workflow_id = await post(w, workflow(*three_step("1000003")))
+        await w.advance(60)
+        done = await w.workflow(workflow_id)
+        assert done.state is WorkflowState.COMPLETED
+        assert statuses_of(done, 1) == SDR
+        assert webhook_rows(sqlite_store, workflow_id) == []
+        assert jobs_of(sqlite_store) == []
 
 
 async def test_webhooks_are_pending_once_a_status_url_is_set(
     sqlite_store: SqliteStore, clock: FakeClock
 ) -> None:
     """With a status URL, each status change and the final report is a pending webhook row."""
-    async with world(sqlite_store, clock) as w:
-        await sqlite_store.update_account(w.tenant.account.id, status_url="https://hooks.test/s")
+    async with hooked(sqlite_store, clock) as w:
         workflow_id = await post(w, workflow(*three_step("1000003")))
         await w.advance(60)
         done = await w.workflow(workflow_id)
         assert done.state is WorkflowState.COMPLETED
         rows = webhook_rows(sqlite_store, workflow_id)
-        assert {(r["state"], r["url"]) for r in rows} == {("pending", "https://hooks.test/s")}
+        assert {(r["state"], r["url"]) for r in rows} == {("pending", HOOKS)}
         kinds = Counter(r["kind"] for r in rows)
         assert kinds == {"message-status": 4, "final-report": 1}
         assert reported(rows, done.messages[0].id) == SUB
@@ -422,7 +447,7 @@ async def test_late_success_completes_a_running_workflow(
 ) -> None:
     """0005 on messenger (delivered within 15 s): the SMS starts at 15 s; the delivery at 30 s
     completes the workflow, and the final report says completed."""
-    async with world(sqlite_store, clock) as w:
+    async with hooked(sqlite_store, clock) as w:
         workflow_id = await post(
             w, workflow(step("messenger", "1000005", expiry=15), step("sms", "447700900003"))
         )
@@ -458,7 +483,8 @@ async def test_late_success_completes_a_running_workflow(
             "delivered",
             "submitted",
         ]
-        assert jobs_of(sqlite_store) == []  # the SMS has no horizon left
+        # the SMS has no horizon left: only the webhooks' deliveries are
+        assert {kind for kind, _, _ in jobs_of(sqlite_store)} == {"webhook"}
 
 
 async def test_late_success_after_completion_is_recorded_without_a_second_report(
@@ -466,7 +492,7 @@ async def test_late_success_after_completion_is_recorded_without_a_second_report
 ) -> None:
     """When the SMS completed first (16 s), the late messenger delivery (30 s) is recorded and
     forwarded, and the workflow keeps its one final report and its finish time."""
-    async with world(sqlite_store, clock) as w:
+    async with hooked(sqlite_store, clock) as w:
         workflow_id = await post(
             w, workflow(step("messenger", "1000005", expiry=15), step("sms", "447700900000"))
         )
@@ -508,7 +534,7 @@ async def test_delivered_condition_is_met_at_one_second(
     sqlite_store: SqliteStore, clock: FakeClock
 ) -> None:
     """A default viber recipient with condition delivered completes the workflow at 1 s."""
-    async with world(sqlite_store, clock) as w:
+    async with hooked(sqlite_store, clock) as w:
         workflow_id = await post(w, workflow(*viber_sms("447700900000")))
         t0 = (await w.workflow(workflow_id)).created_at
         await w.advance(0.5)
@@ -525,7 +551,7 @@ async def test_report_horizon_ends_a_silent_last_step_in_error(
     sqlite_store: SqliteStore, clock: FakeClock
 ) -> None:
     """A silent (0003) last step: at the report horizon the workflow is error, reported once."""
-    async with world(sqlite_store, clock, report_horizon=100.0) as w:
+    async with hooked(sqlite_store, clock, report_horizon=100.0) as w:
         workflow_id = await post(w, workflow(*silent_then_sms("447700900003")))
         t0 = (await w.workflow(workflow_id)).created_at
         await w.advance(15 + 99)
@@ -548,7 +574,7 @@ async def test_report_horizon_ends_a_silent_last_step_in_error(
             "submitted",
             "submitted",
         ]
-        assert jobs_of(sqlite_store) == []
+        assert {kind for kind, _, _ in jobs_of(sqlite_store)} == {"webhook"}
 
 
 async def test_throttled_step_whose_window_closes_before_submission_fails_over(
@@ -556,7 +582,7 @@ async def test_throttled_step_whose_window_closes_before_submission_fails_over(
 ) -> None:
     """0006 with a long backoff: the window (15 s) closes before the retry; the step records
     undeliverable with the throttling error, its retry is cancelled, and the SMS goes."""
-    async with world(sqlite_store, clock, backoff_base=100.0) as w:
+    async with hooked(sqlite_store, clock, backoff_base=100.0) as w:
         workflow_id = await post(
             w,
             workflow(
@@ -598,7 +624,7 @@ async def test_duplicate_and_stale_receipts_change_nothing_twice(
     sqlite_store: SqliteStore, clock: FakeClock
 ) -> None:
     """The same receipt twice, and a delivered after a read, record and report once."""
-    async with world(sqlite_store, clock) as w:
+    async with hooked(sqlite_store, clock) as w:
         workflow_id = await post(w, workflow(*three_step("1000003")))
         message = (await w.workflow(workflow_id)).messages[0]
         assert message.provider_message_id is not None
@@ -634,7 +660,7 @@ async def test_orphan_receipt_is_applied_once_its_message_is_known(
 ) -> None:
     """A receipt for an unknown provider id is kept; match_orphans applies it once a message
     has that id (the receipt lost the race with the submit it belongs to)."""
-    async with world(sqlite_store, clock) as w:
+    async with hooked(sqlite_store, clock) as w:
         unknown = Receipt("sandbox", "sandbox-nobody", Status.DELIVERED, clock.now())
         await w.engine.receipt(unknown)
         assert orphan_count(sqlite_store) == 1
@@ -687,7 +713,7 @@ async def test_receipt_before_its_submit_is_applied_when_the_submit_is_stored(
 ) -> None:
     """A receipt that arrives while its send is still running (an SMPP DLR before its
     submit_sm_resp) is kept, then applied as the submit is stored; nothing is left over."""
-    async with world(sqlite_store, clock) as w:
+    async with hooked(sqlite_store, clock) as w:
 
         async def receipt_first(result: SendResult) -> None:
             receipt = Receipt("sandbox", result.provider_message_id, Status.DELIVERED, clock.now())
@@ -783,11 +809,6 @@ async def test_window_closing_while_the_send_is_in_flight_keeps_the_message(
         assert outcome_events(done) == ["step 1 reached delivered (late, after failover)"]
         assert (done.messages[0].state, done.messages[0].status) == (SUCCEEDED, "read")
         assert statuses_of(done, 0) == ("undeliverable", "delivered", "read")
-        assert reported(webhook_rows(sqlite_store, workflow_id), messenger.id) == (
-            "undeliverable",
-            "delivered",
-            "read",
-        )
         assert orphan_count(sqlite_store) == 0
         journal = await sqlite_store.sandbox_messages()
         assert [(j.channel, j.attempts) for j in journal] == [("sms", 1), ("messenger", 1)]

@@ -117,6 +117,8 @@ async def test_work_accepted_around_a_database_outage_completes_once(
     and complete once, and the engine needed no restart."""
     deadline = time.monotonic() + DEADLINE
     tenant = await make_tenant(service.store)
+    # a status URL, so that each final report is stored (nothing listens there: it is retried)
+    await service.store.update_account(tenant.account.id, status_url="http://127.0.0.1:9/s")
     before = [await service.dispatch(tenant, deadline) for _ in range(PER_PHASE)]
 
     proxy.cut()

@@ -275,8 +275,9 @@ VALUES (:workflow_id, :message_id, :at, :kind, :status, :code, :reason, :source)
 DELETE FROM jobs WHERE kind = :kind AND ref = :ref
 
 -- name: queue_webhook
--- a webhook goes to its own URL, else its application's, else its account's; with none it is
--- kept as no_url, else it is pending with the job that delivers it
+-- a webhook goes to its own URL, else its application's, else its account's, and is pending
+-- with the job that delivers it; a status webhook or report with none of them is not stored
+-- (its statuses are in the timeline), an inbound message is kept as no_url (it is the message)
 WITH target AS (
     SELECT nullif(coalesce(
         :url::text,
@@ -291,6 +292,7 @@ WITH target AS (
            CASE WHEN url IS NULL THEN 'no_url' ELSE 'pending' END, :created_at::double precision,
            CASE WHEN url IS NULL THEN NULL ELSE :created_at::double precision END
     FROM target
+    WHERE url IS NOT NULL OR :inbound::boolean
     RETURNING id, url
 )
 INSERT INTO jobs (kind, ref, run_at, created_at)

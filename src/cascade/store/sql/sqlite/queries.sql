@@ -277,8 +277,9 @@ VALUES (:workflow_id, :message_id, :at, :kind, :status, :code, :reason, :source)
 DELETE FROM jobs WHERE kind = :kind AND ref = :ref
 
 -- name: queue_webhook
--- a webhook goes to its own URL, else its application's, else its account's; with none it is
--- kept as no_url, else it is pending with the job that delivers it
+-- a webhook goes to its own URL, else its application's, else its account's, and is pending
+-- with the job that delivers it; a status webhook or report with none of them is not stored
+-- (its statuses are in the timeline), an inbound message is kept as no_url (it is the message)
 INSERT INTO webhooks (account_id, application_id, workflow_id, message_id, kind, url, body,
                       state, created_at, next_attempt_at)
 SELECT :account_id, :application_id, :workflow_id, :message_id, :kind, url, :body,
@@ -289,10 +290,12 @@ FROM (SELECT nullif(coalesce(
           (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
            FROM applications WHERE id = :application_id),
           (SELECT CASE WHEN :inbound THEN inbound_url ELSE status_url END
-           FROM accounts WHERE id = :account_id)), '') AS url);
+           FROM accounts WHERE id = :account_id)), '') AS url)
+WHERE url IS NOT NULL OR :inbound;
+-- (changes(): when the webhook was not stored, last_insert_rowid() is an earlier row's)
 INSERT INTO jobs (kind, ref, run_at, created_at)
 SELECT :job_kind, id, :created_at, :created_at FROM webhooks
-WHERE id = last_insert_rowid() AND url IS NOT NULL
+WHERE changes() = 1 AND id = last_insert_rowid() AND url IS NOT NULL
 
 -- name: insert_orphan_receipt
 INSERT INTO orphan_receipts (provider, provider_message_id, status, at, code, reason,
