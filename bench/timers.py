@@ -83,7 +83,7 @@ def pend(db_path: Path, count: int) -> None:
 
 
 def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
-    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous}
+    env = {"CASCADE_SQLITE_SYNCHRONOUS": args.synchronous, "CASCADE_PROCESSES": str(args.processes)}
     if args.batch_size:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
     server = lib.Server(procs, env, keep=args.keep)
@@ -209,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--batch-size", type=int, default=0, help="CASCADE_WORKER_BATCH_SIZE")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="cascade serve --processes (0: one per core, as the README starts it: the API and "
+        "the engine apart; the CPU figures then sum the processes)",
+    )
     parser.add_argument(
         "--sms-number",
         default="447700900000",

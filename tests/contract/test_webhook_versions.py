@@ -47,7 +47,8 @@ def decider(seen: Observed) -> Callable[[WorkflowRecord], Decision]:
 
     def decide(loaded: WorkflowRecord) -> Decision:
         changes = apply(loaded, seen, horizon=HORIZON)
-        return changes, payloads.webhooks(reports_for(loaded, changes))
+        reports = reports_for(loaded, changes)
+        return changes, payloads.webhooks(reports, status_url_set=loaded.status_url_set)
 
     return decide
 
@@ -126,3 +127,71 @@ async def test_failing_over_replaces_the_report_horizon(store: Store) -> None:
     read = await store.get_workflow(owner.id, request.id)
     assert read is not None
     assert [m.state for m in read.messages] == [StepState.FAILED, StepState.ACTIVE]
+
+
+async def test_a_transition_reads_whether_a_status_url_is_set(store: Store) -> None:
+    """A transition's read says whether the workflow's application or account names a status
+    URL (an empty one is none), whichever way the workflow is found."""
+    seen_set: list[bool] = []
+
+    def noting(seen: Observed) -> Callable[[WorkflowRecord], Decision]:
+        decide = decider(seen)
+
+        def note(loaded: WorkflowRecord) -> Decision:
+            seen_set.append(loaded.status_url_set)
+            return decide(loaded)
+
+        return note
+
+    async def read_flags(status_url: str | None, app_url: str | None) -> list[bool]:
+        owner = await tenant(store)
+        await store.update_account(owner.id, status_url=status_url)
+        app = dataclasses.replace(application(owner), status_url=app_url)
+        await store.create_application(app)
+        step = v1_step("447700900001")
+        request = dataclasses.replace(workflow(owner, step), application_id=app.id)
+        await store.accept(request)
+        seen_set.clear()
+        provider_id = f"sbx-{uuid.uuid4()}"
+        submitted = Observed(
+            step.message_id,
+            Status.SUBMITTED,
+            T0 + 1,
+            "sandbox",
+            provider="sandbox",
+            provider_message_id=provider_id,
+        )
+        await store.transition(WorkflowKey(message_id=step.message_id), noting(submitted))
+        delivered = Observed(step.message_id, Status.DELIVERED, T0 + 2, "sandbox")
+        await store.transition(WorkflowKey(workflow_id=request.id), noting(delivered))
+        read = Observed(step.message_id, Status.READ, T0 + 3, "sandbox")
+        by_provider = WorkflowKey(provider="sandbox", provider_message_id=provider_id)
+        await store.transition(by_provider, noting(read))
+        return list(seen_set)
+
+    assert await read_flags("https://example.test/s", None) == [True] * 3
+    assert await read_flags(None, "https://example.test/app") == [True] * 3
+    assert await read_flags(None, None) == [False] * 3
+    assert await read_flags("", "") == [False] * 3
+
+
+async def test_without_a_status_url_only_a_message_with_its_own_url_is_reported(
+    store: Store,
+) -> None:
+    """With no status URL on the application or account, a message that named its own
+    webhook_url still gets its status webhook; one that did not, and the final report, get
+    none (no row, no body written)."""
+    owner = await tenant(store)
+    await store.update_account(owner.id, status_url=None)
+    own = v1_step("447700900001", url="https://hooks.example.test/own")
+    plain = v1_step("447700900002")
+    for step in (own, plain):
+        request = dataclasses.replace(workflow(owner, step), surface=Surface.MESSAGES_V1)
+        await store.accept(request)
+        seen = Observed(step.message_id, Status.SUBMITTED, T0 + 1, "sandbox", price="0.0333")
+        decision = await store.transition(WorkflowKey(message_id=step.message_id), decider(seen))
+        assert decision is not None
+        hooks = [(h.url, h.message_id) for h in decision[1]]
+        stored = [(h.url, h.message_id) for h in await store.list_webhooks(workflow_id=request.id)]
+        expected = [("https://hooks.example.test/own", own.message_id)] if step is own else []
+        assert hooks == stored == expected

@@ -287,6 +287,10 @@ class WorkflowRecord:
     finished_at: float | None
     messages: tuple[MessageRecord, ...] = ()
     events: tuple[Event, ...] = field(default=())
+    #: whether its application or account names a status URL, as a transition's read found
+    #: them: without one, only a message with a URL of its own is reported (no body is
+    #: written for nobody). True where it was not read (the store then decides)
+    status_url_set: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -555,7 +555,8 @@ class Engine:
             seen = happening(workflow) if callable(happening) else happening
             changes = apply(workflow, seen, horizon=horizon)
             decided.append((workflow, changes))
-            return changes, payloads.webhooks(reports_for(workflow, changes), base)
+            reports = reports_for(workflow, changes)
+            return changes, payloads.webhooks(reports, base, workflow.status_url_set)
 
         return decide
 

@@ -245,7 +245,9 @@ _WORKFLOW_COLUMNS = (
 _workflow_record = constructor(WorkflowRecord)
 
 
-def _workflow_of(values: tuple[Any, ...], messages: Iterable[MessageRecord]) -> WorkflowRecord:
+def _workflow_of(
+    values: tuple[Any, ...], messages: Iterable[MessageRecord], status_url_set: bool = True
+) -> WorkflowRecord:
     """A workflow of its columns' values (in _WORKFLOW_COLUMNS order) and its messages."""
     id_, account_id, application_id, surface, state, created_at, updated_at, finished_at = values
     return _workflow_record(
@@ -258,6 +260,8 @@ def _workflow_of(values: tuple[Any, ...], messages: Iterable[MessageRecord]) -> 
         updated_at,
         finished_at,
         tuple(messages),
+        (),
+        status_url_set,
     )
 
 
@@ -270,8 +274,8 @@ def transition_workflow(found: Rows) -> tuple[WorkflowRecord, int] | None:
     if get is None:
         positions = [found.columns[column] for column in _TRANSITION_COLUMNS]
         get = _TRANSITION_GETTERS[found.key] = itemgetter(*positions)
-    *values, version = get(found[0])
-    return _workflow_of(tuple(values), message.all(found)), int(version)
+    *values, status_url_set, version = get(found[0])
+    return _workflow_of(tuple(values), message.all(found), bool(status_url_set)), int(version)
 
 
 def transition_workflows(found: Rows) -> list[tuple[WorkflowRecord, int]]:
@@ -298,6 +302,7 @@ _TRANSITION_COLUMNS = (
     "workflow_created_at",
     "workflow_updated_at",
     "workflow_finished_at",
+    "status_url_set",
     "workflow_version",
 )
 #: for each statement's rows (by Rows.key), the getter of the columns above

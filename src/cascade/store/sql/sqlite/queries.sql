@@ -226,8 +226,12 @@ RETURNING send_attempts - 1 AS send_attempts,
 -- name: transition_read_by_workflow
 SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version,
+       coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
+           AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
+     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id = :workflow_id ORDER BY m.step
 
 -- name: lock_workflow
@@ -691,23 +695,35 @@ SELECT :connection
 -- the workflows of a batch of transitions, each with its messages (docs/design.md §4)
 SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version,
+       coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
+           AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
+     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (:ids*) ORDER BY m.workflow_id, m.step
 
 -- name: transition_read_by_messages
 SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version,
+       coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
+           AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
+     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages WHERE id IN (:ids*))
 ORDER BY m.workflow_id, m.step
 
 -- name: transition_read_by_provider_ids
 SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version
+       w.finished_at AS workflow_finished_at, w.version AS workflow_version,
+       coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
+           AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
+     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages
                         WHERE provider = :provider AND provider_message_id IN (:ids*))
 ORDER BY m.workflow_id, m.step
