@@ -2,12 +2,13 @@
 
 It starts ``cascade serve`` (one process by default, ``--processes`` as ``serve`` takes it; the
 built-in sandbox) over a fresh SQLite file and POSTs ``--n`` two-step workflows as fast as the
-API takes them, from ``--connections`` concurrent clients: step 1 is Messenger to a recipient ending in ``0003`` (the sandbox says
-``submitted`` and then nothing), ``condition_status: delivered`` and ``expiry_time: 15`` (the
-minimum); step 2 is SMS to ``--sms-number`` (default: a default recipient, delivered 1 s after it
-is sent; ``...0003`` sends no receipt). Every step 1 therefore expires 15 s after it started, and
-the engine must fail over to the SMS. Since each timer falls due 15 s after its accept, timers
-come due as fast as the API accepted (``--rate`` caps the accept rate).
+API takes them, from ``--connections`` concurrent clients: step 1 is Messenger to a recipient
+ending in ``0003`` (the sandbox says ``submitted`` and then nothing), ``condition_status:
+delivered`` and ``expiry_time: 15`` (the minimum); step 2 is SMS to ``--sms-number`` (default: a
+default recipient, delivered 1 s after it is sent; ``...0003`` sends no receipt). Every step 1
+therefore expires 15 s after it started, and the engine must fail over to the SMS. Since each
+timer falls due 15 s after its accept, timers come due as fast as the API accepted (``--rate``
+caps the accept rate).
 
 When every SMS has been submitted, the server is stopped and the times are read from the database:
 
