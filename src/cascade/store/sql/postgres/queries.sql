@@ -225,7 +225,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id = :workflow_id ORDER BY m.step
 
@@ -716,7 +716,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id = ANY(:ids::text[]) ORDER BY m.workflow_id, m.step
 
@@ -727,7 +727,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages WHERE id = ANY(:ids::text[]))
 ORDER BY m.workflow_id, m.step
@@ -739,7 +739,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages
                         WHERE provider = :provider AND provider_message_id = ANY(:ids::text[]))

@@ -230,7 +230,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id = :workflow_id ORDER BY m.step
 
@@ -699,7 +699,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (:ids*) ORDER BY m.workflow_id, m.step
 
@@ -710,7 +710,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages WHERE id IN (:ids*))
 ORDER BY m.workflow_id, m.step
@@ -722,7 +722,7 @@ SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
        coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
            AS status_url_set
 FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     JOIN accounts acc ON acc.id = w.account_id
+     LEFT JOIN accounts acc ON acc.id = w.account_id
      LEFT JOIN applications a ON a.id = w.application_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages
                         WHERE provider = :provider AND provider_message_id IN (:ids*))
