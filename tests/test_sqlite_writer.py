@@ -20,7 +20,7 @@ from cascade.domain.records import Event, NewJob, WorkflowRecord
 from cascade.errors import StoreUnavailable
 from cascade.service import open_store
 from cascade.store.base import Decision, WorkflowKey
-from cascade.store.sqlite import SqliteStore
+from cascade.store.sqlite import IntakeSignal, SqliteStore
 from tests.contract.factories import T0, tenant, workflow
 
 
@@ -182,3 +182,84 @@ async def test_the_page_cache_of_both_connections_follows_the_setting(tmp_path: 
         assert sizes == (-8 * 1024,)
     finally:
         await store.close()
+
+
+async def test_the_apis_wait_for_the_lock_is_seen_by_the_engines_store(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the API's writer finds the write lock taken, another store of the same file (the
+    engine's process) sees it waiting, for a window after its last wait and no longer; the
+    API's own store never counts its own waits."""
+    monkeypatch.setattr(IntakeSignal, "WINDOW", 0.2)
+    engine = SqliteStore(sqlite_store.path)
+    await engine.open()
+    sqlite_store.announce_intake_waits()
+    try:
+        assert not engine.intake_waiting()
+        other = sqlite3.connect(sqlite_store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            write = asyncio.ensure_future(sqlite_store._writer.submit(_insert("a")))
+            await asyncio.sleep(0.02)
+            assert engine.intake_waiting()
+            assert not sqlite_store.intake_waiting()
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        assert await asyncio.wait_for(write, 10) == "a"
+        assert engine.intake_waiting()  # still within the window of the last wait
+        await asyncio.sleep(0.4)
+        assert not engine.intake_waiting()
+    finally:
+        await engine.close()
+
+
+async def test_the_engine_stores_small_batches_while_the_api_waits(
+    sqlite_store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transitions asked together are stored in batches of YIELDING_BATCH while the API
+    waits for the write lock, and of MAX_BATCH otherwise."""
+    owner = await tenant(sqlite_store)
+    requests = [workflow(owner) for _ in range(70)]
+    for request in requests:
+        await sqlite_store.accept(request)
+
+    def noting(loaded: WorkflowRecord) -> Decision:
+        changes = Changes()
+        changes.events.append(Event(at=T0 + 1, kind="note", source="test"))
+        return changes, []
+
+    async def batches_for(waiting: bool) -> int:
+        monkeypatch.setattr(sqlite_store, "intake_waiting", lambda: waiting)
+        before = sqlite_store.transitions.batches
+        await asyncio.gather(
+            *(sqlite_store.transition(WorkflowKey(workflow_id=r.id), noting) for r in requests)
+        )
+        return sqlite_store.transitions.batches - before
+
+    small = sqlite_store.transitions.YIELDING_BATCH
+    assert await batches_for(True) == -(-len(requests) // small)  # 3 of at most 30
+    assert await batches_for(False) == 1
+
+
+@pytest.mark.parametrize("run_worker", [False, True])
+def test_only_an_api_without_its_engine_announces_its_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_worker: bool
+) -> None:
+    """`serve`'s API process (its engine apart) announces its waits for the lock; a process
+    that runs the engine beside the API has nobody to yield to, and does not."""
+    import cascade.runtime
+
+    made: list[SqliteStore] = []
+
+    def keeping(url: str, settings: Settings) -> SqliteStore:
+        store = open_store(url, settings)
+        assert isinstance(store, SqliteStore)
+        made.append(store)
+        return store
+
+    monkeypatch.setattr(cascade.runtime, "open_store", keeping)
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'c.db'}", run_worker=run_worker)
+    cascade.runtime.build_app(settings)
+    (store,) = made
+    assert store._writer.announces is not run_worker

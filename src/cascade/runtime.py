@@ -43,6 +43,7 @@ from cascade.service import (
     redacted_url,
 )
 from cascade.store.base import ChannelLinks, Purging, SmppBinds, SmppNodes, Store
+from cascade.store.sqlite import SqliteStore
 from cascade.supervision import OnFatal, log_fatal
 from cascade.webhooks.delivery import DeliverySettings, WebhookHttp, WebhookSender
 
@@ -122,6 +123,8 @@ def build_app(
     """The ASGI app for ``settings``, opening its store on start-up and closing it on shutdown."""
     clock = clock or SystemClock()
     store = open_store(settings.database_url, settings)
+    if not settings.run_worker and isinstance(store, SqliteStore):
+        store.announce_intake_waits()  # the engine runs apart: it yields to the accepts
     # one pool of connections to the platforms for the engine's sends and the API's read marks
     http = channel_http(settings)
     engine = (

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import fcntl
 import os
 import sqlite3
 import stat
@@ -102,6 +103,66 @@ def _make_private(path: str) -> None:
             log.warning("sqlite.permissions_not_tightened", file=name, error=str(exc))
 
 
+class IntakeSignal:
+    """Whether the API's writer has lately had to wait for the write lock, told across
+    processes by a lock file beside the database (``<db>-intake``).
+
+    The engine's process writes its transitions in batches of up to
+    :attr:`~cascade.store.sqlstore.TransitionBatches.MAX_BATCH`, a transaction of several
+    milliseconds; an accept that meets one waits for all of it, and with the engine behind,
+    the API met one at every few commits and spent about a quarter of its time waiting
+    (BENCHMARKS.md, "The intake first"). So the API's writer, when it finds the lock taken,
+    holds a shared ``flock`` on the file for :attr:`WINDOW` seconds after its last wait, and
+    the engine's writer, seeing it held, stores smaller batches: the accepts wait for less,
+    while the engine alone keeps its larger, cheaper batches."""
+
+    #: how long after the API's last wait for the lock the engine keeps its batches small
+    WINDOW = 0.1
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._fd = os.open(path + "-intake", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open {path}-intake: {exc}") from exc
+        self._held_until = 0.0
+        self._release: asyncio.TimerHandle | None = None
+
+    def announce(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The API's writer waited for the lock: hold the signal for another window."""
+        self._held_until = time.monotonic() + self.WINDOW
+        if self._release is not None:
+            return  # the pending release looks at the new time when it runs
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # an engine is looking this instant; the next wait announces it
+        self._release = loop.call_later(self.WINDOW, self._expire, loop)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        left = self._held_until - time.monotonic()
+        if left > 0:
+            self._release = loop.call_later(left, self._expire, loop)
+            return
+        self._release = None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def held(self) -> bool:
+        """Whether some API's writer has waited for the lock within its window (as the
+        engine's writer sees it: this process's own announcement does not count)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return False
+
+    def close(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        os.close(self._fd)
+
+
 class _GroupCommitWriter:
     """The writer of one SQLite file: writes run on the event loop thread, commits on a
     helper thread.
@@ -146,6 +207,10 @@ class _GroupCommitWriter:
         self._locked_since: float | None = None
         self._lock_retry = self.LOCK_RETRY_FIRST
         self._conn: sqlite3.Connection | None = None
+        #: the signal between the API's writer and the engine's (None until started)
+        self.intake: IntakeSignal | None = None
+        #: whether this writer is the API's: it announces its waits for the lock
+        self.announces = False
         #: how many transactions and writes were committed (for tests and metrics)
         self.commits = 0
         self.writes = 0
@@ -153,6 +218,7 @@ class _GroupCommitWriter:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._conn = _connect(self._path, self._cache_mb)
+        self.intake = IntakeSignal(self._path)
         self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
         self._conn.execute("PRAGMA busy_timeout=0")
 
@@ -174,6 +240,9 @@ class _GroupCommitWriter:
             self._schedule()
             await self._drained.wait()
         self._executor.shutdown(wait=True)
+        if self.intake is not None:
+            self.intake.close()
+            self.intake = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -197,6 +266,8 @@ class _GroupCommitWriter:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                if self.announces and self.intake is not None:
+                    self.intake.announce(loop)
                 self._wait_for_lock(batch, exc)
             else:
                 self._finish(batch, None, exc)
@@ -649,6 +720,15 @@ class SqliteStore(SqlStore):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+
+    def announce_intake_waits(self) -> None:
+        """Make this store's writer the API's: when it waits for the write lock it tells the
+        engine's process, which then keeps its transactions short (:class:`IntakeSignal`)."""
+        self._writer.announces = True
+
+    def intake_waiting(self) -> bool:
+        intake = self._writer.intake
+        return intake is not None and not self._writer.announces and intake.held()
 
     @property
     def commits(self) -> int:

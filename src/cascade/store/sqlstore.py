@@ -800,6 +800,9 @@ class TransitionBatches:
 
     #: transitions in one batch at most: a larger backlog is stored in several
     MAX_BATCH = 200
+    #: ...and while the API waits for the write lock behind such batches (SQLite): a batch of
+    #: 200 is a transaction of several milliseconds that each accept meeting it waits out
+    YIELDING_BATCH = 30
 
     def __init__(self, store: SqlStore) -> None:
         self._store = store
@@ -828,8 +831,9 @@ class TransitionBatches:
         batch: list[_Asked] = []
         try:
             while self._waiting:
-                batch = self._waiting[: self.MAX_BATCH]
-                del self._waiting[: self.MAX_BATCH]
+                most = self.YIELDING_BATCH if self._store.intake_waiting() else self.MAX_BATCH
+                batch = self._waiting[:most]
+                del self._waiting[:most]
                 await self._store_batch(batch)
         except BaseException as exc:  # (cancelled: the loop is closing) every caller is told
             unanswered = batch + self._waiting
@@ -900,6 +904,12 @@ class SqlStore(Store, abc.ABC):
     def __init__(self) -> None:
         #: the transitions asked for and not yet stored, stored in batches
         self.transitions = TransitionBatches(self)
+
+    def intake_waiting(self) -> bool:
+        """Whether another process's API has lately waited for the database's write lock,
+        so that this process's transitions should be stored in small batches (SQLite, whose
+        writers take one lock in turn; PostgreSQL's lock rows, not the database)."""
+        return False
 
     @overload
     async def _read(self, plan: Run, *, snapshot: bool = False) -> Any: ...
