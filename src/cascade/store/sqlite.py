@@ -159,6 +159,7 @@ class IntakeSignal:
         return False
 
     def close(self) -> None:
+        """Stop announcing and close the file (closing it lets go of its lock)."""
         if self._release is not None:
             self._release.cancel()
             self._release = None
