@@ -220,13 +220,6 @@ def workflow_summary(workflow: WorkflowRecord) -> dict[str, Any]:
     }
 
 
-#: why a workflow may have no webhooks, said where they are listed
-NO_WEBHOOKS = (
-    " (a status webhook is stored only where the request, its application or its account"
-    " names a status URL)"
-)
-
-
 def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | None = None) -> str:
     """The timeline as text for a person (``cascade show``)."""
     view = workflow_view(workflow, webhooks)
@@ -294,6 +287,9 @@ def render_timeline(workflow: WorkflowRecord, webhooks: list[dict[str, Any]] | N
                 lines.append(
                     f"      {attempt['timestamp']}  {result} ({attempt['duration_ms']} ms)"
                 )
-    elif webhooks is not None:
-        lines.append(f"  webhooks: none{NO_WEBHOOKS}")
+    elif webhooks is not None:  # say why, rather than list nothing
+        lines.append(
+            "  webhooks: none (a status webhook is stored only where the request, its"
+            " application or its account names a status URL)"
+        )
     return "\n".join(lines)

@@ -430,7 +430,7 @@ def transitions_plan(batch: Sequence[TransitionToStore]) -> Plan[list[Transition
         if workflow_id is None:
             continue
         loaded = rows.transition_workflow(
-            (yield select("transition_read_by_workflow", workflow_id=workflow_id))
+            (yield select("transition_read_by_workflows", ids=[workflow_id]))
         )
         if loaded is None:
             continue

@@ -218,17 +218,6 @@ RETURNING send_attempts - 1 AS send_attempts,
           CASE WHEN send_attempts = 1 THEN NULL ELSE send_started_at END AS send_started_at,
           last_error_code, last_error_reason
 
--- name: transition_read_by_workflow
-SELECT m.*, w.application_id, w.surface, w.state AS workflow_state,
-       w.created_at AS workflow_created_at, w.updated_at AS workflow_updated_at,
-       w.finished_at AS workflow_finished_at, w.version AS workflow_version,
-       coalesce(nullif(a.status_url, ''), nullif(acc.status_url, '')) IS NOT NULL
-           AS status_url_set
-FROM messages m JOIN workflows w ON w.id = m.workflow_id
-     LEFT JOIN accounts acc ON acc.id = w.account_id
-     LEFT JOIN applications a ON a.id = w.application_id
-WHERE m.workflow_id = :workflow_id ORDER BY m.step
-
 -- name: lock_workflow
 -- the row lock makes a transition that must decide again wait for any other one in flight
 SELECT id FROM workflows WHERE id = :workflow_id FOR UPDATE
