@@ -16,6 +16,11 @@ shutdown, so nothing is flushed on the way out), and the database must hold exac
 generators never cut a POST off in flight (they stop sending and drain), so the counts must be
 equal, not merely close.
 
+With ``--peers kannel`` (or ``kannel,jasmin``) every round also measures each installed peer
+relaying to an SMSC of its own (``bench/peers.py``), between Cascade's runs of that round; each
+Cascade figure is then also reported as a ratio to the first peer's in the same round, so the
+comparison holds whatever the machine does from one minute to the next.
+
 Load generator: ``wrk`` with ``bench/accept.lua`` when it is installed (``apt-get install -y
 wrk``), otherwise ``bench/loadgen.py`` (Python, asyncio) in its own process; the output names
 the one used. Every subprocess is stopped on the way out, whatever happens.
@@ -23,6 +28,7 @@ the one used. Every subprocess is stopped on the way out, whatever happens.
     .venv/bin/python bench/accept.py                      # SQLite FULL, 15 s, 32 connections
     .venv/bin/python bench/accept.py --synchronous FULL,NORMAL --runs 3 --json
     .venv/bin/python bench/accept.py --database postgres  # needs PostgreSQL on 127.0.0.1:5432
+    .venv/bin/python bench/accept.py --engine on --runs 3 --peers kannel  # apt-get install kannel
 """
 
 from __future__ import annotations
@@ -44,12 +50,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import harness
+
+import peers
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -632,17 +640,29 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def summarize(results: list[RunResult], configs: list[Config]) -> list[dict[str, Any]]:
-    """One row per configuration: medians over rounds, and the ratio to the trivial endpoint
-    measured in the same round."""
+def _same_round_ratios(runs: Iterable[tuple[int, float]], rates: dict[int, float]) -> list[float]:
+    """Each run's rate (by its round) over the rate measured in the same round, where that
+    round has one."""
+    return [rate / rates[rnd] for rnd, rate in runs if rates.get(rnd)]
+
+
+def summarize(
+    results: list[RunResult], configs: list[Config], peer_runs: Sequence[dict[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """One row per configuration: medians over rounds, and the ratios to the trivial endpoint
+    and (with peers) to the first peer measured in the same round."""
     trivial = {r.round: r.requests_per_s for r in results if r.config == "trivial"}
+    first_peer = peer_runs[0]["peer"] if peer_runs else None
+    peer_rates = {p["round"]: p["requests_per_s"] for p in peer_runs if p["peer"] == first_peer}
     rows = []
     for config in configs:
         runs = [r for r in results if r.config == config.name]
         if not runs:
             continue
         rates = [r.requests_per_s for r in runs]
-        ratios = [r.requests_per_s / trivial[r.round] for r in runs if trivial.get(r.round)]
+        pairs = [(r.round, r.requests_per_s) for r in runs]
+        ratios = _same_round_ratios(pairs, trivial)
+        to_peer = _same_round_ratios(pairs, peer_rates) if config.database != "trivial" else []
         rows.append(
             {
                 "config": config.name,
@@ -660,9 +680,51 @@ def summarize(results: list[RunResult], configs: list[Config]) -> list[dict[str,
                 "ratio_to_trivial": _median(ratios) if ratios else float("nan"),
                 "durable": all(r.durability.get("missing", 0) == 0 for r in runs),
                 "engine_sent_per_s": _median([r.engine_sent_per_s for r in runs]),
+                "ratio_to_peer": _median(to_peer) if to_peer else float("nan"),
+                "ratios_to_peer": to_peer,
             }
         )
     return rows
+
+
+def summarize_peers(
+    peer_runs: Sequence[dict[str, Any]], results: list[RunResult]
+) -> list[dict[str, Any]]:
+    """One row per peer: medians over the rounds it was measured in, and its ratio to the
+    trivial endpoint of the same round."""
+    trivial = {r.round: r.requests_per_s for r in results if r.config == "trivial"}
+    rows = []
+    for key in dict.fromkeys(p["peer"] for p in peer_runs):
+        runs = [p for p in peer_runs if p["peer"] == key]
+        rates = [p["requests_per_s"] for p in runs]
+        ratios = _same_round_ratios([(p["round"], p["requests_per_s"]) for p in runs], trivial)
+        rows.append(
+            {
+                "peer": key,
+                "name": runs[0]["name"],
+                "runs": len(runs),
+                "requests_per_s": _median(rates),
+                "min": min(rates),
+                "max": max(rates),
+                "accepted_per_s": _median(rates),
+                "p99_ms": _median([p["p99_ms"] for p in runs]),
+                "end_to_end_per_s": _median([p["end_to_end_per_s"] for p in runs]),
+                "cpu_us_per_message": _median([p["cpu_us_per_message"] for p in runs]),
+                "server_cpu_us_per_req": _median([p["server_cpu_us_per_req"] for p in runs]),
+                "ratio_to_trivial": _median(ratios) if ratios else float("nan"),
+            }
+        )
+    return rows
+
+
+def run_peer(key: str, rnd: int, opts: Options, connections: int) -> dict[str, Any]:
+    """One round's run of an installed peer (``bench/peers.py``), in processes of its own."""
+    procs = harness.Processes(opts.nice)
+    try:
+        result = peers.PEERS[key][1](procs, opts.duration, connections, keep=opts.keep)
+    finally:
+        procs.stop_all()
+    return {"peer": key, "round": rnd, **result}
 
 
 def print_run(result: RunResult) -> None:
@@ -686,7 +748,24 @@ def print_run(result: RunResult) -> None:
     print(line, flush=True)
 
 
-def print_table(rows: list[dict[str, Any]], gen: Generator, opts: Options, rounds: int) -> None:
+def print_peer_run(run: dict[str, Any]) -> None:
+    """One line per peer run as it finishes."""
+    print(
+        f"  round {run['round']} {run['name']}: {run['requests_per_s']:>9,.0f} req/s  "
+        f"p99 {run['p99_ms']:6.2f} ms  non-2xx {run['non_2xx']:.0f}  "
+        f"{run['end_to_end_per_s']:,.0f} SMS/s end to end  "
+        f"{run['cpu_us_per_message']:,.0f} µs/SMS",
+        flush=True,
+    )
+
+
+def print_table(
+    rows: list[dict[str, Any]],
+    gen: Generator,
+    opts: Options,
+    rounds: int,
+    peer_rows: Sequence[dict[str, Any]] = (),
+) -> None:
     """The final table."""
     tokens = (
         "one JWT reused (RS256 verified once, then cached)"
@@ -717,11 +796,25 @@ def print_table(rows: list[dict[str, Any]], gen: Generator, opts: Options, round
             f"{row['server_cpu_us_per_req']:>10.0f} {row['loop_cpu_us_per_req']:>6.0f} "
             f"{ratio:>10.2f} {durable:>8}"
         )
+    for peer in peer_rows:
+        spread = f"{peer['min']:,.0f}-{peer['max']:,.0f}" if peer["runs"] > 1 else ""
+        print(
+            f"{'peer: ' + peer['peer']:<20} {peer['requests_per_s']:>9,.0f} {spread:>17} "
+            f"{'':>7} {peer['p99_ms']:>7.2f} {'':>7} {peer['server_cpu_us_per_req']:>10.0f} "
+            f"{'':>6} {peer['ratio_to_trivial']:>10.2f} {'-':>8}"
+        )
     print(
         "srv µs/req: the server process's CPU (all threads) per answered request, (loop) the "
         "event-loop thread's share;\nvs trivial: req/s over the raw ASGI endpoint's in the same "
         "round; durable: every 202 found after SIGKILL, and as many workflows as 202s"
     )
+    if peer_rows:
+        name = peer_rows[0]["name"]
+        print(f"against {name}, measured in the same rounds (median of the rounds' ratios):")
+        for row in rows:
+            if row["ratios_to_peer"]:
+                each = ", ".join(f"{ratio:.2f}" for ratio in row["ratios_to_peer"])
+                print(f"  {row['config']:<20} {row['ratio_to_peer']:.2f} ({each})")
     others = [row["other_cpu_cores"] for row in rows]
     if others:
         print(
@@ -841,6 +934,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "CASCADE_LOG_LEVEL=warning); repeatable, e.g. --server-env CASCADE_LOG_LEVEL=info "
         "--server-env CASCADE_ACCESS_LOG=false",
     )
+    parser.add_argument(
+        "--peers",
+        type=_csv(set(peers.PEERS)),
+        default=[],
+        metavar="PEER[,PEER]",
+        help="also measure these peers (kannel, jasmin), when installed, in every round between "
+        "Cascade's runs; Cascade's rates are then also reported over the first peer's of the "
+        "same round",
+    )
     harness.add_machine_options(parser)
     args = parser.parse_args(argv)
     for item in args.server_env:
@@ -872,6 +974,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {harness.describe_machine()}", flush=True)
     procs = harness.Processes(args.nice)
     results: list[RunResult] = []
+    peer_runs: list[dict[str, Any]] = []
+    notes = [
+        f"{key} not measured, not installed: {peers.PEERS[key][2]}"
+        for key in args.peers
+        if not peers.PEERS[key][0]()
+    ]
+    installed = [key for key in args.peers if peers.PEERS[key][0]()]
     try:
         gen = pick_generator(args.generator, args.connections, args.threads)
         configs = _configs(args.database, args.synchronous, args.engine, args.preload)
@@ -884,18 +993,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = run_once(config, rnd, gen, opts, procs)
                 results.append(result)
                 print_run(result)
+            for key in installed:
+                try:
+                    peer_runs.append(run_peer(key, rnd, opts, args.connections))
+                except harness.BenchError as exc:
+                    # a peer that fails is a note, not a failed benchmark: Cascade's runs stand
+                    notes.append(f"{key} failed in round {rnd}: {str(exc).splitlines()[0][:300]}")
+                    print(f"  {notes[-1]}", flush=True)
+                    continue
+                print_peer_run(peer_runs[-1])
     except harness.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         procs.stop_all()
-    rows = summarize(results, configs)
-    print_table(rows, gen, opts, args.runs)
+    rows = summarize(results, configs, peer_runs)
+    peer_rows = summarize_peers(peer_runs, results)
+    print_table(rows, gen, opts, args.runs, peer_rows)
+    for note in notes:
+        print(f"note: {note}")
     record = {
         "generator": asdict(gen) | {"description": gen.describe()},
-        "options": asdict(opts) | {"connections": args.connections, "preload": args.preload},
+        "options": asdict(opts)
+        | {"connections": args.connections, "preload": args.preload, "peers": args.peers},
         "summary": rows,
         "runs": [asdict(r) for r in results],
+        "peers": {"summary": peer_rows, "runs": peer_runs, "notes": notes},
     }
     record["options"].pop("postgres_url", None)
     harness.write_json("accept", record, args.json)

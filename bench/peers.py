@@ -12,11 +12,13 @@ SMSC (``bench/smsc_sink.py``) and loaded by ``wrk`` on its HTTP interface:
   and Redis it needs on their default ports (Redis database 9; its queues named by a connector
   id of the run's own).
 
-One run gives both figures the suite compares: the peer's accepted requests per second
-(``wrk``'s rate) while it relays them, and SMS end to end: every accepted SMS submitted over
-SMPP, its DLR received and reported to the peer's ``dlr-url`` on ``bench/receiver.py`` (the
-peer's status callback, as Cascade's delivered webhook), timed from the first request to the
-last callback. CPU is the peer's processes' together, per SMS (not RabbitMQ's or Redis's).
+The suite measures them in its accept step (``bench/accept.py --peers kannel,jasmin``), one
+run in each of Cascade's rounds. One run gives both figures the suite compares: the peer's
+accepted requests per second (``wrk``'s rate) while it relays them, and SMS end to end: every
+accepted SMS submitted over SMPP, its DLR received and reported to the peer's ``dlr-url`` on
+``bench/receiver.py`` (the peer's status callback, as Cascade's delivered webhook), timed from
+the first request to the last callback. CPU is the peer's processes' together, per SMS (not
+RabbitMQ's or Redis's).
 
     .venv/bin/python bench/peers.py --duration 10               # apt-get install -y kannel wrk
     .venv/bin/python bench/peers.py --peer jasmin --duration 10
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -44,11 +45,6 @@ from typing import Any
 import enginelib as lib
 import harness
 from smsc_sink import Smsc
-
-SIZES = {
-    "quick": {"duration": 2.0, "connections": 32},
-    "full": {"duration": 10.0, "connections": 32},
-}
 
 
 def kannel_installed() -> bool:
@@ -373,42 +369,6 @@ PEERS: dict[str, tuple[Callable[[], bool], Callable[..., dict[str, Any]], str]] 
         "RabbitMQ and Redis running (apt-get install -y rabbitmq-server redis-server wrk)",
     ),
 }
-
-
-def measure_all(size: str, out: Path) -> dict[str, Any]:
-    """Every installed peer at the suite's ``size``: rows for the accept and SMS tables (the
-    ceiling ratio filled in from the accept benchmark's ceiling of the same suite run)."""
-    peers: dict[str, Any] = {"accept": [], "sms": [], "notes": []}
-    trivial = _ceiling(out)
-    for name, (installed, run, install) in PEERS.items():
-        if not installed():
-            peers["notes"].append(f"{name} not measured, not installed: {install}")
-            continue
-        print(f"== peers: {name}", flush=True)
-        procs = harness.Processes()
-        try:
-            result = run(procs, **SIZES[size])
-        except harness.BenchError as exc:
-            print(f"   failed: {exc}", flush=True)
-            # its first line says what went wrong; the peer's own output stays in the log
-            peers["notes"].append(f"{name} failed: {str(exc).splitlines()[0][:300]}")
-            continue
-        finally:
-            procs.stop_all()
-        result["ratio_to_trivial"] = result["requests_per_s"] / trivial if trivial else math.nan
-        peers["accept"].append(result)
-        peers["sms"].append(result)
-    return peers
-
-
-def _ceiling(out: Path) -> float | None:
-    """The trivial app's rate in the suite's accept record, if there is one."""
-    record = out / "accept.json"
-    if not record.exists():
-        return None
-    rows = {row["config"]: row for row in json.loads(record.read_text())["summary"]}
-    rate: float | None = rows.get("trivial", {}).get("requests_per_s")
-    return rate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,12 @@ The benchmarks, each with what it is compared with in the same run:
 
 * ``accept``: durable accepts/s of ``cascade serve`` (the accept path alone, and with its engine
   as the README starts it); ceiling: the trivial ASGI app on the same server stack; peers:
-  Kannel's ``sendsms`` and Jasmin's ``/send`` (``bench/peers.py``) when installed;
+  Kannel's ``sendsms`` and Jasmin's ``/send`` (``bench/peers.py``) when installed, measured in
+  every round between Cascade's runs, and each Cascade figure over the first peer's of its round;
 * ``sms``: SMS end to end over SMPP (accept -> submit -> DLR -> delivered webhook); ceiling:
   ``SmppProvider.send`` alone against the same SMSC (``--provider-only``); peers: Kannel and
-  Jasmin relaying to the same SMSC, their DLR callbacks to the same receiver, when installed;
+  Jasmin relaying to the same kind of SMSC, their DLR callbacks to the same kind of receiver
+  (their figures from the accept step's runs);
 * ``messenger``: Messenger end to end through a lean Graph API peer;
 * ``webhooks``: webhooks delivered/s; ceiling: a minimal asyncio HTTP client given to the sender;
 * ``timers``: lateness of failover timers (target p99 <= 100 ms);
@@ -39,14 +41,12 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import harness
-
-import peers
 
 BENCHMARKS_MD = harness.REPO / "BENCHMARKS.md"
 BEGIN = "<!-- suite:begin (written by bench/run.py --update-benchmarks) -->"
@@ -91,12 +91,18 @@ STEPS: list[Step] = [
 ]  # fmt: skip
 
 
-def run_step(step: Step, size: str, out: Path) -> dict[str, Any]:
-    """Run one benchmark; its JSON record, or ``{"error": ...}`` with its log's tail."""
+#: the accept step measures the peers, each installed one in every round between Cascade's runs
+#: (bench/peers.py), and the SMS table takes their figures end to end from the same runs
+PEERS = ("--peers", "kannel,jasmin")
+
+
+def run_step(step: Step, size: str, out: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Run one benchmark (``extra``: arguments after the step's own); its JSON record, or
+    ``{"error": ...}`` with its log's tail."""
     record = out / f"{step.name}.json"
     log = out / f"{step.name}.log"
     record.unlink(missing_ok=True)
-    argv = [sys.executable, str(harness.BENCH_DIR / step.script), *step.argv(size)]
+    argv = [sys.executable, str(harness.BENCH_DIR / step.script), *step.argv(size), *extra]
     argv += ["--json", str(record)]
     print(f"== {step.name}: {' '.join(argv[1:])}", flush=True)
     started = time.monotonic()
@@ -148,15 +154,30 @@ def table_accept(records: dict[str, Any]) -> list[str]:
             f"| {_n(row['p99_ms'], 1)} | {_n(row['server_cpu_us_per_req'])} "
             f"| {_n(row['ratio_to_trivial'], 2)} |"
         )
-    for peer in records.get("peers", {}).get("accept", []):
+    measured = rec.get("peers", {})
+    for peer in measured.get("summary", []):
         lines.append(
             f"| peer: {peer['name']} | {_n(peer['requests_per_s'])} "
             f"| {_n(peer['end_to_end_per_s'])} | {_n(peer['p99_ms'], 1)} "
             f"| {_n(peer['server_cpu_us_per_req'])} | {_n(peer['ratio_to_trivial'], 2)} |"
         )
     others = [row["other_cpu_cores"] for row in rows.values()]
-    notes = records.get("peers", {}).get("notes", [])
+    notes = measured.get("notes", [])
     lines += ["", *(f"- {note}" for note in notes)] if notes else []
+    if measured.get("summary"):
+        peer = measured["summary"][0]
+        lines += [
+            "",
+            f"Against {peer['name']}, measured between Cascade's runs in each of the same "
+            "rounds (the median of the rounds' ratios, then each round's):",
+            "",
+            "| configuration | / peer, same round | each round |",
+            "|---|---|---|",
+        ]
+        for name, row in rows.items():
+            if row.get("ratios_to_peer"):
+                each = ", ".join(f"{ratio:.2f}" for ratio in row["ratios_to_peer"])
+                lines.append(f"| Cascade, {name} | {row['ratio_to_peer']:.2f} | {each} |")
     lines += [
         "",
         f"{_command(rec)}; load generator: {rec['generator']['description']}; "
@@ -189,7 +210,7 @@ def table_sms(records: dict[str, Any]) -> list[str]:
             f"| ceiling: `SmppProvider.send` alone | {_n(provider['end_to_end_per_s'])} | - | - "
             f"| {_n(provider['cpu_us_per_message'])} |"
         )
-    for peer in records.get("peers", {}).get("sms", []):
+    for peer in records.get("accept", {}).get("peers", {}).get("summary", []):
         lines.append(
             f"| peer: {peer['name']} | {_n(peer['end_to_end_per_s'])} "
             f"| {_n(peer['accepted_per_s'])} | - | {_n(peer['cpu_us_per_message'])} |"
@@ -375,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     harness.install_signal_handlers()
-    known = {step.name for step in STEPS} | {s.name.split("-")[0] for s in STEPS} | {"peers"}
+    known = {step.name for step in STEPS} | {s.name.split("-")[0] for s in STEPS}
     only = set(args.only.split(",")) if args.only else known
     if only - known:
         parser.error(f"unknown: {', '.join(sorted(only - known))}; choose from {sorted(known)}")
@@ -384,9 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, Any] = {}
     for step in STEPS:
         if step.name in only or step.name.split("-")[0] in only:
-            records[step.name] = run_step(step, args.size, args.out)
-    if args.peers == "auto" and only & {"accept", "sms", "peers"}:
-        records["peers"] = peers.measure_all(args.size, args.out)
+            extra = PEERS if step.name == "accept" and args.peers == "auto" else ()
+            records[step.name] = run_step(step, args.size, args.out, extra)
     markdown = render(records, args.size)
     (args.out / "latest.md").write_text(markdown)
     (args.out / "latest.json").write_text(json.dumps(records, indent=2, default=str) + "\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
+import accept  # noqa: E402
 import enginelib  # noqa: E402
 import harness  # noqa: E402
 import run as suite  # noqa: E402
@@ -111,6 +113,48 @@ def test_the_json_record_names_command_machine_and_commit(
     assert record["command"] == "bench/smoke.py --n 5 --keep"
     assert "commit" in record
     assert str(record["machine"]["nproc"]) in harness.describe_machine(record["machine"])
+
+
+def _accept_run(config: str, rnd: int, rate: float) -> accept.RunResult:
+    """A measured accept run with nothing but its configuration, round and rate filled in."""
+    return accept.RunResult(config, rnd, rate, *(0.0,) * 3, 0, 0, *(0.0,) * 5, 0)
+
+
+def _peer_run(rnd: int, rate: float) -> dict[str, Any]:
+    """A Kannel run of one round, as bench/peers.py reports it."""
+    figures = {"p99_ms": 500.0, "end_to_end_per_s": rate / 2, "cpu_us_per_message": 800.0}
+    return {"peer": "kannel", "round": rnd, "name": "Kannel", "requests_per_s": rate,
+            "server_cpu_us_per_req": 800.0, **figures}  # fmt: skip
+
+
+def test_cascade_is_compared_with_the_peer_of_its_own_round() -> None:
+    """Each round's Cascade rate is divided by the peer's rate of the same round, not by the
+    peer's median: a slow minute for both is a ratio of one, and the suite's table says so."""
+    configs = accept._configs(["sqlite"], ["FULL"], "on", [0])
+    name = configs[1].name
+    results = [
+        _accept_run("trivial", 1, 10_000), _accept_run(name, 1, 2_000),
+        _accept_run("trivial", 2, 20_000), _accept_run(name, 2, 4_000),
+    ]  # fmt: skip
+    peer_runs = [_peer_run(1, 1_000), _peer_run(2, 4_000)]
+    rows = accept.summarize(results, configs, peer_runs)
+    cascade = next(row for row in rows if row["config"] == name)
+    assert cascade["ratios_to_peer"] == [2.0, 1.0]
+    assert cascade["ratio_to_peer"] == 1.5  # against the medians it would be 3,000/2,500
+    assert math.isnan(rows[0]["ratio_to_peer"])  # the ceiling is not compared with a peer
+    (peer,) = accept.summarize_peers(peer_runs, results)
+    assert peer["requests_per_s"] == 2_500
+    assert peer["ratio_to_trivial"] == pytest.approx(0.15)
+    record = {
+        "command": "bench/accept.py --peers kannel",
+        "generator": {"description": "wrk"},
+        "summary": rows,
+        "peers": {"summary": [peer], "runs": peer_runs, "notes": ["jasmin not installed"]},
+    }
+    markdown = suite.render({"accept": record}, "quick")
+    assert "| peer: Kannel | 2,500 | 1,250 | 500.0 | 800 | 0.15 |" in markdown
+    assert f"| Cascade, {name} | 1.50 | 2.00, 1.00 |" in markdown
+    assert "- jasmin not installed" in markdown
 
 
 def test_percentile_is_nearest_rank() -> None:
