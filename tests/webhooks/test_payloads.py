@@ -4,11 +4,16 @@ exactly one final report per dispatch, and the attempts shown by GET /v0.1/dispa
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cascade.channels.base import InboundMessage
 from cascade.clock import FakeClock
 from cascade.store.sqlite import SqliteStore
+from cascade.webhooks.payloads import timestamp
 from tests.engine.harness import step, workflow
 from tests.webhooks.conftest import MakeReceiver, delivering, dispatch, get
 from tests.webhooks.receiver import Request, Respond, verify
@@ -235,3 +240,19 @@ async def test_an_inbound_sms_goes_signed_to_the_inbound_url_in_the_v01_shape(
         found = await w.store.find_inbound_message(w.tenant.account.id, body["message_uuid"])
         assert found is not None
         assert (found.channel, found.to, found.ref) == ("sms", "447700900500", None)
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_a_timestamp_is_the_datetime_of_the_moment_cut_to_the_millisecond(at: float) -> None:
+    """timestamp() writes what datetime.fromtimestamp makes of the moment (its rounding to the
+    microsecond included), cut to the millisecond, for any moment up to 2100."""
+    moment = datetime.fromtimestamp(at, tz=UTC)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    assert timestamp(at) == expected
+
+
+def test_a_timestamp_rounding_up_to_the_next_second_carries() -> None:
+    """A moment a fraction of a microsecond before a whole second is that second."""
+    assert timestamp(1_577_887_199.9999993) == "2020-01-01T13:59:59.999Z"
+    assert timestamp(1_577_887_199.9999995) == "2020-01-01T14:00:00.000Z"
+    assert TIMESTAMP.match(timestamp(0.0))

