@@ -108,6 +108,56 @@ async def test_jobs_run_after_the_store_was_down(sqlite_store: SqliteStore) -> N
     assert not [e for e in logs if e["event"] == "task.died"]
 
 
+async def test_the_heartbeat_says_it_recovered_once_the_store_answers_with_nothing_held(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A lease the heartbeat failed to extend during an outage is logged as failing; when the
+    job ends meanwhile, the heartbeat has nothing left to extend, and it still says when the
+    store answers again (it once stayed silent until it next held a job)."""
+    flaky = FlakyStore(sqlite_store, "extend_lease", "next_job_at", "claim_jobs")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(job: Job) -> None:
+        started.set()
+        await release.wait()
+        await sqlite_store.finish_job(job.id)
+
+    engine = _engine(cast(Store, flaky), FunctionKind("hold", hold), lease=0.3)
+    with capture_logs() as logs:
+        await engine.start()
+        try:
+            await _queue(sqlite_store, NewJob("hold", "held", 0.0))
+            await asyncio.wait_for(started.wait(), 10)
+            flaky.down = True
+            for _ in range(200):
+                if "engine-heartbeat" in _failing(logs):
+                    break
+                await asyncio.sleep(0.02)
+            assert "engine-heartbeat" in _failing(logs), "no lease extension was refused"
+            release.set()
+            await asyncio.sleep(0.3)  # the job is done; the store is still down
+            assert "engine-heartbeat" not in _recovered(logs), "recovered while still down"
+            flaky.down = False
+            for _ in range(100):
+                if "engine-heartbeat" in _recovered(logs):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await engine.stop()
+    assert _failing(logs).count("engine-heartbeat") == 1
+    assert _recovered(logs).count("engine-heartbeat") == 1
+
+
+def _failing(logs: list[dict[str, Any]]) -> list[str]:
+    """The tasks whose failure was logged."""
+    return [e["task"] for e in logs if e["event"] == "task.failing"]
+
+
+def _recovered(logs: list[dict[str, Any]]) -> list[str]:
+    """The tasks whose recovery was logged."""
+    return [e["task"] for e in logs if e["event"] == "task.recovered"]
+
+
 async def test_readiness_follows_the_database_and_the_engine(sqlite_store: SqliteStore) -> None:
     """GET /ready answers 200 while the database and the engine work, and 503 naming the
     culprit when the database does not answer or a loop of the engine has ended."""

@@ -485,22 +485,29 @@ class Engine:
             self._in_flight.discard(job.id)
 
     async def _heartbeat(self) -> None:
-        """Extend the leases of the jobs this engine holds, every third of a lease."""
+        """Extend the leases of the jobs this engine holds, every third of a lease. After a
+        failed extension with nothing held any more, it asks the queue when its next job is
+        due (a read that answers only when the database does), so that the streak of failures
+        ends in the log once the store is back."""
         interval = self.settings.lease / 3
         setbacks = Setbacks("engine-heartbeat", worker=self.worker_id)
         while True:
             await self.clock.sleep(interval)
-            if self._in_flight:
-                try:
+            if not self._in_flight and not setbacks.streak:
+                continue
+            try:
+                if self._in_flight:
                     await self.store.extend_lease(
                         self.worker_id,
                         list(self._in_flight),
                         self.clock.now() + self.settings.lease,
                     )
-                except Exception as exc:
-                    setbacks.failed(exc, jobs=len(self._in_flight))
                 else:
-                    setbacks.succeeded()
+                    await self.store.next_job_at()
+            except Exception as exc:
+                setbacks.failed(exc, jobs=len(self._in_flight))
+            else:
+                setbacks.succeeded()
 
     async def _sweep_orphans(self) -> None:
         """Match kept receipts to their messages, every ``orphan_sweep_interval``."""
