@@ -177,6 +177,10 @@ class Receiver:
                 await self._respond(writer, action)
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # down() ends the connection: the task ends as done, since Python 3.11's
+            # start_server logs a handler that ends cancelled as an "Exception in callback"
+            return
         finally:
             self._connections.discard(task)
             writer.close()
