@@ -975,12 +975,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     procs = harness.Processes(args.nice)
     results: list[RunResult] = []
     peer_runs: list[dict[str, Any]] = []
+    installed = [key for key in args.peers if peers.PEERS[key][0]()]
     notes = [
         f"{key} not measured, not installed: {peers.PEERS[key][2]}"
         for key in args.peers
-        if not peers.PEERS[key][0]()
+        if key not in installed
     ]
-    installed = [key for key in args.peers if peers.PEERS[key][0]()]
     try:
         gen = pick_generator(args.generator, args.connections, args.threads)
         configs = _configs(args.database, args.synchronous, args.engine, args.preload)
