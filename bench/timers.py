@@ -18,10 +18,11 @@ When every SMS has been submitted, the server is stopped and the times are read 
 * SMS submit  = step 2's ``status = submitted`` event (after the sandbox took the send job)
 
 and the lateness of each is reported as p50 / p99 / max over the workflows. The target is
-p99 <= 100 ms from due to the SMS submit. The server's own ``cascade_timer_lateness_seconds``
-histogram (every job: how long after its ``run_at`` it started to run) is printed beside it, and
-the CPU the server's threads and the machine used from the first timer due to the last SMS
-submitted.
+p99 <= 100 ms from due to the SMS submit (``--target-ms``; issue 15 asks 50 ms with 100,000
+timers pending, a figure of how the cost grows, measured below the process's saturation). The
+server's own ``cascade_timer_lateness_seconds`` histogram (every job: how long after its
+``run_at`` it started to run) is printed beside it, and the CPU the server's threads and the
+machine used from the first timer due to the last SMS submitted.
 
     .venv/bin/python bench/timers.py                  # 10,000 workflows, 32 clients
     .venv/bin/python bench/timers.py --rate 1500      # accept at most 1,500/s
@@ -40,6 +41,7 @@ import enginelib as lib
 import harness
 
 EXPIRY = 15
+#: the default target: p99 from due to the SMS submitted, in milliseconds
 TARGET_P99_MS = 100.0
 
 #: per workflow: step 1's due time and the times of what its expiry caused
@@ -133,13 +135,17 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
         rows = server.query(LATENESS_SQL)
     finally:
         server.cleanup()
-    result = summarize(rows, posted, samples, cpu1 - cpu0)
+    result = summarize(rows, posted, samples, cpu1 - cpu0, args.target_ms)
     result["timer_phase_cores"] = phase_cpu
     return result
 
 
 def summarize(
-    rows: list[tuple[Any, ...]], posted: lib.PostResult, samples: dict[str, float], cpu: float
+    rows: list[tuple[Any, ...]],
+    posted: lib.PostResult,
+    samples: dict[str, float],
+    cpu: float,
+    target_ms: float = TARGET_P99_MS,
 ) -> dict[str, Any]:
     missing = sum(1 for r in rows if r[4] is None)
     never_sent = sum(1 for r in rows if r[7] != "submitted")
@@ -171,7 +177,8 @@ def summarize(
         "engine_histogram": {str(k): v for k, v in buckets.items()},
         "jobs_run": lib.labelled_sum(samples, "cascade_jobs_run_total"),
         "server_cpu_s": cpu,
-        "target_met": stats["SMS submitted"]["p99_ms"] <= TARGET_P99_MS and missing == 0,
+        "target_p99_ms": target_ms,
+        "target_met": stats["SMS submitted"]["p99_ms"] <= target_ms and missing == 0,
     }
 
 
@@ -204,7 +211,7 @@ def print_result(result: dict[str, Any]) -> None:
         f"server CPU per workflow {phase['(process)'] * seconds / result['workflows'] * 1e6:.0f} µs"
     )
     verdict = "met" if result["target_met"] else "MISSED"
-    print(f"target p99 <= {TARGET_P99_MS:g} ms (due -> SMS submitted): {verdict}")
+    print(f"target p99 <= {result['target_p99_ms']:g} ms (due -> SMS submitted): {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="N",
         help="first store N step timers due a day from now (timers waiting beside the run's)",
+    )
+    parser.add_argument(
+        "--target-ms",
+        type=float,
+        default=TARGET_P99_MS,
+        help="the p99 the run is held to, due -> SMS submitted",
     )
     harness.add_machine_options(parser)
     parser.add_argument(

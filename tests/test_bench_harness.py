@@ -157,6 +157,29 @@ def test_cascade_is_compared_with_the_peer_of_its_own_round() -> None:
     assert "- jasmin not installed" in markdown
 
 
+def _timers_record(pending: int, p99_ms: float) -> dict[str, Any]:
+    """A timers.py record held to 50 ms, as the suite's growth steps run it."""
+    lateness = {"SMS submitted": {"p50_ms": 10.0, "p99_ms": p99_ms, "max_ms": p99_ms + 5}}
+    return {
+        "command": f"bench/timers.py --pending {pending}",
+        "options": {"pending": pending},
+        "result": {"workflows": 10_000, "accept_rate": 800.0, "lateness": lateness,
+                   "target_p99_ms": 50.0, "target_met": p99_ms <= 50.0},
+    }  # fmt: skip
+
+
+def test_the_growth_table_sets_pending_timers_beside_none_against_their_target() -> None:
+    """The growth table shows timer lateness with and without pending timers at one rate,
+    each against the target the runs were held to."""
+    lines = suite.table_growth(
+        {"growth-timers-none": _timers_record(0, 21.0),
+         "growth-timers": _timers_record(100_000, 61.0)}
+    )  # fmt: skip
+    assert "| p99 <= 50 ms |" in lines[0]
+    assert "| no timers pending | 10,000 | 800 | 10.0 | 21.0 | 26.0 | met |" in lines
+    assert "| with 100,000 timers pending | 10,000 | 800 | 10.0 | 61.0 | 66.0 | MISSED |" in lines
+
+
 def test_percentile_is_nearest_rank() -> None:
     """p50 and p99 of 1..100 are 50 and 99; nothing gives NaN."""
     values = [float(i) for i in range(1, 101)]
