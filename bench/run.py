@@ -8,9 +8,9 @@ measured in the same run, and the tables written.
 Each benchmark runs as its own process (``bench/NAME.py ... --json``); its output goes to
 ``bench/results/NAME.log`` and its record to ``bench/results/NAME.json``. Then the tables are
 written to ``bench/results/latest.md`` (and ``latest.json``, all the records), and with
-``--update-benchmarks`` into BENCHMARKS.md between its ``suite:begin``/``suite:end`` markers. A
-benchmark that fails is reported as failed in the tables and makes the exit status 1; the others
-still run.
+``--update-benchmarks`` into BENCHMARKS.md between its ``suite:begin``/``suite:end`` markers
+(with ``--only``, only the tables of the steps that ran, each saying when). A benchmark that
+fails is reported as failed in the tables and makes the exit status 1; the others still run.
 
 The benchmarks, each with what it is compared with in the same run:
 
@@ -379,13 +379,35 @@ def render(records: dict[str, Any], size: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks(text: str) -> None:
-    """Put ``text`` between the suite markers of BENCHMARKS.md."""
+def _sections(text: str) -> tuple[str, dict[str, str]]:
+    """A block of tables: what precedes its first ``### `` title, and each titled section."""
+    head, *parts = text.split("\n### ")
+    return head, {part.split("\n", 1)[0]: part for part in parts}
+
+
+def merge_tables(old: str, new: str, rerun: set[str], note: str) -> str:
+    """The block ``old`` with the sections titled in ``rerun`` taken from ``new``, each ending
+    with ``note`` (what re-ran it, when); its first line and the other sections stay as they
+    were, so that a table keeps saying which run it comes from."""
+    head, sections = _sections(old.strip("\n"))
+    fresh = _sections(new.strip("\n"))[1]
+    for title in rerun:
+        sections[title] = fresh[title].rstrip("\n") + f"\n\n{note}\n"
+    return "\n### ".join([head, *sections.values()]) + "\n"
+
+
+def update_benchmarks(text: str, rerun: set[str] | None = None, note: str = "") -> None:
+    """Put ``text`` between the suite markers of BENCHMARKS.md; with ``rerun``, only the
+    sections of those titles (:func:`merge_tables`)."""
     doc = BENCHMARKS_MD.read_text()
     start, end = doc.find(BEGIN), doc.find(END)
     if start < 0 or end < start:
         raise harness.BenchError(f"{BENCHMARKS_MD.name} has no {BEGIN!r} ... {END!r} block")
-    BENCHMARKS_MD.write_text(doc[: start + len(BEGIN)] + "\n" + text + "\n" + doc[end:])
+    if rerun is not None:
+        text = merge_tables(doc[start + len(BEGIN) : end], text, rerun, note)
+    BENCHMARKS_MD.write_text(
+        doc[: start + len(BEGIN)] + "\n" + text.strip("\n") + "\n\n" + doc[end:]
+    )
     print(f"written into {BENCHMARKS_MD}", flush=True)
 
 
@@ -422,7 +444,15 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.md").write_text(markdown)
     (args.out / "latest.json").write_text(json.dumps(records, indent=2, default=str) + "\n")
     print(f"\n{markdown}\ntables written to {args.out / 'latest.md'}", flush=True)
-    if args.update_benchmarks:
+    if args.update_benchmarks and args.only:
+        # the tables of the steps that ran replace theirs; the others stay as the last run left
+        rerun = {title for title, key, _ in TABLES if key in records}
+        note = (
+            f"(This table re-run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at "
+            f"`{harness.commit()}`: `python bench/run.py --size {args.size} --only {args.only}`.)"
+        )
+        update_benchmarks(markdown, rerun, note)
+    elif args.update_benchmarks:
         update_benchmarks(markdown)
     failed = [name for name, record in records.items() if "error" in record]
     if failed:

@@ -180,6 +180,15 @@ def test_the_growth_table_sets_pending_timers_beside_none_against_their_target()
     assert "| with 100,000 timers pending | 10,000 | 800 | 10.0 | 61.0 | 66.0 | MISSED |" in lines
 
 
+def test_a_partial_suite_run_replaces_only_its_own_tables() -> None:
+    """With --only, the tables of the steps that ran replace theirs, each saying when it was
+    re-run; the first line and the other tables stay as the whole run left them."""
+    old = "Suite run of then.\n\n### A\n\nold a\n\n### B\n\nold b\n"
+    new = "Suite run of now.\n\n### A\n\nnew a\n\n### B\n\n(not run)\n"
+    merged = suite.merge_tables(old, new, {"A"}, "(re-run now)")
+    assert merged == ("Suite run of then.\n\n### A\n\nnew a\n\n(re-run now)\n\n### B\n\nold b\n")
+
+
 def test_percentile_is_nearest_rank() -> None:
     """p50 and p99 of 1..100 are 50 and 99; nothing gives NaN."""
     values = [float(i) for i in range(1, 101)]
