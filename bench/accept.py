@@ -925,14 +925,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "SQLite run, to see how the accept rate holds as the database grows; several counts "
         "(0,1000000) are configurations of their own, measured in the same rounds",
     )
-    parser.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a CASCADE_* setting for `cascade serve`, over the benchmark's own (which run it at "
-        "CASCADE_LOG_LEVEL=warning); repeatable, e.g. --server-env CASCADE_LOG_LEVEL=info "
-        "--server-env CASCADE_ACCESS_LOG=false",
+    harness.add_server_env_option(
+        parser, "`cascade serve` (the benchmark's own run it at CASCADE_LOG_LEVEL=warning)"
     )
     parser.add_argument(
         "--peers",
@@ -945,10 +939,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     harness.add_machine_options(parser)
     args = parser.parse_args(argv)
-    for item in args.server_env:
-        name, sep, _ = item.partition("=")
-        if not sep or not name.startswith("CASCADE_"):
-            parser.error(f"--server-env takes CASCADE_NAME=VALUE, not {item!r}")
     if not 1 <= args.runs <= 20 or not 1 <= args.connections <= 1024 or args.duration <= 0:
         parser.error("--runs 1..20, --connections 1..1024 and a positive --duration")
     host = re.sub(r"^[a-z]+://([^@/]*@)?", "", args.postgres_url).split("/", 1)[0].split(":")[0]
@@ -969,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep=args.keep,
         nice=args.nice,
         wait_idle=args.wait_idle,
-        server_env=dict(item.split("=", 1) for item in args.server_env),
+        server_env=dict(args.server_env),
     )
     print(f"machine: {harness.describe_machine()}", flush=True)
     procs = harness.Processes(args.nice)

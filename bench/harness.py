@@ -17,6 +17,7 @@ description and the JSON record.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import http.client
@@ -563,6 +564,28 @@ def start_py_spy(
 
 
 # --- the life of a driver ----------------------------------------------------------------------
+
+
+def _cascade_setting(item: str) -> tuple[str, str]:
+    """One ``--server-env`` value: a ``CASCADE_*`` setting and its value."""
+    name, sep, value = item.partition("=")
+    if not sep or not name.startswith("CASCADE_"):
+        raise argparse.ArgumentTypeError(f"takes CASCADE_NAME=VALUE, not {item!r}")
+    return name, value
+
+
+def add_server_env_option(parser: Any, applies_to: str) -> None:
+    """``--server-env NAME=VALUE`` (repeatable): a setting for ``applies_to`` over the
+    benchmark's own; ``args.server_env`` is then a list of (name, value)."""
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        type=_cascade_setting,
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a CASCADE_* setting for {applies_to}, over the benchmark's own; repeatable, e.g. "
+        "--server-env CASCADE_LOG_LEVEL=info --server-env CASCADE_ACCESS_LOG=false",
+    )
 
 
 def add_machine_options(parser: Any) -> None:

@@ -233,7 +233,7 @@ class Layout:
             env["CASCADE_ENGINE_JOBS"] = worker_jobs = "send,step_timeout,report_horizon"
         if args.serve_jobs:
             env["CASCADE_ENGINE_JOBS"] = args.serve_jobs
-        env.update(item.split("=", 1) for item in args.server_env)
+        env.update(args.server_env)
         engines = args.stop_at != "accept"
         return cls(
             env, worker_jobs, args.workers if engines else 0, engines and args.webhook_worker
@@ -721,21 +721,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="py-spy the server")
     parser.add_argument("--profile-seconds", type=float, default=30.0)
     parser.add_argument("--profile-out", metavar="PATH", help="keep py-spy's raw samples here")
-    parser.add_argument(
-        "--server-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a CASCADE_* setting for every Cascade process, over the benchmark's own; "
-        "repeatable, e.g. --server-env CASCADE_ACCESS_LOG=false",
-    )
+    harness.add_server_env_option(parser, "every Cascade process")
     harness.add_machine_options(parser)
-    args = parser.parse_args(argv)
-    for item in args.server_env:
-        name, sep, _ = item.partition("=")
-        if not sep or not name.startswith("CASCADE_"):
-            parser.error(f"--server-env takes CASCADE_NAME=VALUE, not {item!r}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
