@@ -47,8 +47,7 @@ def decider(seen: Observed) -> Callable[[WorkflowRecord], Decision]:
 
     def decide(loaded: WorkflowRecord) -> Decision:
         changes = apply(loaded, seen, horizon=HORIZON)
-        reports = reports_for(loaded, changes)
-        return changes, payloads.webhooks(reports, status_url_set=loaded.status_url_set)
+        return changes, payloads.webhooks(reports_for(loaded, changes))
 
     return decide
 

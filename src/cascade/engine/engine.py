@@ -562,8 +562,7 @@ class Engine:
             seen = happening(workflow) if callable(happening) else happening
             changes = apply(workflow, seen, horizon=horizon)
             decided.append((workflow, changes))
-            reports = reports_for(workflow, changes)
-            return changes, payloads.webhooks(reports, base, workflow.status_url_set)
+            return changes, payloads.webhooks(reports_for(workflow, changes), base)
 
         return decide
 

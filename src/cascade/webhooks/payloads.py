@@ -100,13 +100,12 @@ def usage(message: MessageRecord) -> dict[str, str | int] | None:
     return cost
 
 
-def webhooks(
-    reports: Sequence[Report], base: str = "", status_url_set: bool = True
-) -> list[NewWebhook]:
+def webhooks(reports: Sequence[Report], base: str = "") -> list[NewWebhook]:
     """The customer webhooks that carry ``reports``, their bodies written (links under
     ``base``); each goes to its message's own URL, else to the one its application or account
-    sets. Without that (``status_url_set`` false) a report with no URL of its own has nowhere
-    to go: it is left out, and no body is written for it."""
+    sets. Without that (the workflow's ``status_url_set`` false, as its transition read it) a
+    report with no URL of its own has nowhere to go: it is left out, and no body is written
+    for it."""
     hooks = []
     for report in reports:
         workflow = report.workflow
@@ -114,14 +113,14 @@ def webhooks(
         if isinstance(report, StatusReport):
             message_id: str | None = report.message.id
             url = report.message.webhook_url
-            if url is None and not status_url_set:
+            if url is None and not workflow.status_url_set:
                 continue
             if report.message.webhook_version == WebhookVersion.V1:
                 body = message_status_v1(report)
             else:
                 body = message_status(report, base)
         else:
-            if not status_url_set:
+            if not workflow.status_url_set:
                 continue
             message_id = None
             body = final_report(report, base)
