@@ -706,7 +706,6 @@ def summarize_peers(
                 "requests_per_s": _median(rates),
                 "min": min(rates),
                 "max": max(rates),
-                "accepted_per_s": _median(rates),
                 "p99_ms": _median([p["p99_ms"] for p in runs]),
                 "end_to_end_per_s": _median([p["end_to_end_per_s"] for p in runs]),
                 "cpu_us_per_message": _median([p["cpu_us_per_message"] for p in runs]),
@@ -718,12 +717,10 @@ def summarize_peers(
 
 
 def run_peer(key: str, rnd: int, opts: Options, connections: int) -> dict[str, Any]:
-    """One round's run of an installed peer (``bench/peers.py``), in processes of its own."""
-    procs = harness.Processes(opts.nice)
-    try:
-        result = peers.PEERS[key][1](procs, opts.duration, connections, keep=opts.keep)
-    finally:
-        procs.stop_all()
+    """One round's run of an installed peer (``bench/peers.py``), in processes of its own
+    (which the run stops, whatever happens)."""
+    run = peers.PEERS[key][1]
+    result = run(harness.Processes(opts.nice), opts.duration, connections, keep=opts.keep)
     return {"peer": key, "round": rnd, **result}
 
 

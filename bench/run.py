@@ -218,7 +218,7 @@ def table_sms(records: dict[str, Any]) -> list[str]:
     for peer in records.get("accept", {}).get("peers", {}).get("summary", []):
         lines.append(
             f"| peer: {peer['name']} | {_n(peer['end_to_end_per_s'])} "
-            f"| {_n(peer['accepted_per_s'])} | - | {_n(peer['cpu_us_per_message'])} |"
+            f"| {_n(peer['requests_per_s'])} | - | {_n(peer['cpu_us_per_message'])} |"
         )
     failed = {k: v for k, v in r["checks"].items() if v}
     lines += [
