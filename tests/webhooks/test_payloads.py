@@ -256,3 +256,9 @@ def test_a_timestamp_rounding_up_to_the_next_second_carries() -> None:
     assert timestamp(1_577_887_199.9999993) == "2020-01-01T13:59:59.999Z"
     assert timestamp(1_577_887_199.9999995) == "2020-01-01T14:00:00.000Z"
     assert TIMESTAMP.match(timestamp(0.0))
+
+
+def test_a_timestamp_before_1970_borrows_from_the_second_before() -> None:
+    """A moment before the epoch (a negative fraction) is written as datetime writes it."""
+    assert timestamp(-1.5) == "1969-12-31T23:59:58.500Z"
+    assert timestamp(-0.0004) == "1969-12-31T23:59:59.999Z"
