@@ -252,20 +252,17 @@ class Counts:
     ids: set[str]
 
 
-#: every id ``preload_sqlite`` makes sorts at or below this
-PRELOADED = "00000000-0000-7000-ffff"
-
-
 def count_sqlite(path: Path) -> Counts:
     """Rows in the SQLite file (opened afresh, after the server was killed)."""
     conn = sqlite3.connect(path)
     try:
         # (not the rows --preload stored, whose ids sort before any a run makes)
         ids = {
-            row[0] for row in conn.execute("SELECT id FROM workflows WHERE id > ?", (PRELOADED,))
+            row[0]
+            for row in conn.execute("SELECT id FROM workflows WHERE id > ?", (harness.PRELOADED,))
         }
         messages = conn.execute(
-            "SELECT count(*) FROM messages WHERE id > ?", (PRELOADED,)
+            "SELECT count(*) FROM messages WHERE id > ?", (harness.PRELOADED,)
         ).fetchone()[0]
         jobs = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
     finally:
@@ -354,68 +351,8 @@ class Options:
     wait_idle: float = 0.0
     #: settings given to `cascade serve` over the benchmark's own (``--server-env``)
     server_env: dict[str, str] = field(default_factory=dict)
-
-
-def preload_sqlite(db_path: Path, count: int, chunk: int = 500_000) -> None:
-    """Store ``count`` finished SMS workflows of the account, as a service that ran for a while
-    holds them: each with its message (delivered, with a provider id), three timeline events
-    and two delivered status webhooks, created over the 30 days before now, ids ordered by time
-    as Cascade's UUIDv7 ids are (older than any id a run makes)."""
-    started = time.monotonic()
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("PRAGMA synchronous=OFF")
-    (account,) = conn.execute("SELECT id FROM accounts LIMIT 1").fetchone()
-    now = time.time()
-    span = 30 * 86400.0
-    to = '{"type":"sms","number":"447700900000"}'
-    sender = '{"type":"sms","number":"447700900001"}'
-    content = '{"content":{"type":"text","text":"Your parcel arrives today."}}'
-    hook = '{"message_uuid":"%s","status":"delivered","usage":{"price":"0.0333","currency":"EUR"}}'
-    for first in range(0, count, chunk):
-        last = min(first + chunk, count)
-        conn.execute("BEGIN")
-        conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS n (i INTEGER PRIMARY KEY, at REAL, w TEXT, m TEXT)"
-        )
-        conn.execute("DELETE FROM n")
-        conn.execute(
-            "WITH RECURSIVE r(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM r WHERE i + 1 < ?) "
-            "INSERT INTO n SELECT i, ? + ? * i / ?, printf('00000000-0000-7000-8000-%012x', i), "
-            "printf('00000000-0000-7000-9000-%012x', i) FROM r",
-            (first, last, now - span, span, count),
-        )
-        conn.execute(
-            "INSERT INTO workflows (id, account_id, surface, state, created_at, updated_at, "
-            "finished_at) SELECT w, ?, 'messages', 'completed', at, at + 2, at + 2 FROM n",
-            (account,),
-        )
-        conn.execute(
-            "INSERT INTO messages (id, workflow_id, step, account_id, channel, recipient, sender,"
-            " body, state, status, provider, provider_message_id, started_at, created_at, "
-            "updated_at, send_attempts, send_started_at, segments) SELECT m, w, 0, ?, 'sms', ?, "
-            "?, ?, 'succeeded', 'delivered', 'smpp:bench', printf('%x', i), at, at, at + 2, 1, "
-            "at, 1 FROM n",
-            (account, to, sender, content),
-        )
-        for kind, status, offset in (("accepted", None, 0), ("step_started", None, 0),
-                                     ("status", "delivered", 2)):  # fmt: skip
-            conn.execute(
-                "INSERT INTO events (workflow_id, message_id, at, kind, status, source) "
-                "SELECT w, m, at + ?, ?, ?, 'smpp' FROM n",
-                (offset, kind, status),
-            )
-        for status, offset in (("submitted", 0.1), ("delivered", 2.0)):
-            conn.execute(
-                "INSERT INTO webhooks (account_id, workflow_id, message_id, kind, url, body, "
-                "state, attempts, created_at, first_attempt_at, last_attempt_at, last_status, "
-                "delivered_at) SELECT ?, w, m, 'message-status', 'http://127.0.0.1:9/status', "
-                "printf(?, m), 'delivered', 1, at + ?, at + ?, at + ?, 204, at + ? FROM n",
-                (account, hook.replace("delivered", status), *(offset,) * 4),
-            )
-        conn.execute("COMMIT")
-        print(f"  preloaded {last:,} workflows ({time.monotonic() - started:.0f} s)", flush=True)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    #: where the databases of ``--preload`` are made once and copied from (``--preload-cache``)
+    preload_cache: Path | None = None
 
 
 def _tokens(workdir: Path, env: dict[str, str], app_id: str, key: Path, count: int) -> Path:
@@ -484,14 +421,14 @@ def prepare(
     if config.engine:  # as the README starts it: the API and the engine apart, one per core
         del env["CASCADE_PROCESSES"]
     env.update(opts.server_env)
+    if config.preload and isinstance(database, Path):
+        harness.stored_database(database, config.preload, env, opts.preload_cache)
     key = workdir / "bench.key"
     created = harness.cli(["app", "create", "bench", "--private-key-file", str(key)], env, workdir)
     match = re.search(r"application_id:\s*(\S+)", created)
     if match is None:
         raise harness.BenchError(f"no application_id in:\n{created}")
     _tokens(workdir, env, match.group(1), key, max(1, opts.tokens))
-    if config.preload and isinstance(database, Path):
-        preload_sqlite(database, config.preload)
     argv = [*harness.cascade_argv(), "serve", "--host", "127.0.0.1", "--port", str(port)]
     return Target(argv, env, tokens_file, database)
 
@@ -922,6 +859,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "SQLite run, to see how the accept rate holds as the database grows; several counts "
         "(0,1000000) are configurations of their own, measured in the same rounds",
     )
+    harness.add_preload_cache_option(parser)
     harness.add_server_env_option(
         parser, "`cascade serve` (the benchmark's own run it at CASCADE_LOG_LEVEL=warning)"
     )
@@ -957,6 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nice=args.nice,
         wait_idle=args.wait_idle,
         server_env=dict(args.server_env),
+        preload_cache=args.preload_cache,
     )
     print(f"machine: {harness.describe_machine()}", flush=True)
     procs = harness.Processes(args.nice)

@@ -75,6 +75,10 @@ class Server:
     keep: bool = False
     #: of the data directory's name, in the temporary folder
     prefix: str = "cascade-engine-bench-"
+    #: finished SMS workflows its database holds before it starts (``harness.stored_database``)
+    preload: int = 0
+    #: where a preloaded database is made once and copied from
+    preload_cache: Path | None = None
     workdir: Path = field(init=False)
     port: int = field(init=False)
     token: str = field(init=False)
@@ -90,6 +94,8 @@ class Server:
             CASCADE_RUN_WORKER="true",
         )
         self.env.update(self.env_extra)
+        if self.preload:
+            harness.stored_database(self.db_path, self.preload, self.env, self.preload_cache)
         created = self.cli(
             "app", "create", "bench", "--private-key-file", str(self.workdir / "bench.key")
         )

@@ -441,7 +441,8 @@ def commit() -> str:
 
 
 def command_line() -> str:
-    """This driver's command line, less ``--json PATH`` (where the record went)."""
+    """This driver's command line, less where its record went (``--json PATH``) and where its
+    preloaded databases were copied from (``--preload-cache DIR``): neither changes a figure."""
     shown: list[str] = []
     args = iter(sys.argv[1:])
     for arg in args:
@@ -449,7 +450,9 @@ def command_line() -> str:
             following = next(args, "")
             if following.startswith("-"):
                 shown.append(following)
-        elif not arg.startswith("--json="):
+        elif arg == "--preload-cache":
+            next(args, "")
+        elif not arg.startswith(("--json=", "--preload-cache=")):
             shown.append(arg)
     return " ".join([f"bench/{Path(sys.argv[0]).name}", *shown])
 
@@ -543,6 +546,105 @@ def postgres_database(admin_url: str) -> Iterator[str]:
         postgres_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# --- a database that holds what a service that ran for a while holds ---------------------------
+
+#: every id :func:`preload_sqlite` makes sorts at or below this (a run's own ids sort above)
+PRELOADED = "00000000-0000-7000-ffff"
+
+
+def preload_sqlite(db_path: Path, count: int, chunk: int = 500_000) -> None:
+    """Store ``count`` finished SMS workflows of the account, as a service that ran for a while
+    holds them: each with its message (delivered, with a provider id), three timeline events
+    and two delivered status webhooks, created over the 30 days before now, ids ordered by time
+    as Cascade's UUIDv7 ids are (older than any id a run makes)."""
+    started = time.monotonic()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    (account,) = conn.execute("SELECT id FROM accounts LIMIT 1").fetchone()
+    now = time.time()
+    span = 30 * 86400.0
+    to = '{"type":"sms","number":"447700900000"}'
+    sender = '{"type":"sms","number":"447700900001"}'
+    content = '{"content":{"type":"text","text":"Your parcel arrives today."}}'
+    hook = '{"message_uuid":"%s","status":"delivered","usage":{"price":"0.0333","currency":"EUR"}}'
+    for first in range(0, count, chunk):
+        last = min(first + chunk, count)
+        conn.execute("BEGIN")
+        conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS n (i INTEGER PRIMARY KEY, at REAL, w TEXT, m TEXT)"
+        )
+        conn.execute("DELETE FROM n")
+        conn.execute(
+            "WITH RECURSIVE r(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM r WHERE i + 1 < ?) "
+            "INSERT INTO n SELECT i, ? + ? * i / ?, printf('00000000-0000-7000-8000-%012x', i), "
+            "printf('00000000-0000-7000-9000-%012x', i) FROM r",
+            (first, last, now - span, span, count),
+        )
+        conn.execute(
+            "INSERT INTO workflows (id, account_id, surface, state, created_at, updated_at, "
+            "finished_at) SELECT w, ?, 'messages', 'completed', at, at + 2, at + 2 FROM n",
+            (account,),
+        )
+        conn.execute(
+            "INSERT INTO messages (id, workflow_id, step, account_id, channel, recipient, sender,"
+            " body, state, status, provider, provider_message_id, started_at, created_at, "
+            "updated_at, send_attempts, send_started_at, segments) SELECT m, w, 0, ?, 'sms', ?, "
+            "?, ?, 'succeeded', 'delivered', 'smpp:bench', printf('%x', i), at, at, at + 2, 1, "
+            "at, 1 FROM n",
+            (account, to, sender, content),
+        )
+        for kind, status, offset in (("accepted", None, 0), ("step_started", None, 0),
+                                     ("status", "delivered", 2)):  # fmt: skip
+            conn.execute(
+                "INSERT INTO events (workflow_id, message_id, at, kind, status, source) "
+                "SELECT w, m, at + ?, ?, ?, 'smpp' FROM n",
+                (offset, kind, status),
+            )
+        for status, offset in (("submitted", 0.1), ("delivered", 2.0)):
+            conn.execute(
+                "INSERT INTO webhooks (account_id, workflow_id, message_id, kind, url, body, "
+                "state, attempts, created_at, first_attempt_at, last_attempt_at, last_status, "
+                "delivered_at) SELECT ?, w, m, 'message-status', 'http://127.0.0.1:9/status', "
+                "printf(?, m), 'delivered', 1, at + ?, at + ?, at + ?, 204, at + ? FROM n",
+                (account, hook.replace("delivered", status), *(offset,) * 4),
+            )
+        conn.execute("COMMIT")
+        print(f"  preloaded {last:,} workflows ({time.monotonic() - started:.0f} s)", flush=True)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def stored_database(
+    db_path: Path, count: int, env: Mapping[str, str], cache: Path | None = None
+) -> None:
+    """Make ``db_path`` (not there yet) a Cascade database whose one account holds ``count``
+    finished SMS workflows (:func:`preload_sqlite`); the caller's ``cascade app create`` then
+    adds its application to that account. With ``cache``, the first database of a count is
+    made there and every one is a copy of it: 10 million workflows take about 200 s to write,
+    a copy of their 7.4 GB seconds (bench/run.py gives its steps one cache a run, deleted
+    after)."""
+    if cache is None:
+        _store_workflows(db_path, count, env)
+        return
+    template = cache / f"stored-{count}.db"
+    if not template.exists():
+        partial = cache / f"partial-{count}" / "cascade.db"
+        shutil.rmtree(partial.parent, ignore_errors=True)
+        partial.parent.mkdir(parents=True)
+        _store_workflows(partial, count, env)
+        partial.rename(template)
+        shutil.rmtree(partial.parent)
+    shutil.copyfile(template, db_path)
+
+
+def _store_workflows(db_path: Path, count: int, env: Mapping[str, str]) -> None:
+    """A new database at ``db_path`` with its account, then ``count`` workflows of it."""
+    env = {**env, "CASCADE_DATABASE_URL": f"sqlite:///{db_path}"}
+    key = db_path.parent / "preload.key"
+    cli(["app", "create", "preload", "--private-key-file", str(key)], env, db_path.parent)
+    preload_sqlite(db_path, count)
+
+
 # --- profiling -------------------------------------------------------------------------------
 
 
@@ -585,6 +687,19 @@ def add_server_env_option(parser: Any, applies_to: str) -> None:
         metavar="NAME=VALUE",
         help=f"a CASCADE_* setting for {applies_to}, over the benchmark's own; repeatable, e.g. "
         "--server-env CASCADE_LOG_LEVEL=info --server-env CASCADE_ACCESS_LOG=false",
+    )
+
+
+def add_preload_cache_option(parser: Any) -> None:
+    """``--preload-cache DIR``: where databases preloaded with stored workflows are made once
+    and copied from (:func:`stored_database`)."""
+    parser.add_argument(
+        "--preload-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="make each preloaded database once in DIR and copy it for every run (without it, "
+        "every run writes its own)",
     )
 
 

@@ -21,6 +21,8 @@ It needs the repository root on ``sys.path`` (it borrows the tests' scenario)::
 
     PYTHONPATH=src:. .venv/bin/python bench/nodes.py                  # 10,000 workflows
     PYTHONPATH=src:. .venv/bin/python bench/nodes.py --workflows 2000 --json out.json
+
+The suite (``bench/run.py``) runs it as its ``nodes`` step.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 import uuid
@@ -142,7 +145,36 @@ def run_layout(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
+    """Each layout in turn (``procs`` stays empty: the scenario starts its own processes)."""
+    runs = []
+    for name in args.layouts.split(","):
+        runs.append(run_layout(name, args))
+        print(json.dumps(runs[-1]), flush=True)
+    return {"runs": runs}
+
+
+def print_result(result: dict[str, Any]) -> None:
+    print(
+        f"{'layout':<42} {'accept/s':>9} {'e2e/s':>6} {'drain s':>8} "
+        f"{'timer p50':>10} {'p99':>7} {'max ms':>8} {'final once':>11}"
+    )
+    for run in result["runs"]:
+        late = run["timer_lateness_ms"]
+        once = "yes" if final_once_kept(run) else "NO"
+        print(
+            f"{run['layout']:<42} {run['accept_per_s']:>9} {run['end_to_end_per_s']:>6} "
+            f"{run['last_final_after_last_accept_s']:>8} {late['p50']:>10} {late['p99']:>7} "
+            f"{late['max']:>8} {once:>11}"
+        )
+
+
+def final_once_kept(run: dict[str, Any]) -> bool:
+    """Whether every workflow of a layout's run ended once, as its script says."""
+    return not any(run["final_once_violations"].values())
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workflows", type=int, default=10_000)
     parser.add_argument("--layouts", default="one,two", help="one, two, or both (one,two)")
@@ -151,30 +183,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="CASCADE_WORKER_BATCH_SIZE")
     parser.add_argument("--connections", type=int, default=8, help="clients, over the APIs")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds per layout")
-    parser.add_argument("--database", default="postgresql://root@127.0.0.1:5432/test")
-    parser.add_argument("--json", default=None, help="also write the results here")
-    args = parser.parse_args()
-    results = {"machine": harness.describe_machine(), "command": vars(args), "runs": []}
-    for name in args.layouts.split(","):
-        result = run_layout(name, args)
-        results["runs"].append(result)
-        print(json.dumps(result))
-    print(f"machine: {results['machine']}")
-    print(
-        f"{'layout':<42} {'accept/s':>9} {'e2e/s':>6} {'drain s':>8} "
-        f"{'timer p50':>10} {'p99':>7} {'max ms':>8} {'final once':>11}"
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("CASCADE_BENCH_POSTGRES_URL", harness.DEFAULT_POSTGRES_URL),
+        help="the PostgreSQL each layout makes a schema of its own in (127.0.0.1)",
     )
-    for run in results["runs"]:
-        late = run["timer_lateness_ms"]
-        once = "yes" if not any(run["final_once_violations"].values()) else "NO"
-        print(
-            f"{run['layout']:<42} {run['accept_per_s']:>9} {run['end_to_end_per_s']:>6} "
-            f"{run['last_final_after_last_accept_s']:>8} {late['p50']:>10} {late['p99']:>7} "
-            f"{late['max']:>8} {once:>11}"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    harness.add_machine_options(parser)
+    args = parser.parse_args(argv)
+    if set(args.layouts.split(",")) - set(LAYOUTS):
+        parser.error(f"--layouts: choose from {', '.join(LAYOUTS)}")
+    return harness.run_benchmark(
+        "nodes",
+        args,
+        run,
+        print_result,
+        failed=lambda result: not all(final_once_kept(run) for run in result["runs"]),
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

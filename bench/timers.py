@@ -59,11 +59,12 @@ SELECT m0.workflow_id,
        m0.started_at,
        m0.status
 FROM messages m0 JOIN messages m1 ON m1.workflow_id = m0.workflow_id AND m1.step = 1
-WHERE m0.step = 0
+WHERE m0.id > ? AND m0.step = 0
 """
 
-#: polled while waiting: a scan of the messages table (a few ms), not of the events
-SMS_SUBMITTED_SQL = "SELECT count(*) FROM messages WHERE step = 1 AND status IS NOT NULL"
+#: polled while waiting: a scan of the run's messages (a few ms), not of the events, nor of
+#: the messages ``--preload`` stored (their ids sort first)
+SMS_SUBMITTED_SQL = "SELECT count(*) FROM messages WHERE id > ? AND step = 1 AND status IS NOT NULL"
 
 
 def pend(db_path: Path, count: int) -> None:
@@ -92,7 +93,9 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
     }
     if args.batch_size:
         env["CASCADE_WORKER_BATCH_SIZE"] = str(args.batch_size)
-    server = lib.Server(procs, env, keep=args.keep)
+    server = lib.Server(
+        procs, env, keep=args.keep, preload=args.preload, preload_cache=args.preload_cache
+    )
     try:
         if args.pending:
             pend(server.db_path, args.pending)
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
             )  # fmt: skip
         server.wait_for(
             "every SMS step to be submitted",
-            lambda: server.query(SMS_SUBMITTED_SQL)[0][0] >= accepted,
+            lambda: server.query(SMS_SUBMITTED_SQL, (harness.PRELOADED,))[0][0] >= accepted,
             timeout=max(0.0, remaining) + args.timeout,
         )
         phase_cpu = sampler.stop()
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
             spy.wait(60)
             print(f"py-spy profile of the timer phase: {args.profile}")
         server.stop()
-        rows = server.query(LATENESS_SQL)
+        rows = server.query(LATENESS_SQL, (harness.PRELOADED,))
     finally:
         server.cleanup()
     result = summarize(rows, posted, samples, cpu1 - cpu0, args.target_ms)
@@ -245,6 +248,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="first store N step timers due a day from now (timers waiting beside the run's)",
     )
+    parser.add_argument(
+        "--preload",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first store N finished SMS workflows (with their events and webhooks), as a "
+        "service that ran for a while holds them",
+    )
+    harness.add_preload_cache_option(parser)
     parser.add_argument(
         "--target-ms",
         type=float,

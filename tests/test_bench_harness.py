@@ -9,6 +9,7 @@ import http.client
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -101,8 +102,10 @@ def test_usage_counts_a_busy_child_and_this_process(
 def test_the_json_record_names_command_machine_and_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """write_json keeps the result with what reproduces it: command, machine, commit."""
-    monkeypatch.setattr(sys, "argv", ["bench/smoke.py", "--n", "5", "--json", "x.json", "--keep"])
+    """write_json keeps the result with what reproduces it: command, machine, commit; not
+    where the record went or where preloaded databases were copied from."""
+    argv = ["bench/smoke.py", "--n", "5", "--json", "x.json", "--preload-cache", "cache", "--keep"]
+    monkeypatch.setattr(sys, "argv", argv)
     path = harness.write_json("smoke", {"result": {"x": 1}}, str(tmp_path / "out.json"))
     assert path is not None
     record = json.loads(path.read_text())
@@ -157,27 +160,88 @@ def test_cascade_is_compared_with_the_peer_of_its_own_round() -> None:
     assert "- jasmin not installed" in markdown
 
 
-def _timers_record(pending: int, p99_ms: float) -> dict[str, Any]:
+def _timers_record(pending: int, p99_ms: float, stored: int = 0) -> dict[str, Any]:
     """A timers.py record held to 50 ms, as the suite's growth steps run it."""
     lateness = {"SMS submitted": {"p50_ms": 10.0, "p99_ms": p99_ms, "max_ms": p99_ms + 5}}
     return {
-        "command": f"bench/timers.py --pending {pending}",
-        "options": {"pending": pending},
+        "command": f"bench/timers.py --pending {pending} --preload {stored}",
+        "options": {"pending": pending, "preload": stored},
         "result": {"workflows": 10_000, "accept_rate": 800.0, "lateness": lateness,
                    "target_p99_ms": 50.0, "target_met": p99_ms <= 50.0},
     }  # fmt: skip
 
 
-def test_the_growth_table_sets_pending_timers_beside_none_against_their_target() -> None:
-    """The growth table shows timer lateness with and without pending timers at one rate,
-    each against the target the runs were held to."""
+def test_the_growth_table_sets_pending_timers_and_stored_messages_beside_neither() -> None:
+    """The growth table shows timer lateness with nothing stored, with pending timers and with
+    stored messages at one rate, each against the target the runs were held to."""
     lines = suite.table_growth(
         {"growth-timers-none": _timers_record(0, 21.0),
-         "growth-timers": _timers_record(100_000, 61.0)}
+         "growth-timers": _timers_record(100_000, 61.0),
+         "growth-timers-stored": _timers_record(0, 30.0, stored=10_000_000)}
     )  # fmt: skip
     assert "| p99 <= 50 ms |" in lines[0]
-    assert "| no timers pending | 10,000 | 800 | 10.0 | 21.0 | 26.0 | met |" in lines
-    assert "| with 100,000 timers pending | 10,000 | 800 | 10.0 | 61.0 | 66.0 | MISSED |" in lines
+    assert (
+        "| nothing stored, no timers pending | 10,000 | 800 | 10.0 | 21.0 | 26.0 | met |" in lines
+    )
+    assert "| 100,000 timers pending | 10,000 | 800 | 10.0 | 61.0 | 66.0 | MISSED |" in lines
+    assert "| 10,000,000 finished SMS stored | 10,000 | 800 | 10.0 | 30.0 | 35.0 | met |" in lines
+
+
+def test_the_nodes_table_shows_each_layout_and_whether_all_ended_once() -> None:
+    """The many-nodes table has a row per layout with its figures, and names the rule a
+    layout broke instead of "yes"."""
+
+    def layout(name: str, killed: int, broken: int) -> dict[str, Any]:
+        return {
+            "layout": name, "workflows": 10_000, "accept_per_s": 857, "end_to_end_per_s": 148,
+            "last_final_after_last_accept_s": 56.04,
+            "timer_lateness_ms": {"n": 2500, "p50": 20.8, "p99": 25.0, "max": 25.2},
+            "final_once_violations": {"wrong_state": 0, "not_one_ending": broken},
+            "killed_worker_jobs": killed,
+            "cpu_s": {"machine": 123.4, "this_run": 57.2, "wall": 72.0},
+        }  # fmt: skip
+
+    record = {
+        "command": "bench/nodes.py --workflows 10000",
+        "result": {"runs": [layout("1 API + 1 worker", 0, 0),
+                            layout("2 API + 2 workers, one worker SIGKILLed", 101, 2)]},
+    }  # fmt: skip
+    lines = suite.table_nodes({"nodes": record})
+    assert (
+        "| 1 API + 1 worker | 10,000 | 857 | 148 | 56.0 | 20.8 / 25.0 / 25.2 | - | yes "
+        "| 123 / 57 / 72 |" in lines
+    )
+    assert "| 101 | {'not_one_ending': 2} |" in lines[3]
+    assert lines[-1].startswith("`bench/nodes.py --workflows 10000`")
+
+
+def test_a_stored_database_is_written_once_and_copied(tmp_path: Path) -> None:
+    """With a cache, the first database of a count is written there and the next is a copy;
+    each holds the stored workflows of its one account, and an application can be added."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    env = harness.clean_env()
+    made = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        db = tmp_path / name / "cascade.db"
+        harness.stored_database(db, 30, env, cache)
+        made.append(db)
+        run_env = {**env, "CASCADE_DATABASE_URL": f"sqlite:///{db}"}
+        harness.cli(["app", "create", name, "--private-key-file", str(db.parent / "k")],
+                    run_env, db.parent)  # fmt: skip
+    assert sorted(p.name for p in cache.iterdir()) == ["stored-30.db"]
+    for db in made:
+        conn = sqlite3.connect(db)
+        try:
+            accounts = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+            stored = conn.execute(
+                "SELECT count(*) FROM workflows WHERE id <= ?", (harness.PRELOADED,)
+            ).fetchone()[0]
+            apps = conn.execute("SELECT count(*) FROM applications").fetchone()[0]
+        finally:
+            conn.close()
+        assert (accounts, stored, apps) == (1, 30, 2)
 
 
 def test_a_partial_suite_run_replaces_only_its_own_tables() -> None:
