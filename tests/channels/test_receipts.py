@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 
 import pytest
 import smpp34
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cascade.channels.receipts import (
+    _APPENDIX_B,
     TLV_MESSAGE_PAYLOAD,
     TLV_MESSAGE_STATE,
     TLV_NETWORK_ERROR_CODE,
@@ -18,6 +19,7 @@ from cascade.channels.receipts import (
     MalformedPdu,
     MalformedReceipt,
     Outcome,
+    _read_fields,
     decode_deliver_sm,
     normalise_message_id,
     outcome_of,
@@ -86,6 +88,37 @@ STANDARD = (
 def test_parse_receipt_text(text: str, fields: dict[str, str]) -> None:
     """Keys in any case, any missing, text last and verbatim."""
     assert parse_receipt_text(text) == fields
+
+
+#: receipt values: mostly of the keys' letters, digits and dashes (the one-match form), now
+#: and then with blanks, colons and others (the general reading)
+_VALUE = st.from_regex(r"[idsubtextdonerrlav0-9_-]{0,6}", fullmatch=True) | st.text(
+    alphabet="idsubtextstaerr_ :0123456789-Aé\n", max_size=8
+)
+
+
+@given(values=st.lists(_VALUE, min_size=7, max_size=7), text=st.none() | _VALUE)
+@example(values=["1", "001", "1stat", "", "5sub", "id", "err"], text=" x  y ")
+@example(values=["1"] * 7, text="")
+@example(values=["1", "2", "3", "4", "5", "1id:2", "0"], text=None)
+def test_a_receipt_in_appendix_b_form_reads_as_the_general_reading_does(
+    values: list[str], text: str | None
+) -> None:
+    """The one-match reading of SMPP's Appendix B form gives the fields the general reading
+    gives, whatever the values hold (values that could read as keys go the general way)."""
+    receipt = "id:{} sub:{} dlvrd:{} submit date:{} done date:{} stat:{} err:{}".format(*values) + (
+        "" if text is None else f" text:{text}"
+    )
+    assert parse_receipt_text(receipt) == _read_fields(receipt)
+
+
+def test_a_receipt_in_appendix_b_form_is_read_in_one_match() -> None:
+    """The usual form takes the one match, its values and text as written."""
+    assert _APPENDIX_B.fullmatch(STANDARD) is not None
+    assert parse_receipt_text(STANDARD) == _read_fields(STANDARD) == {
+        "id": "1000", "sub": "001", "dlvrd": "001", "submit date": "2401311200",
+        "done date": "2401311201", "stat": "DELIVRD", "err": "000", "text": "Hello there",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

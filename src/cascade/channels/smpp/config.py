@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import tomllib
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,9 +129,10 @@ class SmppConnectionSettings(BaseModel):
         its ids per account and sends a receipt on any of the account's binds."""
         return f"smpp:{self.system_id}@{self.host}:{self.port}"
 
-    @property
+    @cached_property
     def sender_set(self) -> frozenset[str]:
-        """The ``from`` values routed here, without a leading ``+``."""
+        """The ``from`` values routed here, without a leading ``+`` (made once: every send
+        asks each connection)."""
         return frozenset(sender.lstrip("+") for sender in self.senders)
 
 
