@@ -27,6 +27,7 @@ engine work of an SMPP send is counted, the PDU encoding is not (``bench/sms.py`
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import tempfile
 import time
@@ -114,7 +115,8 @@ async def main(count: int, smpp: bool = False) -> None:
     everything they make due."""
     count = -(-count // BATCH) * BATCH
     configure_logging("warning")  # as the benchmarks run the service: no line per SMS
-    store = SqliteStore(Path(tempfile.mkdtemp()) / "lifecycle.db", synchronous="NORMAL")
+    workdir = Path(tempfile.mkdtemp(prefix="cascade-lifecycle-"))
+    store = SqliteStore(workdir / "lifecycle.db", synchronous="NORMAL")
     await store.open()
     clock = FakeClock(time.time())
     receiver = Receiver(clock, default=Respond(204))
@@ -147,6 +149,7 @@ async def main(count: int, smpp: bool = False) -> None:
     finally:
         await receiver.down()
         await store.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"{count} SMS: accept {(accepted - started) / count * 1e6:.0f} µs, "
         f"the rest {(done - accepted) / count * 1e6:.0f} µs CPU per SMS; "

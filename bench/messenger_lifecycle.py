@@ -24,6 +24,7 @@ Without valgrind it prints the CPU per message of the whole process.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import sys
 import tempfile
@@ -152,6 +153,7 @@ async def main(count: int) -> None:
         runner.cancel()
         graph_server.close()
         receiver.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"{count} messages: {used / count * 1e6:,.0f} µs CPU per message (one process)")
 
 

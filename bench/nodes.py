@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -121,6 +122,8 @@ def run_layout(name: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         processes.stop_all()
         asyncio.run(fresh_schema(args.database, drop=schema))
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
     wall = time.time() - began
     busy, own = harness.machine_busy() - busy, own_seconds() - own
     first, last_answer = outcome.posting
