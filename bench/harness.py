@@ -624,17 +624,37 @@ def stored_database(
     a copy of their 7.4 GB seconds (bench/run.py gives its steps one cache a run, deleted
     after)."""
     if cache is None:
+        _check_room(db_path.parent, count)
         _store_workflows(db_path, count, env)
         return
     template = cache / f"stored-{count}.db"
     if not template.exists():
+        _check_room(cache, 2 * count)  # the template, and a run's copy beside it
         partial = cache / f"partial-{count}" / "cascade.db"
         shutil.rmtree(partial.parent, ignore_errors=True)
         partial.parent.mkdir(parents=True)
         _store_workflows(partial, count, env)
         partial.rename(template)
         shutil.rmtree(partial.parent)
+    _check_room(db_path.parent, count)
     shutil.copyfile(template, db_path)
+
+
+#: bytes a stored workflow takes in SQLite with its message, events, webhooks and indexes
+#: (10 million took 22.7 GB)
+STORED_WORKFLOW_BYTES = 2_300
+
+
+def _check_room(directory: Path, workflows: int) -> None:
+    """BenchError, before anything is written, when ``directory``'s disk cannot hold that many
+    stored workflows (with a tenth to spare): a full disk would fail the run halfway."""
+    needed = workflows * STORED_WORKFLOW_BYTES * 1.1
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise BenchError(
+            f"storing {workflows:,} workflows needs about {needed / 1e9:.1f} GB free in "
+            f"{directory}; it has {free / 1e9:.1f} GB"
+        )
 
 
 def _store_workflows(db_path: Path, count: int, env: Mapping[str, str]) -> None:

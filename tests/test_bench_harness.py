@@ -215,6 +215,15 @@ def test_the_nodes_table_shows_each_layout_and_whether_all_ended_once() -> None:
     assert lines[-1].startswith("`bench/nodes.py --workflows 10000`")
 
 
+def test_a_stored_database_the_disk_cannot_hold_is_refused_before_it_is_written(
+    tmp_path: Path,
+) -> None:
+    """Ten billion workflows need more disk than any here: refused at once, nothing made."""
+    with pytest.raises(harness.BenchError, match="GB free"):
+        harness.stored_database(tmp_path / "cascade.db", 10**10, harness.clean_env(), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_stored_database_is_written_once_and_copied(tmp_path: Path) -> None:
     """With a cache, the first database of a count is written there and the next is a copy;
     each holds the stored workflows of its one account, and an application can be added."""
