@@ -90,6 +90,8 @@ class RunResult:
     unrecorded: int
     #: how many times a webhook stepped aside rather than wait (each a write)
     deferred: int
+    #: this process's CPU (every thread: the loop and SQLite's commits) a delivery, in µs
+    cpu_us_per_delivery: float
 
 
 # --- the HTTP clients given to the sender ------------------------------------------------------
@@ -249,6 +251,8 @@ class _Measured:
     deferred: int
     attempts: int
     states: dict[str, int]
+    #: this process's CPU from the engine's start to the last delivery recorded, seconds
+    cpu: float
 
 
 async def _open_store(
@@ -306,6 +310,7 @@ async def _measure(
         if profile is not None:
             profile.enable()
         started = clock.now()
+        cpu_started = time.process_time()
         await engine.start()
         try:
             while True:
@@ -315,6 +320,7 @@ async def _measure(
                 delivered, last = await reads.delivered()
                 if delivered >= args.count and last is not None:
                     elapsed = last - started
+                    cpu = time.process_time() - cpu_started
                     break
                 if clock.now() - started > args.timeout:
                     raise harness.BenchError(f"not all delivered after {args.timeout} s")
@@ -331,6 +337,7 @@ async def _measure(
             window.deferred,
             attempts,
             states,
+            cpu,
         )
     finally:
         await http.close()
@@ -389,6 +396,7 @@ def run_once(
         verified,
         measured.unrecorded,
         measured.deferred,
+        measured.cpu / args.count * 1e6,
     )
 
 
@@ -430,6 +438,7 @@ def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
                 "seconds": statistics.median(r.seconds for r in mine),
                 "commits": statistics.median(commits) if commits else None,
                 "unrecorded_max": max(r.unrecorded for r in mine),
+                "cpu_us_per_delivery": statistics.median(r.cpu_us_per_delivery for r in mine),
             }
         )
     return rows
@@ -441,14 +450,14 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\n{args.count:,} status webhooks queued in {store}, delivered to bench/receiver.py")
     print(
         f"{'HTTP client':<40} {'loop':<8} {'runs':>4} {'per s':>8} {'min':>8} {'max':>8} "
-        f"{'s':>6} {'commits':>8} {'unrecorded':>10}"
+        f"{'s':>6} {'commits':>8} {'unrecorded':>10} {'CPU µs':>7}"
     )
     for r in rows:
         commits = f"{r['commits']:,.0f}" if r["commits"] is not None else "-"
         print(
             f"{NAMES[r['client']]:<40} {r['loop']:<8} {r['runs']:>4} {r['per_second']:>8,.0f} "
             f"{r['min']:>8,.0f} {r['max']:>8,.0f} {r['seconds']:>6.2f} {commits:>8} "
-            f"{r['unrecorded_max']:>10}"
+            f"{r['unrecorded_max']:>10} {r['cpu_us_per_delivery']:>7,.0f}"
         )
 
 
@@ -489,7 +498,8 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
                     f"{result.seconds:.2f} s = {result.per_second:,.0f}/s "
                     f"({result.commits or '-'} commits, {result.verified} verified with "
                     f"vonage_jwt, at most {result.unrecorded} unrecorded, "
-                    f"{result.deferred} stepped aside)",
+                    f"{result.deferred} stepped aside, {result.cpu_us_per_delivery:,.0f} µs CPU "
+                    "a delivery)",
                     flush=True,
                 )
                 results.append(result)
