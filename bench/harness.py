@@ -621,8 +621,8 @@ def stored_database(
     finished SMS workflows (:func:`preload_sqlite`); the caller's ``cascade app create`` then
     adds its application to that account. With ``cache``, the first database of a count is
     made there and every one is a copy of it: 10 million workflows take about 200 s to write,
-    a copy of their 7.4 GB seconds (bench/run.py gives its steps one cache a run, deleted
-    after)."""
+    a copy of their 22.7 GB well under a minute (bench/run.py gives its steps one cache a run,
+    deleted after). The disk must hold what is written: BenchError first when it cannot."""
     if cache is None:
         _check_room(db_path.parent, count)
         _store_workflows(db_path, count, env)
