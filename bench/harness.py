@@ -240,6 +240,17 @@ def process_cpu(pid: int) -> float:
     return own
 
 
+def named_children(pid: int) -> dict[str, int]:
+    """The child processes of ``pid`` by their names (``cascade serve`` names each of its
+    children: ``cascade engine``, ``cascade webhook``, ``cascade api-1``)."""
+    named: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # a child may end while it is read
+            for child in task.read_text().split():
+                named[Path(f"/proc/{child}/comm").read_text().strip()] = int(child)
+    return named
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far of each thread of ``pid``: ``main`` (for a server, the event loop)
     and the others by thread id."""

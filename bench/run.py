@@ -241,6 +241,14 @@ def table_sms(records: dict[str, Any]) -> list[str]:
             f"| {_n(peer['requests_per_s'])} | - | {_n(peer['cpu_us_per_message'])} |"
         )
     failed = {k: v for k, v in r["checks"].items() if v}
+    split = re.compile(r"cascade serve: (.+) process")
+    parts = [
+        f"{match.group(1)} {_n(us)}"
+        for name, us in r["cpu_us_per_message"].items()
+        if (match := split.fullmatch(name))
+    ]
+    if parts:
+        lines += ["", f"Cascade's CPU µs an SMS, process by process: {', '.join(parts)}."]
     lines += [
         "",
         f"{_command(records['sms'])}; {r['n']:,} SMS; checks "

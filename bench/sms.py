@@ -365,7 +365,13 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
                 procs, pipe.pids()[profiled], args.profile_seconds, profile_file,
                 pipe.server.workdir / "py-spy.log",
             )  # fmt: skip
-        usage = harness.Usage(pipe.pids(), loops=pipe.cascades())
+        # each of serve's processes on its own too (named after its part: engine, webhooks,
+        # API), besides their sum
+        parts = {
+            f"cascade serve: {name.removeprefix('cascade ')} process": pid
+            for name, pid in harness.named_children(pipe.server.pid).items()
+        }
+        usage = harness.Usage(pipe.pids(), loops=pipe.cascades(), parts=parts)
         posted = lib.post_many(
             pipe.server.port, pipe.server.token, body, args.n, args.connections, args.rate, path
         )

@@ -290,6 +290,31 @@ def test_on_postgresql(tmp_path: Path, postgres_schema: str) -> None:
         assert serving.send_and_wait()["status"] == "delivered"
 
 
+def test_each_child_is_named_for_ps_and_top(tmp_path: Path) -> None:
+    """A child shows in ps and top as ``cascade <its name>``, cut to the 15 bytes Linux keeps,
+    so that an operator can tell the engine from the webhooks and the API processes."""
+    seen = {name: tmp_path / name for name in ("engine", "webhooks")}
+
+    def naming(name: str) -> Child:
+        def run() -> int:
+            seen[name].write_text(Path("/proc/self/comm").read_text())
+            time.sleep(60)
+            return 0
+
+        return Child(name, run)
+
+    def stop_when_both_said() -> None:
+        wait_until(lambda: all(path.exists() for path in seen.values()))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_when_both_said, daemon=True)
+    stopper.start()
+    supervisor = ProcessSupervisor([naming("engine"), naming("webhooks")])
+    assert supervisor.run() == 0
+    assert seen["engine"].read_text() == "cascade engine\n"
+    assert seen["webhooks"].read_text() == "cascade webhook\n"
+
+
 def test_a_child_that_never_starts_stops_the_service() -> None:
     """A child whose first five starts each end at once (a broken setting) stops the
     supervisor with status 1, after five starts; its sibling is stopped with it."""

@@ -53,6 +53,23 @@ MAX_QUICK_FAILURES = 5
 ORPHAN_CHECK = 1.0
 
 
+#: the bytes of a process's name Linux keeps (``comm``)
+NAME_BYTES = 15
+
+
+def name_process(name: str) -> None:
+    """Show this process as ``name`` in ps, top and pidstat (Linux's ``comm``, cut to
+    ``NAME_BYTES``), so that an operator can tell ``serve``'s engine from its API processes.
+    Elsewhere, or where ``/proc`` refuses it, the process keeps its name: a debug line says so."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        with open("/proc/self/comm", "wb") as comm:
+            comm.write(name.encode()[:NAME_BYTES])
+    except OSError as exc:
+        log.debug("serve.process_not_named", name=name, error=str(exc))
+
+
 def process_count(settings: Settings) -> int:
     """How many processes ``serve`` runs: the setting, or one per core (0, the default)."""
     if settings.processes > 0:
@@ -121,6 +138,7 @@ class ProcessSupervisor:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)
                 os.environ["CASCADE_PARENT_PID"] = str(parent)
+                name_process(f"cascade {child.name}")
                 status = child.run()
             except SystemExit as exc:
                 status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
