@@ -577,6 +577,11 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _trivial_rates(results: list[RunResult]) -> dict[int, float]:
+    """The ceiling's rate in each round."""
+    return {r.round: r.requests_per_s for r in results if r.config == "trivial"}
+
+
 def _same_round_ratios(runs: Iterable[tuple[int, float]], rates: dict[int, float]) -> list[float]:
     """Each run's rate (by its round) over the rate measured in the same round, where that
     round has one."""
@@ -588,7 +593,7 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """One row per configuration: medians over rounds, and the ratios to the trivial endpoint
     and (with peers) to the first peer measured in the same round."""
-    trivial = {r.round: r.requests_per_s for r in results if r.config == "trivial"}
+    trivial = _trivial_rates(results)
     first_peer = peer_runs[0]["peer"] if peer_runs else None
     peer_rates = {p["round"]: p["requests_per_s"] for p in peer_runs if p["peer"] == first_peer}
     rows = []
@@ -629,7 +634,7 @@ def summarize_peers(
 ) -> list[dict[str, Any]]:
     """One row per peer: medians over the rounds it was measured in, and its ratio to the
     trivial endpoint of the same round."""
-    trivial = {r.round: r.requests_per_s for r in results if r.config == "trivial"}
+    trivial = _trivial_rates(results)
     rows = []
     for key in dict.fromkeys(p["peer"] for p in peer_runs):
         runs = [p for p in peer_runs if p["peer"] == key]

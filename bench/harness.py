@@ -233,21 +233,25 @@ def process_cpu(pid: int) -> float:
     except FileNotFoundError:
         return 0.0
     own = sum(int(value) for value in fields[11:15]) / _TICK  # utime stime cutime cstime
+    return own + sum(process_cpu(child) for child in child_pids(pid))
+
+
+def child_pids(pid: int) -> list[int]:
+    """The running child processes of ``pid`` (of any of its threads)."""
+    found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            for child in task.read_text().split():
-                own += process_cpu(int(child))
-    return own
+        with contextlib.suppress(OSError):  # the thread may end while it is read
+            found += [int(child) for child in task.read_text().split()]
+    return found
 
 
 def named_children(pid: int) -> dict[str, int]:
     """The child processes of ``pid`` by their names (``cascade serve`` names each of its
     children: ``cascade engine``, ``cascade webhook``, ``cascade api-1``)."""
     named: dict[str, int] = {}
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+    for child in child_pids(pid):
         with contextlib.suppress(OSError):  # a child may end while it is read
-            for child in task.read_text().split():
-                named[Path(f"/proc/{child}/comm").read_text().strip()] = int(child)
+            named[Path(f"/proc/{child}/comm").read_text().strip()] = child
     return named
 
 

@@ -241,12 +241,7 @@ def table_sms(records: dict[str, Any]) -> list[str]:
             f"| {_n(peer['requests_per_s'])} | - | {_n(peer['cpu_us_per_message'])} |"
         )
     failed = {k: v for k, v in r["checks"].items() if v}
-    split = re.compile(r"cascade serve: (.+) process")
-    parts = [
-        f"{match.group(1)} {_n(us)}"
-        for name, us in r["cpu_us_per_message"].items()
-        if (match := split.fullmatch(name))
-    ]
+    parts = [f"{part} {_n(us)}" for part, us in r.get("serve_parts_cpu_us_per_message", {}).items()]
     if parts:
         lines += ["", f"Cascade's CPU µs an SMS, process by process: {', '.join(parts)}."]
     lines += [

@@ -365,10 +365,10 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
                 procs, pipe.pids()[profiled], args.profile_seconds, profile_file,
                 pipe.server.workdir / "py-spy.log",
             )  # fmt: skip
-        # each of serve's processes on its own too (named after its part: engine, webhooks,
-        # API), besides their sum
+        # each of serve's processes on its own too, by the part it names itself after (engine,
+        # webhook, api-1), besides their sum
         parts = {
-            f"cascade serve: {name.removeprefix('cascade ')} process": pid
+            name.removeprefix("cascade "): pid
             for name, pid in harness.named_children(pipe.server.pid).items()
         }
         usage = harness.Usage(pipe.pids(), loops=pipe.cascades(), parts=parts)
@@ -378,6 +378,7 @@ def run(args: argparse.Namespace, procs: harness.Processes) -> dict[str, Any]:
         lib.accept_or_fail(posted, args.n, pipe.server)
         wait_done(args, pipe, len(posted.accepted))
         measured = usage.stop()
+        measured["serve_parts_cpu_s"] = {part: measured["cpu_s"].pop(part) for part in parts}
         time.sleep(max(0.0, args.settle))  # late duplicates, if any, would show up now
         if spy is not None:
             spy.wait(args.profile_seconds + 60)
@@ -491,6 +492,10 @@ def summarize(
         / max(1, n)
         * 1e6,
         "cpu_us_per_message": {name: value / max(1, n) * 1e6 for name, value in cpu.items()},
+        "serve_parts_cpu_us_per_message": {
+            part: value / max(1, n) * 1e6
+            for part, value in measured.get("serve_parts_cpu_s", {}).items()
+        },
         "commit": harness.commit(),
         "profile": profile,
     }
@@ -645,6 +650,9 @@ def print_result(r: dict[str, Any], args: argparse.Namespace) -> None:
     print("  CPU (s, and µs per message):")
     for name, seconds in r["cpu_s"].items():
         print(f"    {name:<46} {seconds:>7.2f} s {r['cpu_us_per_message'][name]:>8,.0f} µs")
+    for part, seconds in r.get("serve_parts_cpu_s", {}).items():
+        us, name = r["serve_parts_cpu_us_per_message"][part], f"cascade serve, its {part} process"
+        print(f"    {name:<46} {seconds:>7.2f} s {us:>8,.0f} µs")
     print("  per second since the first POST: accepts / submits / DLRs / " + done + "s")
     for second, row in enumerate(r["timeline"]):
         print(f"    {second:>3}s  " + "  ".join(f"{v:>6,}" for v in row))
