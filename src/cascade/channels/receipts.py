@@ -325,8 +325,8 @@ def parse_receipt_text(text: str) -> dict[str, str]:
     match = _APPENDIX_B.fullmatch(text)
     if match is None:
         return _read_fields(text)
-    fields = dict(zip(_APPENDIX_B_KEYS, match.groups(), strict=False))
-    rest = match.group(8)
+    fields = dict(zip(_APPENDIX_B_KEYS, match.group(1, 2, 3, 4, 5, 6, 7), strict=True))
+    rest = match.group(8)  # the text, when there is one
     if rest is not None:
         fields["text"] = rest.strip()
     return fields
