@@ -63,6 +63,11 @@ class StoreUnavailable(TransientError):
     """The database is unavailable."""
 
 
+class StoreOutcomeUnknown(StoreUnavailable):
+    """A commit was sent but its answer was lost, and the database could not be asked in time
+    whether it took it: the write may have been stored."""
+
+
 class PeerUnreachable(TransientError):
     """An HTTP peer (a webhook receiver, a platform's API) could not be reached, or closed the
     connection before answering. ``request_sent`` says whether the request had been written:

@@ -10,7 +10,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cascade.errors import InvalidParameter, RequestRejected, StoreRejected, TransientError
+from cascade.errors import (
+    InvalidParameter,
+    RequestRejected,
+    StoreOutcomeUnknown,
+    StoreRejected,
+    TransientError,
+)
 from cascade.log import clip
 
 log = structlog.get_logger(__name__)
@@ -128,10 +134,17 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 async def on_unavailable(request: Request, exc: Exception) -> Response:
     """A transient failure (the store is unavailable): 503, try again."""
     log.warning("request.unavailable", path=clip(request.url.path), error=str(exc))
+    detail = "Cascade could not store the request just now; nothing was stored. Try again."
+    if isinstance(exc, StoreOutcomeUnknown):
+        detail = (
+            "The database's answer was lost as Cascade stored the request, and it could not be "
+            "asked in time: the request may have been stored. Try again with the same "
+            "Idempotency-Key to have it stored once."
+        )
     return problem(
         503,
         "Service Unavailable",
-        "Cascade could not store the request just now; nothing was stored. Try again.",
+        detail,
         problem_type=f"{PROBLEM_BASE}#unavailable",
         headers={"Retry-After": "1"},
     )

@@ -39,7 +39,7 @@ import asyncpg  # type: ignore[import-untyped]
 import structlog
 
 from cascade.domain.records import Accepted, NewWorkflow
-from cascade.errors import StoreConflict, StoreRejected, StoreUnavailable
+from cascade.errors import StoreConflict, StoreOutcomeUnknown, StoreRejected, StoreUnavailable
 from cascade.sealing import Sealer
 from cascade.store.migrations import migrations
 from cascade.store.queries import load
@@ -52,6 +52,7 @@ from cascade.store.sqlstore import (
     Run,
     SqlStore,
     accept_plan,
+    select,
 )
 
 T = TypeVar("T")
@@ -103,6 +104,31 @@ _ONE_REQUEST_ERRORS = (
     asyncpg.TransactionRollbackError,
     *_VALUE_ERRORS,
 )
+
+
+#: errors that say the connection was lost (or ended by the server's operator), not that the
+#: database refused a statement: met at COMMIT, they leave unknown whether it took
+_LINE_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+#: how long an accept whose COMMIT lost its answer asks the database whether it took it (a
+#: restart takes seconds), pausing from COMMIT_CHECK_PAUSE and doubling up to a second
+COMMIT_CHECK_PATIENCE = 5.0
+COMMIT_CHECK_PAUSE = 0.1
+
+
+class _AnswerLost(Exception):
+    """A batch's statements ran and its COMMIT was sent, but the line broke before the answer:
+    the database may have committed it."""
+
+    def __init__(self, outcomes: list[AcceptOutcome]) -> None:
+        super().__init__("the commit's answer was lost")
+        self.outcomes = outcomes
 
 
 def _redact(url: str) -> str:
@@ -377,6 +403,8 @@ class PostgresStore(SqlStore):
                 return
             try:
                 outcomes = await self._commit(ready)
+            except _AnswerLost as lost:
+                outcomes = await self._committed_or_not(ready, lost)
             except _ONE_REQUEST_ERRORS as exc:
                 if len(ready) == 1:
                     _settle(ready[0], _wrap(exc, "accept failed"))
@@ -401,16 +429,73 @@ class PostgresStore(SqlStore):
                 _settle(request, StoreUnavailable("the accept was interrupted"))
 
     async def _commit(self, batch: list[_Request]) -> list[AcceptOutcome]:
-        """Write ``batch`` in one transaction and commit it."""
+        """Write ``batch`` in one transaction and commit it; _AnswerLost when the line broke
+        after the COMMIT was sent."""
         pool = self._require_pool()
         plan = accept_plan(
             [request.rows for request in batch if request.rows], self.idempotency_ttl
         )
-        async with pool.acquire() as conn, conn.transaction():
-            outcomes = await _run(conn, plan)
+        outcomes: list[AcceptOutcome] | None = None
+        async with pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    outcomes = await _run(conn, plan)
+            except _LINE_ERRORS as exc:
+                if outcomes is not None:  # the statements ran: it broke at the COMMIT
+                    raise _AnswerLost(outcomes) from exc
+                raise
         self.commits += 1
         self.writes += len(batch)
         return outcomes
+
+    async def _committed_or_not(
+        self, batch: list[_Request], lost: _AnswerLost
+    ) -> list[AcceptOutcome]:
+        """The outcomes of a batch whose COMMIT lost its answer: as decided when the database
+        has its new workflows (it committed), else StoreUnavailable (nothing was stored); asked
+        until it answers, for COMMIT_CHECK_PATIENCE at most, then StoreOutcomeUnknown. A 503
+        that says nothing was stored must be true: a client may retry without its key."""
+        ids = [
+            request.workflow.id
+            for request, outcome in zip(batch, lost.outcomes, strict=True)
+            if isinstance(outcome, Accepted) and outcome.created
+        ]
+        if not ids:  # it wrote nothing a retry could repeat (replays and conflicts only)
+            return lost.outcomes
+        give_up, pause = time.monotonic() + COMMIT_CHECK_PATIENCE, COMMIT_CHECK_PAUSE
+        while True:
+            try:
+                stored = (await self._read(select("workflows_stored", ids=ids))).column("id")
+            except StoreUnavailable:
+                if time.monotonic() + pause > give_up:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(1.0, pause * 2)
+                continue
+            if len(stored) == len(ids):
+                log.info("store.commit_answer_lost", stored=True, workflows=len(ids))
+                self.commits += 1
+                self.writes += len(batch)
+                return lost.outcomes
+            if not stored:
+                # rolled back: what it would have written is not there (replays and conflicts,
+                # decided from what was committed before, stand)
+                log.info("store.commit_answer_lost", stored=False, workflows=len(ids))
+                return [
+                    StoreUnavailable(f"accept failed: {lost.__cause__!r}")
+                    if request.workflow.id in ids
+                    else outcome
+                    for request, outcome in zip(batch, lost.outcomes, strict=True)
+                ]
+            break  # some of one transaction's rows: nothing this check can trust
+        log.warning("store.commit_outcome_unknown", workflows=len(ids))
+        return [
+            StoreOutcomeUnknown(
+                f"the database's answer to the commit was lost ({lost.__cause__!r}) and it "
+                f"could not be asked within {COMMIT_CHECK_PATIENCE:g} s whether it took it"
+            )
+            for _ in batch
+        ]
 
     # --- running plans ---------------------------------------------------------------------
 

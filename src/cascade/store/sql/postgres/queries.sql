@@ -733,3 +733,7 @@ FROM messages m JOIN workflows w ON w.id = m.workflow_id
 WHERE m.workflow_id IN (SELECT workflow_id FROM messages
                         WHERE provider = :provider AND provider_message_id = ANY(:ids::text[]))
 ORDER BY m.workflow_id, m.step
+
+-- name: workflows_stored
+-- which of these workflows are stored (an accept whose commit lost its answer asks)
+SELECT id FROM workflows WHERE id = ANY(:ids::text[])
