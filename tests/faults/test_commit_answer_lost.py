@@ -8,7 +8,6 @@ database cannot be asked in time."""
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
 from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]
@@ -24,20 +23,10 @@ from cascade.store.postgres import PostgresStore
 from tests.conftest import Tenant, make_tenant
 from tests.contract import factories
 from tests.engine.harness import step, workflow
+from tests.faults.conftest import through
 from tests.faults.proxy import FaultProxy
-from tests.faults.test_database_outage import _through
 
 pytestmark = [pytest.mark.postgres]
-
-
-@pytest.fixture
-async def proxy(postgres_schema: str) -> AsyncIterator[FaultProxy]:
-    """A proxy in front of the test PostgreSQL."""
-    target = urllib.parse.urlsplit(postgres_schema)
-    fault = FaultProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await fault.start()
-    yield fault
-    await fault.close()
 
 
 @pytest.fixture
@@ -46,7 +35,7 @@ async def api(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Tenant]]:
     """The API alone (no engine: its commits would meet the proxy's trap first) on the proxied
     store, and a tenant."""
-    store = PostgresStore(_through(postgres_schema, proxy.port), pool_size=4)
+    store = PostgresStore(through(postgres_schema, proxy.port), pool_size=4)
     await store.open()
     tenant = await make_tenant(store)
     app = create_app(store, clock=SystemClock())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -33,6 +32,7 @@ from cascade.runtime import build_engine
 from cascade.store.postgres import PostgresStore
 from tests.conftest import Tenant, make_tenant
 from tests.engine.harness import step, workflow
+from tests.faults.conftest import through
 from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -43,13 +43,6 @@ PER_PHASE = 20
 OUTAGE = 3.0
 #: the whole scenario must end well within this
 DEADLINE = 60.0
-
-
-def _through(url: str, port: int) -> str:
-    """The store URL with its host and port replaced by the proxy's."""
-    parts = urllib.parse.urlsplit(url)
-    user = parts.netloc.rpartition("@")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}"))
 
 
 class Service:
@@ -77,21 +70,11 @@ class Service:
 
 
 @pytest.fixture
-async def proxy(postgres_schema: str) -> AsyncIterator[FaultProxy]:
-    """A proxy in front of the test PostgreSQL."""
-    target = urllib.parse.urlsplit(postgres_schema)
-    fault = FaultProxy(target.hostname or "127.0.0.1", target.port or 5432)
-    await fault.start()
-    yield fault
-    await fault.close()
-
-
-@pytest.fixture
 async def service(postgres_schema: str, proxy: FaultProxy) -> AsyncIterator[Service]:
     """Cascade on the proxied database, engine running."""
     clock = SystemClock()
     settings = Settings(
-        database_url=_through(postgres_schema, proxy.port),
+        database_url=through(postgres_schema, proxy.port),
         sandbox_speed=20.0,
         job_lease_seconds=2.0,
         postgres_pool_size=8,
@@ -167,7 +150,7 @@ async def test_a_database_gone_silent_fails_the_call_and_the_store_recovers(
     """A statement on a connection that stops answering (no reset, no close) fails as
     StoreUnavailable after the command timeout instead of holding its caller for ever; once
     the line answers again, so does the store."""
-    store = PostgresStore(_through(postgres_schema, proxy.port), pool_size=2, command_timeout=0.5)
+    store = PostgresStore(through(postgres_schema, proxy.port), pool_size=2, command_timeout=0.5)
     await store.open()
     try:
         await store.ping()
