@@ -242,3 +242,30 @@ def test_no_part_splits_an_escape_or_a_surrogate_pair(text: str) -> None:
         else:
             decoded = body.decode("utf-16-be")  # strict: raises on a split surrogate pair
         assert decoded == part.text
+
+
+def _codec_length(text: str) -> int:
+    """The text's units counted a character at a time (the reference the fast count must give)."""
+    if GSM7BitCodec.is_gsm_text(text):
+        return sum(gsm.septets(char) for char in text)
+    return sum(gsm.utf16_units(char) for char in text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=TEXTS | st.text(max_size=40))
+@example(text="")
+@example(text="\x1b")  # the escape itself is in neither table
+@example(text="a" * 160)
+@example(text="a" * 159 + "€")
+@example(text="Ж" * 70)
+@example(text="Ж" * 69 + "😀")
+def test_alphabet_length_and_septets_agree_with_the_codec(text: str) -> None:
+    """The C-speed alphabet check, unit count and GSM-7 septets equal aiosmpplib's codec."""
+    assert gsm.is_gsm7(text) == bool(GSM7BitCodec.is_gsm_text(text))
+    assert gsm.length(text) == _codec_length(text)
+    encoded = gsm.encode(text)
+    assert encoded.length == _codec_length(text)
+    if gsm.is_gsm7(text):
+        joined = b"".join(_bodies(encoded))
+        assert joined == GSM7BitCodec().encode(text)[0]
+        assert gsm.encode_chars(text, gsm.DATA_CODING_GSM7) == joined
