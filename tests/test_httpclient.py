@@ -14,6 +14,7 @@ import pytest
 
 from cascade.errors import PeerUnreachable
 from cascade.httpclient import HttpClient, parse_url
+from cascade.reach import AddressRule, parse_networks
 from tests.tls import make_certificate
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
@@ -302,6 +303,28 @@ async def test_https_verifies_the_receivers_certificate(tmp_path: Path) -> None:
         await raw.stop()
 
 
+async def test_https_to_a_checked_address_still_verifies_the_name(tmp_path: Path) -> None:
+    """With an address rule, the connection goes to the address that was checked, and TLS
+    still verifies the certificate against the URL's host name: a certificate for
+    ``localhost`` alone is accepted for https://localhost and refused for https://127.0.0.1."""
+    cert_path, key_path = make_certificate(tmp_path, for_address=False)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert_path, key_path)
+    raw = RawServer()
+    await raw.start(server_side)
+    rule = AddressRule(allow_private=False, allowed_networks=parse_networks("127.0.0.0/8"))
+    trusting = ssl.create_default_context(cafile=str(cert_path))
+    http = HttpClient(user_agent="Cascade-Test", ssl_context=trusting, reach=rule)
+    try:
+        by_name = parse_url(raw.url("https").replace("127.0.0.1", "localhost"))
+        assert (await http.post(by_name, b"{}", JSON)).status == 204
+        with pytest.raises(PeerUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            await http.post(parse_url(raw.url("https")), b"{}", JSON)
+    finally:
+        await http.close()
+        await raw.stop()
+
+
 @pytest.mark.parametrize(
     ("url", "host", "port", "path", "host_header"),
     [
@@ -358,3 +381,9 @@ async def test_at_the_connection_limit_a_finished_request_makes_room_for_a_waiti
         await http.close()
         await first.stop()
         await second.stop()
+
+
+def test_a_destination_names_an_ipv6_host_in_brackets() -> None:
+    """The text of a destination (in attempts' errors) reads as a URL for IPv6 hosts too."""
+    assert parse_url("http://[::1]:8080/h").destination.key == "http://[::1]:8080"
+    assert parse_url("https://example.com/h").destination.key == "https://example.com:443"

@@ -12,10 +12,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def make_certificate(directory: Path, name: str = "cascade") -> tuple[Path, Path]:
-    """Write a self-signed certificate valid for 127.0.0.1 and localhost, and its private key,
-    as PEM files in ``directory``; (certificate, key). The certificate is its own CA, so a
-    client trusts it by naming the certificate file as its CA bundle."""
+def make_certificate(
+    directory: Path, name: str = "cascade", *, for_address: bool = True
+) -> tuple[Path, Path]:
+    """Write a self-signed certificate valid for 127.0.0.1 and localhost (for localhost alone
+    without ``for_address``), and its private key, as PEM files in ``directory``;
+    (certificate, key). The certificate is its own CA, so a client trusts it by naming the
+    certificate file as its CA bundle."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test")])
     now = datetime.datetime.now(datetime.UTC)
@@ -29,7 +32,8 @@ def make_certificate(directory: Path, name: str = "cascade") -> tuple[Path, Path
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [x509.DNSName("localhost")]
+                + ([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if for_address else [])
             ),
             critical=False,
         )

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cascade.domain.records import JobKindName
 from cascade.errors import ConfigError
+from cascade.reach import AddressRule, parse_networks
 
 #: the kinds of job an engine runs
 JOB_KINDS = tuple(JobKindName)
@@ -98,6 +99,18 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(200, ge=1, le=10_000, description="Jobs claimed at once")
     webhook_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="How long one webhook attempt may take"
+    )
+    webhook_allow_private: bool = Field(
+        True,
+        description="Whether webhooks may go to loopback, private, link-local and other "
+        "addresses that are not public. Set it false where tenants you do not control set "
+        "webhook URLs: a webhook whose host resolves to no public address is then a dead "
+        "letter at once, and no connection is made",
+    )
+    webhook_allowed_networks: str = Field(
+        "",
+        description="Comma-separated networks (10.1.2.0/24) or addresses that webhooks may "
+        "reach even when private addresses are not allowed: your own receivers",
     )
     sandbox_speed: float = Field(
         1.0, gt=0, description="Sandbox receipts come this many times faster than documented"
@@ -210,6 +223,20 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def webhook_reach(self) -> AddressRule:
+        """Where webhooks may connect (``webhook_allow_private``, ``webhook_allowed_networks``)."""
+        return AddressRule(
+            allow_private=self.webhook_allow_private,
+            allowed_networks=parse_networks(self.webhook_allowed_networks),
+        )
 
     @field_validator("engine_jobs")
     @classmethod

@@ -78,6 +78,12 @@ class PeerUnreachable(TransientError):
         self.request_sent = request_sent
 
 
+class DestinationRefused(PermanentError):
+    """An HTTP destination the operator's rule forbids (a webhook URL that resolves to a
+    private address where only public ones are allowed): no connection is made, and trying
+    again cannot help."""
+
+
 class ChannelUnavailable(TransientError):
     """The channel provider could not take the message now."""
 

@@ -20,15 +20,18 @@ says whether the peer can have acted on the request.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import cast
 from urllib.parse import quote, urlsplit
 
 import httptools
 
-from cascade.errors import PeerUnreachable
+from cascade.errors import DestinationRefused, PeerUnreachable
+from cascade.reach import AddressRule
 
 #: characters sent as they are in a request target; anything else is percent-encoded
 _TARGET_SAFE = "/?&=%:@!$'()*+,;-._~[]"
@@ -46,8 +49,9 @@ class Destination:
 
     @property
     def key(self) -> str:
-        """The destination as text (scheme://host:port)."""
-        return f"{self.scheme}://{self.host}:{self.port}"
+        """The destination as text (scheme://host:port, an IPv6 host in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +237,11 @@ class HttpClient:
         max_connections: int = 256,
         max_body: int = 4096,
         ssl_context: ssl.SSLContext | None = None,
+        reach: AddressRule | None = None,
     ) -> None:
+        """``reach``: the addresses connections may be made to (default: any)."""
         self.user_agent = user_agent
+        self._reach = reach if reach is not None and reach.restricts else None
         self.max_body = max_body
         self._ssl = ssl_context
         self._idle: dict[Destination, list[_Connection]] = {}
@@ -331,13 +338,21 @@ class HttpClient:
         finally:
             self._waiting_for_room -= 1
         loop = asyncio.get_running_loop()
+        https = destination.scheme == "https"
         try:
+            host = destination.host
+            if self._reach is not None:
+                host = await self._admitted_address(destination)
             _, protocol = await loop.create_connection(
                 lambda: _Connection(self, destination),
-                destination.host,
+                host,
                 destination.port,
-                ssl=self._ssl_context() if destination.scheme == "https" else None,
+                ssl=self._ssl_context() if https else None,
+                server_hostname=destination.host if https else None,
             )
+        except DestinationRefused:
+            self._room.release()
+            raise
         except OSError as exc:
             self._room.release()
             raise PeerUnreachable(
@@ -349,6 +364,21 @@ class HttpClient:
             raise
         self._open.add(protocol)
         return protocol, False
+
+    async def _admitted_address(self, destination: Destination) -> str:
+        """The first address ``destination``'s host resolves to that the rule admits, to
+        connect to that very address (a second lookup could answer otherwise);
+        DestinationRefused when it admits none, OSError when the name does not resolve."""
+        assert self._reach is not None
+        found = await asyncio.get_running_loop().getaddrinfo(
+            destination.host, destination.port, type=socket.SOCK_STREAM
+        )
+        for *_, sockaddr in found:
+            address = str(sockaddr[0])
+            if self._reach.admits(ip_address(address)):
+                return address
+        refusal = self._reach.refusal(destination.host)
+        raise DestinationRefused(f"{destination.key} refused: {refusal}")
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:

@@ -235,7 +235,7 @@ def build_engine(
     sender = WebhookSender(
         store,
         clock,
-        DeliverySettings(timeout=settings.webhook_timeout_seconds),
+        DeliverySettings(timeout=settings.webhook_timeout_seconds, reach=settings.webhook_reach),
         http=webhook_http,
     )
     return Engine(

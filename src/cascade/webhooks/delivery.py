@@ -7,7 +7,8 @@ one receiver behind another.
   delay jittered by up to 10 %; then the webhook is a dead letter.
 - Any other answer (4xx, a redirect, which is never followed) and a URL no request can go to
   (not http(s), no host, a bad port) make it a dead letter at once: an operator can replay it
-  after fixing the receiver.
+  after fixing the receiver. So does a URL whose host resolves to no address ``reach``
+  admits (:mod:`cascade.reach`: only public ones where private addresses are not allowed).
 - ``timeout`` bounds the whole attempt, connection and a slowly trickled answer included.
 - Each attempt is a row, and the next attempt is the webhook's job row, so a restart resumes
   the schedule where it was.
@@ -52,9 +53,10 @@ from cascade.domain.records import (
     WebhookRecord,
     WebhookState,
 )
-from cascade.errors import PeerUnreachable, StoreUnavailable
+from cascade.errors import DestinationRefused, PeerUnreachable, StoreUnavailable
 from cascade.httpclient import Destination, HttpClient, Response, Target, parse_url
 from cascade.log import HotLogger
+from cascade.reach import ANYWHERE, AddressRule
 from cascade.store.base import Job, JobQueue, Tenants, Webhooks
 from cascade.webhooks.signing import format_uuid, sign
 
@@ -121,6 +123,8 @@ class DeliverySettings:
     #: (real) seconds a failed commit of an attempt's outcome is retried, holding its place
     #: among ``max_unrecorded``, before the job is left for its lease to run out
     record_patience: float = 30.0
+    #: the addresses webhooks may connect to
+    reach: AddressRule = ANYWHERE
 
 
 class _Destination:
@@ -267,6 +271,7 @@ class WebhookSender:
                 user_agent=USER_AGENT,
                 max_connections=self.settings.max_connections,
                 max_body=self.settings.max_response_bytes,
+                reach=self.settings.reach,
             )
         return self._http
 
@@ -475,6 +480,8 @@ class WebhookSender:
                 response = await self._client().post(target, webhook.body, headers)
         except TimeoutError as exc:
             return _Result(None, f"timed out: {type(exc).__name__}", retry=True)
+        except DestinationRefused as exc:
+            return _Result(None, exc.message, retry=False)
         except PeerUnreachable as exc:
             return _Result(None, f"connection failed: {exc.message}", retry=True)
         code = response.status
