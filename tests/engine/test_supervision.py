@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import itertools
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import httpx
@@ -25,7 +26,7 @@ from cascade.runtime import FatalExit
 from cascade.store.base import Job, Store
 from cascade.store.sqlite import SqliteStore
 from cascade.supervision import Setbacks, Supervisor
-from tests.contract.factories import tenant, workflow
+from tests.contract.factories import sms_step, tenant, workflow
 from tests.engine.harness import FunctionKind
 
 
@@ -52,6 +53,15 @@ class FlakyStore:
             return await attribute(*args, **kwargs)
 
         return call
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    """Wait until ``check`` holds, polling; fail the test after ``seconds``."""
+    for _ in range(int(seconds / 0.01)):
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"not within {seconds} s: {check.__doc__ or check}")
 
 
 async def _queue(store: Store, *jobs: NewJob) -> None:
@@ -231,6 +241,104 @@ async def test_a_loop_that_ends_is_fatal() -> None:
     assert supervisor.alive() == {"broken": False, "forever": False}
     assert [e["task"] for e in logs if e["event"] == "task.died"] == ["broken"]
     assert [e["log_level"] for e in logs if e["event"] == "task.died"] == ["critical"]
+
+
+async def test_a_provider_meeting_a_store_outage_is_retried_without_a_traceback_per_message(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A send whose provider cannot reach the store (the sandbox's journal; a disk full did
+    this to every message in flight, each logged with its traceback) is retried, is sent once
+    the store answers, and logs no line of its own: an outage is logged once, not per message."""
+    flaky = FlakyStore(sqlite_store, "sandbox_receive")
+    clock = SystemClock()
+    pacing = EngineSettings(poll_interval=0.02, claim_interval=0.05, lookahead=0.0)
+
+    async def drop(job: Job) -> None:  # the webhooks are not what is tested here
+        await sqlite_store.finish_job(job.id)
+
+    webhooks = FunctionKind("webhook", drop)
+    engine = Engine(
+        sqlite_store,
+        Providers(SandboxProvider(flaky, clock)),
+        clock,
+        pacing,
+        job_kinds=[webhooks],
+    )
+    owner = await tenant(sqlite_store)
+    accepted = [workflow(owner, sms_step(), at=clock.now()) for _ in range(5)]
+    flaky.down = True
+    with capture_logs() as logs:
+        for new in accepted:
+            await sqlite_store.accept(new)
+        await engine.start()
+        try:
+
+            async def all_refused() -> bool:
+                return flaky.refused >= len(accepted)
+
+            async def all_sent() -> bool:
+                return len(await sqlite_store.sandbox_messages()) == len(accepted)
+
+            await _eventually(all_refused)
+            flaky.down = False
+            await _eventually(all_sent)
+        finally:
+            await engine.stop()
+    journal = await sqlite_store.sandbox_messages()
+    assert sorted(m.message_id for m in journal) == sorted(w.steps[0].message_id for w in accepted)
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
+    record = await sqlite_store.get_workflow(owner.id, accepted[0].id)
+    assert record is not None
+    reasons = [event.reason for event in record.events if event.code == 1030]
+    assert reasons
+    assert all("store was unavailable" in (reason or "") for reason in reasons)
+
+
+async def test_a_submit_the_store_could_not_record_is_logged_per_message_without_a_traceback(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A message the provider took while the store could not record it is one error line
+    naming it and the outage (no traceback: an outage is not a bug), and is completed once the
+    store answers (the sandbox knows it again, so it is not sent twice)."""
+    flaky = FlakyStore(sqlite_store, "transition")
+    clock = SystemClock()
+    pacing = EngineSettings(poll_interval=0.02, claim_interval=0.05, lookahead=0.0, lease=0.3)
+
+    async def drop(job: Job) -> None:  # the webhooks are not what is tested here
+        await sqlite_store.finish_job(job.id)
+
+    engine = Engine(
+        cast(Store, flaky),
+        Providers(SandboxProvider(sqlite_store, clock)),
+        clock,
+        pacing,
+        job_kinds=[FunctionKind("webhook", drop)],
+    )
+    owner = await tenant(sqlite_store)
+    new = workflow(owner, sms_step(), at=clock.now())
+    flaky.down = True
+    with capture_logs() as logs:
+        await sqlite_store.accept(new)
+        await engine.start()
+        try:
+
+            async def refused() -> bool:
+                return flaky.refused >= 1
+
+            async def recorded() -> bool:
+                record = await sqlite_store.get_workflow(owner.id, new.id)
+                return record is not None and record.messages[0].status is not None
+
+            await _eventually(refused)
+            flaky.down = False
+            await _eventually(recorded)
+        finally:
+            await engine.stop()
+    (line,) = [e for e in logs if e["event"] == "engine.submit_not_recorded"]
+    assert line["message"] == new.steps[0].message_id
+    assert "StoreUnavailable" in line["error"]
+    assert not line["exc_info"]
+    assert len(await sqlite_store.sandbox_messages()) == 1
 
 
 def test_fatal_exit_stops_the_process_with_a_failure_status() -> None:

@@ -57,6 +57,7 @@ from cascade.errors import (
     ChannelRejected,
     ChannelUnavailable,
     ChannelUndeliverable,
+    StoreUnavailable,
     TransientError,
 )
 from cascade.log import HotLogger
@@ -611,6 +612,14 @@ class Engine:
             _sends(provider.name, "retry").inc()
             await self._retry(job, message, exc.code, exc.message, exc.retry_after, provider.name)
             return
+        except StoreUnavailable:
+            # the provider's own reads and writes of the store (the sandbox's journal, a
+            # channel's link): an outage, not a bug. No line per message: if it lasts, the
+            # retry's write fails too and the job's failure streak logs it once
+            _sends(provider.name, "error").inc()
+            reason = "Internal error: the store was unavailable"
+            await self._retry(job, message, 1030, reason, None, provider.name)
+            return
         except Exception as exc:
             log.exception("engine.provider_failed", provider=provider.name, message=message.id)
             _sends(provider.name, "error").inc()
@@ -624,14 +633,18 @@ class Engine:
         try:
             claim_since = now if provider.ids_can_repeat else None
             await self._record_submit(job, message, result, id_space, provider_id, claim_since)
-        except Exception:
+        except Exception as exc:
             # the provider took it; the job's next run, finding the attempt begun, fails the
-            # step with 1330 rather than send it twice (a deduplicating provider is called again)
-            log.exception(
+            # step with 1330 rather than send it twice (a deduplicating provider is called again).
+            # A line per message, since each is a message whose fate is not recorded; the
+            # traceback only for what is not an outage of the store
+            log.error(
                 "engine.submit_not_recorded",
                 provider=id_space,
                 provider_message_id=provider_id,
                 message=message.id,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=not isinstance(exc, StoreUnavailable),
             )
             raise
         kept_at = self._orphan_kept_at
