@@ -257,6 +257,23 @@ def test_account_set_refuses_a_url_that_is_not_http(cascade: Cascade) -> None:
     assert re.search(r"status_url:\s+-", cascade.ok("account", "show"))
 
 
+def test_account_set_refuses_a_private_url_where_webhooks_may_not_go(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CASCADE_WEBHOOK_ALLOW_PRIVATE=false, a URL naming a private address or localhost
+    is refused saying why, and changes nothing; the operator's allowed network is accepted."""
+    cascade.ok("db", "upgrade")
+    monkeypatch.setenv("CASCADE_WEBHOOK_ALLOW_PRIVATE", "false")
+    monkeypatch.setenv("CASCADE_WEBHOOK_ALLOWED_NETWORKS", "10.1.2.0/24")
+    for url in ("http://169.254.169.254/latest", "http://localhost:8000/status"):
+        result = cascade("account", "set", "--status-url", url)
+        assert result.exit_code == 1
+        assert "CASCADE_WEBHOOK_ALLOW_PRIVATE" in result.stderr
+    assert re.search(r"status_url:\s+-", cascade.ok("account", "show"))
+    cascade.ok("account", "set", "--status-url", "http://10.1.2.3/status")
+    assert re.search(r"status_url:\s+http://10.1.2.3/status", cascade.ok("account", "show"))
+
+
 def test_app_create_writes_a_private_key_readable_only_by_its_owner(cascade: Cascade) -> None:
     """app create NAME writes NAME.key (mode 0600), prints the id, and app list shows it."""
     app_id = cascade.create_app("shop")

@@ -490,8 +490,10 @@ def _url_changes(status_url: str | None, inbound_url: str | None) -> dict[str, A
 
 
 def _webhook_url(url: str) -> str | None:
+    """The URL as stored; an error when it is not http(s), or when the service's webhook
+    rule (CASCADE_WEBHOOK_ALLOW_PRIVATE) refuses its host by itself."""
     try:
-        return tenancy.webhook_url(url)
+        return tenancy.webhook_url(url, Settings().webhook_reach)
     except ValueError as exc:
         raise _fail(f"error: {exc}") from exc
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from urllib.parse import urlsplit
 
 IpAddress = IPv4Address | IPv6Address
 IpNetwork = IPv4Network | IPv6Network
@@ -80,6 +81,28 @@ class AddressRule:
         except ValueError:
             return f"{host} resolves to no public address ({_WHY})"
         return f"{host} is not a public address ({_WHY})"
+
+    def url_refusal(self, url: str) -> str | None:
+        """Why webhooks to ``url`` would be refused, when its host tells by itself: an address
+        the rule does not admit, or ``localhost`` (which always means this machine). Other
+        names are resolved only when a webhook goes out, and what they resolve to then is
+        what counts, so None promises nothing for them."""
+        if self.allow_private:
+            return None
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            return None  # not a URL: the caller's own checks say so
+        if not host:
+            return None
+        if host == "localhost" or host.endswith(".localhost"):
+            loopback: tuple[IpAddress, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))
+            return None if any(self.admits(a) for a in loopback) else self.refusal(host)
+        try:
+            address = ip_address(host)
+        except ValueError:
+            return None
+        return None if self.admits(address) else self.refusal(host)
 
 
 #: the rule by default: every address may be reached

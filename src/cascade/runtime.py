@@ -176,6 +176,7 @@ def build_app(
         whatsapp=WhatsAppAdapter(
             http, base_url=settings.graph_base_url, api_version=settings.graph_api_version
         ),
+        webhook_reach=settings.webhook_reach,
     )
 
 

@@ -14,16 +14,20 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cascade.api.auth import hash_secret
 from cascade.domain.records import Account, Application, WebhookVersion
+from cascade.reach import ANYWHERE, AddressRule
 from cascade.store.base import Tenants
 
 
-def webhook_url(url: str) -> str | None:
+def webhook_url(url: str, reach: AddressRule = ANYWHERE) -> str | None:
     """A webhook URL as stored: '' clears it (None); anything but an http(s) URL is a
-    ValueError."""
+    ValueError, and so is one whose host ``reach`` refuses by itself (an address, localhost)."""
     if url == "":
         return None
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"{url!r} is not an http(s) URL")
+    refusal = reach.url_refusal(url)
+    if refusal is not None:
+        raise ValueError(f"webhooks cannot go there: {refusal}")
     return url
 
 

@@ -15,6 +15,7 @@ from cascade.clock import FakeClock
 from cascade.dashboard.routes import SESSION_COOKIE
 from cascade.dashboard.sessions import LOCKOUT_SECONDS, MAX_FAILURES
 from cascade.domain.records import NewWebhook, WebhookKind, WebhookState
+from cascade.reach import AddressRule
 from cascade.store.sqlite import SqliteStore
 from tests.conftest import Tenant, make_tenant
 
@@ -289,6 +290,24 @@ async def test_settings_refuse_a_url_that_is_not_http(
     )
     assert answer.status_code == 400
     assert "is not an http(s) URL" in answer.text
+    assert await sqlite_store.get_account(tenant.account.id) == tenant.account
+
+
+async def test_settings_refuse_a_private_url_where_webhooks_may_not_go(
+    sqlite_store: SqliteStore, clock: FakeClock, tenant: Tenant
+) -> None:
+    """Where private addresses are refused, a status URL naming one is refused with 400 and
+    the reason, and nothing changes."""
+    app = create_app(sqlite_store, clock=clock, webhook_reach=AddressRule(allow_private=False))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cascade.test") as web:
+        csrf = await signed_in(web, tenant)
+        answer = await web.post(
+            "/dashboard/settings",
+            data={"csrf_token": csrf, "status_url": "http://169.254.169.254/latest"},
+        )
+    assert answer.status_code == 400
+    assert "169.254.169.254 is not a public address" in answer.text
     assert await sqlite_store.get_account(tenant.account.id) == tenant.account
 
 

@@ -1,18 +1,24 @@
 """Which addresses webhooks may reach (server-side request forgery): the rule, the sender
-against a real receiver on loopback, and the settings that make the rule."""
+against a real receiver on loopback, the settings that make the rule, and URLs refused when
+they are set (v1's webhook_url, the CLI's and the dashboard's)."""
 
 from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
+from cascade import tenancy
+from cascade.api.app import create_app
 from cascade.clock import FakeClock
 from cascade.config import Settings
 from cascade.reach import AddressRule, parse_networks
+from cascade.store.base import ListQuery
 from cascade.store.sqlite import SqliteStore
 from cascade.webhooks.delivery import RETRY_FOR, DeliverySettings
+from tests.conftest import make_tenant
 from tests.webhooks.conftest import FAST, MakeReceiver, delivering, queue
 
 PUBLIC_ONLY = AddressRule(allow_private=False)
@@ -128,3 +134,81 @@ def test_a_bad_network_fails_at_start_naming_the_setting(monkeypatch: pytest.Mon
     with pytest.raises(ValidationError, match="webhook_allowed_networks") as caught:
         Settings()
     assert "'intranet' is not an IP network" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", True),
+        ("https://10.0.0.5:8443/hook", True),
+        ("http://[::ffff:127.0.0.1]/h", True),
+        ("http://localhost:8000/status", True),
+        ("http://api.localhost/status", True),
+        ("https://hooks.example.com/s", False),  # a name: checked when a webhook goes out
+        ("http://8.8.8.8/h", False),
+        ("http://[::1/h", False),  # malformed: the URL's own checks refuse it
+    ],
+)
+def test_a_url_is_refused_by_its_host_alone_only_when_the_host_tells(
+    url: str, refused: bool
+) -> None:
+    """Addresses and localhost are judged from the URL; other names are not resolved."""
+    assert (PUBLIC_ONLY.url_refusal(url) is not None) is refused
+    assert AddressRule().url_refusal(url) is None
+
+
+def test_localhost_is_admitted_when_loopback_is_an_allowed_network() -> None:
+    """Naming 127.0.0.0/8 (or ::1) as allowed lets a localhost URL be set."""
+    rule = AddressRule(allow_private=False, allowed_networks=parse_networks("127.0.0.0/8"))
+    assert rule.url_refusal("http://localhost:8000/status") is None
+    assert rule.url_refusal("http://10.0.0.1/status") is not None
+
+
+async def test_a_v1_webhook_url_the_rule_refuses_is_a_422_and_nothing_is_stored(
+    sqlite_store: SqliteStore, clock: FakeClock
+) -> None:
+    """POST /v1/messages naming a private webhook_url (its own or a failover message's) is
+    refused with both named, and stores nothing; a public one is accepted."""
+    tenant = await make_tenant(sqlite_store, clock)
+    app = create_app(sqlite_store, clock=clock, webhook_reach=PUBLIC_ONLY)
+    body = {
+        "channel": "sms",
+        "message_type": "text",
+        "to": "447700900000",
+        "from": "Acme",
+        "text": "hi",
+        "webhook_url": "http://169.254.169.254/latest/meta-data/",
+        "failover": [
+            {
+                "channel": "sms",
+                "message_type": "text",
+                "to": "447700900000",
+                "from": "Acme",
+                "text": "hi",
+                "webhook_url": "http://localhost:8000/s",
+            }
+        ],
+    }
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cascade.test") as http:
+        refused = await http.post("/v1/messages", json=body, headers=tenant.basic())
+        public = await http.post(
+            "/v1/messages",
+            json={**body, "webhook_url": "https://hooks.example.com/s", "failover": None},
+            headers=tenant.basic(),
+        )
+    assert refused.status_code == 422, refused.text
+    reasons = {p["name"]: p["reason"] for p in refused.json()["invalid_parameters"]}
+    assert set(reasons) == {"webhook_url", "failover[0].webhook_url"}
+    assert "169.254.169.254 is not a public address" in reasons["webhook_url"]
+    assert "localhost" in reasons["failover[0].webhook_url"]
+    assert public.status_code == 202, public.text
+    assert len(await sqlite_store.list_workflows(tenant.account.id, ListQuery())) == 1
+
+
+def test_setting_a_private_url_is_refused_where_the_rule_forbids_it() -> None:
+    """The URL a person sets (CLI, dashboard) is refused with the reason; the default allows."""
+    with pytest.raises(ValueError, match=r"10\.0\.0\.1 is not a public address"):
+        tenancy.webhook_url("http://10.0.0.1/s", PUBLIC_ONLY)
+    assert tenancy.webhook_url("http://10.0.0.1/s") == "http://10.0.0.1/s"
+    assert tenancy.webhook_url("", PUBLIC_ONLY) is None

@@ -27,6 +27,7 @@ from cascade.clock import Clock
 from cascade.dashboard import Dashboard
 from cascade.domain.records import Surface
 from cascade.errors import TransientError
+from cascade.reach import ANYWHERE, AddressRule
 from cascade.store.base import Lifecycle, Store
 
 
@@ -82,6 +83,7 @@ def create_app(
     access_log: bool = True,
     smpp_status: Callable[[], dict[str, dict[str, Any]]] | None = None,
     whatsapp: ReadMarker | None = None,
+    webhook_reach: AddressRule = ANYWHERE,
 ) -> ASGIApp:
     """The Cascade HTTP API over ``store``; ``lifespan_hooks`` start and stop what runs beside
     it (opening the store, the engine), whose health ``engine_health`` reports for readiness.
@@ -90,10 +92,11 @@ def create_app(
     marks inbound WhatsApp messages read (``PATCH /v1/messages/{uuid}``), started and stopped
     with the app. Every request gets an id (``X-Request-Id``) and, with ``access_log``, a line
     in the log. The dashboard (``/dashboard``) shows ``smpp_status``, this process's SMPP
-    binds, when it has an engine."""
+    binds, when it has an engine. ``webhook_reach``: where webhooks may go, so that a URL set
+    through the API or the dashboard that it refuses by its host alone is refused at once."""
     authenticator = Authenticator(store, clock)
     context = AcceptContext(
-        store, authenticator, clock, max_body_bytes, report_horizon, on_accepted
+        store, authenticator, clock, max_body_bytes, report_horizon, on_accepted, webhook_reach
     )
 
     accept = [
@@ -132,7 +135,12 @@ def create_app(
         store, authenticator, whatsapp, max_body_bytes=max_body_bytes
     ).routes()
     dashboard = Dashboard(
-        store, clock, endpoints["/v0.1/dispatch"], wake=on_accepted, smpp_status=smpp_status
+        store,
+        clock,
+        endpoints["/v0.1/dispatch"],
+        wake=on_accepted,
+        smpp_status=smpp_status,
+        webhook_reach=webhook_reach,
     )
     routes += dashboard.routes()
     routes += [

@@ -44,6 +44,7 @@ from cascade.domain.records import (
 from cascade.domain.rules import request_violations, workflow_violations
 from cascade.errors import InvalidParameter, InvalidRequest
 from cascade.log import HotLogger
+from cascade.reach import ANYWHERE, AddressRule
 from cascade.store.base import Accepting
 
 #: one line per accepted request, at info (a workflow's story starts here)
@@ -110,6 +111,8 @@ class AcceptContext:
     report_horizon: float
     #: called after a request is stored (wakes an in-process engine)
     on_accepted: Callable[[], None] | None = None
+    #: where webhooks may go (a v1 request's ``webhook_url`` that it refuses is a 422)
+    webhook_reach: AddressRule = ANYWHERE
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:

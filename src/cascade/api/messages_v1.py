@@ -28,10 +28,11 @@ from cascade.api.messages import AcceptEndpoint, new_id, webhook_version
 from cascade.api.problems import PROBLEM_BASE, problem
 from cascade.api.validation import RequestDecoder
 from cascade.domain.message import encode
-from cascade.domain.message_v1 import MessageRequestV1, internal
+from cascade.domain.message_v1 import MessageRequestV1, MessageV1, internal
 from cascade.domain.records import NewStep
 from cascade.domain.rules_v1 import request_violations
 from cascade.errors import InvalidParameter, InvalidRequest, RequestRejected, Unauthorized
+from cascade.reach import AddressRule
 
 _decoder = RequestDecoder(MessageRequestV1, request_violations)
 
@@ -160,6 +161,20 @@ def v1_problem(exc: RequestRejected) -> Response:
     )
 
 
+def _unreachable_webhook_urls(
+    messages: list[MessageV1], reach: AddressRule
+) -> list[InvalidParameter]:
+    """The ``webhook_url``s whose host ``reach`` refuses by itself (an address, localhost),
+    named as the request names them; a name is checked when a webhook goes out."""
+    found = []
+    for index, message in enumerate(messages):
+        refusal = reach.url_refusal(message.webhook_url) if message.webhook_url else None
+        if refusal is not None:
+            path = f"failover[{index - 1}]." if index else ""
+            found.append(InvalidParameter(f"{path}webhook_url", f"is refused: {refusal}"))
+    return found
+
+
 class MessagesV1Endpoint(AcceptEndpoint):
     """``POST /v1/messages``: the v0.1 accept path with the v1 body, answer and errors."""
 
@@ -174,6 +189,9 @@ class MessagesV1Endpoint(AcceptEndpoint):
         """The message and its failover messages as workflow steps, in order; none has a
         window, so each fails over only when rejected or undeliverable."""
         request = _decoder.decode(body)
+        refused = _unreachable_webhook_urls(request.messages, self._context.webhook_reach)
+        if refused:
+            raise InvalidRequest(invalid_parameters=refused)
         steps = []
         for message in request.messages:
             step = internal(message)

@@ -47,6 +47,7 @@ from cascade.dashboard.sessions import (
 from cascade.domain.records import Account, LinkedChannel, WebhookState, WebhookVersion
 from cascade.domain.status import Status
 from cascade.errors import CascadeError, InvalidRequest, StoreConflict
+from cascade.reach import ANYWHERE, AddressRule
 from cascade.store.base import (
     ChannelLinks,
     DashboardSessions,
@@ -152,8 +153,10 @@ class Dashboard:
         *,
         wake: Callable[[], None] | None = None,
         smpp_status: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        webhook_reach: AddressRule = ANYWHERE,
     ) -> None:
         self._store = store
+        self._reach = webhook_reach
         self._clock = clock
         self._dispatch = dispatch
         self._wake = wake
@@ -531,8 +534,8 @@ class Dashboard:
         """Set the account's status and inbound URLs ('' clears one) and its mode."""
         signed_in, form = await self._form(request)
         try:
-            status_url = tenancy.webhook_url(form.get("status_url", "").strip())
-            inbound_url = tenancy.webhook_url(form.get("inbound_url", "").strip())
+            status_url = tenancy.webhook_url(form.get("status_url", "").strip(), self._reach)
+            inbound_url = tenancy.webhook_url(form.get("inbound_url", "").strip(), self._reach)
         except ValueError as exc:
             return self._settings_page(request, signed_in, error=str(exc))
         changes: dict[str, Any] = {"status_url": status_url, "inbound_url": inbound_url}
@@ -611,8 +614,8 @@ class Dashboard:
         try:
             if not name or len(name) > 200:
                 raise ValueError("the name is 1 to 200 characters")
-            status_url = tenancy.webhook_url(form.get("status_url", "").strip())
-            inbound_url = tenancy.webhook_url(form.get("inbound_url", "").strip())
+            status_url = tenancy.webhook_url(form.get("status_url", "").strip(), self._reach)
+            inbound_url = tenancy.webhook_url(form.get("inbound_url", "").strip(), self._reach)
             version = WebhookVersion(form.get("webhook_version", "v0.1"))
             pasted = form.get("public_key", "").strip()
             pair = None
@@ -661,8 +664,10 @@ class Dashboard:
         application_id = await self._own_application_id(request, signed_in)
         try:
             changes: dict[str, Any] = {
-                "status_url": tenancy.webhook_url(form.get("status_url", "").strip()),
-                "inbound_url": tenancy.webhook_url(form.get("inbound_url", "").strip()),
+                "status_url": tenancy.webhook_url(form.get("status_url", "").strip(), self._reach),
+                "inbound_url": tenancy.webhook_url(
+                    form.get("inbound_url", "").strip(), self._reach
+                ),
                 "webhook_version": WebhookVersion(form.get("webhook_version", "v0.1")).value,
             }
         except ValueError as exc:
