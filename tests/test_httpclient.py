@@ -5,10 +5,12 @@ Each test runs on asyncio's loop and on uvloop (the service's), whose transports
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -381,6 +383,31 @@ async def test_at_the_connection_limit_a_finished_request_makes_room_for_a_waiti
         await http.close()
         await first.stop()
         await second.stop()
+
+
+async def test_each_admitted_address_is_tried_in_turn(
+    server: RawServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an address rule, a name's admitted addresses are tried in the resolver's order
+    until one connects, as an unchecked connection tries them (nothing listens on the first)."""
+    rule = AddressRule(allow_private=False, allowed_networks=parse_networks("127.0.0.0/8"))
+    http = HttpClient(user_agent="Cascade-Test", reach=rule)
+    resolved = [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", server.port)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.9.9.9", server.port)),  # not admitted
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port)),
+    ]
+
+    async def getaddrinfo(*_: Any, **__: Any) -> list[Any]:
+        return resolved
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    try:
+        target = parse_url(f"http://receiver.example:{server.port}/hook")
+        assert (await http.post(target, b"{}", JSON)).status == 204
+        assert server.connections == 1
+    finally:
+        await http.close()
 
 
 def test_a_destination_names_an_ipv6_host_in_brackets() -> None:

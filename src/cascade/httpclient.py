@@ -340,16 +340,22 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         https = destination.scheme == "https"
         try:
-            host = destination.host
+            hosts = [destination.host]
             if self._reach is not None:
-                host = await self._admitted_address(destination)
-            _, protocol = await loop.create_connection(
-                lambda: _Connection(self, destination),
-                host,
-                destination.port,
-                ssl=self._ssl_context() if https else None,
-                server_hostname=destination.host if https else None,
-            )
+                hosts = await self._admitted_addresses(destination)
+            for index, host in enumerate(hosts):
+                try:
+                    _, protocol = await loop.create_connection(
+                        lambda: _Connection(self, destination),
+                        host,
+                        destination.port,
+                        ssl=self._ssl_context() if https else None,
+                        server_hostname=destination.host if https else None,
+                    )
+                    break
+                except OSError:
+                    if index == len(hosts) - 1:
+                        raise  # each admitted address tried in turn, as a lookup's would be
         except DestinationRefused:
             self._room.release()
             raise
@@ -365,20 +371,24 @@ class HttpClient:
         self._open.add(protocol)
         return protocol, False
 
-    async def _admitted_address(self, destination: Destination) -> str:
-        """The first address ``destination``'s host resolves to that the rule admits, to
-        connect to that very address (a second lookup could answer otherwise);
-        DestinationRefused when it admits none, OSError when the name does not resolve."""
+    async def _admitted_addresses(self, destination: Destination) -> list[str]:
+        """The addresses ``destination``'s host resolves to that the rule admits, in the
+        resolver's order, to connect to those very addresses (a second lookup could answer
+        otherwise); DestinationRefused when it admits none, OSError when the name does not
+        resolve."""
         assert self._reach is not None
         found = await asyncio.get_running_loop().getaddrinfo(
             destination.host, destination.port, type=socket.SOCK_STREAM
         )
-        for *_, sockaddr in found:
-            address = str(sockaddr[0])
-            if self._reach.admits(ip_address(address)):
-                return address
-        refusal = self._reach.refusal(destination.host)
-        raise DestinationRefused(f"{destination.key} refused: {refusal}")
+        admitted = [
+            str(sockaddr[0])
+            for *_, sockaddr in found
+            if self._reach.admits(ip_address(str(sockaddr[0])))
+        ]
+        if not admitted:
+            refusal = self._reach.refusal(destination.host)
+            raise DestinationRefused(f"{destination.key} refused: {refusal}")
+        return list(dict.fromkeys(admitted))
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
