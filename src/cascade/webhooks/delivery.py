@@ -246,8 +246,9 @@ class WebhookSender:
         *,
         http: WebhookHttp | None = None,
     ) -> None:
-        """``http``: the client to POST with (the caller's: the sender does not close it);
-        by default a pooled :class:`~cascade.httpclient.HttpClient` of the sender's own."""
+        """``http``: the client to POST with (the caller's: the sender does not close it, and
+        ``settings.reach`` is the caller's to give it); by default a pooled
+        :class:`~cascade.httpclient.HttpClient` of the sender's own, under ``settings.reach``."""
         self._store = store
         self._clock = clock
         self.settings = settings or DeliverySettings()
