@@ -6,7 +6,9 @@ rule, a tenant could make Cascade knock on its loopback services, the private ne
 cloud's metadata address, and read from the timeline whether each answered (server-side
 request forgery). Where tenants are not the operator's own, ``CASCADE_WEBHOOK_ALLOW_PRIVATE``
 false keeps webhooks to public addresses, with ``CASCADE_WEBHOOK_ALLOWED_NETWORKS`` naming the
-private ones that are the operator's receivers.
+private ones that are the operator's receivers. It is not the default: a self-hosted
+service's receivers are most often on the operator's own private network (and the README's
+first failover has its receiver on 127.0.0.1).
 
 The rule is applied to the address a connection is made to, after the name is resolved, so a
 name that resolves to a public address when the URL is checked and to a private one at
