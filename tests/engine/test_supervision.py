@@ -78,6 +78,21 @@ def _engine(store: Store, *job_kinds: JobKind, **settings: Any) -> Engine:
     )
 
 
+def _sending_engine(store: Store, journal: Store, **settings: Any) -> Engine:
+    """An engine on ``store`` whose sandbox keeps its journal in ``journal``; the webhooks its
+    transitions queue are dropped (not what these tests look at)."""
+    clock = SystemClock()
+    pacing = EngineSettings(poll_interval=0.02, claim_interval=0.05, lookahead=0.0, **settings)
+
+    async def drop(job: Job) -> None:
+        await store.finish_job(job.id)
+
+    webhooks = FunctionKind("webhook", drop)
+    return Engine(
+        store, Providers(SandboxProvider(journal, clock)), clock, pacing, job_kinds=[webhooks]
+    )
+
+
 async def test_jobs_run_after_the_store_was_down(sqlite_store: SqliteStore) -> None:
     """Every read and claim of the job loop failing for a while (the job loop once ended on
     the first ``next_job_at`` that raised) delays jobs but does not stop the engine: a job
@@ -251,19 +266,7 @@ async def test_a_provider_meeting_a_store_outage_is_retried_without_a_traceback_
     the store answers, and logs no line of its own: an outage is logged once, not per message."""
     flaky = FlakyStore(sqlite_store, "sandbox_receive")
     clock = SystemClock()
-    pacing = EngineSettings(poll_interval=0.02, claim_interval=0.05, lookahead=0.0)
-
-    async def drop(job: Job) -> None:  # the webhooks are not what is tested here
-        await sqlite_store.finish_job(job.id)
-
-    webhooks = FunctionKind("webhook", drop)
-    engine = Engine(
-        sqlite_store,
-        Providers(SandboxProvider(flaky, clock)),
-        clock,
-        pacing,
-        job_kinds=[webhooks],
-    )
+    engine = _sending_engine(sqlite_store, cast(Store, flaky))
     owner = await tenant(sqlite_store)
     accepted = [workflow(owner, sms_step(), at=clock.now()) for _ in range(5)]
     flaky.down = True
@@ -302,18 +305,7 @@ async def test_a_submit_the_store_could_not_record_is_logged_per_message_without
     store answers (the sandbox knows it again, so it is not sent twice)."""
     flaky = FlakyStore(sqlite_store, "transition")
     clock = SystemClock()
-    pacing = EngineSettings(poll_interval=0.02, claim_interval=0.05, lookahead=0.0, lease=0.3)
-
-    async def drop(job: Job) -> None:  # the webhooks are not what is tested here
-        await sqlite_store.finish_job(job.id)
-
-    engine = Engine(
-        cast(Store, flaky),
-        Providers(SandboxProvider(sqlite_store, clock)),
-        clock,
-        pacing,
-        job_kinds=[FunctionKind("webhook", drop)],
-    )
+    engine = _sending_engine(cast(Store, flaky), sqlite_store, lease=0.3)
     owner = await tenant(sqlite_store)
     new = workflow(owner, sms_step(), at=clock.now())
     flaky.down = True
