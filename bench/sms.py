@@ -541,7 +541,7 @@ LOOP_STAGES: list[tuple[str, tuple[str, ...]]] = [
             "SmppConnection._submit_part ",
             "SmppConnection._exchange ",
             "SubmitFlow.",
-            "SubmitSm.",
+            "channels/smpp/framing.py",
             "channels/gsm.py",
             "SmppConnection._read_loop ",
             "channels/smpp/link.py",

@@ -12,12 +12,13 @@ import asyncio
 import time
 from typing import Any
 
-from aiosmpplib import NPI, TON, PhoneNumber, SubmitSm
+from aiosmpplib import NPI, TON
 
 from cascade.channels import gsm
 from cascade.channels.base import ChannelProvider, OutboundMessage, ReceiptSink, SendResult
 from cascade.channels.smpp.config import SmppConnectionSettings, SmppSettings
 from cascade.channels.smpp.delivery import PROVIDER_NAME
+from cascade.channels.smpp.framing import SubmitPart, submit_sm
 from cascade.channels.smpp.session import SmppConnection
 from cascade.clock import Clock, SystemClock
 from cascade.errors import ChannelRejected
@@ -139,7 +140,7 @@ class SmppProvider(ChannelProvider):
     @staticmethod
     def _submit_sms(
         settings: SmppConnectionSettings, encoded: gsm.EncodedText, source: str, destination: str
-    ) -> list[SubmitSm]:
+    ) -> list[SubmitPart]:
         """One submit_sm per part, payload already encoded (UDH included when concatenated)."""
         if settings.source_addr_ton is not None:
             source_ton = settings.source_addr_ton
@@ -149,18 +150,17 @@ class SmppProvider(ChannelProvider):
             source_npi = settings.source_addr_npi
         else:
             source_npi = NPI.ISDN if source.isdigit() else NPI.UNKNOWN
-        submits: list[SubmitSm] = []
-        for part in encoded.parts:
-            submit = SubmitSm(
-                short_message=part.text,
-                source=PhoneNumber(source, TON(source_ton), NPI(source_npi)),
-                destination=PhoneNumber(
-                    destination, TON(settings.dest_addr_ton), NPI(settings.dest_addr_npi)
-                ),
+        return [
+            submit_sm(
+                source=source,
+                source_ton=source_ton,
+                source_npi=source_npi,
+                destination=destination,
+                dest_ton=settings.dest_addr_ton,
+                dest_npi=settings.dest_addr_npi,
                 esm_class=0x40 if encoded.udhi else 0x00,
-                registered_delivery=0x01,
-                encoding="ucs2" if encoded.data_coding == gsm.DATA_CODING_UCS2 else None,
+                data_coding=encoded.data_coding,
+                short_message=part.payload,
             )
-            submit.set_encoded_message(part.payload)
-            submits.append(submit)
-        return submits
+            for part in encoded.parts
+        ]

@@ -23,7 +23,6 @@ from aiosmpplib import (
     GenericNack,
     SmppCommand,
     SmppCommandStatus,
-    SubmitSm,
     Unbind,
     UnbindResp,
 )
@@ -48,6 +47,7 @@ from cascade.channels.smpp.framing import (
     BindRefused,
     Pdu,
     ProtocolError,
+    SubmitPart,
     cstring,
     read_pdu,
     status_name,
@@ -337,14 +337,14 @@ class SmppConnection:
             raise self.unavailable()
         return link
 
-    async def submit(self, parts: list[SubmitSm]) -> list[str]:
+    async def submit(self, parts: list[SubmitPart]) -> list[str]:
         """Submit a message's parts in order; returns their SMSC ids (normalised)."""
         ids: list[str] = []
         for index, part in enumerate(parts):
             ids.append(await self._submit_part(part, index, len(parts), accepted=len(ids)))
         return ids
 
-    async def _submit_part(self, part: SubmitSm, index: int, total: int, accepted: int) -> str:
+    async def _submit_part(self, part: SubmitPart, index: int, total: int, accepted: int) -> str:
         """Submit one part; later parts are retried here when throttled (see the package doc)."""
         label = f"part {index + 1}/{total}" if total > 1 else "message"
         retries = 0
@@ -385,12 +385,11 @@ class SmppConnection:
                 )
             raise ChannelRejected(SUBMIT_STATUS_CODES.get(status, CODE_PROVIDER_ERROR), reason)
 
-    async def _exchange(self, part: SubmitSm, label: str) -> Pdu:
+    async def _exchange(self, part: SubmitPart, label: str) -> Pdu:
         """Write one submit_sm and wait for its answer."""
         link = self._current_link()
         sequence = self._next_sequence()
-        part.sequence_num = sequence
-        pdu = part.pdu()
+        pdu = part.pdu(sequence)
         future = link.expect(sequence)
         try:
             link.write(pdu)
