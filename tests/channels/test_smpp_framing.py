@@ -1,16 +1,16 @@
-"""The submit_sm Cascade builds itself (one per SMS part, the hottest PDU) against the one
-aiosmpplib builds from the same values: byte for byte, for any addresses, TON/NPI, esm_class,
-data coding, payload and sequence number."""
+"""The submit_sm and deliver_sm_resp Cascade builds itself (the PDUs sent for every SMS) against
+the ones aiosmpplib builds from the same values: byte for byte, for any addresses, TON/NPI,
+esm_class, data coding, payload, status and sequence number."""
 
 from __future__ import annotations
 
 import pytest
-from aiosmpplib import NPI, TON, PhoneNumber, SubmitSm
+from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SmppCommandStatus, SubmitSm
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cascade.channels.smpp.config import NPI_VALUES, TON_VALUES
-from cascade.channels.smpp.framing import MAX_SEQUENCE, submit_sm
+from cascade.channels.smpp.framing import MAX_SEQUENCE, deliver_sm_resp, submit_sm
 
 ADDRESSES = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
 
@@ -137,3 +137,10 @@ def test_a_payload_too_long_for_short_message_is_refused() -> None:
             data_coding=0,
             short_message=b"a" * 255,
         )
+
+
+@given(sequence=st.integers(1, MAX_SEQUENCE), status=st.sampled_from(sorted(SmppCommandStatus)))
+def test_the_deliver_sm_resp_is_aiosmpplibs_byte_for_byte(sequence: int, status: int) -> None:
+    """The answer to each deliver_sm: the same PDU as aiosmpplib's DeliverSmResp."""
+    expected = DeliverSmResp(sequence_num=sequence, command_status=SmppCommandStatus(status))
+    assert deliver_sm_resp(sequence, status) == expected.pdu()

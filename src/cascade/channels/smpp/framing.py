@@ -1,10 +1,10 @@
 """SMPP on the wire: the PDU header, reading one whole PDU, and what a ``command_status`` means.
 
 This is the layer below the session that knows bytes and nothing of binds, windows or
-messages: :func:`read_pdu` frames one PDU off the stream, :func:`submit_sm` builds the one PDU
-sent for every SMS (the others are aiosmpplib's), and the status constants and
-:func:`status_name` say what an answer's ``command_status`` is. It is its own module so that
-the link, the session and the tests share one definition of a PDU.
+messages: :func:`read_pdu` frames one PDU off the stream, :func:`submit_sm` and
+:func:`deliver_sm_resp` build the PDUs sent for every SMS (the others are aiosmpplib's), and
+the status constants and :func:`status_name` say what an answer's ``command_status`` is. It is
+its own module so that the link, the session and the tests share one definition of a PDU.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ MAX_SEQUENCE = 0x7FFFFFFF
 #: set in the command_id of every response
 RESPONSE_BIT = 0x80000000
 SUBMIT_SM = int(SmppCommand.SUBMIT_SM)
+DELIVER_SM_RESP = int(SmppCommand.DELIVER_SM_RESP)
 #: the longest ``short_message`` (its length is one octet, and 255 is reserved)
 MAX_SHORT_MESSAGE = 254
 
@@ -89,6 +90,12 @@ class SubmitPart:
     def pdu(self, sequence: int) -> bytes:
         """The whole PDU, numbered ``sequence``."""
         return HEADER.pack(HEADER.size + len(self.body), SUBMIT_SM, 0, sequence) + self.body
+
+
+def deliver_sm_resp(sequence: int, status: int) -> bytes:
+    """The answer to the ``deliver_sm`` numbered ``sequence`` (its ``message_id`` unused,
+    so empty), as aiosmpplib's ``DeliverSmResp`` writes it."""
+    return HEADER.pack(HEADER.size + 1, DELIVER_SM_RESP, status, sequence) + b"\x00"
 
 
 def submit_sm(

@@ -17,7 +17,6 @@ import time
 import structlog
 from aiosmpplib import (
     BindTransceiver,
-    DeliverSmResp,
     EnquireLink,
     EnquireLinkResp,
     GenericNack,
@@ -49,6 +48,7 @@ from cascade.channels.smpp.framing import (
     ProtocolError,
     SubmitPart,
     cstring,
+    deliver_sm_resp,
     read_pdu,
     status_name,
 )
@@ -437,11 +437,7 @@ class SmppConnection:
             )
             return
         try:
-            link.write(
-                DeliverSmResp(
-                    sequence_num=pdu.sequence, command_status=SmppCommandStatus(status)
-                ).pdu()
-            )
+            link.write(deliver_sm_resp(pdu.sequence, status))
             await link.flush()
         except (LinkClosed, OSError) as exc:
             log.info(
