@@ -113,7 +113,7 @@ def submit_sm(
     """A ``submit_sm`` (SMPP 3.4 section 4.4.1) asking for a delivery receipt, sent at once
     with the SMSC's default validity and no optional parameters, ``short_message`` already
     encoded. aiosmpplib's ``SubmitSm`` type-checks sixteen parameters and rebuilds the body
-    at every write, a tenth of an SMPP send's CPU (issue 15); its bytes are these (a property
+    at every write, a sixth of an SMPP send's CPU (issue 15); its bytes are these (a property
     test holds them equal). The caller has checked the addresses (ASCII, 20 characters at
     most); ValueError when a value does not fit its field."""
     if len(short_message) > MAX_SHORT_MESSAGE:
