@@ -168,7 +168,8 @@ async def test_a_v1_webhook_url_the_rule_refuses_is_a_422_and_nothing_is_stored(
     sqlite_store: SqliteStore, clock: FakeClock
 ) -> None:
     """POST /v1/messages naming a private webhook_url (its own or a failover message's) is
-    refused with both named, and stores nothing; a public one is accepted."""
+    refused with both named, beside any other problem of the body, and stores nothing; a
+    public one is accepted."""
     tenant = await make_tenant(sqlite_store, clock)
     app = create_app(sqlite_store, clock=clock, webhook_reach=PUBLIC_ONLY)
     body = {
@@ -192,6 +193,9 @@ async def test_a_v1_webhook_url_the_rule_refuses_is_a_422_and_nothing_is_stored(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://cascade.test") as http:
         refused = await http.post("/v1/messages", json=body, headers=tenant.basic())
+        both = await http.post(
+            "/v1/messages", json={**body, "to": "not-a-number"}, headers=tenant.basic()
+        )
         public = await http.post(
             "/v1/messages",
             json={**body, "webhook_url": "https://hooks.example.com/s", "failover": None},
@@ -202,6 +206,9 @@ async def test_a_v1_webhook_url_the_rule_refuses_is_a_422_and_nothing_is_stored(
     assert set(reasons) == {"webhook_url", "failover[0].webhook_url"}
     assert "169.254.169.254 is not a public address" in reasons["webhook_url"]
     assert "localhost" in reasons["failover[0].webhook_url"]
+    assert both.status_code == 422, both.text
+    named = {p["name"] for p in both.json()["invalid_parameters"]}
+    assert named == {"to", "webhook_url", "failover[0].webhook_url"}  # one answer names all
     assert public.status_code == 202, public.text
     assert len(await sqlite_store.list_workflows(tenant.account.id, ListQuery())) == 1
 

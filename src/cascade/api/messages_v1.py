@@ -18,6 +18,7 @@ reuses, and 1020 "Invalid params" for the rest.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -178,6 +179,20 @@ def _unreachable_webhook_urls(
 class MessagesV1Endpoint(AcceptEndpoint):
     """``POST /v1/messages``: the v0.1 accept path with the v1 body, answer and errors."""
 
+    @functools.cached_property
+    def _decoder(self) -> RequestDecoder[MessageRequestV1]:
+        """The v1 body's decoder: its rules and, where webhooks may not go everywhere, the
+        webhook URL rule, so that one 422 names every problem."""
+        reach = self._context.webhook_reach
+        if not reach.restricts:
+            return _decoder
+
+        def rules(request: MessageRequestV1) -> list[InvalidParameter]:
+            found = request_violations(request)
+            return found + _unreachable_webhook_urls(request.messages, reach)
+
+        return RequestDecoder(MessageRequestV1, rules)
+
     async def handle(self, request: Request) -> Response:
         """Accept one v1 request; a refusal is a v1 problem document."""
         try:
@@ -188,10 +203,7 @@ class MessagesV1Endpoint(AcceptEndpoint):
     def steps(self, body: bytes, principal: Principal) -> list[NewStep]:
         """The message and its failover messages as workflow steps, in order; none has a
         window, so each fails over only when rejected or undeliverable."""
-        request = _decoder.decode(body)
-        refused = _unreachable_webhook_urls(request.messages, self._context.webhook_reach)
-        if refused:
-            raise InvalidRequest(invalid_parameters=refused)
+        request = self._decoder.decode(body)
         steps = []
         for message in request.messages:
             step = internal(message)
