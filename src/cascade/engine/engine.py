@@ -612,18 +612,16 @@ class Engine:
             _sends(provider.name, "retry").inc()
             await self._retry(job, message, exc.code, exc.message, exc.retry_after, provider.name)
             return
-        except StoreUnavailable:
-            # the provider's own reads and writes of the store (the sandbox's journal, a
-            # channel's link): an outage, not a bug. No line per message: if it lasts, the
-            # retry's write fails too and the job's failure streak logs it once
-            _sends(provider.name, "error").inc()
-            reason = "Internal error: the store was unavailable"
-            await self._retry(job, message, 1030, reason, None, provider.name)
-            return
         except Exception as exc:
-            log.exception("engine.provider_failed", provider=provider.name, message=message.id)
-            _sends(provider.name, "error").inc()
             reason = f"Internal error: {type(exc).__name__}"
+            if isinstance(exc, StoreUnavailable):
+                # the provider's own reads and writes of the store (the sandbox's journal, a
+                # channel's link): an outage, not a bug. No line per message: if it lasts, the
+                # retry's write fails too and the job's failure streak logs it once
+                reason = "Internal error: the store was unavailable"
+            else:
+                log.exception("engine.provider_failed", provider=provider.name, message=message.id)
+            _sends(provider.name, "error").inc()
             await self._retry(job, message, 1030, reason, None, provider.name)
             return
         _sends(provider.name, "submitted").inc()
