@@ -95,7 +95,12 @@ def data_coding_for(text: str) -> int:
 
 def length(text: str) -> int:
     """The text's length in its encoding's units (septets for GSM-7, code units for UCS-2)."""
-    if is_gsm7(text):
+    return _units(text, is_gsm7(text))
+
+
+def _units(text: str, gsm7: bool) -> int:
+    """:func:`length`, the alphabet known."""
+    if gsm7:
         return len(text.translate(_SEPTETS))
     return len(text.encode("utf-16-be", "surrogatepass")) // 2
 
@@ -150,7 +155,7 @@ def _chunks(text: str, cost: dict[str, int] | None, per_part: int) -> list[str]:
 def split(text: str) -> list[str]:
     """The characters of each part ``text`` is sent as (one element when it fits one SMS)."""
     gsm7 = is_gsm7(text)
-    return _split(text, gsm7, length(text))
+    return _split(text, gsm7, _units(text, gsm7))
 
 
 def _split(text: str, gsm7: bool, units: int) -> list[str]:
