@@ -4,6 +4,8 @@ esm_class, data coding, payload, status and sequence number."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from aiosmpplib import NPI, TON, DeliverSmResp, PhoneNumber, SmppCommandStatus, SubmitSm
 from hypothesis import example, given, settings
@@ -14,110 +16,69 @@ from cascade.channels.smpp.framing import MAX_SEQUENCE, deliver_sm_resp, submit_
 
 ADDRESSES = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20)
 
+#: the values of a submit_sm, as :func:`submit_sm` takes them
+FIELDS = st.fixed_dictionaries(
+    {
+        "source": ADDRESSES,
+        "source_ton": st.sampled_from(sorted(TON_VALUES)),
+        "source_npi": st.sampled_from(sorted(NPI_VALUES)),
+        "destination": ADDRESSES,
+        "dest_ton": st.sampled_from(sorted(TON_VALUES)),
+        "dest_npi": st.sampled_from(sorted(NPI_VALUES)),
+        "esm_class": st.sampled_from([0x00, 0x40]),
+        "data_coding": st.sampled_from([0, 8]),
+        "short_message": st.binary(min_size=1, max_size=254),
+    }
+)
+#: one SMS to Acme's customer, one part
+ONE_PART: dict[str, Any] = {
+    "source": "Acme",
+    "source_ton": 5,
+    "source_npi": 0,
+    "destination": "447700900000",
+    "dest_ton": 1,
+    "dest_npi": 1,
+    "esm_class": 0,
+    "data_coding": 0,
+    "short_message": b"hi",
+}
 
-def _aiosmpplib_pdu(
-    source: str,
-    source_ton: int,
-    source_npi: int,
-    destination: str,
-    dest_ton: int,
-    dest_npi: int,
-    esm_class: int,
-    data_coding: int,
-    payload: bytes,
-    sequence: int,
-) -> bytes:
+
+def _aiosmpplib_pdu(fields: dict[str, Any], sequence: int) -> bytes:
     """The submit_sm aiosmpplib writes for these values (as the provider built it before)."""
     submit = SubmitSm(
         short_message="x",  # its text is not sent: the encoded payload is
-        source=PhoneNumber(source, TON(source_ton), NPI(source_npi)),
-        destination=PhoneNumber(destination, TON(dest_ton), NPI(dest_npi)),
-        esm_class=esm_class,
+        source=PhoneNumber(fields["source"], TON(fields["source_ton"]), NPI(fields["source_npi"])),
+        destination=PhoneNumber(
+            fields["destination"], TON(fields["dest_ton"]), NPI(fields["dest_npi"])
+        ),
+        esm_class=fields["esm_class"],
         registered_delivery=0x01,
-        encoding="ucs2" if data_coding == 8 else None,
+        encoding="ucs2" if fields["data_coding"] == 8 else None,
     )
-    submit.set_encoded_message(payload)
+    submit.set_encoded_message(fields["short_message"])
     submit.sequence_num = sequence
     return submit.pdu()
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    source=ADDRESSES,
-    source_ton=st.sampled_from(sorted(TON_VALUES)),
-    source_npi=st.sampled_from(sorted(NPI_VALUES)),
-    destination=ADDRESSES,
-    dest_ton=st.sampled_from(sorted(TON_VALUES)),
-    dest_npi=st.sampled_from(sorted(NPI_VALUES)),
-    esm_class=st.sampled_from([0x00, 0x40]),
-    data_coding=st.sampled_from([0, 8]),
-    payload=st.binary(min_size=1, max_size=254),
-    sequence=st.integers(1, MAX_SEQUENCE),
-)
+@given(fields=FIELDS, sequence=st.integers(1, MAX_SEQUENCE))
 @example(
-    source="Acme",
-    source_ton=5,
-    source_npi=0,
-    destination="447700900000",
-    dest_ton=1,
-    dest_npi=1,
-    esm_class=0x40,
-    data_coding=0,
-    payload=b"\x05\x00\x03\x2a\x02\x01" + b"a" * 153,
+    fields={
+        **ONE_PART,
+        "esm_class": 0x40,
+        "short_message": b"\x05\x00\x03\x2a\x02\x01" + b"a" * 153,
+    },
     sequence=MAX_SEQUENCE,
 )
-def test_the_submit_sm_is_aiosmpplibs_byte_for_byte(
-    source: str,
-    source_ton: int,
-    source_npi: int,
-    destination: str,
-    dest_ton: int,
-    dest_npi: int,
-    esm_class: int,
-    data_coding: int,
-    payload: bytes,
-    sequence: int,
-) -> None:
+def test_the_submit_sm_is_aiosmpplibs_byte_for_byte(fields: dict[str, Any], sequence: int) -> None:
     """Every field in its place: the same PDU as aiosmpplib's SubmitSm for the same values."""
-    ours = submit_sm(
-        source=source,
-        source_ton=source_ton,
-        source_npi=source_npi,
-        destination=destination,
-        dest_ton=dest_ton,
-        dest_npi=dest_npi,
-        esm_class=esm_class,
-        data_coding=data_coding,
-        short_message=payload,
-    ).pdu(sequence)
-    expected = _aiosmpplib_pdu(
-        source,
-        source_ton,
-        source_npi,
-        destination,
-        dest_ton,
-        dest_npi,
-        esm_class,
-        data_coding,
-        payload,
-        sequence,
-    )
-    assert ours == expected
+    assert submit_sm(**fields).pdu(sequence) == _aiosmpplib_pdu(fields, sequence)
 
 
 def test_a_part_is_numbered_at_each_write() -> None:
     """One part written twice (a throttled part sent again) carries each write's number."""
-    part = submit_sm(
-        source="Acme",
-        source_ton=5,
-        source_npi=0,
-        destination="447700900000",
-        dest_ton=1,
-        dest_npi=1,
-        esm_class=0,
-        data_coding=0,
-        short_message=b"hi",
-    )
+    part = submit_sm(**ONE_PART)
     assert part.pdu(7)[12:16] == (7).to_bytes(4, "big")
     assert part.pdu(8)[12:16] == (8).to_bytes(4, "big")
     assert part.pdu(7)[16:] == part.pdu(8)[16:]
@@ -126,17 +87,7 @@ def test_a_part_is_numbered_at_each_write() -> None:
 def test_a_payload_too_long_for_short_message_is_refused() -> None:
     """short_message holds 254 octets at most: a longer one is a ValueError, not a bad PDU."""
     with pytest.raises(ValueError, match="254"):
-        submit_sm(
-            source="Acme",
-            source_ton=5,
-            source_npi=0,
-            destination="447700900000",
-            dest_ton=1,
-            dest_npi=1,
-            esm_class=0,
-            data_coding=0,
-            short_message=b"a" * 255,
-        )
+        submit_sm(**{**ONE_PART, "short_message": b"a" * 255})
 
 
 @given(sequence=st.integers(1, MAX_SEQUENCE), status=st.sampled_from(sorted(SmppCommandStatus)))
