@@ -33,6 +33,7 @@ import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -129,6 +130,21 @@ class _AnswerLost(Exception):
     def __init__(self, outcomes: list[AcceptOutcome]) -> None:
         super().__init__("the commit's answer was lost")
         self.outcomes = outcomes
+
+
+def _in_place_of_created(
+    batch: list[_Request],
+    outcomes: list[AcceptOutcome],
+    created: list[str],
+    error: Callable[[], Exception],
+) -> list[AcceptOutcome]:
+    """The batch's outcomes with a new ``error()`` for each request whose new workflow
+    (``created``) the lost COMMIT decided; replays and conflicts, answered from what was
+    committed before, stand."""
+    return [
+        error() if request.workflow.id in created else outcome
+        for request, outcome in zip(batch, outcomes, strict=True)
+    ]
 
 
 def _redact(url: str) -> str:
@@ -478,24 +494,16 @@ class PostgresStore(SqlStore):
                 self.writes += len(batch)
                 return lost.outcomes
             if not stored:
-                # rolled back: what it would have written is not there (replays and conflicts,
-                # decided from what was committed before, stand)
                 log.info("store.commit_answer_lost", stored=False, workflows=len(ids))
-                return [
-                    StoreUnavailable(f"accept failed: {lost.__cause__!r}")
-                    if request.workflow.id in ids
-                    else outcome
-                    for request, outcome in zip(batch, lost.outcomes, strict=True)
-                ]
+                failed = partial(StoreUnavailable, f"accept failed: {lost.__cause__!r}")
+                return _in_place_of_created(batch, lost.outcomes, ids, failed)
             break  # some of one transaction's rows: nothing this check can trust
         log.warning("store.commit_outcome_unknown", workflows=len(ids))
-        return [
-            StoreOutcomeUnknown(
-                f"the database's answer to the commit was lost ({lost.__cause__!r}) and it "
-                f"could not be asked within {COMMIT_CHECK_PATIENCE:g} s whether it took it"
-            )
-            for _ in batch
-        ]
+        unknown = (
+            f"the database's answer to the commit was lost ({lost.__cause__!r}) and it "
+            f"could not be asked within {COMMIT_CHECK_PATIENCE:g} s whether it took it"
+        )
+        return _in_place_of_created(batch, lost.outcomes, ids, lambda: StoreOutcomeUnknown(unknown))
 
     # --- running plans ---------------------------------------------------------------------
 
