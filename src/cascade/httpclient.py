@@ -356,9 +356,6 @@ class HttpClient:
                 except OSError:
                     if index == len(hosts) - 1:
                         raise  # each admitted address tried in turn, as a lookup's would be
-        except DestinationRefused:
-            self._room.release()
-            raise
         except OSError as exc:
             self._room.release()
             raise PeerUnreachable(
@@ -366,7 +363,8 @@ class HttpClient:
                 request_sent=False,
             ) from exc
         except BaseException:
-            self._room.release()  # cancelled (the caller's deadline) while connecting
+            # cancelled (the caller's deadline) while connecting, or a refused destination
+            self._room.release()
             raise
         self._open.add(protocol)
         return protocol, False
