@@ -274,6 +274,24 @@ def test_account_set_refuses_a_private_url_where_webhooks_may_not_go(
     assert re.search(r"status_url:\s+http://10.1.2.3/status", cascade.ok("account", "show"))
 
 
+def test_a_bad_setting_is_one_line_naming_it_not_a_traceback(
+    cascade: Cascade, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CASCADE_* value that does not validate ends the command with status 2 and a line per
+    bad setting, naming it and why, without echoing the value."""
+    monkeypatch.setenv("CASCADE_WEBHOOK_ALLOWED_NETWORKS", "10.0.0.0/8,intranet")
+    monkeypatch.setenv("CASCADE_SANDBOX_SPEED", "-1")
+    monkeypatch.setattr(sys, "argv", ["cascade", "status"])
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: CASCADE_WEBHOOK_ALLOWED_NETWORKS: " in err
+    assert "error: CASCADE_SANDBOX_SPEED: Input should be greater than 0" in err
+    assert "Traceback" not in err
+    assert "input_value" not in err
+
+
 def test_app_create_writes_a_private_key_readable_only_by_its_owner(cascade: Cascade) -> None:
     """app create NAME writes NAME.key (mode 0600), prints the id, and app list shows it."""
     app_id = cascade.create_app("shop")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import httpx
 import jwt
+import pydantic
 import typer
 import typer.core
 
@@ -1416,5 +1417,15 @@ def dev_smsc(
 
 
 def main() -> None:
-    """Entry point of the ``cascade`` command."""
-    app()
+    """Entry point of the ``cascade`` command. A setting with a bad value ends it with one
+    line per setting, naming it and saying what is wrong (never the value, which may be a
+    secret), and exit status 2, instead of a traceback."""
+    try:
+        app()
+    except pydantic.ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        for error in exc.errors(include_url=False, include_input=False):
+            name = "CASCADE_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.secho(f"error: {name}: {error['msg']}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
