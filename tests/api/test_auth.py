@@ -31,6 +31,10 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+#: a JWT segment whose bytes are not UTF-8
+NOT_UTF8 = _b64(b'{"alg\x80": 1}')
+
+
 def _segment(value: dict[str, Any]) -> str:
     return _b64(json.dumps(value, separators=(",", ":")).encode())
 
@@ -102,6 +106,10 @@ REFUSED: list[Any] = [
     pytest.param(lambda t, o, c: [("Authorization", "Token abc")], id="unknown-scheme"),
     pytest.param(lambda t, o, c: [("Authorization", "Bearer")], id="bearer-without-token"),
     pytest.param(lambda t, o, c: _bearer("not.a.jwt"), id="garbage-token"),
+    pytest.param(
+        lambda t, o, c: _bearer(f"{NOT_UTF8}.{_segment(_claims(t, c))}.c2ln"),
+        id="header-not-utf8",
+    ),
     pytest.param(_alg_none, id="alg-none"),
     pytest.param(_hs256_with_public_key, id="hs256-signed-with-public-key"),
     pytest.param(_tampered, id="tampered-payload"),

@@ -6,6 +6,14 @@ REFUSAL_LINES_PER_SECOND times a second, so that bad requests cannot flood the l
 RS256 verification is the largest cost of a request (about 0.1 ms here), so a verified token is
 remembered by its exact bytes until it expires (or for a short bound when it has no ``exp``),
 and forgotten as soon as its application's key changes.
+
+The official SDKs make a new token for every request, so most tokens are seen once and the
+verification is on the accept path. It is done here (:func:`read_token`, then the signature
+through ``cryptography``) rather than by ``jwt.decode``: PyJWT 2.15 checks each character of
+a token against the base64url alphabet in a Python generator, which cost about twice the RSA
+verification itself (BENCHMARKS.md). The rules are PyJWT's, stricter where a token Cascade
+has no use for could pass (``crit`` and ``b64`` headers, padded segments, an empty ``aud``);
+a property test holds every token this module accepts to PyJWT's verdict and claims.
 """
 
 from __future__ import annotations
@@ -14,14 +22,17 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 import msgspec
 import structlog
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from cascade.api.access import note_account
@@ -135,8 +146,12 @@ class Authenticator:
                     return cached.principal
             del self._tokens[token]
 
-        application_id = _unverified_application_id(token)
-        if application_id is None:
+        try:
+            read = read_token(token)
+        except TokenRefused as exc:
+            raise self._refuse("JWT rejected", error=str(exc)) from exc
+        application_id = read.claims.get("application_id")
+        if not isinstance(application_id, str) or not application_id:
             raise self._refuse("JWT without a readable application_id")
         if not _plausible_id(application_id):
             raise self._refuse("implausible application_id", application_id=clip(application_id))
@@ -144,22 +159,11 @@ class Authenticator:
         if entry.application is None or entry.key is None or entry.account is None:
             raise self._refuse("unknown application", application_id=clip(application_id))
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                entry.key,
-                algorithms=["RS256"],
-                # time claims are checked below against the injected clock, not PyJWT's
-                options={
-                    "require": ["application_id", "iat", "jti"],
-                    "verify_iat": False,
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                },
-            )
-        except jwt.PyJWTError as exc:
-            raise self._refuse("JWT rejected", error=clip(exc, 200)) from exc
+            entry.key.verify(read.signature, read.signed, PKCS1v15(), SHA256())
+        except InvalidSignature as exc:
+            raise self._refuse("JWT rejected", error="the signature does not verify") from exc
         try:
-            trusted_until = _check_claims(claims, application_id, now)
+            trusted_until = _check_claims(read.claims, application_id, now)
         except _ClaimsRefused as exc:
             raise self._refuse(str(exc)) from exc
         principal = Principal(entry.account, entry.application)
@@ -228,20 +232,72 @@ def _plausible_id(value: str) -> bool:
     return len(value) <= MAX_ID_LENGTH and value.isascii() and value.isprintable()
 
 
-def _unverified_application_id(token: str) -> str | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
+#: a JWS in compact form: three base64url segments without padding (RFC 7515 §2 and §7.1)
+_COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+#: headers that change how a token is read (RFC 7515 §4.1.11, RFC 7797): none is supported
+_UNSUPPORTED_HEADERS = frozenset({"crit", "b64"})
+
+
+class TokenRefused(Exception):
+    """A bearer token that is not an RS256 JWT Cascade can verify; the message says why
+    (fixed text, never the token's content)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadToken:
+    """A JWT read but not yet verified: its claims, and what its signature must match."""
+
+    claims: dict[str, Any]
+    #: the signing input: the header and payload segments as sent, joined by a dot
+    signed: bytes
+    signature: bytes
+
+
+def read_token(token: str) -> ReadToken:
+    """Read an RS256 JWT's segments and claims, refusing what PyJWT would refuse before and
+    after the signature. The signature is the caller's to verify (it knows the key), and the
+    claims' values too (``_check_claims``: PyJWT's ``require`` of ``application_id``, ``iat``
+    and ``jti`` among them)."""
+    match = _COMPACT_JWS.fullmatch(token)
+    if match is None:
+        raise TokenRefused("not three base64url segments")
+    header = _json_object(_segment(match[1], "header"), "header")
+    if header.get("alg") != "RS256":
+        raise TokenRefused("the alg is not RS256")
+    if not _UNSUPPORTED_HEADERS.isdisjoint(header):
+        raise TokenRefused("an unsupported crit or b64 header")
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise TokenRefused("kid is not a string")
+    claims = _json_object(_segment(match[2], "payload"), "payload")
+    if "aud" in claims:
+        raise TokenRefused("an aud claim, which nothing here could match")
+    for name in ("sub", "jti"):
+        if name in claims and not isinstance(claims[name], str):
+            raise TokenRefused(f"{name} is not a string")
+    signed = token[: match.end(2)].encode("ascii")
+    return ReadToken(claims, signed, _segment(match[3], "signature"))
+
+
+def _segment(segment: str, name: str) -> bytes:
+    """A base64url segment's bytes; only the canonical encoding of them is accepted (the
+    unused bits of the last character zero), so no two token texts carry one signature."""
     try:
-        payload = msgspec.json.decode(
-            base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        )
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        return None
-    if not isinstance(payload, dict):
-        return None
-    value = payload.get("application_id")
-    return value if isinstance(value, str) and value else None
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error as exc:
+        raise TokenRefused(f"the {name} is not base64url") from exc
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != segment.encode("ascii"):
+        raise TokenRefused(f"the {name} is not in canonical base64url")
+    return data
+
+
+def _json_object(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # not UTF-8: msgspec's own error
+        raise TokenRefused(f"the {name} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise TokenRefused(f"the {name} is not a JSON object")
+    return value
 
 
 class _ClaimsRefused(Exception):
