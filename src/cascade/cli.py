@@ -18,6 +18,7 @@ import jwt
 import pydantic
 import typer
 import typer.core
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from cascade import __version__, linking, tenancy
 from cascade.cli_records import account_json, application_json, webhook_json
@@ -1124,9 +1125,12 @@ def channel_remove(
 # --- jwt -------------------------------------------------------------------------------------
 
 
-def make_jwt(private_key: bytes, claims: dict[str, Any], now: int | None = None) -> str:
+def make_jwt(
+    private_key: bytes | RSAPrivateKey, claims: dict[str, Any], now: int | None = None
+) -> str:
     """An RS256 JWT with ``iat``, ``jti`` and a 15-minute ``exp`` unless ``claims`` set them;
-    ``iat`` is ``now`` (default: the current time)."""
+    ``iat`` is ``now`` (default: the current time). A key read once serves many tokens: reading
+    a PEM checks the key, which takes tens of milliseconds."""
     now = int(time.time()) if now is None else now
     payload: dict[str, Any] = {"iat": now, "jti": str(uuid.uuid4()), "exp": now + 900}
     payload.update(claims)
